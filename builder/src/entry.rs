@@ -1,0 +1,159 @@
+//! One entry of a system tree: the unit of manifests, archives, mirrors and
+//! change sets. Every crate that talks about files uses this type.
+//!
+//! Paths are raw bytes relative to the tree's root, without a leading `/`;
+//! the root directory itself is the empty path. Entries of a tree are ordered
+//! by [`path_cmp`]: component by component, each compared as bytes (a
+//! depth-first walk with children sorted by name), so a parent always comes
+//! before its children.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bytes::{serde_bytes, serde_opt_bytes};
+
+/// What kind of file an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Char,
+    Block,
+}
+
+/// Metadata (and the content digest) of one path in a tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Path relative to the root, raw bytes; `""` is the root itself.
+    #[serde(with = "serde_bytes")]
+    pub path: Vec<u8>,
+    #[serde(rename = "type")]
+    pub kind: Kind,
+    /// Permission bits including setuid, setgid and sticky (`mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Modification time in nanoseconds since the epoch (negative before 1970).
+    pub mtime_ns: i64,
+    /// Size in bytes: file length for files, target length for symlinks, 0 otherwise.
+    pub size: u64,
+    /// Extended attributes, name → value, including `security.capability`
+    /// and `system.posix_acl_access`/`_default`, as raw bytes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: BTreeMap<Xattr, Xattr>,
+    /// Symlink target, raw bytes.
+    #[serde(
+        default,
+        with = "serde_opt_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub target: Option<Vec<u8>>,
+    /// For the second and later members of a hardlink group: the path of the
+    /// group's first member (in tree order). The first member has `None`.
+    #[serde(
+        default,
+        with = "serde_opt_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub link: Option<Vec<u8>>,
+    /// Device numbers `(major, minor)` of block and character devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdev: Option<(u32, u32)>,
+    /// Data extents `(offset, length)` of a sparse regular file; `None` when
+    /// the file has no holes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<Vec<(u64, u64)>>,
+    /// sha256 of a regular file's content, lowercase hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// Raw bytes of an xattr name or value, encoded with [`crate::bytes`] in JSON.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Xattr(pub Vec<u8>);
+
+impl Serialize for Xattr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::bytes::encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Xattr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde_bytes::deserialize(d).map(Xattr)
+    }
+}
+
+impl Entry {
+    /// The path for messages: lossy UTF-8, `/` for the root.
+    pub fn display_path(&self) -> String {
+        display_path(&self.path)
+    }
+}
+
+/// A raw relative path for messages: lossy UTF-8 with escapes, `/` for the root.
+pub fn display_path(path: &[u8]) -> String {
+    if path.is_empty() {
+        "/".to_string()
+    } else {
+        format!("/{}", crate::bytes::encode(path))
+    }
+}
+
+/// Tree order: compare paths component by component, each as bytes.
+pub fn path_cmp(a: &[u8], b: &[u8]) -> Ordering {
+    let mut ai = a.split(|&c| c == b'/').filter(|c| !c.is_empty());
+    let mut bi = b.split(|&c| c == b'/').filter(|c| !c.is_empty());
+    loop {
+        match (ai.next(), bi.next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) => match x.cmp(y) {
+                Ordering::Equal => continue,
+                other => return other,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_sort_before_children() {
+        let mut v: Vec<&[u8]> = vec![b"a.txt", b"a/b", b"a", b"", b"a/b/c", b"b"];
+        v.sort_by(|x, y| path_cmp(x, y));
+        assert_eq!(v, vec![&b""[..], b"a", b"a/b", b"a/b/c", b"a.txt", b"b"]);
+    }
+
+    #[test]
+    fn entry_json_round_trips_odd_bytes() {
+        let mut xattrs = BTreeMap::new();
+        xattrs.insert(Xattr(b"user.k".to_vec()), Xattr(vec![0, 1, 0xff]));
+        let e = Entry {
+            path: b"dir/odd\nname\xff".to_vec(),
+            kind: Kind::File,
+            mode: 0o4755,
+            uid: 0,
+            gid: 0,
+            mtime_ns: -1_000_000_123,
+            size: 3,
+            xattrs,
+            target: None,
+            link: None,
+            rdev: None,
+            sparse: Some(vec![(0, 4096)]),
+            sha256: Some("00".repeat(32)),
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        let back: Entry = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, e);
+    }
+}

@@ -1,0 +1,13 @@
+//! standin-builder: everything that turns a system tree into data and back.
+//!
+//! - [`entry`]: one file's metadata as recorded in a manifest (the shared type).
+//! - [`progress`]: the small progress trait that libraries report through and
+//!   the binary draws.
+//! - [`bytes`]: the reversible text encoding of raw path bytes used in JSON.
+
+pub mod bytes;
+pub mod entry;
+pub mod progress;
+
+pub use entry::{Entry, Kind};
+pub use progress::{NoProgress, Progress};

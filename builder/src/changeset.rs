@@ -141,7 +141,11 @@ pub enum ChangeSetError {
     #[error("change set checksum does not match (expected {expected}, computed {computed})")]
     BadChecksum { expected: String, computed: String },
     #[error("{what} of {len} exceeds the limit of {max}")]
-    TooLong { what: &'static str, len: u64, max: u64 },
+    TooLong {
+        what: &'static str,
+        len: u64,
+        max: u64,
+    },
     #[error("unknown {what} tag {tag}")]
     BadTag { what: &'static str, tag: u8 },
     #[error("{0} trailing bytes after the last record")]
@@ -155,13 +159,23 @@ pub enum ChangeSetError {
 pub fn check_path(path: &[u8], allow_root: bool) -> Result<(), String> {
     let shown = crate::entry::display_path(path);
     if path.is_empty() {
-        return if allow_root { Ok(()) } else { Err("the root itself may not be named here".into()) };
+        return if allow_root {
+            Ok(())
+        } else {
+            Err("the root itself may not be named here".into())
+        };
     }
     if path.len() > MAX_PATH {
-        return Err(format!("path of {} bytes is longer than {MAX_PATH}", path.len()));
+        return Err(format!(
+            "path of {} bytes is longer than {MAX_PATH}",
+            path.len()
+        ));
     }
     if path[0] == b'/' {
-        return Err(format!("absolute path {:?} is refused", String::from_utf8_lossy(path)));
+        return Err(format!(
+            "absolute path {:?} is refused",
+            String::from_utf8_lossy(path)
+        ));
     }
     if path.contains(&0) {
         return Err(format!("path {shown} contains a NUL byte"));
@@ -169,7 +183,12 @@ pub fn check_path(path: &[u8], allow_root: bool) -> Result<(), String> {
     for c in path.split(|&b| b == b'/') {
         match c {
             b"" => return Err(format!("path {shown} has an empty component")),
-            b"." | b".." => return Err(format!("path {shown} contains {:?}", String::from_utf8_lossy(c))),
+            b"." | b".." => {
+                return Err(format!(
+                    "path {shown} contains {:?}",
+                    String::from_utf8_lossy(c)
+                ))
+            }
             _ => {}
         }
     }
@@ -182,11 +201,15 @@ impl ChangeSet {
         for (index, r) in self.records.iter().enumerate() {
             let allow_root = matches!(r, Record::SetMetadata(_) | Record::Create(_));
             for (i, p) in r.paths().into_iter().enumerate() {
-                check_path(p, allow_root && i == 0).map_err(|reason| ChangeSetError::BadRecord { index, reason })?;
+                check_path(p, allow_root && i == 0)
+                    .map_err(|reason| ChangeSetError::BadRecord { index, reason })?;
             }
             if let Record::Create(e) = r {
                 if e.path.is_empty() && e.kind != Kind::Dir {
-                    return Err(ChangeSetError::BadRecord { index, reason: "the root can only be a directory".into() });
+                    return Err(ChangeSetError::BadRecord {
+                        index,
+                        reason: "the root can only be a directory".into(),
+                    });
                 }
             }
         }
@@ -218,7 +241,9 @@ impl ChangeSet {
     /// Decode and verify a change set (checksum, limits, tags, paths).
     pub fn decode(bytes: &[u8]) -> Result<ChangeSet, ChangeSetError> {
         if bytes.len() < HEADER + 32 {
-            return Err(ChangeSetError::Truncated("shorter than header and checksum"));
+            return Err(ChangeSetError::Truncated(
+                "shorter than header and checksum",
+            ));
         }
         let (body, sum) = bytes.split_at(bytes.len() - 32);
         if &body[..4] != MAGIC {
@@ -226,7 +251,10 @@ impl ChangeSet {
         }
         let computed = Sha256::digest(body);
         if computed[..] != sum[..] {
-            return Err(ChangeSetError::BadChecksum { expected: hex::encode(sum), computed: hex::encode(computed) });
+            return Err(ChangeSetError::BadChecksum {
+                expected: hex::encode(sum),
+                computed: hex::encode(computed),
+            });
         }
         let mut r = Reader { buf: body, pos: 4 };
         let version = r.u8()?;
@@ -244,13 +272,20 @@ impl ChangeSet {
         for index in 0..count {
             records.push(decode_record(&mut r).map_err(|e| match e {
                 ChangeSetError::BadRecord { .. } => e,
-                other => ChangeSetError::BadRecord { index, reason: other.to_string() },
+                other => ChangeSetError::BadRecord {
+                    index,
+                    reason: other.to_string(),
+                },
             })?);
         }
         if r.remaining() != 0 {
             return Err(ChangeSetError::Trailing(r.remaining()));
         }
-        let cs = ChangeSet { seq, created_unix_ms, records };
+        let cs = ChangeSet {
+            seq,
+            created_unix_ms,
+            records,
+        };
         cs.check_paths()?;
         Ok(cs)
     }
@@ -285,7 +320,11 @@ pub fn metadata_digest(e: &Entry) -> Digest32 {
 
 fn limit(what: &'static str, len: usize, max: usize) -> Result<(), ChangeSetError> {
     if len > max {
-        Err(ChangeSetError::TooLong { what, len: len as u64, max: max as u64 })
+        Err(ChangeSetError::TooLong {
+            what,
+            len: len as u64,
+            max: max as u64,
+        })
     } else {
         Ok(())
     }
@@ -310,7 +349,12 @@ fn kind_from(tag: u8) -> Result<Kind, ChangeSetError> {
         4 => Kind::Fifo,
         5 => Kind::Char,
         6 => Kind::Block,
-        tag => return Err(ChangeSetError::BadTag { what: "file type", tag }),
+        tag => {
+            return Err(ChangeSetError::BadTag {
+                what: "file type",
+                tag,
+            })
+        }
     })
 }
 
@@ -381,10 +425,13 @@ fn encode_entry(w: &mut Vec<u8>, e: &Entry) -> Result<(), ChangeSetError> {
     }
     match &e.sha256 {
         Some(h) => {
-            let raw = hex::decode(h).ok().filter(|r| r.len() == 32).ok_or_else(|| ChangeSetError::BadRecord {
-                index: 0,
-                reason: format!("entry {} has a malformed sha256 {h:?}", e.display_path()),
-            })?;
+            let raw = hex::decode(h)
+                .ok()
+                .filter(|r| r.len() == 32)
+                .ok_or_else(|| ChangeSetError::BadRecord {
+                    index: 0,
+                    reason: format!("entry {} has a malformed sha256 {h:?}", e.display_path()),
+                })?;
             w.push(1);
             w.extend_from_slice(&raw);
         }
@@ -399,7 +446,12 @@ fn encode_record(w: &mut Vec<u8>, r: &Record) -> Result<(), ChangeSetError> {
             w.push(1);
             encode_entry(w, e)?;
         }
-        Record::WriteExtent { path, offset, data, content_sha256 } => {
+        Record::WriteExtent {
+            path,
+            offset,
+            data,
+            content_sha256,
+        } => {
             w.push(2);
             put_path(w, path)?;
             w.extend_from_slice(&offset.to_be_bytes());
@@ -407,7 +459,11 @@ fn encode_record(w: &mut Vec<u8>, r: &Record) -> Result<(), ChangeSetError> {
             put_bytes(w, data);
             w.extend_from_slice(content_sha256);
         }
-        Record::Truncate { path, size, content_sha256 } => {
+        Record::Truncate {
+            path,
+            size,
+            content_sha256,
+        } => {
             w.push(3);
             put_path(w, path)?;
             w.extend_from_slice(&size.to_be_bytes());
@@ -459,11 +515,15 @@ impl<'a> Reader<'a> {
     }
 
     fn u32(&mut self) -> Result<u32, ChangeSetError> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
 
     fn u64(&mut self) -> Result<u64, ChangeSetError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
 
     fn digest(&mut self) -> Result<Digest32, ChangeSetError> {
@@ -480,7 +540,10 @@ impl<'a> Reader<'a> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
-            tag => Err(ChangeSetError::BadTag { what: "option", tag }),
+            tag => Err(ChangeSetError::BadTag {
+                what: "option",
+                tag,
+            }),
         }
     }
 
@@ -511,7 +574,11 @@ fn decode_entry(r: &mut Reader<'_>) -> Result<Entry, ChangeSetError> {
     }
     let target = r.opt("symlink target", MAX_TARGET)?;
     let link = r.opt("path length", MAX_PATH)?;
-    let rdev = if r.flag()? { Some((r.u32()?, r.u32()?)) } else { None };
+    let rdev = if r.flag()? {
+        Some((r.u32()?, r.u32()?))
+    } else {
+        None
+    };
     let sparse = if r.flag()? {
         let n = r.u32()? as usize;
         limit("sparse extents", n, MAX_EXTENTS)?;
@@ -524,11 +591,33 @@ fn decode_entry(r: &mut Reader<'_>) -> Result<Entry, ChangeSetError> {
     } else {
         None
     };
-    let sha256 = if r.flag()? { Some(hex::encode(r.digest()?)) } else { None };
+    let sha256 = if r.flag()? {
+        Some(hex::encode(r.digest()?))
+    } else {
+        None
+    };
     if mode > 0o7777 {
-        return Err(ChangeSetError::TooLong { what: "mode", len: mode as u64, max: 0o7777 });
+        return Err(ChangeSetError::TooLong {
+            what: "mode",
+            len: mode as u64,
+            max: 0o7777,
+        });
     }
-    Ok(Entry { path, kind, mode, uid, gid, mtime_ns, size, xattrs, target, link, rdev, sparse, sha256 })
+    Ok(Entry {
+        path,
+        kind,
+        mode,
+        uid,
+        gid,
+        mtime_ns,
+        size,
+        xattrs,
+        target,
+        link,
+        rdev,
+        sparse,
+        sha256,
+    })
 }
 
 fn decode_record(r: &mut Reader<'_>) -> Result<Record, ChangeSetError> {
@@ -539,24 +628,57 @@ fn decode_record(r: &mut Reader<'_>) -> Result<Record, ChangeSetError> {
             let offset = r.u64()?;
             let data = r.bytes("extent data", MAX_EXTENT_DATA)?;
             let content_sha256 = r.digest()?;
-            if offset.checked_add(data.len() as u64).is_none_or(|end| end > i64::MAX as u64) {
-                return Err(ChangeSetError::TooLong { what: "extent end", len: offset, max: i64::MAX as u64 });
+            if offset
+                .checked_add(data.len() as u64)
+                .is_none_or(|end| end > i64::MAX as u64)
+            {
+                return Err(ChangeSetError::TooLong {
+                    what: "extent end",
+                    len: offset,
+                    max: i64::MAX as u64,
+                });
             }
-            Record::WriteExtent { path, offset, data, content_sha256 }
+            Record::WriteExtent {
+                path,
+                offset,
+                data,
+                content_sha256,
+            }
         }
         3 => {
             let path = r.bytes("path length", MAX_PATH)?;
             let size = r.u64()?;
             if size > i64::MAX as u64 {
-                return Err(ChangeSetError::TooLong { what: "file size", len: size, max: i64::MAX as u64 });
+                return Err(ChangeSetError::TooLong {
+                    what: "file size",
+                    len: size,
+                    max: i64::MAX as u64,
+                });
             }
-            Record::Truncate { path, size, content_sha256: r.digest()? }
+            Record::Truncate {
+                path,
+                size,
+                content_sha256: r.digest()?,
+            }
         }
         4 => Record::SetMetadata(decode_entry(r)?),
-        5 => Record::Rename { from: r.bytes("path length", MAX_PATH)?, to: r.bytes("path length", MAX_PATH)? },
-        6 => Record::Link { existing: r.bytes("path length", MAX_PATH)?, new: r.bytes("path length", MAX_PATH)? },
-        7 => Record::Delete { path: r.bytes("path length", MAX_PATH)? },
-        tag => return Err(ChangeSetError::BadTag { what: "record", tag }),
+        5 => Record::Rename {
+            from: r.bytes("path length", MAX_PATH)?,
+            to: r.bytes("path length", MAX_PATH)?,
+        },
+        6 => Record::Link {
+            existing: r.bytes("path length", MAX_PATH)?,
+            new: r.bytes("path length", MAX_PATH)?,
+        },
+        7 => Record::Delete {
+            path: r.bytes("path length", MAX_PATH)?,
+        },
+        tag => {
+            return Err(ChangeSetError::BadTag {
+                what: "record",
+                tag,
+            })
+        }
     })
 }
 

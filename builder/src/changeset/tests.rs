@@ -27,14 +27,31 @@ fn sample() -> ChangeSet {
         records: vec![
             Record::Create(entry("dir", Kind::Dir)),
             Record::Create(entry("dir/f", Kind::File)),
-            Record::WriteExtent { path: b"dir/f".to_vec(), offset: 7, data: b"hello".to_vec(), content_sha256: [1; 32] },
-            Record::Truncate { path: b"dir/f".to_vec(), size: 3, content_sha256: [2; 32] },
+            Record::WriteExtent {
+                path: b"dir/f".to_vec(),
+                offset: 7,
+                data: b"hello".to_vec(),
+                content_sha256: [1; 32],
+            },
+            Record::Truncate {
+                path: b"dir/f".to_vec(),
+                size: 3,
+                content_sha256: [2; 32],
+            },
             Record::SetMetadata(entry("", Kind::Dir)),
             Record::Create(entry("dir/s", Kind::Symlink)),
             Record::Create(entry("dir/c", Kind::Char)),
-            Record::Rename { from: b"dir/f".to_vec(), to: b"g\xff".to_vec() },
-            Record::Link { existing: b"g\xff".to_vec(), new: b"h".to_vec() },
-            Record::Delete { path: b"dir".to_vec() },
+            Record::Rename {
+                from: b"dir/f".to_vec(),
+                to: b"g\xff".to_vec(),
+            },
+            Record::Link {
+                existing: b"g\xff".to_vec(),
+                new: b"h".to_vec(),
+            },
+            Record::Delete {
+                path: b"dir".to_vec(),
+            },
         ],
     }
 }
@@ -67,7 +84,10 @@ fn round_trips() {
 fn every_truncation_and_bit_flip_is_rejected() {
     let bytes = sample().encode().unwrap();
     for n in 0..bytes.len() {
-        assert!(ChangeSet::decode(&bytes[..n]).is_err(), "truncated to {n} accepted");
+        assert!(
+            ChangeSet::decode(&bytes[..n]).is_err(),
+            "truncated to {n} accepted"
+        );
     }
     for i in 0..bytes.len() {
         let mut b = bytes.clone();
@@ -82,11 +102,17 @@ fn truncated_bodies_with_valid_checksums_are_rejected() {
     let bytes = sample().encode().unwrap();
     let body = &bytes[..bytes.len() - 32];
     for n in 0..body.len() {
-        assert!(ChangeSet::decode(&seal(&body[..n])).is_err(), "prefix {n} accepted");
+        assert!(
+            ChangeSet::decode(&seal(&body[..n])).is_err(),
+            "prefix {n} accepted"
+        );
     }
     let mut longer = body.to_vec();
     longer.push(0);
-    assert_eq!(ChangeSet::decode(&seal(&longer)), Err(ChangeSetError::Trailing(1)));
+    assert_eq!(
+        ChangeSet::decode(&seal(&longer)),
+        Err(ChangeSetError::Trailing(1))
+    );
 }
 
 #[test]
@@ -122,7 +148,10 @@ fn hostile_lengths_are_refused() {
     body.extend_from_slice(&1u64.to_be_bytes());
     body.extend_from_slice(&0u64.to_be_bytes());
     body.extend_from_slice(&u32::MAX.to_be_bytes());
-    assert!(matches!(ChangeSet::decode(&seal(&body)), Err(ChangeSetError::TooLong { .. })));
+    assert!(matches!(
+        ChangeSet::decode(&seal(&body)),
+        Err(ChangeSetError::TooLong { .. })
+    ));
     body.truncate(body.len() - 4);
     body.extend_from_slice(&1u32.to_be_bytes());
     body.push(7); // Delete
@@ -133,11 +162,27 @@ fn hostile_lengths_are_refused() {
 
 #[test]
 fn unsafe_paths_are_refused() {
-    for bad in [&b"/etc/passwd"[..], b"../x", b"a/../../x", b"a//b", b"./a", b"a/.", b"a\0b", b""] {
-        let cs = ChangeSet { seq: 1, created_unix_ms: 0, records: vec![Record::Delete { path: bad.to_vec() }] };
+    for bad in [
+        &b"/etc/passwd"[..],
+        b"../x",
+        b"a/../../x",
+        b"a//b",
+        b"./a",
+        b"a/.",
+        b"a\0b",
+        b"",
+    ] {
+        let cs = ChangeSet {
+            seq: 1,
+            created_unix_ms: 0,
+            records: vec![Record::Delete { path: bad.to_vec() }],
+        };
         let bytes = cs.encode().unwrap();
         let e = ChangeSet::decode(&bytes).unwrap_err();
-        assert!(matches!(e, ChangeSetError::BadRecord { index: 0, .. }), "{bad:?}: {e}");
+        assert!(
+            matches!(e, ChangeSetError::BadRecord { index: 0, .. }),
+            "{bad:?}: {e}"
+        );
     }
     assert!(check_path(b"", true).is_ok());
     assert!(check_path(b"a/b..c/.d", false).is_ok());

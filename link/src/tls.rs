@@ -41,11 +41,17 @@ fn check_pin(role: &str, trusted: &[Fingerprint], cert: &CertificateDer<'_>) -> 
 }
 
 /// The error a pinning verifier returns for an unknown fingerprint.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error("{role} offered certificate {offered}, which is not trusted")]
 pub struct Untrusted {
     pub role: String,
     pub offered: Fingerprint,
+}
+
+impl std::fmt::Debug for Untrusted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// Verifies the server certificate by fingerprint (used by clients).

@@ -1,0 +1,528 @@
+//! The agent's end of the replication link.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use standin_builder::changeset::{ChangeSet, Record};
+use standin_link::frame::{read_frame, write_frame, FrameError, DEFAULT_MAX_FRAME};
+use standin_link::message::{
+    Ack, ErrorMsg, Heartbeat, Hello, Message, MirrorDone, MirrorEnd, MirrorStart, Role, Welcome,
+};
+use standin_link::status::Status;
+use standin_link::{tls, with_default_port, Fingerprint, Identity, PROTOCOL_VERSION, STANDIN_VERSION};
+use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio_rustls::client::TlsStream;
+use tracing::{debug, info, warn};
+
+/// How to reach and authenticate the target.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// `host[:port]`, port 6320 by default.
+    pub target: String,
+    pub identity: Identity,
+    /// Fingerprints the target's certificate may have.
+    pub trust: Vec<Fingerprint>,
+    /// This source's id (names its staging directory on the target).
+    pub source_id: String,
+    /// Seconds between heartbeats.
+    pub heartbeat: Duration,
+    /// zstd level for frames (0 = off).
+    pub compress: i32,
+    pub max_frame: u32,
+    /// First and largest wait between reconnection attempts.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Largest in-memory queue of unacknowledged change sets, in bytes.
+    pub queue_max_bytes: u64,
+    /// Time allowed for connecting, the handshake and the welcome.
+    pub connect_timeout: Duration,
+}
+
+impl LinkConfig {
+    /// Defaults for everything but the essentials.
+    pub fn new(target: &str, identity: Identity, trust: Vec<Fingerprint>, source_id: &str) -> LinkConfig {
+        LinkConfig {
+            target: with_default_port(target),
+            identity,
+            trust,
+            source_id: source_id.to_string(),
+            heartbeat: Duration::from_secs(5),
+            compress: 3,
+            max_frame: DEFAULT_MAX_FRAME,
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+            queue_max_bytes: 256 << 20,
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One authenticated connection after Hello/Welcome.
+pub struct Connection {
+    rd: ReadHalf<TlsStream<TcpStream>>,
+    wr: WriteHalf<TlsStream<TcpStream>>,
+    /// The target's answer to Hello.
+    pub welcome: Welcome,
+    /// The target's certificate fingerprint (one of the trusted ones).
+    pub peer: Fingerprint,
+    max_frame: u32,
+    compress: i32,
+}
+
+/// Connect once: TCP, pinned mutual TLS, Hello, Welcome.
+pub async fn connect(cfg: &LinkConfig, role: Role) -> Result<Connection> {
+    tokio::time::timeout(cfg.connect_timeout, connect_inner(cfg, role))
+        .await
+        .with_context(|| format!("connecting to {}: timed out", cfg.target))?
+}
+
+async fn connect_inner(cfg: &LinkConfig, role: Role) -> Result<Connection> {
+    let tcp = TcpStream::connect(&cfg.target)
+        .await
+        .with_context(|| format!("connecting to {}", cfg.target))?;
+    let _ = tcp.set_nodelay(true);
+    let connector = tokio_rustls::TlsConnector::from(tls::client_config(&cfg.identity, &cfg.trust)?);
+    let stream = connector.connect(tls::server_name(), tcp).await.map_err(|e| {
+        anyhow::anyhow!(
+            "TLS handshake with {} failed: {e}; check that the target trusts this source's fingerprint {} and that --trust names the target's",
+            cfg.target,
+            cfg.identity.fingerprint
+        )
+    })?;
+    let peer = tls::peer_fingerprint(stream.get_ref().1.peer_certificates()).context("the target presented no certificate")?;
+    info!(target = cfg.target, offered = %peer, "target authenticated");
+    let (rd, wr) = tokio::io::split(stream);
+    let mut c = Connection {
+        rd,
+        wr,
+        welcome: Welcome { protocol: 0, standin_version: String::new(), last_applied_seq: 0, mirror_complete: false },
+        peer,
+        max_frame: cfg.max_frame,
+        compress: cfg.compress,
+    };
+    c.send(&Message::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        standin_version: STANDIN_VERSION.to_string(),
+        source_id: cfg.source_id.clone(),
+        role,
+    }))
+    .await?;
+    let first = c.recv().await.map_err(|e| {
+        if format!("{e:#}").contains("alert") {
+            e.context(format!(
+                "the target refused this source's certificate {}; on the target add --trust {}",
+                cfg.identity.fingerprint, cfg.identity.fingerprint
+            ))
+        } else {
+            e
+        }
+    })?;
+    match first {
+        Message::Welcome(w) => c.welcome = w,
+        other => bail!("expected welcome from {}, got {}", cfg.target, other.name()),
+    }
+    Ok(c)
+}
+
+impl Connection {
+    /// Send one message. Returns the bytes on the wire.
+    pub async fn send(&mut self, msg: &Message) -> Result<usize> {
+        send_on(&mut self.wr, msg, self.compress).await
+    }
+
+    /// Receive one message; an Error message from the target becomes an error.
+    pub async fn recv(&mut self) -> Result<Message> {
+        recv_on(&mut self.rd, self.max_frame).await
+    }
+
+    /// Send and wait for the answer.
+    pub async fn request(&mut self, msg: &Message) -> Result<Message> {
+        self.send(msg).await?;
+        self.recv().await
+    }
+}
+
+async fn send_on<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message, level: i32) -> Result<usize> {
+    let (k, p) = msg.encode()?;
+    write_frame(w, k, &p, level).await.with_context(|| format!("sending {}", msg.name()))
+}
+
+async fn recv_on(rd: &mut ReadHalf<TlsStream<TcpStream>>, max: u32) -> Result<Message> {
+    let f = match read_frame(rd, max).await {
+        Ok(f) => f,
+        Err(FrameError::Closed) => bail!("the target closed the connection"),
+        Err(e) => return Err(e.into()),
+    };
+    match Message::decode(f.kind, &f.payload)? {
+        Message::Error(ErrorMsg { reason, retry }) => {
+            Err(TargetError { reason, retry }.into())
+        }
+        m => Ok(m),
+    }
+}
+
+/// An error the target reported.
+#[derive(Debug, thiserror::Error)]
+#[error("the target refused: {reason}")]
+pub struct TargetError {
+    pub reason: String,
+    /// Whether retrying later can help.
+    pub retry: bool,
+}
+
+/// Ask the target for its status.
+pub async fn query_status(cfg: &LinkConfig) -> Result<Status> {
+    let mut c = connect(cfg, Role::Status).await?;
+    match c.request(&Message::StatusRequest).await? {
+        Message::StatusResponse(s) => Ok(*s),
+        other => bail!("expected a status response, got {}", other.name()),
+    }
+}
+
+/// Ask the target for its profile.
+pub async fn query_profile(cfg: &LinkConfig) -> Result<serde_json::Value> {
+    let mut c = connect(cfg, Role::Validate).await?;
+    match c.request(&Message::ProfileRequest).await? {
+        Message::ProfileResponse(v) => Ok(v),
+        other => bail!("expected a profile response, got {}", other.name()),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct Queued {
+    seq: u64,
+    created_unix_ms: i64,
+    payload: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Queued>,
+    bytes: u64,
+    next_seq: u64,
+    acked: u64,
+    resync_needed: bool,
+}
+
+/// Counters of a [`Sender`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SenderStats {
+    pub connected: bool,
+    pub reconnects: u64,
+    /// Bytes put on the wire (frames, after compression).
+    pub bytes_sent: u64,
+    /// Change-set bytes before compression.
+    pub payload_bytes_sent: u64,
+    pub sets_sent: u64,
+    pub last_acked: u64,
+    pub next_seq: u64,
+    pub queue_sets: u64,
+    pub queue_bytes: u64,
+    /// The target lost change sets this agent no longer holds: a difference mirror is needed.
+    pub resync_needed: bool,
+    pub last_error: Option<String>,
+}
+
+/// Why [`Sender::send`] did not queue a change set.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("the queue is full ({bytes} bytes queued, limit {max}); fall back to a difference mirror")]
+    QueueFull { bytes: u64, max: u64 },
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+enum Control {
+    MirrorStart(MirrorStart, oneshot::Sender<Result<()>>),
+    MirrorEnd(MirrorEnd, oneshot::Sender<Result<MirrorDone>>),
+}
+
+struct Shared {
+    cfg: LinkConfig,
+    queue: Mutex<Queue>,
+    stats: Mutex<SenderStats>,
+    wake: Notify,
+    acked: watch::Sender<u64>,
+}
+
+/// Sends change sets in order and keeps the link up.
+///
+/// `send` cuts a numbered change set and queues it; a background task sends
+/// queued sets, heartbeats every `cfg.heartbeat`, drops sets when the target
+/// acknowledges them, and on any link error reconnects with backoff and
+/// resends everything above the target's last applied number.
+pub struct Sender {
+    shared: Arc<Shared>,
+    control: mpsc::Sender<Control>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sender {
+    /// Connect (one attempt, so a wrong address or fingerprint fails fast),
+    /// learn the target's last applied number, and start the background task.
+    pub async fn start(cfg: LinkConfig) -> Result<Sender> {
+        let conn = connect(&cfg, Role::Agent).await?;
+        let last = conn.welcome.last_applied_seq;
+        info!(last_applied = last, "replication link up");
+        let (acked, _) = watch::channel(last);
+        let shared = Arc::new(Shared {
+            cfg,
+            queue: Mutex::new(Queue { next_seq: last + 1, acked: last, ..Default::default() }),
+            stats: Mutex::new(SenderStats { connected: true, last_acked: last, next_seq: last + 1, ..Default::default() }),
+            wake: Notify::new(),
+            acked,
+        });
+        let (control, rx) = mpsc::channel(8);
+        let task = tokio::spawn(drive(shared.clone(), conn, rx));
+        Ok(Sender { shared, control, task })
+    }
+
+    /// Cut the next change set from `records` and queue it. Returns its sequence number.
+    pub fn send(&self, records: Vec<Record>) -> Result<u64, SendError> {
+        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = q.next_seq;
+        let created = now_ms();
+        let cs = ChangeSet { seq, created_unix_ms: created, records };
+        let payload = cs.encode().map_err(|e| SendError::Other(e.into()))?;
+        let max = self.shared.cfg.queue_max_bytes;
+        if q.bytes + payload.len() as u64 > max && !q.items.is_empty() {
+            return Err(SendError::QueueFull { bytes: q.bytes, max });
+        }
+        let max_frame = self.shared.cfg.max_frame as usize;
+        if payload.len() + 2 > max_frame {
+            return Err(SendError::Other(anyhow::anyhow!(
+                "change set {seq} is {} bytes, larger than the frame limit {max_frame}; split it",
+                payload.len()
+            )));
+        }
+        q.bytes += payload.len() as u64;
+        q.items.push_back(Queued { seq, created_unix_ms: created, payload });
+        q.next_seq += 1;
+        drop(q);
+        self.shared.wake.notify_one();
+        Ok(seq)
+    }
+
+    /// Wait until the target acknowledged `seq` (applied and durable).
+    pub async fn wait_acked(&self, seq: u64) -> Result<()> {
+        let mut rx = self.shared.acked.subscribe();
+        rx.wait_for(|&a| a >= seq).await.context("the sender stopped")?;
+        Ok(())
+    }
+
+    /// Tell the target a mirror starts (its data follows as change sets).
+    pub async fn mirror_start(&self, m: MirrorStart) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.control.send(Control::MirrorStart(m, tx)).await.context("the sender stopped")?;
+        rx.await.context("the sender stopped")?
+    }
+
+    /// Tell the target the mirror ended (call after `wait_acked(last_seq)`).
+    pub async fn mirror_end(&self, m: MirrorEnd) -> Result<MirrorDone> {
+        let (tx, rx) = oneshot::channel();
+        self.control.send(Control::MirrorEnd(m, tx)).await.context("the sender stopped")?;
+        rx.await.context("the sender stopped")?
+    }
+
+    /// The sequence number the next `send` will use.
+    pub fn next_seq(&self) -> u64 {
+        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).next_seq
+    }
+
+    /// Counters and queue state.
+    pub fn stats(&self) -> SenderStats {
+        let mut s = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        s.last_acked = q.acked;
+        s.next_seq = q.next_seq;
+        s.queue_sets = q.items.len() as u64;
+        s.queue_bytes = q.bytes;
+        s.resync_needed = q.resync_needed;
+        s
+    }
+
+    /// Stop the background task (queued, unacknowledged sets are dropped).
+    pub async fn close(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let ms = d.as_millis() as u64;
+    Duration::from_millis(ms / 2 + rand::random::<u64>() % (ms / 2 + 1))
+}
+
+async fn drive(shared: Arc<Shared>, first: Connection, mut control: mpsc::Receiver<Control>) {
+    let mut conn = Some(first);
+    let mut backoff = shared.cfg.backoff_min;
+    loop {
+        let c = match conn.take() {
+            Some(c) => c,
+            None => match connect(&shared.cfg, Role::Agent).await {
+                Ok(c) => {
+                    backoff = shared.cfg.backoff_min;
+                    let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+                    st.reconnects += 1;
+                    info!(last_applied = c.welcome.last_applied_seq, "replication link up again");
+                    c
+                }
+                Err(e) => {
+                    debug!("reconnecting: {e:#}");
+                    shared.stats.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(format!("{e:#}"));
+                    let wait = jitter(backoff);
+                    backoff = (backoff * 2).min(shared.cfg.backoff_max);
+                    // Control requests fail fast while the link is down.
+                    let deadline = tokio::time::sleep(wait);
+                    tokio::pin!(deadline);
+                    loop {
+                        tokio::select! {
+                            _ = &mut deadline => break,
+                            c = control.recv() => match c {
+                                Some(Control::MirrorStart(_, tx)) => { let _ = tx.send(Err(anyhow::anyhow!("the link to the target is down"))); }
+                                Some(Control::MirrorEnd(_, tx)) => { let _ = tx.send(Err(anyhow::anyhow!("the link to the target is down"))); }
+                                None => return,
+                            }
+                        }
+                    }
+                    continue;
+                }
+            },
+        };
+        shared.stats.lock().unwrap_or_else(|e| e.into_inner()).connected = true;
+        let err = session(&shared, c, &mut control).await;
+        let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        st.connected = false;
+        match err {
+            Ok(()) => return,
+            Err(e) => {
+                warn!("replication link lost: {e:#}; reconnecting");
+                st.last_error = Some(format!("{e:#}"));
+            }
+        }
+    }
+}
+
+fn on_ack(shared: &Shared, seq: u64) {
+    let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+    while q.items.front().is_some_and(|i| i.seq <= seq) {
+        let i = q.items.pop_front().expect("checked");
+        q.bytes -= i.payload.len() as u64;
+    }
+    q.acked = q.acked.max(seq);
+    let a = q.acked;
+    drop(q);
+    shared.acked.send_replace(a);
+}
+
+async fn session(shared: &Arc<Shared>, c: Connection, control: &mut mpsc::Receiver<Control>) -> Result<()> {
+    let last = c.welcome.last_applied_seq;
+    {
+        let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let first_queued = q.items.front().map(|i| i.seq).unwrap_or(q.next_seq);
+        if last + 1 < first_queued {
+            warn!(
+                target_at = last,
+                first_queued, "the target is behind what this agent still holds; a difference mirror is needed"
+            );
+            q.resync_needed = true;
+        }
+    }
+    on_ack(shared, last);
+    let Connection { mut rd, mut wr, max_frame, compress, .. } = c;
+    // Reading is not cancel-safe, so a task reads and hands messages over.
+    let (tx, mut inbox) = mpsc::channel::<Result<Message>>(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let m = recv_on(&mut rd, max_frame).await;
+            let stop = m.is_err();
+            if tx.send(m).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    let _guard = AbortOnDrop(reader);
+    let mut sent_upto = last;
+    let mut tick = tokio::time::interval(shared.cfg.heartbeat);
+    let mut pending_end: VecDeque<oneshot::Sender<Result<MirrorDone>>> = VecDeque::new();
+    loop {
+        // Send everything queued beyond what this connection sent.
+        loop {
+            let next = {
+                let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                q.items.iter().find(|i| i.seq > sent_upto).map(|i| (i.seq, i.payload.clone()))
+            };
+            let Some((seq, payload)) = next else { break };
+            let n = write_frame(&mut wr, standin_link::message::kind::CHANGE_SET, &payload, compress)
+                .await
+                .with_context(|| format!("sending change set {seq}"))?;
+            sent_upto = seq;
+            let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+            st.bytes_sent += n as u64;
+            st.payload_bytes_sent += payload.len() as u64;
+            st.sets_sent += 1;
+        }
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tick.tick() => {
+                let hb = {
+                    let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                    Heartbeat {
+                        sent_unix_ms: now_ms(),
+                        source_seq: q.next_seq - 1,
+                        queue_sets: q.items.len() as u64,
+                        queue_bytes: q.bytes,
+                        oldest_pending_unix_ms: q.items.front().map(|i| i.created_unix_ms),
+                    }
+                };
+                let n = send_on(&mut wr, &Message::Heartbeat(hb), 0).await?;
+                shared.stats.lock().unwrap_or_else(|e| e.into_inner()).bytes_sent += n as u64;
+            }
+            c = control.recv() => match c {
+                None => return Ok(()),
+                Some(Control::MirrorStart(m, tx)) => {
+                    let r = send_on(&mut wr, &Message::MirrorStart(m), compress).await.map(|_| ());
+                    let failed = r.is_err();
+                    let _ = tx.send(r);
+                    if failed { bail!("sending mirror start failed"); }
+                }
+                Some(Control::MirrorEnd(m, tx)) => {
+                    match send_on(&mut wr, &Message::MirrorEnd(m), compress).await {
+                        Ok(_) => pending_end.push_back(tx),
+                        Err(e) => { let _ = tx.send(Err(anyhow::anyhow!("{e:#}"))); bail!("sending mirror end failed"); }
+                    }
+                }
+            },
+            m = inbox.recv() => match m {
+                None => bail!("the reader stopped"),
+                Some(Err(e)) => {
+                    for tx in pending_end.drain(..) { let _ = tx.send(Err(anyhow::anyhow!("{e:#}"))); }
+                    return Err(e);
+                }
+                Some(Ok(Message::Ack(Ack { seq }))) => on_ack(shared, seq),
+                Some(Ok(Message::MirrorDone(d))) => {
+                    if let Some(tx) = pending_end.pop_front() { let _ = tx.send(Ok(d)); }
+                }
+                Some(Ok(other)) => bail!("unexpected {} from the target", other.name()),
+            },
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

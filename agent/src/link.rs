@@ -11,7 +11,9 @@ use standin_link::message::{
     Ack, ErrorMsg, Heartbeat, Hello, Message, MirrorDone, MirrorEnd, MirrorStart, Role, Welcome,
 };
 use standin_link::status::Status;
-use standin_link::{tls, with_default_port, Fingerprint, Identity, PROTOCOL_VERSION, STANDIN_VERSION};
+use standin_link::{
+    tls, with_default_port, Fingerprint, Identity, PROTOCOL_VERSION, STANDIN_VERSION,
+};
 use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -44,7 +46,12 @@ pub struct LinkConfig {
 
 impl LinkConfig {
     /// Defaults for everything but the essentials.
-    pub fn new(target: &str, identity: Identity, trust: Vec<Fingerprint>, source_id: &str) -> LinkConfig {
+    pub fn new(
+        target: &str,
+        identity: Identity,
+        trust: Vec<Fingerprint>,
+        source_id: &str,
+    ) -> LinkConfig {
         LinkConfig {
             target: with_default_port(target),
             identity,
@@ -85,7 +92,8 @@ async fn connect_inner(cfg: &LinkConfig, role: Role) -> Result<Connection> {
         .await
         .with_context(|| format!("connecting to {}", cfg.target))?;
     let _ = tcp.set_nodelay(true);
-    let connector = tokio_rustls::TlsConnector::from(tls::client_config(&cfg.identity, &cfg.trust)?);
+    let connector =
+        tokio_rustls::TlsConnector::from(tls::client_config(&cfg.identity, &cfg.trust)?);
     let stream = connector.connect(tls::server_name(), tcp).await.map_err(|e| {
         anyhow::anyhow!(
             "TLS handshake with {} failed: {e}; check that the target trusts this source's fingerprint {} and that --trust names the target's",
@@ -93,13 +101,19 @@ async fn connect_inner(cfg: &LinkConfig, role: Role) -> Result<Connection> {
             cfg.identity.fingerprint
         )
     })?;
-    let peer = tls::peer_fingerprint(stream.get_ref().1.peer_certificates()).context("the target presented no certificate")?;
+    let peer = tls::peer_fingerprint(stream.get_ref().1.peer_certificates())
+        .context("the target presented no certificate")?;
     info!(target = cfg.target, offered = %peer, "target authenticated");
     let (rd, wr) = tokio::io::split(stream);
     let mut c = Connection {
         rd,
         wr,
-        welcome: Welcome { protocol: 0, standin_version: String::new(), last_applied_seq: 0, mirror_complete: false },
+        welcome: Welcome {
+            protocol: 0,
+            standin_version: String::new(),
+            last_applied_seq: 0,
+            mirror_complete: false,
+        },
         peer,
         max_frame: cfg.max_frame,
         compress: cfg.compress,
@@ -139,6 +153,16 @@ impl Connection {
         recv_on(&mut self.rd, self.max_frame).await
     }
 
+    /// Write raw bytes on the authenticated stream, bypassing framing. Only
+    /// for tests of how the target treats hostile input.
+    #[doc(hidden)]
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.wr.write_all(bytes).await?;
+        self.wr.flush().await?;
+        Ok(())
+    }
+
     /// Send and wait for the answer.
     pub async fn request(&mut self, msg: &Message) -> Result<Message> {
         self.send(msg).await?;
@@ -148,7 +172,9 @@ impl Connection {
 
 async fn send_on<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message, level: i32) -> Result<usize> {
     let (k, p) = msg.encode()?;
-    write_frame(w, k, &p, level).await.with_context(|| format!("sending {}", msg.name()))
+    write_frame(w, k, &p, level)
+        .await
+        .with_context(|| format!("sending {}", msg.name()))
 }
 
 async fn recv_on(rd: &mut ReadHalf<TlsStream<TcpStream>>, max: u32) -> Result<Message> {
@@ -158,9 +184,7 @@ async fn recv_on(rd: &mut ReadHalf<TlsStream<TcpStream>>, max: u32) -> Result<Me
         Err(e) => return Err(e.into()),
     };
     match Message::decode(f.kind, &f.payload)? {
-        Message::Error(ErrorMsg { reason, retry }) => {
-            Err(TargetError { reason, retry }.into())
-        }
+        Message::Error(ErrorMsg { reason, retry }) => Err(TargetError { reason, retry }.into()),
         m => Ok(m),
     }
 }
@@ -236,7 +260,9 @@ pub struct SenderStats {
 /// Why [`Sender::send`] did not queue a change set.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    #[error("the queue is full ({bytes} bytes queued, limit {max}); fall back to a difference mirror")]
+    #[error(
+        "the queue is full ({bytes} bytes queued, limit {max}); fall back to a difference mirror"
+    )]
     QueueFull { bytes: u64, max: u64 },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -277,14 +303,27 @@ impl Sender {
         let (acked, _) = watch::channel(last);
         let shared = Arc::new(Shared {
             cfg,
-            queue: Mutex::new(Queue { next_seq: last + 1, acked: last, ..Default::default() }),
-            stats: Mutex::new(SenderStats { connected: true, last_acked: last, next_seq: last + 1, ..Default::default() }),
+            queue: Mutex::new(Queue {
+                next_seq: last + 1,
+                acked: last,
+                ..Default::default()
+            }),
+            stats: Mutex::new(SenderStats {
+                connected: true,
+                last_acked: last,
+                next_seq: last + 1,
+                ..Default::default()
+            }),
             wake: Notify::new(),
             acked,
         });
         let (control, rx) = mpsc::channel(8);
         let task = tokio::spawn(drive(shared.clone(), conn, rx));
-        Ok(Sender { shared, control, task })
+        Ok(Sender {
+            shared,
+            control,
+            task,
+        })
     }
 
     /// Cut the next change set from `records` and queue it. Returns its sequence number.
@@ -292,11 +331,18 @@ impl Sender {
         let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         let seq = q.next_seq;
         let created = now_ms();
-        let cs = ChangeSet { seq, created_unix_ms: created, records };
+        let cs = ChangeSet {
+            seq,
+            created_unix_ms: created,
+            records,
+        };
         let payload = cs.encode().map_err(|e| SendError::Other(e.into()))?;
         let max = self.shared.cfg.queue_max_bytes;
         if q.bytes + payload.len() as u64 > max && !q.items.is_empty() {
-            return Err(SendError::QueueFull { bytes: q.bytes, max });
+            return Err(SendError::QueueFull {
+                bytes: q.bytes,
+                max,
+            });
         }
         let max_frame = self.shared.cfg.max_frame as usize;
         if payload.len() + 2 > max_frame {
@@ -306,7 +352,11 @@ impl Sender {
             )));
         }
         q.bytes += payload.len() as u64;
-        q.items.push_back(Queued { seq, created_unix_ms: created, payload });
+        q.items.push_back(Queued {
+            seq,
+            created_unix_ms: created,
+            payload,
+        });
         q.next_seq += 1;
         drop(q);
         self.shared.wake.notify_one();
@@ -316,32 +366,49 @@ impl Sender {
     /// Wait until the target acknowledged `seq` (applied and durable).
     pub async fn wait_acked(&self, seq: u64) -> Result<()> {
         let mut rx = self.shared.acked.subscribe();
-        rx.wait_for(|&a| a >= seq).await.context("the sender stopped")?;
+        rx.wait_for(|&a| a >= seq)
+            .await
+            .context("the sender stopped")?;
         Ok(())
     }
 
     /// Tell the target a mirror starts (its data follows as change sets).
     pub async fn mirror_start(&self, m: MirrorStart) -> Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.control.send(Control::MirrorStart(m, tx)).await.context("the sender stopped")?;
+        self.control
+            .send(Control::MirrorStart(m, tx))
+            .await
+            .context("the sender stopped")?;
         rx.await.context("the sender stopped")?
     }
 
     /// Tell the target the mirror ended (call after `wait_acked(last_seq)`).
     pub async fn mirror_end(&self, m: MirrorEnd) -> Result<MirrorDone> {
         let (tx, rx) = oneshot::channel();
-        self.control.send(Control::MirrorEnd(m, tx)).await.context("the sender stopped")?;
+        self.control
+            .send(Control::MirrorEnd(m, tx))
+            .await
+            .context("the sender stopped")?;
         rx.await.context("the sender stopped")?
     }
 
     /// The sequence number the next `send` will use.
     pub fn next_seq(&self) -> u64 {
-        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).next_seq
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_seq
     }
 
     /// Counters and queue state.
     pub fn stats(&self) -> SenderStats {
-        let mut s = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut s = self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         s.last_acked = q.acked;
         s.next_seq = q.next_seq;
@@ -374,12 +441,19 @@ async fn drive(shared: Arc<Shared>, first: Connection, mut control: mpsc::Receiv
                     backoff = shared.cfg.backoff_min;
                     let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
                     st.reconnects += 1;
-                    info!(last_applied = c.welcome.last_applied_seq, "replication link up again");
+                    info!(
+                        last_applied = c.welcome.last_applied_seq,
+                        "replication link up again"
+                    );
                     c
                 }
                 Err(e) => {
                     debug!("reconnecting: {e:#}");
-                    shared.stats.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(format!("{e:#}"));
+                    shared
+                        .stats
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .last_error = Some(format!("{e:#}"));
                     let wait = jitter(backoff);
                     backoff = (backoff * 2).min(shared.cfg.backoff_max);
                     // Control requests fail fast while the link is down.
@@ -399,7 +473,11 @@ async fn drive(shared: Arc<Shared>, first: Connection, mut control: mpsc::Receiv
                 }
             },
         };
-        shared.stats.lock().unwrap_or_else(|e| e.into_inner()).connected = true;
+        shared
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .connected = true;
         let err = session(&shared, c, &mut control).await;
         let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
         st.connected = false;
@@ -425,7 +503,11 @@ fn on_ack(shared: &Shared, seq: u64) {
     shared.acked.send_replace(a);
 }
 
-async fn session(shared: &Arc<Shared>, c: Connection, control: &mut mpsc::Receiver<Control>) -> Result<()> {
+async fn session(
+    shared: &Arc<Shared>,
+    c: Connection,
+    control: &mut mpsc::Receiver<Control>,
+) -> Result<()> {
     let last = c.welcome.last_applied_seq;
     {
         let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -433,13 +515,20 @@ async fn session(shared: &Arc<Shared>, c: Connection, control: &mut mpsc::Receiv
         if last + 1 < first_queued {
             warn!(
                 target_at = last,
-                first_queued, "the target is behind what this agent still holds; a difference mirror is needed"
+                first_queued,
+                "the target is behind what this agent still holds; a difference mirror is needed"
             );
             q.resync_needed = true;
         }
     }
     on_ack(shared, last);
-    let Connection { mut rd, mut wr, max_frame, compress, .. } = c;
+    let Connection {
+        mut rd,
+        mut wr,
+        max_frame,
+        compress,
+        ..
+    } = c;
     // Reading is not cancel-safe, so a task reads and hands messages over.
     let (tx, mut inbox) = mpsc::channel::<Result<Message>>(64);
     let reader = tokio::spawn(async move {
@@ -460,12 +549,20 @@ async fn session(shared: &Arc<Shared>, c: Connection, control: &mut mpsc::Receiv
         loop {
             let next = {
                 let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-                q.items.iter().find(|i| i.seq > sent_upto).map(|i| (i.seq, i.payload.clone()))
+                q.items
+                    .iter()
+                    .find(|i| i.seq > sent_upto)
+                    .map(|i| (i.seq, i.payload.clone()))
             };
             let Some((seq, payload)) = next else { break };
-            let n = write_frame(&mut wr, standin_link::message::kind::CHANGE_SET, &payload, compress)
-                .await
-                .with_context(|| format!("sending change set {seq}"))?;
+            let n = write_frame(
+                &mut wr,
+                standin_link::message::kind::CHANGE_SET,
+                &payload,
+                compress,
+            )
+            .await
+            .with_context(|| format!("sending change set {seq}"))?;
             sent_upto = seq;
             let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
             st.bytes_sent += n as u64;

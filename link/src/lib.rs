@@ -49,10 +49,19 @@ pub fn with_default_port(addr: &str) -> String {
 
 /// A source id from this machine's host name, reduced to `[A-Za-z0-9._-]`.
 pub fn default_source_id() -> String {
-    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
     let id: String = host
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(64)
         .collect();
     if message::check_source_id(&id).is_ok() {

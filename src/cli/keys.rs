@@ -10,7 +10,9 @@ use super::Exit;
 #[derive(clap::Subcommand, Debug)]
 pub enum KeysCommand {
     /// Create a self-signed identity (ECDSA P-256) and print its fingerprint.
-    #[command(after_help = "Example:\n  standin keys init --dir /etc/standin/identity\n  # prints sha256:…; give it to the peer's --trust")]
+    #[command(
+        after_help = "Example:\n  standin keys init --dir /etc/standin/identity\n  # prints sha256:…; give it to the peer's --trust"
+    )]
     Init {
         /// Directory for cert.pem and key.pem (mode 0600).
         #[arg(long)]
@@ -35,8 +37,12 @@ pub enum KeysCommand {
 
 pub fn run(command: KeysCommand) -> Result<Exit> {
     let (fpr, dir, json) = match command {
-        KeysCommand::Init { dir, force, json } => (standin_link::identity::init(&dir, force)?, dir, json),
-        KeysCommand::Show { dir, json } => (standin_link::identity::load(&dir)?.fingerprint, dir, json),
+        KeysCommand::Init { dir, force, json } => {
+            (standin_link::identity::init(&dir, force)?, dir, json)
+        }
+        KeysCommand::Show { dir, json } => {
+            (standin_link::identity::load(&dir)?.fingerprint, dir, json)
+        }
     };
     if json {
         let v = serde_json::json!({

@@ -10,7 +10,9 @@ use super::Exit;
 
 /// Arguments of `standin status`.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  standin status --state-dir /var/lib/standin\n  standin status --target 198.18.0.2 --identity /etc/standin/identity --trust sha256:3f0c… --json")]
+#[command(
+    after_help = "Examples:\n  standin status --state-dir /var/lib/standin\n  standin status --target 198.18.0.2 --identity /etc/standin/identity --trust sha256:3f0c… --json"
+)]
 pub struct Args {
     /// Ask a running target over the network (`host[:port]`, port 6320 by default).
     #[arg(long, conflicts_with = "state_dir", requires_all = ["identity", "trust"])]
@@ -35,16 +37,20 @@ pub struct Args {
 pub fn run(a: Args) -> Result<Exit> {
     let status = match (&a.target, &a.state_dir) {
         (Some(target), None) => {
-            let identity = standin_link::identity::load(a.identity.as_deref().expect("clap requires it"))?;
+            let identity =
+                standin_link::identity::load(a.identity.as_deref().expect("clap requires it"))?;
             let source_id = standin_link::default_source_id();
-            let cfg = standin_agent::link::LinkConfig::new(target, identity, a.trust.clone(), &source_id);
+            let cfg =
+                standin_agent::link::LinkConfig::new(target, identity, a.trust.clone(), &source_id);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
             rt.block_on(standin_agent::link::query_status(&cfg))?
         }
-        (None, Some(dir)) => standin_staging::status::from_state_dir(dir, Duration::from_secs(a.heartbeat_silence))?,
+        (None, Some(dir)) => {
+            standin_staging::status::from_state_dir(dir, Duration::from_secs(a.heartbeat_silence))?
+        }
         _ => bail!("give either --target ADDR (with --identity and --trust) or --state-dir DIR"),
     };
     if a.json {

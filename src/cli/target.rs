@@ -13,7 +13,9 @@ use super::Exit;
 #[derive(clap::Subcommand, Debug)]
 pub enum TargetCommand {
     /// Run the target daemon in the foreground: receive, journal and apply change sets.
-    #[command(after_help = "Example:\n  standin target serve --listen 0.0.0.0:6320 --state-dir /var/lib/standin \\\n      --identity /etc/standin/identity --trust sha256:3f0c…\n\nPrints `listening on ADDR` once it accepts connections.")]
+    #[command(
+        after_help = "Example:\n  standin target serve --listen 0.0.0.0:6320 --state-dir /var/lib/standin \\\n      --identity /etc/standin/identity --trust sha256:3f0c…\n\nPrints `listening on ADDR` once it accepts connections."
+    )]
     Serve(ServeArgs),
 }
 

@@ -201,6 +201,11 @@ impl Store {
                 durable::remove(&path)?;
             } else if let Some(seq) = name.strip_suffix(".cs").and_then(|s| s.parse().ok()) {
                 entries.push((seq, path));
+            } else if let Some(stem) = name.strip_suffix(".progress") {
+                // A progress mark whose change set is gone (crash while dropping it).
+                if !journal.join(format!("{stem}.cs")).exists() {
+                    durable::remove(&path)?;
+                }
             }
         }
         entries.sort();

@@ -64,9 +64,8 @@ impl Status {
     /// Human-readable lines for the terminal.
     pub fn render(&self) -> String {
         let mut s = format!("state: {}", self.state);
-        match (&self.state, self.mirror_percent) {
-            (State::Synchronizing, Some(p)) => s.push_str(&format!(" (mirror {p:.1}%)")),
-            _ => {}
+        if let (State::Synchronizing, Some(p)) = (&self.state, self.mirror_percent) {
+            s.push_str(&format!(" (mirror {p:.1}%)"));
         }
         s.push('\n');
         if let Some(r) = &self.reason {

@@ -322,7 +322,7 @@ impl DirTarget {
             got.uid = st.st_uid;
             got.gid = st.st_gid;
         }
-        got.mtime_ns = st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64;
+        got.mtime_ns = st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64;
         got.xattrs = list_xattrs(&proc_path(dir, name))
             .map_err(|x| io_err("listing xattrs of", &e.path, x))?;
         if e.kind == Kind::Symlink {

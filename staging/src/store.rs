@@ -353,7 +353,22 @@ impl Store {
                 }
             }
             for (path, want) in &pending {
-                match target.content_digest(path)? {
+                let got = match target.content_digest(path) {
+                    Ok(got) => got,
+                    Err(
+                        e @ (ApplyError::Refused(_)
+                        | ApplyError::Inconsistent(_)
+                        | ApplyError::Mismatch(_)),
+                    ) => {
+                        problems.push(format!(
+                            "change set {seq}: verifying {}: {e}",
+                            display_path(path)
+                        ));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                match got {
                     Some(d) if d == *want => {}
                     got => {
                         let msg = format!(

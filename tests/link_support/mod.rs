@@ -125,8 +125,22 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Files (Some(content)) and directories (None) of a tree, by relative path.
-pub type Tree = BTreeMap<String, Option<Vec<u8>>>;
+/// A tree by relative path: `dir`, or `file <len> <sha256>` (small in failure output).
+pub type Tree = BTreeMap<String, String>;
+
+fn describe(content: &Option<Vec<u8>>) -> String {
+    match content {
+        None => "dir".to_string(),
+        Some(b) => format!("file {} {}", b.len(), hex::encode(sha(b))),
+    }
+}
+
+fn summarise(model: &BTreeMap<String, Option<Vec<u8>>>) -> Tree {
+    model
+        .iter()
+        .map(|(k, v)| (k.clone(), describe(v)))
+        .collect()
+}
 
 /// Read a directory tree (no symlinks expected).
 pub fn read_tree(root: &Path) -> Tree {
@@ -141,10 +155,10 @@ pub fn read_tree(root: &Path) -> Tree {
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
             let m = std::fs::symlink_metadata(&p).unwrap();
             if m.is_dir() {
-                t.insert(rel, None);
+                t.insert(rel, describe(&None));
                 walk(root, &p, t);
             } else {
-                t.insert(rel, Some(std::fs::read(&p).unwrap()));
+                t.insert(rel, describe(&Some(std::fs::read(&p).unwrap())));
             }
         }
     }
@@ -179,9 +193,9 @@ fn sha(b: &[u8]) -> [u8; 32] {
 /// A scripted history: the records of each change set and the tree after it.
 /// `states[k]` is the tree after change set k (`states[0]` is empty).
 pub fn history(n: u64) -> (Vec<Vec<Record>>, Vec<Tree>) {
-    let mut tree = Tree::new();
+    let mut tree: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
     let mut sets = Vec::new();
-    let mut states = vec![tree.clone()];
+    let mut states = vec![summarise(&tree)];
     for k in 1..=n {
         let mut r = Vec::new();
         if k == 1 {
@@ -239,7 +253,7 @@ pub fn history(n: u64) -> (Vec<Vec<Record>>, Vec<Tree>) {
             tree.remove(&victim);
         }
         sets.push(r);
-        states.push(tree.clone());
+        states.push(summarise(&tree));
     }
     (sets, states)
 }

@@ -104,9 +104,8 @@ fn full_disk_pauses_and_resumes_without_loss() {
             tf,
         )))
         .unwrap();
-    assert_ne!(
-        s.reason.as_deref().unwrap_or("").contains("paused"),
-        true,
+    assert!(
+        !s.reason.as_deref().unwrap_or("").contains("paused"),
         "{s:?}"
     );
     rt.block_on(sender.close());

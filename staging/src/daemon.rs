@@ -38,6 +38,8 @@ pub struct ServeConfig {
     pub handshake_timeout: Duration,
     /// How often a paused apply is retried.
     pub retry_interval: Duration,
+    /// Connections served at once; more are closed at once (logged).
+    pub max_connections: usize,
 }
 
 impl ServeConfig {
@@ -58,6 +60,7 @@ impl ServeConfig {
             heartbeat_silence: crate::status::DEFAULT_SILENCE,
             handshake_timeout: Duration::from_secs(30),
             retry_interval: Duration::from_secs(5),
+            max_connections: 64,
         }
     }
 }
@@ -87,6 +90,7 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<(
         store: Mutex::new(store),
     });
     let retry = tokio::spawn(retry_loop(shared.clone()));
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.cfg.max_connections));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -95,12 +99,17 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<(
                     Ok(x) => x,
                     Err(e) => { warn!("accepting a connection: {e}"); continue; }
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    warn!(%peer, "refusing a connection: {} connections are open already", shared.cfg.max_connections);
+                    continue;
+                };
                 let shared = shared.clone();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
                     if let Err(e) = handle(stream, peer, acceptor, shared).await {
                         warn!(%peer, "connection closed: {e:#}");
                     }
+                    drop(slot);
                 });
             }
             _ = tokio::signal::ctrl_c() => { info!("interrupted; stopping"); break; }

@@ -60,6 +60,27 @@ pub trait ApplyTarget: Send {
     fn content_digest(&mut self, path: &[u8]) -> Result<Option<Digest32>, ApplyError>;
     /// Make everything applied so far durable.
     fn sync(&mut self) -> Result<(), ApplyError>;
+    /// Bytes and inodes available to unprivileged writers on the replica's
+    /// filesystem (`None` for inodes when the filesystem does not count them).
+    fn available(&mut self) -> Result<(u64, Option<u64>), ApplyError>;
+}
+
+/// A generous estimate of the space a change set needs beyond what the
+/// replica holds now: every extent rounded up to 4 KiB pages, one page per
+/// record for directory entries and metadata, and 64 KiB for the state file.
+pub fn space_needed(records: &[Record]) -> (u64, u64) {
+    let page = 4096u64;
+    let bytes: u64 = records
+        .iter()
+        .map(|r| r.data_len().div_ceil(page) * page + page)
+        .sum::<u64>()
+        + (64 << 10);
+    let inodes = records
+        .iter()
+        .filter(|r| matches!(r, Record::Create(_) | Record::Link { .. }))
+        .count() as u64
+        + 4;
+    (bytes, inodes)
 }
 
 fn io_err(what: &str, path: &[u8], e: Errno) -> ApplyError {
@@ -470,6 +491,13 @@ impl ApplyTarget for DirTarget {
 
     fn sync(&mut self) -> Result<(), ApplyError> {
         rustix::fs::syncfs(&self.root).map_err(|x| io_err("syncing", b"", x))
+    }
+
+    fn available(&mut self) -> Result<(u64, Option<u64>), ApplyError> {
+        let st = rustix::fs::fstatvfs(&self.root)
+            .map_err(|x| io_err("measuring free space of", b"", x))?;
+        let inodes = (st.f_files > 0).then_some(st.f_favail);
+        Ok((st.f_bavail.saturating_mul(st.f_frsize), inodes))
     }
 }
 

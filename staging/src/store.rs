@@ -279,8 +279,11 @@ impl Store {
         if !same {
             durable::remove(&self.journal().join(journal_name(cs.seq, "progress")))
                 .map_err(|e| self.pause(e.to_string()))?;
-            durable::write_atomic(&path, raw)
-                .map_err(|e| self.pause(format!("journaling change set {}: {e}", cs.seq)))?;
+            durable::write_atomic(&path, raw).map_err(|e| {
+                let full = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+                let what = if full { "disk full: " } else { "" };
+                self.pause(format!("{what}journaling change set {}: {e}", cs.seq))
+            })?;
         }
         self.apply_journaled(cs, raw.len() as u64)
     }
@@ -324,6 +327,18 @@ impl Store {
             let target = self
                 .target()
                 .map_err(|e| ApplyError::Io(format!("{e:#}")))?;
+            if start == 0 {
+                // Pause before the first record rather than half way: the
+                // replica then stays exactly as of `seq - 1` while paused.
+                let (bytes, inodes) = crate::apply::space_needed(&cs.records);
+                let (free, free_inodes) = target.available()?;
+                if free < bytes || free_inodes.is_some_and(|i| i < inodes) {
+                    return Err(ApplyError::NoSpace(format!(
+                        "{free} bytes and {} inodes free on the staging filesystem, change set {seq} needs about {bytes} bytes and {inodes} inodes; free space there",
+                        free_inodes.map(|i| i.to_string()).unwrap_or_else(|| "unlimited".into())
+                    )));
+                }
+            }
             for (i, r) in cs.records.iter().enumerate() {
                 track(&mut pending, r);
                 if i < start {

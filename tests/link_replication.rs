@@ -201,7 +201,9 @@ fn kill_dash_nine_leaves_a_consistent_prefix_and_converges() {
             "run {run}: did not converge"
         );
         assert_eq!(applied(&state), SETS);
-        assert!(sender.stats().reconnects >= 1);
+        if at < SETS {
+            assert!(sender.stats().reconnects >= 1, "run {run}: converged without reconnecting?");
+        }
         rt.block_on(sender.close());
         drop(daemon);
     }

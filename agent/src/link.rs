@@ -42,6 +42,9 @@ pub struct LinkConfig {
     pub queue_max_bytes: u64,
     /// Time allowed for connecting, the handshake and the welcome.
     pub connect_timeout: Duration,
+    /// Reconnect when nothing arrived from the target for this long
+    /// (the target answers every heartbeat; a long apply delays answers).
+    pub dead_after: Duration,
 }
 
 impl LinkConfig {
@@ -64,6 +67,7 @@ impl LinkConfig {
             backoff_max: Duration::from_secs(10),
             queue_max_bytes: 256 << 20,
             connect_timeout: Duration::from_secs(30),
+            dead_after: Duration::from_secs(60),
         }
     }
 }
@@ -543,6 +547,7 @@ async fn session(
     let _guard = AbortOnDrop(reader);
     let mut sent_upto = last;
     let mut tick = tokio::time::interval(shared.cfg.heartbeat);
+    let mut last_rx = tokio::time::Instant::now();
     let mut pending_end: VecDeque<oneshot::Sender<Result<MirrorDone>>> = VecDeque::new();
     loop {
         // Send everything queued beyond what this connection sent.
@@ -572,6 +577,9 @@ async fn session(
         tokio::select! {
             _ = shared.wake.notified() => {}
             _ = tick.tick() => {
+                if last_rx.elapsed() > shared.cfg.dead_after {
+                    bail!("nothing from the target for {} s", last_rx.elapsed().as_secs());
+                }
                 let hb = {
                     let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
                     Heartbeat {
@@ -600,7 +608,7 @@ async fn session(
                     }
                 }
             },
-            m = inbox.recv() => match m {
+            m = inbox.recv() => match { last_rx = tokio::time::Instant::now(); m } {
                 None => bail!("the reader stopped"),
                 Some(Err(e)) => {
                     for tx in pending_end.drain(..) { let _ = tx.send(Err(anyhow::anyhow!("{e:#}"))); }

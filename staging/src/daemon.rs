@@ -259,9 +259,16 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Message::ProfileRequest => Message::ProfileResponse(crate::profile::local_profile()),
             Message::Heartbeat(hb) if agent => {
+                // Answered with the last applied number, so the agent can
+                // tell a live link from a dead one.
                 let sh = shared.clone();
-                blocking(move || sh.store.lock().unwrap_or_else(|e| e.into_inner()).heartbeat(&hb)).await?;
-                continue;
+                let seq = blocking(move || {
+                    let mut store = sh.store.lock().unwrap_or_else(|e| e.into_inner());
+                    store.heartbeat(&hb)?;
+                    Ok(store.state().last_applied_seq)
+                })
+                .await?;
+                Message::Ack(standin_link::message::Ack { seq })
             }
             Message::ChangeSet(cs) if agent => {
                 let sh = shared.clone();

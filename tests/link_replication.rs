@@ -202,7 +202,10 @@ fn kill_dash_nine_leaves_a_consistent_prefix_and_converges() {
         );
         assert_eq!(applied(&state), SETS);
         if at < SETS {
-            assert!(sender.stats().reconnects >= 1, "run {run}: converged without reconnecting?");
+            assert!(
+                sender.stats().reconnects >= 1,
+                "run {run}: converged without reconnecting?"
+            );
         }
         rt.block_on(sender.close());
         drop(daemon);

@@ -608,18 +608,21 @@ async fn session(
                     }
                 }
             },
-            m = inbox.recv() => match { last_rx = tokio::time::Instant::now(); m } {
-                None => bail!("the reader stopped"),
-                Some(Err(e)) => {
-                    for tx in pending_end.drain(..) { let _ = tx.send(Err(anyhow::anyhow!("{e:#}"))); }
-                    return Err(e);
+            m = inbox.recv() => {
+                last_rx = tokio::time::Instant::now();
+                match m {
+                    None => bail!("the reader stopped"),
+                    Some(Err(e)) => {
+                        for tx in pending_end.drain(..) { let _ = tx.send(Err(anyhow::anyhow!("{e:#}"))); }
+                        return Err(e);
+                    }
+                    Some(Ok(Message::Ack(Ack { seq }))) => on_ack(shared, seq),
+                    Some(Ok(Message::MirrorDone(d))) => {
+                        if let Some(tx) = pending_end.pop_front() { let _ = tx.send(Ok(d)); }
+                    }
+                    Some(Ok(other)) => bail!("unexpected {} from the target", other.name()),
                 }
-                Some(Ok(Message::Ack(Ack { seq }))) => on_ack(shared, seq),
-                Some(Ok(Message::MirrorDone(d))) => {
-                    if let Some(tx) = pending_end.pop_front() { let _ = tx.send(Ok(d)); }
-                }
-                Some(Ok(other)) => bail!("unexpected {} from the target", other.name()),
-            },
+            }
         }
     }
 }

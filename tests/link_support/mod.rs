@@ -47,7 +47,28 @@ impl Daemon {
         listen: &str,
         log: &Path,
     ) -> Daemon {
-        let mut cmd = common::standin();
+        Self::start_in(None, state, identity, trust, listen, log)
+    }
+
+    /// Start the daemon, inside a network namespace when `netns` is given.
+    pub fn start_in(
+        netns: Option<&str>,
+        state: &Path,
+        identity: &Path,
+        trust: &[Fingerprint],
+        listen: &str,
+        log: &Path,
+    ) -> Daemon {
+        let mut cmd = match netns {
+            None => common::standin(),
+            Some(ns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", ns])
+                    .arg(common::bin())
+                    .env("NO_COLOR", "1");
+                c
+            }
+        };
         cmd.args(["target", "serve", "--listen", listen, "--state-dir"])
             .arg(state)
             .arg("--identity")
@@ -114,6 +135,8 @@ pub fn agent_config(addr: &str, identity: &Path, trust: Fingerprint) -> LinkConf
     c.heartbeat = Duration::from_millis(300);
     c.backoff_min = Duration::from_millis(50);
     c.backoff_max = Duration::from_millis(300);
+    c.connect_timeout = Duration::from_secs(3);
+    c.dead_after = Duration::from_secs(2);
     c
 }
 

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::state::TargetState;
 use crate::store::{ReceiveError, Received, Store};
 
 /// Settings of the daemon.
@@ -68,6 +69,26 @@ impl ServeConfig {
 struct Shared {
     cfg: ServeConfig,
     store: Mutex<Store>,
+    /// The state and journal backlog as of the last store operation, so a
+    /// status request never waits for an apply in progress.
+    snapshot: Mutex<(TargetState, (u64, u64))>,
+}
+
+/// Run `f` on the store on a blocking thread, then publish the snapshot.
+async fn with_store<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&mut Store) -> T + Send + 'static,
+) -> Result<T> {
+    let sh = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut store = sh.store.lock().unwrap_or_else(|e| e.into_inner());
+        let r = f(&mut store);
+        let snap = (store.state().clone(), store.backlog());
+        *sh.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snap;
+        r
+    })
+    .await
+    .context("state task")
 }
 
 /// Run the daemon until SIGINT/SIGTERM. `ready` gets the bound address
@@ -85,9 +106,11 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<(
     let addr = listener.local_addr()?;
     info!(%addr, identity = %cfg.identity.fingerprint, trusted = cfg.trust.len(), "target listening");
     ready(addr);
+    let snapshot = Mutex::new((store.state().clone(), store.backlog()));
     let shared = Arc::new(Shared {
         cfg,
         store: Mutex::new(store),
+        snapshot,
     });
     let retry = tokio::spawn(retry_loop(shared.clone()));
     let slots = Arc::new(tokio::sync::Semaphore::new(shared.cfg.max_connections));
@@ -124,9 +147,7 @@ async fn retry_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.cfg.retry_interval);
     loop {
         tick.tick().await;
-        let s = shared.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            let mut store = s.store.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = with_store(&shared, |store| {
             if store.state().paused.is_some() {
                 match store.retry_paused() {
                     Ok(true) => info!("apply resumed"),
@@ -201,19 +222,20 @@ async fn handle(
         return Err(refuse(&mut tls, e, false).await);
     }
     info!(%peer, source = hello.source_id, role = ?hello.role, version = hello.standin_version, "hello");
-    let bound = {
-        let mut store = shared.store.lock().unwrap_or_else(|e| e.into_inner());
-        let bound = if hello.role == Role::Agent {
-            store.bind_source(&hello.source_id, fpr)
-        } else {
-            Ok(())
-        };
-        bound.map(|_| {
-            (
-                store.state().last_applied_seq,
-                store.state().mirror_complete,
-            )
+    let bound = if hello.role == Role::Agent {
+        let source = hello.source_id.clone();
+        with_store(&shared, move |store| {
+            store.bind_source(&source, fpr).map(|_| {
+                (
+                    store.state().last_applied_seq,
+                    store.state().mirror_complete,
+                )
+            })
         })
+        .await?
+    } else {
+        let snap = shared.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        Ok((snap.0.last_applied_seq, snap.0.mirror_complete))
     };
     let (last_applied_seq, mirror_complete) = match bound {
         Ok(x) => x,
@@ -252,8 +274,8 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
         let reply = match msg {
             Message::StatusRequest => {
                 let status = {
-                    let store = shared.store.lock().unwrap_or_else(|e| e.into_inner());
-                    crate::status::compute(store.state(), store.backlog(), crate::state::now_ms(), cfg.heartbeat_silence)
+                    let snap = shared.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+                    crate::status::compute(&snap.0, snap.1, crate::state::now_ms(), cfg.heartbeat_silence)
                 };
                 Message::StatusResponse(Box::new(status))
             }
@@ -261,23 +283,16 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
             Message::Heartbeat(hb) if agent => {
                 // Answered with the last applied number, so the agent can
                 // tell a live link from a dead one.
-                let sh = shared.clone();
-                let seq = blocking(move || {
-                    let mut store = sh.store.lock().unwrap_or_else(|e| e.into_inner());
-                    store.heartbeat(&hb)?;
-                    Ok(store.state().last_applied_seq)
+                let seq = with_store(shared, move |store| {
+                    store.heartbeat(&hb).map(|_| store.state().last_applied_seq)
                 })
-                .await?;
+                .await??;
                 Message::Ack(standin_link::message::Ack { seq })
             }
             Message::ChangeSet(cs) if agent => {
-                let sh = shared.clone();
                 let raw = frame.payload;
                 let seq = cs.seq;
-                let r = tokio::task::spawn_blocking(move || sh.store.lock().unwrap_or_else(|e| e.into_inner()).receive(&raw, &cs))
-                    .await
-                    .context("apply task")?;
-                match r {
+                match with_store(shared, move |store| store.receive(&raw, &cs)).await? {
                     Ok(Received::Applied { seq, problems }) => {
                         if problems.is_empty() {
                             debug!(seq, "change set applied");
@@ -285,18 +300,18 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                         Message::Ack(standin_link::message::Ack { seq })
                     }
                     Ok(Received::Duplicate { seq }) => Message::Ack(standin_link::message::Ack { seq }),
-                    Err(ReceiveError::Paused(reason)) => return Err(refuse(s, format!("change set {seq}: {reason}"), true).await),
+                    Err(ReceiveError::Paused(reason)) => {
+                        return Err(refuse(s, format!("change set {seq}: {reason}"), true).await)
+                    }
                     Err(e) => return Err(refuse(s, format!("change set {seq}: {e}"), false).await),
                 }
             }
             Message::MirrorStart(m) if agent => {
-                let sh = shared.clone();
-                blocking(move || sh.store.lock().unwrap_or_else(|e| e.into_inner()).mirror_start(&m)).await?;
+                with_store(shared, move |store| store.mirror_start(&m)).await??;
                 continue;
             }
             Message::MirrorEnd(m) if agent => {
-                let sh = shared.clone();
-                Message::MirrorDone(blocking(move || sh.store.lock().unwrap_or_else(|e| e.into_inner()).mirror_end(&m)).await?)
+                Message::MirrorDone(with_store(shared, move |store| store.mirror_end(&m)).await??)
             }
             Message::MirrorEntries(_) if agent => {
                 return Err(refuse(s, "difference mirrors by manifest are not supported by this target build; upgrade the target".into(), false).await)
@@ -307,8 +322,4 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
         };
         send(s, &reply, cfg.compress).await?;
     }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.context("state task")?
 }

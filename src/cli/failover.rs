@@ -75,7 +75,7 @@ impl Progress for Percent {
     fn advance(&self, _: u64, items: u64) {
         let mut s = self.st.lock().unwrap_or_else(|e| e.into_inner());
         s.2 += items;
-        let pct = if s.1 == 0 { 100 } else { s.2 * 100 / s.1 };
+        let pct = (s.2 * 100).checked_div(s.1).unwrap_or(100);
         if s.3 == u64::MAX || pct / 10 != s.3 / 10 {
             s.3 = pct;
             if self.json {

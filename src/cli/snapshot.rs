@@ -62,8 +62,8 @@ pub fn run(command: SnapshotCommand) -> Result<Exit> {
                 );
             } else {
                 println!(
-                    "{:<22} {:>8} {:<9} {:>8} {}",
-                    "ID", "SEQ", "METHOD", "FILES", "MIRROR"
+                    "{:<22} {:>8} {:<9} {:>8} MIRROR",
+                    "ID", "SEQ", "METHOD", "FILES"
                 );
                 for m in all {
                     println!(

@@ -51,8 +51,17 @@ fn xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
 /// Every entry under `root` (relative path → info), skipping `skip` paths and what is under them.
 pub fn tree(root: &Path, skip: &[&str]) -> BTreeMap<String, Info> {
     let mut out = BTreeMap::new();
-    let mut groups: HashMap<u64, String> = HashMap::new();
+    let mut groups: HashMap<u64, (String, u32)> = HashMap::new();
     walk(root, "", skip, &mut out, &mut groups);
+    // A hard-link group is the set of paths in this tree sharing an inode
+    // (links from outside the tree, e.g. a snapshot's, do not count).
+    for info in out.values_mut() {
+        if let Some(g) = &info.group {
+            let ino: u64 = g.parse().unwrap();
+            let (first, n) = &groups[&ino];
+            info.group = (*n > 1).then(|| first.clone());
+        }
+    }
     out
 }
 
@@ -61,7 +70,7 @@ fn walk(
     rel: &str,
     skip: &[&str],
     out: &mut BTreeMap<String, Info>,
-    groups: &mut HashMap<u64, String>,
+    groups: &mut HashMap<u64, (String, u32)>,
 ) {
     let p = if rel.is_empty() {
         root.to_path_buf()
@@ -87,10 +96,11 @@ fn walk(
     };
     let sha256 = (kind == 'f').then(|| hex::encode(Sha256::digest(std::fs::read(&p).unwrap())));
     let group = (kind == 'f' && m.nlink() > 1).then(|| {
-        groups
+        let e = groups
             .entry(m.ino())
-            .or_insert_with(|| rel.to_string())
-            .clone()
+            .or_insert_with(|| (rel.to_string(), 0));
+        e.1 += 1;
+        m.ino().to_string()
     });
     out.insert(
         rel.to_string(),
@@ -233,7 +243,7 @@ pub fn make_source_system(s: &Path) {
     std::os::unix::fs::symlink("/data/big", s.join("var/lib/app/current")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &s.join("var/lib/app/fifo"),
+        s.join("var/lib/app/fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o640),
         0,
@@ -245,7 +255,7 @@ pub fn make_source_system(s: &Path) {
     )
     .unwrap();
     rustix::fs::lsetxattr(
-        &s.join("var/lib/app/data.db"),
+        s.join("var/lib/app/data.db"),
         "user.standin.test",
         b"v1",
         rustix::fs::XattrFlags::empty(),

@@ -243,6 +243,32 @@ pub fn resolve_beneath(root: &Path, rel: &str) -> Result<Vec<u8>> {
     Ok(cur.join(&b'/'))
 }
 
+/// Give any entry (file, symlink, device) the metadata `m`; symlinks keep their mode.
+pub fn set_entry_meta(p: &Path, m: &Meta, is_symlink: bool) -> Result<()> {
+    if !is_symlink {
+        return set_meta(p, m);
+    }
+    let ctx = || format!("setting the metadata of {}", p.display());
+    std::os::unix::fs::lchown(p, Some(m.uid), Some(m.gid)).with_context(ctx)?;
+    for (k, v) in &m.xattrs {
+        let k = standin_builder::bytes::decode(k).map_err(anyhow::Error::msg)?;
+        let v = standin_builder::bytes::decode(v).map_err(anyhow::Error::msg)?;
+        rustix::fs::lsetxattr(p, OsStr::from_bytes(&k), &v, XattrFlags::empty())
+            .with_context(ctx)?;
+    }
+    rustix::fs::utimensat(
+        CWD,
+        p,
+        &Timestamps {
+            last_access: ts(m.atime_ns),
+            last_modification: ts(m.mtime_ns),
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .with_context(ctx)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,30 +298,4 @@ mod tests {
         assert_eq!(parent(b"a"), b"");
         assert_eq!(child(b"", b"x"), b"x");
     }
-}
-
-/// Give any entry (file, symlink, device) the metadata `m`; symlinks keep their mode.
-pub fn set_entry_meta(p: &Path, m: &Meta, is_symlink: bool) -> Result<()> {
-    if !is_symlink {
-        return set_meta(p, m);
-    }
-    let ctx = || format!("setting the metadata of {}", p.display());
-    std::os::unix::fs::lchown(p, Some(m.uid), Some(m.gid)).with_context(ctx)?;
-    for (k, v) in &m.xattrs {
-        let k = standin_builder::bytes::decode(k).map_err(anyhow::Error::msg)?;
-        let v = standin_builder::bytes::decode(v).map_err(anyhow::Error::msg)?;
-        rustix::fs::lsetxattr(p, OsStr::from_bytes(&k), &v, XattrFlags::empty())
-            .with_context(ctx)?;
-    }
-    rustix::fs::utimensat(
-        CWD,
-        p,
-        &Timestamps {
-            last_access: ts(m.atime_ns),
-            last_modification: ts(m.mtime_ns),
-        },
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .with_context(ctx)?;
-    Ok(())
 }

@@ -22,13 +22,16 @@ use rustix::fs::SeekFrom;
 use crate::durable;
 use crate::failover::fsutil;
 
+/// A snapshot root and its paths that hold one replica inode.
+type Sharer = (PathBuf, Vec<Vec<u8>>);
+
 /// Snapshots sharing inodes with the replica, loaded from their indexes.
 #[derive(Debug, Default)]
 pub struct Guard {
     snapshots: PathBuf,
     stamp: Option<(i64, i64, u64)>,
     /// Replica inode → (snapshot root, paths in it).
-    shared: HashMap<u64, Vec<(PathBuf, Vec<Vec<u8>>)>>,
+    shared: HashMap<u64, Vec<Sharer>>,
 }
 
 impl Guard {
@@ -140,6 +143,15 @@ fn copy_out(ino: u64, current: &Path, root: &Path, paths: &[Vec<u8>]) -> Result<
     if still.is_empty() {
         return Ok(());
     }
+    // The renames below change the snapshot's directories' times; put them back.
+    let mut parents = BTreeMap::new();
+    for p in &still {
+        let d = p.parent().unwrap_or(Path::new("/")).to_path_buf();
+        if let std::collections::btree_map::Entry::Vacant(e) = parents.entry(d) {
+            let m = fsutil::meta(e.key())?;
+            e.insert(m);
+        }
+    }
     if copy.is_none() {
         let first = &still[0];
         let tmp = tmp_beside(first);
@@ -156,6 +168,9 @@ fn copy_out(ino: u64, current: &Path, root: &Path, paths: &[Vec<u8>]) -> Result<
         std::fs::hard_link(&copy, &tmp).with_context(|| format!("linking {}", tmp.display()))?;
         std::fs::rename(&tmp, &p).with_context(|| format!("replacing {}", p.display()))?;
         durable::sync_dir(p.parent().unwrap_or(Path::new("/")))?;
+    }
+    for (d, m) in parents {
+        fsutil::set_meta(&d, &m)?;
     }
     Ok(())
 }

@@ -16,6 +16,8 @@ pub mod report;
 pub mod rules;
 pub mod side;
 pub mod state;
+pub mod text;
+pub mod workflow;
 
 pub use collect::{collect, CollectOptions};
 pub use facts::{Facts, LiveFacts, MapFacts};
@@ -24,3 +26,4 @@ pub use profile::{BootMode, Nic, Os, Profile, Staging, Volume, SCHEMA};
 pub use report::{Finding, FixInfo, Report, Severity};
 pub use rules::{validate, Options};
 pub use side::Side;
+pub use workflow::{Outcome, Request};

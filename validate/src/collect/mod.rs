@@ -65,3 +65,6 @@ pub fn collect(facts: &dyn Facts, opts: &CollectOptions) -> Profile {
     staging::staging(facts, opts, &mut profile);
     profile
 }
+
+#[cfg(test)]
+mod tests;

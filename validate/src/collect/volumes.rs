@@ -233,11 +233,14 @@ fn virtual_dirs(facts: &dyn Facts) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Filesystem UUID, partition type and partition UUID from lsblk.
+type LsblkIds = (Option<String>, Option<String>, Option<String>);
+
 /// Block device facts keyed by `major:minor`.
 #[derive(Debug, Default)]
 struct BlockInfo {
     /// From `lsblk -J`: maj:min → (uuid, parttype, partuuid).
-    lsblk: BTreeMap<String, (Option<String>, Option<String>, Option<String>)>,
+    lsblk: BTreeMap<String, LsblkIds>,
 }
 
 impl BlockInfo {

@@ -215,7 +215,7 @@ pub fn apply_fixes(state_dir: &Path, fixes: &[Fix]) -> Result<AppliedFixes> {
         .map(|m| m.permissions().mode() & 0o7777);
     write_durable(&file, &cfg.to_bytes(), mode)?;
     for c in applied.changes.iter().filter(|c| c.changed) {
-        tracing::info!("fix applied: {}", c.summary);
+        tracing::debug!("fix applied: {}", c.summary);
     }
     Ok(applied)
 }

@@ -197,18 +197,21 @@ impl Profile {
         s
     }
 
-    /// Parse profile JSON; `name` is used in error messages.
+    /// Parse profile JSON; `name` (a file name) heads error messages.
     pub fn from_json(bytes: &[u8], name: &str) -> Result<Profile> {
-        let value: serde_json::Value = serde_json::from_slice(bytes).with_context(|| {
-            format!("{name} is not JSON; expected a standin profile (`standin profile --json`)")
-        })?;
+        Self::parse(bytes).with_context(|| format!("loading profile {name}"))
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Profile> {
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .context("not JSON; expected a standin profile (from `standin profile --json`)")?;
         match value.get("schema") {
-            None => bail!("{name}: field `schema` is missing; expected \"{SCHEMA}\""),
+            None => bail!("field `schema` is missing; expected \"{SCHEMA}\""),
             Some(serde_json::Value::String(s)) if s == SCHEMA => {}
             Some(serde_json::Value::String(s)) => bail!(
-                "{name}: field `schema`: unknown schema version \"{s}\"; this standin reads \"{SCHEMA}\" (collect the profile again with this version)"
+                "field `schema`: unknown schema version \"{s}\"; this standin reads \"{SCHEMA}\" (collect the profile again with this version)"
             ),
-            Some(other) => bail!("{name}: field `schema`: expected a string, found {other}"),
+            Some(other) => bail!("field `schema`: expected a string, found {other}"),
         }
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let profile: Profile = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -223,8 +226,8 @@ impl Profile {
                 }
             });
             match field {
-                Some(f) => anyhow::anyhow!("{name}: field `{f}` is missing ({msg})"),
-                None => anyhow::anyhow!("{name}: field `{path}`: {msg}"),
+                Some(f) => anyhow::anyhow!("field `{f}` is missing ({msg})"),
+                None => anyhow::anyhow!("field `{path}`: {msg}"),
             }
         })?;
         Ok(profile)
@@ -235,7 +238,6 @@ impl Profile {
         let bytes =
             std::fs::read(path).with_context(|| format!("reading profile {}", path.display()))?;
         Profile::from_json(&bytes, &path.display().to_string())
-            .with_context(|| format!("loading profile {}", path.display()))
     }
 }
 

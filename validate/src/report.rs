@@ -172,3 +172,37 @@ impl Report {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_marks_and_colour() {
+        let r = Report {
+            findings: vec![
+                Finding::new("a.ok", Severity::Ok, "fine"),
+                Finding::new("b.warn", Severity::Warning, "hmm").manual("do this"),
+                Finding::new("c.err", Severity::Error, "bad")
+                    .details("why")
+                    .auto(Fix::SetStagingPath { path: "/s".into() }),
+            ],
+        };
+        let c = r.render(true);
+        assert!(
+            c.contains("\x1b[32m✔") && c.contains("\x1b[33m!") && c.contains("\x1b[31m✖"),
+            "{c}"
+        );
+        let p = r.render(false);
+        assert!(!p.contains('\x1b') && !p.contains('✖'), "{p}");
+        assert!(p.contains("error    c.err   bad\n"), "{p}");
+        assert!(p.contains("fix (auto): use staging path /s"), "{p}");
+        assert!(p.contains("fix: do this"), "{p}");
+        assert!(p.ends_with("1 error(s), 1 warning(s), 1 ok\n"), "{p}");
+        assert!(r.has_errors());
+        assert_eq!(
+            r.auto_fixes(),
+            vec![Fix::SetStagingPath { path: "/s".into() }]
+        );
+    }
+}

@@ -50,7 +50,8 @@ pub(super) fn nics(s: &Profile, t: &Profile, f: &mut Vec<Finding>) {
         .iter()
         .filter_map(|(a, b)| b.map(|b| format!("{}→{}", a.name, b.name)))
         .collect();
-    if !s.nics.is_empty() && mapped.is_empty() {
+    let none_map = !s.nics.is_empty() && mapped.is_empty();
+    if none_map {
         f.push(
             Finding::new(
                 "nic.map",
@@ -75,6 +76,9 @@ pub(super) fn nics(s: &Profile, t: &Profile, f: &mut Vec<Finding>) {
                 }
             ),
         ));
+    }
+    if none_map {
+        return; // nic.map already says it; nic.count would only repeat it
     }
     let lost: Vec<&Nic> = map
         .iter()

@@ -80,6 +80,10 @@ struct JournalEntry {
     previous: Option<String>,
     /// Its previous permission bits.
     mode: Option<u32>,
+    /// Hex of what the last fix wrote: undo refuses to overwrite a file
+    /// that changed since, so no later change is lost silently.
+    #[serde(default)]
+    written: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,15 +209,22 @@ pub fn apply_fixes(state_dir: &Path, fixes: &[Fix]) -> Result<AppliedFixes> {
             file: CONFIG_FILE.into(),
             previous,
             mode,
+            written: None,
         });
-        let bytes = serde_json::to_vec_pretty(&journal).expect("journal serializes");
-        write_durable(&state_dir.join(JOURNAL_FILE), &bytes, Some(0o600))
-            .context("recording the undo journal")?;
     }
+    let new_bytes = cfg.to_bytes();
+    for e in journal.entries.iter_mut().filter(|e| e.file == CONFIG_FILE) {
+        e.written = Some(hex::encode(&new_bytes));
+    }
+    // The journal goes first: a crash between the two writes leaves a
+    // journal that still undoes correctly.
+    let jbytes = serde_json::to_vec_pretty(&journal).expect("journal serializes");
+    write_durable(&state_dir.join(JOURNAL_FILE), &jbytes, Some(0o600))
+        .context("recording the undo journal")?;
     let mode = std::fs::metadata(&file)
         .ok()
         .map(|m| m.permissions().mode() & 0o7777);
-    write_durable(&file, &cfg.to_bytes(), mode)?;
+    write_durable(&file, &new_bytes, mode)?;
     for c in applied.changes.iter().filter(|c| c.changed) {
         tracing::debug!("fix applied: {}", c.summary);
     }
@@ -229,8 +240,8 @@ pub fn undo_fixes(state_dir: &Path) -> Result<UndoneFixes> {
         bail!("no fixes to undo: {} does not exist", jpath.display());
     }
     let journal = read_journal(state_dir)?;
-    let mut out = UndoneFixes::default();
-    for e in journal.entries.iter().rev() {
+    // Check everything before changing anything.
+    for e in &journal.entries {
         if e.file.contains('/') || e.file.starts_with('.') {
             bail!(
                 "undo journal {} names a file outside the state directory: {}",
@@ -238,6 +249,23 @@ pub fn undo_fixes(state_dir: &Path) -> Result<UndoneFixes> {
                 e.file
             );
         }
+        let p = state_dir.join(&e.file);
+        let now = match std::fs::read(&p) {
+            Ok(b) => Some(hex::encode(b)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(err) => return Err(err).with_context(|| format!("reading {}", p.display())),
+        };
+        if e.written.is_some() && now != e.written {
+            bail!(
+                "{} changed after the fixes were applied; undoing would lose that change. \
+                 Its content before the fixes is saved (hex) in {}: restore it by hand, then remove that file",
+                p.display(),
+                jpath.display()
+            );
+        }
+    }
+    let mut out = UndoneFixes::default();
+    for e in journal.entries.iter().rev() {
         let p = state_dir.join(&e.file);
         match &e.previous {
             Some(h) => {
@@ -256,4 +284,88 @@ pub fn undo_fixes(state_dir: &Path) -> Result<UndoneFixes> {
     }
     remove_durable(&jpath)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixes() -> Vec<Fix> {
+        vec![
+            Fix::SetStagingPath {
+                path: "/var/lib/standin/staging".into(),
+            },
+            Fix::StopServicesOnProtect {
+                services: vec!["b.service".into(), "a.service".into()],
+            },
+        ]
+    }
+
+    #[test]
+    fn apply_is_idempotent_and_undo_restores() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join(CONFIG_FILE);
+        std::fs::write(&cfg, b"{\"x\": 1}").unwrap();
+        let plan = plan_fixes(d.path(), &fixes()).unwrap();
+        assert!(plan.changes.iter().all(|c| c.changed));
+        assert_eq!(
+            std::fs::read(&cfg).unwrap(),
+            b"{\"x\": 1}",
+            "planning writes nothing"
+        );
+        let a = apply_fixes(d.path(), &fixes()).unwrap();
+        assert!(a.changes.iter().all(|c| c.changed), "{a:?}");
+        let c = TargetConfig::load(d.path()).unwrap();
+        assert_eq!(c.services_to_stop, ["a.service", "b.service"]);
+        assert_eq!(c.other.get("x"), Some(&serde_json::json!(1)));
+        let after = std::fs::read(&cfg).unwrap();
+        let again = apply_fixes(d.path(), &fixes()).unwrap();
+        assert!(again.changes.iter().all(|c| !c.changed), "{again:?}");
+        assert_eq!(std::fs::read(&cfg).unwrap(), after);
+        // A later different fix keeps the first journal entry (the original).
+        apply_fixes(d.path(), &[Fix::SetStagingPath { path: "/s2".into() }]).unwrap();
+        let u = undo_fixes(d.path()).unwrap();
+        assert_eq!(u.restored.len(), 1);
+        assert_eq!(std::fs::read(&cfg).unwrap(), b"{\"x\": 1}");
+        assert!(!d.path().join(JOURNAL_FILE).exists());
+        assert!(undo_fixes(d.path()).is_err());
+    }
+
+    #[test]
+    fn undo_refuses_to_lose_a_later_change() {
+        let d = tempfile::tempdir().unwrap();
+        apply_fixes(d.path(), &fixes()).unwrap();
+        let cfg = d.path().join(CONFIG_FILE);
+        std::fs::write(&cfg, b"{\"changed\": true}").unwrap();
+        let e = format!("{:#}", undo_fixes(d.path()).unwrap_err());
+        assert!(e.contains("changed after the fixes were applied"), "{e}");
+        assert_eq!(
+            std::fs::read(&cfg).unwrap(),
+            b"{\"changed\": true}",
+            "nothing lost"
+        );
+    }
+
+    #[test]
+    fn bad_config_is_an_error_and_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join(CONFIG_FILE);
+        std::fs::write(&cfg, b"not json").unwrap();
+        let e = format!("{:#}", apply_fixes(d.path(), &fixes()).unwrap_err());
+        assert!(
+            e.contains("target-config.json") && e.contains("fix or remove it"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&cfg).unwrap(), b"not json");
+        assert!(apply_fixes(&d.path().join("missing"), &fixes()).is_err());
+    }
+
+    #[test]
+    fn fixes_are_data() {
+        let j = serde_json::to_string(&fixes()).unwrap();
+        assert!(j.contains(r#""action":"set-staging-path""#), "{j}");
+        assert!(j.contains(r#""action":"stop-services-on-protect""#), "{j}");
+        let back: Vec<Fix> = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, fixes());
+    }
 }

@@ -78,11 +78,18 @@ pub(crate) fn volumes(facts: &dyn Facts, notes: &mut Vec<String>) -> Vec<Volume>
         notes.push("/proc/self/mountinfo unreadable: no volumes".into());
     }
     let block = BlockInfo::load(facts);
-    if facts.root() == Path::new("/") {
+    let vols = if facts.root() == Path::new("/") {
         live_volumes(facts, &mounts, &block, notes)
     } else {
         tree_volumes(facts, &mounts, &block, notes)
+    };
+    if vols.is_empty() && !mounts.is_empty() {
+        notes.push(format!(
+            "no data filesystem mounted (looked for {})",
+            DISK_FS.join(", ")
+        ));
     }
+    vols
 }
 
 fn live_volumes(

@@ -36,7 +36,7 @@ fn example_loads_and_every_field_is_documented() {
     let ex = example();
     let p =
         Profile::from_json(ex.as_bytes(), "docs example").expect("the documented example loads");
-    assert_eq!(p.volumes[1].lvm, true);
+    assert!(p.volumes[1].lvm);
     // Every field set: the example plus the few it leaves out.
     let mut v = serde_json::to_value(&p).unwrap();
     v["services_to_stop"] = serde_json::json!(["x.service"]);

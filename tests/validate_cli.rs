@@ -197,3 +197,33 @@ fn profile_of_this_machine_and_of_a_tree() {
     );
     assert!(common::stdout(&out).contains("debian 12"));
 }
+
+#[test]
+fn marks_and_colour_on_a_terminal_unless_no_color() {
+    let script = common::require_tool("script", "bsdutils");
+    let line = format!(
+        "{} validate --source {} --target {}",
+        common::bin().display(),
+        fixture("source.json").display(),
+        fixture("target.json").display()
+    );
+    // `script` runs the command on a pseudo-terminal.
+    let tty = |no_color: Option<&str>| {
+        let mut c = std::process::Command::new(&script);
+        c.args(["-qec", &line, "/dev/null"])
+            .env_remove("NO_COLOR")
+            .env_remove("STANDIN_LOG");
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        let out = common::run_code(&mut c, 3, None);
+        common::stdout(&out)
+    };
+    let text = tty(None);
+    assert!(text.contains("\x1b[32m✔ ok"), "{text}");
+    assert!(text.contains("\x1b[31m✖ error"), "{text}");
+    assert!(text.contains("\x1b[33m! warning"), "{text}");
+    let text = tty(Some("1"));
+    assert!(!text.contains('\x1b') && !text.contains('✔'), "{text}");
+    assert!(text.contains("error    staging.same-fs"), "{text}");
+}

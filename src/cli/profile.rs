@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use standin_validate::{collect, CollectOptions, LiveFacts};
 
 use super::Exit;
@@ -45,12 +45,14 @@ pub fn run(args: Args) -> Result<Exit> {
             args.root.display()
         );
     }
+    let root = std::fs::canonicalize(&args.root)
+        .with_context(|| format!("resolving --root {}", args.root.display()))?;
     let opts = CollectOptions {
         standin_version: env!("CARGO_PKG_VERSION").to_string(),
         staging_path: args.staging_path,
         state_dir: args.state_dir,
     };
-    let profile = collect(&LiveFacts::new(args.root), &opts);
+    let profile = collect(&LiveFacts::new(root), &opts);
     if args.json {
         print!("{}", profile.to_json());
     } else {

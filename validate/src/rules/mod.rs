@@ -51,7 +51,7 @@ pub fn validate(source: &Profile, target: &Profile, opts: &Options) -> Report {
     system::cpus(source, target, &mut f);
     system::memory(source, target, opts, &mut f);
     system::boot_mode(source, target, &mut f);
-    system::boot_loader(target, &mut f);
+    system::boot_loader(source, target, &mut f);
     storage::volumes(source, target, &mut f);
     storage::capacity(source, target, &mut f);
     storage::same_fs(target, &mut f);

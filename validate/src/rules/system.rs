@@ -128,20 +128,21 @@ pub(super) fn boot_mode(s: &Profile, t: &Profile, f: &mut Vec<Finding>) {
     }
 }
 
-pub(super) fn boot_loader(t: &Profile, f: &mut Vec<Finding>) {
+pub(super) fn boot_loader(s: &Profile, t: &Profile, f: &mut Vec<Finding>) {
     let known = KNOWN_BOOT_LOADERS.join(", ");
+    let src = s.boot_loader.as_deref().unwrap_or("none found");
     match t.boot_loader.as_deref() {
         Some(b) if KNOWN_BOOT_LOADERS.contains(&b) => f.push(Finding::new(
             "boot.loader",
             Severity::Ok,
-            format!("target boot loader {b} is kept by the swap"),
+            format!("target boot loader {b} is kept by the swap (source: {src})"),
         )),
         other => f.push(
             Finding::new(
                 "boot.loader",
                 Severity::Error,
                 format!(
-                    "target boot loader {} is not one the swap can keep ({known})",
+                    "target boot loader {} is not one the swap can keep ({known}); source: {src}",
                     other.unwrap_or("none found")
                 ),
             )

@@ -50,6 +50,7 @@ fn machine() -> MapFacts {
             true,
             "ssh.service loaded active running OpenBSD Secure Shell server\ncron.service loaded active running cron\n",
         )
+        .command("blkid -p -o export /dev/dm-0", true, "DEVNAME=/dev/dm-0\nUUID=HOME-UUID\nTYPE=xfs\n")
         .command("lsblk -J -o MAJ:MIN,UUID,PARTTYPE,PARTUUID", true, r#"{"blockdevices":[{"maj:min":"8:0","uuid":null,"children":[{"maj:min":"8:1","uuid":"ESP-UUID","parttype":"c12a7328-f81f-11d2-ba4b-00a0c93ec93b","partuuid":null}]}]}"#);
     for (p, size, used, free) in [
         ("/", 100, 40, 55),
@@ -136,6 +137,7 @@ fn live_machine() {
     );
     assert_eq!(esp.part_uuid.as_deref(), Some("1111-2222"), "from uevent");
     let home = &p.volumes[2];
+    assert_eq!(home.fs_uuid.as_deref(), Some("HOME-UUID"), "from blkid");
     assert!(home.dm && home.lvm && home.fs_type == "xfs");
     assert_eq!(
         p.nics.len(),

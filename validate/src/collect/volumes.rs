@@ -304,6 +304,9 @@ impl BlockInfo {
                     .map(|(_, u)| u)
             });
         }
+        if v.fs_uuid.is_none() || v.part_uuid.is_none() || v.part_type.is_none() {
+            blkid(facts, &name, v);
+        }
         v.dm = name.starts_with("dm-");
         v.md = name.starts_with("md");
         if v.dm {
@@ -324,4 +327,20 @@ fn link_naming(facts: &dyn Facts, dir: &str, name: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Last resort for UUIDs: `blkid -p -o export /dev/NAME` (needs root).
+fn blkid(facts: &dyn Facts, name: &str, v: &mut Volume) {
+    let dev = format!("/dev/{name}");
+    let Ok(out) = facts.run("blkid", &["-p", "-o", "export", &dev]) else {
+        return;
+    };
+    if !out.success {
+        return;
+    }
+    let env = crate::collect::system::parse_env(&String::from_utf8_lossy(&out.stdout));
+    let get = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, x)| x.clone());
+    v.fs_uuid = v.fs_uuid.take().or_else(|| get("UUID"));
+    v.part_type = v.part_type.take().or_else(|| get("PART_ENTRY_TYPE"));
+    v.part_uuid = v.part_uuid.take().or_else(|| get("PART_ENTRY_UUID"));
 }

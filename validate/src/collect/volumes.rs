@@ -164,6 +164,7 @@ fn tree_volumes(
     entries.sort_by(|a, b| a.1.cmp(&b.1));
     entries.dedup_by(|a, b| a.1 == b.1);
     let mut out = Vec::new();
+    let all_mps: Vec<String> = entries.iter().map(|e| e.1.clone()).collect();
     for (spec, mp, fs_type) in entries {
         let path: PathBuf = facts.in_root(&mp);
         let Ok(st) = facts.stat(&path) else {
@@ -194,7 +195,7 @@ fn tree_volumes(
             // The tree is a directory on a bigger filesystem: its own data is
             // what it holds, not the whole filesystem's.
             used = facts
-                .allocated_bytes(&path, &virtual_dirs(facts))
+                .allocated_bytes(&path, &skip_under(facts, &mp, &all_mps))
                 .unwrap_or(vfs.used);
             size = used + vfs.free;
             notes.push(format!(
@@ -232,11 +233,17 @@ fn tree_volumes(
     out
 }
 
-/// Virtual directories of a tree that hold no data of its own.
-fn virtual_dirs(facts: &dyn Facts) -> Vec<PathBuf> {
+/// What not to count under volume `mp` of a tree: virtual directories and
+/// the other volumes' mount points (counted on their own).
+fn skip_under(facts: &dyn Facts, mp: &str, all: &[String]) -> Vec<PathBuf> {
     ["proc", "sys", "dev", "run"]
         .iter()
         .map(|p| facts.in_root(p))
+        .chain(
+            all.iter()
+                .filter(|o| o.as_str() != mp && crate::profile::path_is_under(o, mp))
+                .map(|o| facts.in_root(o)),
+        )
         .collect()
 }
 

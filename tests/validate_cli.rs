@@ -227,3 +227,15 @@ fn marks_and_colour_on_a_terminal_unless_no_color() {
     assert!(!text.contains('\x1b') && !text.contains('✔'), "{text}");
     assert!(text.contains("error    staging.same-fs"), "{text}");
 }
+
+#[test]
+fn missing_state_dir_is_an_error() {
+    let mut c = validate(&fixture("source.json"), &fixture("target.json"));
+    c.args(["--target-state-dir", "/nonexistent/standin-state"]);
+    let out = common::run_code(&mut c, 1, None);
+    assert!(
+        common::stderr(&out).contains("target state directory /nonexistent/standin-state does not exist"),
+        "{}",
+        common::stderr(&out)
+    );
+}

@@ -68,6 +68,14 @@ pub fn run(req: &Request) -> Result<Outcome> {
     if req.fix_all && req.target_state_dir.is_none() {
         bail!("--fix-all needs --target-state-dir DIR: the fixes are written to the target's state directory");
     }
+    if let Some(sd) = &req.target_state_dir {
+        if !sd.is_dir() {
+            bail!(
+                "target state directory {} does not exist; create it (mkdir -p) or pass the one `standin target serve` uses",
+                sd.display()
+            );
+        }
+    }
     let source = req.source.load()?;
     let load_target = || -> Result<crate::profile::Profile> {
         let mut t = req.target.load()?;

@@ -23,6 +23,11 @@ pub fn dir_allocated_bytes(facts: &dyn Facts, dir: &Path) -> u64 {
 pub(crate) fn staging(facts: &dyn Facts, opts: &CollectOptions, profile: &mut Profile) {
     let mut path = opts.staging_path.clone();
     if let Some(sd) = &opts.state_dir {
+        if !facts.exists(sd) {
+            profile
+                .notes
+                .push(format!("state directory {} does not exist", sd.display()));
+        }
         match TargetConfig::load(sd) {
             Ok(cfg) => {
                 path = path.or(cfg.staging_path);

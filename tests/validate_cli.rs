@@ -234,7 +234,8 @@ fn missing_state_dir_is_an_error() {
     c.args(["--target-state-dir", "/nonexistent/standin-state"]);
     let out = common::run_code(&mut c, 1, None);
     assert!(
-        common::stderr(&out).contains("target state directory /nonexistent/standin-state does not exist"),
+        common::stderr(&out)
+            .contains("target state directory /nonexistent/standin-state does not exist"),
         "{}",
         common::stderr(&out)
     );

@@ -67,4 +67,4 @@ pub fn collect(facts: &dyn Facts, opts: &CollectOptions) -> Profile {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -9,7 +9,7 @@ use super::{collect, CollectOptions};
 
 const GIB: u64 = 1 << 30;
 
-fn machine() -> MapFacts {
+pub(crate) fn machine() -> MapFacts {
     let mut f = MapFacts::new();
     f.file("/etc/os-release", "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nID=debian\n")
         .file("/etc/hostname", "web1.example.org\n")

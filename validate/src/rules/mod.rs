@@ -77,3 +77,6 @@ pub fn bytes(n: u64) -> String {
         format!("{n} bytes ({v:.1} {})", U[i])
     }
 }
+
+#[cfg(test)]
+mod tests;

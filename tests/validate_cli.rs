@@ -240,3 +240,63 @@ fn missing_state_dir_is_an_error() {
         common::stderr(&out)
     );
 }
+
+#[test]
+fn profile_reads_the_state_dir_and_staging_path() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = common::tempdir();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(
+        tree.join("etc/os-release"),
+        "ID=debian\nVERSION_ID=\"12\"\n",
+    )
+    .unwrap();
+    std::fs::write(tree.join("etc/hostname"), "standby\n").unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("rollback")).unwrap();
+    std::fs::write(state.join("rollback/old"), vec![1u8; 1 << 20]).unwrap();
+    std::fs::write(
+        state.join("target-config.json"),
+        r#"{"staging_path": "/srv/stage", "services_to_stop": ["x.service"]}"#,
+    )
+    .unwrap();
+    let reclaim: u64 = ["rollback", "rollback/old"]
+        .iter()
+        .map(|p| std::fs::metadata(state.join(p)).unwrap().blocks() * 512)
+        .sum();
+
+    let out = common::run_ok(
+        common::standin()
+            .args(["profile", "--json", "--root"])
+            .arg(&tree)
+            .arg("--state-dir")
+            .arg(&state),
+        Some(dir.path()),
+    );
+    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["hostname"], "standby");
+    assert_eq!(p["staging"]["path"], "/srv/stage");
+    assert_eq!(p["staging"]["same_fs_as_root"], true);
+    assert_eq!(p["staging"]["mount_point"], "/");
+    assert_eq!(p["reclaimable_bytes"], reclaim);
+    assert_eq!(p["services_to_stop"], serde_json::json!(["x.service"]));
+
+    // --staging-path wins over the state directory's.
+    let out = common::run_ok(
+        common::standin()
+            .args([
+                "profile",
+                "--json",
+                "--staging-path",
+                "/elsewhere",
+                "--root",
+            ])
+            .arg(&tree)
+            .arg("--state-dir")
+            .arg(&state),
+        Some(dir.path()),
+    );
+    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["staging"]["path"], "/elsewhere");
+}

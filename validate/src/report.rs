@@ -142,6 +142,8 @@ impl Report {
             .max()
             .unwrap_or(2)
             .max(4);
+        let sevw = if color { 9 } else { 7 };
+        out.push_str(&format!("{:<sevw$}  {:<idw$}  {}\n", "result", "rule", "finding"));
         for f in &self.findings {
             let mark = if color {
                 match f.severity {
@@ -154,7 +156,7 @@ impl Report {
                 format!("{:<7}", f.severity.word())
             };
             out.push_str(&format!("{mark}  {:<idw$}  {}\n", f.id, f.message));
-            let pad = " ".repeat(if color { 9 } else { 7 } + 2 + idw + 2);
+            let pad = " ".repeat(sevw + 2 + idw + 2);
             if !f.details.is_empty() {
                 out.push_str(&format!("{pad}{}\n", f.details));
             }

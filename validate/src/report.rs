@@ -143,7 +143,10 @@ impl Report {
             .unwrap_or(2)
             .max(4);
         let sevw = if color { 9 } else { 7 };
-        out.push_str(&format!("{:<sevw$}  {:<idw$}  {}\n", "result", "rule", "finding"));
+        out.push_str(&format!(
+            "{:<sevw$}  {:<idw$}  {}\n",
+            "result", "rule", "finding"
+        ));
         for f in &self.findings {
             let mark = if color {
                 match f.severity {

@@ -26,6 +26,8 @@
 //! assert!(report.has_errors());
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod collect;
 pub mod facts;
 pub mod fixes;

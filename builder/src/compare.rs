@@ -38,10 +38,16 @@ impl Differences {
 pub fn entry_diff(want: &Entry, got: &Entry) -> Vec<String> {
     let mut d = Vec::new();
     if want.kind != got.kind {
-        d.push(format!("type differs (expected {:?}, found {:?})", want.kind, got.kind));
+        d.push(format!(
+            "type differs (expected {:?}, found {:?})",
+            want.kind, got.kind
+        ));
     }
     if want.mode != got.mode {
-        d.push(format!("mode differs (expected {:04o}, found {:04o})", want.mode, got.mode));
+        d.push(format!(
+            "mode differs (expected {:04o}, found {:04o})",
+            want.mode, got.mode
+        ));
     }
     if (want.uid, want.gid) != (got.uid, got.gid) {
         d.push(format!(
@@ -50,10 +56,16 @@ pub fn entry_diff(want: &Entry, got: &Entry) -> Vec<String> {
         ));
     }
     if want.mtime_ns != got.mtime_ns {
-        d.push(format!("mtime differs (expected {} ns, found {} ns)", want.mtime_ns, got.mtime_ns));
+        d.push(format!(
+            "mtime differs (expected {} ns, found {} ns)",
+            want.mtime_ns, got.mtime_ns
+        ));
     }
     if want.size != got.size {
-        d.push(format!("size differs (expected {}, found {})", want.size, got.size));
+        d.push(format!(
+            "size differs (expected {}, found {})",
+            want.size, got.size
+        ));
     }
     if want.xattrs != got.xattrs {
         let names = |e: &Entry| {
@@ -63,7 +75,11 @@ pub fn entry_diff(want: &Entry, got: &Entry) -> Vec<String> {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        d.push(format!("xattrs differ (expected [{}], found [{}])", names(want), names(got)));
+        d.push(format!(
+            "xattrs differ (expected [{}], found [{}])",
+            names(want),
+            names(got)
+        ));
     }
     if want.target != got.target {
         d.push("symlink target differs".into());
@@ -72,7 +88,10 @@ pub fn entry_diff(want: &Entry, got: &Entry) -> Vec<String> {
         d.push("hardlink group differs".into());
     }
     if want.rdev != got.rdev {
-        d.push(format!("device numbers differ (expected {:?}, found {:?})", want.rdev, got.rdev));
+        d.push(format!(
+            "device numbers differ (expected {:?}, found {:?})",
+            want.rdev, got.rdev
+        ));
     }
     if want.sparse != got.sparse {
         d.push("sparse extents differ".into());

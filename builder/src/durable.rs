@@ -35,7 +35,10 @@ impl DurableFile {
 
     /// The open temp file.
     pub fn file(&mut self) -> &mut File {
-        self.tmp.as_mut().expect("durable file already committed").as_file_mut()
+        self.tmp
+            .as_mut()
+            .expect("durable file already committed")
+            .as_file_mut()
     }
 
     /// fsync, rename into place, fsync the directory.

@@ -97,7 +97,11 @@ pub fn hash_zeros(hasher: &mut Sha256, mut len: u64) {
 /// sha256 (hex) of a whole file's content. For a sparse file pass its data
 /// extents: only those are read, holes hash as zeros. Returns the digest and
 /// the number of bytes actually read.
-pub fn hash_file(path: &Path, size: u64, sparse: Option<&[(u64, u64)]>) -> io::Result<(String, u64)> {
+pub fn hash_file(
+    path: &Path,
+    size: u64,
+    sparse: Option<&[(u64, u64)]>,
+) -> io::Result<(String, u64)> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; BUF_SIZE.min(size.max(1) as usize).max(4096)];

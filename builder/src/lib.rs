@@ -13,6 +13,7 @@
 pub mod archive;
 pub mod bytes;
 pub mod compare;
+pub mod demo;
 pub mod durable;
 pub mod entry;
 pub mod hash;

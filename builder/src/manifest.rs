@@ -255,26 +255,28 @@ pub fn scan_tree(
     let mut digest = RootDigest::new();
     let mut batch: Vec<crate::scan::Scanned> = Vec::with_capacity(MAX_ITEMS);
     let mut batch_bytes = 0u64;
-    let mut flush = |batch: &mut Vec<crate::scan::Scanned>, digest: &mut RootDigest| -> Result<()> {
-        batch
-            .par_iter_mut()
-            .filter(|s| s.entry.kind == Kind::File && s.entry.link.is_none())
-            .try_for_each(|s| -> Result<()> {
-                let (h, _) = crate::hash::hash_file(&s.abs, s.entry.size, s.entry.sparse.as_deref())
-                    .with_context(|| format!("hashing {}", s.abs.display()))?;
-                s.entry.sha256 = Some(h);
-                progress.advance(s.entry.size, 1);
-                Ok(())
-            })?;
-        for s in batch.drain(..) {
-            if !(s.entry.kind == Kind::File && s.entry.link.is_none()) {
-                progress.advance(0, 1);
+    let mut flush =
+        |batch: &mut Vec<crate::scan::Scanned>, digest: &mut RootDigest| -> Result<()> {
+            batch
+                .par_iter_mut()
+                .filter(|s| s.entry.kind == Kind::File && s.entry.link.is_none())
+                .try_for_each(|s| -> Result<()> {
+                    let (h, _) =
+                        crate::hash::hash_file(&s.abs, s.entry.size, s.entry.sparse.as_deref())
+                            .with_context(|| format!("hashing {}", s.abs.display()))?;
+                    s.entry.sha256 = Some(h);
+                    progress.advance(s.entry.size, 1);
+                    Ok(())
+                })?;
+            for s in batch.drain(..) {
+                if !(s.entry.kind == Kind::File && s.entry.link.is_none()) {
+                    progress.advance(0, 1);
+                }
+                digest.add(&s.entry);
+                each(&s.entry)?;
             }
-            digest.add(&s.entry);
-            each(&s.entry)?;
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     for item in scanner {
         let s = item?;
         if s.entry.kind == Kind::File && s.entry.link.is_none() {

@@ -50,7 +50,12 @@ pub struct RestoreReport {
 pub const STAGING_PREFIX: &str = ".standin-restore-";
 
 /// Restore `archive` into `to`.
-pub fn restore(archive: &Path, to: &Path, opts: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreReport> {
+pub fn restore(
+    archive: &Path,
+    to: &Path,
+    opts: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreReport> {
     let paths = ImagePaths::for_archive(archive);
     if !paths.archive.exists() {
         bail!("archive {} does not exist", paths.archive.display());
@@ -92,14 +97,22 @@ pub fn restore(archive: &Path, to: &Path, opts: &RestoreOptions, progress: &dyn 
             if staging.exists() {
                 let _ = std::fs::remove_dir_all(&staging);
             }
-            Err(e.context(format!("restoring {} into {}; nothing was restored", archive.display(), to.display())))
+            Err(e.context(format!(
+                "restoring {} into {}; nothing was restored",
+                archive.display(),
+                to.display()
+            )))
         }
     }
 }
 
 type Counts = (u64, u64, u64, String);
 
-fn extract_and_check(paths: &ImagePaths, staging: &Path, progress: &dyn Progress) -> Result<(Entry, Counts)> {
+fn extract_and_check(
+    paths: &ImagePaths,
+    staging: &Path,
+    progress: &dyn Progress,
+) -> Result<(Entry, Counts)> {
     let tw = TreeWriter::open(staging)?;
     let mut manifest = ManifestReader::open(&paths.manifest)?;
     let mut tar = archive::open(&paths.archive)?;
@@ -134,7 +147,11 @@ fn extract_and_check(paths: &ImagePaths, staging: &Path, progress: &dyn Progress
         meta_want.sha256 = None;
         let diffs = entry_diff(&meta_want, &e);
         if !diffs.is_empty() {
-            bail!("archive entry {} differs from the manifest: {}", e.display_path(), diffs.join("; "));
+            bail!(
+                "archive entry {} differs from the manifest: {}",
+                e.display_path(),
+                diffs.join("; ")
+            );
         }
         while let Some((d, _)) = dirs.last() {
             if is_under(&e.path, d) {
@@ -144,7 +161,11 @@ fn extract_and_check(paths: &ImagePaths, staging: &Path, progress: &dyn Progress
             tw.set_times(&d, t)?;
         }
         let content: Option<&mut dyn std::io::Read> =
-            if want.kind == Kind::File && want.link.is_none() { Some(&mut tar) } else { None };
+            if want.kind == Kind::File && want.link.is_none() {
+                Some(&mut tar)
+            } else {
+                None
+            };
         let sha = tw.create(&want, content)?;
         if want.kind == Kind::File && want.link.is_none() {
             if sha != want.sha256 {
@@ -173,15 +194,25 @@ fn extract_and_check(paths: &ImagePaths, staging: &Path, progress: &dyn Progress
     }
     if let Some(extra) = manifest.next() {
         let extra = extra?;
-        bail!("manifest entry {} is missing from the archive", extra.display_path());
+        bail!(
+            "manifest entry {} is missing from the archive",
+            extra.display_path()
+        );
     }
-    let summary = manifest.summary().cloned().context("reading the manifest summary")?;
+    let summary = manifest
+        .summary()
+        .cloned()
+        .context("reading the manifest summary")?;
     progress.finish();
     let root = root.context("the archive has no root directory entry")?;
 
     // Check the restored tree against the manifest, independently of the
     // extraction above: re-scan, re-hash, compare every entry.
-    progress.phase("checking restored tree", Some(summary.total_bytes), Some(summary.entry_count));
+    progress.phase(
+        "checking restored tree",
+        Some(summary.total_bytes),
+        Some(summary.entry_count),
+    );
     let mut cmp = Comparer::new(ManifestReader::open(&paths.manifest)?);
     let opts = ScanOptions {
         system_excludes: Vec::new(),
@@ -223,13 +254,18 @@ fn move_into_place(staging: &Path, to: &Path, root: &Entry, force: bool) -> Resu
         .context("staging directory name")?
         .as_bytes()
         .to_vec();
-    for item in std::fs::read_dir(staging).with_context(|| format!("listing {}", staging.display()))? {
+    for item in
+        std::fs::read_dir(staging).with_context(|| format!("listing {}", staging.display()))?
+    {
         let item = item.with_context(|| format!("listing {}", staging.display()))?;
         let name = item.file_name().as_bytes().to_vec();
         let dest = to.join(item.file_name());
         if std::fs::symlink_metadata(&dest).is_ok() {
             if !force {
-                bail!("{} appeared while restoring; not replacing it", dest.display());
+                bail!(
+                    "{} appeared while restoring; not replacing it",
+                    dest.display()
+                );
             }
             tw.remove(&name)?;
         }

@@ -80,10 +80,7 @@ impl<'p> Scanner<'p> {
             } else {
                 format!("/{g}")
             };
-            gs.add(
-                Glob::new(&pat)
-                    .with_context(|| format!("parsing exclude pattern {g:?}"))?,
-            );
+            gs.add(Glob::new(&pat).with_context(|| format!("parsing exclude pattern {g:?}"))?);
         }
         let excludes = gs.build().context("building exclude patterns")?;
         let is_slash = std::fs::canonicalize(root)
@@ -92,7 +89,12 @@ impl<'p> Scanner<'p> {
         let keep_empty = if is_slash {
             opts.system_excludes
                 .iter()
-                .map(|s| s.trim_start_matches('/').trim_end_matches('/').as_bytes().to_vec())
+                .map(|s| {
+                    s.trim_start_matches('/')
+                        .trim_end_matches('/')
+                        .as_bytes()
+                        .to_vec()
+                })
                 .collect()
         } else {
             Vec::new()
@@ -127,12 +129,18 @@ impl Iterator for Scanner<'_> {
             let dent = match self.walk.next()? {
                 Ok(d) => d,
                 Err(e) => {
-                    let path = e.path().map(|p| p.display().to_string()).unwrap_or_default();
+                    let path = e
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
                     if e.io_error().map(|io| io.kind()) == Some(io::ErrorKind::NotFound) {
-                        self.progress.note(&format!("{path} vanished while scanning; left out"));
+                        self.progress
+                            .note(&format!("{path} vanished while scanning; left out"));
                         continue;
                     }
-                    return Some(Err(anyhow::Error::new(e).context(format!("scanning {path}"))));
+                    return Some(Err(
+                        anyhow::Error::new(e).context(format!("scanning {path}"))
+                    ));
                 }
             };
             let rel = self.rel(dent.path());
@@ -140,7 +148,10 @@ impl Iterator for Scanner<'_> {
                 let mut slashed = Vec::with_capacity(rel.len() + 1);
                 slashed.push(b'/');
                 slashed.extend_from_slice(&rel);
-                if self.excludes.is_match(Path::new(std::ffi::OsStr::from_bytes(&slashed))) {
+                if self
+                    .excludes
+                    .is_match(Path::new(std::ffi::OsStr::from_bytes(&slashed)))
+                {
                     if dent.file_type().is_dir() {
                         self.walk.skip_current_dir();
                     }
@@ -161,8 +172,10 @@ impl Iterator for Scanner<'_> {
                     continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.progress
-                        .note(&format!("{} vanished while scanning; left out", abs.display()));
+                    self.progress.note(&format!(
+                        "{} vanished while scanning; left out",
+                        abs.display()
+                    ));
                     continue;
                 }
                 Err(e) => {

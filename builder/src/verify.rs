@@ -50,7 +50,10 @@ pub fn hash_data<R: Read>(r: &mut R, e: &Entry) -> io::Result<String> {
             let want = buf.len().min(n as usize);
             let got = r.read(&mut buf[..want])?;
             if got == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "data ends early"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "data ends early",
+                ));
             }
             h.update(&buf[..got]);
             n -= got as u64;
@@ -109,9 +112,10 @@ pub fn verify(archive_path: &Path, progress: &dyn Progress) -> Result<VerifyRepo
             Ok(Some(e)) => e,
             Ok(None) => break,
             Err(err) => {
-                report
-                    .problems
-                    .push(format!("reading archive {}: {err}", paths.archive.display()));
+                report.problems.push(format!(
+                    "reading archive {}: {err}",
+                    paths.archive.display()
+                ));
                 break;
             }
         };
@@ -128,9 +132,10 @@ pub fn verify(archive_path: &Path, progress: &dyn Progress) -> Result<VerifyRepo
             match hash_data(&mut tar, &e) {
                 Ok(h) => e.sha256 = Some(h),
                 Err(err) => {
-                    report
-                        .problems
-                        .push(format!("reading {} from the archive: {err}", e.display_path()));
+                    report.problems.push(format!(
+                        "reading {} from the archive: {err}",
+                        e.display_path()
+                    ));
                     break;
                 }
             }
@@ -160,7 +165,9 @@ pub fn verify(archive_path: &Path, progress: &dyn Progress) -> Result<VerifyRepo
         report.differences = cmp.diffs;
     }
     if report.problems.is_empty() {
-        report.root_digest = crate::manifest::read_summary(&paths.manifest).ok().map(|s| s.root_digest);
+        report.root_digest = crate::manifest::read_summary(&paths.manifest)
+            .ok()
+            .map(|s| s.root_digest);
     }
     Ok(report)
 }
@@ -169,4 +176,3 @@ pub fn verify(archive_path: &Path, progress: &dyn Progress) -> Result<VerifyRepo
 pub fn image_paths(archive: &Path) -> ImagePaths {
     ImagePaths::for_archive(archive)
 }
-

@@ -108,17 +108,27 @@ impl<W: Write> Write for Counting<W> {
 }
 
 /// Build `archive` (and its manifest and `.sha256`) from the tree at `root`.
-pub fn build(root: &Path, archive: &Path, opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummary> {
+pub fn build(
+    root: &Path,
+    archive: &Path,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<BuildSummary> {
     let paths = ImagePaths::for_archive(archive);
     if let Some(dir) = archive.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
-            bail!("output directory {} does not exist; create it first", dir.display());
+            bail!(
+                "output directory {} does not exist; create it first",
+                dir.display()
+            );
         }
     }
     let mut arch_file = DurableFile::create(&paths.archive)?;
     let mut man_file = DurableFile::create(&paths.manifest)?;
     let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
     } else {
         opts.threads
     };
@@ -128,8 +138,10 @@ pub fn build(root: &Path, archive: &Path, opts: &BuildOptions, progress: &dyn Pr
             inner: BufWriter::with_capacity(1 << 20, arch_file.file()),
             n: 0,
         });
-        let mut enc = zstd::stream::write::Encoder::new(hashing, opts.level).context("starting zstd")?;
-        enc.multithread(threads).context("starting zstd worker threads")?;
+        let mut enc =
+            zstd::stream::write::Encoder::new(hashing, opts.level).context("starting zstd")?;
+        enc.multithread(threads)
+            .context("starting zstd worker threads")?;
         enc.include_checksum(true)?;
         let mut tar = TarWriter::new(BufWriter::with_capacity(1 << 20, enc));
         let mut man = ManifestWriter::new(BufWriter::with_capacity(1 << 20, man_file.file()))?;
@@ -141,10 +153,15 @@ pub fn build(root: &Path, archive: &Path, opts: &BuildOptions, progress: &dyn Pr
                 match File::open(&s.abs) {
                     Ok(f) => content = Some(f),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        progress.note(&format!("{} vanished while archiving; left out", s.abs.display()));
+                        progress.note(&format!(
+                            "{} vanished while archiving; left out",
+                            s.abs.display()
+                        ));
                         continue;
                     }
-                    Err(e) => return Err(e).with_context(|| format!("opening {}", s.abs.display())),
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("opening {}", s.abs.display()))
+                    }
                 }
             }
             let sha = tar
@@ -155,10 +172,20 @@ pub fn build(root: &Path, archive: &Path, opts: &BuildOptions, progress: &dyn Pr
             }
             s.entry.sha256 = sha;
             man.add(&s.entry)?;
-            progress.advance(if files > 0 && s.entry.sha256.is_some() { s.entry.size } else { 0 }, 1);
+            progress.advance(
+                if files > 0 && s.entry.sha256.is_some() {
+                    s.entry.size
+                } else {
+                    0
+                },
+                1,
+            );
         }
         let buf = tar.finish().context("finishing archive")?;
-        let enc = buf.into_inner().map_err(|e| e.into_error()).context("flushing archive")?;
+        let enc = buf
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .context("flushing archive")?;
         let hashing = enc.finish().context("finishing zstd stream")?;
         let (mut counting, digest) = hashing.finish();
         counting.flush().context("writing archive")?;
@@ -174,7 +201,10 @@ pub fn build(root: &Path, archive: &Path, opts: &BuildOptions, progress: &dyn Pr
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    crate::durable::write_file(&paths.sha256, format!("{archive_sha256}  {name}\n").as_bytes())?;
+    crate::durable::write_file(
+        &paths.sha256,
+        format!("{archive_sha256}  {name}\n").as_bytes(),
+    )?;
     Ok(BuildSummary {
         paths,
         entries: summary.entry_count,
@@ -190,7 +220,10 @@ pub fn build(root: &Path, archive: &Path, opts: &BuildOptions, progress: &dyn Pr
 /// Read the digest from `NAME.tar.zst.sha256` (`sha256sum` format).
 pub fn read_sha256_file(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| {
-        format!("reading {}; it is written beside the archive by `standin image build`", path.display())
+        format!(
+            "reading {}; it is written beside the archive by `standin image build`",
+            path.display()
+        )
     })?;
     let hexd = text.split_whitespace().next().unwrap_or("");
     if hexd.len() != 64 || !hexd.bytes().all(|c| c.is_ascii_hexdigit()) {
@@ -208,7 +241,9 @@ pub fn sha256_of(path: &Path, progress: &dyn Progress) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -234,8 +269,11 @@ pub fn check_sha256(paths: &ImagePaths, progress: &dyn Progress) -> Result<()> {
 }
 
 /// Open an archive for streaming reads (zstd-decompressed tar).
-pub fn open(archive: &Path) -> Result<TarReader<zstd::stream::read::Decoder<'static, BufReader<File>>>> {
-    let f = File::open(archive).with_context(|| format!("opening archive {}", archive.display()))?;
+pub fn open(
+    archive: &Path,
+) -> Result<TarReader<zstd::stream::read::Decoder<'static, BufReader<File>>>> {
+    let f =
+        File::open(archive).with_context(|| format!("opening archive {}", archive.display()))?;
     let dec = zstd::stream::read::Decoder::new(f).context("starting zstd decoder")?;
     Ok(TarReader::new(dec))
 }

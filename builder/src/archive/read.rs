@@ -78,7 +78,9 @@ impl<R: Read> TarReader<R> {
 
     fn read_data(&mut self, size: u64) -> io::Result<Vec<u8>> {
         if size > 64 << 20 {
-            return Err(invalid(format!("extended header of {size} bytes is too large")));
+            return Err(invalid(format!(
+                "extended header of {size} bytes is too large"
+            )));
         }
         let mut data = vec![0u8; size as usize];
         self.inner
@@ -188,7 +190,10 @@ impl<R: Read> TarReader<R> {
         self.current = path.clone();
         let u32_of = |v: u64, what: &str| -> io::Result<u32> {
             u32::try_from(v).map_err(|_| {
-                invalid(format!("{what} {v} of {} is out of range", crate::entry::display_path(&path)))
+                invalid(format!(
+                    "{what} {v} of {} is out of range",
+                    crate::entry::display_path(&path)
+                ))
             })
         };
         let mut e = Entry {
@@ -230,7 +235,11 @@ impl<R: Read> TarReader<R> {
                 0
             }
             flag::CHAR | flag::BLOCK => {
-                e.kind = if h.typeflag == flag::CHAR { Kind::Char } else { Kind::Block };
+                e.kind = if h.typeflag == flag::CHAR {
+                    Kind::Char
+                } else {
+                    Kind::Block
+                };
                 e.rdev = Some((h.devmajor, h.devminor));
                 0
             }
@@ -251,8 +260,10 @@ impl<R: Read> TarReader<R> {
                     e.display_path()
                 )));
             }
-            let (ext, used) = decode_map(&mut (&mut self.inner).take(self.remaining))
-                .map_err(|err| invalid(format!("reading sparse map of {}: {err}", e.display_path())))?;
+            let (ext, used) =
+                decode_map(&mut (&mut self.inner).take(self.remaining)).map_err(|err| {
+                    invalid(format!("reading sparse map of {}: {err}", e.display_path()))
+                })?;
             self.remaining -= used;
             let data: u64 = ext.iter().map(|p| p.1).sum();
             if data != self.remaining {

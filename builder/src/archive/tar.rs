@@ -89,7 +89,11 @@ impl Header {
         let stored = parse_num(&b[148..156])?;
         let mut sum: u64 = 0;
         for (i, &x) in b.iter().enumerate() {
-            sum += if (148..156).contains(&i) { b' ' as u64 } else { x as u64 };
+            sum += if (148..156).contains(&i) {
+                b' ' as u64
+            } else {
+                x as u64
+            };
         }
         if stored != sum {
             return Err(invalid("header checksum mismatch (damaged archive)"));
@@ -139,7 +143,10 @@ pub fn parse_num(f: &[u8]) -> io::Result<u64> {
             }
             let mut v: u64 = (first & 0x3f) as u64;
             for &c in &f[1..] {
-                v = v.checked_shl(8).ok_or_else(|| invalid("number too large"))? | c as u64;
+                v = v
+                    .checked_shl(8)
+                    .ok_or_else(|| invalid("number too large"))?
+                    | c as u64;
             }
             return Ok(v);
         }
@@ -285,7 +292,14 @@ mod tests {
 
     #[test]
     fn times_round_trip() {
-        for ns in [0, 1, -1, -1_000_000_123, 4_102_444_800_123_456_789, i64::MIN + 1] {
+        for ns in [
+            0,
+            1,
+            -1,
+            -1_000_000_123,
+            4_102_444_800_123_456_789,
+            i64::MIN + 1,
+        ] {
             assert_eq!(parse_time(format_time(ns).as_bytes()).unwrap(), ns);
         }
         assert_eq!(format_time(-1_500_000_000), "-1.500000000");
@@ -305,7 +319,10 @@ mod tests {
         };
         let mut b = h.encode();
         let d = Header::decode(&b).unwrap().unwrap();
-        assert_eq!((d.name, d.mode, d.uid, d.size), (h.name, h.mode, h.uid, h.size));
+        assert_eq!(
+            (d.name, d.mode, d.uid, d.size),
+            (h.name, h.mode, h.uid, h.size)
+        );
         b[10] ^= 1;
         assert!(Header::decode(&b).is_err());
     }

@@ -85,8 +85,16 @@ impl<W: Write> TarWriter<W> {
             pax_record(&mut pax, b"GNU.sparse.major", b"1");
             pax_record(&mut pax, b"GNU.sparse.minor", b"0");
             pax_record(&mut pax, b"GNU.sparse.name", &name);
-            pax_record(&mut pax, b"GNU.sparse.realsize", e.size.to_string().as_bytes());
-            let data: u64 = e.sparse.as_ref().map(|x| x.iter().map(|p| p.1).sum()).unwrap_or(0);
+            pax_record(
+                &mut pax,
+                b"GNU.sparse.realsize",
+                e.size.to_string().as_bytes(),
+            );
+            let data: u64 = e
+                .sparse
+                .as_ref()
+                .map(|x| x.iter().map(|p| p.1).sum())
+                .unwrap_or(0);
             h.size = map.len() as u64 + data;
         } else {
             if name.len() > 100 {
@@ -156,7 +164,10 @@ impl<W: Write> TarWriter<W> {
             pax_record(&mut pax, &key, &v.0);
         }
         if !pax.is_empty() {
-            let base = name.rsplit(|&c| c == b'/').find(|c| !c.is_empty()).unwrap_or(b".");
+            let base = name
+                .rsplit(|&c| c == b'/')
+                .find(|c| !c.is_empty())
+                .unwrap_or(b".");
             let mut xname = b"PaxHeaders/".to_vec();
             xname.extend_from_slice(base);
             xname.truncate(100);

@@ -43,11 +43,19 @@ impl TreeWriter {
                     rustix::io::dup(&self.root).map_err(e("opening"))?
                 } else {
                     let (dir, name) = self.parent(path)?;
-                    let extra = if entry.kind == Kind::Dir { OFlags::DIRECTORY } else { OFlags::empty() };
+                    let extra = if entry.kind == Kind::Dir {
+                        OFlags::DIRECTORY
+                    } else {
+                        OFlags::empty()
+                    };
                     rustix::fs::openat(
                         &dir,
                         os(name),
-                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | extra,
+                        OFlags::RDONLY
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC
+                            | OFlags::NONBLOCK
+                            | extra,
                         Mode::empty(),
                     )
                     .map_err(e("opening"))?
@@ -55,24 +63,35 @@ impl TreeWriter {
                 rustix::fs::fchown(&fd, uid, gid).map_err(e("changing owner of"))?;
                 rustix::fs::fchmod(&fd, mode).map_err(e("changing mode of"))?;
                 set_xattrs_fd(&fd, &entry.xattrs, path)?;
-                rustix::fs::futimens(&fd, &timestamps(entry.mtime_ns)).map_err(e("setting times of"))?;
+                rustix::fs::futimens(&fd, &timestamps(entry.mtime_ns))
+                    .map_err(e("setting times of"))?;
             }
             Kind::Symlink | Kind::Fifo | Kind::Char | Kind::Block => {
                 let (dir, name) = self.parent(path)?;
-                let st = rustix::fs::statat(&dir, os(name), AtFlags::SYMLINK_NOFOLLOW).map_err(e("inspecting"))?;
+                let st = rustix::fs::statat(&dir, os(name), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(e("inspecting"))?;
                 let is_link = FileType::from_raw_mode(st.st_mode) == FileType::Symlink;
                 if is_link != (entry.kind == Kind::Symlink) {
-                    return Err(TreeError::refused(path, "its type changed while it was being written"));
+                    return Err(TreeError::refused(
+                        path,
+                        "its type changed while it was being written",
+                    ));
                 }
                 rustix::fs::chownat(&dir, os(name), uid, gid, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(e("changing owner of"))?;
                 if !is_link {
-                    rustix::fs::chmodat(&dir, os(name), mode, AtFlags::empty()).map_err(e("changing mode of"))?;
+                    rustix::fs::chmodat(&dir, os(name), mode, AtFlags::empty())
+                        .map_err(e("changing mode of"))?;
                 }
                 let proc_path = proc_path(&dir, name);
                 set_xattrs_path(&proc_path, &entry.xattrs, path)?;
-                rustix::fs::utimensat(&dir, os(name), &timestamps(entry.mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(e("setting times of"))?;
+                rustix::fs::utimensat(
+                    &dir,
+                    os(name),
+                    &timestamps(entry.mtime_ns),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(e("setting times of"))?;
             }
         }
         Ok(())
@@ -82,7 +101,8 @@ impl TreeWriter {
     pub fn set_times(&self, path: &[u8], mtime_ns: i64) -> TreeResult<()> {
         let ts = timestamps(mtime_ns);
         if path.is_empty() {
-            return rustix::fs::futimens(&self.root, &ts).map_err(|err| TreeError::io("setting times of", path, err));
+            return rustix::fs::futimens(&self.root, &ts)
+                .map_err(|err| TreeError::io("setting times of", path, err));
         }
         let (dir, name) = self.parent(path)?;
         rustix::fs::utimensat(&dir, os(name), &ts, AtFlags::SYMLINK_NOFOLLOW)
@@ -100,7 +120,10 @@ fn proc_path(dir: &OwnedFd, name: &[u8]) -> Vec<u8> {
 }
 
 fn list_names(list: &[u8]) -> Vec<Vec<u8>> {
-    list.split(|&b| b == 0).filter(|n| !n.is_empty()).map(|n| n.to_vec()).collect()
+    list.split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| n.to_vec())
+        .collect()
 }
 
 fn set_xattrs_fd(fd: &OwnedFd, want: &BTreeMap<Xattr, Xattr>, path: &[u8]) -> TreeResult<()> {
@@ -115,14 +138,21 @@ fn set_xattrs_fd(fd: &OwnedFd, want: &BTreeMap<Xattr, Xattr>, path: &[u8]) -> Tr
     };
     for name in list_names(&buf[..n]) {
         if !want.contains_key(&Xattr(name.clone())) {
-            rustix::fs::fremovexattr(fd, os(&name)).map_err(|err| TreeError::io("removing xattr of", path, err))?;
+            rustix::fs::fremovexattr(fd, os(&name))
+                .map_err(|err| TreeError::io("removing xattr of", path, err))?;
         }
     }
     for (k, v) in want {
-        rustix::fs::fsetxattr(fd, os(&k.0), &v.0, XattrFlags::empty()).map_err(|err| TreeError::Io {
-            op: "setting xattr",
-            path: format!("{} on {}", crate::bytes::encode(&k.0), crate::entry::display_path(path)),
-            source: err.into(),
+        rustix::fs::fsetxattr(fd, os(&k.0), &v.0, XattrFlags::empty()).map_err(|err| {
+            TreeError::Io {
+                op: "setting xattr",
+                path: format!(
+                    "{} on {}",
+                    crate::bytes::encode(&k.0),
+                    crate::entry::display_path(path)
+                ),
+                source: err.into(),
+            }
         })?;
     }
     Ok(())
@@ -141,14 +171,21 @@ fn set_xattrs_path(p: &[u8], want: &BTreeMap<Xattr, Xattr>, path: &[u8]) -> Tree
     };
     for name in list_names(&buf[..n]) {
         if !want.contains_key(&Xattr(name.clone())) {
-            rustix::fs::lremovexattr(pp, os(&name)).map_err(|err| TreeError::io("removing xattr of", path, err))?;
+            rustix::fs::lremovexattr(pp, os(&name))
+                .map_err(|err| TreeError::io("removing xattr of", path, err))?;
         }
     }
     for (k, v) in want {
-        rustix::fs::lsetxattr(pp, os(&k.0), &v.0, XattrFlags::empty()).map_err(|err| TreeError::Io {
-            op: "setting xattr",
-            path: format!("{} on {}", crate::bytes::encode(&k.0), crate::entry::display_path(path)),
-            source: err.into(),
+        rustix::fs::lsetxattr(pp, os(&k.0), &v.0, XattrFlags::empty()).map_err(|err| {
+            TreeError::Io {
+                op: "setting xattr",
+                path: format!(
+                    "{} on {}",
+                    crate::bytes::encode(&k.0),
+                    crate::entry::display_path(path)
+                ),
+                source: err.into(),
+            }
         })?;
     }
     Ok(())

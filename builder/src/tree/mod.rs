@@ -82,7 +82,12 @@ pub fn check_path(path: &[u8]) -> TreeResult<()> {
     }
     for c in path.split(|&b| b == b'/') {
         match c {
-            b".." => return Err(TreeError::refused(path, "`..` component leads outside the root")),
+            b".." => {
+                return Err(TreeError::refused(
+                    path,
+                    "`..` component leads outside the root",
+                ))
+            }
             b"" | b"." => return Err(TreeError::refused(path, "empty or `.` component")),
             _ => {}
         }
@@ -105,12 +110,16 @@ pub(crate) fn os(b: &[u8]) -> &std::ffi::OsStr {
 impl TreeWriter {
     /// Open an existing directory as the root.
     pub fn open(root: &Path) -> TreeResult<Self> {
-        let fd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| TreeError::Io {
-                op: "opening root",
-                path: root.display().to_string(),
-                source: e.into(),
-            })?;
+        let fd = rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| TreeError::Io {
+            op: "opening root",
+            path: root.display().to_string(),
+            source: e.into(),
+        })?;
         Ok(Self {
             root: fd,
             root_path: root.to_path_buf(),
@@ -127,7 +136,10 @@ impl TreeWriter {
     fn parent<'p>(&self, path: &'p [u8]) -> TreeResult<(OwnedFd, &'p [u8])> {
         check_path(path)?;
         if path.is_empty() {
-            return Err(TreeError::refused(path, "the root itself cannot be replaced"));
+            return Err(TreeError::refused(
+                path,
+                "the root itself cannot be replaced",
+            ));
         }
         let (dir, name) = split(path);
         let dir_arg: &[u8] = if dir.is_empty() { b"." } else { dir };
@@ -139,7 +151,10 @@ impl TreeWriter {
             ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
         )
         .map_err(|e| match e {
-            Errno::XDEV => TreeError::refused(path, "its parent resolves outside the root (through a symlink)"),
+            Errno::XDEV => TreeError::refused(
+                path,
+                "its parent resolves outside the root (through a symlink)",
+            ),
             Errno::LOOP => TreeError::refused(path, "too many symlinks in its parent"),
             Errno::NOTDIR => TreeError::refused(path, "its parent is not a directory"),
             other => TreeError::io("opening parent of", path, other),
@@ -167,7 +182,11 @@ impl TreeWriter {
     /// its extents back to back, and only those are written. Metadata is
     /// not set here (see [`set_metadata`](Self::set_metadata)). Returns the
     /// content's sha256 (hex) for regular files.
-    pub fn create(&self, entry: &Entry, content: Option<&mut dyn Read>) -> TreeResult<Option<String>> {
+    pub fn create(
+        &self,
+        entry: &Entry,
+        content: Option<&mut dyn Read>,
+    ) -> TreeResult<Option<String>> {
         let path = entry.path.as_slice();
         if path.is_empty() {
             if entry.kind != Kind::Dir {
@@ -197,7 +216,8 @@ impl TreeWriter {
                     .target
                     .as_deref()
                     .ok_or_else(|| TreeError::refused(path, "symlink without a target"))?;
-                rustix::fs::symlinkat(os(t), &dir, cname).map_err(|e| TreeError::io("creating symlink", path, e))?
+                rustix::fs::symlinkat(os(t), &dir, cname)
+                    .map_err(|e| TreeError::io("creating symlink", path, e))?
             }
             Kind::Fifo => rustix::fs::mknodat(&dir, cname, FileType::Fifo, mode, 0)
                 .map_err(|e| TreeError::io("creating fifo", path, e))?,
@@ -215,7 +235,11 @@ impl TreeWriter {
                 let fd = rustix::fs::openat(
                     &dir,
                     cname,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     mode,
                 )
                 .map_err(|e| TreeError::io("creating file", path, e))?;
@@ -258,7 +282,8 @@ impl TreeWriter {
     /// Set a regular file's length.
     pub fn truncate(&self, path: &[u8], len: u64) -> TreeResult<()> {
         let f = self.open_file(path, true)?;
-        f.set_len(len).map_err(|e| TreeError::io("truncating", path, e))
+        f.set_len(len)
+            .map_err(|e| TreeError::io("truncating", path, e))
     }
 
     /// Remove a path; directories are removed with everything in them.
@@ -273,7 +298,8 @@ impl TreeWriter {
     pub fn rename(&self, from: &[u8], to: &[u8]) -> TreeResult<()> {
         let (fd, fname) = self.parent(from)?;
         let (td, tname) = self.parent(to)?;
-        rustix::fs::renameat(&fd, os(fname), &td, os(tname)).map_err(|e| TreeError::io("renaming", from, e))
+        rustix::fs::renameat(&fd, os(fname), &td, os(tname))
+            .map_err(|e| TreeError::io("renaming", from, e))
     }
 
     /// Make `new` a hardlink of `existing` (replacing what is at `new`).
@@ -307,7 +333,8 @@ fn remove_at(dir: &OwnedFd, name: &[u8], path: &[u8]) -> TreeResult<()> {
             Mode::empty(),
         )
         .map_err(|e| TreeError::io("opening", path, e))?;
-        let listing = rustix::fs::Dir::read_from(&sub).map_err(|e| TreeError::io("listing", path, e))?;
+        let listing =
+            rustix::fs::Dir::read_from(&sub).map_err(|e| TreeError::io("listing", path, e))?;
         for item in listing {
             let item = item.map_err(|e| TreeError::io("listing", path, e))?;
             let child = item.file_name().to_bytes();
@@ -319,9 +346,11 @@ fn remove_at(dir: &OwnedFd, name: &[u8], path: &[u8]) -> TreeResult<()> {
             cp.extend_from_slice(child);
             remove_at(&sub, child, &cp)?;
         }
-        rustix::fs::unlinkat(dir, os(name), AtFlags::REMOVEDIR).map_err(|e| TreeError::io("removing", path, e))
+        rustix::fs::unlinkat(dir, os(name), AtFlags::REMOVEDIR)
+            .map_err(|e| TreeError::io("removing", path, e))
     } else {
-        rustix::fs::unlinkat(dir, os(name), AtFlags::empty()).map_err(|e| TreeError::io("removing", path, e))
+        rustix::fs::unlinkat(dir, os(name), AtFlags::empty())
+            .map_err(|e| TreeError::io("removing", path, e))
     }
 }
 
@@ -336,7 +365,13 @@ impl From<io::Error> for WriteErr {
     }
 }
 
-fn copy_exact(r: &mut dyn Read, f: &mut File, mut n: u64, h: &mut Sha256, buf: &mut [u8]) -> Result<(), WriteErr> {
+fn copy_exact(
+    r: &mut dyn Read,
+    f: &mut File,
+    mut n: u64,
+    h: &mut Sha256,
+    buf: &mut [u8],
+) -> Result<(), WriteErr> {
     while n > 0 {
         let want = buf.len().min(n as usize);
         let got = match r.read(&mut buf[..want]) {
@@ -352,7 +387,11 @@ fn copy_exact(r: &mut dyn Read, f: &mut File, mut n: u64, h: &mut Sha256, buf: &
     Ok(())
 }
 
-fn write_content(f: &mut File, e: &Entry, content: Option<&mut dyn Read>) -> Result<String, WriteErr> {
+fn write_content(
+    f: &mut File,
+    e: &Entry,
+    content: Option<&mut dyn Read>,
+) -> Result<String, WriteErr> {
     let mut h = Sha256::new();
     let mut empty: &[u8] = &[];
     let r: &mut dyn Read = match content {

@@ -15,7 +15,16 @@ use image_support::{assert_same, compare, make_corpus, Compare};
 fn build(root: &Path, archive: &Path, level: &str) -> serde_json::Value {
     let out = run_ok(
         standin()
-            .args(["image", "build", "--json", "--progress", "plain", "--level", level, "--root"])
+            .args([
+                "image",
+                "build",
+                "--json",
+                "--progress",
+                "plain",
+                "--level",
+                level,
+                "--root",
+            ])
             .arg(root)
             .arg("-o")
             .arg(archive),
@@ -25,13 +34,22 @@ fn build(root: &Path, archive: &Path, level: &str) -> serde_json::Value {
 }
 
 fn verify_ok(archive: &Path) -> serde_json::Value {
-    let out = run_ok(standin().args(["image", "verify", "--json", "--progress", "none"]).arg(archive), None);
+    let out = run_ok(
+        standin()
+            .args(["image", "verify", "--json", "--progress", "none"])
+            .arg(archive),
+        None,
+    );
     serde_json::from_str(&stdout(&out)).expect("verify --json prints JSON")
 }
 
 fn restore_ok(archive: &Path, to: &Path) -> serde_json::Value {
     let out = run_ok(
-        standin().args(["image", "restore", "--json", "--progress", "none"]).arg(archive).arg("--to").arg(to),
+        standin()
+            .args(["image", "restore", "--json", "--progress", "none"])
+            .arg(archive)
+            .arg("--to")
+            .arg(to),
         Some(to),
     );
     serde_json::from_str(&stdout(&out)).expect("restore --json prints JSON")
@@ -43,7 +61,13 @@ fn gnu_tar_extract(archive: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     run_ok(
         Command::new(tar)
-            .args(["--zstd", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf"])
+            .args([
+                "--zstd",
+                "--xattrs",
+                "--xattrs-include=*",
+                "--numeric-owner",
+                "-xpf",
+            ])
             .arg(archive)
             .arg("-C")
             .arg(to),
@@ -64,9 +88,15 @@ fn corpus_round_trips_with_every_kind_of_metadata() {
     assert_eq!(digest.len(), 64);
     // The socket is left out; the 256 MiB sparse file stays small in the archive.
     let manifest = std::fs::read_to_string(tmp.path().join("corpus.manifest.json")).unwrap();
-    assert!(!manifest.contains("run-socket"), "sockets are left out of manifests");
+    assert!(
+        !manifest.contains("run-socket"),
+        "sockets are left out of manifests"
+    );
     let archive_len = std::fs::metadata(&archive).unwrap().len();
-    assert!(archive_len < 16 << 20, "archive is {archive_len} bytes: sparse file was not kept sparse");
+    assert!(
+        archive_len < 16 << 20,
+        "archive is {archive_len} bytes: sparse file was not kept sparse"
+    );
     // sha256sum -c accepts the .sha256 file.
     let sums = run_ok(
         Command::new(require_tool("sha256sum", "coreutils"))
@@ -88,7 +118,11 @@ fn corpus_round_trips_with_every_kind_of_metadata() {
     let leftovers: Vec<_> = std::fs::read_dir(&dst)
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".standin-restore"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".standin-restore")
+        })
         .collect();
     assert!(leftovers.is_empty(), "staging dir left behind");
 
@@ -122,14 +156,41 @@ fn restore_refuses_a_non_empty_directory_without_force() {
     let dst = tmp.path().join("busy");
     std::fs::create_dir_all(&dst).unwrap();
     std::fs::write(dst.join("keep-me"), "precious").unwrap();
-    let out = run_code(standin().args(["image", "restore"]).arg(&archive).arg("--to").arg(&dst), 1, Some(&dst));
+    let out = run_code(
+        standin()
+            .args(["image", "restore"])
+            .arg(&archive)
+            .arg("--to")
+            .arg(&dst),
+        1,
+        Some(&dst),
+    );
     let err = common::stderr(&out);
-    assert!(err.contains("not empty") && err.contains("--force"), "{err}");
-    assert_eq!(std::fs::read_to_string(dst.join("keep-me")).unwrap(), "precious");
+    assert!(
+        err.contains("not empty") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dst.join("keep-me")).unwrap(),
+        "precious"
+    );
     // With --force the image is restored beside the existing entry.
-    run_ok(standin().args(["image", "restore", "--force"]).arg(&archive).arg("--to").arg(&dst), Some(&dst));
-    assert_eq!(std::fs::read_to_string(dst.join("etc/hostname")).unwrap(), "h\n");
-    assert_eq!(std::fs::read_to_string(dst.join("keep-me")).unwrap(), "precious");
+    run_ok(
+        standin()
+            .args(["image", "restore", "--force"])
+            .arg(&archive)
+            .arg("--to")
+            .arg(&dst),
+        Some(&dst),
+    );
+    assert_eq!(
+        std::fs::read_to_string(dst.join("etc/hostname")).unwrap(),
+        "h\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dst.join("keep-me")).unwrap(),
+        "precious"
+    );
 }
 
 #[test]
@@ -157,7 +218,11 @@ fn debian_root_round_trips() {
         xattr_prefixes: Some(&["user.", "trusted.", "security."]),
     };
     let d = compare(&debian, &gnu, how);
-    assert!(d.is_empty(), "GNU tar extraction differs:\n{}", d.join("\n"));
+    assert!(
+        d.is_empty(),
+        "GNU tar extraction differs:\n{}",
+        d.join("\n")
+    );
     // Deterministic: a second build has the same digest.
     let again = build(&debian, &tmp.path().join("again.tar.zst"), "1");
     assert_eq!(again["root_digest"], digest.as_str());
@@ -174,7 +239,15 @@ fn build_excludes_globs() {
     let archive = tmp.path().join("ex.tar.zst");
     run_ok(
         standin()
-            .args(["image", "build", "--exclude", "/var/cache/**", "--exclude", "*.tmp", "--root"])
+            .args([
+                "image",
+                "build",
+                "--exclude",
+                "/var/cache/**",
+                "--exclude",
+                "*.tmp",
+                "--root",
+            ])
             .arg(&src)
             .arg("-o")
             .arg(&archive),
@@ -183,7 +256,10 @@ fn build_excludes_globs() {
     let dst = tmp.path().join("out");
     restore_ok(&archive, &dst);
     assert!(dst.join("keep.txt").exists());
-    assert!(dst.join("var/cache").is_dir(), "the excluded directory's parent stays");
+    assert!(
+        dst.join("var/cache").is_dir(),
+        "the excluded directory's parent stays"
+    );
     assert!(!dst.join("var/cache/apt").exists());
     assert!(!dst.join("drop.tmp").exists());
 }
@@ -192,6 +268,9 @@ fn build_excludes_globs() {
 fn help_has_examples() {
     for sub in ["build", "verify", "restore"] {
         let out = run_ok(standin().args(["image", sub, "--help"]), None);
-        assert!(stdout(&out).contains("Example"), "image {sub} --help has no example");
+        assert!(
+            stdout(&out).contains("Example"),
+            "image {sub} --help has no example"
+        );
     }
 }

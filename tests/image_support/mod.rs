@@ -23,11 +23,17 @@ fn p(root: &Path, rel: &[u8]) -> PathBuf {
 }
 
 fn set_mtime(path: &Path, sec: i64, nsec: i64) {
-    let t = Timespec { tv_sec: sec, tv_nsec: nsec as _ };
+    let t = Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
     rustix::fs::utimensat(
         CWD,
         path,
-        &Timestamps { last_access: t, last_modification: t },
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
         AtFlags::SYMLINK_NOFOLLOW,
     )
     .unwrap_or_else(|e| panic!("setting mtime of {}: {e}", path.display()));
@@ -68,7 +74,11 @@ pub fn make_corpus(root: &Path) {
     write(root, b"etc/hostname", b"corpus-host\n");
     write(root, b"etc/empty", b"");
     write(root, b"data/random.bin", &noise(1, 3 << 20));
-    write(root, b"data/text.txt", "hello world\n".repeat(5000).as_bytes());
+    write(
+        root,
+        b"data/text.txt",
+        "hello world\n".repeat(5000).as_bytes(),
+    );
     // Hardlinks: a 3-member group.
     let first = write(root, b"links/a-first", b"shared content\n");
     fs::hard_link(&first, p(root, b"links/b-second")).unwrap();
@@ -80,10 +90,17 @@ pub fn make_corpus(root: &Path) {
     std::os::unix::fs::symlink("x/".repeat(80), p(root, b"links/long-target")).unwrap();
     // Fifo and device nodes.
     fs::create_dir_all(p(root, b"dev")).unwrap();
-    rustix::fs::mknodat(CWD, &p(root, b"dev/fifo"), rustix::fs::FileType::Fifo, 0o640.into(), 0).unwrap();
     rustix::fs::mknodat(
         CWD,
-        &p(root, b"dev/null"),
+        p(root, b"dev/fifo"),
+        rustix::fs::FileType::Fifo,
+        0o640.into(),
+        0,
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        CWD,
+        p(root, b"dev/null"),
         rustix::fs::FileType::CharacterDevice,
         0o666.into(),
         rustix::fs::makedev(1, 3),
@@ -91,7 +108,7 @@ pub fn make_corpus(root: &Path) {
     .unwrap();
     rustix::fs::mknodat(
         CWD,
-        &p(root, b"dev/loop200"),
+        p(root, b"dev/loop200"),
         rustix::fs::FileType::BlockDevice,
         0o660.into(),
         rustix::fs::makedev(7, 200),
@@ -103,12 +120,25 @@ pub fn make_corpus(root: &Path) {
     let sgid = write(root, b"bin/sgid", b"#!/bin/sh\n");
     fs::set_permissions(&sgid, fs::Permissions::from_mode(0o2711)).unwrap();
     fs::create_dir_all(p(root, b"shared/sticky")).unwrap();
-    fs::set_permissions(p(root, b"shared/sticky"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::set_permissions(
+        p(root, b"shared/sticky"),
+        fs::Permissions::from_mode(0o1777),
+    )
+    .unwrap();
     fs::create_dir_all(p(root, b"shared/setgid-dir")).unwrap();
-    fs::set_permissions(p(root, b"shared/setgid-dir"), fs::Permissions::from_mode(0o2775)).unwrap();
+    fs::set_permissions(
+        p(root, b"shared/setgid-dir"),
+        fs::Permissions::from_mode(0o2775),
+    )
+    .unwrap();
     // Odd owners.
     let odd = write(root, b"home/odd-owner", b"owned by 12345\n");
-    rustix::fs::chown(&odd, Some(rustix::fs::Uid::from_raw(12345)), Some(rustix::fs::Gid::from_raw(54321))).unwrap();
+    rustix::fs::chown(
+        &odd,
+        Some(rustix::fs::Uid::from_raw(12345)),
+        Some(rustix::fs::Gid::from_raw(54321)),
+    )
+    .unwrap();
     fs::create_dir_all(p(root, b"home/bigid")).unwrap();
     rustix::fs::chown(
         p(root, b"home/bigid"),
@@ -124,14 +154,33 @@ pub fn make_corpus(root: &Path) {
     rustix::fs::setxattr(&x, "trusted.t", b"\x00\x01trusted\n", XattrFlags::empty()).unwrap();
     let cap = write(root, b"xattr/ping", b"#!/bin/sh\n");
     fs::set_permissions(&cap, fs::Permissions::from_mode(0o755)).unwrap();
-    rustix::fs::setxattr(&cap, "security.capability", &CAP_NET_BIND_SERVICE_EP, XattrFlags::empty()).unwrap();
-    rustix::fs::lsetxattr(p(root, b"links/rel"), "trusted.onlink", b"sym", XattrFlags::empty()).unwrap();
+    rustix::fs::setxattr(
+        &cap,
+        "security.capability",
+        &CAP_NET_BIND_SERVICE_EP,
+        XattrFlags::empty(),
+    )
+    .unwrap();
+    rustix::fs::lsetxattr(
+        p(root, b"links/rel"),
+        "trusted.onlink",
+        b"sym",
+        XattrFlags::empty(),
+    )
+    .unwrap();
     // POSIX ACLs: access on a file, access + default on a directory.
     let acl_file = write(root, b"acl/file", b"acl\n");
     fs::create_dir_all(p(root, b"acl/dir")).unwrap();
-    run_ok(Command::new(&setfacl).args(["-m", "u:12345:rwx,g:54321:r"]).arg(&acl_file), None);
     run_ok(
-        Command::new(&setfacl).args(["-m", "u:12345:rx", "-d", "-m", "u:12345:rwx"]).arg(p(root, b"acl/dir")),
+        Command::new(&setfacl)
+            .args(["-m", "u:12345:rwx,g:54321:r"])
+            .arg(&acl_file),
+        None,
+    );
+    run_ok(
+        Command::new(&setfacl)
+            .args(["-m", "u:12345:rx", "-d", "-m", "u:12345:rwx"])
+            .arg(p(root, b"acl/dir")),
         None,
     );
     write(root, b"acl/dir/inherits", b"inherited acl\n");
@@ -216,8 +265,12 @@ fn extents_of(path: &Path, size: u64) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < size {
-        let Ok(d) = rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(pos)) else { break };
-        let h = rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(d)).unwrap().min(size);
+        let Ok(d) = rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(pos)) else {
+            break;
+        };
+        let h = rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(d))
+            .unwrap()
+            .min(size);
         out.push((d, h - d));
         pos = h;
     }
@@ -245,11 +298,17 @@ pub fn facts(root: &Path) -> BTreeMap<Vec<u8>, Facts> {
     let mut stack = vec![Vec::<u8>::new()];
     let mut all = Vec::new();
     while let Some(rel) = stack.pop() {
-        let path = if rel.is_empty() { root.to_path_buf() } else { p(root, &rel) };
+        let path = if rel.is_empty() {
+            root.to_path_buf()
+        } else {
+            p(root, &rel)
+        };
         let md = fs::symlink_metadata(&path).unwrap();
         if md.is_dir() {
-            let mut kids: Vec<Vec<u8>> =
-                fs::read_dir(&path).unwrap().map(|e| e.unwrap().file_name().as_bytes().to_vec()).collect();
+            let mut kids: Vec<Vec<u8>> = fs::read_dir(&path)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+                .collect();
             kids.sort();
             for k in kids.into_iter().rev() {
                 let mut c = rel.clone();
@@ -282,11 +341,17 @@ pub fn facts(root: &Path) -> BTreeMap<Vec<u8>, Facts> {
             continue;
         };
         let link_group = if !md.is_dir() && md.nlink() > 1 {
-            Some(inodes.entry((md.dev(), md.ino())).or_insert_with(|| rel.clone()).clone())
+            Some(
+                inodes
+                    .entry((md.dev(), md.ino()))
+                    .or_insert_with(|| rel.clone())
+                    .clone(),
+            )
         } else {
             None
         };
-        let sparse = (md.is_file() && md.blocks() * 512 < md.len()).then(|| extents_of(&path, md.len()));
+        let sparse =
+            (md.is_file() && md.blocks() * 512 < md.len()).then(|| extents_of(&path, md.len()));
         out.insert(
             rel.clone(),
             Facts {
@@ -296,10 +361,20 @@ pub fn facts(root: &Path) -> BTreeMap<Vec<u8>, Facts> {
                 gid: md.gid(),
                 size: md.len(),
                 mtime: (md.mtime(), md.mtime_nsec()),
-                rdev: if ft.is_char_device() || ft.is_block_device() { md.rdev() } else { 0 },
+                rdev: if ft.is_char_device() || ft.is_block_device() {
+                    md.rdev()
+                } else {
+                    0
+                },
                 xattrs: xattrs_of(&path),
                 content: md.is_file().then(|| sha_of(&path)),
-                target: md.file_type().is_symlink().then(|| fs::read_link(&path).unwrap().as_os_str().as_bytes().to_vec()),
+                target: md.file_type().is_symlink().then(|| {
+                    fs::read_link(&path)
+                        .unwrap()
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec()
+                }),
                 link_group,
                 sparse,
             },
@@ -350,7 +425,10 @@ pub fn compare(a_root: &Path, b_root: &Path, how: Compare) -> Vec<String> {
             d.push(format!("mode {:o} vs {:o}", fa.mode, fb.mode));
         }
         if how.owners && (fa.uid, fa.gid) != (fb.uid, fb.gid) {
-            d.push(format!("owner {}:{} vs {}:{}", fa.uid, fa.gid, fb.uid, fb.gid));
+            d.push(format!(
+                "owner {}:{} vs {}:{}",
+                fa.uid, fa.gid, fb.uid, fb.gid
+            ));
         }
         if fa.size != fb.size && fa.kind != "dir" {
             d.push(format!("size {} vs {}", fa.size, fb.size));
@@ -385,7 +463,11 @@ pub fn compare(a_root: &Path, b_root: &Path, how: Compare) -> Vec<String> {
             d.push("symlink target".into());
         }
         if how.links && fa.link_group != fb.link_group {
-            d.push(format!("hardlink group {:?} vs {:?}", fa.link_group.as_deref().map(show), fb.link_group.as_deref().map(show)));
+            d.push(format!(
+                "hardlink group {:?} vs {:?}",
+                fa.link_group.as_deref().map(show),
+                fb.link_group.as_deref().map(show)
+            ));
         }
         if fa.sparse.is_some() != fb.sparse.is_some() {
             d.push(format!("sparseness {:?} vs {:?}", fa.sparse, fb.sparse));
@@ -421,5 +503,8 @@ pub fn assert_same(a: &Path, b: &Path, how: Compare) {
 pub fn image_files(archive: &Path) -> (PathBuf, PathBuf) {
     let s = archive.to_string_lossy();
     let stem = s.strip_suffix(".tar.zst").unwrap();
-    (PathBuf::from(format!("{stem}.manifest.json")), PathBuf::from(format!("{s}.sha256")))
+    (
+        PathBuf::from(format!("{stem}.manifest.json")),
+        PathBuf::from(format!("{s}.sha256")),
+    )
 }

@@ -268,12 +268,29 @@ pub fn check_sha256(paths: &ImagePaths, progress: &dyn Progress) -> Result<()> {
     Ok(())
 }
 
+/// The zstd stream of an archive, with decoder errors explained.
+pub struct Decompressed {
+    inner: zstd::stream::read::Decoder<'static, BufReader<File>>,
+}
+
+impl Read for Decompressed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            let msg = e.to_string();
+            let what = if msg.contains("incomplete frame") {
+                "the archive is truncated; it was cut off while being written or copied".to_string()
+            } else {
+                format!("the archive is damaged (zstd: {msg})")
+            };
+            std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+        })
+    }
+}
+
 /// Open an archive for streaming reads (zstd-decompressed tar).
-pub fn open(
-    archive: &Path,
-) -> Result<TarReader<zstd::stream::read::Decoder<'static, BufReader<File>>>> {
+pub fn open(archive: &Path) -> Result<TarReader<Decompressed>> {
     let f =
         File::open(archive).with_context(|| format!("opening archive {}", archive.display()))?;
-    let dec = zstd::stream::read::Decoder::new(f).context("starting zstd decoder")?;
-    Ok(TarReader::new(dec))
+    let inner = zstd::stream::read::Decoder::new(f).context("starting zstd decoder")?;
+    Ok(TarReader::new(Decompressed { inner }))
 }

@@ -26,6 +26,9 @@ pub enum ProgressMode {
     None,
 }
 
+const WITH_TOTAL: &str =
+    "{spinner} {prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg} ETA {eta}";
+
 struct Phase {
     name: String,
     started: Instant,
@@ -144,7 +147,7 @@ impl Progress for CliProgress {
                 bar.reset();
                 let tmpl = if let Some(t) = total_bytes {
                     bar.set_length(t);
-                    "{spinner} {prefix} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} {msg} ETA {eta}"
+                    WITH_TOTAL
                 } else {
                     "{spinner} {prefix} [{elapsed_precise}] {bytes} {binary_bytes_per_sec} {msg}"
                 };
@@ -202,6 +205,25 @@ impl Progress for CliProgress {
             ProgressMode::Plain => eprintln!("note: {message}"),
             _ => {}
         }
+    }
+
+    fn totals(&self, total_bytes: Option<u64>, total_items: Option<u64>) {
+        {
+            let mut p = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+            p.total_bytes = total_bytes;
+            p.total_items = total_items;
+        }
+        if let (ProgressMode::Bar, Some(t)) = (self.mode, total_bytes) {
+            let bar = self.bar.as_ref().expect("bar");
+            bar.set_length(t);
+            if let Ok(style) = ProgressStyle::with_template(WITH_TOTAL) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+        }
+    }
+
+    fn wants_totals(&self) -> bool {
+        self.mode == ProgressMode::Bar
     }
 
     fn finish(&self) {

@@ -13,7 +13,9 @@ pub mod write;
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -133,66 +135,30 @@ pub fn build(
         opts.threads
     };
     progress.phase("building archive", None, None);
-    let (summary, files, archive_bytes, archive_sha256) = {
-        let hashing = HashingWriter::new(Counting {
-            inner: BufWriter::with_capacity(1 << 20, arch_file.file()),
-            n: 0,
-        });
-        let mut enc =
-            zstd::stream::write::Encoder::new(hashing, opts.level).context("starting zstd")?;
-        enc.multithread(threads)
-            .context("starting zstd worker threads")?;
-        enc.include_checksum(true)?;
-        let mut tar = TarWriter::new(BufWriter::with_capacity(1 << 20, enc));
-        let mut man = ManifestWriter::new(BufWriter::with_capacity(1 << 20, man_file.file()))?;
-        let mut files = 0u64;
-        for item in Scanner::new(root, &opts.scan, progress)? {
-            let mut s = item?;
-            let mut content = None;
-            if s.entry.kind == Kind::File && s.entry.link.is_none() {
-                match File::open(&s.abs) {
-                    Ok(f) => content = Some(f),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        progress.note(&format!(
-                            "{} vanished while archiving; left out",
-                            s.abs.display()
-                        ));
-                        continue;
-                    }
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("opening {}", s.abs.display()))
-                    }
-                }
+    // Our own temp files may live inside the root: never archive them.
+    let own: Vec<(u64, u64)> = [arch_file.file().metadata(), man_file.file().metadata()]
+        .into_iter()
+        .filter_map(|m| m.ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect();
+    let stop = AtomicBool::new(false);
+    let (summary, files, archive_bytes, archive_sha256) =
+        std::thread::scope(|scope| -> Result<_> {
+            if progress.wants_totals() {
+                scope.spawn(|| count_ahead(root, &opts.scan, progress, &stop));
             }
-            let sha = tar
-                .append(&s.entry, content.as_mut())
-                .with_context(|| format!("archiving {}", s.abs.display()))?;
-            if sha.is_some() {
-                files += 1;
-            }
-            s.entry.sha256 = sha;
-            man.add(&s.entry)?;
-            progress.advance(
-                if files > 0 && s.entry.sha256.is_some() {
-                    s.entry.size
-                } else {
-                    0
-                },
-                1,
+            let r = archive_tree(
+                root,
+                opts,
+                threads,
+                &own,
+                arch_file.file(),
+                man_file.file(),
+                progress,
             );
-        }
-        let buf = tar.finish().context("finishing archive")?;
-        let enc = buf
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .context("flushing archive")?;
-        let hashing = enc.finish().context("finishing zstd stream")?;
-        let (mut counting, digest) = hashing.finish();
-        counting.flush().context("writing archive")?;
-        let (summary, mut mbuf) = man.finish()?;
-        mbuf.flush().context("writing manifest")?;
-        (summary, files, counting.n, digest)
-    };
+            stop.store(true, Ordering::Relaxed);
+            r
+        })?;
     progress.finish();
     man_file.commit()?;
     arch_file.commit()?;
@@ -215,6 +181,101 @@ pub fn build(
         root_digest: summary.root_digest.clone(),
         manifest: summary,
     })
+}
+
+type Built = (ManifestSummary, u64, u64, String);
+
+fn archive_tree(
+    root: &Path,
+    opts: &BuildOptions,
+    threads: u32,
+    own: &[(u64, u64)],
+    arch_out: &mut File,
+    man_out: &mut File,
+    progress: &dyn Progress,
+) -> Result<Built> {
+    let hashing = HashingWriter::new(Counting {
+        inner: BufWriter::with_capacity(1 << 20, arch_out),
+        n: 0,
+    });
+    let mut enc =
+        zstd::stream::write::Encoder::new(hashing, opts.level).context("starting zstd")?;
+    enc.multithread(threads)
+        .context("starting zstd worker threads")?;
+    enc.include_checksum(true)?;
+    let mut tar = TarWriter::new(BufWriter::with_capacity(1 << 20, enc));
+    let mut man = ManifestWriter::new(BufWriter::with_capacity(1 << 20, man_out))?;
+    let mut files = 0u64;
+    for item in Scanner::new(root, &opts.scan, progress)? {
+        let mut s = item?;
+        let mut content = None;
+        if s.entry.kind == Kind::File && s.entry.link.is_none() {
+            match File::open(&s.abs) {
+                Ok(f) => {
+                    let md = f
+                        .metadata()
+                        .with_context(|| format!("reading {}", s.abs.display()))?;
+                    if own.contains(&(md.dev(), md.ino())) {
+                        continue;
+                    }
+                    content = Some(f)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    progress.note(&format!(
+                        "{} vanished while archiving; left out",
+                        s.abs.display()
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(e).with_context(|| format!("opening {}", s.abs.display())),
+            }
+        }
+        let sha = tar
+            .append(&s.entry, content.as_mut())
+            .with_context(|| format!("archiving {}", s.abs.display()))?;
+        if sha.is_some() {
+            files += 1;
+        }
+        s.entry.sha256 = sha;
+        man.add(&s.entry)?;
+        progress.advance(
+            if files > 0 && s.entry.sha256.is_some() {
+                s.entry.size
+            } else {
+                0
+            },
+            1,
+        );
+    }
+    let buf = tar.finish().context("finishing archive")?;
+    let enc = buf
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .context("flushing archive")?;
+    let hashing = enc.finish().context("finishing zstd stream")?;
+    let (mut counting, digest) = hashing.finish();
+    counting.flush().context("writing archive")?;
+    let (summary, mut mbuf) = man.finish()?;
+    mbuf.flush().context("writing manifest")?;
+    Ok((summary, files, counting.n, digest))
+}
+
+/// Count files and bytes ahead of the build (for an ETA), in the background.
+fn count_ahead(root: &Path, opts: &ScanOptions, progress: &dyn Progress, stop: &AtomicBool) {
+    let Ok(scanner) = Scanner::new(root, opts, &crate::progress::NoProgress) else {
+        return;
+    };
+    let (mut bytes, mut items) = (0u64, 0u64);
+    for s in scanner.flatten() {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        items += 1;
+        if s.entry.kind == Kind::File && s.entry.link.is_none() {
+            bytes += s.entry.size;
+        }
+    }
+    progress.totals(Some(bytes), Some(items));
 }
 
 /// Read the digest from `NAME.tar.zst.sha256` (`sha256sum` format).

@@ -274,3 +274,90 @@ fn help_has_examples() {
         );
     }
 }
+
+/// Unmounts on drop.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn mount_tmpfs(at: &Path) -> Mount {
+    std::fs::create_dir_all(at).unwrap();
+    run_ok(
+        Command::new(require_tool("mount", "mount"))
+            .args(["-t", "tmpfs", "-o", "size=8m", "standin-test"])
+            .arg(at),
+        None,
+    );
+    Mount(at.to_path_buf())
+}
+
+#[test]
+fn one_file_system_keeps_mount_points_and_the_rest_of_the_tree() {
+    require_root();
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    std::fs::write(src.join("a/before"), "1").unwrap();
+    std::fs::write(src.join("zzz-after-mount"), "2").unwrap();
+    let _m1 = mount_tmpfs(&src.join("mnt"));
+    std::fs::write(src.join("mnt/on-other-fs"), "3").unwrap();
+    let _m2 = mount_tmpfs(&src.join("excluded"));
+    std::fs::write(src.join("excluded/x"), "4").unwrap();
+    let archive = tmp.path().join("m.tar.zst");
+    run_ok(
+        standin()
+            .args([
+                "image",
+                "build",
+                "--progress",
+                "none",
+                "--exclude",
+                "/excluded",
+                "--root",
+            ])
+            .arg(&src)
+            .arg("-o")
+            .arg(&archive),
+        None,
+    );
+    let manifest = std::fs::read_to_string(tmp.path().join("m.manifest.json")).unwrap();
+    assert!(
+        manifest.contains("\"path\":\"mnt\""),
+        "the mount point is kept"
+    );
+    assert!(
+        !manifest.contains("on-other-fs"),
+        "another filesystem was crossed"
+    );
+    assert!(
+        !manifest.contains("\"path\":\"excluded"),
+        "an excluded mount point was kept"
+    );
+    assert!(
+        manifest.contains("zzz-after-mount"),
+        "entries after a mount point were lost:\n{manifest}"
+    );
+    // --one-file-system=false crosses the mount.
+    let archive2 = tmp.path().join("m2.tar.zst");
+    run_ok(
+        standin()
+            .args([
+                "image",
+                "build",
+                "--progress",
+                "none",
+                "--one-file-system=false",
+                "--root",
+            ])
+            .arg(&src)
+            .arg("-o")
+            .arg(&archive2),
+        None,
+    );
+    let manifest2 = std::fs::read_to_string(tmp.path().join("m2.manifest.json")).unwrap();
+    assert!(manifest2.contains("mnt/on-other-fs") && manifest2.contains("zzz-after-mount"));
+}

@@ -67,6 +67,8 @@ pub struct Scanner<'p> {
     keep_empty: Vec<Vec<u8>>,
     links: HashMap<(u64, u64), Vec<u8>>,
     progress: &'p dyn Progress,
+    root_dev: u64,
+    one_file_system: bool,
 }
 
 impl<'p> Scanner<'p> {
@@ -115,7 +117,29 @@ impl<'p> Scanner<'p> {
             keep_empty,
             links: HashMap::new(),
             progress,
+            root_dev: meta.dev(),
+            one_file_system: opts.one_file_system,
         })
+    }
+
+    /// Skip the descendants of a directory entry just yielded by walkdir.
+    /// walkdir only descends into (pushes) directories on the root's
+    /// filesystem when `one_file_system` is set, and `skip_current_dir`
+    /// pops the last pushed one: calling it for a mount point would skip
+    /// the rest of its parent instead.
+    fn skip_children(&mut self, dent: &walkdir::DirEntry) {
+        if !dent.file_type().is_dir() {
+            return;
+        }
+        let pushed = !self.one_file_system
+            || dent.depth() == 0
+            || dent
+                .metadata()
+                .map(|m| m.dev() == self.root_dev)
+                .unwrap_or(false);
+        if pushed {
+            self.walk.skip_current_dir();
+        }
     }
 
     fn rel(&self, p: &Path) -> Vec<u8> {
@@ -156,9 +180,7 @@ impl Iterator for Scanner<'_> {
                     .excludes
                     .is_match(Path::new(std::ffi::OsStr::from_bytes(&slashed)))
                 {
-                    if dent.file_type().is_dir() {
-                        self.walk.skip_current_dir();
-                    }
+                    self.skip_children(&dent);
                     continue;
                 }
             }
@@ -166,7 +188,7 @@ impl Iterator for Scanner<'_> {
             let keep_empty = dent.file_type().is_dir() && self.keep_empty.contains(&rel);
             let res = stat_entry(&abs, rel, &mut self.links);
             if keep_empty {
-                self.walk.skip_current_dir();
+                self.skip_children(&dent);
             }
             match res {
                 Ok(Some(entry)) => return Some(Ok(Scanned { entry, abs })),

@@ -166,7 +166,7 @@ fn extract_and_check(
             } else {
                 None
             };
-        let sha = tw.create(&want, content)?;
+        let sha = tw.create(&want, content).map_err(root_hint)?;
         if want.kind == Kind::File && want.link.is_none() {
             if sha != want.sha256 {
                 bail!(
@@ -179,7 +179,7 @@ fn extract_and_check(
             files += 1;
             bytes += want.size;
         }
-        tw.set_metadata(&want)?;
+        tw.set_metadata(&want).map_err(root_hint)?;
         if want.kind == Kind::Dir {
             dirs.push((want.path.clone(), want.mtime_ns));
         }
@@ -240,6 +240,19 @@ fn extract_and_check(
         bail!(msg);
     }
     Ok((root, (entries, files, bytes, summary.root_digest)))
+}
+
+/// Owners, device nodes and `trusted.*` xattrs need root: say so.
+fn root_hint(e: crate::tree::TreeError) -> anyhow::Error {
+    let denied = matches!(&e, crate::tree::TreeError::Io { source, .. }
+        if source.kind() == std::io::ErrorKind::PermissionDenied || source.raw_os_error() == Some(1));
+    if denied && !rustix::process::geteuid().is_root() {
+        anyhow::Error::new(e).context(
+            "restoring exact owners, device nodes and trusted xattrs needs root; run as root",
+        )
+    } else {
+        anyhow::Error::new(e)
+    }
 }
 
 fn is_under(path: &[u8], dir: &[u8]) -> bool {

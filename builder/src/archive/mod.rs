@@ -227,7 +227,14 @@ fn archive_tree(
                     ));
                     continue;
                 }
-                Err(e) => return Err(e).with_context(|| format!("opening {}", s.abs.display())),
+                Err(e) => {
+                    let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                        "; run as root to image every file"
+                    } else {
+                        ""
+                    };
+                    return Err(e).with_context(|| format!("opening {}{hint}", s.abs.display()));
+                }
             }
         }
         let sha = tar

@@ -371,3 +371,61 @@ fn crafted_archive_with_wrong_root_digest_is_not_restored() {
     let to = tmp.path().join("to");
     restore_fails(&a, &to, &["manifest", "edited"]);
 }
+
+#[test]
+fn a_manifest_of_another_tree_names_the_differing_files() {
+    // Both manifests are internally consistent; only the per-file check
+    // against the archive can tell them apart.
+    let tmp = tempdir();
+    let a = small_image(tmp.path());
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let src2 = other.join("src");
+    std::fs::create_dir_all(src2.join("etc")).unwrap();
+    std::fs::write(src2.join("etc/hostname"), "damage-tesT\n").unwrap();
+    std::fs::write(src2.join("etc/big.bin"), image_support::noise(9, 2 << 20)).unwrap();
+    std::fs::write(src2.join("readme"), "hello\n".repeat(1000)).unwrap();
+    // Same times as the first tree so that only content differs.
+    for rel in ["etc/hostname", "etc/big.bin", "readme", "etc", ""] {
+        let t = std::fs::metadata(tmp.path().join("src").join(rel))
+            .unwrap()
+            .modified()
+            .unwrap();
+        std::fs::File::options()
+            .read(true)
+            .open(src2.join(rel))
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+    let b = other.join("img.tar.zst");
+    run_ok(
+        standin()
+            .args(["image", "build", "--progress", "none", "--root"])
+            .arg(&src2)
+            .arg("-o")
+            .arg(&b),
+        None,
+    );
+    std::fs::copy(image_files(&b).0, image_files(&a).0).unwrap();
+    let out = run_code(
+        standin()
+            .args(["image", "verify", "--json", "--progress", "none"])
+            .arg(&a),
+        1,
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["ok"], false);
+    let listed = v["differences"]["listed"].to_string();
+    assert!(
+        listed.contains("/etc/hostname: content differs"),
+        "{listed}"
+    );
+    assert_eq!(v["differences"]["count"], 1, "{listed}");
+    restore_fails(
+        &a,
+        &tmp.path().join("out"),
+        &["/etc/hostname", "does not match the manifest"],
+    );
+}

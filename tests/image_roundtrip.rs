@@ -361,3 +361,48 @@ fn one_file_system_keeps_mount_points_and_the_rest_of_the_tree() {
     let manifest2 = std::fs::read_to_string(tmp.path().join("m2.manifest.json")).unwrap();
     assert!(manifest2.contains("mnt/on-other-fs") && manifest2.contains("zzz-after-mount"));
 }
+
+#[test]
+fn demo_round_trip_succeeds() {
+    let tmp = tempdir();
+    let out = run_ok(
+        standin()
+            .arg("demo")
+            .arg("--dir")
+            .arg(tmp.path().join("demo")),
+        None,
+    );
+    let text = stdout(&out);
+    for step in ["step 1", "step 2", "step 3", "step 4", "step 5", "equal"] {
+        assert!(text.contains(step), "demo output lacks {step:?}:\n{text}");
+    }
+    assert!(tmp.path().join("demo/restored/etc/hostname").exists());
+}
+
+#[test]
+fn progress_json_is_json_lines() {
+    let tmp = tempdir();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), "x").unwrap();
+    let out = run_ok(
+        standin()
+            .args(["image", "build", "--progress", "json", "--root"])
+            .arg(&src)
+            .arg("-o")
+            .arg(tmp.path().join("p.tar.zst")),
+        None,
+    );
+    let err = common::stderr(&out);
+    let events: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert_eq!(events.first().unwrap()["event"], "phase");
+    let fin = events
+        .iter()
+        .find(|e| e["event"] == "finish")
+        .expect("a finish event");
+    assert_eq!(fin["items"], 2);
+    assert_eq!(fin["bytes"], 1);
+}

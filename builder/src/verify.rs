@@ -44,7 +44,7 @@ impl VerifyReport {
 /// Hash an entry's data from a tar reader (holes of sparse files as zeros).
 pub fn hash_data<R: Read>(r: &mut R, e: &Entry) -> io::Result<String> {
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; (e.size.clamp(4096, 1 << 20)) as usize];
     let mut take = |r: &mut R, mut n: u64, h: &mut Sha256| -> io::Result<()> {
         while n > 0 {
             let want = buf.len().min(n as usize);

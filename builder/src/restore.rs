@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::archive::{self, ImagePaths};
 use crate::compare::{entry_diff, Comparer};
-use crate::entry::{display_path, Entry, Kind};
+use crate::entry::{Entry, Kind};
 use crate::manifest::{self, ManifestReader};
 use crate::progress::Progress;
 use crate::scan::ScanOptions;
@@ -290,6 +290,5 @@ fn move_into_place(staging: &Path, to: &Path, root: &Entry, force: bool) -> Resu
     std::fs::remove_dir(staging).with_context(|| format!("removing {}", staging.display()))?;
     tw.set_metadata(root)?;
     tw.sync()?;
-    let _ = display_path;
     Ok(())
 }

@@ -176,8 +176,3 @@ pub fn verify(archive_path: &Path, progress: &dyn Progress) -> Result<VerifyRepo
     }
     Ok(report)
 }
-
-/// Default image file names for an archive path.
-pub fn image_paths(archive: &Path) -> ImagePaths {
-    ImagePaths::for_archive(archive)
-}

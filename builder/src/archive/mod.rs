@@ -362,3 +362,124 @@ pub fn open(archive: &Path) -> Result<TarReader<Decompressed>> {
     let inner = zstd::stream::read::Decoder::new(f).context("starting zstd decoder")?;
     Ok(TarReader::new(Decompressed { inner }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{Entry, Xattr};
+    use std::collections::BTreeMap;
+    use std::io::Write as _;
+
+    fn entry(path: &[u8], kind: Kind) -> Entry {
+        Entry {
+            path: path.to_vec(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            size: 0,
+            xattrs: BTreeMap::new(),
+            target: None,
+            link: None,
+            rdev: None,
+            sparse: None,
+            sha256: None,
+        }
+    }
+
+    #[test]
+    fn tar_writer_and_reader_round_trip_odd_entries() {
+        let t = tempfile::tempdir().unwrap();
+        // A sparse file of 64 MiB with one small island.
+        let sparse_path = t.path().join("sparse");
+        let mut f = File::create(&sparse_path).unwrap();
+        f.set_len(64 << 20).unwrap();
+        use std::io::{Seek, SeekFrom};
+        f.seek(SeekFrom::Start(32 << 20)).unwrap();
+        f.write_all(b"island").unwrap();
+        drop(f);
+        let plain_path = t.path().join("plain");
+        std::fs::write(&plain_path, b"hello").unwrap();
+
+        let mut root = entry(b"", Kind::Dir);
+        root.mtime_ns = -1_000_000_123;
+        let long: Vec<u8> = [&b"d/"[..], &[b'x'; 150][..], b"\xff\n"].concat();
+        let mut file = entry(&long, Kind::File);
+        file.size = 5;
+        file.uid = 3_000_000;
+        file.gid = 4_000_000;
+        file.mtime_ns = 4_102_444_800_123_456_789;
+        file.xattrs
+            .insert(Xattr(b"user.a=b%".to_vec()), Xattr(vec![0, b'\n', 0xff]));
+        let mut sp = entry(b"s", Kind::File);
+        sp.size = 64 << 20;
+        sp.sparse = Some(vec![(32 << 20, 4096)]);
+        let mut link = entry(b"t", Kind::File);
+        link.link = Some(b"s".to_vec());
+        let mut sym = entry(b"u", Kind::Symlink);
+        sym.target = Some(vec![b'y'; 200]);
+        sym.size = 200;
+        let mut dev = entry(b"v", Kind::Block);
+        dev.rdev = Some((259, 1_048_575));
+        let fifo = entry(b"w", Kind::Fifo);
+
+        let mut tw = TarWriter::new(Vec::new());
+        let mut pf = File::open(&plain_path).unwrap();
+        let mut sf = File::open(&sparse_path).unwrap();
+        tw.append(&root, None).unwrap();
+        let h1 = tw.append(&file, Some(&mut pf)).unwrap().unwrap();
+        let h2 = tw.append(&sp, Some(&mut sf)).unwrap().unwrap();
+        for e in [&link, &sym, &dev, &fifo] {
+            assert!(tw.append(e, None).unwrap().is_none());
+        }
+        let data = tw.finish().unwrap();
+        assert!(data.len() < 64 << 10, "sparse data was stored in full");
+        let (want_h2, _) =
+            crate::hash::hash_file(&sparse_path, sp.size, sp.sparse.as_deref()).unwrap();
+        assert_eq!(h2, want_h2);
+
+        let mut r = TarReader::new(&data[..]);
+        let mut got = Vec::new();
+        while let Some(e) = r.next_entry().unwrap() {
+            let mut content = Vec::new();
+            r.read_to_end(&mut content).unwrap();
+            got.push((e, content));
+        }
+        assert_eq!(got.len(), 7);
+        assert_eq!(got[0].0, root);
+        assert_eq!(got[1].0, file);
+        assert_eq!(got[1].1, b"hello");
+        assert_eq!(got[2].0, sp);
+        assert_eq!(got[2].1.len(), 4096);
+        assert_eq!(&got[2].1[..6], b"island");
+        assert_eq!(got[3].0.link.as_deref(), Some(&b"s"[..]));
+        assert_eq!(got[4].0, sym);
+        assert_eq!(got[5].0, dev);
+        assert_eq!(got[6].0, fifo);
+        assert_ne!(h1, h2);
+        // Cut-off data is an error, never a silent end.
+        let mut r = TarReader::new(&data[..1500]);
+        let mut err = None;
+        for _ in 0..8 {
+            match r.next_entry() {
+                Ok(Some(_)) => {
+                    let mut sink = Vec::new();
+                    if let Err(e) = r.read_to_end(&mut sink) {
+                        err = Some(e);
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(err
+            .expect("truncation detected")
+            .to_string()
+            .contains("truncated"));
+    }
+}

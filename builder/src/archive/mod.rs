@@ -368,7 +368,6 @@ mod tests {
     use super::*;
     use crate::entry::{Entry, Xattr};
     use std::collections::BTreeMap;
-    use std::io::Write as _;
 
     fn entry(path: &[u8], kind: Kind) -> Entry {
         Entry {

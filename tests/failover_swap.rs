@@ -141,8 +141,16 @@ fn small_system_with_all_kinds_of_entries() {
         fstab.contains("UUID=7777-source-data\t/data\txfs\tdefaults,nofail"),
         "{fstab}"
     );
+    // The failed-over system creates a top-level entry; rollback sets it aside.
+    write(&l.target.join("srv-new/file"), "written after failover");
     run_ok(&mut rollback_cmd(&l), Some(&l.target));
     check_rolled_back(&l, &bt, &bs);
+    let created: Vec<_> = std::fs::read_dir(l.state.join("rollback"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("created/srv-new/file"))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(created.len(), 1);
 }
 
 #[test]

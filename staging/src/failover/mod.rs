@@ -621,6 +621,9 @@ pub fn rollback(
     };
     rec.state = RecordState::RollingBack;
     save_record(&state_dir, &rec)?;
+    if matches!(start, Some(_)) && !matches!(StepLog::last(&log_path)?, Last::Undo(_)) {
+        set_aside_new_entries(&plan, &state_dir, progress)?;
+    }
     let mut log = StepLog::open(&log_path)?;
     let n = start.map(|i| i + 1).unwrap_or(0);
     progress.phase("rollback", None, Some(n as u64));
@@ -643,4 +646,72 @@ pub fn rollback(
         record: rec,
         steps_undone: n,
     })
+}
+
+/// Top-level entries the failed-over system created in the target root
+/// (not part of the swap) move to `rollback/<id>/created/`, so the target's
+/// own entries can come back and the root is exactly the target's again.
+fn set_aside_new_entries(
+    plan: &plan::Plan,
+    state_dir: &Path,
+    progress: &dyn Progress,
+) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let first = |p: &[u8]| p.split(|&b| b == b'/').next().unwrap_or(b"").to_vec();
+    let mut known: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
+    for st in &plan.steps {
+        match st {
+            steps::Step::Rename {
+                to: steps::Base::Target,
+                to_path,
+                ..
+            } => {
+                known.insert(first(to_path));
+            }
+            steps::Step::Mkdir {
+                base: steps::Base::Target,
+                path,
+            }
+            | steps::Step::Write {
+                base: steps::Base::Target,
+                path,
+                ..
+            }
+            | steps::Step::Meta {
+                base: steps::Base::Target,
+                path,
+                ..
+            } => {
+                known.insert(first(path));
+            }
+            _ => {}
+        }
+    }
+    let target = &plan.bases.target;
+    if let Some(rel) = state_dir_in_target(state_dir, target) {
+        known.insert(first(&rel));
+    }
+    let dev = std::fs::metadata(target)
+        .with_context(|| format!("reading {}", target.display()))?
+        .dev();
+    let created = plan.bases.rollback.join("created");
+    for e in std::fs::read_dir(target).with_context(|| format!("reading {}", target.display()))? {
+        let e = e?;
+        let name = e.file_name();
+        if known.contains(name.as_bytes()) {
+            continue;
+        }
+        let m = std::fs::symlink_metadata(e.path())?;
+        if m.dev() != dev {
+            continue; // a mount point stays
+        }
+        durable::create_dirs(&created)?;
+        fsutil::rename_durable(&e.path(), &created.join(&name))?;
+        progress.note(&format!(
+            "{} was created after the failover; moved to {}",
+            e.path().display(),
+            created.join(&name).display()
+        ));
+    }
+    Ok(())
 }

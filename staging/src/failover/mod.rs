@@ -621,7 +621,7 @@ pub fn rollback(
     };
     rec.state = RecordState::RollingBack;
     save_record(&state_dir, &rec)?;
-    if matches!(start, Some(_)) && !matches!(StepLog::last(&log_path)?, Last::Undo(_)) {
+    if start.is_some() && !matches!(StepLog::last(&log_path)?, Last::Undo(_)) {
         set_aside_new_entries(&plan, &state_dir, progress)?;
     }
     let mut log = StepLog::open(&log_path)?;

@@ -621,7 +621,9 @@ pub fn rollback(
     };
     rec.state = RecordState::RollingBack;
     save_record(&state_dir, &rec)?;
-    if start.is_some() && !matches!(StepLog::last(&log_path)?, Last::Undo(_)) {
+    // Only once every step of the failover happened (the system may have
+    // run since): then every entry of the target root not named by the plan is new.
+    if matches!(StepLog::last(&log_path)?, Last::Do(i) if i + 1 == plan.steps.len()) {
         set_aside_new_entries(&plan, &state_dir, progress)?;
     }
     let mut log = StepLog::open(&log_path)?;

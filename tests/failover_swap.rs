@@ -322,3 +322,44 @@ fn refuses_target_root_that_is_not_a_directory() {
         stderr(&out)
     );
 }
+
+#[test]
+fn graceful_waits_for_a_reachable_source_immediate_does_not() {
+    require_root();
+    let l = layout(make_source_system);
+    // The source is alive (fresh heartbeat) and has cut change sets up to 45.
+    let mut st = standin_staging::state::TargetState::load(&l.state).unwrap();
+    st.last_heartbeat = Some(standin_staging::state::HeartbeatState {
+        received_unix_ms: standin_staging::state::now_ms(),
+        heartbeat: standin_link::message::Heartbeat {
+            sent_unix_ms: 0,
+            source_seq: 45,
+            queue_sets: 3,
+            queue_bytes: 4096,
+            oldest_pending_unix_ms: None,
+        },
+    });
+    st.save(&l.state).unwrap();
+    let (bt, _) = before(&l);
+    let out = run_code(
+        failover_cmd(&l).args(["--drain-timeout", "1", "--heartbeat-silence", "600"]),
+        1,
+        None,
+    );
+    assert!(stderr(&out).contains("not drained"), "{}", stderr(&out));
+    assert_same("target untouched", &tree(&l.target, SKIP), &bt);
+    // Immediate: the missing change sets are named, and --yes goes on.
+    let out = run_code(
+        failover_cmd(&l)
+            .arg("--immediate")
+            .stdin(std::process::Stdio::null()),
+        1,
+        None,
+    );
+    assert!(
+        stderr(&out).contains("the last 3 change set(s) are missing"),
+        "{}",
+        stderr(&out)
+    );
+    run_ok(failover_cmd(&l).args(["--immediate", "--yes"]), None);
+}

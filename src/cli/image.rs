@@ -2,12 +2,21 @@
 
 use anyhow::Result;
 
+use super::image_disk;
 use super::Exit;
 
 /// Subcommands of `standin image`.
 #[derive(clap::Subcommand, Debug)]
-pub enum ImageCommand {}
+pub enum ImageCommand {
+    /// Build a bootable GPT disk (ESP + ext4 root) from a tree, an archive or a recipe.
+    Disk(image_disk::DiskArgs),
+    /// Boot a disk in qemu and watch its serial console.
+    Boot(image_disk::BootArgs),
+}
 
 pub fn run(command: ImageCommand) -> Result<Exit> {
-    match command {}
+    match command {
+        ImageCommand::Disk(a) => image_disk::run_disk(a),
+        ImageCommand::Boot(a) => image_disk::run_boot(a),
+    }
 }

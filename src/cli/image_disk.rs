@@ -1,0 +1,240 @@
+//! `standin image disk` and `standin image boot`: bootable GPT disks of
+//! trees and recipes, booted in qemu.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use standin_builder::boot::{boot, BootOptions};
+use standin_builder::disk::{build_disk, BootConfig, DiskFormat, DiskOptions};
+use standin_builder::recipe::{build_tree, Recipe, Size};
+use standin_builder::Progress;
+
+use super::Exit;
+
+/// Arguments of `standin image disk`.
+#[derive(clap::Args, Debug)]
+#[command(
+    group(clap::ArgGroup::new("source").required(true).args(["root", "from", "recipe"])),
+    after_help = "Examples:\n  standin image disk --recipe images/demo-source.toml -o demo.img\n  \
+standin image disk --root /srv/failed-over -o server.qcow2 --format qcow2\n  \
+standin image disk --from server.tar.zst -o server.img --size 2GiB\n\n\
+Writes DISK and DISK.json (partition UUIDs, offsets, root digest, kernel and command line).\n\
+Boot the result with `standin image boot DISK --expect TEXT`."
+)]
+pub struct DiskArgs {
+    /// Build from this directory tree.
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Build from an archive made by `standin image build`.
+    #[arg(long, value_name = "NAME.tar.zst")]
+    pub from: Option<PathBuf>,
+    /// Build from a recipe (see images/README.md).
+    #[arg(long, value_name = "FILE")]
+    pub recipe: Option<PathBuf>,
+    /// The disk file to write.
+    #[arg(short, long, value_name = "DISK")]
+    pub output: PathBuf,
+    /// raw or qcow2.
+    #[arg(long, default_value = "raw", value_parser = ["raw", "qcow2"])]
+    pub format: String,
+    /// Total disk size (bytes, or with a unit: 512MiB, 2GiB); default: from the content.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Kernel to boot the disk with (default: the recipe's, else the newest /boot/vmlinuz-*).
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Initrd (default: the one matching the kernel).
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel arguments after root=PARTUUID=... (default: rw console=ttyS0 panic=1).
+    #[arg(long, value_name = "ARGS")]
+    pub cmdline: Option<String>,
+    /// Print the disk manifest as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    Size::parse(s).map(|s| s.0)
+}
+
+/// Arguments of `standin image boot`.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  standin image boot demo.img --expect STANDIN-BOOTED\n  \
+standin image boot appliance.img --forward 16320:6320 --expect STANDIN-APPLIANCE-READY --log serial.log\n\n\
+Runs qemu-system-x86_64 under software emulation (add --kvm for KVM) with the kernel, initrd and\n\
+command line from DISK.json; succeeds when TEXT appears on the serial console, fails on timeout or\n\
+kernel panic with the last lines of the console. qemu is always stopped at the end.")]
+pub struct BootArgs {
+    /// The disk to boot.
+    pub disk: PathBuf,
+    /// Succeed when this text appears on the serial console (without it: wait for the guest to power off).
+    #[arg(long, value_name = "TEXT")]
+    pub expect: Option<String>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub timeout: u64,
+    /// Forward 127.0.0.1:HOSTPORT to the guest's GUESTPORT (repeatable).
+    #[arg(long, value_name = "HOSTPORT:GUESTPORT", value_parser = parse_forward)]
+    pub forward: Vec<(u16, u16)>,
+    /// Use KVM instead of software emulation.
+    #[arg(long)]
+    pub kvm: bool,
+    /// Boot through UEFI firmware (OVMF) and the disk's own systemd-boot, with no external kernel.
+    #[arg(long)]
+    pub uefi: bool,
+    /// Write the serial console here (default: a temporary file).
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 512, value_name = "MB")]
+    pub memory: u32,
+    /// Kernel (default: DISK.json's, else the newest /boot/vmlinuz-*).
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// Initrd (default: DISK.json's, else the one matching the kernel).
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// Full kernel command line (default: DISK.json's).
+    #[arg(long, value_name = "ARGS")]
+    pub cmdline: Option<String>,
+    /// Keep the disk unchanged (writes go to a temporary overlay).
+    #[arg(long)]
+    pub snapshot: bool,
+    /// After TEXT appeared, keep the guest running until it powers off (or Ctrl-C).
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_forward(s: &str) -> Result<(u16, u16), String> {
+    let (h, g) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: use HOSTPORT:GUESTPORT, e.g. 16320:6320"))?;
+    let h: u16 = h.parse().map_err(|_| format!("{h:?} is not a port"))?;
+    let g: u16 = g.parse().map_err(|_| format!("{g:?} is not a port"))?;
+    Ok((h, g))
+}
+
+/// Progress as plain lines on stderr.
+struct Lines;
+
+impl Progress for Lines {
+    fn phase(&self, name: &str, _: Option<u64>, _: Option<u64>) {
+        eprintln!("{name}...");
+    }
+    fn advance(&self, _: u64, _: u64) {}
+    fn note(&self, message: &str) {
+        eprintln!("note: {message}");
+    }
+}
+
+pub fn run_disk(a: DiskArgs) -> Result<Exit> {
+    let format: DiskFormat = a.format.parse()?;
+    let progress = Lines;
+    let mut boot = BootConfig {
+        kernel: a.kernel.clone(),
+        initrd: a.initrd.clone(),
+        cmdline: a.cmdline.clone(),
+    };
+    let tmp;
+    let mut opts = if let Some(recipe) = &a.recipe {
+        let r = Recipe::load(recipe)?;
+        tmp = tree_tempdir()?;
+        build_tree(&r, tmp.path(), &progress)
+            .with_context(|| format!("building the tree of recipe {}", recipe.display()))?;
+        let o = r.disk_options(tmp.path(), &a.output);
+        boot.kernel = boot.kernel.or(o.boot.kernel.clone());
+        boot.initrd = boot.initrd.or(o.boot.initrd.clone());
+        boot.cmdline = boot.cmdline.or(o.boot.cmdline.clone());
+        o
+    } else if let Some(archive) = &a.from {
+        if !archive.is_file() {
+            bail!("archive {} not found", archive.display());
+        }
+        tmp = tree_tempdir()?;
+        standin_builder::recipe::restore_archive(archive, tmp.path())?;
+        DiskOptions {
+            tree: tmp.path().to_path_buf(),
+            ..DiskOptions::default()
+        }
+    } else {
+        let root = a.root.clone().context("one of --root, --from or --recipe is needed")?;
+        DiskOptions {
+            tree: root,
+            ..DiskOptions::default()
+        }
+    };
+    opts.output = a.output.clone();
+    opts.format = format;
+    if a.size.is_some() {
+        opts.size = a.size;
+    }
+    opts.boot = boot;
+    let m = build_disk(&opts, &progress)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        let root = m.root().context("the manifest has no root partition")?;
+        println!(
+            "wrote {} ({} {} MiB, root PARTUUID {}, root digest {})",
+            a.output.display(),
+            m.format,
+            m.size / (1024 * 1024),
+            root.part_uuid,
+            m.root_digest
+        );
+    }
+    Ok(Exit::Ok)
+}
+
+/// A temporary directory for a tree being built (honours TMPDIR).
+fn tree_tempdir() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("standin-tree-")
+        .tempdir()
+        .context("creating a temporary directory for the tree")
+}
+
+pub fn run_boot(a: BootArgs) -> Result<Exit> {
+    let mut opts = BootOptions::new(&a.disk);
+    opts.kernel = a.kernel;
+    opts.initrd = a.initrd;
+    opts.cmdline = a.cmdline;
+    opts.kvm = a.kvm;
+    opts.uefi = a.uefi;
+    opts.memory_mb = a.memory;
+    opts.forwards = a.forward;
+    opts.log = a.log;
+    opts.snapshot = a.snapshot;
+    let timeout = Duration::from_secs(a.timeout);
+    if a.keep {
+        let mut vm = standin_builder::boot::Vm::start(&opts)?;
+        if let Some(t) = &a.expect {
+            vm.wait_for(t, timeout)?;
+            eprintln!("{t:?} appeared; the guest keeps running (serial log: {})", vm.log_path().display());
+        }
+        vm.wait_exit(Duration::from_secs(u64::MAX / 4))?;
+        return Ok(Exit::Ok);
+    }
+    let report = boot(&opts, a.expect.as_deref(), timeout)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "disk": a.disk,
+                "expect": a.expect,
+                "line": report.line,
+                "log": report.log,
+            })
+        );
+    } else if let Some(line) = &report.line {
+        println!("{line}");
+    } else {
+        println!("the guest powered off");
+    }
+    Ok(Exit::Ok)
+}

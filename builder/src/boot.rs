@@ -91,11 +91,16 @@ fn boot_files(opts: &BootOptions) -> Result<(PathBuf, Option<PathBuf>, String)> 
         )?,
     };
     if !kernel.is_file() {
-        bail!("kernel {} not found; install linux-image-amd64 or pass --kernel", kernel.display());
+        bail!(
+            "kernel {} not found; install linux-image-amd64 or pass --kernel",
+            kernel.display()
+        );
     }
     let initrd = match (&opts.initrd, &manifest) {
         (Some(i), _) => Some(i.clone()),
-        (None, Some(m)) if opts.kernel.is_none() && m.boot.initrd.as_deref().is_some_and(Path::is_file) => {
+        (None, Some(m))
+            if opts.kernel.is_none() && m.boot.initrd.as_deref().is_some_and(Path::is_file) =>
+        {
             m.boot.initrd.clone()
         }
         _ => {
@@ -151,7 +156,10 @@ impl Vm {
     /// Start qemu for `opts`.
     pub fn start(opts: &BootOptions) -> Result<Vm> {
         if !opts.disk.is_file() {
-            bail!("disk {} not found; build one with `standin image disk`", opts.disk.display());
+            bail!(
+                "disk {} not found; build one with `standin image disk`",
+                opts.disk.display()
+            );
         }
         let qemu = crate::disk::find_qemu()?;
         let (tmp, log) = match &opts.log {
@@ -165,10 +173,17 @@ impl Vm {
                 (Some(t), l)
             }
         };
-        std::fs::write(&log, b"").with_context(|| format!("creating the serial log {}", log.display()))?;
+        std::fs::write(&log, b"")
+            .with_context(|| format!("creating the serial log {}", log.display()))?;
         let format = disk_format(&opts.disk);
         let mut cmd = Command::new(qemu);
-        cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        cmd.args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]);
         cmd.args(["-machine", "pc", "-smp", "1"]);
         cmd.args(["-m", &opts.memory_mb.to_string()]);
         if opts.kvm {
@@ -206,7 +221,9 @@ impl Vm {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
         }
         cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let command = format!("{cmd:?}");
         tracing::debug!("starting {command}");
         let child = cmd.spawn().context("starting qemu-system-x86_64")?;
@@ -243,7 +260,9 @@ impl Vm {
             Some(failure) => {
                 let what = match &failure {
                     BootFailure::Timeout => format!("{} s passed", timeout.as_secs()),
-                    BootFailure::Panic => "the guest kernel panicked or could not mount its root".into(),
+                    BootFailure::Panic => {
+                        "the guest kernel panicked or could not mount its root".into()
+                    }
                     BootFailure::Exited(s) => format!("qemu exited ({s})"),
                 };
                 bail!(
@@ -268,11 +287,13 @@ impl Vm {
     /// Poll the log; `None` when `text` appeared.
     fn watch(&mut self, text: &str, timeout: Duration) -> Result<Option<BootFailure>> {
         let start = Instant::now();
-        let mut f = std::fs::File::open(&self.log).with_context(|| format!("opening {}", self.log.display()))?;
+        let mut f = std::fs::File::open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
         let mut seen: Vec<u8> = Vec::new();
         let needle = text.as_bytes();
         loop {
-            f.seek(SeekFrom::Start(seen.len() as u64)).context("reading the serial log")?;
+            f.seek(SeekFrom::Start(seen.len() as u64))
+                .context("reading the serial log")?;
             let mut more = Vec::new();
             f.read_to_end(&mut more).context("reading the serial log")?;
             let from = seen.len().saturating_sub(needle.len() + 64);
@@ -297,7 +318,10 @@ impl Vm {
                     if let Some(mut e) = child.stderr.take() {
                         e.read_to_string(&mut err).ok();
                     }
-                    return Ok(Some(BootFailure::Exited(format!("{status}; {}", err.trim()))));
+                    return Ok(Some(BootFailure::Exited(format!(
+                        "{status}; {}",
+                        err.trim()
+                    ))));
                 }
             }
             if start.elapsed() >= timeout {
@@ -390,7 +414,12 @@ pub fn boot(opts: &BootOptions, expect: Option<&str>, timeout: Duration) -> Resu
     }
     vm.stop();
     let console = vm.log_text();
-    let line = expect.and_then(|t| console.lines().find(|l| l.contains(t)).map(|l| l.trim_end().to_string()));
+    let line = expect.and_then(|t| {
+        console
+            .lines()
+            .find(|l| l.contains(t))
+            .map(|l| l.trim_end().to_string())
+    });
     Ok(BootReport {
         log: vm.log.clone(),
         line,

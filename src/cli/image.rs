@@ -9,14 +9,14 @@ use super::Exit;
 #[derive(clap::Subcommand, Debug)]
 pub enum ImageCommand {
     /// Build a bootable GPT disk (ESP + ext4 root) from a tree, an archive or a recipe.
-    Disk(image_disk::DiskArgs),
+    Disk(Box<image_disk::DiskArgs>),
     /// Boot a disk in qemu and watch its serial console.
-    Boot(image_disk::BootArgs),
+    Boot(Box<image_disk::BootArgs>),
 }
 
 pub fn run(command: ImageCommand) -> Result<Exit> {
     match command {
-        ImageCommand::Disk(a) => image_disk::run_disk(a),
-        ImageCommand::Boot(a) => image_disk::run_boot(a),
+        ImageCommand::Disk(a) => image_disk::run_disk(*a),
+        ImageCommand::Boot(a) => image_disk::run_boot(*a),
     }
 }

@@ -61,11 +61,13 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Arguments of `standin image boot`.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  standin image boot demo.img --expect STANDIN-BOOTED\n  \
+#[command(
+    after_help = "Examples:\n  standin image boot demo.img --expect STANDIN-BOOTED\n  \
 standin image boot appliance.img --forward 16320:6320 --expect STANDIN-APPLIANCE-READY --log serial.log\n\n\
 Runs qemu-system-x86_64 under software emulation (add --kvm for KVM) with the kernel, initrd and\n\
 command line from DISK.json; succeeds when TEXT appears on the serial console, fails on timeout or\n\
-kernel panic with the last lines of the console. qemu is always stopped at the end.")]
+kernel panic with the last lines of the console. qemu is always stopped at the end."
+)]
 pub struct BootArgs {
     /// The disk to boot.
     pub disk: PathBuf,
@@ -162,7 +164,10 @@ pub fn run_disk(a: DiskArgs) -> Result<Exit> {
             ..DiskOptions::default()
         }
     } else {
-        let root = a.root.clone().context("one of --root, --from or --recipe is needed")?;
+        let root = a
+            .root
+            .clone()
+            .context("one of --root, --from or --recipe is needed")?;
         DiskOptions {
             tree: root,
             ..DiskOptions::default()
@@ -215,7 +220,10 @@ pub fn run_boot(a: BootArgs) -> Result<Exit> {
         let mut vm = standin_builder::boot::Vm::start(&opts)?;
         if let Some(t) = &a.expect {
             vm.wait_for(t, timeout)?;
-            eprintln!("{t:?} appeared; the guest keeps running (serial log: {})", vm.log_path().display());
+            eprintln!(
+                "{t:?} appeared; the guest keeps running (serial log: {})",
+                vm.log_path().display()
+            );
         }
         vm.wait_exit(Duration::from_secs(u64::MAX / 4))?;
         return Ok(Exit::Ok);

@@ -126,9 +126,13 @@ const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 /// beside the disk).
 pub fn build_disk(opts: &DiskOptions, progress: &dyn Progress) -> Result<DiskManifest> {
     let tree = &opts.tree;
-    let md = std::fs::metadata(tree).with_context(|| format!("reading the tree {}", tree.display()))?;
+    let md =
+        std::fs::metadata(tree).with_context(|| format!("reading the tree {}", tree.display()))?;
     if !md.is_dir() {
-        bail!("{} is not a directory; --root needs the top of a system tree", tree.display());
+        bail!(
+            "{} is not a directory; --root needs the top of a system tree",
+            tree.display()
+        );
     }
     check_output(&opts.output)?;
     let (kernel, initrd) = opts.boot.resolve()?;
@@ -139,13 +143,12 @@ pub fn build_disk(opts: &DiskOptions, progress: &dyn Progress) -> Result<DiskMan
     let root_needed = ext4_size_for(&usage).max(opts.root_size.unwrap_or(0));
 
     let boot_bytes = file_len(&kernel)? + initrd.as_deref().map(file_len).transpose()?.unwrap_or(0);
-    let esp_size = opts
-        .esp_size
-        .unwrap_or_else(|| (64 * MIB).max((boot_bytes + boot_bytes / 8 + 16 * MIB).div_ceil(MIB) * MIB));
+    let esp_size = opts.esp_size.unwrap_or_else(|| {
+        (64 * MIB).max((boot_bytes + boot_bytes / 8 + 16 * MIB).div_ceil(MIB) * MIB)
+    });
     let layout = match opts.size {
-        Some(size) => Layout::fixed(size, esp_size, root_needed).with_context(|| {
-            format!("sizing the disk for {} (--size)", tree.display())
-        })?,
+        Some(size) => Layout::fixed(size, esp_size, root_needed)
+            .with_context(|| format!("sizing the disk for {} (--size)", tree.display()))?,
         None => Layout::new(esp_size, root_needed),
     };
 
@@ -167,7 +170,13 @@ pub fn build_disk(opts: &DiskOptions, progress: &dyn Progress) -> Result<DiskMan
         .prefix(".standin-disk.")
         .suffix(".partial")
         .tempfile_in(&out_dir)
-        .with_context(|| format!("creating a temporary file in {} for {}", out_dir.display(), opts.output.display()))?;
+        .with_context(|| {
+            format!(
+                "creating a temporary file in {} for {}",
+                out_dir.display(),
+                opts.output.display()
+            )
+        })?;
     raw.as_file()
         .set_len(layout.disk_size)
         .with_context(|| format!("sizing {}", raw.path().display()))?;
@@ -175,7 +184,11 @@ pub fn build_disk(opts: &DiskOptions, progress: &dyn Progress) -> Result<DiskMan
     // The root digest reads the whole tree; do it while mke2fs runs.
     let (digest, fs_result) = std::thread::scope(|s| {
         let h = s.spawn(|| digest::tree_root_digest(tree));
-        progress.phase("writing root filesystem", Some(usage.data_bytes), Some(usage.inodes));
+        progress.phase(
+            "writing root filesystem",
+            Some(usage.data_bytes),
+            Some(usage.inodes),
+        );
         let r = fs::make_ext4(
             raw.path(),
             layout.root_offset,
@@ -197,7 +210,13 @@ pub fn build_disk(opts: &DiskOptions, progress: &dyn Progress) -> Result<DiskMan
     progress.phase("writing EFI system partition", Some(boot_bytes), None);
     let esp_dir = tempfile::tempdir().context("creating a temporary directory for the ESP")?;
     let uefi = stage_esp(esp_dir.path(), &kernel, initrd.as_deref(), &cmdline)?;
-    fs::make_vfat(raw.path(), layout.esp_offset, layout.esp_size, esp_dir.path(), vfat_id)?;
+    fs::make_vfat(
+        raw.path(),
+        layout.esp_offset,
+        layout.esp_size,
+        esp_dir.path(),
+        vfat_id,
+    )?;
     progress.finish();
 
     progress.phase("writing partition table", None, None);
@@ -208,7 +227,8 @@ pub fn build_disk(opts: &DiskOptions, progress: &dyn Progress) -> Result<DiskMan
             .open(raw.path())
             .with_context(|| format!("opening {}", raw.path().display()))?;
         write_gpt(&mut f, &layout, &ids, ROOT_X86_64_TYPE)?;
-        f.sync_all().with_context(|| format!("syncing {}", raw.path().display()))?;
+        f.sync_all()
+            .with_context(|| format!("syncing {}", raw.path().display()))?;
     }
     progress.finish();
 
@@ -322,7 +342,8 @@ fn stage_esp(dir: &Path, kernel: &Path, initrd: Option<&Path>, cmdline: &str) ->
         if let Some(p) = to.parent() {
             std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
         }
-        std::fs::copy(from, to).with_context(|| format!("copying {} into the ESP", from.display()))?;
+        std::fs::copy(from, to)
+            .with_context(|| format!("copying {} into the ESP", from.display()))?;
         Ok(())
     };
     copy(kernel, &dir.join("vmlinuz"))?;
@@ -339,7 +360,10 @@ fn stage_esp(dir: &Path, kernel: &Path, initrd: Option<&Path>, cmdline: &str) ->
         std::fs::write(to, text).with_context(|| format!("writing {}", to.display()))
     };
     write(&dir.join("loader/entries/standin.conf"), &entry)?;
-    write(&dir.join("loader/loader.conf"), "default standin.conf\ntimeout 0\n")?;
+    write(
+        &dir.join("loader/loader.conf"),
+        "default standin.conf\ntimeout 0\n",
+    )?;
     write(&dir.join("standin/cmdline"), &format!("{cmdline}\n"))?;
     let sdboot = Path::new(SYSTEMD_BOOT);
     if sdboot.is_file() {
@@ -351,7 +375,9 @@ fn stage_esp(dir: &Path, kernel: &Path, initrd: Option<&Path>, cmdline: &str) ->
 }
 
 fn file_len(p: &Path) -> Result<u64> {
-    Ok(std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?.len())
+    Ok(std::fs::metadata(p)
+        .with_context(|| format!("reading {}", p.display()))?
+        .len())
 }
 
 fn sha256_file(p: &Path) -> Result<String> {
@@ -359,7 +385,9 @@ fn sha256_file(p: &Path) -> Result<String> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", p.display()))?;
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", p.display()))?;
         if n == 0 {
             break;
         }

@@ -7,8 +7,8 @@
 //! type, mode, owner, size, device numbers, symlink target and content.
 
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -63,14 +63,18 @@ pub fn tree_root_digest(dir: &Path) -> Result<String> {
             md.rdev()
         ));
         if ft.is_symlink() {
-            let t = std::fs::read_link(&path).with_context(|| format!("reading {}", path.display()))?;
+            let t =
+                std::fs::read_link(&path).with_context(|| format!("reading {}", path.display()))?;
             root.update(t.as_os_str().as_bytes());
         } else if ft.is_file() {
-            let mut f = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+            let mut f = std::fs::File::open(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
             let mut h = Sha256::new();
             let mut buf = vec![0u8; 1 << 16];
             loop {
-                let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+                let n = f
+                    .read(&mut buf)
+                    .with_context(|| format!("reading {}", path.display()))?;
                 if n == 0 {
                     break;
                 }

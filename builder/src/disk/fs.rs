@@ -66,7 +66,13 @@ pub fn make_ext4(
 
 /// Format `size` bytes at `offset` of `disk` as FAT32 and copy every entry
 /// of `content` into it. `volume_id` is the FAT serial number.
-pub fn make_vfat(disk: &Path, offset: u64, size: u64, content: &Path, volume_id: u32) -> Result<()> {
+pub fn make_vfat(
+    disk: &Path,
+    offset: u64,
+    size: u64,
+    content: &Path,
+    volume_id: u32,
+) -> Result<()> {
     let sector_offset = offset / super::SECTOR;
     let kib = size / 1024;
     let args: Vec<OsString> = vec![

@@ -46,7 +46,9 @@ impl Layout {
     /// what the ESP leaves. Fails when `disk_size` cannot hold `root_needed`.
     pub fn fixed(disk_size: u64, esp_size: u64, root_needed: u64) -> Result<Layout> {
         if disk_size % SECTOR != 0 {
-            bail!("--size {disk_size} is not a multiple of {SECTOR} bytes; pass a multiple of 1 MiB");
+            bail!(
+                "--size {disk_size} is not a multiple of {SECTOR} bytes; pass a multiple of 1 MiB"
+            );
         }
         let esp_size = esp_size.div_ceil(MIB) * MIB;
         let avail = disk_size.saturating_sub(2 * MIB + esp_size) / MIB * MIB;
@@ -92,10 +94,10 @@ fn part_type(guid: &str) -> Result<gpt::partition_types::Type> {
 /// (1: ESP, 2: root) into `file`, whose length must be `layout.disk_size`.
 pub fn write_gpt(file: &mut File, layout: &Layout, ids: &GptIds, root_type: &str) -> Result<()> {
     let sectors = layout.disk_size / SECTOR;
-    let mbr = gpt::mbr::ProtectiveMBR::with_lb_size(
-        u32::try_from(sectors - 1).unwrap_or(0xFFFF_FFFF),
-    );
-    mbr.overwrite_lba0(file).context("writing the protective MBR")?;
+    let mbr =
+        gpt::mbr::ProtectiveMBR::with_lb_size(u32::try_from(sectors - 1).unwrap_or(0xFFFF_FFFF));
+    mbr.overwrite_lba0(file)
+        .context("writing the protective MBR")?;
 
     let mut disk = gpt::GptConfig::new()
         .writable(true)
@@ -146,7 +148,9 @@ mod tests {
 
     #[test]
     fn fixed_size_too_small_names_the_sizes() {
-        let e = Layout::fixed(100 * MIB, 64 * MIB, 50 * MIB).unwrap_err().to_string();
+        let e = Layout::fixed(100 * MIB, 64 * MIB, 50 * MIB)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not fit"), "{e}");
         assert!(e.contains("--size"), "{e}");
         let l = Layout::fixed(200 * MIB, 64 * MIB, 50 * MIB).unwrap();
@@ -158,7 +162,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("disk");
         let l = Layout::new(8 * MIB, 8 * MIB);
-        let mut f = File::options().create(true).truncate(true).read(true).write(true).open(&p).unwrap();
+        let mut f = File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
         f.set_len(l.disk_size).unwrap();
         let ids = GptIds {
             disk_guid: Uuid::new_v4(),

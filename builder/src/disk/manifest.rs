@@ -86,7 +86,8 @@ impl DiskManifest {
     /// Read the manifest of `disk` (`DISK.json` beside it).
     pub fn load_for(disk: &Path) -> Result<DiskManifest> {
         let p = manifest_path(disk);
-        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))
     }
 

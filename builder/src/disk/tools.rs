@@ -29,7 +29,14 @@ pub fn find_tool(tool: &str) -> Result<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
-    for d in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+    for d in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
         dirs.push(PathBuf::from(d));
     }
     for d in dirs {
@@ -48,16 +55,16 @@ pub fn find_tool(tool: &str) -> Result<PathBuf> {
 pub fn run_tool(tool: &str, args: &[&std::ffi::OsStr]) -> Result<Output> {
     let path = find_tool(tool)?;
     let mut cmd = Command::new(&path);
-    cmd.args(args).env("MTOOLS_SKIP_CHECK", "1").env("LC_ALL", "C");
+    cmd.args(args)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .env("LC_ALL", "C");
     run_command(tool, &mut cmd)
 }
 
 /// Run a prepared command; fail with its output when it exits non-zero.
 pub fn run_command(what: &str, cmd: &mut Command) -> Result<Output> {
     tracing::debug!("running {cmd:?}");
-    let out = cmd
-        .output()
-        .with_context(|| format!("starting {what}"))?;
+    let out = cmd.output().with_context(|| format!("starting {what}"))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -119,6 +126,11 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     pa.len().cmp(&pb.len())
 }
 
+/// qemu-system-x86_64, or an error naming its package.
+pub fn find_qemu() -> Result<PathBuf> {
+    find_tool("qemu-system-x86_64")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,9 +152,4 @@ mod tests {
         let e = find_tool("no-such-tool-standin").unwrap_err().to_string();
         assert!(e.contains("no-such-tool-standin is not installed"), "{e}");
     }
-}
-
-/// qemu-system-x86_64, or an error naming its package.
-pub fn find_qemu() -> Result<PathBuf> {
-    find_tool("qemu-system-x86_64")
 }

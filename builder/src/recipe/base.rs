@@ -34,7 +34,11 @@ impl Base {
             return Ok(Base::Debootstrap(suite.to_string()));
         }
         let p = Path::new(s);
-        let p = if p.is_absolute() { p.to_path_buf() } else { dir.join(p) };
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        };
         if s.ends_with(".tar.zst") {
             if !p.is_file() {
                 bail!("base archive {} not found", p.display());
@@ -60,7 +64,12 @@ pub fn lay_base(base: &Base, tree: &Path, mirror: Option<&str>) -> Result<()> {
             from.push("/.");
             run_tool(
                 "cp",
-                &[OsStr::new("-a"), OsStr::new("--reflink=auto"), &from, tree.as_os_str()],
+                &[
+                    OsStr::new("-a"),
+                    OsStr::new("--reflink=auto"),
+                    &from,
+                    tree.as_os_str(),
+                ],
             )
             .with_context(|| format!("copying the base directory {}", src.display()))?;
             Ok(())
@@ -77,7 +86,9 @@ pub fn lay_base(base: &Base, tree: &Path, mirror: Option<&str>) -> Result<()> {
                     OsStr::new(mirror),
                 ],
             )
-            .with_context(|| format!("running debootstrap {suite} (needs root and network access to {mirror})"))?;
+            .with_context(|| {
+                format!("running debootstrap {suite} (needs root and network access to {mirror})")
+            })?;
             Ok(())
         }
     }
@@ -148,7 +159,8 @@ pub fn busybox_tree(tree: &Path) -> Result<()> {
     std::fs::copy(&bb, &dest).with_context(|| format!("copying {}", bb.display()))?;
     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))
         .with_context(|| format!("setting the mode of {}", dest.display()))?;
-    let list = run_tool("busybox", &[OsStr::new("--list-full")]).context("listing busybox applets")?;
+    let list =
+        run_tool("busybox", &[OsStr::new("--list-full")]).context("listing busybox applets")?;
     for line in String::from_utf8_lossy(&list.stdout).lines() {
         let rel = line.trim().trim_start_matches('/');
         if rel.is_empty() || rel == "bin/busybox" || rel.contains("..") {
@@ -159,7 +171,8 @@ pub fn busybox_tree(tree: &Path) -> Result<()> {
             continue;
         }
         if let Some(parent) = link.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
         }
         std::os::unix::fs::symlink("/bin/busybox", &link)
             .with_context(|| format!("linking {}", link.display()))?;
@@ -167,9 +180,13 @@ pub fn busybox_tree(tree: &Path) -> Result<()> {
     std::fs::write(tree.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")
         .context("writing /etc/passwd")?;
     std::fs::write(tree.join("etc/group"), "root:x:0:\n").context("writing /etc/group")?;
-    std::fs::write(tree.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").context("writing /etc/shadow")?;
-    std::fs::set_permissions(tree.join("etc/shadow"), std::fs::Permissions::from_mode(0o640))
-        .context("setting the mode of /etc/shadow")?;
+    std::fs::write(tree.join("etc/shadow"), "root:*:19000:0:99999:7:::\n")
+        .context("writing /etc/shadow")?;
+    std::fs::set_permissions(
+        tree.join("etc/shadow"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .context("setting the mode of /etc/shadow")?;
     if rustix::process::geteuid().is_root() {
         use rustix::fs::{mknodat, FileType, Mode, CWD};
         for (name, major, minor, mode) in [("console", 5, 1, 0o600), ("null", 1, 3, 0o666)] {

@@ -24,14 +24,19 @@ pub fn build_tree(recipe: &Recipe, tree: &Path, progress: &dyn Progress) -> Resu
         can_chown: rustix::process::geteuid().is_root(),
     };
     if !w.can_chown {
-        progress.note("not running as root: files keep the builder's owner; run as root for exact owners");
+        progress.note(
+            "not running as root: files keep the builder's owner; run as root for exact owners",
+        );
     }
 
     if let Some(h) = &recipe.hostname {
         w.file("/etc/hostname", format!("{h}\n").as_bytes(), 0o644, 0, 0)?;
         w.file(
             "/etc/hosts",
-            format!("127.0.0.1\tlocalhost\n127.0.1.1\t{h}\n::1\tlocalhost ip6-localhost ip6-loopback\n").as_bytes(),
+            format!(
+                "127.0.0.1\tlocalhost\n127.0.1.1\t{h}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            )
+            .as_bytes(),
             0o644,
             0,
             0,
@@ -43,7 +48,13 @@ pub fn build_tree(recipe: &Recipe, tree: &Path, progress: &dyn Progress) -> Resu
     }
     for f in &recipe.files {
         match (&f.source, &f.content) {
-            (_, Some(text)) => w.file(&f.path, text.as_bytes(), f.mode.unwrap_or(0o644), f.uid, f.gid)?,
+            (_, Some(text)) => w.file(
+                &f.path,
+                text.as_bytes(),
+                f.mode.unwrap_or(0o644),
+                f.uid,
+                f.gid,
+            )?,
             (Some(src), None) => {
                 let src = recipe.host_path(src);
                 let md = std::fs::metadata(&src)
@@ -51,7 +62,8 @@ pub fn build_tree(recipe: &Recipe, tree: &Path, progress: &dyn Progress) -> Resu
                 if md.is_dir() {
                     w.copy_dir(&src, &f.path)?;
                 } else {
-                    let data = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+                    let data = std::fs::read(&src)
+                        .with_context(|| format!("reading {}", src.display()))?;
                     let mode = f.mode.unwrap_or(md.permissions().mode() & 0o7777);
                     w.file(&f.path, &data, mode, f.uid, f.gid)?;
                 }
@@ -69,13 +81,23 @@ pub fn build_tree(recipe: &Recipe, tree: &Path, progress: &dyn Progress) -> Resu
     }
     if let Some(init) = &recipe.init {
         let src = recipe.host_path(&init.script);
-        let data = std::fs::read(&src).with_context(|| format!("reading the init script {}", src.display()))?;
-        w.file(init.path.as_deref().unwrap_or("/sbin/init"), &data, 0o755, 0, 0)?;
+        let data = std::fs::read(&src)
+            .with_context(|| format!("reading the init script {}", src.display()))?;
+        w.file(
+            init.path.as_deref().unwrap_or("/sbin/init"),
+            &data,
+            0o755,
+            0,
+            0,
+        )?;
         let after = match init.after.unwrap_or(After::Stay) {
             After::Stay => "stay",
             After::Poweroff => "poweroff",
         };
-        let mut conf = format!("# written by standin image disk from {}\nAFTER='{after}'\n", recipe.file.display());
+        let mut conf = format!(
+            "# written by standin image disk from {}\nAFTER='{after}'\n",
+            recipe.file.display()
+        );
         for (k, v) in &init.env {
             conf.push_str(&format!("{k}='{}'\n", v.replace('\'', "'\\''")));
         }
@@ -97,7 +119,8 @@ impl Writer<'_> {
 
     fn parents(&self, p: &Path) -> Result<()> {
         if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
         }
         Ok(())
     }
@@ -115,8 +138,12 @@ impl Writer<'_> {
         let p = self.target(image_path)?;
         self.parents(&p)?;
         match std::fs::symlink_metadata(&p) {
-            Ok(md) if md.is_dir() => bail!("cannot write the file {image_path}: the tree has a directory there"),
-            Ok(_) => std::fs::remove_file(&p).with_context(|| format!("replacing {}", p.display()))?,
+            Ok(md) if md.is_dir() => {
+                bail!("cannot write the file {image_path}: the tree has a directory there")
+            }
+            Ok(_) => {
+                std::fs::remove_file(&p).with_context(|| format!("replacing {}", p.display()))?
+            }
             Err(_) => {}
         }
         std::fs::write(&p, data).with_context(|| format!("writing {image_path} into the tree"))?;
@@ -128,14 +155,16 @@ impl Writer<'_> {
         match std::fs::symlink_metadata(&p) {
             Ok(md) if md.is_dir() => {}
             Ok(_) => bail!("cannot create the directory {image_path}: the tree has a file there"),
-            Err(_) => std::fs::create_dir_all(&p).with_context(|| format!("creating {image_path} in the tree"))?,
+            Err(_) => std::fs::create_dir_all(&p)
+                .with_context(|| format!("creating {image_path} in the tree"))?,
         }
         self.own(&p, mode, uid, gid)
     }
 
     fn copy_dir(&self, src: &Path, image_path: &str) -> Result<()> {
         let p = self.target(image_path)?;
-        std::fs::create_dir_all(&p).with_context(|| format!("creating {image_path} in the tree"))?;
+        std::fs::create_dir_all(&p)
+            .with_context(|| format!("creating {image_path} in the tree"))?;
         let mut from = src.as_os_str().to_owned();
         from.push("/.");
         run_tool("cp", &[OsStr::new("-a"), &from, p.as_os_str()])
@@ -146,7 +175,8 @@ impl Writer<'_> {
 
 /// Copy an executable and the shared libraries `ldd` lists for it.
 fn add_program(w: &Writer<'_>, src: &Path, image_path: &str) -> Result<()> {
-    let data = std::fs::read(src).with_context(|| format!("reading the program {}", src.display()))?;
+    let data =
+        std::fs::read(src).with_context(|| format!("reading the program {}", src.display()))?;
     w.file(image_path, &data, 0o755, 0, 0)?;
     let out = std::process::Command::new("ldd")
         .arg(src)
@@ -154,7 +184,8 @@ fn add_program(w: &Writer<'_>, src: &Path, image_path: &str) -> Result<()> {
         .context("running ldd (install libc-bin)")?;
     let text = String::from_utf8_lossy(&out.stdout);
     for lib in ldd_paths(&text) {
-        let data = std::fs::read(&lib).with_context(|| format!("reading {} (needed by {})", lib.display(), src.display()))?;
+        let data = std::fs::read(&lib)
+            .with_context(|| format!("reading {} (needed by {})", lib.display(), src.display()))?;
         w.file(&lib.to_string_lossy(), &data, 0o755, 0, 0)?;
     }
     Ok(())
@@ -185,17 +216,33 @@ fn add_users(recipe: &Recipe, w: &Writer<'_>) -> Result<()> {
         let path = w.target(p)?;
         Ok(std::fs::read_to_string(&path).unwrap_or_default())
     };
-    let (mut passwd, mut group, mut shadow) = (read("/etc/passwd")?, read("/etc/group")?, read("/etc/shadow")?);
+    let (mut passwd, mut group, mut shadow) = (
+        read("/etc/passwd")?,
+        read("/etc/group")?,
+        read("/etc/shadow")?,
+    );
     for u in &recipe.users {
         let gid = u.gid.unwrap_or(u.uid);
-        let home = u.home.clone().unwrap_or_else(|| format!("/home/{}", u.name));
+        let home = u
+            .home
+            .clone()
+            .unwrap_or_else(|| format!("/home/{}", u.name));
         let shell = u.shell.clone().unwrap_or_else(|| "/bin/sh".into());
-        let exists = |text: &str| text.lines().any(|l| l.split(':').next() == Some(u.name.as_str()));
+        let exists = |text: &str| {
+            text.lines()
+                .any(|l| l.split(':').next() == Some(u.name.as_str()))
+        };
         if exists(&passwd) {
             bail!("[[users]] {}: the base already has this user", u.name);
         }
-        passwd.push_str(&format!("{}:x:{}:{gid}:{}:{home}:{shell}\n", u.name, u.uid, u.name));
-        if !group.lines().any(|l| l.split(':').nth(2) == Some(gid.to_string().as_str())) {
+        passwd.push_str(&format!(
+            "{}:x:{}:{gid}:{}:{home}:{shell}\n",
+            u.name, u.uid, u.name
+        ));
+        if !group
+            .lines()
+            .any(|l| l.split(':').nth(2) == Some(gid.to_string().as_str()))
+        {
             group.push_str(&format!("{}:x:{gid}:\n", u.name));
         }
         shadow.push_str(&format!("{}:!:19000:0:99999:7:::\n", u.name));
@@ -216,7 +263,10 @@ mod tests {
         let t = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x7f)\n\t/lib64/ld-linux-x86-64.so.2 (0x7f)\n";
         assert_eq!(
             ldd_paths(t),
-            vec![PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")]
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
         );
     }
 }

@@ -187,16 +187,17 @@ impl Recipe {
     pub fn load(file: &Path) -> Result<Recipe> {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("reading recipe {}", file.display()))?;
-        let mut r: Recipe = toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!("{}", e.to_string().trim_end())
-        }).with_context(|| format!("parsing recipe {}", file.display()))?;
+        let mut r: Recipe = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+            .with_context(|| format!("parsing recipe {}", file.display()))?;
         r.file = file.to_path_buf();
         r.dir = file
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        r.check().with_context(|| format!("checking recipe {}", file.display()))?;
+        r.check()
+            .with_context(|| format!("checking recipe {}", file.display()))?;
         Ok(r)
     }
 
@@ -211,7 +212,9 @@ impl Recipe {
 
     fn check(&self) -> Result<()> {
         if self.base.trim().is_empty() {
-            bail!("base is empty; use busybox, debootstrap:SUITE, a .tar.zst archive or a directory");
+            bail!(
+                "base is empty; use busybox, debootstrap:SUITE, a .tar.zst archive or a directory"
+            );
         }
         for d in &self.dirs {
             paths::check_image_path(&d.path).context("in [[dirs]]")?;
@@ -219,7 +222,10 @@ impl Recipe {
         for f in &self.files {
             paths::check_image_path(&f.path).context("in [[files]]")?;
             match (&f.source, &f.content) {
-                (Some(_), Some(_)) => bail!("[[files]] {}: give either source or content, not both", f.path),
+                (Some(_), Some(_)) => bail!(
+                    "[[files]] {}: give either source or content, not both",
+                    f.path
+                ),
                 (None, None) => bail!("[[files]] {}: needs source or content", f.path),
                 _ => {}
             }
@@ -229,11 +235,19 @@ impl Recipe {
         }
         for u in &self.users {
             if u.name.is_empty() || u.name.contains([':', '\n', '/']) || u.name == "root" {
-                bail!("[[users]] name {:?} is not usable (root exists already; no ':' or '/')", u.name);
+                bail!(
+                    "[[users]] name {:?} is not usable (root exists already; no ':' or '/')",
+                    u.name
+                );
             }
         }
         if let Some(h) = &self.hostname {
-            if h.is_empty() || h.len() > 64 || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+            if h.is_empty()
+                || h.len() > 64
+                || !h
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            {
                 bail!("hostname {h:?} is not a valid host name (letters, digits, '-', '.')");
             }
         }
@@ -280,7 +294,10 @@ mod tests {
     }
 
     fn chain(e: &anyhow::Error) -> String {
-        e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ")
+        e.chain()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(": ")
     }
 
     #[test]
@@ -335,9 +352,15 @@ esp_size = 67108864
 
     #[test]
     fn relative_image_paths_are_refused() {
-        let s = chain(&load_text("base = \"busybox\"\n[[files]]\npath = \"etc/x\"\ncontent = \"\"\n").unwrap_err());
+        let s = chain(
+            &load_text("base = \"busybox\"\n[[files]]\npath = \"etc/x\"\ncontent = \"\"\n")
+                .unwrap_err(),
+        );
         assert!(s.contains("absolute"), "{s}");
-        let s = chain(&load_text("base = \"busybox\"\n[[files]]\npath = \"/etc/../x\"\ncontent = \"\"\n").unwrap_err());
+        let s = chain(
+            &load_text("base = \"busybox\"\n[[files]]\npath = \"/etc/../x\"\ncontent = \"\"\n")
+                .unwrap_err(),
+        );
         assert!(s.contains(".."), "{s}");
     }
 }

@@ -45,14 +45,21 @@ pub fn resolve_in_root(root: &Path, image_path: &str) -> Result<PathBuf> {
             resolved.push(c);
             break;
         }
-        let here: PathBuf = resolved.iter().fold(root.to_path_buf(), |p, c| p.join(c)).join(&c);
+        let here: PathBuf = resolved
+            .iter()
+            .fold(root.to_path_buf(), |p, c| p.join(c))
+            .join(&c);
         match std::fs::symlink_metadata(&here) {
             Ok(md) if md.file_type().is_symlink() => {
                 hops += 1;
                 if hops > 40 {
-                    bail!("too many symlinks resolving {image_path} in {}", root.display());
+                    bail!(
+                        "too many symlinks resolving {image_path} in {}",
+                        root.display()
+                    );
                 }
-                let target = std::fs::read_link(&here).with_context(|| format!("reading {}", here.display()))?;
+                let target = std::fs::read_link(&here)
+                    .with_context(|| format!("reading {}", here.display()))?;
                 if target.is_absolute() {
                     resolved.clear();
                 }
@@ -83,8 +90,14 @@ mod tests {
         std::os::unix::fs::symlink("/", r.join("escape")).unwrap();
         std::os::unix::fs::symlink("../../..", r.join("usr/bin/up")).unwrap();
         assert_eq!(resolve_in_root(r, "/bin/sh").unwrap(), r.join("usr/bin/sh"));
-        assert_eq!(resolve_in_root(r, "/escape/etc/passwd").unwrap(), r.join("etc/passwd"));
-        assert_eq!(resolve_in_root(r, "/usr/bin/up/etc/x").unwrap(), r.join("etc/x"));
+        assert_eq!(
+            resolve_in_root(r, "/escape/etc/passwd").unwrap(),
+            r.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(r, "/usr/bin/up/etc/x").unwrap(),
+            r.join("etc/x")
+        );
         // The last component is never followed.
         assert_eq!(resolve_in_root(r, "/escape").unwrap(), r.join("escape"));
     }

@@ -12,16 +12,24 @@ impl Size {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num.parse().map_err(|_| format!("size {s:?} does not start with a number"))?;
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("size {s:?} does not start with a number"))?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "K" | "KiB" => 1 << 10,
             "M" | "MiB" => 1 << 20,
             "G" | "GiB" => 1 << 30,
             "T" | "TiB" => 1 << 40,
-            u => return Err(format!("size {s:?} has an unknown unit {u:?}; use KiB, MiB, GiB or TiB")),
+            u => {
+                return Err(format!(
+                    "size {s:?} has an unknown unit {u:?}; use KiB, MiB, GiB or TiB"
+                ))
+            }
         };
-        n.checked_mul(mult).map(Size).ok_or_else(|| format!("size {s:?} is too large"))
+        n.checked_mul(mult)
+            .map(Size)
+            .ok_or_else(|| format!("size {s:?} is too large"))
     }
 }
 

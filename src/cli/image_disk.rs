@@ -198,10 +198,14 @@ pub fn run_disk(a: DiskArgs) -> Result<Exit> {
 
 /// A temporary directory for a tree being built (honours TMPDIR).
 fn tree_tempdir() -> Result<tempfile::TempDir> {
-    tempfile::Builder::new()
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::Builder::new()
         .prefix("standin-tree-")
         .tempdir()
-        .context("creating a temporary directory for the tree")
+        .context("creating a temporary directory for the tree")?;
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755))
+        .context("setting the mode of the temporary tree")?;
+    Ok(t)
 }
 
 pub fn run_boot(a: BootArgs) -> Result<Exit> {

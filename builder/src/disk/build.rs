@@ -3,6 +3,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -177,6 +178,10 @@ pub fn build_disk(opts: &DiskOptions, progress: &dyn Progress) -> Result<DiskMan
                 opts.output.display()
             )
         })?;
+    use std::os::unix::fs::PermissionsExt;
+    raw.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("setting the mode of {}", raw.path().display()))?;
     raw.as_file()
         .set_len(layout.disk_size)
         .with_context(|| format!("sizing {}", raw.path().display()))?;
@@ -194,6 +199,7 @@ pub fn build_disk(opts: &DiskOptions, progress: &dyn Progress) -> Result<DiskMan
             layout.root_offset,
             layout.root_size,
             tree,
+            (md.uid(), md.gid()),
             fs_uuid,
             inode_count_for(&usage),
             usage.data_bytes,
@@ -255,7 +261,10 @@ pub fn build_disk(opts: &DiskOptions, progress: &dyn Progress) -> Result<DiskMan
             )
             .context("converting the disk to qcow2")?;
             File::open(q.path())
-                .and_then(|f| f.sync_all())
+                .and_then(|f| {
+                    f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+                    f.sync_all()
+                })
                 .with_context(|| format!("syncing {}", q.path().display()))?;
             progress.finish();
             q

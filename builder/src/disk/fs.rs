@@ -12,11 +12,13 @@ use super::size::{journal_mib, BLOCK};
 use super::tools::run_tool;
 
 /// Format `size` bytes at `offset` of `disk` as ext4 holding `tree`.
+#[allow(clippy::too_many_arguments)]
 pub fn make_ext4(
     disk: &Path,
     offset: u64,
     size: u64,
     tree: &Path,
+    root_owner: (u32, u32),
     fs_uuid: Uuid,
     inodes: u64,
     data_bytes: u64,
@@ -42,7 +44,11 @@ pub fn make_ext4(
         "-U".into(),
         fs_uuid.to_string().into(),
         "-E".into(),
-        format!("offset={offset},nodiscard").into(),
+        format!(
+            "offset={offset},nodiscard,root_owner={}:{}",
+            root_owner.0, root_owner.1
+        )
+        .into(),
         "-d".into(),
         tree.as_os_str().to_owned(),
         disk.as_os_str().to_owned(),

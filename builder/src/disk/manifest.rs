@@ -101,6 +101,10 @@ impl DiskManifest {
             .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
         let mut text = serde_json::to_string_pretty(self).context("encoding the disk manifest")?;
         text.push('\n');
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("setting the mode of {}", p.display()))?;
         tmp.write_all(text.as_bytes())
             .and_then(|_| tmp.as_file().sync_all())
             .with_context(|| format!("writing {}", p.display()))?;

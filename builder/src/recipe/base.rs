@@ -94,17 +94,17 @@ pub fn lay_base(base: &Base, tree: &Path, mirror: Option<&str>) -> Result<()> {
     }
 }
 
-/// Restore a `standin image build` archive into `tree`.
-///
-/// MERGE NOTE (foundation): call the foundation module's archive restore here
-/// (`standin_builder` restore, exact metadata) once branch `foundation` is merged.
+/// Restore a `standin image build` archive into the empty directory `tree`
+/// (exact metadata, verified against the archive's manifest).
 pub fn restore_archive(archive: &Path, tree: &Path) -> Result<()> {
-    let _ = tree;
-    bail!(
-        "restoring archives needs the foundation module (standin image restore), which this build lacks; \
-         restore {} with `standin image restore` and pass the directory with --root",
-        archive.display()
+    crate::restore::restore(
+        archive,
+        tree,
+        &crate::restore::RestoreOptions::default(),
+        &crate::progress::NoProgress,
     )
+    .with_context(|| format!("restoring the archive {}", archive.display()))?;
+    Ok(())
 }
 
 /// The busybox binary to use: busybox-static's.

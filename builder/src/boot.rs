@@ -370,6 +370,8 @@ const PANIC_MARKERS: &[&str] = &[
     "Gave up waiting for root",
     "ALERT!  ",
     "No init found",
+    "Target filesystem doesn't have requested",
+    "(initramfs) ",
 ];
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

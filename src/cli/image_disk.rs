@@ -50,9 +50,19 @@ pub struct DiskArgs {
     /// Kernel arguments after root=PARTUUID=... (default: rw console=ttyS0 panic=1).
     #[arg(long, value_name = "ARGS")]
     pub cmdline: Option<String>,
+    /// Set an init setting of the recipe (its [init.env]), e.g. TRUST=sha256:...; repeatable.
+    #[arg(long, value_name = "KEY=VALUE", requires = "recipe", value_parser = parse_env)]
+    pub init_env: Vec<(String, String)>,
     /// Print the disk manifest as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: use KEY=VALUE, e.g. TRUST=sha256:..."))?;
+    Ok((k.to_string(), v.to_string()))
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -144,7 +154,8 @@ pub fn run_disk(a: DiskArgs) -> Result<Exit> {
     };
     let tmp;
     let mut opts = if let Some(recipe) = &a.recipe {
-        let r = Recipe::load(recipe)?;
+        let mut r = Recipe::load(recipe)?;
+        r.set_init_env(&a.init_env)?;
         tmp = tree_tempdir()?;
         build_tree(&r, tmp.path(), &progress)
             .with_context(|| format!("building the tree of recipe {}", recipe.display()))?;

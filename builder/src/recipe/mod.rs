@@ -264,6 +264,25 @@ impl Recipe {
         Ok(())
     }
 
+    /// Override settings of `[init.env]` (from the command line); checked
+    /// like the recipe's own.
+    pub fn set_init_env(&mut self, pairs: &[(String, String)]) -> Result<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let file = self.file.clone();
+        let init = self.init.as_mut().with_context(|| {
+            format!(
+                "recipe {} has no [init], so --init-env has nothing to set",
+                file.display()
+            )
+        })?;
+        for (k, v) in pairs {
+            init.env.insert(k.clone(), v.clone());
+        }
+        self.check().context("checking --init-env")
+    }
+
     /// Disk options for building this recipe's tree at `tree` into `output`.
     pub fn disk_options(&self, tree: &Path, output: &Path) -> DiskOptions {
         DiskOptions {

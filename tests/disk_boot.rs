@@ -136,3 +136,63 @@ fn root_tree_boots_and_reports_its_own_values() {
     );
     assert_no_qemu_left(&broken);
 }
+
+#[test]
+fn timeout_and_signals_leave_no_qemu() {
+    require_disk_tools();
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    let dir = tempdir();
+    let disk = dir.path().join("quick.img");
+    run_ok(
+        standin()
+            .args(["image", "disk", "--recipe"])
+            .arg(images_dir().join("demo-source.toml"))
+            .arg("-o")
+            .arg(&disk),
+        Some(dir.path()),
+    );
+    // A timeout fails with the console's last lines and stops qemu.
+    let out = run_code(
+        standin().args(["image", "boot"]).arg(&disk).args([
+            "--expect",
+            "NEVER-PRINTED",
+            "--timeout",
+            "3",
+        ]),
+        1,
+        Some(dir.path()),
+    );
+    assert!(stderr(&out).contains("3 s passed"), "{}", stderr(&out));
+    assert_no_qemu_left(&disk);
+
+    // SIGTERM to `standin image boot` stops qemu too.
+    let mut child = standin()
+        .args(["image", "boot"])
+        .arg(&disk)
+        .args(["--expect", "NEVER-PRINTED", "--timeout", "600"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = false;
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &disk.display().to_string()])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).lines().count() >= 2 {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "qemu did not start");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_no_qemu_left(&disk);
+}

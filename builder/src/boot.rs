@@ -235,6 +235,11 @@ impl Vm {
         })
     }
 
+    /// qemu's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The serial console log.
     pub fn log_path(&self) -> &Path {
         &self.log
@@ -361,6 +366,14 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Kill a qemu by process id (for signal handlers that cannot reach the
+/// [`Vm`]; its `Drop` still reaps it).
+pub fn kill_pid(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
 }
 

@@ -50,36 +50,40 @@ else
     echo "standin appliance: no network interface"
 fi
 
-mkdir -p "$STATE_DIR" /var/log
-if [ -z "$TRUST" ]; then
-    fail "TRUST is not set in /etc/standin/init.conf; rebuild with --init-env TRUST=sha256:<source fingerprint>"
-elif ! command -v standin >/dev/null; then
-    fail "the standin binary is missing"
-else
-    if [ ! -d "$IDENTITY" ] || [ -z "$(ls -A "$IDENTITY" 2>/dev/null)" ]; then
-        standin keys init --dir "$IDENTITY" > /var/log/standin-keys.log 2>&1 ||
-            { cat /var/log/standin-keys.log; fail "standin keys init failed"; }
+start_serve() {
+    if [ -z "$TRUST" ]; then
+        fail "TRUST is not set in /etc/standin/init.conf; rebuild with --init-env TRUST=sha256:<source fingerprint>"
+        return
     fi
-    echo "standin appliance: identity $(cat /var/log/standin-keys.log 2>/dev/null | tail -n 1)"
+    if ! command -v standin >/dev/null; then
+        fail "the standin binary is missing"
+        return
+    fi
+    if [ ! -d "$IDENTITY" ] || [ -z "$(ls -A "$IDENTITY" 2>/dev/null)" ]; then
+        if ! standin keys init --dir "$IDENTITY" > /var/log/standin-keys.log 2>&1; then
+            cat /var/log/standin-keys.log
+            fail "standin keys init failed"
+            return
+        fi
+        echo "standin appliance: identity $(tail -n 1 /var/log/standin-keys.log)"
+    fi
     standin target serve --listen "$LISTEN" --state-dir "$STATE_DIR" \
         --identity "$IDENTITY" --trust "$TRUST" > /var/log/standin-serve.log 2>&1 &
     serve=$!
     port=${LISTEN##*:}
-    ready=
     for i in $(seq 1 120); do
         if netstat -ltn 2>/dev/null | grep -q ":$port "; then
-            ready=1
-            break
+            echo "STANDIN-APPLIANCE-READY host=$(hostname) listen=$LISTEN"
+            return
         fi
         kill -0 "$serve" 2>/dev/null || break
         sleep 1
     done
-    if [ -n "$ready" ]; then
-        echo "STANDIN-APPLIANCE-READY host=$(hostname) listen=$LISTEN"
-    else
-        fail "standin target serve is not listening on $LISTEN"
-    fi
-fi
+    fail "standin target serve is not listening on $LISTEN"
+}
+
+mkdir -p "$STATE_DIR" /var/log
+start_serve
 
 if [ "$AFTER" = poweroff ]; then
     sync

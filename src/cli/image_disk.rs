@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use standin_builder::boot::{boot, BootOptions};
+use standin_builder::boot::{kill_pid, BootOptions, Vm};
 use standin_builder::disk::{build_disk, BootConfig, DiskFormat, DiskOptions};
 use standin_builder::recipe::{build_tree, Recipe, Size};
 use standin_builder::Progress;
@@ -231,33 +231,84 @@ pub fn run_boot(a: BootArgs) -> Result<Exit> {
     opts.log = a.log;
     opts.snapshot = a.snapshot;
     let timeout = Duration::from_secs(a.timeout);
-    if a.keep {
-        let mut vm = standin_builder::boot::Vm::start(&opts)?;
-        if let Some(t) = &a.expect {
-            vm.wait_for(t, timeout)?;
-            eprintln!(
-                "{t:?} appeared; the guest keeps running (serial log: {})",
-                vm.log_path().display()
-            );
-        }
-        vm.wait_exit(Duration::from_secs(u64::MAX / 4))?;
-        return Ok(Exit::Ok);
+    let mut vm = Vm::start(&opts)?;
+    if let Some(pid) = vm.pid() {
+        kill_on_signal(pid);
     }
-    let report = boot(&opts, a.expect.as_deref(), timeout)?;
+    let line = match &a.expect {
+        Some(text) => {
+            vm.wait_for(text, timeout)?;
+            // Let the console finish the line.
+            std::thread::sleep(Duration::from_millis(300));
+            let console = vm.log_text();
+            console
+                .lines()
+                .find(|l| l.contains(text.as_str()))
+                .map(|l| l.trim_end().to_string())
+        }
+        None => {
+            if !vm.wait_exit(timeout)? {
+                bail!(
+                    "qemu did not exit within {} s; last lines of the serial log:\n{}",
+                    a.timeout,
+                    vm.log_tail(20)
+                );
+            }
+            None
+        }
+    };
+    if a.keep {
+        eprintln!(
+            "the guest keeps running until it powers off (Ctrl-C stops it); serial log: {}",
+            vm.log_path().display()
+        );
+        vm.wait_exit(Duration::from_secs(u64::MAX / 4))?;
+    }
+    vm.stop();
     if a.json {
         println!(
             "{}",
             serde_json::json!({
                 "disk": a.disk,
                 "expect": a.expect,
-                "line": report.line,
-                "log": report.log,
+                "line": line,
+                "log": vm.log_path(),
             })
         );
-    } else if let Some(line) = &report.line {
+    } else if let Some(line) = &line {
         println!("{line}");
     } else {
         println!("the guest powered off");
     }
     Ok(Exit::Ok)
+}
+
+/// Kill qemu and exit 1 when this process gets SIGINT, SIGTERM or SIGHUP, so
+/// no qemu outlives `standin image boot`.
+fn kill_on_signal(pid: u32) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        let got = rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).ok()?;
+            let mut int = signal(SignalKind::interrupt()).ok()?;
+            let mut hup = signal(SignalKind::hangup()).ok()?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = hup.recv() => {}
+            }
+            Some(())
+        });
+        if got.is_some() {
+            kill_pid(pid);
+            eprintln!("interrupted; qemu stopped");
+            std::process::exit(1);
+        }
+    });
 }

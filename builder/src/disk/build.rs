@@ -147,6 +147,12 @@ pub fn build_disk(opts: &DiskOptions, progress: &dyn Progress) -> Result<DiskMan
     let esp_size = opts.esp_size.unwrap_or_else(|| {
         (64 * MIB).max((boot_bytes + boot_bytes / 8 + 16 * MIB).div_ceil(MIB) * MIB)
     });
+    if esp_size < 40 * MIB {
+        bail!(
+            "an EFI system partition of {} MiB is too small for FAT32; give it at least 40 MiB (recipe disk.esp_size)",
+            esp_size / MIB
+        );
+    }
     let layout = match opts.size {
         Some(size) => Layout::fixed(size, esp_size, root_needed)
             .with_context(|| format!("sizing the disk for {} (--size)", tree.display()))?,

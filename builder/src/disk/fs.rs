@@ -84,6 +84,12 @@ pub fn make_vfat(
     let args: Vec<OsString> = vec![
         "-F".into(),
         "32".into(),
+        // One sector per cluster: enough clusters for FAT32 whatever the
+        // disk size (mkfs.vfat would size clusters for the whole file).
+        "-s".into(),
+        "1".into(),
+        "-h".into(),
+        sector_offset.to_string().into(),
         "-n".into(),
         "ESP".into(),
         "-i".into(),

@@ -196,3 +196,48 @@ fn timeout_and_signals_leave_no_qemu() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_no_qemu_left(&disk);
 }
+
+#[test]
+fn demo_recipe_boots_by_itself_under_uefi() {
+    require_disk_tools();
+    require_tool("qemu-system-x86_64", "qemu-system-x86");
+    assert!(
+        Path::new("/usr/share/ovmf/OVMF.fd").is_file(),
+        "OVMF is missing; install it with: apt-get install -y ovmf"
+    );
+    assert!(
+        Path::new("/usr/lib/systemd/boot/efi/systemd-bootx64.efi").is_file(),
+        "systemd-boot is missing; install it with: apt-get install -y systemd-boot-efi"
+    );
+    let dir = tempdir();
+    let disk = dir.path().join("uefi.img");
+    run_ok(
+        standin()
+            .args(["image", "disk", "--recipe"])
+            .arg(images_dir().join("demo-source.toml"))
+            .arg("-o")
+            .arg(&disk),
+        Some(dir.path()),
+    );
+    assert_eq!(manifest(&disk)["boot"]["uefi"], true);
+    // No external kernel: OVMF starts systemd-boot from the ESP, which
+    // starts the kernel and initrd stored there.
+    let out = run_ok(
+        standin().args(["image", "boot"]).arg(&disk).args([
+            "--uefi",
+            "--expect",
+            "STANDIN-BOOTED",
+            "--timeout",
+            "900",
+        ]),
+        Some(dir.path()),
+    );
+    let data = std::fs::read(images_dir().join("demo-source/data.txt")).unwrap();
+    let line = stdout(&out);
+    assert!(line.contains("host=demo-source"), "{line}");
+    assert!(
+        line.contains(&format!("data={}", sha256_hex(&data))),
+        "{line}"
+    );
+    assert_no_qemu_left(&disk);
+}

@@ -370,6 +370,23 @@ esp_size = 67108864
     }
 
     #[test]
+    fn the_documented_format_parses() {
+        let readme = include_str!("../../../images/README.md");
+        let start = readme.find("```toml\n").expect("a toml block") + 8;
+        let end = start + readme[start..].find("```").unwrap();
+        let r = load_text(&readme[start..end]).unwrap();
+        assert_eq!(r.files.len(), 2);
+        assert_eq!(r.programs[0].source, "self");
+        assert_eq!(r.disk.root_size.unwrap().0, 512 << 20);
+        for shipped in ["demo-source.toml", "target-appliance.toml"] {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../images")
+                .join(shipped);
+            Recipe::load(&p).unwrap();
+        }
+    }
+
+    #[test]
     fn relative_image_paths_are_refused() {
         let s = chain(
             &load_text("base = \"busybox\"\n[[files]]\npath = \"etc/x\"\ncontent = \"\"\n")

@@ -356,3 +356,104 @@ fn disk_from_archive_matches_its_tree() {
     let scratch = tempdir();
     check_disk(&from_archive, scratch.path());
 }
+
+#[test]
+fn owners_and_root_mode_are_set_for_trees_built_without_root() {
+    require_disk_tools();
+    let dir = tempdir();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("srv")).unwrap();
+    std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::write(tree.join("srv/plain"), b"x").unwrap();
+    std::fs::write(tree.join("srv/keep"), b"y").unwrap();
+    // What a recipe built by an ordinary user asks for: root everywhere,
+    // except what it names (the files themselves carry the builder's owner).
+    let mut explicit = std::collections::BTreeMap::new();
+    explicit.insert(std::path::PathBuf::from("srv/keep"), (77, 88));
+    let disk = dir.path().join("owners.img");
+    let opts = standin_builder::disk::DiskOptions {
+        tree: tree.clone(),
+        output: disk.clone(),
+        owners: Some(standin_builder::disk::OwnerFixup {
+            default: (0, 0),
+            explicit,
+        }),
+        ..Default::default()
+    };
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(tree.join("srv/plain"), Some(4321), Some(4321)).unwrap();
+    }
+    standin_builder::disk::build_disk(&opts, &standin_builder::NoProgress)
+        .expect("building the disk");
+    let scratch = tempdir();
+    let ext4 = check_disk(&disk, scratch.path());
+    assert!(debugfs(&ext4, "stat /srv/plain").contains("User:     0   Group:     0"));
+    assert!(debugfs(&ext4, "stat /srv/keep").contains("User:    77   Group:    88"));
+    let root = debugfs(&ext4, "stat /");
+    assert!(root.contains("Mode:  0750"), "{root}");
+}
+
+#[test]
+fn recipe_builds_without_root_with_root_owners() {
+    require_root(); // to drop to an ordinary user
+    require_disk_tools();
+    let setpriv = require_tool("setpriv", "util-linux");
+    let dir = tempdir();
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Everything the unprivileged build reads, where it can read it.
+    std::fs::create_dir(d.join("bin")).unwrap();
+    std::fs::copy(bin(), d.join("bin/standin")).unwrap();
+    std::fs::create_dir(d.join("demo-source")).unwrap();
+    for f in [
+        "demo-source.toml",
+        "demo-source/init.sh",
+        "demo-source/data.txt",
+    ] {
+        std::fs::copy(images_dir().join(f), d.join(f)).unwrap();
+    }
+    let out_dir = d.join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let disk = out_dir.join("nobody.img");
+    run_ok(
+        Command::new(setpriv)
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "env",
+                "HOME=/tmp",
+                "TMPDIR=/tmp",
+            ])
+            .arg(d.join("bin/standin"))
+            .args(["image", "disk", "--recipe"])
+            .arg(d.join("demo-source.toml"))
+            .arg("-o")
+            .arg(&disk),
+        Some(d),
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&disk).unwrap().uid(),
+        65534,
+        "built by the ordinary user"
+    );
+    let scratch = tempdir();
+    let ext4 = check_disk(&disk, scratch.path());
+    for p in [
+        "/",
+        "/sbin/init",
+        "/bin/busybox",
+        "/srv/data/data.txt",
+        "/etc/shadow",
+    ] {
+        let st = debugfs(&ext4, &format!("stat {p}"));
+        assert!(
+            st.contains("User:     0   Group:     0"),
+            "{p} owned by root:\n{st}"
+        );
+    }
+    let home = debugfs(&ext4, "stat /home/demo");
+    assert!(home.contains("User:  1000   Group:  1000"), "{home}");
+}

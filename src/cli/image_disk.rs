@@ -157,9 +157,10 @@ pub fn run_disk(a: DiskArgs) -> Result<Exit> {
         let mut r = Recipe::load(recipe)?;
         r.set_init_env(&a.init_env)?;
         tmp = tree_tempdir()?;
-        build_tree(&r, tmp.path(), &progress)
+        let owners = build_tree(&r, tmp.path(), &progress)
             .with_context(|| format!("building the tree of recipe {}", recipe.display()))?;
-        let o = r.disk_options(tmp.path(), &a.output);
+        let mut o = r.disk_options(tmp.path(), &a.output);
+        o.owners = owners;
         boot.kernel = boot.kernel.or(o.boot.kernel.clone());
         boot.initrd = boot.initrd.or(o.boot.initrd.clone());
         boot.cmdline = boot.cmdline.or(o.boot.cmdline.clone());

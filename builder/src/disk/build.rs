@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::fs::OwnerFixup;
 use super::layout::{write_gpt, GptIds, Layout, ESP_TYPE, MIB, ROOT_X86_64_TYPE, SECTOR};
 use super::manifest::{parent_dir, sync_dir, BootInfo, DiskManifest, PartitionInfo};
 use super::size::{estimate_tree, ext4_size_for, inode_count_for};
@@ -118,6 +119,8 @@ pub struct DiskOptions {
     pub root_size: Option<u64>,
     /// Kernel, initrd, command line.
     pub boot: BootConfig,
+    /// Owners to set after `mke2fs -d` (trees built without root).
+    pub owners: Option<OwnerFixup>,
 }
 
 /// systemd-boot's EFI binary, when installed (package systemd-boot-efi).
@@ -214,6 +217,7 @@ pub fn build_disk(opts: &DiskOptions, progress: &dyn Progress) -> Result<DiskMan
         (h.join(), r)
     });
     fs_result?;
+    fs::fix_ext4(raw.path(), layout.root_offset, tree, opts.owners.as_ref())?;
     let root_digest = match digest {
         Ok(d) => d?,
         Err(_) => bail!("computing the root digest of {} failed", tree.display()),

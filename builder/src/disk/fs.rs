@@ -2,7 +2,7 @@
 //! ext4 with `mke2fs -d` (keeps owners, modes, xattrs, hardlinks, device
 //! nodes) and vfat with `mkfs.vfat --offset` + `mcopy`.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -116,5 +116,77 @@ pub fn make_vfat(
     args.push("::/".into());
     let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     run_tool("mcopy", &refs).context("copying boot files into the EFI system partition")?;
+    Ok(())
+}
+
+/// Owners to put right in a filesystem after `mke2fs -d`, for trees built
+/// without root, whose files carry the builder's uid: every path gets
+/// `default` unless `explicit` names it (paths relative to the tree).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnerFixup {
+    pub default: (u32, u32),
+    pub explicit: std::collections::BTreeMap<std::path::PathBuf, (u32, u32)>,
+}
+
+/// Set, with `debugfs -w`, what `mke2fs -d` does not copy or what the tree
+/// could not hold: the root directory's mode and, with `owners`, the owner
+/// of every path.
+pub fn fix_ext4(disk: &Path, offset: u64, tree: &Path, owners: Option<&OwnerFixup>) -> Result<()> {
+    use std::fmt::Write as _;
+    use std::os::unix::fs::MetadataExt;
+    let mut script = String::new();
+    let md = std::fs::metadata(tree).with_context(|| format!("reading {}", tree.display()))?;
+    if md.mode() & 0o7777 != 0o755 {
+        let _ = writeln!(script, "sif / mode 0{:o}", 0o40000 | (md.mode() & 0o7777));
+    }
+    if let Some(fix) = owners {
+        for entry in walkdir::WalkDir::new(tree).follow_links(false) {
+            let entry = entry.with_context(|| format!("reading the tree {}", tree.display()))?;
+            let rel = entry
+                .path()
+                .strip_prefix(tree)
+                .unwrap_or(entry.path())
+                .to_path_buf();
+            let md = entry
+                .metadata()
+                .with_context(|| format!("reading {}", entry.path().display()))?;
+            let (uid, gid) = fix.explicit.get(&rel).copied().unwrap_or(fix.default);
+            if md.uid() == uid && md.gid() == gid {
+                continue;
+            }
+            let name = rel.to_string_lossy();
+            if name.contains(['"', '\n']) {
+                anyhow::bail!("cannot set the owner of {name:?} in the image: its name holds a quote or newline");
+            }
+            let _ = writeln!(
+                script,
+                "sif \"/{name}\" uid {uid}\nsif \"/{name}\" gid {gid}"
+            );
+        }
+    }
+    if script.is_empty() {
+        return Ok(());
+    }
+    let mut file = tempfile::NamedTempFile::new().context("creating a debugfs script")?;
+    std::io::Write::write_all(&mut file, script.as_bytes()).context("writing a debugfs script")?;
+    let mut target = disk.as_os_str().to_owned();
+    target.push(format!("?offset={offset}"));
+    let out = run_tool(
+        "debugfs",
+        &[
+            OsStr::new("-w"),
+            OsStr::new("-f"),
+            file.path().as_os_str(),
+            &target,
+        ],
+    )
+    .context("setting owners and modes in the root filesystem")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if let Some(line) = err
+        .lines()
+        .find(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+    {
+        anyhow::bail!("setting owners and modes in the root filesystem: debugfs: {line}");
+    }
     Ok(())
 }

@@ -23,6 +23,7 @@ mod tools;
 
 pub use build::{build_disk, BootConfig, DiskFormat, DiskOptions};
 pub use digest::tree_root_digest;
+pub use fs::OwnerFixup;
 pub use layout::{Layout, ESP_TYPE, MIB, ROOT_X86_64_TYPE, SECTOR};
 pub use manifest::{manifest_path, BootInfo, DiskManifest, PartitionInfo};
 pub use size::{estimate_tree, TreeUsage};

@@ -1,5 +1,7 @@
 //! Turning a recipe into a tree on disk.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -9,11 +11,20 @@ use anyhow::{bail, Context, Result};
 use super::base::{lay_base, Base};
 use super::paths::resolve_in_root;
 use super::{After, Recipe};
-use crate::disk::run_tool;
+use crate::disk::{run_tool, OwnerFixup};
 use crate::progress::Progress;
 
-/// Build the recipe's tree into `tree`, an empty directory.
-pub fn build_tree(recipe: &Recipe, tree: &Path, progress: &dyn Progress) -> Result<()> {
+/// Build the recipe's tree into `tree`, an empty directory. Running as
+/// root, files get their owners directly and this returns `None`; otherwise
+/// it returns the owners the disk build must set ([`DiskOptions::owners`]):
+/// root for everything except what the recipe gives another owner.
+///
+/// [`DiskOptions::owners`]: crate::disk::DiskOptions::owners
+pub fn build_tree(
+    recipe: &Recipe,
+    tree: &Path,
+    progress: &dyn Progress,
+) -> Result<Option<OwnerFixup>> {
     let base = Base::parse(&recipe.base, &recipe.dir)
         .with_context(|| format!("recipe {}", recipe.file.display()))?;
     progress.phase("laying the base", None, None);
@@ -22,12 +33,8 @@ pub fn build_tree(recipe: &Recipe, tree: &Path, progress: &dyn Progress) -> Resu
     let w = Writer {
         tree,
         can_chown: rustix::process::geteuid().is_root(),
+        owners: RefCell::new(BTreeMap::new()),
     };
-    if !w.can_chown {
-        progress.note(
-            "not running as root: files keep the builder's owner; run as root for exact owners",
-        );
-    }
 
     if let Some(h) = &recipe.hostname {
         w.file("/etc/hostname", format!("{h}\n").as_bytes(), 0o644, 0, 0)?;
@@ -103,13 +110,22 @@ pub fn build_tree(recipe: &Recipe, tree: &Path, progress: &dyn Progress) -> Resu
         }
         w.file("/etc/standin/init.conf", conf.as_bytes(), 0o644, 0, 0)?;
     }
-    Ok(())
+    if w.can_chown {
+        return Ok(None);
+    }
+    Ok(Some(OwnerFixup {
+        default: (0, 0),
+        explicit: w.owners.into_inner(),
+    }))
 }
 
 /// Writes into the tree, always beneath its root.
 struct Writer<'a> {
     tree: &'a Path,
     can_chown: bool,
+    /// Owners other than root, by path relative to the tree (kept for
+    /// builds without root).
+    owners: RefCell<BTreeMap<PathBuf, (u32, u32)>>,
 }
 
 impl Writer<'_> {
@@ -129,6 +145,9 @@ impl Writer<'_> {
         if self.can_chown {
             std::os::unix::fs::lchown(p, Some(uid), Some(gid))
                 .with_context(|| format!("setting the owner of {}", p.display()))?;
+        } else if (uid, gid) != (0, 0) {
+            let rel = p.strip_prefix(self.tree).unwrap_or(p).to_path_buf();
+            self.owners.borrow_mut().insert(rel, (uid, gid));
         }
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("setting the mode of {}", p.display()))

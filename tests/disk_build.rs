@@ -457,3 +457,42 @@ fn recipe_builds_without_root_with_root_owners() {
     let home = debugfs(&ext4, "stat /home/demo");
     assert!(home.contains("User:  1000   Group:  1000"), "{home}");
 }
+
+#[test]
+fn debian_root_disk_is_valid_and_sized_from_content() {
+    require_disk_tools();
+    let debian = debian_root();
+    let dir = tempdir();
+    let disk = dir.path().join("debian.qcow2");
+    run_ok(
+        standin()
+            .args(["image", "disk", "--root"])
+            .arg(&debian)
+            .arg("-o")
+            .arg(&disk)
+            .args(["--format", "qcow2", "--json"]),
+        Some(dir.path()),
+    );
+    let m = manifest(&disk);
+    let root_size = m["partitions"][1]["size"].as_u64().unwrap();
+    let tree_bytes = m["tree_bytes"].as_u64().unwrap();
+    assert!(
+        root_size > tree_bytes,
+        "root {root_size} holds the tree {tree_bytes}"
+    );
+    assert!(
+        root_size < tree_bytes * 3 + 256 * MIB,
+        "root {root_size} is not oversized for {tree_bytes}"
+    );
+    let scratch = tempdir();
+    let ext4 = check_disk(&disk, scratch.path());
+    let os = scratch.path().join("os-release");
+    debugfs(&ext4, &format!("dump /usr/lib/os-release {}", os.display()));
+    assert_eq!(
+        std::fs::read(&os).unwrap(),
+        std::fs::read(debian.join("usr/lib/os-release")).unwrap()
+    );
+    // The disk's root digest is the tree's, as the archive manifest computes it.
+    let digest = standin_builder::disk::tree_root_digest(&debian).unwrap();
+    assert_eq!(m["root_digest"], digest.as_str());
+}

@@ -169,11 +169,24 @@ impl<I: Iterator<Item = Result<Entry>>> Comparer<I> {
 
     /// Report remaining expected entries as missing; return the differences.
     /// Errors from the expected stream (an edited manifest) come out here.
-    pub fn finish(mut self) -> Result<Differences> {
-        while let Some(w) = self.peek()?.cloned() {
-            self.peeked = None;
-            self.diffs.add(format!("{}: missing", w.display_path()));
+    pub fn finish(self) -> Result<Differences> {
+        let (diffs, res) = self.finish_all();
+        res.map(|_| diffs)
+    }
+
+    /// Like [`finish`](Self::finish), but keeps the differences found even
+    /// when the expected stream fails at its end.
+    pub fn finish_all(mut self) -> (Differences, Result<()>) {
+        loop {
+            match self.peek() {
+                Ok(Some(w)) => {
+                    let w = w.clone();
+                    self.peeked = None;
+                    self.diffs.add(format!("{}: missing", w.display_path()));
+                }
+                Ok(None) => return (self.diffs, Ok(())),
+                Err(e) => return (self.diffs, Err(e)),
+            }
         }
-        Ok(self.diffs)
     }
 }

@@ -16,6 +16,7 @@ pub mod archive;
 pub mod boot;
 pub mod bytes;
 pub mod compare;
+pub mod demo;
 pub mod disk;
 pub mod durable;
 pub mod entry;

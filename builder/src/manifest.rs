@@ -320,3 +320,41 @@ pub fn write_manifest(
 }
 
 pub use crate::manifest_read::{read_summary, ManifestReader};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::NoProgress;
+
+    #[test]
+    fn manifest_round_trips_and_detects_edits() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/hostname"), "h\n").unwrap();
+        std::fs::write(root.join("etc/odd\nname\\x"), "o").unwrap();
+        let out = t.path().join("m.manifest.json");
+        let s = write_manifest(&root, &ScanOptions::default(), &out, &NoProgress).unwrap();
+        assert_eq!(s.entry_count, 4);
+        assert_eq!(s.total_bytes, 3);
+        let again = scan_tree(&root, &ScanOptions::default(), &NoProgress, |_| Ok(())).unwrap();
+        assert_eq!(again.root_digest, s.root_digest, "deterministic");
+        let entries: Vec<Entry> = ManifestReader::open(&out)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        assert_eq!(entries.len(), 4);
+        assert_eq!(read_summary(&out).unwrap(), s);
+        // Any change to a file changes the root digest.
+        std::fs::write(root.join("etc/hostname"), "H\n").unwrap();
+        let changed = scan_tree(&root, &ScanOptions::default(), &NoProgress, |_| Ok(())).unwrap();
+        assert_ne!(changed.root_digest, s.root_digest);
+        // An edited manifest is detected.
+        let text = std::fs::read_to_string(&out).unwrap();
+        std::fs::write(&out, text.replace("\"size\":2", "\"size\":3")).unwrap();
+        let err = read_summary(&out).unwrap_err().to_string();
+        assert!(err.contains("edited"), "{err}");
+        std::fs::write(&out, &text[..text.len() / 2]).unwrap();
+        assert!(read_summary(&out).is_err());
+    }
+}

@@ -68,8 +68,9 @@ impl ManifestReader {
         for e in self.by_ref() {
             e?;
         }
+        let path = self.path.display().to_string();
         self.summary
-            .ok_or_else(|| anyhow!("manifest {} could not be read to its end", "".to_string()))
+            .ok_or_else(|| anyhow!("manifest {path} could not be read to its end"))
     }
 
     fn fail(&mut self, msg: String) -> Option<Result<Entry>> {

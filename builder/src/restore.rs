@@ -6,7 +6,8 @@
 //! 3. Entries are extracted through [`TreeWriter`] into a hidden staging
 //!    directory `DIR/.standin-restore-XXXX` (so `..`, absolute paths and
 //!    symlink escapes are refused by name), each file's content checked
-//!    against the manifest while it is written.
+//!    against the manifest while it is written. A directory's metadata is
+//!    applied when its children are done.
 //! 4. The staging directory is re-scanned and compared with the manifest
 //!    (every entry, then the root digest); differences are named.
 //! 5. Only then are the top-level entries renamed into DIR and DIR gets the
@@ -21,7 +22,7 @@ use serde::Serialize;
 
 use crate::archive::{self, ImagePaths};
 use crate::compare::{entry_diff, Comparer};
-use crate::entry::{display_path, Entry, Kind};
+use crate::entry::{Entry, Kind};
 use crate::manifest::{self, ManifestReader};
 use crate::progress::Progress;
 use crate::scan::ScanOptions;
@@ -116,7 +117,9 @@ fn extract_and_check(
     let tw = TreeWriter::open(staging)?;
     let mut manifest = ManifestReader::open(&paths.manifest)?;
     let mut tar = archive::open(&paths.archive)?;
-    let mut dirs: Vec<(Vec<u8>, i64)> = Vec::new();
+    // Directories whose metadata is applied once their children are done
+    // (so a read-only directory can still be filled, and its mtime sticks).
+    let mut dirs: Vec<Entry> = Vec::new();
     let mut root: Option<Entry> = None;
     let (mut entries, mut files, mut bytes) = (0u64, 0u64, 0u64);
     progress.phase("restoring", None, None);
@@ -153,12 +156,12 @@ fn extract_and_check(
                 diffs.join("; ")
             );
         }
-        while let Some((d, _)) = dirs.last() {
-            if is_under(&e.path, d) {
+        while let Some(d) = dirs.last() {
+            if is_under(&e.path, &d.path) {
                 break;
             }
-            let (d, t) = dirs.pop().expect("dir");
-            tw.set_times(&d, t)?;
+            let d = dirs.pop().expect("dir");
+            tw.set_metadata(&d).map_err(root_hint)?;
         }
         let content: Option<&mut dyn std::io::Read> =
             if want.kind == Kind::File && want.link.is_none() {
@@ -166,7 +169,7 @@ fn extract_and_check(
             } else {
                 None
             };
-        let sha = tw.create(&want, content)?;
+        let sha = tw.create(&want, content).map_err(root_hint)?;
         if want.kind == Kind::File && want.link.is_none() {
             if sha != want.sha256 {
                 bail!(
@@ -179,9 +182,10 @@ fn extract_and_check(
             files += 1;
             bytes += want.size;
         }
-        tw.set_metadata(&want)?;
-        if want.kind == Kind::Dir {
-            dirs.push((want.path.clone(), want.mtime_ns));
+        if want.kind == Kind::Dir && want.link.is_none() {
+            dirs.push(want.clone());
+        } else {
+            tw.set_metadata(&want).map_err(root_hint)?;
         }
         if want.path.is_empty() {
             root = Some(want.clone());
@@ -189,8 +193,8 @@ fn extract_and_check(
         entries += 1;
         progress.advance(if sha.is_some() { want.size } else { 0 }, 1);
     }
-    while let Some((d, t)) = dirs.pop() {
-        tw.set_times(&d, t)?;
+    while let Some(d) = dirs.pop() {
+        tw.set_metadata(&d).map_err(root_hint)?;
     }
     if let Some(extra) = manifest.next() {
         let extra = extra?;
@@ -242,6 +246,19 @@ fn extract_and_check(
     Ok((root, (entries, files, bytes, summary.root_digest)))
 }
 
+/// Owners, device nodes and `trusted.*` xattrs need root: say so.
+fn root_hint(e: crate::tree::TreeError) -> anyhow::Error {
+    let denied = matches!(&e, crate::tree::TreeError::Io { source, .. }
+        if source.kind() == std::io::ErrorKind::PermissionDenied || source.raw_os_error() == Some(1));
+    if denied && !rustix::process::geteuid().is_root() {
+        anyhow::Error::new(e).context(
+            "restoring exact owners, device nodes and trusted xattrs needs root; run as root",
+        )
+    } else {
+        anyhow::Error::new(e)
+    }
+}
+
 fn is_under(path: &[u8], dir: &[u8]) -> bool {
     dir.is_empty() || (path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/')
 }
@@ -277,6 +294,5 @@ fn move_into_place(staging: &Path, to: &Path, root: &Entry, force: bool) -> Resu
     std::fs::remove_dir(staging).with_context(|| format!("removing {}", staging.display()))?;
     tw.set_metadata(root)?;
     tw.sync()?;
-    let _ = display_path;
     Ok(())
 }

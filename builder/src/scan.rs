@@ -36,6 +36,9 @@ pub struct ScanOptions {
     /// When the root is `/`: directories kept empty (default [`SYSTEM_EXCLUDES`];
     /// put the standin state dir here if it lives elsewhere).
     pub system_excludes: Vec<String>,
+    /// Apply `system_excludes` even when the root is not `/` (for images of
+    /// a mounted system volume, and for tests).
+    pub always_system_excludes: bool,
 }
 
 impl Default for ScanOptions {
@@ -44,6 +47,7 @@ impl Default for ScanOptions {
             excludes: Vec::new(),
             one_file_system: true,
             system_excludes: SYSTEM_EXCLUDES.iter().map(|s| s.to_string()).collect(),
+            always_system_excludes: false,
         }
     }
 }
@@ -63,6 +67,8 @@ pub struct Scanner<'p> {
     keep_empty: Vec<Vec<u8>>,
     links: HashMap<(u64, u64), Vec<u8>>,
     progress: &'p dyn Progress,
+    root_dev: u64,
+    one_file_system: bool,
 }
 
 impl<'p> Scanner<'p> {
@@ -86,7 +92,7 @@ impl<'p> Scanner<'p> {
         let is_slash = std::fs::canonicalize(root)
             .map(|p| p == Path::new("/"))
             .unwrap_or(false);
-        let keep_empty = if is_slash {
+        let keep_empty = if is_slash || opts.always_system_excludes {
             opts.system_excludes
                 .iter()
                 .map(|s| {
@@ -111,7 +117,29 @@ impl<'p> Scanner<'p> {
             keep_empty,
             links: HashMap::new(),
             progress,
+            root_dev: meta.dev(),
+            one_file_system: opts.one_file_system,
         })
+    }
+
+    /// Skip the descendants of a directory entry just yielded by walkdir.
+    /// walkdir only descends into (pushes) directories on the root's
+    /// filesystem when `one_file_system` is set, and `skip_current_dir`
+    /// pops the last pushed one: calling it for a mount point would skip
+    /// the rest of its parent instead.
+    fn skip_children(&mut self, dent: &walkdir::DirEntry) {
+        if !dent.file_type().is_dir() {
+            return;
+        }
+        let pushed = !self.one_file_system
+            || dent.depth() == 0
+            || dent
+                .metadata()
+                .map(|m| m.dev() == self.root_dev)
+                .unwrap_or(false);
+        if pushed {
+            self.walk.skip_current_dir();
+        }
     }
 
     fn rel(&self, p: &Path) -> Vec<u8> {
@@ -152,9 +180,7 @@ impl Iterator for Scanner<'_> {
                     .excludes
                     .is_match(Path::new(std::ffi::OsStr::from_bytes(&slashed)))
                 {
-                    if dent.file_type().is_dir() {
-                        self.walk.skip_current_dir();
-                    }
+                    self.skip_children(&dent);
                     continue;
                 }
             }
@@ -162,7 +188,7 @@ impl Iterator for Scanner<'_> {
             let keep_empty = dent.file_type().is_dir() && self.keep_empty.contains(&rel);
             let res = stat_entry(&abs, rel, &mut self.links);
             if keep_empty {
-                self.walk.skip_current_dir();
+                self.skip_children(&dent);
             }
             match res {
                 Ok(Some(entry)) => return Some(Ok(Scanned { entry, abs })),
@@ -313,4 +339,96 @@ pub fn data_extents(path: &Path, size: u64) -> io::Result<Option<Vec<(u64, u64)>
         return Ok(None);
     }
     Ok(Some(extents))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::NoProgress;
+
+    fn paths(root: &Path, opts: &ScanOptions) -> Vec<String> {
+        Scanner::new(root, opts, &NoProgress)
+            .unwrap()
+            .map(|s| crate::bytes::encode(&s.unwrap().entry.path))
+            .collect()
+    }
+
+    #[test]
+    fn scans_in_tree_order_and_keeps_system_dirs_empty() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for d in ["a/b", "a.d", "proc/1", "tmp/x", "var/cache/apt"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::write(r.join("a/b/f"), "x").unwrap();
+        std::fs::write(r.join("a.d/g"), "y").unwrap();
+        std::fs::write(r.join("proc/1/status"), "z").unwrap();
+        std::fs::write(r.join("var/cache/apt/c"), "c").unwrap();
+        let all = paths(r, &ScanOptions::default());
+        assert_eq!(
+            all,
+            [
+                "",
+                "a",
+                "a/b",
+                "a/b/f",
+                "a.d",
+                "a.d/g",
+                "proc",
+                "proc/1",
+                "proc/1/status",
+                "tmp",
+                "tmp/x",
+                "var",
+                "var/cache",
+                "var/cache/apt",
+                "var/cache/apt/c"
+            ]
+        );
+        let mut sorted = all.clone();
+        sorted.sort_by(|a, b| crate::entry::path_cmp(a.as_bytes(), b.as_bytes()));
+        assert_eq!(sorted, all);
+        let opts = ScanOptions {
+            always_system_excludes: true,
+            excludes: vec!["/var/cache/**".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            paths(r, &opts),
+            [
+                "",
+                "a",
+                "a/b",
+                "a/b/f",
+                "a.d",
+                "a.d/g",
+                "proc",
+                "tmp",
+                "var",
+                "var/cache"
+            ]
+        );
+    }
+
+    #[test]
+    fn records_hardlinks_and_sparse_extents() {
+        use std::io::{Seek, SeekFrom, Write};
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::write(r.join("a"), "x").unwrap();
+        std::fs::hard_link(r.join("a"), r.join("b")).unwrap();
+        let mut f = std::fs::File::create(r.join("s")).unwrap();
+        f.set_len(8 << 20).unwrap();
+        f.seek(SeekFrom::Start(4 << 20)).unwrap();
+        f.write_all(&[1u8; 4096]).unwrap();
+        drop(f);
+        let es: Vec<Entry> = Scanner::new(r, &ScanOptions::default(), &NoProgress)
+            .unwrap()
+            .map(|s| s.unwrap().entry)
+            .collect();
+        assert_eq!(es[1].path, b"a");
+        assert_eq!(es[1].link, None);
+        assert_eq!(es[2].link.as_deref(), Some(&b"a"[..]));
+        assert_eq!(es[3].sparse, Some(vec![(4 << 20, 4096)]));
+    }
 }

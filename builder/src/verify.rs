@@ -44,7 +44,7 @@ impl VerifyReport {
 /// Hash an entry's data from a tar reader (holes of sparse files as zeros).
 pub fn hash_data<R: Read>(r: &mut R, e: &Entry) -> io::Result<String> {
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; (e.size.clamp(4096, 1 << 20)) as usize];
     let mut take = |r: &mut R, mut n: u64, h: &mut Sha256| -> io::Result<()> {
         while n > 0 {
             let want = buf.len().min(n as usize);
@@ -106,6 +106,8 @@ pub fn verify(archive_path: &Path, progress: &dyn Progress) -> Result<VerifyRepo
             return Ok(report);
         }
     };
+    // Set when reading stops early: entries after that point are not listed as missing.
+    // Set when reading stops early: later entries are not listed as missing.
     let mut manifest_failed = false;
     loop {
         let mut e = match tar.next_entry() {
@@ -116,6 +118,7 @@ pub fn verify(archive_path: &Path, progress: &dyn Progress) -> Result<VerifyRepo
                     "reading archive {}: {err}",
                     paths.archive.display()
                 ));
+                manifest_failed = true;
                 break;
             }
         };
@@ -136,6 +139,7 @@ pub fn verify(archive_path: &Path, progress: &dyn Progress) -> Result<VerifyRepo
                         "reading {} from the archive: {err}",
                         e.display_path()
                     ));
+                    manifest_failed = true;
                     break;
                 }
             }
@@ -157,9 +161,10 @@ pub fn verify(archive_path: &Path, progress: &dyn Progress) -> Result<VerifyRepo
     }
     progress.finish();
     if !manifest_failed {
-        match cmp.finish() {
-            Ok(d) => report.differences = d,
-            Err(err) => report.problems.push(format!("{err:#}")),
+        let (d, res) = cmp.finish_all();
+        report.differences = d;
+        if let Err(err) = res {
+            report.problems.push(format!("{err:#}"));
         }
     } else {
         report.differences = cmp.diffs;
@@ -170,9 +175,4 @@ pub fn verify(archive_path: &Path, progress: &dyn Progress) -> Result<VerifyRepo
             .map(|s| s.root_digest);
     }
     Ok(report)
-}
-
-/// Default image file names for an archive path.
-pub fn image_paths(archive: &Path) -> ImagePaths {
-    ImagePaths::for_archive(archive)
 }

@@ -12,6 +12,7 @@ mod image_disk;
 mod keys;
 mod output;
 mod profile;
+mod progress;
 mod protect;
 mod snapshot;
 mod status;

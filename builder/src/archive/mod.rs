@@ -13,7 +13,9 @@ pub mod write;
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -133,66 +135,30 @@ pub fn build(
         opts.threads
     };
     progress.phase("building archive", None, None);
-    let (summary, files, archive_bytes, archive_sha256) = {
-        let hashing = HashingWriter::new(Counting {
-            inner: BufWriter::with_capacity(1 << 20, arch_file.file()),
-            n: 0,
-        });
-        let mut enc =
-            zstd::stream::write::Encoder::new(hashing, opts.level).context("starting zstd")?;
-        enc.multithread(threads)
-            .context("starting zstd worker threads")?;
-        enc.include_checksum(true)?;
-        let mut tar = TarWriter::new(BufWriter::with_capacity(1 << 20, enc));
-        let mut man = ManifestWriter::new(BufWriter::with_capacity(1 << 20, man_file.file()))?;
-        let mut files = 0u64;
-        for item in Scanner::new(root, &opts.scan, progress)? {
-            let mut s = item?;
-            let mut content = None;
-            if s.entry.kind == Kind::File && s.entry.link.is_none() {
-                match File::open(&s.abs) {
-                    Ok(f) => content = Some(f),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        progress.note(&format!(
-                            "{} vanished while archiving; left out",
-                            s.abs.display()
-                        ));
-                        continue;
-                    }
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("opening {}", s.abs.display()))
-                    }
-                }
+    // Our own temp files may live inside the root: never archive them.
+    let own: Vec<(u64, u64)> = [arch_file.file().metadata(), man_file.file().metadata()]
+        .into_iter()
+        .filter_map(|m| m.ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect();
+    let stop = AtomicBool::new(false);
+    let (summary, files, archive_bytes, archive_sha256) =
+        std::thread::scope(|scope| -> Result<_> {
+            if progress.wants_totals() {
+                scope.spawn(|| count_ahead(root, &opts.scan, progress, &stop));
             }
-            let sha = tar
-                .append(&s.entry, content.as_mut())
-                .with_context(|| format!("archiving {}", s.abs.display()))?;
-            if sha.is_some() {
-                files += 1;
-            }
-            s.entry.sha256 = sha;
-            man.add(&s.entry)?;
-            progress.advance(
-                if files > 0 && s.entry.sha256.is_some() {
-                    s.entry.size
-                } else {
-                    0
-                },
-                1,
+            let r = archive_tree(
+                root,
+                opts,
+                threads,
+                &own,
+                arch_file.file(),
+                man_file.file(),
+                progress,
             );
-        }
-        let buf = tar.finish().context("finishing archive")?;
-        let enc = buf
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .context("flushing archive")?;
-        let hashing = enc.finish().context("finishing zstd stream")?;
-        let (mut counting, digest) = hashing.finish();
-        counting.flush().context("writing archive")?;
-        let (summary, mut mbuf) = man.finish()?;
-        mbuf.flush().context("writing manifest")?;
-        (summary, files, counting.n, digest)
-    };
+            stop.store(true, Ordering::Relaxed);
+            r
+        })?;
     progress.finish();
     man_file.commit()?;
     arch_file.commit()?;
@@ -215,6 +181,108 @@ pub fn build(
         root_digest: summary.root_digest.clone(),
         manifest: summary,
     })
+}
+
+type Built = (ManifestSummary, u64, u64, String);
+
+fn archive_tree(
+    root: &Path,
+    opts: &BuildOptions,
+    threads: u32,
+    own: &[(u64, u64)],
+    arch_out: &mut File,
+    man_out: &mut File,
+    progress: &dyn Progress,
+) -> Result<Built> {
+    let hashing = HashingWriter::new(Counting {
+        inner: BufWriter::with_capacity(1 << 20, arch_out),
+        n: 0,
+    });
+    let mut enc =
+        zstd::stream::write::Encoder::new(hashing, opts.level).context("starting zstd")?;
+    enc.multithread(threads)
+        .context("starting zstd worker threads")?;
+    enc.include_checksum(true)?;
+    let mut tar = TarWriter::new(BufWriter::with_capacity(1 << 20, enc));
+    let mut man = ManifestWriter::new(BufWriter::with_capacity(1 << 20, man_out))?;
+    let mut files = 0u64;
+    for item in Scanner::new(root, &opts.scan, progress)? {
+        let mut s = item?;
+        let mut content = None;
+        if s.entry.kind == Kind::File && s.entry.link.is_none() {
+            match File::open(&s.abs) {
+                Ok(f) => {
+                    let md = f
+                        .metadata()
+                        .with_context(|| format!("reading {}", s.abs.display()))?;
+                    if own.contains(&(md.dev(), md.ino())) {
+                        continue;
+                    }
+                    content = Some(f)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    progress.note(&format!(
+                        "{} vanished while archiving; left out",
+                        s.abs.display()
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                        "; run as root to image every file"
+                    } else {
+                        ""
+                    };
+                    return Err(e).with_context(|| format!("opening {}{hint}", s.abs.display()));
+                }
+            }
+        }
+        let sha = tar
+            .append(&s.entry, content.as_mut())
+            .with_context(|| format!("archiving {}", s.abs.display()))?;
+        if sha.is_some() {
+            files += 1;
+        }
+        s.entry.sha256 = sha;
+        man.add(&s.entry)?;
+        progress.advance(
+            if files > 0 && s.entry.sha256.is_some() {
+                s.entry.size
+            } else {
+                0
+            },
+            1,
+        );
+    }
+    let buf = tar.finish().context("finishing archive")?;
+    let enc = buf
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .context("flushing archive")?;
+    let hashing = enc.finish().context("finishing zstd stream")?;
+    let (mut counting, digest) = hashing.finish();
+    counting.flush().context("writing archive")?;
+    let (summary, mut mbuf) = man.finish()?;
+    mbuf.flush().context("writing manifest")?;
+    Ok((summary, files, counting.n, digest))
+}
+
+/// Count files and bytes ahead of the build (for an ETA), in the background.
+fn count_ahead(root: &Path, opts: &ScanOptions, progress: &dyn Progress, stop: &AtomicBool) {
+    let Ok(scanner) = Scanner::new(root, opts, &crate::progress::NoProgress) else {
+        return;
+    };
+    let (mut bytes, mut items) = (0u64, 0u64);
+    for s in scanner.flatten() {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        items += 1;
+        if s.entry.kind == Kind::File && s.entry.link.is_none() {
+            bytes += s.entry.size;
+        }
+    }
+    progress.totals(Some(bytes), Some(items));
 }
 
 /// Read the digest from `NAME.tar.zst.sha256` (`sha256sum` format).
@@ -268,12 +336,149 @@ pub fn check_sha256(paths: &ImagePaths, progress: &dyn Progress) -> Result<()> {
     Ok(())
 }
 
+/// The zstd stream of an archive, with decoder errors explained.
+pub struct Decompressed {
+    inner: zstd::stream::read::Decoder<'static, BufReader<File>>,
+}
+
+impl Read for Decompressed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            let msg = e.to_string();
+            let what = if msg.contains("incomplete frame") {
+                "the archive is truncated; it was cut off while being written or copied".to_string()
+            } else {
+                format!("the archive is damaged (zstd: {msg})")
+            };
+            std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+        })
+    }
+}
+
 /// Open an archive for streaming reads (zstd-decompressed tar).
-pub fn open(
-    archive: &Path,
-) -> Result<TarReader<zstd::stream::read::Decoder<'static, BufReader<File>>>> {
+pub fn open(archive: &Path) -> Result<TarReader<Decompressed>> {
     let f =
         File::open(archive).with_context(|| format!("opening archive {}", archive.display()))?;
-    let dec = zstd::stream::read::Decoder::new(f).context("starting zstd decoder")?;
-    Ok(TarReader::new(dec))
+    let inner = zstd::stream::read::Decoder::new(f).context("starting zstd decoder")?;
+    Ok(TarReader::new(Decompressed { inner }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::{Entry, Xattr};
+    use std::collections::BTreeMap;
+
+    fn entry(path: &[u8], kind: Kind) -> Entry {
+        Entry {
+            path: path.to_vec(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            size: 0,
+            xattrs: BTreeMap::new(),
+            target: None,
+            link: None,
+            rdev: None,
+            sparse: None,
+            sha256: None,
+        }
+    }
+
+    #[test]
+    fn tar_writer_and_reader_round_trip_odd_entries() {
+        let t = tempfile::tempdir().unwrap();
+        // A sparse file of 64 MiB with one small island.
+        let sparse_path = t.path().join("sparse");
+        let mut f = File::create(&sparse_path).unwrap();
+        f.set_len(64 << 20).unwrap();
+        use std::io::{Seek, SeekFrom};
+        f.seek(SeekFrom::Start(32 << 20)).unwrap();
+        f.write_all(b"island").unwrap();
+        drop(f);
+        let plain_path = t.path().join("plain");
+        std::fs::write(&plain_path, b"hello").unwrap();
+
+        let mut root = entry(b"", Kind::Dir);
+        root.mtime_ns = -1_000_000_123;
+        let long: Vec<u8> = [&b"d/"[..], &[b'x'; 150][..], b"\xff\n"].concat();
+        let mut file = entry(&long, Kind::File);
+        file.size = 5;
+        file.uid = 3_000_000;
+        file.gid = 4_000_000;
+        file.mtime_ns = 4_102_444_800_123_456_789;
+        file.xattrs
+            .insert(Xattr(b"user.a=b%".to_vec()), Xattr(vec![0, b'\n', 0xff]));
+        let mut sp = entry(b"s", Kind::File);
+        sp.size = 64 << 20;
+        sp.sparse = Some(vec![(32 << 20, 4096)]);
+        let mut link = entry(b"t", Kind::File);
+        link.link = Some(b"s".to_vec());
+        let mut sym = entry(b"u", Kind::Symlink);
+        sym.target = Some(vec![b'y'; 200]);
+        sym.size = 200;
+        let mut dev = entry(b"v", Kind::Block);
+        dev.rdev = Some((259, 1_048_575));
+        let fifo = entry(b"w", Kind::Fifo);
+
+        let mut tw = TarWriter::new(Vec::new());
+        let mut pf = File::open(&plain_path).unwrap();
+        let mut sf = File::open(&sparse_path).unwrap();
+        tw.append(&root, None).unwrap();
+        let h1 = tw.append(&file, Some(&mut pf)).unwrap().unwrap();
+        let h2 = tw.append(&sp, Some(&mut sf)).unwrap().unwrap();
+        for e in [&link, &sym, &dev, &fifo] {
+            assert!(tw.append(e, None).unwrap().is_none());
+        }
+        let data = tw.finish().unwrap();
+        assert!(data.len() < 64 << 10, "sparse data was stored in full");
+        let (want_h2, _) =
+            crate::hash::hash_file(&sparse_path, sp.size, sp.sparse.as_deref()).unwrap();
+        assert_eq!(h2, want_h2);
+
+        let mut r = TarReader::new(&data[..]);
+        let mut got = Vec::new();
+        while let Some(e) = r.next_entry().unwrap() {
+            let mut content = Vec::new();
+            r.read_to_end(&mut content).unwrap();
+            got.push((e, content));
+        }
+        assert_eq!(got.len(), 7);
+        assert_eq!(got[0].0, root);
+        assert_eq!(got[1].0, file);
+        assert_eq!(got[1].1, b"hello");
+        assert_eq!(got[2].0, sp);
+        assert_eq!(got[2].1.len(), 4096);
+        assert_eq!(&got[2].1[..6], b"island");
+        assert_eq!(got[3].0.link.as_deref(), Some(&b"s"[..]));
+        assert_eq!(got[4].0, sym);
+        assert_eq!(got[5].0, dev);
+        assert_eq!(got[6].0, fifo);
+        assert_ne!(h1, h2);
+        // Cut-off data is an error, never a silent end.
+        let mut r = TarReader::new(&data[..1500]);
+        let mut err = None;
+        for _ in 0..8 {
+            match r.next_entry() {
+                Ok(Some(_)) => {
+                    let mut sink = Vec::new();
+                    if let Err(e) = r.read_to_end(&mut sink) {
+                        err = Some(e);
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(err
+            .expect("truncation detected")
+            .to_string()
+            .contains("truncated"));
+    }
 }

@@ -415,3 +415,140 @@ fn write_content(
     }
     Ok(hex::encode(h.finalize()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn entry(path: &[u8], kind: Kind) -> Entry {
+        Entry {
+            path: path.to_vec(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 1_000_000_000,
+            size: 0,
+            xattrs: BTreeMap::new(),
+            target: None,
+            link: None,
+            rdev: None,
+            sparse: None,
+            sha256: None,
+        }
+    }
+
+    fn refused(r: TreeResult<Option<String>>) -> String {
+        match r {
+            Err(TreeError::Refused { path, reason }) => format!("{path}: {reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_paths_leaving_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        let tw = TreeWriter::open(&root).unwrap();
+        let mut data: &[u8] = b"x";
+        let mut f = entry(b"../evil", Kind::File);
+        f.size = 1;
+        assert!(refused(tw.create(&f, Some(&mut data))).contains("/../evil"));
+        f.path = b"/abs".to_vec();
+        assert!(refused(tw.create(&f, None)).contains("absolute"));
+        f.path = b"a/./b".to_vec();
+        refused(tw.create(&f, None));
+        // A symlink to the outside, then a file through it.
+        std::os::unix::fs::symlink(&outside, root.join("esc")).unwrap();
+        std::os::unix::fs::symlink("../outside", root.join("rel")).unwrap();
+        for p in [&b"esc/pwned"[..], b"rel/pwned"] {
+            f.path = p.to_vec();
+            let mut data: &[u8] = b"x";
+            assert!(refused(tw.create(&f, Some(&mut data))).contains("outside the root"));
+            assert!(matches!(
+                tw.open_file(p, true),
+                Err(TreeError::Refused { .. })
+            ));
+            assert!(matches!(tw.remove(p), Err(TreeError::Refused { .. })));
+        }
+        assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
+        // The final component is never followed.
+        assert!(matches!(
+            tw.open_file(b"esc", true),
+            Err(TreeError::Refused { .. })
+        ));
+        // A symlink that stays inside is fine.
+        std::fs::create_dir(root.join("real")).unwrap();
+        std::os::unix::fs::symlink("real", root.join("inside")).unwrap();
+        f.path = b"inside/ok".to_vec();
+        let mut data: &[u8] = b"x";
+        tw.create(&f, Some(&mut data)).unwrap();
+        assert_eq!(std::fs::read(root.join("real/ok")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn writes_every_kind_with_metadata() {
+        let t = tempfile::tempdir().unwrap();
+        let tw = TreeWriter::open(t.path()).unwrap();
+        let mut d = entry(b"d", Kind::Dir);
+        d.mode = 0o2755;
+        tw.create(&d, None).unwrap();
+        tw.set_metadata(&d).unwrap();
+        let mut s = entry(b"d/sparse", Kind::File);
+        s.size = 1 << 20;
+        s.sparse = Some(vec![(4096, 4), (65536, 2)]);
+        let mut data: &[u8] = b"abcdef";
+        let sha = tw.create(&s, Some(&mut data)).unwrap().unwrap();
+        let mut want = vec![0u8; 1 << 20];
+        want[4096..4100].copy_from_slice(b"abcd");
+        want[65536..65538].copy_from_slice(b"ef");
+        assert_eq!(std::fs::read(t.path().join("d/sparse")).unwrap(), want);
+        use sha2::Digest;
+        assert_eq!(sha, hex::encode(sha2::Sha256::digest(&want)));
+        s.mode = 0o4755;
+        s.xattrs.insert(
+            crate::entry::Xattr(b"user.k".to_vec()),
+            crate::entry::Xattr(vec![0, 1, 2]),
+        );
+        tw.set_metadata(&s).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(t.path().join("d/sparse")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o4755);
+        assert_eq!(md.mtime(), 1);
+        let mut l = entry(b"d/link", Kind::File);
+        l.link = Some(b"d/sparse".to_vec());
+        tw.create(&l, None).unwrap();
+        assert_eq!(
+            std::fs::metadata(t.path().join("d/link")).unwrap().ino(),
+            md.ino()
+        );
+        let mut sl = entry(b"d/sym", Kind::Symlink);
+        sl.target = Some(b"/nowhere".to_vec());
+        tw.create(&sl, None).unwrap();
+        tw.set_metadata(&sl).unwrap();
+        tw.rename(b"d/sym", b"sym2").unwrap();
+        assert_eq!(
+            std::fs::read_link(t.path().join("sym2")).unwrap(),
+            Path::new("/nowhere")
+        );
+        tw.truncate(b"d/sparse", 10).unwrap();
+        assert_eq!(
+            std::fs::metadata(t.path().join("d/sparse")).unwrap().len(),
+            10
+        );
+        // Short content is an error, not a silently short file.
+        let mut short = entry(b"short", Kind::File);
+        short.size = 10;
+        let mut data: &[u8] = b"abc";
+        assert!(matches!(
+            tw.create(&short, Some(&mut data)),
+            Err(TreeError::Content { .. })
+        ));
+        tw.remove(b"d").unwrap();
+        assert!(!t.path().join("d").exists());
+    }
+}

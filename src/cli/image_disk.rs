@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use standin_builder::boot::{kill_pid, BootOptions, Vm};
 use standin_builder::disk::{build_disk, BootConfig, DiskFormat, DiskOptions};
 use standin_builder::recipe::{build_tree, Recipe, Size};
-use standin_builder::Progress;
 
+use super::progress::{CliProgress, ProgressMode};
 use super::Exit;
 
 /// Arguments of `standin image disk`.
@@ -56,6 +56,9 @@ pub struct DiskArgs {
     /// Print the disk manifest as JSON.
     #[arg(long)]
     pub json: bool,
+    /// How to show progress on stderr.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -131,22 +134,9 @@ fn parse_forward(s: &str) -> Result<(u16, u16), String> {
     Ok((h, g))
 }
 
-/// Progress as plain lines on stderr.
-struct Lines;
-
-impl Progress for Lines {
-    fn phase(&self, name: &str, _: Option<u64>, _: Option<u64>) {
-        eprintln!("{name}...");
-    }
-    fn advance(&self, _: u64, _: u64) {}
-    fn note(&self, message: &str) {
-        eprintln!("note: {message}");
-    }
-}
-
 pub fn run_disk(a: DiskArgs) -> Result<Exit> {
     let format: DiskFormat = a.format.parse()?;
-    let progress = Lines;
+    let progress = CliProgress::new(a.progress);
     let mut boot = BootConfig {
         kernel: a.kernel.clone(),
         initrd: a.initrd.clone(),

@@ -143,6 +143,7 @@ pub fn build_disk(opts: &DiskOptions, progress: &dyn Progress) -> Result<DiskMan
 
     progress.phase("measuring tree", None, None);
     let usage = estimate_tree(tree)?;
+    progress.advance(usage.data_bytes, usage.inodes);
     progress.finish();
     let root_needed = ext4_size_for(&usage).max(opts.root_size.unwrap_or(0));
 
@@ -213,6 +214,9 @@ pub fn build_disk(opts: &DiskOptions, progress: &dyn Progress) -> Result<DiskMan
             inode_count_for(&usage),
             usage.data_bytes,
         );
+        if r.is_ok() {
+            progress.advance(usage.data_bytes, usage.inodes);
+        }
         progress.finish();
         (h.join(), r)
     });
@@ -233,6 +237,7 @@ pub fn build_disk(opts: &DiskOptions, progress: &dyn Progress) -> Result<DiskMan
         esp_dir.path(),
         vfat_id,
     )?;
+    progress.advance(boot_bytes, 0);
     progress.finish();
 
     progress.phase("writing partition table", None, None);
@@ -276,6 +281,7 @@ pub fn build_disk(opts: &DiskOptions, progress: &dyn Progress) -> Result<DiskMan
                     f.sync_all()
                 })
                 .with_context(|| format!("syncing {}", q.path().display()))?;
+            progress.advance(layout.disk_size, 0);
             progress.finish();
             q
         }

@@ -496,3 +496,65 @@ fn debian_root_disk_is_valid_and_sized_from_content() {
     let digest = standin_builder::disk::tree_root_digest(&debian).unwrap();
     assert_eq!(m["root_digest"], digest.as_str());
 }
+
+#[test]
+fn recipes_start_from_a_directory_or_an_archive() {
+    require_disk_tools();
+    let dir = tempdir();
+    let d = dir.path();
+    let tree = d.join("base");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(tree.join("etc/from-base"), b"base content\n").unwrap();
+    std::os::unix::fs::symlink("/", tree.join("escape")).unwrap();
+    standin_builder::archive::build(
+        &tree,
+        &d.join("base.tar.zst"),
+        &standin_builder::archive::BuildOptions::default(),
+        &standin_builder::NoProgress,
+    )
+    .expect("building the archive");
+    for (name, base) in [("dir", "base"), ("archive", "base.tar.zst")] {
+        // The recipe writes through the base's symlink to / : it must land
+        // inside the tree, never on the host.
+        let r = recipe_in(
+            d,
+            &format!("{name}.toml"),
+            &format!(
+                "base = \"{base}\"\nhostname = \"from-{name}\"\n[[files]]\npath = \"/escape/etc/standin-test-{name}\"\ncontent = \"inside\\n\"\n"
+            ),
+        );
+        let disk = d.join(format!("{name}.img"));
+        run_ok(
+            standin()
+                .args(["image", "disk", "--recipe"])
+                .arg(&r)
+                .arg("-o")
+                .arg(&disk),
+            Some(d),
+        );
+        assert!(
+            !std::path::Path::new(&format!("/etc/standin-test-{name}")).exists(),
+            "the recipe wrote outside its tree"
+        );
+        let scratch = tempdir();
+        let ext4 = check_disk(&disk, scratch.path());
+        for (path, want) in [
+            ("/etc/from-base", "base content\n".to_string()),
+            ("/etc/hostname", format!("from-{name}\n")),
+            (
+                &format!("/etc/standin-test-{name}") as &str,
+                "inside\n".to_string(),
+            ),
+        ] {
+            let out = scratch.path().join("dump");
+            std::fs::remove_file(&out).ok();
+            debugfs(&ext4, &format!("dump {path} {}", out.display()));
+            assert_eq!(
+                std::fs::read_to_string(&out).unwrap_or_default(),
+                want,
+                "{path} in {name}"
+            );
+        }
+    }
+}

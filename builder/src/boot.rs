@@ -75,20 +75,102 @@ pub struct Vm {
     child: Option<Child>,
     log: PathBuf,
     _tmp: Option<tempfile::TempDir>,
+    _kernel_dir: Option<tempfile::TempDir>,
     /// The qemu command line, for messages.
     pub command: String,
 }
 
-/// The kernel, initrd and command line a boot uses.
-fn boot_files(opts: &BootOptions) -> Result<(PathBuf, Option<PathBuf>, String)> {
+/// The initrd beside a `/boot/vmlinuz-VERSION` kernel, if there is one.
+fn matching_initrd(kernel: &Path) -> Option<PathBuf> {
+    let name = kernel.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.strip_prefix("vmlinuz-")
+        .map(|v| kernel.with_file_name(format!("initrd.img-{v}")))
+        .filter(|p| p.is_file())
+}
+
+/// Copy the kernel and initrd the disk carries on its ESP into `dir`
+/// (raw disks only).
+fn esp_boot_files(disk: &Path, m: &DiskManifest, dir: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
+    if m.format != "raw" {
+        bail!("the ESP of a {} disk cannot be read directly", m.format);
+    }
+    let esp = m.esp().context("the disk manifest has no ESP")?;
+    let mut image = disk.as_os_str().to_owned();
+    image.push(format!("@@{}", esp.offset));
+    let kernel = dir.join("vmlinuz");
+    crate::disk::run_tool(
+        "mcopy",
+        &[
+            std::ffi::OsStr::new("-i"),
+            &image,
+            std::ffi::OsStr::new("::/vmlinuz"),
+            kernel.as_os_str(),
+        ],
+    )
+    .context("copying the kernel from the disk's ESP")?;
+    let initrd = dir.join("initrd.img");
+    let got_initrd = m.boot.initrd.is_some()
+        && crate::disk::run_tool(
+            "mcopy",
+            &[
+                std::ffi::OsStr::new("-i"),
+                &image,
+                std::ffi::OsStr::new("::/initrd.img"),
+                initrd.as_os_str(),
+            ],
+        )
+        .is_ok();
+    Ok((kernel, got_initrd.then_some(initrd)))
+}
+
+/// Whether `path` has the sha256 `want`.
+fn has_sha256(path: &Path, want: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    std::fs::read(path)
+        .map(|b| hex::encode(Sha256::digest(&b)) == want)
+        .unwrap_or(false)
+}
+
+/// The kernel, initrd and command line a boot uses: `--kernel`; else the
+/// manifest's kernel when it is still the one the disk was built with; else
+/// the copy on the disk's ESP; else the newest `/boot/vmlinuz-*`. Returns a
+/// temporary directory to keep while the files are used.
+fn boot_files(
+    opts: &BootOptions,
+) -> Result<(PathBuf, Option<PathBuf>, String, Option<tempfile::TempDir>)> {
     let manifest = DiskManifest::load_for(&opts.disk).ok();
-    let kernel = match (&opts.kernel, &manifest) {
-        (Some(k), _) => k.clone(),
-        (None, Some(m)) if m.boot.kernel.is_file() => m.boot.kernel.clone(),
-        _ => newest_boot_file(Path::new("/boot"), "vmlinuz-").context(
-            "no kernel to boot: the disk manifest names none that exists and /boot has no vmlinuz-*; \
-             install linux-image-amd64 or pass --kernel",
-        )?,
+    let mut tmp = None;
+    let (kernel, initrd) = match (&opts.kernel, &manifest) {
+        (Some(k), _) => (
+            k.clone(),
+            opts.initrd.clone().or_else(|| matching_initrd(k)),
+        ),
+        (None, Some(m))
+            if m.boot.kernel.is_file() && has_sha256(&m.boot.kernel, &m.boot.kernel_sha256) =>
+        {
+            let initrd = opts
+                .initrd
+                .clone()
+                .or_else(|| m.boot.initrd.clone().filter(|i| i.is_file()));
+            (m.boot.kernel.clone(), initrd)
+        }
+        (None, Some(m)) if m.format == "raw" && m.esp().is_some() => {
+            let dir = tempfile::Builder::new()
+                .prefix("standin-boot-kernel-")
+                .tempdir()
+                .context("creating a temporary directory for the kernel")?;
+            let (k, i) = esp_boot_files(&opts.disk, m, dir.path())?;
+            tmp = Some(dir);
+            (k, opts.initrd.clone().or(i))
+        }
+        _ => {
+            let k = newest_boot_file(Path::new("/boot"), "vmlinuz-").context(
+                "no kernel to boot: the disk manifest names none that exists and /boot has no vmlinuz-*; \
+                 install linux-image-amd64 or pass --kernel",
+            )?;
+            let i = opts.initrd.clone().or_else(|| matching_initrd(&k));
+            (k, i)
+        }
     };
     if !kernel.is_file() {
         bail!(
@@ -96,20 +178,6 @@ fn boot_files(opts: &BootOptions) -> Result<(PathBuf, Option<PathBuf>, String)> 
             kernel.display()
         );
     }
-    let initrd = match (&opts.initrd, &manifest) {
-        (Some(i), _) => Some(i.clone()),
-        (None, Some(m))
-            if opts.kernel.is_none() && m.boot.initrd.as_deref().is_some_and(Path::is_file) =>
-        {
-            m.boot.initrd.clone()
-        }
-        _ => {
-            let name = kernel.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.strip_prefix("vmlinuz-")
-                .map(|v| kernel.with_file_name(format!("initrd.img-{v}")))
-                .filter(|p| p.is_file())
-        }
-    };
     let cmdline = match (&opts.cmdline, &manifest) {
         (Some(c), _) => c.clone(),
         (None, Some(m)) => m.boot.cmdline.clone(),
@@ -124,7 +192,7 @@ fn boot_files(opts: &BootOptions) -> Result<(PathBuf, Option<PathBuf>, String)> 
             format!("root=PARTUUID={uuid} {FALLBACK_ARGS}")
         }
     };
-    Ok((kernel, initrd, cmdline))
+    Ok((kernel, initrd, cmdline, tmp))
 }
 
 /// The PARTUUID of the first x86-64 root partition of a raw GPT disk.
@@ -176,6 +244,7 @@ impl Vm {
         std::fs::write(&log, b"")
             .with_context(|| format!("creating the serial log {}", log.display()))?;
         let format = disk_format(&opts.disk);
+        let mut kernel_dir = None;
         let mut cmd = Command::new(qemu);
         cmd.args([
             "-nodefaults",
@@ -209,7 +278,8 @@ impl Vm {
             }
             cmd.arg("-bios").arg(ovmf);
         } else {
-            let (kernel, initrd, cmdline) = boot_files(opts)?;
+            let (kernel, initrd, cmdline, kernel_tmp) = boot_files(opts)?;
+            kernel_dir = kernel_tmp;
             cmd.arg("-kernel").arg(&kernel);
             if let Some(i) = &initrd {
                 cmd.arg("-initrd").arg(i);
@@ -231,6 +301,7 @@ impl Vm {
             child: Some(child),
             log,
             _tmp: tmp,
+            _kernel_dir: kernel_dir,
             command,
         })
     }

@@ -113,9 +113,5 @@ fn appliance_boots_and_serve_answers_tls_on_forwarded_port() {
         "server certificate vs printed identity"
     );
     vm.stop();
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", &disk.display().to_string()])
-        .output()
-        .unwrap();
-    assert!(out.stdout.is_empty(), "qemu left running");
+    assert_no_qemu_left(&disk);
 }

@@ -32,19 +32,6 @@ fn boot_expect(disk: &Path, dir: &Path) -> String {
     line
 }
 
-fn assert_no_qemu_left(disk: &Path) {
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", &disk.display().to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.stdout.is_empty(),
-        "qemu still running for {}: {}",
-        disk.display(),
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
 fn demo_recipe_boots(format: &str) {
     require_disk_tools();
     let dir = tempdir();
@@ -185,11 +172,10 @@ fn timeout_and_signals_leave_no_qemu() {
     let mut seen = false;
     for _ in 0..100 {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        let out = std::process::Command::new("pgrep")
-            .args(["-f", &disk.display().to_string()])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&out.stdout).lines().count() >= 2 {
+        if processes_mentioning(&disk.display().to_string())
+            .iter()
+            .any(|(_, c)| c.contains("qemu-system"))
+        {
             seen = true;
             break;
         }

@@ -262,3 +262,42 @@ pub fn busybox_tree(dir: &Path, hostname: &str, after: &str) -> Vec<u8> {
     std::fs::write(dir.join("srv/data/data.txt"), &data).unwrap();
     data
 }
+
+/// Processes (pid, command line) whose command line mentions `needle`,
+/// read from /proc (no procps needed). The caller's own process is left out.
+pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmd.contains(needle) {
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
+
+/// Fail when a qemu for `disk` is still running.
+pub fn assert_no_qemu_left(disk: &Path) {
+    let left: Vec<_> = processes_mentioning(&disk.display().to_string())
+        .into_iter()
+        .filter(|(_, c)| c.contains("qemu-system"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "qemu still running for {}: {left:?}",
+        disk.display()
+    );
+}

@@ -72,12 +72,12 @@ impl BootConfig {
         let kernel = match &self.kernel {
             Some(k) => k.clone(),
             None => newest_boot_file(Path::new("/boot"), "vmlinuz-").context(
-                "no kernel found in /boot (no /boot/vmlinuz-*); install one with: apt-get install -y linux-image-amd64, or name one with boot.kernel in the recipe",
+                "no kernel found in /boot (no /boot/vmlinuz-*); install one with: apt-get install -y linux-image-amd64, or name one with --kernel (recipe: boot.kernel)",
             )?,
         };
         if !kernel.is_file() {
             bail!(
-                "kernel {} not found; install linux-image-amd64 or name an existing kernel (recipe boot.kernel)",
+                "kernel {} not found; install linux-image-amd64 or name an existing one with --kernel (recipe: boot.kernel)",
                 kernel.display()
             );
         }
@@ -93,7 +93,7 @@ impl BootConfig {
         if let Some(i) = &initrd {
             if !i.is_file() {
                 bail!(
-                    "initrd {} not found; name an existing initrd (recipe boot.initrd)",
+                    "initrd {} not found; name an existing one with --initrd (recipe: boot.initrd)",
                     i.display()
                 );
             }

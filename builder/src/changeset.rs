@@ -54,18 +54,22 @@ pub enum Record {
     /// ([`metadata_digest`]).
     Create(Entry),
     /// Write `data` at `offset` of a regular file; afterwards the file's
-    /// whole content has sha256 `content_sha256`.
+    /// whole content has sha256 `content_sha256`. The sender may leave the
+    /// digest out (`None`) on all but the last content record of a file it
+    /// sends in several pieces, so the target hashes each file once, not
+    /// once per piece; a later record of the same file then carries it.
     WriteExtent {
         path: Vec<u8>,
         offset: u64,
         data: Vec<u8>,
-        content_sha256: Digest32,
+        content_sha256: Option<Digest32>,
     },
-    /// Set a regular file's length; afterwards its content has sha256 `content_sha256`.
+    /// Set a regular file's length; afterwards its content has sha256
+    /// `content_sha256` (optional as for `WriteExtent`).
     Truncate {
         path: Vec<u8>,
         size: u64,
-        content_sha256: Digest32,
+        content_sha256: Option<Digest32>,
     },
     /// Set owner, mode, xattrs and mtime (not content) to `entry`'s.
     /// Afterwards the path must hold exactly `entry`'s metadata.
@@ -373,6 +377,16 @@ fn put_opt(w: &mut Vec<u8>, b: Option<&[u8]>) {
     }
 }
 
+fn put_digest(w: &mut Vec<u8>, d: Option<&Digest32>) {
+    match d {
+        Some(d) => {
+            w.push(1);
+            w.extend_from_slice(d);
+        }
+        None => w.push(0),
+    }
+}
+
 fn put_path(w: &mut Vec<u8>, p: &[u8]) -> Result<(), ChangeSetError> {
     limit("path length", p.len(), MAX_PATH)?;
     put_bytes(w, p);
@@ -457,7 +471,7 @@ fn encode_record(w: &mut Vec<u8>, r: &Record) -> Result<(), ChangeSetError> {
             w.extend_from_slice(&offset.to_be_bytes());
             limit("extent data", data.len(), MAX_EXTENT_DATA)?;
             put_bytes(w, data);
-            w.extend_from_slice(content_sha256);
+            put_digest(w, content_sha256.as_ref());
         }
         Record::Truncate {
             path,
@@ -467,7 +481,7 @@ fn encode_record(w: &mut Vec<u8>, r: &Record) -> Result<(), ChangeSetError> {
             w.push(3);
             put_path(w, path)?;
             w.extend_from_slice(&size.to_be_bytes());
-            w.extend_from_slice(content_sha256);
+            put_digest(w, content_sha256.as_ref());
         }
         Record::SetMetadata(e) => {
             w.push(4);
@@ -528,6 +542,14 @@ impl<'a> Reader<'a> {
 
     fn digest(&mut self) -> Result<Digest32, ChangeSetError> {
         Ok(self.take(32)?.try_into().expect("32 bytes"))
+    }
+
+    fn opt_digest(&mut self) -> Result<Option<Digest32>, ChangeSetError> {
+        if self.flag()? {
+            Ok(Some(self.digest()?))
+        } else {
+            Ok(None)
+        }
     }
 
     fn bytes(&mut self, what: &'static str, max: usize) -> Result<Vec<u8>, ChangeSetError> {
@@ -627,7 +649,7 @@ fn decode_record(r: &mut Reader<'_>) -> Result<Record, ChangeSetError> {
             let path = r.bytes("path length", MAX_PATH)?;
             let offset = r.u64()?;
             let data = r.bytes("extent data", MAX_EXTENT_DATA)?;
-            let content_sha256 = r.digest()?;
+            let content_sha256 = r.opt_digest()?;
             if offset
                 .checked_add(data.len() as u64)
                 .is_none_or(|end| end > i64::MAX as u64)
@@ -658,7 +680,7 @@ fn decode_record(r: &mut Reader<'_>) -> Result<Record, ChangeSetError> {
             Record::Truncate {
                 path,
                 size,
-                content_sha256: r.digest()?,
+                content_sha256: r.opt_digest()?,
             }
         }
         4 => Record::SetMetadata(decode_entry(r)?),

@@ -506,9 +506,16 @@ fn track(pending: &mut BTreeMap<Vec<u8>, Digest32>, r: &Record) {
             path,
             content_sha256,
             ..
-        } => {
-            pending.insert(path.clone(), *content_sha256);
-        }
+        } => match content_sha256 {
+            Some(d) => {
+                pending.insert(path.clone(), *d);
+            }
+            // A later record of this file carries the digest; an earlier
+            // expectation no longer holds.
+            None => {
+                pending.remove(path);
+            }
+        },
         Record::Create(e) => pending.retain(|k, _| !under(k, &e.path)),
         Record::Delete { path } => pending.retain(|k, _| !under(k, path)),
         Record::Link { new, .. } => {

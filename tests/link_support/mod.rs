@@ -236,7 +236,7 @@ pub fn history(n: u64) -> (Vec<Vec<Record>>, Vec<Tree>) {
             path: b"d/log".to_vec(),
             offset,
             data: line,
-            content_sha256: sha(log),
+            content_sha256: Some(sha(log)),
         });
         if k % 3 == 0 {
             let size = log.len() / 2;
@@ -244,7 +244,7 @@ pub fn history(n: u64) -> (Vec<Vec<Record>>, Vec<Tree>) {
             r.push(Record::Truncate {
                 path: b"d/log".to_vec(),
                 size: size as u64,
-                content_sha256: sha(log),
+                content_sha256: Some(sha(log)),
             });
         }
         // Write a new version of a file through a temp file and a rename.
@@ -259,7 +259,7 @@ pub fn history(n: u64) -> (Vec<Vec<Record>>, Vec<Tree>) {
                 path: b"tmp".to_vec(),
                 offset: (i * (256 << 10)) as u64,
                 data: chunk.to_vec(),
-                content_sha256: sha(&so_far),
+                content_sha256: Some(sha(&so_far)),
             });
         }
         let name = format!("f{}", k % 5);

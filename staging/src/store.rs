@@ -427,12 +427,18 @@ impl Store {
     }
 
     /// Record a heartbeat.
+    ///
+    /// Kept in memory even when it cannot be saved (a full disk must not
+    /// cut the link); saved with the next state change then.
     pub fn heartbeat(&mut self, hb: &Heartbeat) -> Result<()> {
         self.state.last_heartbeat = Some(HeartbeatState {
             received_unix_ms: now_ms(),
             heartbeat: hb.clone(),
         });
-        self.save_ctx()
+        if let Err(e) = self.save() {
+            tracing::debug!("could not save a heartbeat in state.json: {e}");
+        }
+        Ok(())
     }
 
     /// A mirror begins.

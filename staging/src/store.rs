@@ -103,6 +103,13 @@ impl Store {
         for sub in ["journal", "staging", "snapshots", "rollback"] {
             durable::create_dirs(&dir.join(sub))?;
         }
+        // The replica holds the source's setuid programs and device nodes:
+        // only root on the target may reach it.
+        use std::os::unix::fs::PermissionsExt;
+        for d in [dir.to_path_buf(), dir.join("staging")] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting {} to its owner", d.display()))?;
+        }
         let state = TargetState::load(dir)?;
         let mut store = Store {
             dir: dir.to_path_buf(),

@@ -76,6 +76,13 @@ fn applies_in_order_and_acks_duplicates() {
     assert_eq!(TargetState::load(d.path()).unwrap().last_applied_seq, 1);
     assert_eq!(s.backlog(), (0, 0));
     assert!(s.bind_source("other", Fingerprint([1; 32])).is_err());
+    use std::os::unix::fs::PermissionsExt;
+    for p in [d.path().to_path_buf(), d.path().join("staging")] {
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
 }
 
 #[test]

@@ -212,3 +212,55 @@ fn kill_dash_nine_leaves_a_consistent_prefix_and_converges() {
     }
     eprintln!("sequence numbers found after kill -9: {prefixes:?}");
 }
+
+#[test]
+fn the_agent_waits_for_a_target_that_starts_later() {
+    let d = tempdir();
+    let (tid, tf) = keys(d.path(), "target");
+    let (aid, af) = keys(d.path(), "agent");
+    let (xid, _) = keys(d.path(), "stranger");
+    let state = d.path().join("state");
+    // Find a free port, then start the daemon on it a little later.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let rt = runtime();
+    let starter = {
+        let (state, tid, addr, log) = (
+            state.clone(),
+            tid.clone(),
+            addr.clone(),
+            d.path().join("daemon.log"),
+        );
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            Daemon::start(&state, &tid, &[af], &addr, &log)
+        })
+    };
+    let sender = rt
+        .block_on(Sender::start_with_backoff(
+            agent_config(&addr, &aid, tf),
+            Some(200),
+        ))
+        .expect("the agent should connect once the target is up");
+    let daemon = starter.join().unwrap();
+    let (sets, states) = history(3);
+    for r in sets {
+        sender.send(r).unwrap();
+    }
+    rt.block_on(sender.wait_acked(3)).unwrap();
+    assert_eq!(read_tree(&replica(&state)), states[3]);
+    // A refused certificate is not retried.
+    let err = rt
+        .block_on(Sender::start_with_backoff(
+            agent_config(&daemon.addr, &xid, tf),
+            None,
+        ))
+        .err()
+        .expect("a stranger must be refused");
+    assert!(!standin_agent::link::is_retryable(&err), "{err:#}");
+    rt.block_on(sender.close());
+}

@@ -302,6 +302,19 @@ impl Sender {
     /// learn the target's last applied number, and start the background task.
     pub async fn start(cfg: LinkConfig) -> Result<Sender> {
         let conn = connect(&cfg, Role::Agent).await?;
+        Self::start_on(cfg, conn)
+    }
+
+    /// Like [`Sender::start`], but retry with backoff while the target is
+    /// unreachable (up to `attempts`, `None` = forever). Refused
+    /// certificates and refusals the target says retrying cannot fix end
+    /// at once.
+    pub async fn start_with_backoff(cfg: LinkConfig, attempts: Option<u32>) -> Result<Sender> {
+        let conn = connect_with_backoff(&cfg, Role::Agent, attempts).await?;
+        Self::start_on(cfg, conn)
+    }
+
+    fn start_on(cfg: LinkConfig, conn: Connection) -> Result<Sender> {
         let last = conn.welcome.last_applied_seq;
         info!(last_applied = last, "replication link up");
         let (acked, _) = watch::channel(last);
@@ -426,6 +439,44 @@ impl Sender {
     pub async fn close(self) {
         self.task.abort();
         let _ = self.task.await;
+    }
+}
+
+/// Whether retrying a failed connection can help (not for a refused
+/// certificate or a refusal the target marks as final).
+pub fn is_retryable(e: &anyhow::Error) -> bool {
+    if let Some(t) = e.downcast_ref::<TargetError>() {
+        return t.retry;
+    }
+    let text = format!("{e:#}");
+    !(text.contains("certificate") || text.contains("protocol version"))
+}
+
+/// [`connect`] with backoff (`cfg.backoff_min` doubling up to
+/// `cfg.backoff_max`, jittered) while the error is retryable.
+pub async fn connect_with_backoff(
+    cfg: &LinkConfig,
+    role: Role,
+    attempts: Option<u32>,
+) -> Result<Connection> {
+    let mut backoff = cfg.backoff_min;
+    let mut n = 0u32;
+    loop {
+        match connect(cfg, role).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                n += 1;
+                if !is_retryable(&e) || attempts.is_some_and(|a| n >= a) {
+                    return Err(e);
+                }
+                debug!(
+                    "connecting to {} (attempt {n}): {e:#}; retrying",
+                    cfg.target
+                );
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(cfg.backoff_max);
+            }
+        }
     }
 }
 

@@ -503,7 +503,11 @@ async fn drive(shared: Arc<Shared>, first: Connection, mut control: mpsc::Receiv
                     c
                 }
                 Err(e) => {
-                    debug!("reconnecting: {e:#}");
+                    if is_retryable(&e) {
+                        debug!("reconnecting: {e:#}");
+                    } else {
+                        warn!("reconnecting keeps failing and retrying will not help until this is fixed: {e:#}");
+                    }
                     shared
                         .stats
                         .lock()

@@ -199,15 +199,9 @@ impl DirTarget {
         }
         match (e.kind, existing_type) {
             (Kind::Dir, Some(FileType::Directory)) => {}
-            (Kind::File, Some(FileType::RegularFile)) => {
-                rustix::fs::openat(
-                    &dir,
-                    n,
-                    OFlags::WRONLY | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|x| io_err("truncating", &e.path, x))?;
-            }
+            // Everything else, including an existing regular file, is
+            // replaced by a new inode (truncating in place would also empty
+            // the file's other hard links).
             (kind, existing) => {
                 if existing.is_some() {
                     remove_at(&dir, name, 0).map_err(|x| io_err("removing", &e.path, x))?;
@@ -308,7 +302,15 @@ impl DirTarget {
         for (k, v) in &e.xattrs {
             if have_x.get(k) != Some(v) {
                 rustix::fs::lsetxattr(&xpath, OsStr::from_bytes(&k.0), &v.0, XattrFlags::empty())
-                    .map_err(|x| io_err("setting an xattr of", &e.path, x))?;
+                    .map_err(|x| match x {
+                    // Retrying cannot help: report, do not pause.
+                    Errno::NOTSUP | Errno::PERM => ApplyError::Mismatch(format!(
+                        "the staging filesystem cannot hold xattr {} of {}: {x}",
+                        String::from_utf8_lossy(&k.0),
+                        display_path(&e.path)
+                    )),
+                    x => io_err("setting an xattr of", &e.path, x),
+                })?;
             }
         }
         let t = Timespec {

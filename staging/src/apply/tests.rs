@@ -159,3 +159,15 @@ fn data_never_goes_into_device_nodes() {
         .unwrap_err();
     assert!(matches!(e, ApplyError::Inconsistent(_)), "{e}");
 }
+
+#[test]
+fn create_replaces_a_hard_linked_file_without_touching_its_other_name() {
+    let (d, mut t) = target();
+    let root = d.path().join("root");
+    std::fs::write(root.join("a"), b"shared").unwrap();
+    std::fs::hard_link(root.join("a"), root.join("b")).unwrap();
+    t.apply(&Record::Create(entry("a", Kind::File, 0o644)))
+        .unwrap();
+    assert_eq!(std::fs::read(root.join("a")).unwrap(), b"");
+    assert_eq!(std::fs::read(root.join("b")).unwrap(), b"shared");
+}

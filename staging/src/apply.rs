@@ -87,6 +87,9 @@ fn io_err(what: &str, path: &[u8], e: Errno) -> ApplyError {
     let msg = format!("{what} {}: {e}", display_path(path));
     match e {
         Errno::NOSPC | Errno::DQUOT => ApplyError::NoSpace(msg),
+        // Not permitted (a device node without CAP_MKNOD, an immutable
+        // file): retrying will not help, so report it and go on.
+        Errno::PERM => ApplyError::Mismatch(msg),
         _ => ApplyError::Io(msg),
     }
 }

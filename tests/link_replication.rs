@@ -157,6 +157,7 @@ fn kill_dash_nine_leaves_a_consistent_prefix_and_converges() {
     let mut rng = seed();
     eprintln!("STANDIN_TEST_SEED={rng}");
     let mut prefixes = Vec::new();
+    let (mut replays, mut torn) = (0, 0);
     for run in 0..10 {
         let state = d.path().join(format!("state{run}"));
         let log = d.path().join(format!("daemon{run}.log"));
@@ -171,7 +172,13 @@ fn kill_dash_nine_leaves_a_consistent_prefix_and_converges() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        std::thread::sleep(std::time::Duration::from_millis(rng % 600));
+        // Kill at a random moment of the stream: after a random number of
+        // acknowledgements plus a random few milliseconds.
+        let after = rng % (SETS - 2);
+        wait_until("acknowledgements before the kill", || {
+            sender.stats().last_acked >= after
+        });
+        std::thread::sleep(std::time::Duration::from_millis((rng >> 20) % 25));
         daemon.kill9();
 
         // Restart trusting nobody, so the agent cannot reconnect yet: what
@@ -190,6 +197,9 @@ fn kill_dash_nine_leaves_a_consistent_prefix_and_converges() {
             "run {run}: journal left over"
         );
         prefixes.push(at);
+        let text = check.log_text();
+        replays += text.matches("replaying journaled change set").count();
+        torn += text.matches("discarding torn").count();
         drop(check);
 
         // Restart for real: the agent reconnects by itself and resumes.
@@ -210,7 +220,9 @@ fn kill_dash_nine_leaves_a_consistent_prefix_and_converges() {
         rt.block_on(sender.close());
         drop(daemon);
     }
-    eprintln!("sequence numbers found after kill -9: {prefixes:?}");
+    eprintln!(
+        "sequence numbers found after kill -9: {prefixes:?}; journal replays: {replays}, torn entries discarded: {torn}"
+    );
 }
 
 #[test]

@@ -90,6 +90,18 @@ fn io_err(what: &str, path: &[u8], e: Errno) -> ApplyError {
         // Not permitted (a device node without CAP_MKNOD, an immutable
         // file): retrying will not help, so report it and go on.
         Errno::PERM => ApplyError::Mismatch(msg),
+        // The record does not fit the replica as it is (renaming over a
+        // non-empty directory, a file where a directory is expected, ...):
+        // the replica diverged; a difference mirror repairs it.
+        Errno::NOTEMPTY
+        | Errno::ISDIR
+        | Errno::NOTDIR
+        | Errno::EXIST
+        | Errno::LOOP
+        | Errno::NAMETOOLONG
+        | Errno::INVAL
+        | Errno::MLINK
+        | Errno::XDEV => ApplyError::Inconsistent(msg),
         _ => ApplyError::Io(msg),
     }
 }

@@ -171,3 +171,23 @@ fn create_replaces_a_hard_linked_file_without_touching_its_other_name() {
     assert_eq!(std::fs::read(root.join("a")).unwrap(), b"");
     assert_eq!(std::fs::read(root.join("b")).unwrap(), b"shared");
 }
+
+#[test]
+fn records_that_do_not_fit_are_divergence_not_a_pause() {
+    let (d, mut t) = target();
+    let root = d.path().join("root");
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    std::fs::create_dir_all(root.join("b/full")).unwrap();
+    let e = t
+        .apply(&Record::Rename {
+            from: b"a".to_vec(),
+            to: b"b".to_vec(),
+        })
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::Inconsistent(_)), "{e}");
+    std::fs::write(root.join("file"), b"x").unwrap();
+    let e = t
+        .apply(&Record::Create(entry("file/x", Kind::File, 0o644)))
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::Inconsistent(_)), "{e}");
+}

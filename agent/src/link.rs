@@ -1,6 +1,7 @@
 //! The agent's end of the replication link.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,12 @@ pub struct LinkConfig {
     pub backoff_max: Duration,
     /// Largest in-memory queue of unacknowledged change sets, in bytes.
     pub queue_max_bytes: u64,
+    /// Where change sets go when the in-memory queue is full (the agent's
+    /// state directory); `None` keeps everything in memory.
+    pub spill_dir: Option<PathBuf>,
+    /// Largest on-disk queue, in bytes. When both queues are full, `send`
+    /// says `QueueFull` and the caller falls back to a difference mirror.
+    pub spill_max_bytes: u64,
     /// Time allowed for connecting, the handshake and the welcome.
     pub connect_timeout: Duration,
     /// Reconnect when nothing arrived from the target for this long
@@ -66,6 +73,8 @@ impl LinkConfig {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             queue_max_bytes: 256 << 20,
+            spill_dir: None,
+            spill_max_bytes: 4 << 30,
             connect_timeout: Duration::from_secs(30),
             dead_after: Duration::from_secs(60),
         }
@@ -230,13 +239,23 @@ fn now_ms() -> i64 {
 struct Queued {
     seq: u64,
     created_unix_ms: i64,
-    payload: Vec<u8>,
+    len: u64,
+    body: Body,
+}
+
+/// Where a queued change set is kept.
+enum Body {
+    Memory(Vec<u8>),
+    Disk(PathBuf),
 }
 
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Queued>,
+    /// All queued bytes (memory and disk).
     bytes: u64,
+    spilled_sets: u64,
+    spilled_bytes: u64,
     next_seq: u64,
     acked: u64,
     resync_needed: bool,
@@ -256,6 +275,9 @@ pub struct SenderStats {
     pub next_seq: u64,
     pub queue_sets: u64,
     pub queue_bytes: u64,
+    /// Of those, change sets and bytes spilled to disk.
+    pub spilled_sets: u64,
+    pub spilled_bytes: u64,
     /// The target lost change sets this agent no longer holds: a difference mirror is needed.
     pub resync_needed: bool,
     pub last_error: Option<String>,
@@ -265,9 +287,13 @@ pub struct SenderStats {
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error(
-        "the queue is full ({bytes} bytes queued, limit {max}); fall back to a difference mirror"
+        "the queue is full ({bytes} bytes queued, limit {max} in memory and {spill_max} on disk); fall back to a difference mirror"
     )]
-    QueueFull { bytes: u64, max: u64 },
+    QueueFull {
+        bytes: u64,
+        max: u64,
+        spill_max: u64,
+    },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -315,6 +341,18 @@ impl Sender {
     }
 
     fn start_on(cfg: LinkConfig, conn: Connection) -> Result<Sender> {
+        if let Some(dir) = &cfg.spill_dir {
+            // Spilled sets of an earlier run do not fit the numbering of
+            // this one (a difference mirror catches up instead): drop them.
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+                let p = e?.path();
+                if p.extension().is_some_and(|x| x == "cs") {
+                    std::fs::remove_file(&p)
+                        .with_context(|| format!("removing {}", p.display()))?;
+                }
+            }
+        }
         let last = conn.welcome.last_applied_seq;
         info!(last_applied = last, "replication link up");
         let (acked, _) = watch::channel(last);
@@ -354,13 +392,7 @@ impl Sender {
             records,
         };
         let payload = cs.encode().map_err(|e| SendError::Other(e.into()))?;
-        let max = self.shared.cfg.queue_max_bytes;
-        if q.bytes + payload.len() as u64 > max && !q.items.is_empty() {
-            return Err(SendError::QueueFull {
-                bytes: q.bytes,
-                max,
-            });
-        }
+        let len = payload.len() as u64;
         let max_frame = self.shared.cfg.max_frame as usize;
         if payload.len() + 2 > max_frame {
             return Err(SendError::Other(anyhow::anyhow!(
@@ -368,11 +400,40 @@ impl Sender {
                 payload.len()
             )));
         }
-        q.bytes += payload.len() as u64;
+        let cfg = &self.shared.cfg;
+        let in_memory = q.bytes - q.spilled_bytes;
+        let body = if in_memory + len <= cfg.queue_max_bytes
+            || (q.items.is_empty() && cfg.spill_dir.is_none())
+        {
+            Body::Memory(payload)
+        } else if let Some(dir) = cfg
+            .spill_dir
+            .as_ref()
+            .filter(|_| q.spilled_bytes + len <= cfg.spill_max_bytes)
+        {
+            let path = dir.join(format!("{seq:020}.cs"));
+            std::fs::write(&path, &payload)
+                .with_context(|| format!("spilling change set {seq} to {}", path.display()))?;
+            q.spilled_sets += 1;
+            q.spilled_bytes += len;
+            Body::Disk(path)
+        } else {
+            return Err(SendError::QueueFull {
+                bytes: q.bytes,
+                max: cfg.queue_max_bytes,
+                spill_max: if cfg.spill_dir.is_some() {
+                    cfg.spill_max_bytes
+                } else {
+                    0
+                },
+            });
+        };
+        q.bytes += len;
         q.items.push_back(Queued {
             seq,
             created_unix_ms: created,
-            payload,
+            len,
+            body,
         });
         q.next_seq += 1;
         drop(q);
@@ -431,6 +492,8 @@ impl Sender {
         s.next_seq = q.next_seq;
         s.queue_sets = q.items.len() as u64;
         s.queue_bytes = q.bytes;
+        s.spilled_sets = q.spilled_sets;
+        s.spilled_bytes = q.spilled_bytes;
         s.resync_needed = q.resync_needed;
         s
     }
@@ -554,7 +617,14 @@ fn on_ack(shared: &Shared, seq: u64) {
     let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
     while q.items.front().is_some_and(|i| i.seq <= seq) {
         let i = q.items.pop_front().expect("checked");
-        q.bytes -= i.payload.len() as u64;
+        q.bytes -= i.len;
+        if let Body::Disk(path) = &i.body {
+            q.spilled_sets -= 1;
+            q.spilled_bytes -= i.len;
+            if let Err(e) = std::fs::remove_file(path) {
+                warn!("removing spilled change set {}: {e}", path.display());
+            }
+        }
     }
     q.acked = q.acked.max(seq);
     let a = q.acked;
@@ -609,12 +679,21 @@ async fn session(
         loop {
             let next = {
                 let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-                q.items
-                    .iter()
-                    .find(|i| i.seq > sent_upto)
-                    .map(|i| (i.seq, i.payload.clone()))
+                q.items.iter().find(|i| i.seq > sent_upto).map(|i| {
+                    let body = match &i.body {
+                        Body::Memory(p) => Ok(p.clone()),
+                        Body::Disk(path) => Err(path.clone()),
+                    };
+                    (i.seq, body)
+                })
             };
-            let Some((seq, payload)) = next else { break };
+            let Some((seq, body)) = next else { break };
+            let payload = match body {
+                Ok(p) => p,
+                Err(path) => tokio::fs::read(&path)
+                    .await
+                    .with_context(|| format!("reading spilled change set {}", path.display()))?,
+            };
             let n = write_frame(
                 &mut wr,
                 standin_link::message::kind::CHANGE_SET,

@@ -1,1 +1,8 @@
-//! standin-agent
+//! standin-agent: the source side of replication.
+//!
+//! - [`link`]: connecting to the target ([`link::connect`]), one-shot
+//!   queries ([`link::query_status`], [`link::query_profile`]) and the
+//!   [`link::Sender`] that queues change sets, sends heartbeats, reconnects
+//!   with backoff and resumes from the target's last applied sequence number.
+
+pub mod link;

@@ -3,6 +3,7 @@
 //! - [`entry`]: one file's metadata as recorded in a manifest (the shared type).
 //! - [`progress`]: the small progress trait that libraries report through and
 //!   the binary draws.
+//! - [`changeset`]: change sets, the numbered records replication sends.
 //! - [`bytes`]: the reversible text encoding of raw path bytes used in JSON.
 //! - [`scan`]: walk a root and yield entries with full metadata, streaming.
 //! - [`manifest`]: per-file sha256 and the root digest; streaming manifest files.
@@ -15,6 +16,7 @@
 pub mod archive;
 pub mod boot;
 pub mod bytes;
+pub mod changeset;
 pub mod compare;
 pub mod demo;
 pub mod disk;

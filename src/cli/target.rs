@@ -1,13 +1,66 @@
 //! `standin target`: the target daemon.
 
-use anyhow::Result;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use standin_link::Fingerprint;
 
 use super::Exit;
 
 /// Subcommands of `standin target`.
 #[derive(clap::Subcommand, Debug)]
-pub enum TargetCommand {}
+pub enum TargetCommand {
+    /// Run the target daemon in the foreground: receive, journal and apply change sets.
+    #[command(
+        after_help = "Example:\n  standin target serve --listen 0.0.0.0:6320 --state-dir /var/lib/standin \\\n      --identity /etc/standin/identity --trust sha256:3f0c…\n\nPrints `listening on ADDR` once it accepts connections."
+    )]
+    Serve(ServeArgs),
+}
+
+/// Arguments of `standin target serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "0.0.0.0:6320")]
+    pub listen: String,
+    /// State directory: staging/, journal/, snapshots/, rollback/, state.json.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// This target's identity directory (`standin keys init`).
+    #[arg(long)]
+    pub identity: PathBuf,
+    /// Fingerprint of a source (or status client) allowed to connect; repeat for more.
+    #[arg(long, required = true)]
+    pub trust: Vec<Fingerprint>,
+    /// Largest frame accepted, in bytes.
+    #[arg(long, default_value_t = standin_link::frame::DEFAULT_MAX_FRAME)]
+    pub max_frame: u32,
+    /// zstd level for frames this side sends (0 = off).
+    #[arg(long, default_value_t = 3)]
+    pub compress: i32,
+    /// Seconds without a heartbeat before the failover condition is met.
+    #[arg(long, default_value_t = 35)]
+    pub heartbeat_silence: u64,
+}
 
 pub fn run(command: TargetCommand) -> Result<Exit> {
-    match command {}
+    match command {
+        TargetCommand::Serve(a) => serve(a),
+    }
+}
+
+fn serve(a: ServeArgs) -> Result<Exit> {
+    let identity = standin_link::identity::load(&a.identity)?;
+    let mut cfg = standin_staging::ServeConfig::new(a.listen, a.state_dir, identity, a.trust);
+    cfg.max_frame = a.max_frame;
+    cfg.compress = a.compress;
+    cfg.heartbeat_silence = Duration::from_secs(a.heartbeat_silence);
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(standin_staging::serve(cfg, |addr| {
+        println!("listening on {addr}");
+        let _ = std::io::stdout().flush();
+    }))?;
+    Ok(Exit::Ok)
 }

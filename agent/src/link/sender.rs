@@ -1,0 +1,493 @@
+//! The [`Sender`]: queue, heartbeats, reconnection, resume.
+
+use super::*;
+
+struct Queued {
+    seq: u64,
+    created_unix_ms: i64,
+    len: u64,
+    body: Body,
+}
+
+/// Where a queued change set is kept.
+enum Body {
+    Memory(Vec<u8>),
+    Disk(PathBuf),
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Queued>,
+    /// All queued bytes (memory and disk).
+    bytes: u64,
+    spilled_sets: u64,
+    spilled_bytes: u64,
+    next_seq: u64,
+    acked: u64,
+    resync_needed: bool,
+}
+
+/// Counters of a [`Sender`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SenderStats {
+    pub connected: bool,
+    pub reconnects: u64,
+    /// Bytes put on the wire (frames, after compression).
+    pub bytes_sent: u64,
+    /// Change-set bytes before compression.
+    pub payload_bytes_sent: u64,
+    pub sets_sent: u64,
+    pub last_acked: u64,
+    pub next_seq: u64,
+    pub queue_sets: u64,
+    pub queue_bytes: u64,
+    /// Of those, change sets and bytes spilled to disk.
+    pub spilled_sets: u64,
+    pub spilled_bytes: u64,
+    /// The target lost change sets this agent no longer holds: a difference mirror is needed.
+    pub resync_needed: bool,
+    pub last_error: Option<String>,
+}
+
+/// Why [`Sender::send`] did not queue a change set.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(
+        "the queue is full ({bytes} bytes queued, limit {max} in memory and {spill_max} on disk); fall back to a difference mirror"
+    )]
+    QueueFull {
+        bytes: u64,
+        max: u64,
+        spill_max: u64,
+    },
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+enum Control {
+    MirrorStart(MirrorStart, oneshot::Sender<Result<()>>),
+    MirrorEnd(MirrorEnd, oneshot::Sender<Result<MirrorDone>>),
+}
+
+struct Shared {
+    cfg: LinkConfig,
+    queue: Mutex<Queue>,
+    stats: Mutex<SenderStats>,
+    wake: Notify,
+    acked: watch::Sender<u64>,
+}
+
+/// Sends change sets in order and keeps the link up.
+///
+/// `send` cuts a numbered change set and queues it; a background task sends
+/// queued sets, heartbeats every `cfg.heartbeat`, drops sets when the target
+/// acknowledges them, and on any link error reconnects with backoff and
+/// resends everything above the target's last applied number.
+pub struct Sender {
+    shared: Arc<Shared>,
+    control: mpsc::Sender<Control>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sender {
+    /// Connect (one attempt, so a wrong address or fingerprint fails fast),
+    /// learn the target's last applied number, and start the background task.
+    pub async fn start(cfg: LinkConfig) -> Result<Sender> {
+        let conn = connect(&cfg, Role::Agent).await?;
+        Self::start_on(cfg, conn)
+    }
+
+    /// Like [`Sender::start`], but retry with backoff while the target is
+    /// unreachable (up to `attempts`, `None` = forever). Refused
+    /// certificates and refusals the target says retrying cannot fix end
+    /// at once.
+    pub async fn start_with_backoff(cfg: LinkConfig, attempts: Option<u32>) -> Result<Sender> {
+        let conn = connect_with_backoff(&cfg, Role::Agent, attempts).await?;
+        Self::start_on(cfg, conn)
+    }
+
+    fn start_on(cfg: LinkConfig, conn: Connection) -> Result<Sender> {
+        if let Some(dir) = &cfg.spill_dir {
+            // Spilled sets of an earlier run do not fit the numbering of
+            // this one (a difference mirror catches up instead): drop them.
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+                let p = e?.path();
+                if p.extension().is_some_and(|x| x == "cs") {
+                    std::fs::remove_file(&p)
+                        .with_context(|| format!("removing {}", p.display()))?;
+                }
+            }
+        }
+        let last = conn.welcome.last_applied_seq;
+        info!(last_applied = last, "replication link up");
+        let (acked, _) = watch::channel(last);
+        let shared = Arc::new(Shared {
+            cfg,
+            queue: Mutex::new(Queue {
+                next_seq: last + 1,
+                acked: last,
+                ..Default::default()
+            }),
+            stats: Mutex::new(SenderStats {
+                connected: true,
+                last_acked: last,
+                next_seq: last + 1,
+                ..Default::default()
+            }),
+            wake: Notify::new(),
+            acked,
+        });
+        let (control, rx) = mpsc::channel(8);
+        let task = tokio::spawn(drive(shared.clone(), conn, rx));
+        Ok(Sender {
+            shared,
+            control,
+            task,
+        })
+    }
+
+    /// Cut the next change set from `records` and queue it. Returns its sequence number.
+    pub fn send(&self, records: Vec<Record>) -> Result<u64, SendError> {
+        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = q.next_seq;
+        let created = now_ms();
+        let cs = ChangeSet {
+            seq,
+            created_unix_ms: created,
+            records,
+        };
+        let payload = cs.encode().map_err(|e| SendError::Other(e.into()))?;
+        let len = payload.len() as u64;
+        let max_frame = self.shared.cfg.max_frame as usize;
+        if payload.len() + 2 > max_frame {
+            return Err(SendError::Other(anyhow::anyhow!(
+                "change set {seq} is {} bytes, larger than the frame limit {max_frame}; split it",
+                payload.len()
+            )));
+        }
+        let cfg = &self.shared.cfg;
+        let in_memory = q.bytes - q.spilled_bytes;
+        let body = if in_memory + len <= cfg.queue_max_bytes
+            || (q.items.is_empty() && cfg.spill_dir.is_none())
+        {
+            Body::Memory(payload)
+        } else if let Some(dir) = cfg
+            .spill_dir
+            .as_ref()
+            .filter(|_| q.spilled_bytes + len <= cfg.spill_max_bytes)
+        {
+            let path = dir.join(format!("{seq:020}.cs"));
+            std::fs::write(&path, &payload)
+                .with_context(|| format!("spilling change set {seq} to {}", path.display()))?;
+            q.spilled_sets += 1;
+            q.spilled_bytes += len;
+            Body::Disk(path)
+        } else {
+            return Err(SendError::QueueFull {
+                bytes: q.bytes,
+                max: cfg.queue_max_bytes,
+                spill_max: if cfg.spill_dir.is_some() {
+                    cfg.spill_max_bytes
+                } else {
+                    0
+                },
+            });
+        };
+        q.bytes += len;
+        q.items.push_back(Queued {
+            seq,
+            created_unix_ms: created,
+            len,
+            body,
+        });
+        q.next_seq += 1;
+        drop(q);
+        self.shared.wake.notify_one();
+        Ok(seq)
+    }
+
+    /// Wait until the target acknowledged `seq` (applied and durable).
+    pub async fn wait_acked(&self, seq: u64) -> Result<()> {
+        let mut rx = self.shared.acked.subscribe();
+        rx.wait_for(|&a| a >= seq)
+            .await
+            .context("the sender stopped")?;
+        Ok(())
+    }
+
+    /// Tell the target a mirror starts (its data follows as change sets).
+    pub async fn mirror_start(&self, m: MirrorStart) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(Control::MirrorStart(m, tx))
+            .await
+            .context("the sender stopped")?;
+        rx.await.context("the sender stopped")?
+    }
+
+    /// Tell the target the mirror ended (call after `wait_acked(last_seq)`).
+    pub async fn mirror_end(&self, m: MirrorEnd) -> Result<MirrorDone> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(Control::MirrorEnd(m, tx))
+            .await
+            .context("the sender stopped")?;
+        rx.await.context("the sender stopped")?
+    }
+
+    /// The sequence number the next `send` will use.
+    pub fn next_seq(&self) -> u64 {
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_seq
+    }
+
+    /// Counters and queue state.
+    pub fn stats(&self) -> SenderStats {
+        let mut s = self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        s.last_acked = q.acked;
+        s.next_seq = q.next_seq;
+        s.queue_sets = q.items.len() as u64;
+        s.queue_bytes = q.bytes;
+        s.spilled_sets = q.spilled_sets;
+        s.spilled_bytes = q.spilled_bytes;
+        s.resync_needed = q.resync_needed;
+        s
+    }
+
+    /// Stop the background task (queued, unacknowledged sets are dropped).
+    pub async fn close(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+async fn drive(shared: Arc<Shared>, first: Connection, mut control: mpsc::Receiver<Control>) {
+    let mut conn = Some(first);
+    let mut backoff = shared.cfg.backoff_min;
+    loop {
+        let c = match conn.take() {
+            Some(c) => c,
+            None => match connect(&shared.cfg, Role::Agent).await {
+                Ok(c) => {
+                    backoff = shared.cfg.backoff_min;
+                    let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+                    st.reconnects += 1;
+                    info!(
+                        last_applied = c.welcome.last_applied_seq,
+                        "replication link up again"
+                    );
+                    c
+                }
+                Err(e) => {
+                    if is_retryable(&e) {
+                        debug!("reconnecting: {e:#}");
+                    } else {
+                        warn!("reconnecting keeps failing and retrying will not help until this is fixed: {e:#}");
+                    }
+                    shared
+                        .stats
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .last_error = Some(format!("{e:#}"));
+                    let wait = jitter(backoff);
+                    backoff = (backoff * 2).min(shared.cfg.backoff_max);
+                    // Control requests fail fast while the link is down.
+                    let deadline = tokio::time::sleep(wait);
+                    tokio::pin!(deadline);
+                    loop {
+                        tokio::select! {
+                            _ = &mut deadline => break,
+                            c = control.recv() => match c {
+                                Some(Control::MirrorStart(_, tx)) => { let _ = tx.send(Err(anyhow::anyhow!("the link to the target is down"))); }
+                                Some(Control::MirrorEnd(_, tx)) => { let _ = tx.send(Err(anyhow::anyhow!("the link to the target is down"))); }
+                                None => return,
+                            }
+                        }
+                    }
+                    continue;
+                }
+            },
+        };
+        shared
+            .stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .connected = true;
+        let err = session(&shared, c, &mut control).await;
+        let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        st.connected = false;
+        match err {
+            Ok(()) => return,
+            Err(e) => {
+                warn!("replication link lost: {e:#}; reconnecting");
+                st.last_error = Some(format!("{e:#}"));
+            }
+        }
+    }
+}
+
+fn on_ack(shared: &Shared, seq: u64) {
+    let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+    while q.items.front().is_some_and(|i| i.seq <= seq) {
+        let i = q.items.pop_front().expect("checked");
+        q.bytes -= i.len;
+        if let Body::Disk(path) = &i.body {
+            q.spilled_sets -= 1;
+            q.spilled_bytes -= i.len;
+            if let Err(e) = std::fs::remove_file(path) {
+                warn!("removing spilled change set {}: {e}", path.display());
+            }
+        }
+    }
+    q.acked = q.acked.max(seq);
+    let a = q.acked;
+    drop(q);
+    shared.acked.send_replace(a);
+}
+
+async fn session(
+    shared: &Arc<Shared>,
+    c: Connection,
+    control: &mut mpsc::Receiver<Control>,
+) -> Result<()> {
+    let last = c.welcome.last_applied_seq;
+    {
+        let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let first_queued = q.items.front().map(|i| i.seq).unwrap_or(q.next_seq);
+        if last + 1 < first_queued {
+            warn!(
+                target_at = last,
+                first_queued,
+                "the target is behind what this agent still holds; a difference mirror is needed"
+            );
+            q.resync_needed = true;
+        }
+    }
+    on_ack(shared, last);
+    let Connection {
+        mut rd,
+        mut wr,
+        max_frame,
+        compress,
+        ..
+    } = c;
+    // Reading is not cancel-safe, so a task reads and hands messages over.
+    let (tx, mut inbox) = mpsc::channel::<Result<Message>>(64);
+    let reader = tokio::spawn(async move {
+        loop {
+            let m = recv_on(&mut rd, max_frame).await;
+            let stop = m.is_err();
+            if tx.send(m).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    let _guard = AbortOnDrop(reader);
+    let mut sent_upto = last;
+    let mut tick = tokio::time::interval(shared.cfg.heartbeat);
+    let mut last_rx = tokio::time::Instant::now();
+    let mut pending_end: VecDeque<oneshot::Sender<Result<MirrorDone>>> = VecDeque::new();
+    loop {
+        // Send everything queued beyond what this connection sent.
+        loop {
+            let next = {
+                let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                q.items.iter().find(|i| i.seq > sent_upto).map(|i| {
+                    let body = match &i.body {
+                        Body::Memory(p) => Ok(p.clone()),
+                        Body::Disk(path) => Err(path.clone()),
+                    };
+                    (i.seq, body)
+                })
+            };
+            let Some((seq, body)) = next else { break };
+            let payload = match body {
+                Ok(p) => p,
+                Err(path) => tokio::fs::read(&path)
+                    .await
+                    .with_context(|| format!("reading spilled change set {}", path.display()))?,
+            };
+            let n = write_frame(
+                &mut wr,
+                standin_link::message::kind::CHANGE_SET,
+                &payload,
+                compress,
+            )
+            .await
+            .with_context(|| format!("sending change set {seq}"))?;
+            sent_upto = seq;
+            let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+            st.bytes_sent += n as u64;
+            st.payload_bytes_sent += payload.len() as u64;
+            st.sets_sent += 1;
+        }
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = tick.tick() => {
+                if last_rx.elapsed() > shared.cfg.dead_after {
+                    bail!("nothing from the target for {} s", last_rx.elapsed().as_secs());
+                }
+                let hb = {
+                    let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+                    Heartbeat {
+                        sent_unix_ms: now_ms(),
+                        source_seq: q.next_seq - 1,
+                        queue_sets: q.items.len() as u64,
+                        queue_bytes: q.bytes,
+                        oldest_pending_unix_ms: q.items.front().map(|i| i.created_unix_ms),
+                    }
+                };
+                let n = send_on(&mut wr, &Message::Heartbeat(hb), 0).await?;
+                shared.stats.lock().unwrap_or_else(|e| e.into_inner()).bytes_sent += n as u64;
+            }
+            c = control.recv() => match c {
+                None => return Ok(()),
+                Some(Control::MirrorStart(m, tx)) => {
+                    let r = send_on(&mut wr, &Message::MirrorStart(m), compress).await.map(|_| ());
+                    let failed = r.is_err();
+                    let _ = tx.send(r);
+                    if failed { bail!("sending mirror start failed"); }
+                }
+                Some(Control::MirrorEnd(m, tx)) => {
+                    match send_on(&mut wr, &Message::MirrorEnd(m), compress).await {
+                        Ok(_) => pending_end.push_back(tx),
+                        Err(e) => { let _ = tx.send(Err(anyhow::anyhow!("{e:#}"))); bail!("sending mirror end failed"); }
+                    }
+                }
+            },
+            m = inbox.recv() => {
+                last_rx = tokio::time::Instant::now();
+                match m {
+                    None => bail!("the reader stopped"),
+                    Some(Err(e)) => {
+                        for tx in pending_end.drain(..) { let _ = tx.send(Err(anyhow::anyhow!("{e:#}"))); }
+                        return Err(e);
+                    }
+                    Some(Ok(Message::Ack(Ack { seq }))) => on_ack(shared, seq),
+                    Some(Ok(Message::MirrorDone(d))) => {
+                        if let Some(tx) = pending_end.pop_front() { let _ = tx.send(Ok(d)); }
+                    }
+                    Some(Ok(other)) => bail!("unexpected {} from the target", other.name()),
+                }
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

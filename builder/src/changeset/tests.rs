@@ -1,0 +1,202 @@
+use super::*;
+use crate::entry::Xattr;
+use std::collections::BTreeMap;
+
+fn entry(path: &str, kind: Kind) -> Entry {
+    let mut xattrs = BTreeMap::new();
+    xattrs.insert(Xattr(b"user.k".to_vec()), Xattr(vec![0, 1, 0xff]));
+    Entry {
+        path: path.as_bytes().to_vec(),
+        kind,
+        mode: 0o644,
+        uid: 1,
+        gid: 2,
+        mtime_ns: -5,
+        size: 3,
+        xattrs,
+        target: (kind == Kind::Symlink).then(|| b"../x".to_vec()),
+        link: None,
+        rdev: (kind == Kind::Char).then_some((1, 3)),
+        sparse: Some(vec![(0, 4096)]),
+        sha256: Some("ab".repeat(32)),
+    }
+}
+
+fn sample() -> ChangeSet {
+    ChangeSet {
+        seq: 42,
+        created_unix_ms: 1_700_000_000_000,
+        records: vec![
+            Record::Create(entry("dir", Kind::Dir)),
+            Record::Create(entry("dir/f", Kind::File)),
+            Record::WriteExtent {
+                path: b"dir/f".to_vec(),
+                offset: 7,
+                data: b"hello".to_vec(),
+                content_sha256: Some([1; 32]),
+            },
+            Record::Truncate {
+                path: b"dir/f".to_vec(),
+                size: 3,
+                content_sha256: Some([2; 32]),
+            },
+            Record::SetMetadata(entry("", Kind::Dir)),
+            Record::Create(entry("dir/s", Kind::Symlink)),
+            Record::Create(entry("dir/c", Kind::Char)),
+            Record::Rename {
+                from: b"dir/f".to_vec(),
+                to: b"g\xff".to_vec(),
+            },
+            Record::Link {
+                existing: b"g\xff".to_vec(),
+                new: b"h".to_vec(),
+            },
+            Record::Delete {
+                path: b"dir".to_vec(),
+            },
+        ],
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*), enough for a bounded fuzz loop.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+fn seal(body: &[u8]) -> Vec<u8> {
+    let mut v = body.to_vec();
+    v.extend_from_slice(&Sha256::digest(body));
+    v
+}
+
+#[test]
+fn round_trips() {
+    let cs = sample();
+    let bytes = cs.encode().unwrap();
+    assert_eq!(ChangeSet::decode(&bytes).unwrap(), cs);
+}
+
+#[test]
+fn every_truncation_and_bit_flip_is_rejected() {
+    let bytes = sample().encode().unwrap();
+    for n in 0..bytes.len() {
+        assert!(
+            ChangeSet::decode(&bytes[..n]).is_err(),
+            "truncated to {n} accepted"
+        );
+    }
+    for i in 0..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0x10;
+        assert!(ChangeSet::decode(&b).is_err(), "flip at {i} accepted");
+    }
+}
+
+#[test]
+fn truncated_bodies_with_valid_checksums_are_rejected() {
+    // Defeat the checksum: re-seal every prefix of the body so the parser itself must notice.
+    let bytes = sample().encode().unwrap();
+    let body = &bytes[..bytes.len() - 32];
+    for n in 0..body.len() {
+        assert!(
+            ChangeSet::decode(&seal(&body[..n])).is_err(),
+            "prefix {n} accepted"
+        );
+    }
+    let mut longer = body.to_vec();
+    longer.push(0);
+    assert_eq!(
+        ChangeSet::decode(&seal(&longer)),
+        Err(ChangeSetError::Trailing(1))
+    );
+}
+
+#[test]
+fn random_garbage_never_panics_or_allocates_wildly() {
+    let mut rng = Rng(0x5eed_1234_abcd_ef01);
+    let good = sample().encode().unwrap();
+    let body = &good[..good.len() - 32];
+    for round in 0..5000 {
+        let len = (rng.next() % 600) as usize;
+        let mut b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        if round % 2 == 0 && b.len() >= HEADER {
+            // A valid header with a random body: the parser has to work through it.
+            b[..HEADER].copy_from_slice(&body[..HEADER]);
+        }
+        if round % 3 == 0 {
+            // Mutate a valid body in a few places, keeping the checksum valid.
+            b = body.to_vec();
+            for _ in 0..(1 + rng.next() % 4) {
+                let i = (rng.next() as usize) % b.len();
+                b[i] = rng.next() as u8;
+            }
+        }
+        let _ = ChangeSet::decode(&seal(&b));
+        let _ = ChangeSet::decode(&b);
+    }
+}
+
+#[test]
+fn hostile_lengths_are_refused() {
+    let mut body = Vec::new();
+    body.extend_from_slice(MAGIC);
+    body.extend_from_slice(&[VERSION, 0, 0, 0]);
+    body.extend_from_slice(&1u64.to_be_bytes());
+    body.extend_from_slice(&0u64.to_be_bytes());
+    body.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(matches!(
+        ChangeSet::decode(&seal(&body)),
+        Err(ChangeSetError::TooLong { .. })
+    ));
+    body.truncate(body.len() - 4);
+    body.extend_from_slice(&1u32.to_be_bytes());
+    body.push(7); // Delete
+    body.extend_from_slice(&u32::MAX.to_be_bytes());
+    let e = ChangeSet::decode(&seal(&body)).unwrap_err().to_string();
+    assert!(e.contains("path length"), "{e}");
+}
+
+#[test]
+fn unsafe_paths_are_refused() {
+    for bad in [
+        &b"/etc/passwd"[..],
+        b"../x",
+        b"a/../../x",
+        b"a//b",
+        b"./a",
+        b"a/.",
+        b"a\0b",
+        b"",
+    ] {
+        let cs = ChangeSet {
+            seq: 1,
+            created_unix_ms: 0,
+            records: vec![Record::Delete { path: bad.to_vec() }],
+        };
+        let bytes = cs.encode().unwrap();
+        let e = ChangeSet::decode(&bytes).unwrap_err();
+        assert!(
+            matches!(e, ChangeSetError::BadRecord { index: 0, .. }),
+            "{bad:?}: {e}"
+        );
+    }
+    assert!(check_path(b"", true).is_ok());
+    assert!(check_path(b"a/b..c/.d", false).is_ok());
+}
+
+#[test]
+fn metadata_digest_tracks_metadata_only() {
+    let a = entry("x", Kind::File);
+    let mut b = a.clone();
+    b.path = b"y".to_vec();
+    b.size = 99;
+    assert_eq!(metadata_digest(&a), metadata_digest(&b));
+    b.mode = 0o600;
+    assert_ne!(metadata_digest(&a), metadata_digest(&b));
+}

@@ -1,0 +1,524 @@
+//! Applying change-set records to a replica tree, safely.
+//!
+//! [`ApplyTarget`] is the seam: [`DirTarget`] applies records to a plain
+//! directory; builder's TreeWriter can implement the same trait later.
+//!
+//! Safety: every path from the network is first checked lexically
+//! ([`standin_builder::changeset::check_path`]: relative, no `.`/`..`/empty
+//! components, no NUL), then its parent directory is opened with `openat2`
+//! and `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`
+//! relative to the root, and the last component is only ever used through
+//! `*at` calls that do not follow symlinks. The source never names a path
+//! through a symlink (its scanner records real paths), so a parent that is
+//! a symlink — inside the tree or leading out — is refused and logged.
+//! Data is only written into regular files, never into device nodes.
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
+use rustix::io::Errno;
+
+mod fsops;
+use fsops::{kind_of, list_xattrs, lstat, proc_path, remove_at};
+use sha2::{Digest, Sha256};
+use standin_builder::changeset::{check_path, metadata_digest, Digest32, Record};
+use standin_builder::entry::{display_path, Entry, Kind};
+
+/// Why a record did not apply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The record names a path outside the root or through a symlink; it is
+    /// skipped and logged, the target is untouched.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The record does not fit the replica (e.g. renaming a missing file);
+    /// the replica has diverged and a difference mirror will repair it.
+    #[error("replica diverged: {0}")]
+    Inconsistent(String),
+    /// After the record the replica does not hold what the source said.
+    #[error("verification failed: {0}")]
+    Mismatch(String),
+    /// The disk is full; apply pauses and nothing is lost.
+    #[error("disk full: {0}")]
+    NoSpace(String),
+    /// Any other I/O error; apply pauses and retries.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Something that change-set records can be applied to.
+///
+/// Every method must be idempotent with respect to the record: applying a
+/// record again to the state it produced yields the same state (replay
+/// after a crash relies on it, see docs/protect.md).
+pub trait ApplyTarget: Send {
+    /// Apply one record (not yet durable).
+    fn apply(&mut self, record: &Record) -> Result<(), ApplyError>;
+    /// sha256 of the regular file at `path`, `None` if it is missing.
+    fn content_digest(&mut self, path: &[u8]) -> Result<Option<Digest32>, ApplyError>;
+    /// Make everything applied so far durable.
+    fn sync(&mut self) -> Result<(), ApplyError>;
+    /// Bytes and inodes available to unprivileged writers on the replica's
+    /// filesystem (`None` for inodes when the filesystem does not count them).
+    fn available(&mut self) -> Result<(u64, Option<u64>), ApplyError>;
+}
+
+/// A generous estimate of the space a change set needs beyond what the
+/// replica holds now: every extent rounded up to 4 KiB pages, one page per
+/// record for directory entries and metadata, and 64 KiB for the state file.
+pub fn space_needed(records: &[Record]) -> (u64, u64) {
+    let page = 4096u64;
+    let bytes: u64 = records
+        .iter()
+        .map(|r| r.data_len().div_ceil(page) * page + page)
+        .sum::<u64>()
+        + (64 << 10);
+    let inodes = records
+        .iter()
+        .filter(|r| matches!(r, Record::Create(_) | Record::Link { .. }))
+        .count() as u64
+        + 4;
+    (bytes, inodes)
+}
+
+fn io_err(what: &str, path: &[u8], e: Errno) -> ApplyError {
+    let msg = format!("{what} {}: {e}", display_path(path));
+    match e {
+        Errno::NOSPC | Errno::DQUOT => ApplyError::NoSpace(msg),
+        // Not permitted (a device node without CAP_MKNOD, an immutable
+        // file): retrying will not help, so report it and go on.
+        Errno::PERM => ApplyError::Mismatch(msg),
+        // The record does not fit the replica as it is (renaming over a
+        // non-empty directory, a file where a directory is expected, ...):
+        // the replica diverged; a difference mirror repairs it.
+        Errno::NOTEMPTY
+        | Errno::ISDIR
+        | Errno::NOTDIR
+        | Errno::EXIST
+        | Errno::LOOP
+        | Errno::NAMETOOLONG
+        | Errno::INVAL
+        | Errno::MLINK
+        | Errno::XDEV => ApplyError::Inconsistent(msg),
+        _ => ApplyError::Io(msg),
+    }
+}
+
+/// A plain directory as the replica.
+pub struct DirTarget {
+    root: OwnedFd,
+    root_path: PathBuf,
+    /// chown entries to their uid/gid (needs root); otherwise owners are left.
+    pub preserve_owner: bool,
+}
+
+impl DirTarget {
+    /// Open `root` (which must exist) as the replica.
+    pub fn open(root: &Path) -> anyhow::Result<DirTarget> {
+        let fd = rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| anyhow::anyhow!("opening staging root {}: {e}", root.display()))?;
+        Ok(DirTarget {
+            root: fd,
+            root_path: root.to_path_buf(),
+            preserve_owner: rustix::process::geteuid().is_root(),
+        })
+    }
+
+    /// The root directory.
+    pub fn root_path(&self) -> &Path {
+        &self.root_path
+    }
+
+    /// Open the parent of `path` beneath the root; return it and the last component.
+    fn parent<'p>(
+        &self,
+        path: &'p [u8],
+        allow_root: bool,
+    ) -> Result<(OwnedFd, &'p [u8]), ApplyError> {
+        check_path(path, allow_root).map_err(ApplyError::Refused)?;
+        if path.is_empty() {
+            return Ok((self.open_beneath(b".", path)?, b"."));
+        }
+        let (dir, name) = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => (&b"."[..], path),
+        };
+        Ok((self.open_beneath(dir, path)?, name))
+    }
+
+    fn open_beneath(&self, dir: &[u8], full: &[u8]) -> Result<OwnedFd, ApplyError> {
+        let flags = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        rustix::fs::openat2(
+            &self.root,
+            OsStr::from_bytes(dir),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            flags,
+        )
+        .map_err(|e| match e {
+            Errno::LOOP | Errno::XDEV => ApplyError::Refused(format!(
+                "parent of {} is a symlink or leads out of the staging root",
+                display_path(full)
+            )),
+            Errno::NOENT | Errno::NOTDIR => ApplyError::Inconsistent(format!(
+                "parent directory of {} is missing",
+                display_path(full)
+            )),
+            Errno::NOSYS => ApplyError::Io(
+                "openat2 is not available; the target needs Linux 5.6 or later".into(),
+            ),
+            e => io_err("opening the parent of", full, e),
+        })
+    }
+
+    fn open_regular(&self, path: &[u8], flags: OFlags) -> Result<Option<OwnedFd>, ApplyError> {
+        let (dir, name) = self.parent(path, false)?;
+        match lstat(&dir, name) {
+            Ok(None) => return Ok(None),
+            Ok(Some(st)) if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile => {
+                return Err(ApplyError::Inconsistent(format!(
+                    "{} is not a regular file",
+                    display_path(path)
+                )))
+            }
+            Ok(Some(_)) => {}
+            Err(e) => return Err(io_err("reading", path, e)),
+        }
+        let fd = rustix::fs::openat(
+            &dir,
+            OsStr::from_bytes(name),
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("opening", path, e))?;
+        Ok(Some(fd))
+    }
+
+    fn create(&mut self, e: &Entry) -> Result<(), ApplyError> {
+        let (dir, name) = self.parent(&e.path, true)?;
+        let n = OsStr::from_bytes(name);
+        let existing = lstat(&dir, name).map_err(|x| io_err("reading", &e.path, x))?;
+        let existing_type = existing.map(|st| FileType::from_raw_mode(st.st_mode));
+        if e.path.is_empty() {
+            return self.set_metadata(e);
+        }
+        if let (Kind::File, Some(link)) = (e.kind, &e.link) {
+            self.link(link, &e.path)?;
+            return self.set_metadata(e);
+        }
+        match (e.kind, existing_type) {
+            (Kind::Dir, Some(FileType::Directory)) => {}
+            // Everything else, including an existing regular file, is
+            // replaced by a new inode (truncating in place would also empty
+            // the file's other hard links).
+            (kind, existing) => {
+                if existing.is_some() {
+                    remove_at(&dir, name, 0).map_err(|x| io_err("removing", &e.path, x))?;
+                }
+                let r = match kind {
+                    Kind::Dir => rustix::fs::mkdirat(&dir, n, Mode::from_raw_mode(0o700)),
+                    Kind::File => rustix::fs::openat(
+                        &dir,
+                        n,
+                        OFlags::WRONLY
+                            | OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                    .map(drop),
+                    Kind::Symlink => {
+                        let t = e.target.as_deref().ok_or_else(|| {
+                            ApplyError::Inconsistent(format!(
+                                "symlink {} has no target",
+                                display_path(&e.path)
+                            ))
+                        })?;
+                        rustix::fs::symlinkat(OsStr::from_bytes(t), &dir, n)
+                    }
+                    Kind::Fifo => {
+                        rustix::fs::mknodat(&dir, n, FileType::Fifo, Mode::from_raw_mode(0o600), 0)
+                    }
+                    Kind::Char | Kind::Block => {
+                        let (maj, min) = e.rdev.unwrap_or((0, 0));
+                        let ft = if kind == Kind::Char {
+                            FileType::CharacterDevice
+                        } else {
+                            FileType::BlockDevice
+                        };
+                        rustix::fs::mknodat(
+                            &dir,
+                            n,
+                            ft,
+                            Mode::from_raw_mode(0o600),
+                            rustix::fs::makedev(maj, min),
+                        )
+                    }
+                };
+                r.map_err(|x| io_err("creating", &e.path, x))?;
+            }
+        }
+        self.set_metadata(e)
+    }
+
+    fn set_metadata(&mut self, e: &Entry) -> Result<(), ApplyError> {
+        let (dir, name) = self.parent(&e.path, true)?;
+        let n = OsStr::from_bytes(name);
+        let st = lstat(&dir, name)
+            .map_err(|x| io_err("reading", &e.path, x))?
+            .ok_or_else(|| {
+                ApplyError::Inconsistent(format!("{} is missing", display_path(&e.path)))
+            })?;
+        let have = kind_of(FileType::from_raw_mode(st.st_mode));
+        if have != Some(e.kind) {
+            return Err(ApplyError::Inconsistent(format!(
+                "{} is a {:?} on the target, the source says {:?}",
+                display_path(&e.path),
+                have,
+                e.kind
+            )));
+        }
+        if self.preserve_owner {
+            rustix::fs::chownat(
+                &dir,
+                n,
+                Some(rustix::fs::Uid::from_raw(e.uid)),
+                Some(rustix::fs::Gid::from_raw(e.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|x| io_err("changing the owner of", &e.path, x))?;
+        }
+        if e.kind != Kind::Symlink {
+            rustix::fs::chmodat(
+                &dir,
+                n,
+                Mode::from_raw_mode(e.mode & 0o7777),
+                AtFlags::empty(),
+            )
+            .map_err(|x| io_err("changing the mode of", &e.path, x))?;
+        }
+        let xpath = proc_path(&dir, name);
+        let have_x = list_xattrs(&xpath).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
+        for (k, _) in have_x.iter() {
+            if !e.xattrs.contains_key(k) {
+                match rustix::fs::lremovexattr(&xpath, OsStr::from_bytes(&k.0)) {
+                    Ok(()) | Err(Errno::NODATA) => {}
+                    Err(x) => return Err(io_err("removing an xattr of", &e.path, x)),
+                }
+            }
+        }
+        for (k, v) in &e.xattrs {
+            if have_x.get(k) != Some(v) {
+                rustix::fs::lsetxattr(&xpath, OsStr::from_bytes(&k.0), &v.0, XattrFlags::empty())
+                    .map_err(|x| match x {
+                    // Retrying cannot help: report, do not pause.
+                    Errno::NOTSUP | Errno::PERM => ApplyError::Mismatch(format!(
+                        "the staging filesystem cannot hold xattr {} of {}: {x}",
+                        String::from_utf8_lossy(&k.0),
+                        display_path(&e.path)
+                    )),
+                    x => io_err("setting an xattr of", &e.path, x),
+                })?;
+            }
+        }
+        let t = Timespec {
+            tv_sec: e.mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: e.mtime_ns.rem_euclid(1_000_000_000) as _,
+        };
+        rustix::fs::utimensat(
+            &dir,
+            n,
+            &Timestamps {
+                last_access: t,
+                last_modification: t,
+            },
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|x| io_err("setting the time of", &e.path, x))?;
+        self.verify_metadata(e, &dir, name)
+    }
+
+    /// Read the path back and compare its metadata digest with the entry's.
+    fn verify_metadata(&self, e: &Entry, dir: &OwnedFd, name: &[u8]) -> Result<(), ApplyError> {
+        let st = lstat(dir, name)
+            .map_err(|x| io_err("reading", &e.path, x))?
+            .ok_or_else(|| ApplyError::Mismatch(format!("{} vanished", display_path(&e.path))))?;
+        let ft = FileType::from_raw_mode(st.st_mode);
+        let mut got = e.clone();
+        got.kind = kind_of(ft).unwrap_or(Kind::File);
+        if e.kind != Kind::Symlink {
+            got.mode = st.st_mode & 0o7777;
+        }
+        if self.preserve_owner {
+            got.uid = st.st_uid;
+            got.gid = st.st_gid;
+        }
+        got.mtime_ns = st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64;
+        got.xattrs = list_xattrs(&proc_path(dir, name))
+            .map_err(|x| io_err("listing xattrs of", &e.path, x))?;
+        if e.kind == Kind::Symlink {
+            got.target = Some(
+                rustix::fs::readlinkat(dir, OsStr::from_bytes(name), Vec::new())
+                    .map_err(|x| io_err("reading the link", &e.path, x))?
+                    .into_bytes(),
+            );
+        }
+        if matches!(e.kind, Kind::Char | Kind::Block) {
+            got.rdev = Some((rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev)));
+        }
+        if metadata_digest(&got) != metadata_digest(e) {
+            return Err(ApplyError::Mismatch(format!(
+                "metadata of {} differs after apply (mode {:o}/{:o}, uid {}/{}, gid {}/{}, mtime {}/{}, {} / {} xattrs)",
+                display_path(&e.path),
+                got.mode,
+                e.mode,
+                got.uid,
+                e.uid,
+                got.gid,
+                e.gid,
+                got.mtime_ns,
+                e.mtime_ns,
+                got.xattrs.len(),
+                e.xattrs.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn link(&mut self, existing: &[u8], new: &[u8]) -> Result<(), ApplyError> {
+        let (ed, en) = self.parent(existing, false)?;
+        let (nd, nn) = self.parent(new, false)?;
+        let est = lstat(&ed, en)
+            .map_err(|x| io_err("reading", existing, x))?
+            .ok_or_else(|| {
+                ApplyError::Inconsistent(format!(
+                    "link source {} is missing",
+                    display_path(existing)
+                ))
+            })?;
+        if FileType::from_raw_mode(est.st_mode) == FileType::Directory {
+            return Err(ApplyError::Refused(format!(
+                "hard link to directory {}",
+                display_path(existing)
+            )));
+        }
+        if let Some(nst) = lstat(&nd, nn).map_err(|x| io_err("reading", new, x))? {
+            if nst.st_ino == est.st_ino && nst.st_dev == est.st_dev {
+                return Ok(());
+            }
+            remove_at(&nd, nn, 0).map_err(|x| io_err("removing", new, x))?;
+        }
+        rustix::fs::linkat(
+            &ed,
+            OsStr::from_bytes(en),
+            &nd,
+            OsStr::from_bytes(nn),
+            AtFlags::empty(),
+        )
+        .map_err(|x| io_err("linking", new, x))
+    }
+
+    fn rename(&mut self, from: &[u8], to: &[u8]) -> Result<(), ApplyError> {
+        let (fd, fname) = self.parent(from, false)?;
+        let (td, tname) = self.parent(to, false)?;
+        if lstat(&fd, fname)
+            .map_err(|x| io_err("reading", from, x))?
+            .is_none()
+        {
+            // Already renamed (a replay after a crash) or diverged.
+            return match lstat(&td, tname).map_err(|x| io_err("reading", to, x))? {
+                Some(_) => Ok(()),
+                None => Err(ApplyError::Inconsistent(format!(
+                    "neither {} nor {} exists",
+                    display_path(from),
+                    display_path(to)
+                ))),
+            };
+        }
+        rustix::fs::renameat(&fd, OsStr::from_bytes(fname), &td, OsStr::from_bytes(tname))
+            .map_err(|x| io_err("renaming", from, x))
+    }
+}
+
+impl ApplyTarget for DirTarget {
+    fn apply(&mut self, record: &Record) -> Result<(), ApplyError> {
+        match record {
+            Record::Create(e) => self.create(e),
+            Record::SetMetadata(e) => self.set_metadata(e),
+            Record::WriteExtent {
+                path, offset, data, ..
+            } => {
+                let fd = self.open_regular(path, OFlags::WRONLY)?.ok_or_else(|| {
+                    ApplyError::Inconsistent(format!("{} is missing", display_path(path)))
+                })?;
+                let mut done = 0;
+                while done < data.len() {
+                    let n = rustix::io::pwrite(&fd, &data[done..], offset + done as u64)
+                        .map_err(|x| io_err("writing", path, x))?;
+                    if n == 0 {
+                        return Err(ApplyError::Io(format!(
+                            "writing {}: no progress",
+                            display_path(path)
+                        )));
+                    }
+                    done += n;
+                }
+                Ok(())
+            }
+            Record::Truncate { path, size, .. } => {
+                let fd = self.open_regular(path, OFlags::WRONLY)?.ok_or_else(|| {
+                    ApplyError::Inconsistent(format!("{} is missing", display_path(path)))
+                })?;
+                rustix::fs::ftruncate(&fd, *size).map_err(|x| io_err("truncating", path, x))
+            }
+            Record::Rename { from, to } => self.rename(from, to),
+            Record::Link { existing, new } => self.link(existing, new),
+            Record::Delete { path } => {
+                let (dir, name) = self.parent(path, false)?;
+                remove_at(&dir, name, 0).map_err(|x| io_err("removing", path, x))
+            }
+        }
+    }
+
+    fn content_digest(&mut self, path: &[u8]) -> Result<Option<Digest32>, ApplyError> {
+        let Some(fd) = self.open_regular(path, OFlags::RDONLY)? else {
+            return Ok(None);
+        };
+        let mut f = std::fs::File::from(fd);
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(|x| ApplyError::Io(format!("reading {}: {x}", display_path(path))))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(Some(h.finalize().into()))
+    }
+
+    fn sync(&mut self) -> Result<(), ApplyError> {
+        rustix::fs::syncfs(&self.root).map_err(|x| io_err("syncing", b"", x))
+    }
+
+    fn available(&mut self) -> Result<(u64, Option<u64>), ApplyError> {
+        let st = rustix::fs::fstatvfs(&self.root)
+            .map_err(|x| io_err("measuring free space of", b"", x))?;
+        let inodes = (st.f_files > 0).then_some(st.f_favail);
+        Ok((st.f_bavail.saturating_mul(st.f_frsize), inodes))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,195 @@
+use super::*;
+use standin_builder::entry::Xattr;
+use std::collections::BTreeMap;
+
+fn entry(path: &str, kind: Kind, mode: u32) -> Entry {
+    Entry {
+        path: path.as_bytes().to_vec(),
+        kind,
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 1_600_000_000_123_456_789,
+        size: 0,
+        xattrs: BTreeMap::new(),
+        target: None,
+        link: None,
+        rdev: None,
+        sparse: None,
+        sha256: None,
+    }
+}
+
+fn target() -> (tempfile::TempDir, DirTarget) {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("root")).unwrap();
+    let mut t = DirTarget::open(&d.path().join("root")).unwrap();
+    t.preserve_owner = false;
+    (d, t)
+}
+
+fn digest(b: &[u8]) -> Digest32 {
+    Sha256::digest(b).into()
+}
+
+#[test]
+fn records_apply_and_replay_idempotently() {
+    let (d, mut t) = target();
+    let root = d.path().join("root");
+    let mut f = entry("a/f", Kind::File, 0o640);
+    f.xattrs
+        .insert(Xattr(b"user.test".to_vec()), Xattr(b"v".to_vec()));
+    let mut s = entry("a/s", Kind::Symlink, 0o777);
+    s.target = Some(b"/etc/passwd".to_vec());
+    let records = vec![
+        Record::Create(entry("a", Kind::Dir, 0o755)),
+        Record::Create(f.clone()),
+        Record::WriteExtent {
+            path: b"a/f".to_vec(),
+            offset: 0,
+            data: b"hello world".to_vec(),
+            content_sha256: Some(digest(b"hello world")),
+        },
+        Record::Truncate {
+            path: b"a/f".to_vec(),
+            size: 5,
+            content_sha256: Some(digest(b"hello")),
+        },
+        Record::SetMetadata(f.clone()),
+        Record::Create(s),
+        Record::Link {
+            existing: b"a/f".to_vec(),
+            new: b"a/g".to_vec(),
+        },
+        Record::Create(entry("b", Kind::Dir, 0o700)),
+        Record::Rename {
+            from: b"a/g".to_vec(),
+            to: b"b/g".to_vec(),
+        },
+        Record::Create(entry("gone", Kind::Dir, 0o755)),
+        Record::Create(entry("gone/x", Kind::Fifo, 0o600)),
+        Record::Delete {
+            path: b"gone".to_vec(),
+        },
+    ];
+    // Each record applied twice in a row (a replay of the record that was
+    // in flight at a crash) gives the same result as once.
+    for r in &records {
+        t.apply(r)
+            .unwrap_or_else(|e| panic!("{} failed: {e}", r.name()));
+        t.apply(r)
+            .unwrap_or_else(|e| panic!("{} failed again: {e}", r.name()));
+    }
+    {
+        assert_eq!(std::fs::read(root.join("a/f")).unwrap(), b"hello");
+        assert_eq!(std::fs::read(root.join("b/g")).unwrap(), b"hello");
+        assert!(!root.join("a/g").exists());
+        assert!(!root.join("gone").exists());
+        assert_eq!(
+            std::fs::read_link(root.join("a/s")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        assert_eq!(t.content_digest(b"b/g").unwrap(), Some(digest(b"hello")));
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(root.join("a/f")).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o640);
+        assert_eq!(m.nlink(), 2);
+    }
+    t.sync().unwrap();
+}
+
+#[test]
+fn hostile_paths_are_refused_and_nothing_outside_changes() {
+    let (d, mut t) = target();
+    let outside = d.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, d.path().join("root/out")).unwrap();
+    std::os::unix::fs::symlink("../outside", d.path().join("root/rel")).unwrap();
+    std::fs::create_dir(d.path().join("root/real")).unwrap();
+    std::os::unix::fs::symlink("real", d.path().join("root/inside")).unwrap();
+    let bad = [
+        Record::Create(entry("out/x", Kind::File, 0o644)),
+        Record::Create(entry("rel/x", Kind::File, 0o644)),
+        Record::Create(entry("inside/x", Kind::File, 0o644)),
+        Record::Create(entry("../x", Kind::File, 0o644)),
+        Record::Create(entry("/tmp/x", Kind::File, 0o644)),
+        Record::Delete {
+            path: b"out/../..".to_vec(),
+        },
+        Record::Rename {
+            from: b"real".to_vec(),
+            to: b"out/real".to_vec(),
+        },
+        Record::Link {
+            existing: b"out/y".to_vec(),
+            new: b"y".to_vec(),
+        },
+        Record::WriteExtent {
+            path: b"out".to_vec(),
+            offset: 0,
+            data: b"x".to_vec(),
+            content_sha256: Some([0; 32]),
+        },
+    ];
+    for r in &bad {
+        match t.apply(r) {
+            Err(ApplyError::Refused(_)) | Err(ApplyError::Inconsistent(_)) => {}
+            other => panic!("{r:?} gave {other:?}"),
+        }
+    }
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert!(!d.path().join("x").exists());
+    // The final component may be a symlink; writing through it is refused too.
+    assert!(std::fs::symlink_metadata(d.path().join("root/out"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
+fn data_never_goes_into_device_nodes() {
+    let (_d, mut t) = target();
+    t.apply(&Record::Create(entry("p", Kind::Fifo, 0o600)))
+        .unwrap();
+    let e = t
+        .apply(&Record::WriteExtent {
+            path: b"p".to_vec(),
+            offset: 0,
+            data: b"x".to_vec(),
+            content_sha256: Some([0; 32]),
+        })
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::Inconsistent(_)), "{e}");
+}
+
+#[test]
+fn create_replaces_a_hard_linked_file_without_touching_its_other_name() {
+    let (d, mut t) = target();
+    let root = d.path().join("root");
+    std::fs::write(root.join("a"), b"shared").unwrap();
+    std::fs::hard_link(root.join("a"), root.join("b")).unwrap();
+    t.apply(&Record::Create(entry("a", Kind::File, 0o644)))
+        .unwrap();
+    assert_eq!(std::fs::read(root.join("a")).unwrap(), b"");
+    assert_eq!(std::fs::read(root.join("b")).unwrap(), b"shared");
+}
+
+#[test]
+fn records_that_do_not_fit_are_divergence_not_a_pause() {
+    let (d, mut t) = target();
+    let root = d.path().join("root");
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    std::fs::create_dir_all(root.join("b/full")).unwrap();
+    let e = t
+        .apply(&Record::Rename {
+            from: b"a".to_vec(),
+            to: b"b".to_vec(),
+        })
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::Inconsistent(_)), "{e}");
+    std::fs::write(root.join("file"), b"x").unwrap();
+    let e = t
+        .apply(&Record::Create(entry("file/x", Kind::File, 0o644)))
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::Inconsistent(_)), "{e}");
+}

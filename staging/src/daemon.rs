@@ -1,0 +1,325 @@
+//! `standin target serve`: the target daemon.
+//!
+//! One task per connection: TLS handshake (pinned mutual TLS), Hello, then
+//! requests. Change sets go through the [`Store`] on a blocking thread, one
+//! at a time. Any malformed, oversized or unknown frame closes only that
+//! connection, with the reason logged.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use standin_link::frame::{read_frame, write_frame, DEFAULT_MAX_FRAME};
+use standin_link::message::{check_source_id, ErrorMsg, Hello, Message, Role, Welcome};
+use standin_link::{tls, Fingerprint, Identity, PROTOCOL_VERSION, STANDIN_VERSION};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::state::TargetState;
+use crate::store::{ReceiveError, Received, Store};
+
+/// Settings of the daemon.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to listen on, e.g. `0.0.0.0:6320` (port 0 picks a free one).
+    pub listen: String,
+    pub state_dir: PathBuf,
+    pub identity: Identity,
+    /// Fingerprints of the agents (and status clients) allowed to connect.
+    pub trust: Vec<Fingerprint>,
+    pub max_frame: u32,
+    /// zstd level for frames this side sends (0 = off).
+    pub compress: i32,
+    /// Heartbeat silence after which status reports the failover condition.
+    pub heartbeat_silence: Duration,
+    /// Time allowed for the TLS handshake and the Hello.
+    pub handshake_timeout: Duration,
+    /// How often a paused apply is retried.
+    pub retry_interval: Duration,
+    /// Connections served at once; more are closed at once (logged).
+    pub max_connections: usize,
+}
+
+impl ServeConfig {
+    /// Defaults for everything but the essentials.
+    pub fn new(
+        listen: String,
+        state_dir: PathBuf,
+        identity: Identity,
+        trust: Vec<Fingerprint>,
+    ) -> ServeConfig {
+        ServeConfig {
+            listen,
+            state_dir,
+            identity,
+            trust,
+            max_frame: DEFAULT_MAX_FRAME,
+            compress: 3,
+            heartbeat_silence: crate::status::DEFAULT_SILENCE,
+            handshake_timeout: Duration::from_secs(30),
+            retry_interval: Duration::from_secs(5),
+            max_connections: 64,
+        }
+    }
+}
+
+struct Shared {
+    cfg: ServeConfig,
+    store: Mutex<Store>,
+    /// The state and journal backlog as of the last store operation, so a
+    /// status request never waits for an apply in progress.
+    snapshot: Mutex<(TargetState, (u64, u64))>,
+}
+
+/// Run `f` on the store on a blocking thread, then publish the snapshot.
+async fn with_store<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&mut Store) -> T + Send + 'static,
+) -> Result<T> {
+    let sh = shared.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut store = sh.store.lock().unwrap_or_else(|e| e.into_inner());
+        let r = f(&mut store);
+        let snap = (store.state().clone(), store.backlog());
+        *sh.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snap;
+        r
+    })
+    .await
+    .context("state task")
+}
+
+/// Run the daemon until SIGINT/SIGTERM. `ready` gets the bound address
+/// (after recovery, before the first connection is accepted).
+pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    let dir = cfg.state_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+        .await
+        .context("opening the state directory")??;
+    let tls_config = tls::server_config(&cfg.identity, &cfg.trust)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
+    let listener = TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    info!(%addr, identity = %cfg.identity.fingerprint, trusted = cfg.trust.len(), "target listening");
+    ready(addr);
+    let snapshot = Mutex::new((store.state().clone(), store.backlog()));
+    let shared = Arc::new(Shared {
+        cfg,
+        store: Mutex::new(store),
+        snapshot,
+    });
+    let retry = tokio::spawn(retry_loop(shared.clone()));
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.cfg.max_connections));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            r = listener.accept() => {
+                let (stream, peer) = match r {
+                    Ok(x) => x,
+                    Err(e) => { warn!("accepting a connection: {e}"); continue; }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    warn!(%peer, "refusing a connection: {} connections are open already", shared.cfg.max_connections);
+                    continue;
+                };
+                let shared = shared.clone();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, peer, acceptor, shared).await {
+                        warn!(%peer, "connection closed: {e:#}");
+                    }
+                    drop(slot);
+                });
+            }
+            _ = tokio::signal::ctrl_c() => { info!("interrupted; stopping"); break; }
+            _ = term.recv() => { info!("terminated; stopping"); break; }
+        }
+    }
+    retry.abort();
+    Ok(())
+}
+
+async fn retry_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.cfg.retry_interval);
+    loop {
+        tick.tick().await;
+        let _ = with_store(&shared, |store| {
+            if store.state().paused.is_some() {
+                match store.retry_paused() {
+                    Ok(true) => info!("apply resumed"),
+                    Ok(false) => debug!("apply still paused"),
+                    Err(e) => warn!("retrying a paused apply: {e:#}"),
+                }
+            }
+        })
+        .await;
+    }
+}
+
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message, level: i32) -> Result<()> {
+    let (k, p) = msg.encode()?;
+    write_frame(w, k, &p, level)
+        .await
+        .with_context(|| format!("sending {}", msg.name()))?;
+    Ok(())
+}
+
+async fn refuse<W: AsyncWrite + Unpin>(w: &mut W, reason: String, retry: bool) -> anyhow::Error {
+    let _ = send(
+        w,
+        &Message::Error(ErrorMsg {
+            reason: reason.clone(),
+            retry,
+        }),
+        0,
+    )
+    .await;
+    anyhow::anyhow!("{reason}")
+}
+
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+) -> Result<()> {
+    let cfg = &shared.cfg;
+    let _ = stream.set_nodelay(true);
+    let mut tls = match tokio::time::timeout(cfg.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => anyhow::bail!("TLS handshake refused: {e}"),
+        Err(_) => anyhow::bail!("TLS handshake timed out"),
+    };
+    let fpr = tls::peer_fingerprint(tls.get_ref().1.peer_certificates())
+        .context("the peer presented no certificate")?;
+    info!(%peer, offered = %fpr, "authenticated connection");
+    let first = tokio::time::timeout(cfg.handshake_timeout, read_frame(&mut tls, cfg.max_frame))
+        .await
+        .context("waiting for hello")??;
+    let hello: Hello = match Message::decode(first.kind, &first.payload) {
+        Ok(Message::Hello(h)) => h,
+        Ok(m) => {
+            return Err(refuse(&mut tls, format!("expected hello, got {}", m.name()), false).await)
+        }
+        Err(e) => return Err(refuse(&mut tls, format!("bad first frame: {e}"), false).await),
+    };
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(refuse(
+            &mut tls,
+            format!(
+                "protocol version {} is not supported by this target (standin {STANDIN_VERSION} speaks {PROTOCOL_VERSION}); install the same standin version on both sides",
+                hello.protocol
+            ),
+            false,
+        )
+        .await);
+    }
+    if let Err(e) = check_source_id(&hello.source_id) {
+        return Err(refuse(&mut tls, e, false).await);
+    }
+    info!(%peer, source = hello.source_id, role = ?hello.role, version = hello.standin_version, "hello");
+    let bound = if hello.role == Role::Agent {
+        let source = hello.source_id.clone();
+        with_store(&shared, move |store| {
+            store.bind_source(&source, fpr).map(|_| {
+                (
+                    store.state().last_applied_seq,
+                    store.state().mirror_complete,
+                )
+            })
+        })
+        .await?
+    } else {
+        let snap = shared.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        Ok((snap.0.last_applied_seq, snap.0.mirror_complete))
+    };
+    let (last_applied_seq, mirror_complete) = match bound {
+        Ok(x) => x,
+        Err(e) => return Err(refuse(&mut tls, e, false).await),
+    };
+    let welcome = Welcome {
+        protocol: PROTOCOL_VERSION,
+        standin_version: STANDIN_VERSION.to_string(),
+        last_applied_seq,
+        mirror_complete,
+    };
+    send(&mut tls, &Message::Welcome(welcome), 0).await?;
+    serve_requests(&mut tls, &hello, &shared).await
+}
+
+async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    hello: &Hello,
+    shared: &Arc<Shared>,
+) -> Result<()> {
+    let cfg = &shared.cfg;
+    let agent = hello.role == Role::Agent;
+    loop {
+        let frame = match read_frame(s, cfg.max_frame).await {
+            Ok(f) => f,
+            Err(standin_link::frame::FrameError::Closed) => {
+                debug!(source = hello.source_id, "peer closed the connection");
+                return Ok(());
+            }
+            Err(e) => return Err(refuse(s, format!("{e}"), false).await),
+        };
+        let msg = match Message::decode(frame.kind, &frame.payload) {
+            Ok(m) => m,
+            Err(e) => return Err(refuse(s, format!("{e}"), false).await),
+        };
+        let reply = match msg {
+            Message::StatusRequest => {
+                let status = {
+                    let snap = shared.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+                    crate::status::compute(&snap.0, snap.1, crate::state::now_ms(), cfg.heartbeat_silence)
+                };
+                Message::StatusResponse(Box::new(status))
+            }
+            Message::ProfileRequest => Message::ProfileResponse(crate::profile::local_profile()),
+            Message::Heartbeat(hb) if agent => {
+                // Answered with the last applied number, so the agent can
+                // tell a live link from a dead one.
+                let seq = with_store(shared, move |store| {
+                    store.heartbeat(&hb).map(|_| store.state().last_applied_seq)
+                })
+                .await??;
+                Message::Ack(standin_link::message::Ack { seq })
+            }
+            Message::ChangeSet(cs) if agent => {
+                let raw = frame.payload;
+                let seq = cs.seq;
+                match with_store(shared, move |store| store.receive(&raw, &cs)).await? {
+                    Ok(Received::Applied { seq, problems }) => {
+                        if problems.is_empty() {
+                            debug!(seq, "change set applied");
+                        }
+                        Message::Ack(standin_link::message::Ack { seq })
+                    }
+                    Ok(Received::Duplicate { seq }) => Message::Ack(standin_link::message::Ack { seq }),
+                    Err(ReceiveError::Paused(reason)) => {
+                        return Err(refuse(s, format!("change set {seq}: {reason}"), true).await)
+                    }
+                    Err(e) => return Err(refuse(s, format!("change set {seq}: {e}"), false).await),
+                }
+            }
+            Message::MirrorStart(m) if agent => {
+                with_store(shared, move |store| store.mirror_start(&m)).await??;
+                continue;
+            }
+            Message::MirrorEnd(m) if agent => {
+                Message::MirrorDone(with_store(shared, move |store| store.mirror_end(&m)).await??)
+            }
+            Message::MirrorEntries(_) if agent => {
+                return Err(refuse(s, "difference mirrors by manifest are not supported by this target build; upgrade the target".into(), false).await)
+            }
+            other => {
+                return Err(refuse(s, format!("unexpected {} from a {:?} connection", other.name(), hello.role), false).await)
+            }
+        };
+        send(s, &reply, cfg.compress).await?;
+    }
+}

@@ -1,0 +1,96 @@
+//! `state.json`: what the target knows durably about its source.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use standin_link::message::{Heartbeat, MirrorMode};
+use standin_link::Fingerprint;
+
+/// File name of the state file in the state directory.
+pub const STATE_FILE: &str = "state.json";
+
+/// The target's durable state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TargetState {
+    /// Format of this file (1).
+    pub format: u32,
+    /// The source this target stages (the first agent that connected).
+    pub source_id: Option<String>,
+    /// Fingerprint of that agent's certificate when it first connected.
+    pub source_fingerprint: Option<Fingerprint>,
+    /// Last change set applied to the replica (0 = none).
+    pub last_applied_seq: u64,
+    /// When the source cut that change set (ms since the epoch).
+    pub last_applied_created_unix_ms: Option<i64>,
+    /// When it was applied here.
+    pub last_applied_unix_ms: Option<i64>,
+    /// Change-set bytes received.
+    pub bytes_received: u64,
+    /// The current or last mirror.
+    pub mirror: Option<MirrorState>,
+    /// Whether a mirror completed (the replica is a whole system).
+    pub mirror_complete: bool,
+    /// The last heartbeat.
+    pub last_heartbeat: Option<HeartbeatState>,
+    /// A condition that needs attention (refused records, verification
+    /// failures); cleared by the next completed mirror.
+    pub warning: Option<String>,
+    /// Apply is paused (disk full or another I/O error); retried by itself.
+    pub paused: Option<String>,
+}
+
+/// Progress of a mirror.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MirrorState {
+    pub mirror_id: String,
+    pub mode: MirrorMode,
+    pub total_entries: u64,
+    pub total_bytes: u64,
+    pub first_seq: u64,
+    /// File data applied since the mirror started.
+    pub bytes_applied: u64,
+    pub started_unix_ms: i64,
+    /// Sequence number of the mirror's last change set, once it ended.
+    pub last_seq: Option<u64>,
+    /// The source's root digest, as claimed at the end.
+    pub root_digest: Option<String>,
+    /// Whether the replica's root digest was checked against it. The check
+    /// needs builder's manifest code and is switched on when it is merged.
+    pub root_verified: bool,
+}
+
+/// The last heartbeat and when it arrived.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatState {
+    pub received_unix_ms: i64,
+    pub heartbeat: Heartbeat,
+}
+
+impl TargetState {
+    /// Load `state.json` from `dir`; a missing file is a fresh state.
+    pub fn load(dir: &Path) -> Result<TargetState> {
+        let p = dir.join(STATE_FILE);
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).with_context(|| {
+                format!("reading {}: it is not valid state JSON; restore it from a backup or move the state directory aside", p.display())
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TargetState { format: 1, ..Default::default() }),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+
+    /// Save durably.
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).expect("state serializes");
+        crate::durable::write_atomic(&dir.join(STATE_FILE), &json)
+    }
+}
+
+/// Milliseconds since the epoch now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

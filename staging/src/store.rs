@@ -1,0 +1,565 @@
+//! The state directory and the journaled, ordered apply of change sets.
+//!
+//! ```text
+//! STATE/state.json                 durable state (state.rs)
+//! STATE/journal/<seq>.cs           a received change set, verbatim, written durably before apply
+//! STATE/journal/<seq>.progress     records before this index are applied and durable
+//! STATE/staging/<source-id>/root/  the replica
+//! STATE/snapshots/  STATE/rollback/
+//! ```
+//!
+//! Crash consistency (see docs/protect.md for the argument in full):
+//! a change set is journaled (temp → fsync → rename → fsync dir) and its
+//! checksum verified before any record touches the replica. Records are then
+//! applied in order; each is idempotent, and the only records whose replay
+//! could read state changed by later records (rename, link) are followed by
+//! `syncfs` and a durable progress mark. After the last record the replica is
+//! synced, `state.json` records the sequence number, and only then is the
+//! journal entry deleted and the set acknowledged. On start every complete
+//! journal entry above the recorded number is re-applied from its progress
+//! mark; a torn entry (temp file, bad checksum) was never acknowledged and
+//! is discarded, so the agent sends it again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use standin_builder::changeset::{ChangeSet, Digest32, Record};
+use standin_builder::entry::display_path;
+use standin_link::message::{Heartbeat, MirrorDone, MirrorEnd, MirrorStart};
+use standin_link::Fingerprint;
+use tracing::{info, warn};
+
+use crate::apply::{ApplyError, ApplyTarget, DirTarget};
+use crate::durable;
+use crate::state::{now_ms, HeartbeatState, MirrorState, TargetState};
+
+/// The outcome of receiving one change set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// Applied; `problems` lists refused or unverified records (also in the state's warning).
+    Applied { seq: u64, problems: Vec<String> },
+    /// Already applied before (a resend after reconnect); acknowledged again.
+    Duplicate { seq: u64 },
+}
+
+/// Why a change set was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("change set {got} is out of order: expected {expected}")]
+    OutOfOrder { expected: u64, got: u64 },
+    /// Disk full or another I/O error: nothing is lost; send again later.
+    #[error("apply paused: {0}")]
+    Paused(String),
+    #[error(transparent)]
+    Fatal(#[from] anyhow::Error),
+}
+
+/// Opens the replica of a source; replaced by TreeWriter later.
+pub type TargetFactory = Box<dyn Fn(&Path) -> Result<Box<dyn ApplyTarget>> + Send>;
+
+/// The target's state directory.
+pub struct Store {
+    dir: PathBuf,
+    state: TargetState,
+    target: Option<Box<dyn ApplyTarget>>,
+    factory: TargetFactory,
+}
+
+fn journal_name(seq: u64, ext: &str) -> String {
+    format!("{seq:020}.{ext}")
+}
+
+/// Number and bytes of complete journal entries above `applied`.
+pub fn journal_backlog(journal: &Path, applied: u64) -> (u64, u64) {
+    let mut n = 0;
+    let mut bytes = 0;
+    if let Ok(rd) = std::fs::read_dir(journal) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(seq) = name.strip_suffix(".cs").and_then(|s| s.parse::<u64>().ok()) {
+                if seq > applied {
+                    n += 1;
+                    bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+            }
+        }
+    }
+    (n, bytes)
+}
+
+impl Store {
+    /// Open (creating the layout) and recover: replay complete journal
+    /// entries, discard torn ones.
+    pub fn open(dir: &Path) -> Result<Store> {
+        Self::open_with(
+            dir,
+            Box::new(|root: &Path| Ok(Box::new(DirTarget::open(root)?) as Box<dyn ApplyTarget>)),
+        )
+    }
+
+    /// Like [`Store::open`] with another [`ApplyTarget`] implementation.
+    pub fn open_with(dir: &Path, factory: TargetFactory) -> Result<Store> {
+        for sub in ["journal", "staging", "snapshots", "rollback"] {
+            durable::create_dirs(&dir.join(sub))?;
+        }
+        // The replica holds the source's setuid programs and device nodes:
+        // only root on the target may reach it.
+        use std::os::unix::fs::PermissionsExt;
+        for d in [dir.to_path_buf(), dir.join("staging")] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting {} to its owner", d.display()))?;
+        }
+        let state = TargetState::load(dir)?;
+        let mut store = Store {
+            dir: dir.to_path_buf(),
+            state,
+            target: None,
+            factory,
+        };
+        if !dir.join(crate::state::STATE_FILE).exists() {
+            store
+                .save()
+                .with_context(|| format!("writing the state in {}", dir.display()))?;
+        }
+        store.recover()?;
+        Ok(store)
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The durable state.
+    pub fn state(&self) -> &TargetState {
+        &self.state
+    }
+
+    /// The replica of `source_id`.
+    pub fn staging_root(&self, source_id: &str) -> PathBuf {
+        self.dir.join("staging").join(source_id).join("root")
+    }
+
+    fn journal(&self) -> PathBuf {
+        self.dir.join("journal")
+    }
+
+    fn save(&self) -> std::io::Result<()> {
+        self.state.save(&self.dir)
+    }
+
+    fn save_ctx(&self) -> Result<()> {
+        self.save().with_context(|| {
+            format!(
+                "writing {}",
+                self.dir.join(crate::state::STATE_FILE).display()
+            )
+        })
+    }
+
+    /// Journal entries waiting (count, bytes).
+    pub fn backlog(&self) -> (u64, u64) {
+        journal_backlog(&self.journal(), self.state.last_applied_seq)
+    }
+
+    /// Bind the target to a source on its first connection; refuse others.
+    pub fn bind_source(&mut self, source_id: &str, fingerprint: Fingerprint) -> Result<(), String> {
+        match &self.state.source_id {
+            Some(s) if s != source_id => Err(format!(
+                "this target stages source {s:?}, not {source_id:?}; use another state directory for another source"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.state.source_id = Some(source_id.to_string());
+                self.state.source_fingerprint = Some(fingerprint);
+                durable::create_dirs(&self.staging_root(source_id)).map_err(|e| format!("{e:#}"))?;
+                self.save().map_err(|e| format!("writing state.json: {e}"))?;
+                info!(source = source_id, %fingerprint, "target now stages this source");
+                Ok(())
+            }
+        }
+    }
+
+    fn target(&mut self) -> Result<&mut Box<dyn ApplyTarget>> {
+        if self.target.is_none() {
+            let Some(src) = self.state.source_id.clone() else {
+                bail!("no source is bound to this target yet");
+            };
+            let root = self.staging_root(&src);
+            durable::create_dirs(&root)?;
+            self.target = Some((self.factory)(&root)?);
+        }
+        Ok(self.target.as_mut().expect("just set"))
+    }
+
+    /// Replay complete journal entries above the last applied number; drop the rest.
+    pub fn recover(&mut self) -> Result<()> {
+        let journal = self.journal();
+        let mut entries: Vec<(u64, PathBuf)> = Vec::new();
+        for e in
+            std::fs::read_dir(&journal).with_context(|| format!("reading {}", journal.display()))?
+        {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            if name.ends_with(".tmp") {
+                warn!("discarding torn journal write {}", path.display());
+                durable::remove(&path)?;
+            } else if let Some(seq) = name.strip_suffix(".cs").and_then(|s| s.parse().ok()) {
+                entries.push((seq, path));
+            } else if let Some(stem) = name.strip_suffix(".progress") {
+                // A progress mark whose change set is gone (crash while dropping it).
+                if !journal.join(format!("{stem}.cs")).exists() {
+                    durable::remove(&path)?;
+                }
+            }
+        }
+        entries.sort();
+        for (seq, path) in entries {
+            if seq <= self.state.last_applied_seq {
+                self.drop_entry(seq)?;
+                continue;
+            }
+            let raw =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let cs = match ChangeSet::decode(&raw) {
+                Ok(cs) if cs.seq == seq => cs,
+                Ok(cs) => {
+                    warn!(
+                        "discarding journal entry {}: it holds change set {}",
+                        path.display(),
+                        cs.seq
+                    );
+                    self.drop_entry(seq)?;
+                    continue;
+                }
+                Err(e) => {
+                    warn!("discarding torn journal entry {}: {e}", path.display());
+                    self.drop_entry(seq)?;
+                    continue;
+                }
+            };
+            if seq != self.state.last_applied_seq + 1 {
+                warn!(
+                    "discarding journal entry {}: expected change set {}",
+                    path.display(),
+                    self.state.last_applied_seq + 1
+                );
+                self.drop_entry(seq)?;
+                continue;
+            }
+            info!(seq, "replaying journaled change set after a restart");
+            match self.apply_journaled(&cs, raw.len() as u64) {
+                Ok(_) => {}
+                Err(ReceiveError::Paused(m)) => {
+                    warn!(seq, "replay paused: {m}");
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete a journal entry. Not synced: should the deletion be lost in a
+    /// crash, recovery finds the entry at or below the recorded number and
+    /// deletes it again.
+    fn drop_entry(&self, seq: u64) -> Result<()> {
+        let j = self.journal();
+        for ext in ["cs", "progress"] {
+            let p = j.join(journal_name(seq, ext));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Journal, apply and record one change set (`raw` is its encoding).
+    pub fn receive(&mut self, raw: &[u8], cs: &ChangeSet) -> Result<Received, ReceiveError> {
+        let expected = self.state.last_applied_seq + 1;
+        if cs.seq < expected {
+            return Ok(Received::Duplicate { seq: cs.seq });
+        }
+        if cs.seq != expected {
+            return Err(ReceiveError::OutOfOrder {
+                expected,
+                got: cs.seq,
+            });
+        }
+        let path = self.journal().join(journal_name(cs.seq, "cs"));
+        let same = std::fs::read(&path).map(|b| b == raw).unwrap_or(false);
+        if !same {
+            durable::remove(&self.journal().join(journal_name(cs.seq, "progress")))
+                .map_err(|e| self.pause(e.to_string()))?;
+            durable::write_atomic(&path, raw).map_err(|e| {
+                let full = matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+                let what = if full { "disk full: " } else { "" };
+                self.pause(format!("{what}journaling change set {}: {e}", cs.seq))
+            })?;
+        }
+        self.apply_journaled(cs, raw.len() as u64)
+    }
+
+    /// Retry a paused apply from the journal. Returns whether it is no longer paused.
+    pub fn retry_paused(&mut self) -> Result<bool> {
+        if self.state.paused.is_none() {
+            return Ok(true);
+        }
+        let seq = self.state.last_applied_seq + 1;
+        let path = self.journal().join(journal_name(seq, "cs"));
+        if !path.exists() {
+            // Nothing journaled: the agent still holds the set and sends it again.
+            self.state.paused = None;
+            let _ = self.save();
+            return Ok(true);
+        }
+        self.recover()?;
+        Ok(self.state.paused.is_none())
+    }
+
+    fn pause(&mut self, reason: String) -> ReceiveError {
+        warn!("{reason}; apply paused, nothing is lost, retrying by itself");
+        self.state.paused = Some(reason.clone());
+        if let Err(e) = self.save() {
+            warn!("could not record the pause in state.json: {e}");
+        }
+        ReceiveError::Paused(reason)
+    }
+
+    fn apply_journaled(&mut self, cs: &ChangeSet, raw_len: u64) -> Result<Received, ReceiveError> {
+        let progress_path = self.journal().join(journal_name(cs.seq, "progress"));
+        let start: usize = std::fs::read_to_string(&progress_path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let seq = cs.seq;
+        let mut problems = Vec::new();
+        let mut pending: BTreeMap<Vec<u8>, Digest32> = BTreeMap::new();
+        let result: Result<(), ApplyError> = (|| {
+            let target = self
+                .target()
+                .map_err(|e| ApplyError::Io(format!("{e:#}")))?;
+            if start == 0 {
+                // Pause before the first record rather than half way: the
+                // replica then stays exactly as of `seq - 1` while paused.
+                let (bytes, inodes) = crate::apply::space_needed(&cs.records);
+                let (free, free_inodes) = target.available()?;
+                if free < bytes || free_inodes.is_some_and(|i| i < inodes) {
+                    return Err(ApplyError::NoSpace(format!(
+                        "{free} bytes and {} inodes free on the staging filesystem, change set {seq} needs about {bytes} bytes and {inodes} inodes; free space there",
+                        free_inodes.map(|i| i.to_string()).unwrap_or_else(|| "unlimited".into())
+                    )));
+                }
+            }
+            for (i, r) in cs.records.iter().enumerate() {
+                track(&mut pending, r);
+                if i < start {
+                    continue;
+                }
+                match target.apply(r) {
+                    Ok(()) => {}
+                    Err(
+                        e @ (ApplyError::Refused(_)
+                        | ApplyError::Inconsistent(_)
+                        | ApplyError::Mismatch(_)),
+                    ) => {
+                        let paths: Vec<String> =
+                            r.paths().iter().map(|p| display_path(p)).collect();
+                        warn!(seq, record = i, kind = r.name(), paths = ?paths, "record not applied: {e}");
+                        problems.push(format!("change set {seq} record {i} ({}): {e}", r.name()));
+                    }
+                    Err(e) => return Err(e),
+                }
+                if matches!(r, Record::Rename { .. } | Record::Link { .. }) {
+                    target.sync()?;
+                    durable::write_atomic(&progress_path, (i + 1).to_string().as_bytes()).map_err(
+                        |e| {
+                            ApplyError::NoSpace(format!("writing {}: {e}", progress_path.display()))
+                        },
+                    )?;
+                }
+            }
+            for (path, want) in &pending {
+                let got = match target.content_digest(path) {
+                    Ok(got) => got,
+                    Err(
+                        e @ (ApplyError::Refused(_)
+                        | ApplyError::Inconsistent(_)
+                        | ApplyError::Mismatch(_)),
+                    ) => {
+                        problems.push(format!(
+                            "change set {seq}: verifying {}: {e}",
+                            display_path(path)
+                        ));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                match got {
+                    Some(d) if d == *want => {}
+                    got => {
+                        let msg = format!(
+                            "change set {seq}: content of {} is {} after apply, the source has {}",
+                            display_path(path),
+                            got.map(hex::encode).unwrap_or_else(|| "missing".into()),
+                            hex::encode(want)
+                        );
+                        warn!("{msg}");
+                        problems.push(msg);
+                    }
+                }
+            }
+            target.sync()
+        })();
+        if let Err(e) = result {
+            return Err(self.pause(format!("applying change set {seq}: {e}")));
+        }
+        let st = &mut self.state;
+        st.last_applied_seq = seq;
+        st.last_applied_created_unix_ms = Some(cs.created_unix_ms);
+        st.last_applied_unix_ms = Some(now_ms());
+        st.bytes_received += raw_len;
+        st.paused = None;
+        if let Some(m) = st.mirror.as_mut() {
+            if !st.mirror_complete && seq >= m.first_seq {
+                m.bytes_applied += cs.data_len();
+            }
+        }
+        if let Some(first) = problems.first() {
+            st.warning = Some(format!(
+                "{} record(s) were refused or did not verify; first: {first}; a difference mirror repairs the replica",
+                problems.len()
+            ));
+        }
+        if let Err(e) = self.save() {
+            return Err(self.pause(format!("recording change set {seq} in state.json: {e}")));
+        }
+        self.drop_entry(seq).map_err(ReceiveError::Fatal)?;
+        Ok(Received::Applied { seq, problems })
+    }
+
+    /// Record a heartbeat.
+    ///
+    /// Kept in memory even when it cannot be saved (a full disk must not
+    /// cut the link); saved with the next state change then.
+    pub fn heartbeat(&mut self, hb: &Heartbeat) -> Result<()> {
+        self.state.last_heartbeat = Some(HeartbeatState {
+            received_unix_ms: now_ms(),
+            heartbeat: hb.clone(),
+        });
+        if let Err(e) = self.save() {
+            tracing::debug!("could not save a heartbeat in state.json: {e}");
+        }
+        Ok(())
+    }
+
+    /// A mirror begins.
+    pub fn mirror_start(&mut self, m: &MirrorStart) -> Result<()> {
+        self.state.mirror = Some(MirrorState {
+            mirror_id: m.mirror_id.clone(),
+            mode: m.mode,
+            total_entries: m.total_entries,
+            total_bytes: m.total_bytes,
+            first_seq: m.first_seq,
+            bytes_applied: 0,
+            started_unix_ms: now_ms(),
+            last_seq: None,
+            root_digest: None,
+            root_verified: false,
+        });
+        self.state.mirror_complete = false;
+        self.save_ctx()
+    }
+
+    /// A mirror ended: complete once its last change set is applied.
+    pub fn mirror_end(&mut self, m: &MirrorEnd) -> Result<MirrorDone> {
+        let done = |complete, reason: Option<String>| MirrorDone {
+            mirror_id: m.mirror_id.clone(),
+            complete,
+            reason,
+        };
+        match &self.state.mirror {
+            Some(ms) if ms.mirror_id == m.mirror_id => {}
+            _ => {
+                return Ok(done(
+                    false,
+                    Some(format!("mirror {} was never started here", m.mirror_id)),
+                ))
+            }
+        }
+        if self.state.last_applied_seq < m.last_seq {
+            return Ok(done(
+                false,
+                Some(format!(
+                    "change set {} is not applied yet (at {})",
+                    m.last_seq, self.state.last_applied_seq
+                )),
+            ));
+        }
+        let ms = self.state.mirror.as_mut().expect("checked");
+        ms.last_seq = Some(m.last_seq);
+        ms.root_digest = m.root_digest.clone();
+        ms.root_verified = false;
+        self.state.mirror_complete = true;
+        self.state.warning = None;
+        self.save_ctx()?;
+        info!(mirror = m.mirror_id, seq = m.last_seq, "mirror complete");
+        Ok(done(true, None))
+    }
+}
+
+fn under(p: &[u8], base: &[u8]) -> bool {
+    p == base || (p.len() > base.len() && p.starts_with(base) && p[base.len()] == b'/')
+}
+
+/// Track the content digest each file must have at the end of the set.
+fn track(pending: &mut BTreeMap<Vec<u8>, Digest32>, r: &Record) {
+    match r {
+        Record::WriteExtent {
+            path,
+            content_sha256,
+            ..
+        }
+        | Record::Truncate {
+            path,
+            content_sha256,
+            ..
+        } => match content_sha256 {
+            Some(d) => {
+                pending.insert(path.clone(), *d);
+            }
+            // A later record of this file carries the digest; an earlier
+            // expectation no longer holds.
+            None => {
+                pending.remove(path);
+            }
+        },
+        Record::Create(e) => pending.retain(|k, _| !under(k, &e.path)),
+        Record::Delete { path } => pending.retain(|k, _| !under(k, path)),
+        Record::Link { new, .. } => {
+            pending.remove(new);
+        }
+        Record::Rename { from, to } => {
+            pending.retain(|k, _| !under(k, to));
+            let moved: Vec<(Vec<u8>, Digest32)> = pending
+                .iter()
+                .filter(|(k, _)| under(k, from))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            pending.retain(|k, _| !under(k, from));
+            for (k, v) in moved {
+                let mut n = to.clone();
+                n.extend_from_slice(&k[from.len()..]);
+                pending.insert(n, v);
+            }
+        }
+        Record::SetMetadata(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

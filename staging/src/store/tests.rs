@@ -1,0 +1,238 @@
+use super::*;
+use sha2::{Digest, Sha256};
+use standin_builder::entry::{Entry, Kind};
+
+fn file(path: &str) -> Entry {
+    Entry {
+        path: path.as_bytes().to_vec(),
+        kind: Kind::File,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 0,
+        size: 0,
+        xattrs: Default::default(),
+        target: None,
+        link: None,
+        rdev: None,
+        sparse: None,
+        sha256: None,
+    }
+}
+
+fn write(path: &str, data: &[u8]) -> Vec<Record> {
+    vec![
+        Record::Create(file(path)),
+        Record::WriteExtent {
+            path: path.as_bytes().to_vec(),
+            offset: 0,
+            data: data.to_vec(),
+            content_sha256: Some(Sha256::digest(data).into()),
+        },
+    ]
+}
+
+fn cs(seq: u64, records: Vec<Record>) -> (ChangeSet, Vec<u8>) {
+    let c = ChangeSet {
+        seq,
+        created_unix_ms: 0,
+        records,
+    };
+    let raw = c.encode().unwrap();
+    (c, raw)
+}
+
+fn open(dir: &Path) -> Store {
+    let mut s = Store::open(dir).unwrap();
+    s.bind_source("src", Fingerprint([0; 32])).unwrap();
+    s
+}
+
+#[test]
+fn applies_in_order_and_acks_duplicates() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = open(d.path());
+    let (c1, r1) = cs(1, write("a", b"one"));
+    let (c3, r3) = cs(3, write("b", b"three"));
+    assert!(matches!(
+        s.receive(&r3, &c3),
+        Err(ReceiveError::OutOfOrder {
+            expected: 1,
+            got: 3
+        })
+    ));
+    assert_eq!(
+        s.receive(&r1, &c1).unwrap(),
+        Received::Applied {
+            seq: 1,
+            problems: vec![]
+        }
+    );
+    assert_eq!(s.receive(&r1, &c1).unwrap(), Received::Duplicate { seq: 1 });
+    assert_eq!(
+        std::fs::read(s.staging_root("src").join("a")).unwrap(),
+        b"one"
+    );
+    assert_eq!(TargetState::load(d.path()).unwrap().last_applied_seq, 1);
+    assert_eq!(s.backlog(), (0, 0));
+    assert!(s.bind_source("other", Fingerprint([1; 32])).is_err());
+    use std::os::unix::fs::PermissionsExt;
+    for p in [d.path().to_path_buf(), d.path().join("staging")] {
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
+}
+
+#[test]
+fn restart_replays_complete_entries_and_discards_torn_ones() {
+    let d = tempfile::tempdir().unwrap();
+    let (c2, r2) = cs(2, write("b", b"two"));
+    {
+        let mut s = open(d.path());
+        let (c1, r1) = cs(1, write("a", b"one"));
+        s.receive(&r1, &c1).unwrap();
+    }
+    // A complete journal entry for 2 (crash after journaling, before apply),
+    // plus a torn temp file and a corrupt entry for 3.
+    let j = d.path().join("journal");
+    std::fs::write(j.join(journal_name(2, "cs")), &r2).unwrap();
+    std::fs::write(j.join(".x.cs.tmp"), b"half").unwrap();
+    let (_, mut r3) = cs(3, write("c", b"three"));
+    r3.truncate(r3.len() - 5);
+    std::fs::write(j.join(journal_name(3, "cs")), &r3).unwrap();
+    let s = open(d.path());
+    assert_eq!(s.state().last_applied_seq, 2);
+    assert_eq!(
+        std::fs::read(s.staging_root("src").join("b")).unwrap(),
+        b"two"
+    );
+    assert!(!s.staging_root("src").join("c").exists());
+    assert_eq!(std::fs::read_dir(&j).unwrap().count(), 0);
+    let _ = c2;
+}
+
+#[test]
+fn replay_after_a_rename_checkpoint_does_not_redo_it() {
+    let d = tempfile::tempdir().unwrap();
+    let mut records = write("a", b"old");
+    records.push(Record::Rename {
+        from: b"a".to_vec(),
+        to: b"b".to_vec(),
+    });
+    records.extend(write("a", b"new"));
+    let (c1, r1) = cs(1, records);
+    {
+        let mut s = open(d.path());
+        s.receive(&r1, &c1).unwrap();
+        assert_eq!(
+            std::fs::read(s.staging_root("src").join("b")).unwrap(),
+            b"old"
+        );
+    }
+    // Simulate a crash after the whole set applied but before state.json:
+    // the journal entry and its progress mark are still there.
+    let mut st = TargetState::load(d.path()).unwrap();
+    st.last_applied_seq = 0;
+    st.save(d.path()).unwrap();
+    std::fs::write(d.path().join("journal").join(journal_name(1, "cs")), &r1).unwrap();
+    std::fs::write(
+        d.path().join("journal").join(journal_name(1, "progress")),
+        b"3",
+    )
+    .unwrap();
+    let s = open(d.path());
+    assert_eq!(s.state().last_applied_seq, 1);
+    let root = s.staging_root("src");
+    assert_eq!(std::fs::read(root.join("b")).unwrap(), b"old");
+    assert_eq!(std::fs::read(root.join("a")).unwrap(), b"new");
+    assert_eq!(s.state().warning, None);
+}
+
+#[test]
+fn digest_mismatch_is_a_warning() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = open(d.path());
+    let mut records = write("a", b"one");
+    if let Record::WriteExtent { content_sha256, .. } = &mut records[1] {
+        *content_sha256 = Some([9; 32]);
+    }
+    let (c1, r1) = cs(1, records);
+    match s.receive(&r1, &c1).unwrap() {
+        Received::Applied { problems, .. } => assert_eq!(problems.len(), 1, "{problems:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(s
+        .state()
+        .warning
+        .as_deref()
+        .unwrap()
+        .contains("content of /a"));
+}
+
+#[test]
+fn a_file_sent_in_pieces_is_verified_once_at_its_last_piece() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = open(d.path());
+    let piece = |seq: u64, offset: u64, data: &[u8], digest: Option<[u8; 32]>| {
+        let mut records = Vec::new();
+        if seq == 1 {
+            records.push(Record::Create(file("big")));
+        }
+        records.push(Record::WriteExtent {
+            path: b"big".to_vec(),
+            offset,
+            data: data.to_vec(),
+            content_sha256: digest,
+        });
+        cs(seq, records)
+    };
+    let (c1, r1) = piece(1, 0, b"hello ", None);
+    let (c2, r2) = piece(2, 6, b"world", Some(Sha256::digest(b"hello world").into()));
+    assert_eq!(
+        s.receive(&r1, &c1).unwrap(),
+        Received::Applied {
+            seq: 1,
+            problems: vec![]
+        }
+    );
+    assert_eq!(
+        s.receive(&r2, &c2).unwrap(),
+        Received::Applied {
+            seq: 2,
+            problems: vec![]
+        }
+    );
+    // A wrong final digest is caught, and a digest-less piece after a
+    // digest in the same set cancels the stale expectation.
+    let (c3, r3) = piece(3, 0, b"J", Some([0; 32]));
+    match s.receive(&r3, &c3).unwrap() {
+        Received::Applied { problems, .. } => assert_eq!(problems.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    let mut records = vec![Record::WriteExtent {
+        path: b"big".to_vec(),
+        offset: 0,
+        data: b"h".to_vec(),
+        content_sha256: Some([0; 32]),
+    }];
+    records.push(Record::WriteExtent {
+        path: b"big".to_vec(),
+        offset: 0,
+        data: b"H".to_vec(),
+        content_sha256: None,
+    });
+    let (c4, r4) = cs(4, records);
+    assert_eq!(
+        s.receive(&r4, &c4).unwrap(),
+        Received::Applied {
+            seq: 4,
+            problems: vec![]
+        }
+    );
+    assert_eq!(
+        std::fs::read(s.staging_root("src").join("big")).unwrap(),
+        b"Hello world"
+    );
+}

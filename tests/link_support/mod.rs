@@ -1,0 +1,388 @@
+//! Helpers for the link tests: identities, a target daemon child process,
+//! an in-process agent, and a model of the tree a sequence of change sets builds.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use standin_agent::link::LinkConfig;
+use standin_builder::changeset::Record;
+use standin_builder::entry::{Entry, Kind};
+use standin_link::Fingerprint;
+
+#[path = "../common/mod.rs"]
+pub mod common;
+
+/// Create an identity with the real binary; return (dir, fingerprint).
+pub fn keys(base: &Path, name: &str) -> (PathBuf, Fingerprint) {
+    let dir = base.join(name);
+    let out = common::run_ok(
+        common::standin().args(["keys", "init", "--dir"]).arg(&dir),
+        None,
+    );
+    let f = common::stdout(&out)
+        .trim()
+        .parse()
+        .expect("keys init prints a fingerprint");
+    (dir, f)
+}
+
+/// A `standin target serve` child process.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Start the daemon; wait until it prints its address (recovery is done then).
+    pub fn start(
+        state: &Path,
+        identity: &Path,
+        trust: &[Fingerprint],
+        listen: &str,
+        log: &Path,
+    ) -> Daemon {
+        Self::start_in(None, state, identity, trust, listen, log)
+    }
+
+    /// Start the daemon, inside a network namespace when `netns` is given.
+    pub fn start_in(
+        netns: Option<&str>,
+        state: &Path,
+        identity: &Path,
+        trust: &[Fingerprint],
+        listen: &str,
+        log: &Path,
+    ) -> Daemon {
+        let mut cmd = match netns {
+            None => common::standin(),
+            Some(ns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", ns])
+                    .arg(common::bin())
+                    .env("NO_COLOR", "1");
+                c
+            }
+        };
+        cmd.args(["target", "serve", "--listen", listen, "--state-dir"])
+            .arg(state)
+            .arg("--identity")
+            .arg(identity)
+            .env("STANDIN_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .expect("opening the daemon log"),
+            );
+        for t in trust {
+            cmd.arg("--trust").arg(t.to_string());
+        }
+        let mut child = cmd.spawn().expect("starting standin target serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("reading the daemon's first line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "daemon did not report its address: {line:?}\nlog:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            });
+        Daemon {
+            child,
+            addr: addr.to_string(),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("polling the daemon").is_none()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An agent configuration for tests: short heartbeat and backoff.
+pub fn agent_config(addr: &str, identity: &Path, trust: Fingerprint) -> LinkConfig {
+    let id = standin_link::identity::load(identity).expect("loading the agent identity");
+    let mut c = LinkConfig::new(addr, id, vec![trust], "src1");
+    c.heartbeat = Duration::from_millis(300);
+    c.backoff_min = Duration::from_millis(50);
+    c.backoff_max = Duration::from_millis(300);
+    c.connect_timeout = Duration::from_secs(3);
+    c.dead_after = Duration::from_secs(2);
+    c
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A tree by relative path: `dir`, or `file <len> <sha256>` (small in failure output).
+pub type Tree = BTreeMap<String, String>;
+
+/// One node of a model tree.
+#[derive(Clone)]
+enum Node {
+    Dir,
+    File { mode: u32, data: Vec<u8> },
+    Symlink(String),
+}
+
+fn describe(n: &Node) -> String {
+    match n {
+        Node::Dir => "dir".to_string(),
+        Node::File { mode, data } => {
+            format!("file {mode:o} {} {}", data.len(), hex::encode(sha(data)))
+        }
+        Node::Symlink(t) => format!("symlink {t}"),
+    }
+}
+
+fn summarise(model: &BTreeMap<String, Node>) -> Tree {
+    model
+        .iter()
+        .map(|(k, v)| (k.clone(), describe(v)))
+        .collect()
+}
+
+/// Read a directory tree: directories, regular files (mode, size, sha256), symlinks.
+pub fn read_tree(root: &Path) -> Tree {
+    use std::os::unix::fs::PermissionsExt;
+    let mut t = Tree::new();
+    fn walk(root: &Path, dir: &Path, t: &mut Tree) {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for p in names {
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let node = if m.is_dir() {
+                Node::Dir
+            } else if m.file_type().is_symlink() {
+                Node::Symlink(
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                )
+            } else {
+                Node::File {
+                    mode: m.permissions().mode() & 0o7777,
+                    data: std::fs::read(&p).unwrap(),
+                }
+            };
+            t.insert(rel, describe(&node));
+            if m.is_dir() {
+                walk(root, &p, t);
+            }
+        }
+    }
+    if root.exists() {
+        walk(root, root, &mut t);
+    }
+    t
+}
+
+pub fn entry(path: &str, kind: Kind) -> Entry {
+    Entry {
+        path: path.as_bytes().to_vec(),
+        kind,
+        mode: if kind == Kind::Dir { 0o755 } else { 0o644 },
+        uid: 0,
+        gid: 0,
+        mtime_ns: 1_700_000_000_000_000_000,
+        size: 0,
+        xattrs: Default::default(),
+        target: None,
+        link: None,
+        rdev: None,
+        sparse: None,
+        sha256: None,
+    }
+}
+
+fn sha(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+/// A scripted history: the records of each change set and the tree after it.
+/// `states[k]` is the tree after change set k (`states[0]` is empty). It
+/// appends to and truncates a log, replaces files through a temp file and a
+/// rename, changes modes, makes hard links and symlinks, and deletes.
+pub fn history(n: u64) -> (Vec<Vec<Record>>, Vec<Tree>) {
+    let mut tree: BTreeMap<String, Node> = BTreeMap::new();
+    let mut sets = Vec::new();
+    let mut states = vec![summarise(&tree)];
+    let mut log: Vec<u8> = Vec::new();
+    for k in 1..=n {
+        let mut r = Vec::new();
+        if k == 1 {
+            r.push(Record::Create(entry("d", Kind::Dir)));
+            r.push(Record::Create(entry("d/log", Kind::File)));
+            tree.insert("d".into(), Node::Dir);
+        }
+        // Append a line to the log; sometimes cut it in half.
+        let line = format!("change set {k}\n").into_bytes();
+        let offset = log.len() as u64;
+        log.extend_from_slice(&line);
+        r.push(Record::WriteExtent {
+            path: b"d/log".to_vec(),
+            offset,
+            data: line,
+            content_sha256: Some(sha(&log)),
+        });
+        if k % 3 == 0 {
+            let size = log.len() / 2;
+            log.truncate(size);
+            r.push(Record::Truncate {
+                path: b"d/log".to_vec(),
+                size: size as u64,
+                content_sha256: Some(sha(&log)),
+            });
+        }
+        tree.insert(
+            "d/log".into(),
+            Node::File {
+                mode: 0o644,
+                data: log.clone(),
+            },
+        );
+        // Write a new version of a file through a temp file and a rename;
+        // a multi-piece file carries its digest on the last piece only.
+        let data: Vec<u8> = (0..(k as usize % 4) * 300_000 + 10)
+            .map(|i| (i as u64 * 31 + k) as u8)
+            .collect();
+        r.push(Record::Create(entry("tmp", Kind::File)));
+        let pieces: Vec<&[u8]> = data.chunks(256 << 10).collect();
+        for (i, chunk) in pieces.iter().enumerate() {
+            let last = i + 1 == pieces.len();
+            r.push(Record::WriteExtent {
+                path: b"tmp".to_vec(),
+                offset: (i * (256 << 10)) as u64,
+                data: chunk.to_vec(),
+                content_sha256: last.then(|| sha(&data)),
+            });
+        }
+        let name = format!("f{}", k % 5);
+        r.push(Record::Rename {
+            from: b"tmp".to_vec(),
+            to: name.as_bytes().to_vec(),
+        });
+        let mut mode = 0o644;
+        if k % 4 == 1 {
+            mode = 0o600;
+            let mut e = entry(&name, Kind::File);
+            e.mode = mode;
+            r.push(Record::SetMetadata(e));
+        }
+        tree.insert(
+            name.clone(),
+            Node::File {
+                mode,
+                data: data.clone(),
+            },
+        );
+        if k % 5 == 2 {
+            r.push(Record::Link {
+                existing: name.as_bytes().to_vec(),
+                new: b"h".to_vec(),
+            });
+            tree.insert("h".into(), Node::File { mode, data });
+        }
+        if k % 3 == 1 {
+            let mut e = entry("l", Kind::Symlink);
+            e.target = Some(name.as_bytes().to_vec());
+            r.push(Record::Create(e));
+            tree.insert("l".into(), Node::Symlink(name.clone()));
+        }
+        if k % 7 == 0 {
+            let victim = format!("f{}", (k + 1) % 5);
+            r.push(Record::Delete {
+                path: victim.as_bytes().to_vec(),
+            });
+            tree.remove(&victim);
+        }
+        sets.push(r);
+        states.push(summarise(&tree));
+    }
+    (sets, states)
+}
+
+/// The replica of source `src1` in a state directory.
+pub fn replica(state: &Path) -> PathBuf {
+    state.join("staging/src1/root")
+}
+
+/// last_applied_seq from state.json.
+pub fn applied(state: &Path) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+    v["last_applied_seq"].as_u64().unwrap()
+}
+
+/// A listing of everything in a directory (paths, sizes) to prove it did not change.
+pub fn listing(dir: &Path) -> Vec<(String, u64)> {
+    let mut v = Vec::new();
+    fn walk(root: &Path, d: &Path, v: &mut Vec<(String, u64)>) {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                let m = std::fs::symlink_metadata(&p).unwrap();
+                v.push((
+                    p.strip_prefix(root).unwrap().to_string_lossy().into_owned(),
+                    if m.is_dir() { 0 } else { m.len() },
+                ));
+                if m.is_dir() {
+                    walk(root, &p, v);
+                }
+            }
+        }
+    }
+    walk(dir, dir, &mut v);
+    v.sort();
+    v
+}
+
+/// Wait (bounded) until `f` holds; panic with `what` otherwise.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("gave up waiting for {what}");
+}

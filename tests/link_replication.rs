@@ -157,6 +157,7 @@ fn kill_dash_nine_leaves_a_consistent_prefix_and_converges() {
     let mut rng = seed();
     eprintln!("STANDIN_TEST_SEED={rng}");
     let mut prefixes = Vec::new();
+    let (mut replays, mut torn) = (0, 0);
     for run in 0..10 {
         let state = d.path().join(format!("state{run}"));
         let log = d.path().join(format!("daemon{run}.log"));
@@ -171,7 +172,13 @@ fn kill_dash_nine_leaves_a_consistent_prefix_and_converges() {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        std::thread::sleep(std::time::Duration::from_millis(rng % 600));
+        // Kill at a random moment of the stream: after a random number of
+        // acknowledgements plus a random few milliseconds.
+        let after = rng % (SETS - 2);
+        wait_until("acknowledgements before the kill", || {
+            sender.stats().last_acked >= after
+        });
+        std::thread::sleep(std::time::Duration::from_millis((rng >> 20) % 25));
         daemon.kill9();
 
         // Restart trusting nobody, so the agent cannot reconnect yet: what
@@ -190,6 +197,9 @@ fn kill_dash_nine_leaves_a_consistent_prefix_and_converges() {
             "run {run}: journal left over"
         );
         prefixes.push(at);
+        let text = check.log_text();
+        replays += text.matches("replaying journaled change set").count();
+        torn += text.matches("discarding torn").count();
         drop(check);
 
         // Restart for real: the agent reconnects by itself and resumes.
@@ -210,5 +220,118 @@ fn kill_dash_nine_leaves_a_consistent_prefix_and_converges() {
         rt.block_on(sender.close());
         drop(daemon);
     }
-    eprintln!("sequence numbers found after kill -9: {prefixes:?}");
+    eprintln!(
+        "sequence numbers found after kill -9: {prefixes:?}; journal replays: {replays}, torn entries discarded: {torn}"
+    );
+}
+
+#[test]
+fn the_agent_waits_for_a_target_that_starts_later() {
+    let d = tempdir();
+    let (tid, tf) = keys(d.path(), "target");
+    let (aid, af) = keys(d.path(), "agent");
+    let (xid, _) = keys(d.path(), "stranger");
+    let state = d.path().join("state");
+    // Find a free port, then start the daemon on it a little later.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let rt = runtime();
+    let starter = {
+        let (state, tid, addr, log) = (
+            state.clone(),
+            tid.clone(),
+            addr.clone(),
+            d.path().join("daemon.log"),
+        );
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            Daemon::start(&state, &tid, &[af], &addr, &log)
+        })
+    };
+    let sender = rt
+        .block_on(Sender::start_with_backoff(
+            agent_config(&addr, &aid, tf),
+            Some(200),
+        ))
+        .expect("the agent should connect once the target is up");
+    let daemon = starter.join().unwrap();
+    let (sets, states) = history(3);
+    for r in sets {
+        sender.send(r).unwrap();
+    }
+    rt.block_on(sender.wait_acked(3)).unwrap();
+    assert_eq!(read_tree(&replica(&state)), states[3]);
+    // A refused certificate is not retried (bounded, in case the refusal
+    // arrives as a bare reset, which looks transient).
+    let err = rt
+        .block_on(Sender::start_with_backoff(
+            agent_config(&daemon.addr, &xid, tf),
+            Some(50),
+        ))
+        .err()
+        .expect("a stranger must be refused");
+    assert!(!standin_agent::link::is_retryable(&err), "{err:#}");
+    rt.block_on(sender.close());
+}
+
+#[test]
+fn a_full_memory_queue_spills_to_disk_and_nothing_is_lost() {
+    let d = tempdir();
+    let (tid, tf) = keys(d.path(), "target");
+    let (aid, af) = keys(d.path(), "agent");
+    let state = d.path().join("state");
+    let log = d.path().join("daemon.log");
+    let mut daemon = Daemon::start(&state, &tid, &[af], "127.0.0.1:0", &log);
+    let addr = daemon.addr.clone();
+    let spill = d.path().join("agent-queue");
+    let mut cfg = agent_config(&addr, &aid, tf);
+    cfg.queue_max_bytes = 200_000;
+    cfg.spill_dir = Some(spill.clone());
+    cfg.spill_max_bytes = 3_000_000;
+    let rt = runtime();
+    let sender = rt.block_on(Sender::start(cfg)).unwrap();
+    // The target goes away; the agent keeps queueing, in memory then on disk.
+    daemon.kill9();
+    let (sets, states) = history(9);
+    let mut queued = 0;
+    let mut full = None;
+    for r in &sets {
+        match sender.send(r.clone()) {
+            Ok(_) => queued += 1,
+            Err(e) => {
+                full = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let stats = sender.stats();
+    assert!(stats.spilled_sets > 0, "nothing spilled: {stats:?}");
+    let on_disk = std::fs::read_dir(&spill).unwrap().count() as u64;
+    assert_eq!(on_disk, stats.spilled_sets);
+    // A bounded disk queue says so instead of growing without limit.
+    let full = full.expect("3 MB of spill should not hold 9 sets of this history");
+    assert!(
+        full.contains("queue is full") && full.contains("difference mirror"),
+        "{full}"
+    );
+    assert!(
+        stats.queue_bytes <= 200_000 + 3_000_000 + 1_000_000,
+        "{stats:?}"
+    );
+
+    // The target comes back: everything queued arrives, and the spill is cleaned up.
+    let _daemon = Daemon::start(&state, &tid, &[af], &addr, &log);
+    rt.block_on(sender.wait_acked(queued)).unwrap();
+    assert_eq!(read_tree(&replica(&state)), states[queued as usize]);
+    assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 0);
+    let stats = sender.stats();
+    assert_eq!(
+        (stats.queue_sets, stats.spilled_sets, stats.spilled_bytes),
+        (0, 0, 0)
+    );
+    rt.block_on(sender.close());
 }

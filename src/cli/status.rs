@@ -10,6 +10,7 @@ use super::Exit;
 
 /// Arguments of `standin status`.
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("where").required(true).args(["target", "state_dir"])))]
 #[command(
     after_help = "Examples:\n  standin status --state-dir /var/lib/standin\n  standin status --target 198.18.0.2 --identity /etc/standin/identity --trust sha256:3f0c… --json"
 )]

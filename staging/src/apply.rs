@@ -13,18 +13,20 @@
 //! a symlink — inside the tree or leading out — is refused and logged.
 //! Data is only written into regular files, never into device nodes.
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
+
+mod fsops;
+use fsops::{kind_of, list_xattrs, lstat, proc_path, remove_at};
 use sha2::{Digest, Sha256};
 use standin_builder::changeset::{check_path, metadata_digest, Digest32, Record};
-use standin_builder::entry::{display_path, Entry, Kind, Xattr};
+use standin_builder::entry::{display_path, Entry, Kind};
 
 /// Why a record did not apply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +89,21 @@ fn io_err(what: &str, path: &[u8], e: Errno) -> ApplyError {
     let msg = format!("{what} {}: {e}", display_path(path));
     match e {
         Errno::NOSPC | Errno::DQUOT => ApplyError::NoSpace(msg),
+        // Not permitted (a device node without CAP_MKNOD, an immutable
+        // file): retrying will not help, so report it and go on.
+        Errno::PERM => ApplyError::Mismatch(msg),
+        // The record does not fit the replica as it is (renaming over a
+        // non-empty directory, a file where a directory is expected, ...):
+        // the replica diverged; a difference mirror repairs it.
+        Errno::NOTEMPTY
+        | Errno::ISDIR
+        | Errno::NOTDIR
+        | Errno::EXIST
+        | Errno::LOOP
+        | Errno::NAMETOOLONG
+        | Errno::INVAL
+        | Errno::MLINK
+        | Errno::XDEV => ApplyError::Inconsistent(msg),
         _ => ApplyError::Io(msg),
     }
 }
@@ -231,16 +248,9 @@ impl DirTarget {
         }
         match (e.kind, existing_type) {
             (Kind::Dir, Some(FileType::Directory)) => {}
-            (Kind::File, Some(FileType::RegularFile)) => {
-                self.guard(&dir, name, &e.path)?;
-                rustix::fs::openat(
-                    &dir,
-                    n,
-                    OFlags::WRONLY | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|x| io_err("truncating", &e.path, x))?;
-            }
+            // Everything else, including an existing regular file, is
+            // replaced by a new inode (truncating in place would also empty
+            // the file's other hard links).
             (kind, existing) => {
                 if existing.is_some() {
                     remove_at(&dir, name, 0).map_err(|x| io_err("removing", &e.path, x))?;
@@ -342,7 +352,15 @@ impl DirTarget {
         for (k, v) in &e.xattrs {
             if have_x.get(k) != Some(v) {
                 rustix::fs::lsetxattr(&xpath, OsStr::from_bytes(&k.0), &v.0, XattrFlags::empty())
-                    .map_err(|x| io_err("setting an xattr of", &e.path, x))?;
+                    .map_err(|x| match x {
+                    // Retrying cannot help: report, do not pause.
+                    Errno::NOTSUP | Errno::PERM => ApplyError::Mismatch(format!(
+                        "the staging filesystem cannot hold xattr {} of {}: {x}",
+                        String::from_utf8_lossy(&k.0),
+                        display_path(&e.path)
+                    )),
+                    x => io_err("setting an xattr of", &e.path, x),
+                })?;
             }
         }
         let t = Timespec {
@@ -535,87 +553,6 @@ impl ApplyTarget for DirTarget {
         let inodes = (st.f_files > 0).then_some(st.f_favail);
         Ok((st.f_bavail.saturating_mul(st.f_frsize), inodes))
     }
-}
-
-fn kind_of(ft: FileType) -> Option<Kind> {
-    Some(match ft {
-        FileType::RegularFile => Kind::File,
-        FileType::Directory => Kind::Dir,
-        FileType::Symlink => Kind::Symlink,
-        FileType::Fifo => Kind::Fifo,
-        FileType::CharacterDevice => Kind::Char,
-        FileType::BlockDevice => Kind::Block,
-        _ => return None,
-    })
-}
-
-fn lstat(dir: &OwnedFd, name: &[u8]) -> Result<Option<rustix::fs::Stat>, Errno> {
-    match rustix::fs::statat(dir, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => Ok(Some(st)),
-        Err(Errno::NOENT) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// `/proc/self/fd/<dir>/<name>`: the name inside an already-resolved
-/// directory, for the l*xattr calls (which do not follow the last component).
-fn proc_path(dir: &OwnedFd, name: &[u8]) -> PathBuf {
-    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-    p.extend_from_slice(name);
-    PathBuf::from(OsStr::from_bytes(&p))
-}
-
-fn list_xattrs(path: &Path) -> Result<BTreeMap<Xattr, Xattr>, Errno> {
-    let mut out = BTreeMap::new();
-    let size = match rustix::fs::llistxattr_query(path) {
-        Ok(n) => n,
-        Err(Errno::NOTSUP) => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    let mut names = vec![0u8; size.min(1 << 16)];
-    let n = rustix::fs::llistxattr(path, &mut names[..])?;
-    for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
-        let len = rustix::fs::lgetxattr_query(path, OsStr::from_bytes(name))?;
-        let mut v = vec![0u8; len.min(1 << 16)];
-        let got = rustix::fs::lgetxattr(path, OsStr::from_bytes(name), &mut v[..])?;
-        v.truncate(got);
-        out.insert(Xattr(name.to_vec()), Xattr(v));
-    }
-    Ok(out)
-}
-
-/// Remove `name` in `dir`, recursively for directories, without following symlinks.
-fn remove_at(dir: &impl AsFd, name: &[u8], depth: usize) -> Result<(), Errno> {
-    let n = OsStr::from_bytes(name);
-    let st = match rustix::fs::statat(dir, n, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => st,
-        Err(Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-        return rustix::fs::unlinkat(dir, n, AtFlags::empty());
-    }
-    if depth > 1024 {
-        return Err(Errno::NAMETOOLONG);
-    }
-    let sub = rustix::fs::openat(
-        dir,
-        n,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let mut names = Vec::new();
-    for ent in rustix::fs::Dir::read_from(&sub)? {
-        let ent = ent?;
-        let b = ent.file_name().to_bytes();
-        if b != b"." && b != b".." {
-            names.push(b.to_vec());
-        }
-    }
-    for child in names {
-        remove_at(&sub, &child, depth + 1)?;
-    }
-    rustix::fs::unlinkat(dir, n, AtFlags::REMOVEDIR)
 }
 
 #[cfg(test)]

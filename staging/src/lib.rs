@@ -10,6 +10,8 @@
 //! - [`snapshot`]: snapshots of a staging area and their retention.
 //! - [`failover`]: the swap into the target root, and rollback.
 //! - [`monitor`]: the failover condition and what the daemon does about it.
+//! - [`profile`]: the profile the target serves (the one place to switch to
+//!   standin-validate's `Profile`).
 
 pub mod apply;
 pub mod daemon;

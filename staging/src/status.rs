@@ -95,3 +95,81 @@ pub fn from_state_dir(dir: &Path, silence: Duration) -> Result<Status> {
     let journal = crate::store::journal_backlog(&dir.join("journal"), st.last_applied_seq);
     Ok(compute(&st, journal, crate::state::now_ms(), silence))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{HeartbeatState, MirrorState};
+    use standin_link::message::{Heartbeat, MirrorMode};
+
+    fn hb(at: i64, source_seq: u64, oldest: Option<i64>) -> HeartbeatState {
+        HeartbeatState {
+            received_unix_ms: at,
+            heartbeat: Heartbeat {
+                sent_unix_ms: at,
+                source_seq,
+                queue_sets: source_seq.saturating_sub(5),
+                queue_bytes: 1000,
+                oldest_pending_unix_ms: oldest,
+            },
+        }
+    }
+
+    fn mirror(total: u64, applied: u64) -> MirrorState {
+        MirrorState {
+            mirror_id: "m".into(),
+            mode: MirrorMode::Checksum,
+            total_entries: 1,
+            total_bytes: total,
+            first_seq: 1,
+            bytes_applied: applied,
+            started_unix_ms: 0,
+            last_seq: None,
+            root_digest: None,
+            root_verified: false,
+        }
+    }
+
+    #[test]
+    fn states_follow_the_rules() {
+        let silence = Duration::from_secs(35);
+        let now = 1_000_000;
+        let mut st = TargetState::default();
+        assert_eq!(compute(&st, (0, 0), now, silence).state, State::Unprotected);
+
+        st.mirror = Some(mirror(400, 100));
+        let s = compute(&st, (0, 0), now, silence);
+        assert_eq!(
+            (s.state, s.mirror_percent),
+            (State::Synchronizing, Some(25.0))
+        );
+
+        st.mirror_complete = true;
+        st.last_applied_seq = 5;
+        st.last_heartbeat = Some(hb(now - 1000, 5, None));
+        let s = compute(&st, (0, 0), now, silence);
+        assert_eq!(
+            (s.state, s.mirror_percent, s.lag_seconds),
+            (State::Protected, Some(100.0), 0.0)
+        );
+
+        // Behind: lag from the oldest pending change, bytes from both sides.
+        st.last_heartbeat = Some(hb(now - 1000, 9, Some(now - 4000)));
+        let s = compute(&st, (2, 300), now, silence);
+        assert_eq!(
+            (s.lag_seconds, s.lag_bytes, s.source_seq, s.journal_pending),
+            (4.0, 1300, 9, 2)
+        );
+
+        // Silence beyond the limit: the failover condition.
+        st.last_heartbeat = Some(hb(now - 36_000, 5, None));
+        let s = compute(&st, (0, 0), now, silence);
+        assert_eq!(s.state, State::Warning);
+        assert!(s.reason.unwrap().contains("failover condition met"));
+
+        // A paused apply wins over everything.
+        st.paused = Some("disk full".into());
+        let s = compute(&st, (0, 0), now, silence);
+        assert!(s.reason.unwrap().contains("apply paused: disk full"));
+    }
+}

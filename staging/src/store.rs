@@ -108,6 +108,13 @@ impl Store {
         for sub in ["journal", "staging", "snapshots", "rollback"] {
             durable::create_dirs(&dir.join(sub))?;
         }
+        // The replica holds the source's setuid programs and device nodes:
+        // only root on the target may reach it.
+        use std::os::unix::fs::PermissionsExt;
+        for d in [dir.to_path_buf(), dir.join("staging")] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting {} to its owner", d.display()))?;
+        }
         let state = TargetState::load(dir)?;
         let mut store = Store {
             dir: dir.to_path_buf(),
@@ -260,10 +267,19 @@ impl Store {
         Ok(())
     }
 
+    /// Delete a journal entry. Not synced: should the deletion be lost in a
+    /// crash, recovery finds the entry at or below the recorded number and
+    /// deletes it again.
     fn drop_entry(&self, seq: u64) -> Result<()> {
         let j = self.journal();
-        durable::remove(&j.join(journal_name(seq, "cs")))?;
-        durable::remove(&j.join(journal_name(seq, "progress")))?;
+        for ext in ["cs", "progress"] {
+            let p = j.join(journal_name(seq, ext));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
+            }
+        }
         Ok(())
     }
 
@@ -437,12 +453,18 @@ impl Store {
     }
 
     /// Record a heartbeat.
+    ///
+    /// Kept in memory even when it cannot be saved (a full disk must not
+    /// cut the link); saved with the next state change then.
     pub fn heartbeat(&mut self, hb: &Heartbeat) -> Result<()> {
         self.state.last_heartbeat = Some(HeartbeatState {
             received_unix_ms: now_ms(),
             heartbeat: hb.clone(),
         });
-        self.save_ctx()
+        if let Err(e) = self.save() {
+            tracing::debug!("could not save a heartbeat in state.json: {e}");
+        }
+        Ok(())
     }
 
     /// A mirror begins.
@@ -516,9 +538,16 @@ fn track(pending: &mut BTreeMap<Vec<u8>, Digest32>, r: &Record) {
             path,
             content_sha256,
             ..
-        } => {
-            pending.insert(path.clone(), *content_sha256);
-        }
+        } => match content_sha256 {
+            Some(d) => {
+                pending.insert(path.clone(), *d);
+            }
+            // A later record of this file carries the digest; an earlier
+            // expectation no longer holds.
+            None => {
+                pending.remove(path);
+            }
+        },
         Record::Create(e) => pending.retain(|k, _| !under(k, &e.path)),
         Record::Delete { path } => pending.retain(|k, _| !under(k, path)),
         Record::Link { new, .. } => {

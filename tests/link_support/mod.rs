@@ -151,22 +151,34 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// A tree by relative path: `dir`, or `file <len> <sha256>` (small in failure output).
 pub type Tree = BTreeMap<String, String>;
 
-fn describe(content: &Option<Vec<u8>>) -> String {
-    match content {
-        None => "dir".to_string(),
-        Some(b) => format!("file {} {}", b.len(), hex::encode(sha(b))),
+/// One node of a model tree.
+#[derive(Clone)]
+enum Node {
+    Dir,
+    File { mode: u32, data: Vec<u8> },
+    Symlink(String),
+}
+
+fn describe(n: &Node) -> String {
+    match n {
+        Node::Dir => "dir".to_string(),
+        Node::File { mode, data } => {
+            format!("file {mode:o} {} {}", data.len(), hex::encode(sha(data)))
+        }
+        Node::Symlink(t) => format!("symlink {t}"),
     }
 }
 
-fn summarise(model: &BTreeMap<String, Option<Vec<u8>>>) -> Tree {
+fn summarise(model: &BTreeMap<String, Node>) -> Tree {
     model
         .iter()
         .map(|(k, v)| (k.clone(), describe(v)))
         .collect()
 }
 
-/// Read a directory tree (no symlinks expected).
+/// Read a directory tree: directories, regular files (mode, size, sha256), symlinks.
 pub fn read_tree(root: &Path) -> Tree {
+    use std::os::unix::fs::PermissionsExt;
     let mut t = Tree::new();
     fn walk(root: &Path, dir: &Path, t: &mut Tree) {
         let mut names: Vec<_> = std::fs::read_dir(dir)
@@ -177,11 +189,24 @@ pub fn read_tree(root: &Path) -> Tree {
         for p in names {
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
             let m = std::fs::symlink_metadata(&p).unwrap();
-            if m.is_dir() {
-                t.insert(rel, describe(&None));
-                walk(root, &p, t);
+            let node = if m.is_dir() {
+                Node::Dir
+            } else if m.file_type().is_symlink() {
+                Node::Symlink(
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                )
             } else {
-                t.insert(rel, describe(&Some(std::fs::read(&p).unwrap())));
+                Node::File {
+                    mode: m.permissions().mode() & 0o7777,
+                    data: std::fs::read(&p).unwrap(),
+                }
+            };
+            t.insert(rel, describe(&node));
+            if m.is_dir() {
+                walk(root, &p, t);
             }
         }
     }
@@ -214,21 +239,22 @@ fn sha(b: &[u8]) -> [u8; 32] {
 }
 
 /// A scripted history: the records of each change set and the tree after it.
-/// `states[k]` is the tree after change set k (`states[0]` is empty).
+/// `states[k]` is the tree after change set k (`states[0]` is empty). It
+/// appends to and truncates a log, replaces files through a temp file and a
+/// rename, changes modes, makes hard links and symlinks, and deletes.
 pub fn history(n: u64) -> (Vec<Vec<Record>>, Vec<Tree>) {
-    let mut tree: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+    let mut tree: BTreeMap<String, Node> = BTreeMap::new();
     let mut sets = Vec::new();
     let mut states = vec![summarise(&tree)];
+    let mut log: Vec<u8> = Vec::new();
     for k in 1..=n {
         let mut r = Vec::new();
         if k == 1 {
             r.push(Record::Create(entry("d", Kind::Dir)));
             r.push(Record::Create(entry("d/log", Kind::File)));
-            tree.insert("d".into(), None);
-            tree.insert("d/log".into(), Some(Vec::new()));
+            tree.insert("d".into(), Node::Dir);
         }
-        // Append a line to the log.
-        let log = tree.get_mut("d/log").unwrap().as_mut().unwrap();
+        // Append a line to the log; sometimes cut it in half.
         let line = format!("change set {k}\n").into_bytes();
         let offset = log.len() as u64;
         log.extend_from_slice(&line);
@@ -236,7 +262,7 @@ pub fn history(n: u64) -> (Vec<Vec<Record>>, Vec<Tree>) {
             path: b"d/log".to_vec(),
             offset,
             data: line,
-            content_sha256: sha(log),
+            content_sha256: Some(sha(&log)),
         });
         if k % 3 == 0 {
             let size = log.len() / 2;
@@ -244,22 +270,30 @@ pub fn history(n: u64) -> (Vec<Vec<Record>>, Vec<Tree>) {
             r.push(Record::Truncate {
                 path: b"d/log".to_vec(),
                 size: size as u64,
-                content_sha256: sha(log),
+                content_sha256: Some(sha(&log)),
             });
         }
-        // Write a new version of a file through a temp file and a rename.
+        tree.insert(
+            "d/log".into(),
+            Node::File {
+                mode: 0o644,
+                data: log.clone(),
+            },
+        );
+        // Write a new version of a file through a temp file and a rename;
+        // a multi-piece file carries its digest on the last piece only.
         let data: Vec<u8> = (0..(k as usize % 4) * 300_000 + 10)
             .map(|i| (i as u64 * 31 + k) as u8)
             .collect();
         r.push(Record::Create(entry("tmp", Kind::File)));
-        for (i, chunk) in data.chunks(256 << 10).enumerate() {
-            let mut so_far = data[..i * (256 << 10) + chunk.len()].to_vec();
-            so_far.truncate(i * (256 << 10) + chunk.len());
+        let pieces: Vec<&[u8]> = data.chunks(256 << 10).collect();
+        for (i, chunk) in pieces.iter().enumerate() {
+            let last = i + 1 == pieces.len();
             r.push(Record::WriteExtent {
                 path: b"tmp".to_vec(),
                 offset: (i * (256 << 10)) as u64,
                 data: chunk.to_vec(),
-                content_sha256: sha(&so_far),
+                content_sha256: last.then(|| sha(&data)),
             });
         }
         let name = format!("f{}", k % 5);
@@ -267,7 +301,33 @@ pub fn history(n: u64) -> (Vec<Vec<Record>>, Vec<Tree>) {
             from: b"tmp".to_vec(),
             to: name.as_bytes().to_vec(),
         });
-        tree.insert(name, Some(data));
+        let mut mode = 0o644;
+        if k % 4 == 1 {
+            mode = 0o600;
+            let mut e = entry(&name, Kind::File);
+            e.mode = mode;
+            r.push(Record::SetMetadata(e));
+        }
+        tree.insert(
+            name.clone(),
+            Node::File {
+                mode,
+                data: data.clone(),
+            },
+        );
+        if k % 5 == 2 {
+            r.push(Record::Link {
+                existing: name.as_bytes().to_vec(),
+                new: b"h".to_vec(),
+            });
+            tree.insert("h".into(), Node::File { mode, data });
+        }
+        if k % 3 == 1 {
+            let mut e = entry("l", Kind::Symlink);
+            e.target = Some(name.as_bytes().to_vec());
+            r.push(Record::Create(e));
+            tree.insert("l".into(), Node::Symlink(name.clone()));
+        }
         if k % 7 == 0 {
             let victim = format!("f{}", (k + 1) % 5);
             r.push(Record::Delete {

@@ -1,4 +1,6 @@
 use super::*;
+use crate::entry::Xattr;
+use std::collections::BTreeMap;
 
 fn entry(path: &str, kind: Kind) -> Entry {
     let mut xattrs = BTreeMap::new();
@@ -31,12 +33,12 @@ fn sample() -> ChangeSet {
                 path: b"dir/f".to_vec(),
                 offset: 7,
                 data: b"hello".to_vec(),
-                content_sha256: [1; 32],
+                content_sha256: Some([1; 32]),
             },
             Record::Truncate {
                 path: b"dir/f".to_vec(),
                 size: 3,
-                content_sha256: [2; 32],
+                content_sha256: Some([2; 32]),
             },
             Record::SetMetadata(entry("", Kind::Dir)),
             Record::Create(entry("dir/s", Kind::Symlink)),

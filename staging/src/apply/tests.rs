@@ -1,4 +1,6 @@
 use super::*;
+use standin_builder::entry::Xattr;
+use std::collections::BTreeMap;
 
 fn entry(path: &str, kind: Kind, mode: u32) -> Entry {
     Entry {
@@ -46,12 +48,12 @@ fn records_apply_and_replay_idempotently() {
             path: b"a/f".to_vec(),
             offset: 0,
             data: b"hello world".to_vec(),
-            content_sha256: digest(b"hello world"),
+            content_sha256: Some(digest(b"hello world")),
         },
         Record::Truncate {
             path: b"a/f".to_vec(),
             size: 5,
-            content_sha256: digest(b"hello"),
+            content_sha256: Some(digest(b"hello")),
         },
         Record::SetMetadata(f.clone()),
         Record::Create(s),
@@ -126,7 +128,7 @@ fn hostile_paths_are_refused_and_nothing_outside_changes() {
             path: b"out".to_vec(),
             offset: 0,
             data: b"x".to_vec(),
-            content_sha256: [0; 32],
+            content_sha256: Some([0; 32]),
         },
     ];
     for r in &bad {
@@ -154,8 +156,40 @@ fn data_never_goes_into_device_nodes() {
             path: b"p".to_vec(),
             offset: 0,
             data: b"x".to_vec(),
-            content_sha256: [0; 32],
+            content_sha256: Some([0; 32]),
         })
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::Inconsistent(_)), "{e}");
+}
+
+#[test]
+fn create_replaces_a_hard_linked_file_without_touching_its_other_name() {
+    let (d, mut t) = target();
+    let root = d.path().join("root");
+    std::fs::write(root.join("a"), b"shared").unwrap();
+    std::fs::hard_link(root.join("a"), root.join("b")).unwrap();
+    t.apply(&Record::Create(entry("a", Kind::File, 0o644)))
+        .unwrap();
+    assert_eq!(std::fs::read(root.join("a")).unwrap(), b"");
+    assert_eq!(std::fs::read(root.join("b")).unwrap(), b"shared");
+}
+
+#[test]
+fn records_that_do_not_fit_are_divergence_not_a_pause() {
+    let (d, mut t) = target();
+    let root = d.path().join("root");
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    std::fs::create_dir_all(root.join("b/full")).unwrap();
+    let e = t
+        .apply(&Record::Rename {
+            from: b"a".to_vec(),
+            to: b"b".to_vec(),
+        })
+        .unwrap_err();
+    assert!(matches!(e, ApplyError::Inconsistent(_)), "{e}");
+    std::fs::write(root.join("file"), b"x").unwrap();
+    let e = t
+        .apply(&Record::Create(entry("file/x", Kind::File, 0o644)))
         .unwrap_err();
     assert!(matches!(e, ApplyError::Inconsistent(_)), "{e}");
 }

@@ -27,7 +27,7 @@ fn write(path: &str, data: &[u8]) -> Vec<Record> {
             path: path.as_bytes().to_vec(),
             offset: 0,
             data: data.to_vec(),
-            content_sha256: Sha256::digest(data).into(),
+            content_sha256: Some(Sha256::digest(data).into()),
         },
     ]
 }
@@ -76,6 +76,13 @@ fn applies_in_order_and_acks_duplicates() {
     assert_eq!(TargetState::load(d.path()).unwrap().last_applied_seq, 1);
     assert_eq!(s.backlog(), (0, 0));
     assert!(s.bind_source("other", Fingerprint([1; 32])).is_err());
+    use std::os::unix::fs::PermissionsExt;
+    for p in [d.path().to_path_buf(), d.path().join("staging")] {
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
 }
 
 #[test]
@@ -149,7 +156,7 @@ fn digest_mismatch_is_a_warning() {
     let mut s = open(d.path());
     let mut records = write("a", b"one");
     if let Record::WriteExtent { content_sha256, .. } = &mut records[1] {
-        *content_sha256 = [9; 32];
+        *content_sha256 = Some([9; 32]);
     }
     let (c1, r1) = cs(1, records);
     match s.receive(&r1, &c1).unwrap() {
@@ -162,4 +169,70 @@ fn digest_mismatch_is_a_warning() {
         .as_deref()
         .unwrap()
         .contains("content of /a"));
+}
+
+#[test]
+fn a_file_sent_in_pieces_is_verified_once_at_its_last_piece() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = open(d.path());
+    let piece = |seq: u64, offset: u64, data: &[u8], digest: Option<[u8; 32]>| {
+        let mut records = Vec::new();
+        if seq == 1 {
+            records.push(Record::Create(file("big")));
+        }
+        records.push(Record::WriteExtent {
+            path: b"big".to_vec(),
+            offset,
+            data: data.to_vec(),
+            content_sha256: digest,
+        });
+        cs(seq, records)
+    };
+    let (c1, r1) = piece(1, 0, b"hello ", None);
+    let (c2, r2) = piece(2, 6, b"world", Some(Sha256::digest(b"hello world").into()));
+    assert_eq!(
+        s.receive(&r1, &c1).unwrap(),
+        Received::Applied {
+            seq: 1,
+            problems: vec![]
+        }
+    );
+    assert_eq!(
+        s.receive(&r2, &c2).unwrap(),
+        Received::Applied {
+            seq: 2,
+            problems: vec![]
+        }
+    );
+    // A wrong final digest is caught, and a digest-less piece after a
+    // digest in the same set cancels the stale expectation.
+    let (c3, r3) = piece(3, 0, b"J", Some([0; 32]));
+    match s.receive(&r3, &c3).unwrap() {
+        Received::Applied { problems, .. } => assert_eq!(problems.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    let mut records = vec![Record::WriteExtent {
+        path: b"big".to_vec(),
+        offset: 0,
+        data: b"h".to_vec(),
+        content_sha256: Some([0; 32]),
+    }];
+    records.push(Record::WriteExtent {
+        path: b"big".to_vec(),
+        offset: 0,
+        data: b"H".to_vec(),
+        content_sha256: None,
+    });
+    let (c4, r4) = cs(4, records);
+    assert_eq!(
+        s.receive(&r4, &c4).unwrap(),
+        Received::Applied {
+            seq: 4,
+            problems: vec![]
+        }
+    );
+    assert_eq!(
+        std::fs::read(s.staging_root("src").join("big")).unwrap(),
+        b"Hello world"
+    );
 }

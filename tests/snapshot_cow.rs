@@ -274,3 +274,34 @@ fn prune_keeps_the_newest_per_slot() {
         assert!(!state.join("snapshots").join(d.as_str().unwrap()).exists());
     }
 }
+
+#[test]
+fn digest_of_a_snapshot_equals_the_replicas() {
+    require_root();
+    let tmp = tempdir();
+    let state = tmp.path().join("state");
+    let staged = make_state(&state, "src1", 3, true);
+    make_source_system(&staged);
+    let out = run_ok(
+        standin()
+            .args(["snapshot", "take", "--digest", "--json", "--state-dir"])
+            .arg(&state),
+        None,
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = standin_builder::manifest::scan_tree(
+        &staged,
+        &Default::default(),
+        &standin_builder::NoProgress,
+        |_| Ok(()),
+    )
+    .unwrap()
+    .root_digest;
+    assert_eq!(meta["root_digest"], want);
+    let id = meta["id"].as_str().unwrap();
+    let stored: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(state.join("snapshots").join(id).join("meta.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stored["root_digest"], want);
+}

@@ -12,8 +12,10 @@ use super::Exit;
 #[derive(clap::Subcommand, Debug)]
 pub enum SnapshotCommand {
     /// Take a snapshot of the replica at its current sequence number.
-    #[command(after_help = "Example:\n  standin snapshot take --state-dir /var/lib/standin")]
-    Take(Common),
+    #[command(
+        after_help = "Examples:\n  standin snapshot take --state-dir /var/lib/standin\n  standin snapshot take --state-dir /var/lib/standin --digest --json"
+    )]
+    Take(TakeArgs),
     /// List snapshots, oldest first.
     #[command(
         after_help = "Example:\n  standin snapshot list --state-dir /var/lib/standin --json"
@@ -22,6 +24,16 @@ pub enum SnapshotCommand {
     /// Delete snapshots the retention policy does not keep (every 10 min for 1 h, hourly for 24 h, daily for 7 days).
     #[command(after_help = "Example:\n  standin snapshot prune --state-dir /var/lib/standin")]
     Prune(Common),
+}
+
+/// Arguments of `standin snapshot take`.
+#[derive(clap::Args, Debug)]
+pub struct TakeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Also compute the snapshot's root digest (reads every file once).
+    #[arg(long)]
+    pub digest: bool,
 }
 
 /// Options every snapshot command takes.
@@ -40,8 +52,10 @@ pub struct Common {
 
 pub fn run(command: SnapshotCommand) -> Result<Exit> {
     match command {
-        SnapshotCommand::Take(a) => {
-            let m = snapshot::take(&a.state_dir, a.source_id.as_deref(), &NoProgress)?;
+        SnapshotCommand::Take(t) => {
+            let a = &t.common;
+            let m =
+                snapshot::take_with(&a.state_dir, a.source_id.as_deref(), t.digest, &NoProgress)?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&m)?);
             } else {

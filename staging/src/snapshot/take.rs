@@ -172,6 +172,37 @@ pub fn take(
     source_id: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<SnapshotMeta> {
+    take_with(state_dir, source_id, false, progress)
+}
+
+/// Like [`take`]; with `digest`, the snapshot's root digest (builder's
+/// manifest digest over every entry) is computed after it is taken (outside
+/// the apply lock: the snapshot no longer changes) and stored in its meta.
+pub fn take_with(
+    state_dir: &Path,
+    source_id: Option<&str>,
+    digest: bool,
+    progress: &dyn Progress,
+) -> Result<SnapshotMeta> {
+    let mut meta = take_locked(state_dir, source_id, progress)?;
+    if digest {
+        let root = super::root(state_dir, &meta.id);
+        let opts = standin_builder::scan::ScanOptions::default();
+        let summary = standin_builder::manifest::scan_tree(&root, &opts, progress, |_| Ok(()))
+            .with_context(|| format!("computing the root digest of snapshot {}", meta.id))?;
+        meta.root_digest = Some(summary.root_digest);
+        let p = super::dir(state_dir).join(&meta.id).join("meta.json");
+        durable::write_atomic(&p, &serde_json::to_vec_pretty(&meta)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(meta)
+}
+
+fn take_locked(
+    state_dir: &Path,
+    source_id: Option<&str>,
+    progress: &dyn Progress,
+) -> Result<SnapshotMeta> {
     let t0 = Instant::now();
     let _lock = crate::lock::for_apply(state_dir)?;
     let st = TargetState::load(state_dir)?;

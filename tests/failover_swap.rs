@@ -363,3 +363,28 @@ fn graceful_waits_for_a_reachable_source_immediate_does_not() {
     );
     run_ok(failover_cmd(&l).args(["--immediate", "--yes"]), None);
 }
+
+#[test]
+fn reboots_with_the_given_command_after_the_swap() {
+    require_root();
+    let l = layout(make_source_system);
+    let mark = l._tmp.path().join("rebooted");
+    let out = run_ok(
+        standin()
+            .args(["failover", "--json", "--state-dir"])
+            .arg(&l.state)
+            .arg("--target-root")
+            .arg(&l.target)
+            .arg("--reboot-command")
+            .arg(format!(
+                "cat {}/etc/hostname > {}",
+                l.target.display(),
+                mark.display()
+            )),
+        None,
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["rebooted"], true);
+    // The command ran after the swap: it saw the source's hostname.
+    assert_eq!(std::fs::read_to_string(&mark).unwrap(), "production\n");
+}

@@ -388,3 +388,70 @@ fn reboots_with_the_given_command_after_the_swap() {
     // The command ran after the swap: it saw the source's hostname.
     assert_eq!(std::fs::read_to_string(&mark).unwrap(), "production\n");
 }
+
+#[test]
+fn state_dir_outside_the_target_root() {
+    require_root();
+    let tmp = tempdir();
+    let target = tmp.path().join("root");
+    make_target_system(&target);
+    let state = tmp.path().join("state");
+    let staged = make_state(&state, "src1", 4, true);
+    make_source_system(&staged);
+    let (bt, bs) = (tree(&target, &[]), tree(&staged, &[]));
+    run_ok(
+        standin()
+            .args(["failover", "--no-reboot", "--state-dir"])
+            .arg(&state)
+            .arg("--target-root")
+            .arg(&target),
+        Some(&target),
+    );
+    let after = tree(&target, &[]);
+    assert_same(
+        "target root after failover",
+        &without_fstab(&after),
+        &expected_after(&bs, &bt),
+    );
+    run_ok(
+        standin()
+            .args(["failover", "--rollback", "--state-dir"])
+            .arg(&state),
+        Some(&target),
+    );
+    assert_same("target root after rollback", &tree(&target, &[]), &bt);
+    assert_same("staging root after rollback", &tree(&staged, &[]), &bs);
+}
+
+#[test]
+fn mount_points_in_the_target_root_stay() {
+    require_root();
+    let l = layout(|s| {
+        make_source_system(s);
+        write(&s.join("run/source-run-file"), "staged run");
+    });
+    let run_dir = l.target.join("run");
+    std::fs::create_dir(&run_dir).unwrap();
+    let m = run(std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&run_dir));
+    assert!(m.status.success(), "{}", stderr(&m));
+    write(&run_dir.join("target-run-file"), "live");
+    let (bt, _) = before(&l);
+    let out = run(&mut failover_cmd(&l));
+    let mounted_after = std::fs::read_to_string(run_dir.join("target-run-file"));
+    let staged_kept = l.staged.join("run/source-run-file").exists();
+    let rb = run(&mut rollback_cmd(&l));
+    let after_rb = tree(&l.target, SKIP);
+    let _ = std::process::Command::new("umount").arg(&run_dir).status();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/run is a mount point"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(mounted_after.unwrap(), "live");
+    assert!(staged_kept, "the staged /run stays in the staging area");
+    assert!(rb.status.success(), "{}", stderr(&rb));
+    assert_same("target root after rollback", &after_rb, &bt);
+}

@@ -41,9 +41,9 @@ pub struct Args {
     /// Seconds without a heartbeat after which the source counts as gone.
     #[arg(long, default_value_t = 35)]
     pub heartbeat_silence: u64,
-    /// The target's root directory.
-    #[arg(long, default_value = "/")]
-    pub target_root: PathBuf,
+    /// The target's root directory (default `/`; for --rollback, the failover's).
+    #[arg(long)]
+    pub target_root: Option<PathBuf>,
     /// Do not reboot after the swap.
     #[arg(long)]
     pub no_reboot: bool,
@@ -121,7 +121,7 @@ pub fn run(a: Args) -> Result<Exit> {
         st: Mutex::new(Default::default()),
     };
     if a.rollback {
-        let r = failover::rollback(&a.state_dir, Some(&a.target_root), &progress)?;
+        let r = failover::rollback(&a.state_dir, a.target_root.as_deref(), &progress)?;
         if a.json {
             println!("{}", serde_json::to_string_pretty(&r)?);
         } else {
@@ -134,7 +134,8 @@ pub fn run(a: Args) -> Result<Exit> {
         }
         return Ok(Exit::Ok);
     }
-    let mut opts = FailoverOptions::new(a.state_dir.clone(), a.target_root.clone());
+    let root = a.target_root.clone().unwrap_or_else(|| PathBuf::from("/"));
+    let mut opts = FailoverOptions::new(a.state_dir.clone(), root);
     opts.source_id = a.source_id.clone();
     opts.image = match &a.snapshot {
         Some(id) => Image::Snapshot(id.clone()),

@@ -139,6 +139,17 @@ fn silence_meets_the_condition_runs_the_hook_once_and_fails_over() {
             .arg(&state),
         None,
     );
+    let text = run_ok(
+        standin()
+            .args(["status", "--heartbeat-silence", "2", "--state-dir"])
+            .arg(&state),
+        None,
+    );
+    assert!(
+        stdout(&text).contains("Complete (live at sequence number 3"),
+        "{}",
+        stdout(&text)
+    );
     assert!(
         stdout(&out).contains("failover condition met"),
         "{}",

@@ -21,6 +21,12 @@ pub mod network;
 pub mod plan;
 pub mod steps;
 
+mod check;
+mod rollback;
+
+pub use check::data_state;
+pub use rollback::{rollback, RollbackReport};
+
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -146,7 +152,7 @@ pub fn load_record(state_dir: &Path) -> Result<Option<FailoverRecord>> {
     }
 }
 
-fn save_record(state_dir: &Path, r: &FailoverRecord) -> Result<()> {
+pub(crate) fn save_record(state_dir: &Path, r: &FailoverRecord) -> Result<()> {
     let p = state_dir.join(RECORD_FILE);
     durable::write_atomic(&p, &serde_json::to_vec_pretty(r)?)
         .with_context(|| format!("writing {}", p.display()))
@@ -162,11 +168,11 @@ pub struct FailoverReport {
     pub rebooted: bool,
 }
 
-fn canonical(p: &Path, what: &str) -> Result<PathBuf> {
+pub(crate) fn canonical(p: &Path, what: &str) -> Result<PathBuf> {
     std::fs::canonicalize(p).with_context(|| format!("resolving the {what} {}", p.display()))
 }
 
-fn check_target_root(root: &Path) -> Result<PathBuf> {
+pub(crate) fn check_target_root(root: &Path) -> Result<PathBuf> {
     match std::fs::symlink_metadata(root) {
         Ok(m) if m.is_dir() => canonical(root, "target root"),
         Ok(_) => bail!(
@@ -198,7 +204,7 @@ fn same_fs(a: &Path, what_a: &str, b: &Path) -> Result<()> {
     Ok(())
 }
 
-fn source_id(opts: &FailoverOptions, st: &TargetState) -> Result<String> {
+pub(crate) fn source_id(opts: &FailoverOptions, st: &TargetState) -> Result<String> {
     if let Some(s) = &opts.source_id {
         return Ok(s.clone());
     }
@@ -211,126 +217,7 @@ fn source_id(opts: &FailoverOptions, st: &TargetState) -> Result<String> {
     )
 }
 
-/// Check the data state: what the image holds and what may be missing.
-pub fn data_state(opts: &FailoverOptions) -> Result<DataState> {
-    let st = TargetState::load(&opts.state_dir)?;
-    let id = source_id(opts, &st)?;
-    let source_seq = st.last_heartbeat.as_ref().map(|h| h.heartbeat.source_seq);
-    let mut missing = Vec::new();
-    let (image, staged_root, seq, complete) = match &opts.image {
-        Image::Live => {
-            let root = opts.state_dir.join("staging").join(&id).join("root");
-            if !st.mirror_complete {
-                let pct = st
-                    .mirror
-                    .as_ref()
-                    .filter(|m| m.total_bytes > 0)
-                    .map(|m| {
-                        format!(
-                            " ({:.0}% of the data applied)",
-                            m.bytes_applied as f64 * 100.0 / m.total_bytes as f64
-                        )
-                    })
-                    .unwrap_or_default();
-                missing.push(format!(
-                    "the mirror has not completed{pct}: files not mirrored yet are missing or older than on the source"
-                ));
-            }
-            if let Some(ss) = source_seq.filter(|&s| s > st.last_applied_seq) {
-                missing.push(format!(
-                    "the source had cut change sets up to {ss}, the replica holds {}: the last {} change set(s) are missing",
-                    st.last_applied_seq,
-                    ss - st.last_applied_seq
-                ));
-            }
-            let (pending, _) =
-                crate::store::journal_backlog(&opts.state_dir.join("journal"), st.last_applied_seq);
-            if pending > 0 {
-                missing.push(format!(
-                    "{pending} received change set(s) are journaled but not applied yet"
-                ));
-            }
-            if let Some(p) = &st.paused {
-                missing.push(format!("apply is paused: {p}"));
-            }
-            if let Some(w) = &st.warning {
-                missing.push(format!("the replica has a warning: {w}"));
-            }
-            (
-                "live".to_string(),
-                root,
-                st.last_applied_seq,
-                st.mirror_complete,
-            )
-        }
-        Image::Snapshot(sid) => {
-            let meta = crate::snapshot::load(&opts.state_dir, sid)?;
-            if !meta.mirror_complete {
-                missing.push(format!(
-                    "snapshot {sid} was taken before the mirror completed: files not mirrored by then are missing"
-                ));
-            }
-            (
-                format!("snapshot:{sid}"),
-                crate::snapshot::root(&opts.state_dir, sid),
-                meta.seq,
-                meta.mirror_complete,
-            )
-        }
-    };
-    Ok(DataState {
-        source_id: id,
-        image,
-        staged_root,
-        mirror_complete: complete,
-        seq,
-        source_seq,
-        missing,
-    })
-}
-
-/// Graceful: while the source still sends heartbeats, wait until everything
-/// it queued is applied (or the timeout passes).
-fn drain(opts: &FailoverOptions, progress: &dyn Progress) -> Result<()> {
-    let start = Instant::now();
-    let mut said = false;
-    loop {
-        let st = TargetState::load(&opts.state_dir)?;
-        let Some(hb) = &st.last_heartbeat else {
-            return Ok(());
-        };
-        let age = (now_ms() - hb.received_unix_ms).max(0) as u128;
-        if age > opts.heartbeat_silence.as_millis() {
-            return Ok(()); // the source is gone: nothing more will come
-        }
-        let (pending, _) =
-            crate::store::journal_backlog(&opts.state_dir.join("journal"), st.last_applied_seq);
-        let drained = hb.heartbeat.source_seq <= st.last_applied_seq
-            && hb.heartbeat.queue_bytes == 0
-            && pending == 0;
-        if drained {
-            return Ok(());
-        }
-        if !said {
-            progress.note(&format!(
-                "the source is reachable: waiting until its queue is applied (at {}, source at {})",
-                st.last_applied_seq, hb.heartbeat.source_seq
-            ));
-            said = true;
-        }
-        if start.elapsed() > opts.drain_timeout {
-            bail!(
-                "the source's queue was not drained after {} s (applied {}, source at {}); stop the source's applications and try again, or use --immediate",
-                opts.drain_timeout.as_secs(),
-                st.last_applied_seq,
-                hb.heartbeat.source_seq
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn state_dir_in_target(state_dir: &Path, target: &Path) -> Option<Vec<u8>> {
+pub(crate) fn state_dir_in_target(state_dir: &Path, target: &Path) -> Option<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;
     state_dir
         .strip_prefix(target)
@@ -371,7 +258,7 @@ pub fn civil(days: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-fn load_plan(dir: &Path) -> Result<plan::Plan> {
+pub(crate) fn load_plan(dir: &Path) -> Result<plan::Plan> {
     let p = dir.join("plan.json");
     let b = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
     serde_json::from_slice(&b).with_context(|| format!("reading {}", p.display()))
@@ -394,7 +281,7 @@ fn run_steps(plan: &plan::Plan, dir: &Path, from: usize, progress: &dyn Progress
     Ok(())
 }
 
-fn sync_fs(p: &Path) {
+pub(crate) fn sync_fs(p: &Path) {
     if let Ok(f) = std::fs::File::open(p) {
         let _ = rustix::fs::syncfs(&f);
     }
@@ -430,7 +317,7 @@ pub fn failover(
         }
     }
     if opts.graceful && opts.image == Image::Live {
-        drain(&opts, progress)?;
+        check::drain(&opts, progress)?;
     }
     let ds = data_state(&opts)?;
     match std::fs::symlink_metadata(&ds.staged_root) {
@@ -570,150 +457,4 @@ fn resume(
         plan.steps.len()
     ));
     finish(opts, target, rec, &plan, from, true, progress)
-}
-
-/// The result of a rollback.
-#[derive(Debug, Clone, Serialize)]
-pub struct RollbackReport {
-    pub record: FailoverRecord,
-    pub steps_undone: usize,
-}
-
-/// Put the target's own system back (and the staged system back where it
-/// was), undoing the failover's steps in reverse; completes an interrupted
-/// rollback too.
-pub fn rollback(
-    state_dir: &Path,
-    target_root: Option<&Path>,
-    progress: &dyn Progress,
-) -> Result<RollbackReport> {
-    let state_dir = canonical(state_dir, "state directory")?;
-    let Some(mut rec) = load_record(&state_dir)? else {
-        bail!(
-            "no failover happened with the state directory {}; nothing to roll back",
-            state_dir.display()
-        );
-    };
-    if rec.state == RecordState::RolledBack {
-        bail!(
-            "failover {} was already rolled back; nothing to roll back",
-            rec.id
-        );
-    }
-    if let Some(t) = target_root {
-        let t = check_target_root(t)?;
-        if t != rec.target_root {
-            bail!(
-                "failover {} went into {}, not {}; pass --target-root {}",
-                rec.id,
-                rec.target_root.display(),
-                t.display(),
-                rec.target_root.display()
-            );
-        }
-    }
-    let _lock = crate::lock::lock(&state_dir)?;
-    let plan = load_plan(&rec.rollback_dir)?;
-    let log_path = rec.rollback_dir.join("steps.log");
-    let start = match StepLog::last(&log_path)? {
-        Last::None => None,
-        Last::Do(i) | Last::Undo(i) => Some(i),
-    };
-    rec.state = RecordState::RollingBack;
-    save_record(&state_dir, &rec)?;
-    // Only once every step of the failover happened (the system may have
-    // run since): then every entry of the target root not named by the plan is new.
-    if matches!(StepLog::last(&log_path)?, Last::Do(i) if i + 1 == plan.steps.len()) {
-        set_aside_new_entries(&plan, &state_dir, progress)?;
-    }
-    let mut log = StepLog::open(&log_path)?;
-    let n = start.map(|i| i + 1).unwrap_or(0);
-    progress.phase("rollback", None, Some(n as u64));
-    for i in (0..n).rev() {
-        let step = &plan.steps[i];
-        log.append(&format!("undo {i}"))?;
-        crash_point(&format!("undo-journal:{i}"));
-        step.undo(&plan.bases)
-            .with_context(|| format!("undoing step {i}: {}", step.describe(&plan.bases)))?;
-        crash_point(&format!("undo:{i}"));
-        progress.advance(0, 1);
-    }
-    progress.finish();
-    sync_fs(&rec.target_root);
-    rec.state = RecordState::RolledBack;
-    rec.rolled_back_unix_ms = Some(now_ms());
-    save_record(&state_dir, &rec)?;
-    info!(id = rec.id, "rollback complete");
-    Ok(RollbackReport {
-        record: rec,
-        steps_undone: n,
-    })
-}
-
-/// Top-level entries the failed-over system created in the target root
-/// (not part of the swap) move to `rollback/<id>/created/`, so the target's
-/// own entries can come back and the root is exactly the target's again.
-fn set_aside_new_entries(
-    plan: &plan::Plan,
-    state_dir: &Path,
-    progress: &dyn Progress,
-) -> Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let first = |p: &[u8]| p.split(|&b| b == b'/').next().unwrap_or(b"").to_vec();
-    let mut known: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
-    for st in &plan.steps {
-        match st {
-            steps::Step::Rename {
-                to: steps::Base::Target,
-                to_path,
-                ..
-            } => {
-                known.insert(first(to_path));
-            }
-            steps::Step::Mkdir {
-                base: steps::Base::Target,
-                path,
-            }
-            | steps::Step::Write {
-                base: steps::Base::Target,
-                path,
-                ..
-            }
-            | steps::Step::Meta {
-                base: steps::Base::Target,
-                path,
-                ..
-            } => {
-                known.insert(first(path));
-            }
-            _ => {}
-        }
-    }
-    let target = &plan.bases.target;
-    if let Some(rel) = state_dir_in_target(state_dir, target) {
-        known.insert(first(&rel));
-    }
-    let dev = std::fs::metadata(target)
-        .with_context(|| format!("reading {}", target.display()))?
-        .dev();
-    let created = plan.bases.rollback.join("created");
-    for e in std::fs::read_dir(target).with_context(|| format!("reading {}", target.display()))? {
-        let e = e?;
-        let name = e.file_name();
-        if known.contains(name.as_bytes()) {
-            continue;
-        }
-        let m = std::fs::symlink_metadata(e.path())?;
-        if m.dev() != dev {
-            continue; // a mount point stays
-        }
-        durable::create_dirs(&created)?;
-        fsutil::rename_durable(&e.path(), &created.join(&name))?;
-        progress.note(&format!(
-            "{} was created after the failover; moved to {}",
-            e.path().display(),
-            created.join(&name).display()
-        ));
-    }
-    Ok(())
 }

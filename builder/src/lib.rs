@@ -5,11 +5,27 @@
 //!   the binary draws.
 //! - [`changeset`]: change sets, the numbered records replication sends.
 //! - [`bytes`]: the reversible text encoding of raw path bytes used in JSON.
+//! - [`scan`]: walk a root and yield entries with full metadata, streaming.
+//! - [`manifest`]: per-file sha256 and the root digest; streaming manifest files.
+//! - [`archive`]: PAX tar + zstd image archives (build, read).
+//! - [`tree`]: [`tree::TreeWriter`], the safe writer of trees (restore, change sets).
+//! - [`restore`], [`verify`]: the `image restore` and `image verify` operations.
 
+pub mod archive;
 pub mod bytes;
 pub mod changeset;
+pub mod compare;
+pub mod demo;
+pub mod durable;
 pub mod entry;
+pub mod hash;
+pub mod manifest;
+mod manifest_read;
 pub mod progress;
+pub mod restore;
+pub mod scan;
+pub mod tree;
+pub mod verify;
 
 pub use entry::{Entry, Kind};
 pub use progress::{NoProgress, Progress};

@@ -13,6 +13,14 @@ pub trait Progress: Send + Sync {
     fn note(&self, message: &str);
     /// The current phase ended.
     fn finish(&self) {}
+    /// Totals of the current phase became known later (from a background
+    /// count); counters are kept.
+    fn totals(&self, _total_bytes: Option<u64>, _total_items: Option<u64>) {}
+    /// Whether this sink draws totals (an ETA): libraries only count ahead
+    /// in the background when it does.
+    fn wants_totals(&self) -> bool {
+        false
+    }
 }
 
 /// Progress that goes nowhere.

@@ -11,6 +11,7 @@ mod image;
 mod keys;
 mod output;
 mod profile;
+mod progress;
 mod protect;
 mod snapshot;
 mod status;

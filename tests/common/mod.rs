@@ -69,10 +69,7 @@ pub fn run_ok(cmd: &mut Command, dir: Option<&Path>) -> Output {
 pub fn run_code(cmd: &mut Command, code: i32, dir: Option<&Path>) -> Output {
     let out = run(cmd);
     if out.status.code() != Some(code) {
-        panic!(
-            "expected exit code {code}\n{}",
-            describe(cmd, &out, dir)
-        );
+        panic!("expected exit code {code}\n{}", describe(cmd, &out, dir));
     }
     out
 }
@@ -87,7 +84,14 @@ pub fn stderr(out: &Output) -> String {
 
 /// Require a system tool; a missing one fails the test with the install command.
 pub fn require_tool(tool: &str, package: &str) -> PathBuf {
-    for dir in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+    for dir in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
         let p = Path::new(dir).join(tool);
         if p.exists() {
             return p;

@@ -1,0 +1,434 @@
+//! Walk a root and yield every entry with full metadata, in tree order
+//! ([`crate::entry::path_cmp`]), streaming: nothing but hardlink groups is
+//! kept in memory.
+//!
+//! Content digests are not computed here; see [`crate::manifest`] (parallel
+//! hashing) and [`crate::archive`] (hash while archiving).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+
+use crate::entry::{Entry, Kind, Xattr};
+use crate::progress::Progress;
+
+/// Directories whose content is left out when the root is `/`. The
+/// directories themselves are kept (empty, with their metadata), so a
+/// restored system has its mount points and boots.
+pub const SYSTEM_EXCLUDES: &[&str] = &["/proc", "/sys", "/dev", "/run", "/tmp", "/var/lib/standin"];
+
+/// What to scan.
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    /// Globs matched against the path relative to the root with a leading
+    /// `/` (`/var/cache/**`, `*.tmp`). A matching entry and everything below
+    /// it is left out.
+    pub excludes: Vec<String>,
+    /// Stay on the root's filesystem (mount points are kept as directories,
+    /// their content is not read). Default: true.
+    pub one_file_system: bool,
+    /// When the root is `/`: directories kept empty (default [`SYSTEM_EXCLUDES`];
+    /// put the standin state dir here if it lives elsewhere).
+    pub system_excludes: Vec<String>,
+    /// Apply `system_excludes` even when the root is not `/` (for images of
+    /// a mounted system volume, and for tests).
+    pub always_system_excludes: bool,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        Self {
+            excludes: Vec::new(),
+            one_file_system: true,
+            system_excludes: SYSTEM_EXCLUDES.iter().map(|s| s.to_string()).collect(),
+            always_system_excludes: false,
+        }
+    }
+}
+
+/// One scanned entry: its manifest entry (without `sha256`) and where it is on disk.
+#[derive(Debug, Clone)]
+pub struct Scanned {
+    pub entry: Entry,
+    pub abs: PathBuf,
+}
+
+/// Streaming scanner; an iterator of [`Scanned`] in tree order.
+pub struct Scanner<'p> {
+    root: PathBuf,
+    walk: walkdir::IntoIter,
+    excludes: GlobSet,
+    keep_empty: Vec<Vec<u8>>,
+    links: HashMap<(u64, u64), Vec<u8>>,
+    progress: &'p dyn Progress,
+    root_dev: u64,
+    one_file_system: bool,
+}
+
+impl<'p> Scanner<'p> {
+    /// Start scanning `root`.
+    pub fn new(root: &Path, opts: &ScanOptions, progress: &'p dyn Progress) -> Result<Self> {
+        let meta = std::fs::symlink_metadata(root)
+            .with_context(|| format!("reading root {}", root.display()))?;
+        if !meta.is_dir() {
+            anyhow::bail!("root {} is not a directory", root.display());
+        }
+        let mut gs = GlobSetBuilder::new();
+        for g in &opts.excludes {
+            let pat = if g.starts_with('/') || g.starts_with('*') {
+                g.clone()
+            } else {
+                format!("/{g}")
+            };
+            gs.add(Glob::new(&pat).with_context(|| format!("parsing exclude pattern {g:?}"))?);
+        }
+        let excludes = gs.build().context("building exclude patterns")?;
+        let is_slash = std::fs::canonicalize(root)
+            .map(|p| p == Path::new("/"))
+            .unwrap_or(false);
+        let keep_empty = if is_slash || opts.always_system_excludes {
+            opts.system_excludes
+                .iter()
+                .map(|s| {
+                    s.trim_start_matches('/')
+                        .trim_end_matches('/')
+                        .as_bytes()
+                        .to_vec()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let walk = walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .same_file_system(opts.one_file_system)
+            .sort_by_file_name()
+            .into_iter();
+        Ok(Self {
+            root: root.to_path_buf(),
+            walk,
+            excludes,
+            keep_empty,
+            links: HashMap::new(),
+            progress,
+            root_dev: meta.dev(),
+            one_file_system: opts.one_file_system,
+        })
+    }
+
+    /// Skip the descendants of a directory entry just yielded by walkdir.
+    /// walkdir only descends into (pushes) directories on the root's
+    /// filesystem when `one_file_system` is set, and `skip_current_dir`
+    /// pops the last pushed one: calling it for a mount point would skip
+    /// the rest of its parent instead.
+    fn skip_children(&mut self, dent: &walkdir::DirEntry) {
+        if !dent.file_type().is_dir() {
+            return;
+        }
+        let pushed = !self.one_file_system
+            || dent.depth() == 0
+            || dent
+                .metadata()
+                .map(|m| m.dev() == self.root_dev)
+                .unwrap_or(false);
+        if pushed {
+            self.walk.skip_current_dir();
+        }
+    }
+
+    fn rel(&self, p: &Path) -> Vec<u8> {
+        p.strip_prefix(&self.root)
+            .map(|r| r.as_os_str().as_bytes().to_vec())
+            .unwrap_or_default()
+    }
+}
+
+impl Iterator for Scanner<'_> {
+    type Item = Result<Scanned>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let dent = match self.walk.next()? {
+                Ok(d) => d,
+                Err(e) => {
+                    let path = e
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
+                    if e.io_error().map(|io| io.kind()) == Some(io::ErrorKind::NotFound) {
+                        self.progress
+                            .note(&format!("{path} vanished while scanning; left out"));
+                        continue;
+                    }
+                    return Some(Err(
+                        anyhow::Error::new(e).context(format!("scanning {path}"))
+                    ));
+                }
+            };
+            let rel = self.rel(dent.path());
+            if !rel.is_empty() {
+                let mut slashed = Vec::with_capacity(rel.len() + 1);
+                slashed.push(b'/');
+                slashed.extend_from_slice(&rel);
+                if self
+                    .excludes
+                    .is_match(Path::new(std::ffi::OsStr::from_bytes(&slashed)))
+                {
+                    self.skip_children(&dent);
+                    continue;
+                }
+            }
+            let abs = dent.path().to_path_buf();
+            let keep_empty = dent.file_type().is_dir() && self.keep_empty.contains(&rel);
+            let res = stat_entry(&abs, rel, &mut self.links);
+            if keep_empty {
+                self.skip_children(&dent);
+            }
+            match res {
+                Ok(Some(entry)) => return Some(Ok(Scanned { entry, abs })),
+                Ok(None) => {
+                    self.progress
+                        .note(&format!("{} is a socket; left out", abs.display()));
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.progress.note(&format!(
+                        "{} vanished while scanning; left out",
+                        abs.display()
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    return Some(Err(
+                        anyhow::Error::new(e).context(format!("reading {}", abs.display()))
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Read one path's metadata into an [`Entry`] (no `sha256`). `Ok(None)` for
+/// sockets. `links` tracks hardlink groups across calls.
+pub fn stat_entry(
+    abs: &Path,
+    rel: Vec<u8>,
+    links: &mut HashMap<(u64, u64), Vec<u8>>,
+) -> io::Result<Option<Entry>> {
+    let md = std::fs::symlink_metadata(abs)?;
+    let ft = md.file_type();
+    let kind = if ft.is_file() {
+        Kind::File
+    } else if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else if ft.is_char_device() {
+        Kind::Char
+    } else if ft.is_block_device() {
+        Kind::Block
+    } else {
+        return Ok(None);
+    };
+    let mut entry = Entry {
+        path: rel,
+        kind,
+        mode: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        size: 0,
+        xattrs: read_xattrs(abs)?,
+        target: None,
+        link: None,
+        rdev: None,
+        sparse: None,
+        sha256: None,
+    };
+    if kind != Kind::Dir && md.nlink() > 1 {
+        let key = (md.dev(), md.ino());
+        if let Some(first) = links.get(&key) {
+            entry.link = Some(first.clone());
+        } else {
+            links.insert(key, entry.path.clone());
+        }
+    }
+    match kind {
+        Kind::File => {
+            entry.size = md.len();
+            if entry.link.is_none() && md.blocks() * 512 < md.len() {
+                entry.sparse = data_extents(abs, md.len())?;
+            }
+        }
+        Kind::Symlink => {
+            let t = std::fs::read_link(abs)?;
+            entry.size = t.as_os_str().len() as u64;
+            entry.target = Some(t.into_os_string().into_encoded_bytes());
+        }
+        Kind::Char | Kind::Block => {
+            let d = md.rdev();
+            entry.rdev = Some((rustix::fs::major(d), rustix::fs::minor(d)));
+        }
+        _ => {}
+    }
+    Ok(Some(entry))
+}
+
+/// All xattrs of a path (not following symlinks).
+pub fn read_xattrs(path: &Path) -> io::Result<BTreeMap<Xattr, Xattr>> {
+    let mut out = BTreeMap::new();
+    let mut names = vec![0u8; 1024];
+    let n = loop {
+        match rustix::fs::llistxattr(path, &mut names[..]) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
+            Err(rustix::io::Errno::NOTSUP) => return Ok(out),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut value = vec![0u8; 256];
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = std::ffi::OsStr::from_bytes(name);
+        let len = loop {
+            match rustix::fs::lgetxattr(path, cname, &mut value[..]) {
+                Ok(len) => break Some(len),
+                Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
+                Err(rustix::io::Errno::NODATA) => break None,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if let Some(len) = len {
+            out.insert(Xattr(name.to_vec()), Xattr(value[..len].to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+/// Data extents of a file via SEEK_DATA/SEEK_HOLE; `None` when it has no holes.
+pub fn data_extents(path: &Path, size: u64) -> io::Result<Option<Vec<(u64, u64)>>> {
+    use rustix::fs::{seek, SeekFrom};
+    let f = File::open(path)?;
+    let mut extents = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let data = match seek(&f, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(rustix::io::Errno::INVAL) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if data >= size {
+            break;
+        }
+        let hole = match seek(&f, SeekFrom::Hole(data)) {
+            Ok(h) => h.min(size),
+            Err(e) => return Err(e.into()),
+        };
+        extents.push((data, hole - data));
+        pos = hole;
+    }
+    if extents.len() == 1 && extents[0] == (0, size) {
+        return Ok(None);
+    }
+    Ok(Some(extents))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::NoProgress;
+
+    fn paths(root: &Path, opts: &ScanOptions) -> Vec<String> {
+        Scanner::new(root, opts, &NoProgress)
+            .unwrap()
+            .map(|s| crate::bytes::encode(&s.unwrap().entry.path))
+            .collect()
+    }
+
+    #[test]
+    fn scans_in_tree_order_and_keeps_system_dirs_empty() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for d in ["a/b", "a.d", "proc/1", "tmp/x", "var/cache/apt"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::write(r.join("a/b/f"), "x").unwrap();
+        std::fs::write(r.join("a.d/g"), "y").unwrap();
+        std::fs::write(r.join("proc/1/status"), "z").unwrap();
+        std::fs::write(r.join("var/cache/apt/c"), "c").unwrap();
+        let all = paths(r, &ScanOptions::default());
+        assert_eq!(
+            all,
+            [
+                "",
+                "a",
+                "a/b",
+                "a/b/f",
+                "a.d",
+                "a.d/g",
+                "proc",
+                "proc/1",
+                "proc/1/status",
+                "tmp",
+                "tmp/x",
+                "var",
+                "var/cache",
+                "var/cache/apt",
+                "var/cache/apt/c"
+            ]
+        );
+        let mut sorted = all.clone();
+        sorted.sort_by(|a, b| crate::entry::path_cmp(a.as_bytes(), b.as_bytes()));
+        assert_eq!(sorted, all);
+        let opts = ScanOptions {
+            always_system_excludes: true,
+            excludes: vec!["/var/cache/**".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            paths(r, &opts),
+            [
+                "",
+                "a",
+                "a/b",
+                "a/b/f",
+                "a.d",
+                "a.d/g",
+                "proc",
+                "tmp",
+                "var",
+                "var/cache"
+            ]
+        );
+    }
+
+    #[test]
+    fn records_hardlinks_and_sparse_extents() {
+        use std::io::{Seek, SeekFrom, Write};
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::write(r.join("a"), "x").unwrap();
+        std::fs::hard_link(r.join("a"), r.join("b")).unwrap();
+        let mut f = std::fs::File::create(r.join("s")).unwrap();
+        f.set_len(8 << 20).unwrap();
+        f.seek(SeekFrom::Start(4 << 20)).unwrap();
+        f.write_all(&[1u8; 4096]).unwrap();
+        drop(f);
+        let es: Vec<Entry> = Scanner::new(r, &ScanOptions::default(), &NoProgress)
+            .unwrap()
+            .map(|s| s.unwrap().entry)
+            .collect();
+        assert_eq!(es[1].path, b"a");
+        assert_eq!(es[1].link, None);
+        assert_eq!(es[2].link.as_deref(), Some(&b"a"[..]));
+        assert_eq!(es[3].sparse, Some(vec![(4 << 20, 4096)]));
+    }
+}

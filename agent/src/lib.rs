@@ -4,5 +4,11 @@
 //!   queries ([`link::query_status`], [`link::query_profile`]) and the
 //!   [`link::Sender`] that queues change sets, sends heartbeats, reconnects
 //!   with backoff and resumes from the target's last applied sequence number.
+//! - [`mirror`]: full and difference mirrors ([`mirror::mirror`]).
+//! - [`protect`]: validate against the target, mirror, replicate ([`protect::protect`]).
+//! - [`bwlimit`]: the bandwidth limit (token bucket with a daily window).
 
+pub mod bwlimit;
 pub mod link;
+pub mod mirror;
+pub mod protect;

@@ -16,6 +16,8 @@ pub mod kind {
     pub const HEARTBEAT: u8 = 0x10;
     pub const PROFILE_REQUEST: u8 = 0x20;
     pub const PROFILE_RESPONSE: u8 = 0x21;
+    pub const FIX_REQUEST: u8 = 0x22;
+    pub const FIX_RESPONSE: u8 = 0x23;
     pub const MIRROR_START: u8 = 0x30;
     pub const MIRROR_ENTRIES: u8 = 0x31;
     pub const MIRROR_DIFF: u8 = 0x32;
@@ -164,6 +166,10 @@ pub enum Message {
     Heartbeat(Heartbeat),
     ProfileRequest,
     ProfileResponse(serde_json::Value),
+    /// Apply these automatic fixes (the validate crate's `Fix` values, as JSON) to the target's state directory.
+    FixRequest(serde_json::Value),
+    /// What the fixes did (the validate crate's `AppliedFixes`, as JSON).
+    FixResponse(serde_json::Value),
     MirrorStart(MirrorStart),
     MirrorEntries(MirrorEntries),
     MirrorDiff(MirrorDiff),
@@ -216,6 +222,8 @@ impl Message {
             Message::Heartbeat(_) => "heartbeat",
             Message::ProfileRequest => "profile request",
             Message::ProfileResponse(_) => "profile response",
+            Message::FixRequest(_) => "fix request",
+            Message::FixResponse(_) => "fix response",
             Message::MirrorStart(_) => "mirror start",
             Message::MirrorEntries(_) => "mirror entries",
             Message::MirrorDiff(_) => "mirror diff",
@@ -238,6 +246,8 @@ impl Message {
             Message::Heartbeat(m) => (HEARTBEAT, json(m)),
             Message::ProfileRequest => (PROFILE_REQUEST, Vec::new()),
             Message::ProfileResponse(v) => (PROFILE_RESPONSE, json(v)),
+            Message::FixRequest(v) => (FIX_REQUEST, json(v)),
+            Message::FixResponse(v) => (FIX_RESPONSE, json(v)),
             Message::MirrorStart(m) => (MIRROR_START, json(m)),
             Message::MirrorEntries(m) => (MIRROR_ENTRIES, json(m)),
             Message::MirrorDiff(m) => (MIRROR_DIFF, json(m)),
@@ -263,6 +273,8 @@ impl Message {
                 Message::ProfileRequest
             }
             PROFILE_RESPONSE => Message::ProfileResponse(parse("profile response", p)?),
+            FIX_REQUEST => Message::FixRequest(parse("fix request", p)?),
+            FIX_RESPONSE => Message::FixResponse(parse("fix response", p)?),
             MIRROR_START => Message::MirrorStart(parse("mirror start", p)?),
             MIRROR_ENTRIES => Message::MirrorEntries(parse("mirror entries", p)?),
             MIRROR_DIFF => Message::MirrorDiff(parse("mirror diff", p)?),

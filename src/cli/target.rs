@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// Seconds without a heartbeat before the failover condition is met.
     #[arg(long, default_value_t = 35)]
     pub heartbeat_silence: u64,
+    /// This target's own system tree, whose profile validation compares.
+    #[arg(long, default_value = "/")]
+    pub target_root: PathBuf,
 }
 
 pub fn run(command: TargetCommand) -> Result<Exit> {
@@ -57,6 +60,7 @@ fn serve(a: ServeArgs) -> Result<Exit> {
     cfg.max_frame = a.max_frame;
     cfg.compress = a.compress;
     cfg.heartbeat_silence = Duration::from_secs(a.heartbeat_silence);
+    cfg.target_root = a.target_root;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(standin_staging::serve(cfg, |addr| {
         println!("listening on {addr}");

@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod daemon;
 pub mod durable;
+pub mod mirror;
 pub mod profile;
 pub mod state;
 pub mod status;

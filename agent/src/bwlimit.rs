@@ -23,10 +23,10 @@ fn parse_rate(s: &str) -> Result<u64, String> {
         Some('g' | 'G') => (&s[..s.len() - 1], 1 << 30),
         _ => (s, 1),
     };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("bandwidth {s:?} is not a number with an optional k/M/G suffix (e.g. 10M, 500k)"))?;
-    if !(v > 0.0) {
+    let v: f64 = num.parse().map_err(|_| {
+        format!("bandwidth {s:?} is not a number with an optional k/M/G suffix (e.g. 10M, 500k)")
+    })?;
+    if v.is_nan() || v <= 0.0 {
         return Err(format!("bandwidth {s:?} must be above zero"));
     }
     Ok(((v * mult as f64) as u64).max(1))

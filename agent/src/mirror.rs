@@ -38,7 +38,7 @@ use standin_link::message::{
     DiffItem, Message, MirrorEnd, MirrorEntries, MirrorMode, MirrorStart, Role,
 };
 
-use crate::bwlimit::{BwLimit, Bucket};
+use crate::bwlimit::{Bucket, BwLimit};
 use crate::link::{connect, LinkConfig, Sender};
 
 /// Block size for checksum mirrors.
@@ -344,8 +344,11 @@ async fn compare(
             extras = diff.items.into_iter().map(|i| i.path).collect();
             break;
         }
-        let mut by_path: HashMap<Vec<u8>, DiffItem> =
-            diff.items.into_iter().map(|i| (i.path.clone(), i)).collect();
+        let mut by_path: HashMap<Vec<u8>, DiffItem> = diff
+            .items
+            .into_iter()
+            .map(|i| (i.path.clone(), i))
+            .collect();
         for e in entries {
             let item = by_path.remove(&e.path);
             let state = item.as_ref().map(|i| i.state.as_str()).unwrap_or("same");

@@ -102,7 +102,9 @@ pub async fn apply_remote_fixes(
         .await
         .with_context(|| format!("applying fixes on {}", link.target))?
     {
-        Message::FixResponse(v) => Ok(serde_json::from_value(v).context("reading the fix response")?),
+        Message::FixResponse(v) => {
+            Ok(serde_json::from_value(v).context("reading the fix response")?)
+        }
         other => bail!("expected a fix response, got {}", other.name()),
     }
 }

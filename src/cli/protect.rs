@@ -94,11 +94,15 @@ pub fn run(a: Args) -> Result<Exit> {
         .unwrap_or_else(standin_link::default_source_id);
     let mut link = LinkConfig::new(&a.target, identity, a.trust.clone(), &source_id);
     link.compress = a.compress;
-    let mut scan = ScanOptions::default();
-    scan.excludes = a.exclude.clone();
+    let mut scan = ScanOptions {
+        excludes: a.exclude.clone(),
+        ..Default::default()
+    };
     if let Some(sd) = &a.state_dir {
-        scan.system_excludes
-            .push(format!("/{}", sd.strip_prefix(&a.root).unwrap_or(sd).display()));
+        scan.system_excludes.push(format!(
+            "/{}",
+            sd.strip_prefix(&a.root).unwrap_or(sd).display()
+        ));
     }
     let opts = ProtectOptions {
         link,
@@ -129,7 +133,11 @@ pub fn run(a: Args) -> Result<Exit> {
         if !json {
             eprint!(
                 "\r{} seq {} acked {}, queue {} sets {}, sent {}   ",
-                if s.connected { "protecting:" } else { "link down:" },
+                if s.connected {
+                    "protecting:"
+                } else {
+                    "link down:"
+                },
                 s.next_seq.saturating_sub(1),
                 s.last_acked,
                 s.queue_sets,
@@ -150,7 +158,11 @@ pub fn run(a: Args) -> Result<Exit> {
         print!("{}", out.validation.before.render(color));
         if let Some(f) = &out.validation.fixes {
             for ch in &f.changes {
-                println!("{}: {}", if ch.changed { "changed" } else { "unchanged" }, ch.summary);
+                println!(
+                    "{}: {}",
+                    if ch.changed { "changed" } else { "unchanged" },
+                    ch.summary
+                );
             }
         }
         if let Some(after) = &out.validation.after {

@@ -279,28 +279,49 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
             Message::StatusRequest => {
                 let status = {
                     let snap = shared.snapshot.lock().unwrap_or_else(|e| e.into_inner());
-                    crate::status::compute(&snap.0, snap.1, crate::state::now_ms(), cfg.heartbeat_silence)
+                    crate::status::compute(
+                        &snap.0,
+                        snap.1,
+                        crate::state::now_ms(),
+                        cfg.heartbeat_silence,
+                    )
                 };
                 Message::StatusResponse(Box::new(status))
             }
             Message::ProfileRequest => {
                 let (root, sd) = (cfg.target_root.clone(), cfg.state_dir.clone());
-                let p = tokio::task::spawn_blocking(move || crate::profile::local_profile(&root, &sd))
-                    .await
-                    .context("profile task")?;
+                let p =
+                    tokio::task::spawn_blocking(move || crate::profile::local_profile(&root, &sd))
+                        .await
+                        .context("profile task")?;
                 match p {
                     Ok(v) => Message::ProfileResponse(v),
-                    Err(e) => return Err(refuse(s, format!("collecting the target's profile: {e:#}"), true).await),
+                    Err(e) => {
+                        return Err(refuse(
+                            s,
+                            format!("collecting the target's profile: {e:#}"),
+                            true,
+                        )
+                        .await)
+                    }
                 }
             }
             Message::FixRequest(fixes) if !agent => {
                 let sd = cfg.state_dir.clone();
-                let r = tokio::task::spawn_blocking(move || crate::profile::apply_fixes(&sd, fixes))
-                    .await
-                    .context("fix task")?;
+                let r =
+                    tokio::task::spawn_blocking(move || crate::profile::apply_fixes(&sd, fixes))
+                        .await
+                        .context("fix task")?;
                 match r {
                     Ok(v) => Message::FixResponse(v),
-                    Err(e) => return Err(refuse(s, format!("applying fixes on the target: {e:#}"), false).await),
+                    Err(e) => {
+                        return Err(refuse(
+                            s,
+                            format!("applying fixes on the target: {e:#}"),
+                            false,
+                        )
+                        .await)
+                    }
                 }
             }
             Message::Heartbeat(hb) if agent => {
@@ -322,7 +343,9 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                         Message::Ack(standin_link::message::Ack { seq })
                     }
-                    Ok(Received::Duplicate { seq }) => Message::Ack(standin_link::message::Ack { seq }),
+                    Ok(Received::Duplicate { seq }) => {
+                        Message::Ack(standin_link::message::Ack { seq })
+                    }
                     Err(ReceiveError::Paused(reason)) => {
                         return Err(refuse(s, format!("change set {seq}: {reason}"), true).await)
                     }
@@ -335,13 +358,19 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Message::MirrorEnd(m) if agent => {
                 let source = hello.source_id.clone();
-                Message::MirrorDone(with_store(shared, move |store| crate::mirror::end(store, &source, &m)).await??)
+                Message::MirrorDone(
+                    with_store(shared, move |store| crate::mirror::end(store, &source, &m))
+                        .await??,
+                )
             }
             Message::MirrorEntries(m) if agent => {
                 let mut session = match diff.take() {
                     Some(d) => d,
                     None => crate::mirror::DiffSession::new(
-                        &cfg.state_dir.join("staging").join(&hello.source_id).join("root"),
+                        &cfg.state_dir
+                            .join("staging")
+                            .join(&hello.source_id)
+                            .join("root"),
                     )?,
                 };
                 let (session, r) = tokio::task::spawn_blocking(move || {
@@ -357,7 +386,16 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
             other => {
-                return Err(refuse(s, format!("unexpected {} from a {:?} connection", other.name(), hello.role), false).await)
+                return Err(refuse(
+                    s,
+                    format!(
+                        "unexpected {} from a {:?} connection",
+                        other.name(),
+                        hello.role
+                    ),
+                    false,
+                )
+                .await)
             }
         };
         send(s, &reply, cfg.compress).await?;

@@ -50,7 +50,10 @@ pub struct DiffSession {
 enum Pending {
     Done(&'static str),
     /// Regular file of the same size: hash to decide.
-    Hash { size: u64, meta_same: bool },
+    Hash {
+        size: u64,
+        meta_same: bool,
+    },
     /// Regular file of another size: content with block digests.
     Blocks,
 }
@@ -292,7 +295,12 @@ pub fn replica_digest(root: &Path) -> Result<String> {
         always_system_excludes: false,
     };
     let s = standin_builder::manifest::scan_tree(root, &opts, &NoProgress, |_| Ok(()))
-        .with_context(|| format!("computing the root digest of the replica {}", root.display()))?;
+        .with_context(|| {
+            format!(
+                "computing the root digest of the replica {}",
+                root.display()
+            )
+        })?;
     Ok(s.root_digest)
 }
 
@@ -309,7 +317,12 @@ pub fn end(
             let root = store.staging_root(source_id);
             let got = replica_digest(&root)?;
             if &got != want {
-                tracing::warn!(mirror = m.mirror_id, want, got, "replica root digest differs from the source's; the mirror is not complete");
+                tracing::warn!(
+                    mirror = m.mirror_id,
+                    want,
+                    got,
+                    "replica root digest differs from the source's; the mirror is not complete"
+                );
                 return Ok(standin_link::message::MirrorDone {
                     mirror_id: m.mirror_id.clone(),
                     complete: false,

@@ -17,8 +17,12 @@ pub fn local_profile(root: &Path, state_dir: &Path) -> Result<Value> {
         state_dir: Some(state_dir.to_path_buf()),
     };
     let mut p = collect(&LiveFacts::new(root), &opts);
-    standin_validate::state::overlay(&mut p, state_dir)
-        .with_context(|| format!("reading the target configuration in {}", state_dir.display()))?;
+    standin_validate::state::overlay(&mut p, state_dir).with_context(|| {
+        format!(
+            "reading the target configuration in {}",
+            state_dir.display()
+        )
+    })?;
     serde_json::to_value(&p).context("encoding the profile")
 }
 
@@ -27,7 +31,10 @@ pub fn local_profile(root: &Path, state_dir: &Path) -> Result<Value> {
 pub fn apply_fixes(state_dir: &Path, fixes: Value) -> Result<Value> {
     let fixes: Vec<Fix> = serde_json::from_value(fixes).context("reading the fix request")?;
     for f in &fixes {
-        tracing::info!(fix = f.describe(), "applying a fix requested by a validating peer");
+        tracing::info!(
+            fix = f.describe(),
+            "applying a fix requested by a validating peer"
+        );
     }
     let applied = standin_validate::apply_fixes(state_dir, &fixes)?;
     serde_json::to_value(&applied).context("encoding the applied fixes")

@@ -61,6 +61,19 @@ pub async fn validate_remote(
     })
     .await
     .context("collecting this machine's profile")?;
+    validate_against(link, &source, fix_all, opts).await
+}
+
+/// `source` validated against the target's profile fetched over `link`;
+/// with `fix_all` the target applies its automatic fixes and is validated
+/// again (used by `standin validate --target HOST:PORT`).
+pub async fn validate_against(
+    link: &LinkConfig,
+    source: &standin_validate::Profile,
+    fix_all: bool,
+    opts: &standin_validate::Options,
+) -> Result<Outcome> {
+    let source = source.clone();
     let target = fetch_profile(link).await?;
     let before = validate(&source, &target, opts);
     let fixes = before.auto_fixes();

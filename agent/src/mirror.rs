@@ -78,8 +78,10 @@ pub struct MirrorReport {
     pub deleted: u64,
     /// File data put into change sets.
     pub data_bytes: u64,
-    /// Bytes on the wire for the comparison (manifest batches out, diffs in: out only).
+    /// Bytes on the wire for the comparison: manifest batches sent.
     pub compare_bytes_sent: u64,
+    /// The target's answers (payload size before compression, an upper bound).
+    pub compare_bytes_received: u64,
     /// Bytes on the wire for change sets and control during the mirror.
     pub bytes_sent: u64,
     pub first_seq: u64,
@@ -118,7 +120,8 @@ pub async fn mirror(
 ) -> Result<MirrorReport> {
     let started = Instant::now();
     let wire0 = sender.stats().bytes_sent;
-    let (plan, extras, summary, compare_bytes) = compare(link, opts, progress.clone()).await?;
+    let (plan, extras, summary, (compare_bytes, compare_in)) =
+        compare(link, opts, progress.clone()).await?;
     let mut plan = plan;
     let block_size = opts.block_size as u64;
     // Plan block patches.
@@ -181,6 +184,7 @@ pub async fn mirror(
         tree_bytes: summary.total_bytes,
         root_digest: summary.root_digest.clone(),
         compare_bytes_sent: compare_bytes,
+        compare_bytes_received: compare_in,
         first_seq,
         ..Default::default()
     };
@@ -273,7 +277,7 @@ type Compared = (
     Vec<Planned>,
     Vec<Vec<u8>>,
     standin_builder::manifest::ManifestSummary,
-    u64,
+    (u64, u64),
 );
 
 /// Phase 1: scan, stream the manifest to the target, collect what differs.
@@ -319,6 +323,7 @@ async fn compare(
     let mut plan = Vec::new();
     let mut n = 0u64;
     let mut sent = 0u64;
+    let mut received = 0u64;
     let extras: Vec<Vec<u8>>;
     loop {
         let entries = rx.recv().await.unwrap_or_default();
@@ -330,7 +335,9 @@ async fn compare(
             block_size: wire_block,
         });
         sent += conn.send(&msg).await? as u64;
-        let diff = match conn.recv().await? {
+        let answer = conn.recv().await?;
+        received += answer.encode().map(|(_, p)| p.len() as u64 + 6).unwrap_or(0);
+        let diff = match answer {
             Message::MirrorDiff(d) if d.batch == n => d,
             other => bail!(
                 "expected the target's comparison of batch {n}, got {}",
@@ -375,7 +382,7 @@ async fn compare(
         }
     }
     let summary = scan.await.context("scan task")??;
-    Ok((plan, extras, summary, sent))
+    Ok((plan, extras, summary, (sent, received)))
 }
 
 /// Which of the source file's blocks differ from the target's; the file's sha256.

@@ -276,3 +276,61 @@ fn the_agent_waits_for_a_target_that_starts_later() {
     assert!(!standin_agent::link::is_retryable(&err), "{err:#}");
     rt.block_on(sender.close());
 }
+
+#[test]
+fn a_full_memory_queue_spills_to_disk_and_nothing_is_lost() {
+    let d = tempdir();
+    let (tid, tf) = keys(d.path(), "target");
+    let (aid, af) = keys(d.path(), "agent");
+    let state = d.path().join("state");
+    let log = d.path().join("daemon.log");
+    let mut daemon = Daemon::start(&state, &tid, &[af], "127.0.0.1:0", &log);
+    let addr = daemon.addr.clone();
+    let spill = d.path().join("agent-queue");
+    let mut cfg = agent_config(&addr, &aid, tf);
+    cfg.queue_max_bytes = 200_000;
+    cfg.spill_dir = Some(spill.clone());
+    cfg.spill_max_bytes = 3_000_000;
+    let rt = runtime();
+    let sender = rt.block_on(Sender::start(cfg)).unwrap();
+    // The target goes away; the agent keeps queueing, in memory then on disk.
+    daemon.kill9();
+    let (sets, states) = history(9);
+    let mut queued = 0;
+    let mut full = None;
+    for r in &sets {
+        match sender.send(r.clone()) {
+            Ok(_) => queued += 1,
+            Err(e) => {
+                full = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let stats = sender.stats();
+    assert!(stats.spilled_sets > 0, "nothing spilled: {stats:?}");
+    let on_disk = std::fs::read_dir(&spill).unwrap().count() as u64;
+    assert_eq!(on_disk, stats.spilled_sets);
+    // A bounded disk queue says so instead of growing without limit.
+    let full = full.expect("3 MB of spill should not hold 9 sets of this history");
+    assert!(
+        full.contains("queue is full") && full.contains("difference mirror"),
+        "{full}"
+    );
+    assert!(
+        stats.queue_bytes <= 200_000 + 3_000_000 + 1_000_000,
+        "{stats:?}"
+    );
+
+    // The target comes back: everything queued arrives, and the spill is cleaned up.
+    let _daemon = Daemon::start(&state, &tid, &[af], &addr, &log);
+    rt.block_on(sender.wait_acked(queued)).unwrap();
+    assert_eq!(read_tree(&replica(&state)), states[queued as usize]);
+    assert_eq!(std::fs::read_dir(&spill).unwrap().count(), 0);
+    let stats = sender.stats();
+    assert_eq!(
+        (stats.queue_sets, stats.spilled_sets, stats.spilled_bytes),
+        (0, 0, 0)
+    );
+    rt.block_on(sender.close());
+}

@@ -1,4 +1,6 @@
 use super::*;
+use crate::entry::Xattr;
+use std::collections::BTreeMap;
 
 fn entry(path: &str, kind: Kind) -> Entry {
     let mut xattrs = BTreeMap::new();

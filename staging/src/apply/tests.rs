@@ -1,4 +1,6 @@
 use super::*;
+use standin_builder::entry::Xattr;
+use std::collections::BTreeMap;
 
 fn entry(path: &str, kind: Kind, mode: u32) -> Entry {
     Entry {

@@ -1,242 +1,27 @@
-//! The agent's end of the replication link.
+//! The [`Sender`]: queue, heartbeats, reconnection, resume.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use anyhow::{bail, Context, Result};
-use standin_builder::changeset::{ChangeSet, Record};
-use standin_link::frame::{read_frame, write_frame, FrameError, DEFAULT_MAX_FRAME};
-use standin_link::message::{
-    Ack, ErrorMsg, Heartbeat, Hello, Message, MirrorDone, MirrorEnd, MirrorStart, Role, Welcome,
-};
-use standin_link::status::Status;
-use standin_link::{
-    tls, with_default_port, Fingerprint, Identity, PROTOCOL_VERSION, STANDIN_VERSION,
-};
-use tokio::io::{AsyncWrite, ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
-use tokio_rustls::client::TlsStream;
-use tracing::{debug, info, warn};
-
-/// How to reach and authenticate the target.
-#[derive(Debug, Clone)]
-pub struct LinkConfig {
-    /// `host[:port]`, port 6320 by default.
-    pub target: String,
-    pub identity: Identity,
-    /// Fingerprints the target's certificate may have.
-    pub trust: Vec<Fingerprint>,
-    /// This source's id (names its staging directory on the target).
-    pub source_id: String,
-    /// Seconds between heartbeats.
-    pub heartbeat: Duration,
-    /// zstd level for frames (0 = off).
-    pub compress: i32,
-    pub max_frame: u32,
-    /// First and largest wait between reconnection attempts.
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-    /// Largest in-memory queue of unacknowledged change sets, in bytes.
-    pub queue_max_bytes: u64,
-    /// Time allowed for connecting, the handshake and the welcome.
-    pub connect_timeout: Duration,
-    /// Reconnect when nothing arrived from the target for this long
-    /// (the target answers every heartbeat; a long apply delays answers).
-    pub dead_after: Duration,
-}
-
-impl LinkConfig {
-    /// Defaults for everything but the essentials.
-    pub fn new(
-        target: &str,
-        identity: Identity,
-        trust: Vec<Fingerprint>,
-        source_id: &str,
-    ) -> LinkConfig {
-        LinkConfig {
-            target: with_default_port(target),
-            identity,
-            trust,
-            source_id: source_id.to_string(),
-            heartbeat: Duration::from_secs(5),
-            compress: 3,
-            max_frame: DEFAULT_MAX_FRAME,
-            backoff_min: Duration::from_millis(200),
-            backoff_max: Duration::from_secs(10),
-            queue_max_bytes: 256 << 20,
-            connect_timeout: Duration::from_secs(30),
-            dead_after: Duration::from_secs(60),
-        }
-    }
-}
-
-/// One authenticated connection after Hello/Welcome.
-pub struct Connection {
-    rd: ReadHalf<TlsStream<TcpStream>>,
-    wr: WriteHalf<TlsStream<TcpStream>>,
-    /// The target's answer to Hello.
-    pub welcome: Welcome,
-    /// The target's certificate fingerprint (one of the trusted ones).
-    pub peer: Fingerprint,
-    max_frame: u32,
-    compress: i32,
-}
-
-/// Connect once: TCP, pinned mutual TLS, Hello, Welcome.
-pub async fn connect(cfg: &LinkConfig, role: Role) -> Result<Connection> {
-    tokio::time::timeout(cfg.connect_timeout, connect_inner(cfg, role))
-        .await
-        .with_context(|| format!("connecting to {}: timed out", cfg.target))?
-}
-
-async fn connect_inner(cfg: &LinkConfig, role: Role) -> Result<Connection> {
-    let tcp = TcpStream::connect(&cfg.target)
-        .await
-        .with_context(|| format!("connecting to {}", cfg.target))?;
-    let _ = tcp.set_nodelay(true);
-    let connector =
-        tokio_rustls::TlsConnector::from(tls::client_config(&cfg.identity, &cfg.trust)?);
-    let stream = connector.connect(tls::server_name(), tcp).await.map_err(|e| {
-        anyhow::anyhow!(
-            "TLS handshake with {} failed: {e}; check that the target trusts this source's fingerprint {} and that --trust names the target's",
-            cfg.target,
-            cfg.identity.fingerprint
-        )
-    })?;
-    let peer = tls::peer_fingerprint(stream.get_ref().1.peer_certificates())
-        .context("the target presented no certificate")?;
-    info!(target = cfg.target, offered = %peer, "target authenticated");
-    let (rd, wr) = tokio::io::split(stream);
-    let mut c = Connection {
-        rd,
-        wr,
-        welcome: Welcome {
-            protocol: 0,
-            standin_version: String::new(),
-            last_applied_seq: 0,
-            mirror_complete: false,
-        },
-        peer,
-        max_frame: cfg.max_frame,
-        compress: cfg.compress,
-    };
-    c.send(&Message::Hello(Hello {
-        protocol: PROTOCOL_VERSION,
-        standin_version: STANDIN_VERSION.to_string(),
-        source_id: cfg.source_id.clone(),
-        role,
-    }))
-    .await?;
-    let first = c.recv().await.map_err(|e| {
-        if format!("{e:#}").contains("alert") {
-            e.context(format!(
-                "the target refused this source's certificate {}; on the target add --trust {}",
-                cfg.identity.fingerprint, cfg.identity.fingerprint
-            ))
-        } else {
-            e
-        }
-    })?;
-    match first {
-        Message::Welcome(w) => c.welcome = w,
-        other => bail!("expected welcome from {}, got {}", cfg.target, other.name()),
-    }
-    Ok(c)
-}
-
-impl Connection {
-    /// Send one message. Returns the bytes on the wire.
-    pub async fn send(&mut self, msg: &Message) -> Result<usize> {
-        send_on(&mut self.wr, msg, self.compress).await
-    }
-
-    /// Receive one message; an Error message from the target becomes an error.
-    pub async fn recv(&mut self) -> Result<Message> {
-        recv_on(&mut self.rd, self.max_frame).await
-    }
-
-    /// Write raw bytes on the authenticated stream, bypassing framing. Only
-    /// for tests of how the target treats hostile input.
-    #[doc(hidden)]
-    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        use tokio::io::AsyncWriteExt;
-        self.wr.write_all(bytes).await?;
-        self.wr.flush().await?;
-        Ok(())
-    }
-
-    /// Send and wait for the answer.
-    pub async fn request(&mut self, msg: &Message) -> Result<Message> {
-        self.send(msg).await?;
-        self.recv().await
-    }
-}
-
-async fn send_on<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message, level: i32) -> Result<usize> {
-    let (k, p) = msg.encode()?;
-    write_frame(w, k, &p, level)
-        .await
-        .with_context(|| format!("sending {}", msg.name()))
-}
-
-async fn recv_on(rd: &mut ReadHalf<TlsStream<TcpStream>>, max: u32) -> Result<Message> {
-    let f = match read_frame(rd, max).await {
-        Ok(f) => f,
-        Err(FrameError::Closed) => bail!("the target closed the connection"),
-        Err(e) => return Err(e.into()),
-    };
-    match Message::decode(f.kind, &f.payload)? {
-        Message::Error(ErrorMsg { reason, retry }) => Err(TargetError { reason, retry }.into()),
-        m => Ok(m),
-    }
-}
-
-/// An error the target reported.
-#[derive(Debug, thiserror::Error)]
-#[error("the target refused: {reason}")]
-pub struct TargetError {
-    pub reason: String,
-    /// Whether retrying later can help.
-    pub retry: bool,
-}
-
-/// Ask the target for its status.
-pub async fn query_status(cfg: &LinkConfig) -> Result<Status> {
-    let mut c = connect(cfg, Role::Status).await?;
-    match c.request(&Message::StatusRequest).await? {
-        Message::StatusResponse(s) => Ok(*s),
-        other => bail!("expected a status response, got {}", other.name()),
-    }
-}
-
-/// Ask the target for its profile.
-pub async fn query_profile(cfg: &LinkConfig) -> Result<serde_json::Value> {
-    let mut c = connect(cfg, Role::Validate).await?;
-    match c.request(&Message::ProfileRequest).await? {
-        Message::ProfileResponse(v) => Ok(v),
-        other => bail!("expected a profile response, got {}", other.name()),
-    }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use super::*;
 
 struct Queued {
     seq: u64,
     created_unix_ms: i64,
-    payload: Vec<u8>,
+    len: u64,
+    body: Body,
+}
+
+/// Where a queued change set is kept.
+enum Body {
+    Memory(Vec<u8>),
+    Disk(PathBuf),
 }
 
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Queued>,
+    /// All queued bytes (memory and disk).
     bytes: u64,
+    spilled_sets: u64,
+    spilled_bytes: u64,
     next_seq: u64,
     acked: u64,
     resync_needed: bool,
@@ -256,6 +41,9 @@ pub struct SenderStats {
     pub next_seq: u64,
     pub queue_sets: u64,
     pub queue_bytes: u64,
+    /// Of those, change sets and bytes spilled to disk.
+    pub spilled_sets: u64,
+    pub spilled_bytes: u64,
     /// The target lost change sets this agent no longer holds: a difference mirror is needed.
     pub resync_needed: bool,
     pub last_error: Option<String>,
@@ -265,9 +53,13 @@ pub struct SenderStats {
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error(
-        "the queue is full ({bytes} bytes queued, limit {max}); fall back to a difference mirror"
+        "the queue is full ({bytes} bytes queued, limit {max} in memory and {spill_max} on disk); fall back to a difference mirror"
     )]
-    QueueFull { bytes: u64, max: u64 },
+    QueueFull {
+        bytes: u64,
+        max: u64,
+        spill_max: u64,
+    },
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
@@ -315,6 +107,18 @@ impl Sender {
     }
 
     fn start_on(cfg: LinkConfig, conn: Connection) -> Result<Sender> {
+        if let Some(dir) = &cfg.spill_dir {
+            // Spilled sets of an earlier run do not fit the numbering of
+            // this one (a difference mirror catches up instead): drop them.
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+                let p = e?.path();
+                if p.extension().is_some_and(|x| x == "cs") {
+                    std::fs::remove_file(&p)
+                        .with_context(|| format!("removing {}", p.display()))?;
+                }
+            }
+        }
         let last = conn.welcome.last_applied_seq;
         info!(last_applied = last, "replication link up");
         let (acked, _) = watch::channel(last);
@@ -354,13 +158,7 @@ impl Sender {
             records,
         };
         let payload = cs.encode().map_err(|e| SendError::Other(e.into()))?;
-        let max = self.shared.cfg.queue_max_bytes;
-        if q.bytes + payload.len() as u64 > max && !q.items.is_empty() {
-            return Err(SendError::QueueFull {
-                bytes: q.bytes,
-                max,
-            });
-        }
+        let len = payload.len() as u64;
         let max_frame = self.shared.cfg.max_frame as usize;
         if payload.len() + 2 > max_frame {
             return Err(SendError::Other(anyhow::anyhow!(
@@ -368,11 +166,40 @@ impl Sender {
                 payload.len()
             )));
         }
-        q.bytes += payload.len() as u64;
+        let cfg = &self.shared.cfg;
+        let in_memory = q.bytes - q.spilled_bytes;
+        let body = if in_memory + len <= cfg.queue_max_bytes
+            || (q.items.is_empty() && cfg.spill_dir.is_none())
+        {
+            Body::Memory(payload)
+        } else if let Some(dir) = cfg
+            .spill_dir
+            .as_ref()
+            .filter(|_| q.spilled_bytes + len <= cfg.spill_max_bytes)
+        {
+            let path = dir.join(format!("{seq:020}.cs"));
+            std::fs::write(&path, &payload)
+                .with_context(|| format!("spilling change set {seq} to {}", path.display()))?;
+            q.spilled_sets += 1;
+            q.spilled_bytes += len;
+            Body::Disk(path)
+        } else {
+            return Err(SendError::QueueFull {
+                bytes: q.bytes,
+                max: cfg.queue_max_bytes,
+                spill_max: if cfg.spill_dir.is_some() {
+                    cfg.spill_max_bytes
+                } else {
+                    0
+                },
+            });
+        };
+        q.bytes += len;
         q.items.push_back(Queued {
             seq,
             created_unix_ms: created,
-            payload,
+            len,
+            body,
         });
         q.next_seq += 1;
         drop(q);
@@ -431,6 +258,8 @@ impl Sender {
         s.next_seq = q.next_seq;
         s.queue_sets = q.items.len() as u64;
         s.queue_bytes = q.bytes;
+        s.spilled_sets = q.spilled_sets;
+        s.spilled_bytes = q.spilled_bytes;
         s.resync_needed = q.resync_needed;
         s
     }
@@ -440,49 +269,6 @@ impl Sender {
         self.task.abort();
         let _ = self.task.await;
     }
-}
-
-/// Whether retrying a failed connection can help (not for a refused
-/// certificate or a refusal the target marks as final).
-pub fn is_retryable(e: &anyhow::Error) -> bool {
-    if let Some(t) = e.downcast_ref::<TargetError>() {
-        return t.retry;
-    }
-    let text = format!("{e:#}");
-    !(text.contains("certificate") || text.contains("protocol version"))
-}
-
-/// [`connect`] with backoff (`cfg.backoff_min` doubling up to
-/// `cfg.backoff_max`, jittered) while the error is retryable.
-pub async fn connect_with_backoff(
-    cfg: &LinkConfig,
-    role: Role,
-    attempts: Option<u32>,
-) -> Result<Connection> {
-    let mut backoff = cfg.backoff_min;
-    let mut n = 0u32;
-    loop {
-        match connect(cfg, role).await {
-            Ok(c) => return Ok(c),
-            Err(e) => {
-                n += 1;
-                if !is_retryable(&e) || attempts.is_some_and(|a| n >= a) {
-                    return Err(e);
-                }
-                debug!(
-                    "connecting to {} (attempt {n}): {e:#}; retrying",
-                    cfg.target
-                );
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(cfg.backoff_max);
-            }
-        }
-    }
-}
-
-fn jitter(d: Duration) -> Duration {
-    let ms = d.as_millis() as u64;
-    Duration::from_millis(ms / 2 + rand::random::<u64>() % (ms / 2 + 1))
 }
 
 async fn drive(shared: Arc<Shared>, first: Connection, mut control: mpsc::Receiver<Control>) {
@@ -554,7 +340,14 @@ fn on_ack(shared: &Shared, seq: u64) {
     let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
     while q.items.front().is_some_and(|i| i.seq <= seq) {
         let i = q.items.pop_front().expect("checked");
-        q.bytes -= i.payload.len() as u64;
+        q.bytes -= i.len;
+        if let Body::Disk(path) = &i.body {
+            q.spilled_sets -= 1;
+            q.spilled_bytes -= i.len;
+            if let Err(e) = std::fs::remove_file(path) {
+                warn!("removing spilled change set {}: {e}", path.display());
+            }
+        }
     }
     q.acked = q.acked.max(seq);
     let a = q.acked;
@@ -609,12 +402,21 @@ async fn session(
         loop {
             let next = {
                 let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-                q.items
-                    .iter()
-                    .find(|i| i.seq > sent_upto)
-                    .map(|i| (i.seq, i.payload.clone()))
+                q.items.iter().find(|i| i.seq > sent_upto).map(|i| {
+                    let body = match &i.body {
+                        Body::Memory(p) => Ok(p.clone()),
+                        Body::Disk(path) => Err(path.clone()),
+                    };
+                    (i.seq, body)
+                })
             };
-            let Some((seq, payload)) = next else { break };
+            let Some((seq, body)) = next else { break };
+            let payload = match body {
+                Ok(p) => p,
+                Err(path) => tokio::fs::read(&path)
+                    .await
+                    .with_context(|| format!("reading spilled change set {}", path.display()))?,
+            };
             let n = write_frame(
                 &mut wr,
                 standin_link::message::kind::CHANGE_SET,

@@ -1,0 +1,94 @@
+//! Small filesystem helpers for [`super::DirTarget`]: they never follow a
+//! symlink in the last component and work relative to already-resolved
+//! directory descriptors.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+use standin_builder::entry::{Kind, Xattr};
+
+pub(super) fn kind_of(ft: FileType) -> Option<Kind> {
+    Some(match ft {
+        FileType::RegularFile => Kind::File,
+        FileType::Directory => Kind::Dir,
+        FileType::Symlink => Kind::Symlink,
+        FileType::Fifo => Kind::Fifo,
+        FileType::CharacterDevice => Kind::Char,
+        FileType::BlockDevice => Kind::Block,
+        _ => return None,
+    })
+}
+
+pub(super) fn lstat(dir: &OwnedFd, name: &[u8]) -> Result<Option<rustix::fs::Stat>, Errno> {
+    match rustix::fs::statat(dir, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `/proc/self/fd/<dir>/<name>`: the name inside an already-resolved
+/// directory, for the l*xattr calls (which do not follow the last component).
+pub(super) fn proc_path(dir: &OwnedFd, name: &[u8]) -> PathBuf {
+    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    p.extend_from_slice(name);
+    PathBuf::from(OsStr::from_bytes(&p))
+}
+
+pub(super) fn list_xattrs(path: &Path) -> Result<BTreeMap<Xattr, Xattr>, Errno> {
+    let mut out = BTreeMap::new();
+    let size = match rustix::fs::llistxattr_query(path) {
+        Ok(n) => n,
+        Err(Errno::NOTSUP) => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    let mut names = vec![0u8; size.min(1 << 16)];
+    let n = rustix::fs::llistxattr(path, &mut names[..])?;
+    for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
+        let len = rustix::fs::lgetxattr_query(path, OsStr::from_bytes(name))?;
+        let mut v = vec![0u8; len.min(1 << 16)];
+        let got = rustix::fs::lgetxattr(path, OsStr::from_bytes(name), &mut v[..])?;
+        v.truncate(got);
+        out.insert(Xattr(name.to_vec()), Xattr(v));
+    }
+    Ok(out)
+}
+
+/// Remove `name` in `dir`, recursively for directories, without following symlinks.
+pub(super) fn remove_at(dir: &impl AsFd, name: &[u8], depth: usize) -> Result<(), Errno> {
+    let n = OsStr::from_bytes(name);
+    let st = match rustix::fs::statat(dir, n, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return rustix::fs::unlinkat(dir, n, AtFlags::empty());
+    }
+    if depth > 1024 {
+        return Err(Errno::NAMETOOLONG);
+    }
+    let sub = rustix::fs::openat(
+        dir,
+        n,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut names = Vec::new();
+    for ent in rustix::fs::Dir::read_from(&sub)? {
+        let ent = ent?;
+        let b = ent.file_name().to_bytes();
+        if b != b"." && b != b".." {
+            names.push(b.to_vec());
+        }
+    }
+    for child in names {
+        remove_at(&sub, &child, depth + 1)?;
+    }
+    rustix::fs::unlinkat(dir, n, AtFlags::REMOVEDIR)
+}

@@ -6,3 +6,4 @@
 //!   with backoff and resumes from the target's last applied sequence number.
 
 pub mod link;
+pub mod capture;

@@ -102,8 +102,7 @@ impl BlockIndex {
         );
         let dir = state_dir.join("blockindex");
         if dir.exists() {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("clearing {}", dir.display()))?;
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
         }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(BlockIndex {
@@ -262,10 +261,26 @@ impl BlockIndex {
         fresh: bool,
         emit: &mut dyn FnMut(Record) -> Result<()>,
     ) -> Result<FileDiff> {
-        let prev = if fresh { None } else { self.files.get(&ino).cloned() };
-        let old: Vec<[u8; 16]> = prev.as_ref().map(|f| self.load_digests(f)).unwrap_or_default();
+        let prev = if fresh {
+            None
+        } else {
+            self.files.get(&ino).cloned()
+        };
+        let old: Vec<[u8; 16]> = prev
+            .as_ref()
+            .map(|f| self.load_digests(f))
+            .unwrap_or_default();
         let old_size = prev.as_ref().map(|f| f.size).unwrap_or(0);
-        let file = std::fs::File::open(abs).with_context(|| format!("opening {}", abs.display()))?;
+        if prev.is_none() && !fresh {
+            // What the target holds is not known: start from empty.
+            emit(Record::Truncate {
+                path: e.path.clone(),
+                size: 0,
+                content_sha256: None,
+            })?;
+        }
+        let file =
+            std::fs::File::open(abs).with_context(|| format!("opening {}", abs.display()))?;
         let size = file
             .metadata()
             .with_context(|| format!("reading {}", abs.display()))?
@@ -329,7 +344,9 @@ impl BlockIndex {
         }
         flush(ext_off, &mut ext, &mut out)?;
         let sha: Digest32 = whole.finalize().into();
-        let unchanged = prev.as_ref().is_some_and(|p| p.sha256 == sha && p.size == size);
+        let unchanged = prev
+            .as_ref()
+            .is_some_and(|p| p.sha256 == sha && p.size == size);
         if !unchanged {
             out.changed = true;
             emit(Record::Truncate {
@@ -398,7 +415,9 @@ impl BlockIndex {
             - 1_000_000_000;
         let (mut known, mut unknown) = (0, 0);
         let mut sink = |_: Record| Ok(());
-        for s in standin_builder::scan::Scanner::new(root, scan, &standin_builder::progress::NoProgress)? {
+        for s in
+            standin_builder::scan::Scanner::new(root, scan, &standin_builder::progress::NoProgress)?
+        {
             let s = s?;
             let md = match std::fs::symlink_metadata(&s.abs) {
                 Ok(m) => m,

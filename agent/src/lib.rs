@@ -5,6 +5,7 @@
 //!   [`link::Sender`] that queues change sets, sends heartbeats, reconnects
 //!   with backoff and resumes from the target's last applied sequence number.
 
-pub mod link;
-pub mod capture;
 pub mod blockindex;
+pub mod capture;
+pub mod link;
+pub mod replicate;

@@ -31,8 +31,14 @@ fn a_small_write_into_a_big_sparse_file_sends_one_block() {
     file.set_len(256 << 20).unwrap();
     file.write_all_at(&[7u8; 100_000], 1 << 20).unwrap();
     let (d, recs) = diff(&mut ix, &f, true);
-    assert_eq!(d.data_bytes, 7 * BLOCK_SIZE, "only the data blocks of a fresh sparse file");
-    assert!(matches!(recs.last(), Some(Record::Truncate { size, content_sha256: Some(_), .. }) if *size == 256 << 20));
+    assert_eq!(
+        d.data_bytes,
+        7 * BLOCK_SIZE,
+        "only the data blocks of a fresh sparse file"
+    );
+    assert!(
+        matches!(recs.last(), Some(Record::Truncate { size, content_sha256: Some(_), .. }) if *size == 256 << 20)
+    );
     // Unchanged: nothing.
     let (d, recs) = diff(&mut ix, &f, false);
     assert!(!d.changed && recs.is_empty(), "{recs:?}");
@@ -49,7 +55,10 @@ fn a_small_write_into_a_big_sparse_file_sends_one_block() {
     }
     let (want, _) = standin_builder::hash::hash_file(&f, 256 << 20, None).unwrap();
     match recs.last().unwrap() {
-        Record::Truncate { content_sha256: Some(s), .. } => assert_eq!(hex::encode(s), want),
+        Record::Truncate {
+            content_sha256: Some(s),
+            ..
+        } => assert_eq!(hex::encode(s), want),
         r => panic!("{r:?}"),
     }
     // Shrink: no data, a truncate.
@@ -66,11 +75,19 @@ fn rename_tree_moves_descendants_only() {
     for p in ["d", "d/a", "d/a/b", "d.x", "e"] {
         ix.insert(
             p.as_bytes().to_vec(),
-            PathState { kind: Kind::Dir, ino: (1, p.len() as u64), meta: [0; 32], unknown: false },
+            PathState {
+                kind: Kind::Dir,
+                ino: (1, p.len() as u64),
+                meta: [0; 32],
+                unknown: false,
+            },
         );
     }
     ix.rename_tree(b"d", b"e");
-    let keys: Vec<String> = ix.paths().map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect();
+    let keys: Vec<String> = ix
+        .paths()
+        .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+        .collect();
     assert_eq!(keys, ["d.x", "e", "e/a", "e/a/b"]);
     assert_eq!(ix.remove_tree(b"e"), 3);
     assert_eq!(ix.len(), 1);

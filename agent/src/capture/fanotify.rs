@@ -62,7 +62,10 @@ fn read_loop(shared: Arc<Shared>, fd: OwnedFd, mount: OwnedFd) {
     let mut file = std::fs::File::from(fd);
     let mut buf = vec![0u8; 256 << 10];
     while !shared.stopped() {
-        let mut pfd = [rustix::event::PollFd::new(&file, rustix::event::PollFlags::IN)];
+        let mut pfd = [rustix::event::PollFd::new(
+            &file,
+            rustix::event::PollFlags::IN,
+        )];
         let t = rustix::fs::Timespec {
             tv_sec: 0,
             tv_nsec: 100_000_000,
@@ -192,7 +195,10 @@ fn resolve(mount: &OwnedFd, handle_type: i32, handle: &[u8]) -> Option<PathBuf> 
             return None;
         }
     };
-    if rustix::fs::fstat(&fd).map(|st| st.st_nlink == 0).unwrap_or(true) {
+    if rustix::fs::fstat(&fd)
+        .map(|st| st.st_nlink == 0)
+        .unwrap_or(true)
+    {
         return None;
     }
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()

@@ -60,7 +60,9 @@ impl Watches {
                         self.by_wd.insert(wd, e.path().to_path_buf());
                     }
                     Err(rustix::io::Errno::NOSPC) => {
-                        shared.overflow("too many inotify watches; raise fs.inotify.max_user_watches");
+                        shared.overflow(
+                            "too many inotify watches; raise fs.inotify.max_user_watches",
+                        );
                     }
                     Err(err) => debug!("watching {}: {err}", e.path().display()),
                 }
@@ -118,7 +120,10 @@ fn read_loop(shared: Arc<Shared>, mut w: Watches) {
     let mut buf = vec![MaybeUninit::<u8>::uninit(); 256 << 10];
     while !shared.stopped() {
         {
-            let mut pfd = [rustix::event::PollFd::new(&w.fd, rustix::event::PollFlags::IN)];
+            let mut pfd = [rustix::event::PollFd::new(
+                &w.fd,
+                rustix::event::PollFlags::IN,
+            )];
             let t = rustix::fs::Timespec {
                 tv_sec: 0,
                 tv_nsec: 100_000_000,

@@ -262,7 +262,12 @@ impl Watcher {
     /// Wait up to `wait` for changes; then wait until events pause for the
     /// debounce (at most `max_delay` after the first) and take them all.
     /// `None` when nothing changed within `wait`.
-    pub fn take_batch(&self, wait: Duration, debounce: Duration, max_delay: Duration) -> Option<Batch> {
+    pub fn take_batch(
+        &self,
+        wait: Duration,
+        debounce: Duration,
+        max_delay: Duration,
+    ) -> Option<Batch> {
         let deadline = Instant::now() + wait;
         let mut d = self.shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
         while d.paths.is_empty() && !d.rescan {
@@ -279,8 +284,14 @@ impl Watcher {
         }
         loop {
             let now = Instant::now();
-            let quiet = d.last_event.map(|t| now.duration_since(t)).unwrap_or(debounce);
-            let age = d.first_event.map(|t| now.duration_since(t)).unwrap_or(max_delay);
+            let quiet = d
+                .last_event
+                .map(|t| now.duration_since(t))
+                .unwrap_or(debounce);
+            let age = d
+                .first_event
+                .map(|t| now.duration_since(t))
+                .unwrap_or(max_delay);
             if quiet >= debounce || age >= max_delay {
                 break;
             }

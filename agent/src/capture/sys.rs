@@ -37,9 +37,16 @@ pub fn fanotify_mark(fd: BorrowedFd<'_>, flags: u32, mask: u64, path: &Path) -> 
 
 /// `open_by_handle_at(mount, handle, O_PATH | O_CLOEXEC)` for a file handle
 /// reported by fanotify (`handle_type` and the opaque `handle` bytes).
-pub fn open_by_handle(mount: BorrowedFd<'_>, handle_type: i32, handle: &[u8]) -> io::Result<OwnedFd> {
+pub fn open_by_handle(
+    mount: BorrowedFd<'_>,
+    handle_type: i32,
+    handle: &[u8],
+) -> io::Result<OwnedFd> {
     if handle.len() > 128 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "file handle too long"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "file handle too long",
+        ));
     }
     // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; },
     // built in a u64 buffer for alignment.

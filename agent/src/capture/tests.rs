@@ -11,9 +11,11 @@ fn collect(w: &Watcher, want: &[&str]) -> BTreeMap<Vec<u8>, Change> {
         if want.iter().all(|p| seen.contains_key(p.as_bytes())) {
             break;
         }
-        if let Some(b) =
-            w.take_batch(Duration::from_millis(100), Duration::from_millis(5), Duration::from_millis(50))
-        {
+        if let Some(b) = w.take_batch(
+            Duration::from_millis(100),
+            Duration::from_millis(5),
+            Duration::from_millis(50),
+        ) {
             assert!(!b.rescan, "unexpected rescan");
             for (p, c) in b.paths {
                 let e: &mut Change = seen.entry(p).or_default();
@@ -26,7 +28,9 @@ fn collect(w: &Watcher, want: &[&str]) -> BTreeMap<Vec<u8>, Change> {
 }
 
 fn shown(m: &BTreeMap<Vec<u8>, Change>) -> Vec<String> {
-    m.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect()
+    m.keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect()
 }
 
 fn every_event_kind(backend: Backend) {
@@ -55,7 +59,13 @@ fn every_event_kind(backend: Backend) {
     std::fs::remove_file(root.join("d2/inner")).unwrap();
     std::os::unix::fs::symlink("new", root.join("sym")).unwrap();
     std::fs::hard_link(root.join("new"), root.join("hard")).unwrap();
-    rustix::fs::setxattr(root.join("new").as_path(), "user.k", b"v", rustix::fs::XattrFlags::empty()).ok();
+    rustix::fs::setxattr(
+        root.join("new").as_path(),
+        "user.k",
+        b"v",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .ok();
     // inotify watches d2 only once its creation is read, so a file created
     // and removed in it before that is (harmlessly) never seen.
     let mut want = vec!["new", "d2", "old", "d1/moved", "d1", "sym", "hard"];
@@ -64,9 +74,16 @@ fn every_event_kind(backend: Backend) {
     }
     let seen = collect(&w, &want);
     for p in &want {
-        assert!(seen.contains_key(p.as_bytes()), "{p} missing from {:?}", shown(&seen));
+        assert!(
+            seen.contains_key(p.as_bytes()),
+            "{p} missing from {:?}",
+            shown(&seen)
+        );
     }
-    assert!(seen[&b"d1"[..]].metadata, "chmod of d1 is a metadata change");
+    assert!(
+        seen[&b"d1"[..]].metadata,
+        "chmod of d1 is a metadata change"
+    );
     assert!(seen[&b"new"[..]].content, "writing new is a content change");
     assert!(
         !seen.keys().any(|k| k.windows(5).any(|w| w == b"noise")),
@@ -85,7 +102,11 @@ fn every_event_kind(backend: Backend) {
     assert!(seen.contains_key(&b"tree/g"[..]), "{:?}", shown(&seen));
     w.request_rescan();
     let b = w
-        .take_batch(Duration::from_secs(1), Duration::from_millis(1), Duration::from_millis(10))
+        .take_batch(
+            Duration::from_secs(1),
+            Duration::from_millis(1),
+            Duration::from_millis(10),
+        )
         .unwrap();
     assert!(b.rescan);
     assert!(w.stats().events > 0);
@@ -110,6 +131,10 @@ fn quiet_tree_gives_no_batch() {
     let t = tempfile::tempdir().unwrap();
     let w = Watcher::start(t.path(), &CaptureOptions::default()).unwrap();
     assert!(w
-        .take_batch(Duration::from_millis(200), Duration::from_millis(5), Duration::from_millis(50))
+        .take_batch(
+            Duration::from_millis(200),
+            Duration::from_millis(5),
+            Duration::from_millis(50)
+        )
         .is_none());
 }

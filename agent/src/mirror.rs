@@ -336,7 +336,10 @@ async fn compare(
         });
         sent += conn.send(&msg).await? as u64;
         let answer = conn.recv().await?;
-        received += answer.encode().map(|(_, p)| p.len() as u64 + 6).unwrap_or(0);
+        received += answer
+            .encode()
+            .map(|(_, p)| p.len() as u64 + 6)
+            .unwrap_or(0);
         let diff = match answer {
             Message::MirrorDiff(d) if d.batch == n => d,
             other => bail!(

@@ -2,7 +2,7 @@
 //! target (fixing the target's automatic findings on request), start change
 //! capture, mirror, then replicate continuously until stopped.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -11,8 +11,11 @@ use standin_builder::progress::Progress;
 use standin_link::message::{Message, Role};
 use standin_validate::{collect, validate, AppliedFixes, CollectOptions, LiveFacts, Outcome};
 
+use crate::blockindex::BlockIndex;
+use crate::capture::{CaptureOptions, Watcher};
 use crate::link::{connect, query_profile, LinkConfig, Sender, SenderStats};
 use crate::mirror::{mirror, MirrorOptions, MirrorReport};
+use crate::replicate::{replicate, ReplicateOptions, ReplicateReport};
 
 /// What `standin protect` does.
 #[derive(Debug, Clone)]
@@ -36,6 +39,8 @@ pub struct ProtectOutcome {
     /// `false`: errors remained, nothing was mirrored.
     pub started: bool,
     pub mirror: Option<MirrorReport>,
+    /// Continuous replication's counters (not with `once`).
+    pub replication: Option<ReplicateReport>,
     /// The link's counters when protect stopped.
     pub link: Option<SenderStats>,
 }
@@ -122,48 +127,79 @@ pub async fn apply_remote_fixes(
     }
 }
 
-/// Change capture, started before the mirror scan so that nothing changed
-/// during the mirror is missed, and handed to replication afterwards.
-///
-/// INTEGRATION POINT (capture helper): `start_capture` becomes
-/// `crate::capture::Watcher::start(root, &CaptureOptions { .. })` and
-/// [`replicate_until_stopped`] calls `crate::replicate::replicate(..)`.
-pub struct Capture {
-    #[allow(dead_code)]
-    root: PathBuf,
+/// Start change capture on `root` before the mirror scan, so that nothing
+/// changed during the mirror is missed; it is handed to replication after
+/// the mirror. fanotify on the whole filesystem, inotify as the fallback.
+pub fn start_capture(root: &Path, ignore: Vec<PathBuf>) -> Result<Watcher> {
+    Watcher::start(
+        root,
+        &CaptureOptions {
+            ignore,
+            ..Default::default()
+        },
+    )
+    .with_context(|| format!("starting change capture on {}", root.display()))
 }
 
-/// Start change capture on `root` (see [`Capture`]).
-pub fn start_capture(root: &std::path::Path) -> Result<Capture> {
-    Ok(Capture {
-        root: root.to_path_buf(),
-    })
-}
-
-/// Continuous replication until SIGINT/SIGTERM, then drain the queue.
-///
-/// INTEGRATION POINT (capture helper): the capture helper's
-/// `replicate(capture, sender, ..)` runs here. Until it lands this keeps
-/// the link (heartbeats) and the status line alive and drains on stop.
-pub async fn replicate_until_stopped(
-    _capture: Capture,
-    sender: &Sender,
-    on_tick: &(dyn Fn(&SenderStats) + Sync),
-) -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-            _ = tick.tick() => on_tick(&sender.stats()),
+/// SIGINT or SIGTERM.
+async fn stop_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
-    // Drain: wait (bounded) for what is queued to be acknowledged.
+}
+
+/// Continuous replication after a mirror that started at `mirror_started`,
+/// until SIGINT/SIGTERM; then the queue drains (up to 30 s).
+pub async fn replicate_until_stopped(
+    opts: &ProtectOptions,
+    watcher: Watcher,
+    index_dir: &Path,
+    mirror_started: std::time::SystemTime,
+    sender: &Sender,
+    on_tick: &(dyn Fn(&SenderStats) + Sync),
+) -> Result<ReplicateReport> {
+    let root = opts.mirror.root.clone();
+    let scan = opts.mirror.scan.clone();
+    let dir = index_dir.to_path_buf();
+    let index = tokio::task::spawn_blocking(move || -> Result<BlockIndex> {
+        let mut index = BlockIndex::open(&dir)?;
+        index.seed(&root, &scan, mirror_started)?;
+        Ok(index)
+    })
+    .await
+    .context("block index task")?
+    .context("recording what the target holds")?;
+    let ropts = ReplicateOptions {
+        scan: opts.mirror.scan.clone(),
+        ..Default::default()
+    };
+    let repl = replicate(
+        &opts.mirror.root,
+        ropts,
+        watcher,
+        index,
+        sender,
+        stop_signal(),
+    );
+    tokio::pin!(repl);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let report = loop {
+        tokio::select! {
+            r = &mut repl => break r?,
+            _ = tick.tick() => on_tick(&sender.stats()),
+        }
+    };
     let last = sender.next_seq().saturating_sub(1);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(30), sender.wait_acked(last)).await;
-    Ok(())
+    Ok(report)
 }
 
 /// Validate, then mirror, then (unless `once`) replicate until stopped.
@@ -180,6 +216,7 @@ pub async fn protect(
             validation,
             started: false,
             mirror: None,
+            replication: None,
             link: None,
         });
     }
@@ -188,7 +225,14 @@ pub async fn protect(
         link.spill_dir = Some(sd.join("queue"));
     }
     let sender = Sender::start(link.clone()).await?;
-    let capture = start_capture(&opts.mirror.root)?;
+    // Capture starts before the mirror scan (not needed with --once).
+    let capture = if opts.once {
+        None
+    } else {
+        let ignore = opts.state_dir.iter().cloned().collect();
+        Some(start_capture(&opts.mirror.root, ignore)?)
+    };
+    let mirror_started = std::time::SystemTime::now();
     let report = mirror(&sender, &link, &opts.mirror, progress).await;
     let report = match report {
         Ok(r) => r,
@@ -197,8 +241,20 @@ pub async fn protect(
             return Err(e);
         }
     };
-    if !opts.once && report.complete {
-        replicate_until_stopped(capture, &sender, on_tick).await?;
+    let mut replication = None;
+    if let (Some(watcher), true) = (capture, report.complete) {
+        let tmp;
+        let index_dir = match &opts.state_dir {
+            Some(sd) => sd.join("blockindex"),
+            None => {
+                tmp = tempfile::tempdir().context("creating a temporary block index")?;
+                tmp.path().to_path_buf()
+            }
+        };
+        replication = Some(
+            replicate_until_stopped(opts, watcher, &index_dir, mirror_started, &sender, on_tick)
+                .await?,
+        );
     }
     let stats = sender.stats();
     sender.close().await;
@@ -206,6 +262,7 @@ pub async fn protect(
         validation,
         started: true,
         mirror: Some(report),
+        replication,
         link: Some(stats),
     })
 }

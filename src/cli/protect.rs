@@ -129,10 +129,14 @@ pub fn run(a: Args) -> Result<Exit> {
     };
     let progress: Arc<dyn standin_builder::Progress> = Arc::new(CliProgress::new(mode));
     let json = a.json;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ticks = std::sync::atomic::AtomicU64::new(0);
     let tick = move |s: &standin_agent::link::SenderStats| {
-        if !json {
+        let n = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !json && (tty || n % 30 == 0) {
             eprint!(
-                "\r{} seq {} acked {}, queue {} sets {}, sent {}   ",
+                "{}{} seq {} acked {}, queue {} sets {}, sent {}{}",
+                if tty { "\r" } else { "" },
                 if s.connected {
                     "protecting:"
                 } else {
@@ -142,7 +146,8 @@ pub fn run(a: Args) -> Result<Exit> {
                 s.last_acked,
                 s.queue_sets,
                 human_bytes(s.queue_bytes),
-                human_bytes(s.bytes_sent)
+                human_bytes(s.bytes_sent),
+                if tty { "   " } else { "\n" }
             );
         }
     };

@@ -41,11 +41,12 @@ use standin_link::message::{
 use crate::bwlimit::{Bucket, BwLimit};
 use crate::link::{connect, LinkConfig, Sender};
 
-/// Block size for checksum mirrors.
-pub const DEFAULT_BLOCK_SIZE: u32 = 64 << 10;
+/// Largest block of a checksum mirror (see `mirror_block_size`).
+pub const DEFAULT_BLOCK_SIZE: u32 = 128 << 10;
 const BATCH_ENTRIES: usize = 1000;
 const BATCH_BLOCKS: u64 = 64 << 10;
-const SET_BYTES: usize = 8 << 20;
+/// Below the 16 MiB frame limit with room for the records' framing.
+const SET_BYTES: usize = 14 << 20;
 const SET_RECORDS: usize = 20_000;
 const EXTENT: u64 = 4 << 20;
 const QUEUE_HIGH: u64 = 48 << 20;
@@ -132,7 +133,8 @@ pub async fn mirror(
             .filter(|p| p.entry.kind == Kind::File && matches!(p.action, Action::Blocks(..)))
             .try_for_each(|p| -> Result<()> {
                 let abs = abs_path(&root, &p.entry.path);
-                p.action = diff_blocks(&abs, block_size, &p.target_blocks)
+                let bs = standin_link::message::mirror_block_size(p.entry.size, block_size as u32);
+                p.action = diff_blocks(&abs, bs, &p.target_blocks)
                     .with_context(|| format!("reading {}", abs.display()))?;
                 p.target_blocks = Vec::new();
                 Ok(())
@@ -151,7 +153,10 @@ pub async fn mirror(
                     None => p.entry.size,
                 }
             }
-            Action::Blocks(b, _) => b.len() as u64 * block_size,
+            Action::Blocks(b, _) => {
+                b.len() as u64
+                    * standin_link::message::mirror_block_size(p.entry.size, block_size as u32)
+            }
             _ => 0,
         })
         .sum();
@@ -216,7 +221,8 @@ pub async fn mirror(
             }
             Action::Metadata => out.push(Record::SetMetadata(e.clone())).await?,
             Action::Blocks(blocks, sha) => {
-                send_blocks(&mut out, &opts.root, e, blocks, block_size, *sha).await?;
+                let bs = standin_link::message::mirror_block_size(e.size, block_size as u32);
+                send_blocks(&mut out, &opts.root, e, blocks, bs, *sha).await?;
                 out.push(Record::SetMetadata(e.clone())).await?;
             }
         }
@@ -300,7 +306,7 @@ async fn compare(
         let mut blocks = 0u64;
         let summary =
             standin_builder::manifest::scan_tree(&root, &scan_opts, prog.as_ref(), |e| {
-                blocks += e.size / bs + 1;
+                blocks += e.size / standin_link::message::mirror_block_size(e.size, bs as u32) + 1;
                 batch.push(e.clone());
                 if batch.len() >= BATCH_ENTRIES || blocks >= BATCH_BLOCKS {
                     blocks = 0;
@@ -409,7 +415,7 @@ fn diff_blocks(abs: &Path, bs: u64, target: &[String]) -> Result<Action> {
             break;
         }
         whole.update(&buf[..got]);
-        let h = hex::encode(Sha256::digest(&buf[..got]));
+        let h = hex::encode(&Sha256::digest(&buf[..got])[..16]);
         if target.get(i as usize) != Some(&h) {
             differ.push(i);
         }
@@ -437,18 +443,25 @@ impl SetWriter<'_> {
     async fn push(&mut self, r: Record) -> Result<()> {
         let len = match &r {
             Record::WriteExtent { data, .. } => data.len() + 64,
-            Record::Create(e) | Record::SetMetadata(e) => 128 + e.path.len() + e.xattrs.len() * 64,
+            Record::Create(e) | Record::SetMetadata(e) => {
+                160 + 2 * e.path.len()
+                    + e.target.as_ref().map_or(0, |t| t.len())
+                    + e.xattrs
+                        .iter()
+                        .map(|(k, v)| k.0.len() + v.0.len() + 8)
+                        .sum::<usize>()
+            }
             _ => 96,
         };
         if let Record::WriteExtent { data, .. } = &r {
             self.data += data.len() as u64;
             self.progress.advance(data.len() as u64, 0);
         }
-        self.records.push(r);
-        self.bytes += len;
-        if self.bytes >= SET_BYTES || self.records.len() >= SET_RECORDS {
+        if self.bytes + len > SET_BYTES || self.records.len() >= SET_RECORDS {
             self.flush().await?;
         }
+        self.records.push(r);
+        self.bytes += len;
         Ok(())
     }
 
@@ -489,14 +502,16 @@ fn read_at(f: &File, off: u64, len: u64) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Whole content of a (possibly sparse) file: its data extents in pieces,
-/// then a Truncate to its size carrying the sha256 of what was sent.
+/// Whole content of a (possibly sparse) file: its data extents in pieces;
+/// the last piece carries the sha256 of what was sent, or, when the file
+/// ends in a hole, a Truncate to its size does.
 async fn send_whole(out: &mut SetWriter<'_>, root: &Path, e: &Entry) -> Result<()> {
     let abs = abs_path(root, &e.path);
     let f = File::open(&abs).with_context(|| format!("opening {}", abs.display()))?;
     let extents = e.sparse.clone().unwrap_or_else(|| vec![(0, e.size)]);
     let mut h = Sha256::new();
     let mut pos = 0u64;
+    let mut pending: Option<(u64, Vec<u8>)> = None;
     for (off, len) in extents {
         standin_builder::hash::hash_zeros(&mut h, off.saturating_sub(pos));
         let mut o = off;
@@ -507,24 +522,51 @@ async fn send_whole(out: &mut SetWriter<'_>, root: &Path, e: &Entry) -> Result<(
                 break;
             }
             h.update(&data);
+            if let Some((at, d)) = pending.take() {
+                out.push(Record::WriteExtent {
+                    path: e.path.clone(),
+                    offset: at,
+                    data: d,
+                    content_sha256: None,
+                })
+                .await?;
+            }
+            let at = o;
             o += data.len() as u64;
-            out.push(Record::WriteExtent {
-                path: e.path.clone(),
-                offset: o - data.len() as u64,
-                data,
-                content_sha256: None,
-            })
-            .await?;
+            pending = Some((at, data));
         }
         pos = o;
     }
     standin_builder::hash::hash_zeros(&mut h, e.size.saturating_sub(pos));
-    out.push(Record::Truncate {
-        path: e.path.clone(),
-        size: e.size,
-        content_sha256: Some(h.finalize().into()),
-    })
-    .await
+    let sha: [u8; 32] = h.finalize().into();
+    match pending {
+        Some((at, d)) if pos == e.size => {
+            out.push(Record::WriteExtent {
+                path: e.path.clone(),
+                offset: at,
+                data: d,
+                content_sha256: Some(sha),
+            })
+            .await
+        }
+        last => {
+            if let Some((at, d)) = last {
+                out.push(Record::WriteExtent {
+                    path: e.path.clone(),
+                    offset: at,
+                    data: d,
+                    content_sha256: None,
+                })
+                .await?;
+            }
+            out.push(Record::Truncate {
+                path: e.path.clone(),
+                size: e.size,
+                content_sha256: Some(sha),
+            })
+            .await
+        }
+    }
 }
 
 /// Only the differing blocks, then a Truncate to the source's size with the

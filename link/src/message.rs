@@ -115,6 +115,18 @@ pub struct MirrorEntries {
     pub block_size: u32,
 }
 
+/// Block size of one file in a checksum mirror, from the source's file
+/// size (both sides know it): about the square root of the size as a power
+/// of two, at least 1 KiB and at most `max` (the batch's `block_size`), so
+/// a file has few enough blocks for the answer to stay small and a small
+/// change sends little. Block digests are the first 16 bytes of the
+/// block's sha256, in hex; the file's whole sha256 is checked after the
+/// patch.
+pub fn mirror_block_size(file_size: u64, max: u32) -> u64 {
+    let root = (file_size as f64).sqrt() as u64;
+    root.next_power_of_two().clamp(1024, (max as u64).max(1024))
+}
+
 /// One path of a [`MirrorDiff`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiffItem {
@@ -122,7 +134,7 @@ pub struct DiffItem {
     pub path: Vec<u8>,
     /// `same`, `missing`, `metadata` or `content`.
     pub state: String,
-    /// For `content`: sha256 (hex) of each block the target holds.
+    /// For `content`: the digest (hex; see [`mirror_block_size`]) of each block the target holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocks: Vec<String>,
 }

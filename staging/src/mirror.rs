@@ -125,12 +125,17 @@ impl DiffSession {
             let got = self.stat(&e.path);
             pending.push(classify(e, got.as_ref(), m.block_size));
         }
-        let bs = m.block_size as u64;
+        let max_bs = m.block_size;
         let items: Vec<DiffItem> = m
             .entries
             .par_iter()
             .zip(pending.into_par_iter())
             .map(|(e, p)| {
+                let bs = if max_bs == 0 {
+                    0
+                } else {
+                    standin_link::message::mirror_block_size(e.size, max_bs)
+                };
                 let (state, blocks) = match p {
                     Pending::Done(s) => (s, Vec::new()),
                     Pending::Blocks => ("content", self.blocks(&e.path, bs)),
@@ -182,7 +187,7 @@ impl DiffSession {
         Some(hex::encode(h.finalize()))
     }
 
-    /// sha256 (hex) of each `bs`-byte block of the replica's file (empty in
+    /// Digest of each `bs`-byte block of the replica's file (empty in
     /// dts mode, or when unreadable: the whole file travels).
     fn blocks(&self, path: &[u8], bs: u64) -> Vec<String> {
         if bs == 0 {
@@ -206,7 +211,7 @@ impl DiffSession {
             if got == 0 {
                 break;
             }
-            out.push(hex::encode(Sha256::digest(&buf[..got])));
+            out.push(hex::encode(&Sha256::digest(&buf[..got])[..16]));
             if got < buf.len() {
                 break;
             }

@@ -10,18 +10,23 @@
 //! - [`archive`]: PAX tar + zstd image archives (build, read).
 //! - [`tree`]: [`tree::TreeWriter`], the safe writer of trees (restore, change sets).
 //! - [`restore`], [`verify`]: the `image restore` and `image verify` operations.
+//! - [`disk`]: bootable GPT disk images of trees; [`recipe`]: TOML recipes
+//!   that describe a tree and its boot; [`boot`]: booting a disk in qemu.
 
 pub mod archive;
+pub mod boot;
 pub mod bytes;
 pub mod changeset;
 pub mod compare;
 pub mod demo;
+pub mod disk;
 pub mod durable;
 pub mod entry;
 pub mod hash;
 pub mod manifest;
 mod manifest_read;
 pub mod progress;
+pub mod recipe;
 pub mod restore;
 pub mod scan;
 pub mod tree;

@@ -1,4 +1,5 @@
-//! `standin image`: build, verify, restore (disk and boot come later).
+//! `standin image`: build, verify, restore, disk, boot (disk and boot live in
+//! `image_disk`).
 //! Each subcommand keeps its arguments in its own struct.
 
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use standin_builder::restore::{self, RestoreOptions};
 use standin_builder::scan::ScanOptions;
 use standin_builder::verify;
 
+use super::image_disk;
 use super::progress::{human_bytes, CliProgress, ProgressMode};
 use super::Exit;
 
@@ -21,6 +23,10 @@ pub enum ImageCommand {
     Verify(VerifyArgs),
     /// Restore an image into an empty directory with exact metadata, verified.
     Restore(RestoreArgs),
+    /// Build a bootable GPT disk (ESP + ext4 root) from a tree, an archive or a recipe.
+    Disk(Box<image_disk::DiskArgs>),
+    /// Boot a disk in qemu and watch its serial console.
+    Boot(Box<image_disk::BootArgs>),
 }
 
 /// Arguments of `standin image build`.
@@ -104,6 +110,8 @@ pub fn run(command: ImageCommand) -> Result<Exit> {
         ImageCommand::Build(a) => build(a),
         ImageCommand::Verify(a) => verify_cmd(a),
         ImageCommand::Restore(a) => restore_cmd(a),
+        ImageCommand::Disk(a) => image_disk::run_disk(*a),
+        ImageCommand::Boot(a) => image_disk::run_boot(*a),
     }
 }
 

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod demo;
 mod failover;
 mod image;
+mod image_disk;
 mod keys;
 mod output;
 mod profile;

@@ -58,6 +58,18 @@ pub fn run(a: Args) -> Result<Exit> {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         print!("{}", status.render());
+        if let Some(dir) = &a.state_dir {
+            if let Some(r) = standin_staging::failover::load_record(dir)? {
+                println!(
+                    "failover:    {} {:?} ({} at sequence number {} into {})",
+                    r.id,
+                    r.state,
+                    r.image,
+                    r.seq,
+                    r.target_root.display()
+                );
+            }
+        }
     }
     Ok(Exit::Ok)
 }

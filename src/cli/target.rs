@@ -41,11 +41,26 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 3)]
     pub compress: i32,
     /// Seconds without a heartbeat before the failover condition is met.
-    #[arg(long, default_value_t = 35)]
+    #[arg(long, alias = "failover-after", default_value_t = 35)]
     pub heartbeat_silence: u64,
     /// This target's own system tree, whose profile validation compares.
     #[arg(long, default_value = "/")]
     pub target_root: PathBuf,
+    /// Command run (by `sh -c`, with STANDIN_STATE_DIR set) once when the failover condition is met.
+    #[arg(long)]
+    pub on_failover_condition: Option<String>,
+    /// Fail over by itself once the condition held this many seconds (opt-in; needs --auto-target-root).
+    #[arg(long, requires = "auto_target_root")]
+    pub auto_failover_after: Option<u64>,
+    /// Target root for the automatic failover.
+    #[arg(long)]
+    pub auto_target_root: Option<PathBuf>,
+    /// Reboot command after an automatic failover (default: no reboot).
+    #[arg(long)]
+    pub auto_reboot_command: Option<String>,
+    /// Take a snapshot this often (seconds) while protected, and prune by the retention policy; 0 = off.
+    #[arg(long, default_value_t = 600)]
+    pub snapshot_every: u64,
 }
 
 pub fn run(command: TargetCommand) -> Result<Exit> {
@@ -61,6 +76,16 @@ fn serve(a: ServeArgs) -> Result<Exit> {
     cfg.compress = a.compress;
     cfg.heartbeat_silence = Duration::from_secs(a.heartbeat_silence);
     cfg.target_root = a.target_root;
+    cfg.monitor.on_condition = a.on_failover_condition;
+    cfg.monitor.snapshot_every =
+        (a.snapshot_every > 0).then(|| Duration::from_secs(a.snapshot_every));
+    if let (Some(after), Some(root)) = (a.auto_failover_after, a.auto_target_root) {
+        cfg.monitor.auto_failover = Some(standin_staging::monitor::AutoFailover {
+            after: Duration::from_secs(after),
+            target_root: root,
+            reboot: a.auto_reboot_command,
+        });
+    }
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(standin_staging::serve(cfg, |addr| {
         println!("listening on {addr}");

@@ -114,6 +114,8 @@ pub struct DirTarget {
     root_path: PathBuf,
     /// chown entries to their uid/gid (needs root); otherwise owners are left.
     pub preserve_owner: bool,
+    /// Copies inodes shared with hardlink snapshots out before they change.
+    pub cow: Option<crate::snapshot::cow::Guard>,
 }
 
 impl DirTarget {
@@ -129,12 +131,42 @@ impl DirTarget {
             root: fd,
             root_path: root.to_path_buf(),
             preserve_owner: rustix::process::geteuid().is_root(),
+            cow: None,
         })
     }
 
     /// The root directory.
     pub fn root_path(&self) -> &Path {
         &self.root_path
+    }
+
+    /// Before changing `name` in place: let a snapshot that shares its inode copy it out.
+    fn guard(&mut self, dir: &OwnedFd, name: &[u8], path: &[u8]) -> Result<(), ApplyError> {
+        if self.cow.is_none() {
+            return Ok(());
+        }
+        let Some(st) = lstat(dir, name).map_err(|x| io_err("reading", path, x))? else {
+            return Ok(());
+        };
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink < 2 {
+            return Ok(());
+        }
+        let at = proc_path(dir, name);
+        let g = self.cow.as_mut().expect("checked");
+        g.before_modify(st.st_ino, &at).map_err(|e| {
+            ApplyError::Io(format!(
+                "copying {} out to a snapshot: {e:#}",
+                display_path(path)
+            ))
+        })
+    }
+
+    fn guard_path(&mut self, path: &[u8]) -> Result<(), ApplyError> {
+        if self.cow.is_none() {
+            return Ok(());
+        }
+        let (dir, name) = self.parent(path, false)?;
+        self.guard(&dir, name, path)
     }
 
     /// Open the parent of `path` beneath the root; return it and the last component.
@@ -279,6 +311,7 @@ impl DirTarget {
                 ApplyError::Inconsistent(format!("{} is missing", display_path(&e.path)))
             })?;
         let have = kind_of(FileType::from_raw_mode(st.st_mode));
+        self.guard(&dir, name, &e.path)?;
         if have != Some(e.kind) {
             return Err(ApplyError::Inconsistent(format!(
                 "{} is a {:?} on the target, the source says {:?}",
@@ -457,6 +490,7 @@ impl ApplyTarget for DirTarget {
             Record::WriteExtent {
                 path, offset, data, ..
             } => {
+                self.guard_path(path)?;
                 let fd = self.open_regular(path, OFlags::WRONLY)?.ok_or_else(|| {
                     ApplyError::Inconsistent(format!("{} is missing", display_path(path)))
                 })?;
@@ -475,6 +509,7 @@ impl ApplyTarget for DirTarget {
                 Ok(())
             }
             Record::Truncate { path, size, .. } => {
+                self.guard_path(path)?;
                 let fd = self.open_regular(path, OFlags::WRONLY)?.ok_or_else(|| {
                     ApplyError::Inconsistent(format!("{} is missing", display_path(path)))
                 })?;

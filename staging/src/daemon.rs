@@ -43,6 +43,8 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// The target's own system tree, whose profile is served (`/`).
     pub target_root: PathBuf,
+    /// Failover condition hook, automatic failover, periodic snapshots.
+    pub monitor: crate::monitor::MonitorConfig,
 }
 
 impl ServeConfig {
@@ -65,6 +67,7 @@ impl ServeConfig {
             retry_interval: Duration::from_secs(5),
             max_connections: 64,
             target_root: PathBuf::from("/"),
+            monitor: crate::monitor::MonitorConfig::default(),
         }
     }
 }
@@ -116,6 +119,7 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<(
         snapshot,
     });
     let retry = tokio::spawn(retry_loop(shared.clone()));
+    let monitor = tokio::spawn(monitor_loop(shared.clone()));
     let slots = Arc::new(tokio::sync::Semaphore::new(shared.cfg.max_connections));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -143,7 +147,116 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<(
         }
     }
     retry.abort();
+    monitor.abort();
     Ok(())
+}
+
+/// The failover condition, its hook, automatic failover, periodic snapshots
+/// (see [`crate::monitor`]).
+async fn monitor_loop(shared: Arc<Shared>) {
+    use crate::monitor::{Action, Monitor};
+    let cfg = shared.cfg.monitor.clone();
+    let dir = shared.cfg.state_dir.clone();
+    let mut mon = Monitor::default();
+    let mut tick = tokio::time::interval(cfg.tick);
+    loop {
+        tick.tick().await;
+        let st = shared
+            .snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone();
+        let failed_over = matches!(crate::failover::load_record(&dir), Ok(Some(r)) if r.state != crate::failover::RecordState::RolledBack);
+        let now = crate::state::now_ms();
+        for action in mon.tick(&cfg, &st, failed_over, now, shared.cfg.heartbeat_silence) {
+            match action {
+                Action::ConditionMet { silent_ms } => {
+                    warn!(
+                        silent_s = silent_ms / 1000,
+                        "failover condition met: no heartbeat from the source"
+                    );
+                    if let Some(cmd) = &cfg.on_condition {
+                        info!(cmd, "running the failover-condition hook");
+                        let cmd = cmd.clone();
+                        let dir = dir.clone();
+                        tokio::task::spawn_blocking(move || {
+                            match std::process::Command::new("sh")
+                                .arg("-c")
+                                .arg(&cmd)
+                                .env("STANDIN_STATE_DIR", &dir)
+                                .status()
+                            {
+                                Ok(st) if st.success() => {}
+                                Ok(st) => warn!(cmd, "the failover-condition hook failed: {st}"),
+                                Err(e) => warn!(cmd, "running the failover-condition hook: {e}"),
+                            }
+                        });
+                    }
+                }
+                Action::ConditionCleared => {
+                    info!("heartbeats are back: failover condition cleared")
+                }
+                Action::AutoFailover => {
+                    let Some(a) = cfg.auto_failover.clone() else {
+                        continue;
+                    };
+                    warn!(target_root = %a.target_root.display(), "automatic failover: the condition held long enough");
+                    let mut opts =
+                        crate::failover::FailoverOptions::new(dir.clone(), a.target_root);
+                    opts.graceful = false;
+                    opts.reboot = a.reboot;
+                    opts.heartbeat_silence = shared.cfg.heartbeat_silence;
+                    let r = tokio::task::spawn_blocking(move || {
+                        crate::failover::failover(
+                            &opts,
+                            &mut |ds| {
+                                warn!(
+                                    "automatic failover with a possibly incomplete replica: {}",
+                                    ds.missing.join("; ")
+                                );
+                                true
+                            },
+                            &standin_builder::progress::NoProgress,
+                        )
+                    })
+                    .await;
+                    match r {
+                        Ok(Ok(rep)) => warn!(id = rep.record.id, "automatic failover complete"),
+                        Ok(Err(e)) => warn!("automatic failover failed: {e:#}"),
+                        Err(e) => warn!("automatic failover task: {e}"),
+                    }
+                }
+                Action::Snapshot => {
+                    let dir2 = dir.clone();
+                    let r = with_store(&shared, move |_store| {
+                        let meta = crate::snapshot::take(
+                            &dir2,
+                            None,
+                            &standin_builder::progress::NoProgress,
+                        )?;
+                        let gone = crate::snapshot::retention::prune(
+                            &dir2,
+                            crate::state::now_ms(),
+                            &Default::default(),
+                        )?;
+                        anyhow::Ok((meta, gone))
+                    })
+                    .await;
+                    match r {
+                        Ok(Ok((meta, gone))) => info!(
+                            id = meta.id,
+                            seq = meta.seq,
+                            pruned = gone.len(),
+                            "snapshot taken"
+                        ),
+                        Ok(Err(e)) => warn!("taking a periodic snapshot: {e:#}"),
+                        Err(e) => warn!("snapshot task: {e}"),
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn retry_loop(shared: Arc<Shared>) {

@@ -6,12 +6,22 @@
 //! - [`store`]: the state directory: journal, apply in order, replay after a crash.
 //! - [`status`]: the status a target reports.
 //! - [`daemon`]: `standin target serve`.
+//! - [`lock`]: the apply lock shared by apply, snapshots and failover.
+//! - [`snapshot`]: snapshots of a staging area and their retention.
+//! - [`failover`]: the swap into the target root, and rollback.
+//! - [`monitor`]: the failover condition and what the daemon does about it.
+//! - [`profile`]: the profile the target serves (the one place to switch to
+//!   standin-validate's `Profile`).
 
 pub mod apply;
 pub mod daemon;
 pub mod durable;
+pub mod failover;
+pub mod lock;
 pub mod mirror;
+pub mod monitor;
 pub mod profile;
+pub mod snapshot;
 pub mod state;
 pub mod status;
 pub mod store;

@@ -92,9 +92,14 @@ impl Store {
     /// Open (creating the layout) and recover: replay complete journal
     /// entries, discard torn ones.
     pub fn open(dir: &Path) -> Result<Store> {
+        let state_dir = dir.to_path_buf();
         Self::open_with(
             dir,
-            Box::new(|root: &Path| Ok(Box::new(DirTarget::open(root)?) as Box<dyn ApplyTarget>)),
+            Box::new(move |root: &Path| {
+                let mut t = DirTarget::open(root)?;
+                t.cow = Some(crate::snapshot::cow::Guard::new(&state_dir));
+                Ok(Box::new(t) as Box<dyn ApplyTarget>)
+            }),
         )
     }
 
@@ -337,6 +342,11 @@ impl Store {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
         let seq = cs.seq;
+        // Whole change sets only: snapshots and failovers wait for this lock.
+        let _lock = match crate::lock::for_apply(&self.dir) {
+            Ok(l) => l,
+            Err(e) => return Err(self.pause(format!("{e:#}"))),
+        };
         let mut problems = Vec::new();
         let mut pending: BTreeMap<Vec<u8>, Digest32> = BTreeMap::new();
         let result: Result<(), ApplyError> = (|| {

@@ -1,0 +1,128 @@
+//! Before a failover: the data state, and the graceful drain.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use standin_builder::progress::Progress;
+
+use super::{source_id, DataState, FailoverOptions, Image};
+use crate::state::{now_ms, TargetState};
+
+/// Check the data state: what the image holds and what may be missing.
+pub fn data_state(opts: &FailoverOptions) -> Result<DataState> {
+    let st = TargetState::load(&opts.state_dir)?;
+    let id = source_id(opts, &st)?;
+    let source_seq = st.last_heartbeat.as_ref().map(|h| h.heartbeat.source_seq);
+    let mut missing = Vec::new();
+    let (image, staged_root, seq, complete) = match &opts.image {
+        Image::Live => {
+            let root = opts.state_dir.join("staging").join(&id).join("root");
+            if !st.mirror_complete {
+                let pct = st
+                    .mirror
+                    .as_ref()
+                    .filter(|m| m.total_bytes > 0)
+                    .map(|m| {
+                        format!(
+                            " ({:.0}% of the data applied)",
+                            m.bytes_applied as f64 * 100.0 / m.total_bytes as f64
+                        )
+                    })
+                    .unwrap_or_default();
+                missing.push(format!(
+                    "the mirror has not completed{pct}: files not mirrored yet are missing or older than on the source"
+                ));
+            }
+            if let Some(ss) = source_seq.filter(|&s| s > st.last_applied_seq) {
+                missing.push(format!(
+                    "the source had cut change sets up to {ss}, the replica holds {}: the last {} change set(s) are missing",
+                    st.last_applied_seq,
+                    ss - st.last_applied_seq
+                ));
+            }
+            let (pending, _) =
+                crate::store::journal_backlog(&opts.state_dir.join("journal"), st.last_applied_seq);
+            if pending > 0 {
+                missing.push(format!(
+                    "{pending} received change set(s) are journaled but not applied yet"
+                ));
+            }
+            if let Some(p) = &st.paused {
+                missing.push(format!("apply is paused: {p}"));
+            }
+            if let Some(w) = &st.warning {
+                missing.push(format!("the replica has a warning: {w}"));
+            }
+            (
+                "live".to_string(),
+                root,
+                st.last_applied_seq,
+                st.mirror_complete,
+            )
+        }
+        Image::Snapshot(sid) => {
+            let meta = crate::snapshot::load(&opts.state_dir, sid)?;
+            if !meta.mirror_complete {
+                missing.push(format!(
+                    "snapshot {sid} was taken before the mirror completed: files not mirrored by then are missing"
+                ));
+            }
+            (
+                format!("snapshot:{sid}"),
+                crate::snapshot::root(&opts.state_dir, sid),
+                meta.seq,
+                meta.mirror_complete,
+            )
+        }
+    };
+    Ok(DataState {
+        source_id: id,
+        image,
+        staged_root,
+        mirror_complete: complete,
+        seq,
+        source_seq,
+        missing,
+    })
+}
+
+/// Graceful: while the source still sends heartbeats, wait until everything
+/// it queued is applied (or the timeout passes).
+pub(super) fn drain(opts: &FailoverOptions, progress: &dyn Progress) -> Result<()> {
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        let st = TargetState::load(&opts.state_dir)?;
+        let Some(hb) = &st.last_heartbeat else {
+            return Ok(());
+        };
+        let age = (now_ms() - hb.received_unix_ms).max(0) as u128;
+        if age > opts.heartbeat_silence.as_millis() {
+            return Ok(()); // the source is gone: nothing more will come
+        }
+        let (pending, _) =
+            crate::store::journal_backlog(&opts.state_dir.join("journal"), st.last_applied_seq);
+        let drained = hb.heartbeat.source_seq <= st.last_applied_seq
+            && hb.heartbeat.queue_bytes == 0
+            && pending == 0;
+        if drained {
+            return Ok(());
+        }
+        if !said {
+            progress.note(&format!(
+                "the source is reachable: waiting until its queue is applied (at {}, source at {})",
+                st.last_applied_seq, hb.heartbeat.source_seq
+            ));
+            said = true;
+        }
+        if start.elapsed() > opts.drain_timeout {
+            bail!(
+                "the source's queue was not drained after {} s (applied {}, source at {}); stop the source's applications and try again, or use --immediate",
+                opts.drain_timeout.as_secs(),
+                st.last_applied_seq,
+                hb.heartbeat.source_seq
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

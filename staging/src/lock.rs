@@ -1,0 +1,49 @@
+//! The apply lock: `STATE/apply.lock`, held (flock, exclusive) by the apply
+//! of each whole change set, by a snapshot while it is taken, and by a
+//! failover or rollback while it runs. A snapshot therefore always sees the
+//! replica as of one sequence number, and nothing is applied to a staging
+//! area that is being swapped.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// File name of the lock in the state directory.
+pub const LOCK_FILE: &str = "apply.lock";
+
+/// A held apply lock; released when dropped.
+#[derive(Debug)]
+pub struct ApplyLock {
+    _file: std::fs::File,
+}
+
+/// Take the apply lock of `state_dir`, waiting for the holder.
+pub fn lock(state_dir: &Path) -> Result<ApplyLock> {
+    let p = state_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .with_context(|| format!("locking {}", p.display()))?;
+    Ok(ApplyLock { _file: file })
+}
+
+/// Take the apply lock for applying a change set: refused while a failover
+/// is in progress or complete (the staged system is in the target root).
+pub fn for_apply(state_dir: &Path) -> Result<ApplyLock> {
+    let l = lock(state_dir)?;
+    if let Some(r) = crate::failover::load_record(state_dir)? {
+        if r.state != crate::failover::RecordState::RolledBack {
+            anyhow::bail!(
+                "the staged system was swapped into {} (failover {}, {:?}); nothing is applied until `standin failover --rollback`",
+                r.target_root.display(),
+                r.id,
+                r.state
+            );
+        }
+    }
+    Ok(l)
+}

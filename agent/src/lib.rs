@@ -4,6 +4,10 @@
 //!   queries ([`link::query_status`], [`link::query_profile`]) and the
 //!   [`link::Sender`] that queues change sets, sends heartbeats, reconnects
 //!   with backoff and resumes from the target's last applied sequence number.
+//! - [`capture`]: which paths changed ([`capture::Watcher`]: fanotify on the
+//!   whole filesystem, inotify as the fallback).
+//! - [`blockindex`]: what the target holds, per path and per 16 KiB block.
+//! - [`replicate`]: the continuous replication loop ([`replicate::replicate`]).
 
 pub mod blockindex;
 pub mod capture;

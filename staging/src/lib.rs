@@ -6,6 +6,8 @@
 //! - [`store`]: the state directory: journal, apply in order, replay after a crash.
 //! - [`status`]: the status a target reports.
 //! - [`daemon`]: `standin target serve`.
+//! - [`profile`]: the profile the target serves (the one place to switch to
+//!   standin-validate's `Profile`).
 
 pub mod apply;
 pub mod daemon;

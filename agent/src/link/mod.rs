@@ -144,14 +144,22 @@ async fn connect_inner(cfg: &LinkConfig, role: Role) -> Result<Connection> {
         role,
     }))
     .await?;
+    // In TLS 1.3 the target checks our certificate after our side of the
+    // handshake is done, so a refusal shows up here: as an alert, or as a
+    // reset/close when the alert is lost with the unread Hello.
     let first = c.recv().await.map_err(|e| {
-        if format!("{e:#}").contains("alert") {
+        if e.downcast_ref::<TargetError>().is_some() {
+            e
+        } else if format!("{e:#}").contains("alert") {
             e.context(format!(
                 "the target refused this source's certificate {}; on the target add --trust {}",
                 cfg.identity.fingerprint, cfg.identity.fingerprint
             ))
         } else {
-            e
+            e.context(format!(
+                "the target closed the connection before answering; if it does not trust this source's certificate {}, add --trust {} on the target",
+                cfg.identity.fingerprint, cfg.identity.fingerprint
+            ))
         }
     })?;
     match first {
@@ -249,7 +257,9 @@ pub fn is_retryable(e: &anyhow::Error) -> bool {
         return t.retry;
     }
     let text = format!("{e:#}");
-    !(text.contains("certificate") || text.contains("protocol version"))
+    !(text.contains("refused this source's certificate")
+        || text.contains("which is not trusted")
+        || text.contains("protocol version"))
 }
 
 /// [`connect`] with backoff (`cfg.backoff_min` doubling up to

@@ -30,7 +30,7 @@ fi
 bin=$PWD/target/$profile
 work=$(mktemp -d /var/tmp/standin-lag.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; sleep 0.5; rm -rf "$work" || true; }
 trap cleanup EXIT
 
 cat > "$work/writer.py" <<'PY'
@@ -89,14 +89,15 @@ limit=$((secs + 60))
 # ---- standin ----
 "$bin/standin" keys init --dir "$work/tid" >"$work/tfp"
 "$bin/standin" keys init --dir "$work/aid" >"$work/afp"
-mkdir -p "$work/src/w" "$work/agent"
+mkdir -p "$work/src" "$work/agent"   # w/ is made by the writer, after the agent starts
 "$bin/standin" target serve --listen 127.0.0.1:0 --state-dir "$work/state" --identity "$work/tid" \
   --trust "$(cat "$work/afp")" >"$work/serve.out" 2>"$work/serve.log" &
 pids+=($!)
 for _ in $(seq 100); do grep -q "listening on" "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
 addr=$(sed -n 's/^listening on //p' "$work/serve.out")
+# The agent stops by itself after the load (signals would reach GNU time, not it).
 /usr/bin/time -f "%M" -o "$work/agent.maxrss" "$bin/examples/replicate" "$work/src" "$addr" "$work/aid" \
-  "$(cat "$work/tfp")" "$work/agent" >"$work/agent.stats" 2>"$work/agent.log" &
+  "$(cat "$work/tfp")" "$work/agent" $((secs + 15)) >"$work/agent.stats" 2>"$work/agent.log" &
 apid=$!
 pids+=($apid)
 sleep 2
@@ -104,11 +105,11 @@ python3 "$work/poller.py" "$work/state/staging/bench/root/w" "$n" "$limit" "$wor
 poll=$!
 python3 "$work/writer.py" "$work/src/w" "$rate" "$secs"
 wait $poll
-kill -TERM $apid; wait $apid || true
+wait $apid || true
 
 # ---- lsyncd (default settings: -rsync, delay 15 s) ----
 mkdir -p "$work/lsrc/w" "$work/ldst"
-/usr/bin/time -f "%M" -o "$work/lsyncd.maxrss" lsyncd -nodaemon -log scarce -rsync "$work/lsrc" "$work/ldst" \
+/usr/bin/time -f "%M" -o "$work/lsyncd.maxrss" timeout -s TERM $((secs + 30)) lsyncd -nodaemon -log scarce -rsync "$work/lsrc" "$work/ldst" \
   >"$work/lsyncd.log" 2>&1 &
 lpid=$!
 pids+=($lpid)
@@ -117,7 +118,7 @@ python3 "$work/poller.py" "$work/ldst/w" "$n" "$limit" "$work/lsyncd.lags" &
 poll=$!
 python3 "$work/writer.py" "$work/lsrc/w" "$rate" "$secs"
 wait $poll
-kill -TERM $lpid; wait $lpid || true
+wait $lpid || true
 
 read -r got_s want_s < <(head -1 "$work/standin.lags")
 read -r got_l want_l < <(head -1 "$work/lsyncd.lags")
@@ -125,8 +126,8 @@ s50=$(pct "$work/standin.lags" 50); s99=$(pct "$work/standin.lags" 99); smax=$(p
 l50=$(pct "$work/lsyncd.lags" 50); l99=$(pct "$work/lsyncd.lags" 99); lmax=$(pct "$work/lsyncd.lags" 100)
 echo "load: $rate files/s for $secs s ($n files of ~220 bytes), build: $profile"
 printf "%-8s %10s %10s %10s %12s %14s\n" tool "p50 (s)" "p99 (s)" "max (s)" "arrived" "peak RSS (MiB)"
-printf "%-8s %10s %10s %10s %12s %14s\n" standin "$s50" "$s99" "$smax" "$got_s/$want_s" "$(awk '{printf "%.1f", $1/1024}' "$work/agent.maxrss")"
-printf "%-8s %10s %10s %10s %12s %14s\n" lsyncd "$l50" "$l99" "$lmax" "$got_l/$want_l" "$(awk '{printf "%.1f", $1/1024}' "$work/lsyncd.maxrss")"
+printf "%-8s %10s %10s %10s %12s %14s\n" standin "$s50" "$s99" "$smax" "$got_s/$want_s" "$(tail -1 "$work/agent.maxrss" | awk '{printf "%.1f", $1/1024}')"
+printf "%-8s %10s %10s %10s %12s %14s\n" lsyncd "$l50" "$l99" "$lmax" "$got_l/$want_l" "$(tail -1 "$work/lsyncd.maxrss" | awk '{printf "%.1f", $1/1024}')"
 awk -v a="$s99" -v b="$l99" 'BEGIN { if (a > 0) printf "lag p99 ratio lsyncd/standin: %.1fx\n", b/a }'
 awk -v a="$s99" 'BEGIN { if (a < 1.0) print "goal p99 < 1 s: met"; else print "goal p99 < 1 s: NOT met" }'
-echo "agent counters: $(tail -1 "$work/agent.log")"
+echo "agent counters: $(grep '^{' "$work/agent.log" | tail -1)"

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use replicate_support::common::require_root;
 use replicate_support::*;
+use standin_agent::capture::Backend;
 use standin_agent::replicate::ReplicateOptions;
 
 fn xattr(p: &std::path::Path, k: &str, v: &[u8]) {
@@ -19,7 +20,40 @@ fn xattr(p: &std::path::Path, k: &str, v: &[u8]) {
 #[test]
 fn scripted_workload_converges_to_an_equal_tree() {
     require_root();
-    let h = Harness::start(|_| {}, ReplicateOptions::default());
+    workload(Backend::Fanotify);
+}
+
+#[test]
+fn scripted_workload_converges_with_the_inotify_fallback() {
+    require_root();
+    workload(Backend::Inotify);
+}
+
+#[test]
+fn the_checksum_sweep_repairs_what_capture_missed() {
+    require_root();
+    let mut h = Harness::start_with(
+        |_| {},
+        ReplicateOptions {
+            sweep_interval: Some(Duration::from_secs(1)),
+            ..Default::default()
+        },
+        |c, src| c.ignore.push(src.join("unseen")),
+    );
+    std::fs::create_dir(h.src.join("unseen")).unwrap();
+    std::fs::write(h.src.join("unseen/file"), "the watcher never saw this").unwrap();
+    std::fs::write(h.src.join("seen"), "seen").unwrap();
+    h.converge();
+    let r = h.stop();
+    assert!(r.sweeps >= 1 && r.sweep_repairs >= 1, "{r:?}");
+}
+
+fn workload(backend: Backend) {
+    let h = Harness::start_with(
+        |_| {},
+        ReplicateOptions::default(),
+        |c, _| c.backend = backend,
+    );
     let s = h.src.clone();
     // Create.
     std::fs::create_dir_all(s.join("a/b")).unwrap();

@@ -328,7 +328,9 @@ impl BlockIndex {
             whole.update(data);
             let d = block_digest(data);
             let beyond_old = off >= old_size;
-            let same = old.get(k) == Some(&d) || (beyond_old && hole);
+            // Beyond the target's old end the file reads as zeros already.
+            let same =
+                old.get(k) == Some(&d) || (beyond_old && (hole || data.iter().all(|&x| x == 0)));
             digests.push(d);
             if same {
                 flush(ext_off, &mut ext, &mut out)?;

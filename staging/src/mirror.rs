@@ -340,3 +340,137 @@ pub fn end(
     }
     store.mirror_end(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use standin_builder::scan::Scanner;
+
+    fn entries(root: &Path) -> Vec<Entry> {
+        let mut out = Vec::new();
+        for s in Scanner::new(root, &ScanOptions::default(), &NoProgress).unwrap() {
+            let mut e = s.unwrap().entry;
+            if e.kind == Kind::File && e.link.is_none() {
+                let (h, _) = standin_builder::hash::hash_file(
+                    &root.join(OsStr::from_bytes(&e.path)),
+                    e.size,
+                    None,
+                )
+                .unwrap();
+                e.sha256 = Some(h);
+            }
+            out.push(e);
+        }
+        out
+    }
+
+    #[test]
+    fn diff_states_extras_and_refusals() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, rep) = (t.path().join("src"), t.path().join("rep"));
+        for r in [&src, &rep] {
+            std::fs::create_dir_all(r.join("d")).unwrap();
+            std::fs::write(r.join("d/same"), "same").unwrap();
+            std::fs::write(r.join("d/content"), vec![1u8; 10_000]).unwrap();
+        }
+        // Same content and times, so only the mode differs.
+        std::fs::write(src.join("d/meta"), "m").unwrap();
+        std::fs::write(rep.join("d/meta"), "m").unwrap();
+        std::fs::write(src.join("d/missing"), "new").unwrap();
+        std::fs::write(rep.join("d/extra"), "old").unwrap();
+        std::fs::create_dir_all(rep.join("gone/deep")).unwrap();
+        std::fs::write(src.join("d/content"), vec![2u8; 10_000]).unwrap();
+        let t0 = std::fs::FileTimes::new().set_modified(std::time::SystemTime::UNIX_EPOCH);
+        for r in [&src, &rep] {
+            for f in ["d/same", "d/meta"] {
+                std::fs::File::options()
+                    .write(true)
+                    .open(r.join(f))
+                    .unwrap()
+                    .set_times(t0)
+                    .unwrap();
+            }
+        }
+        std::fs::set_permissions(
+            src.join("d/meta"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let es: Vec<Entry> = entries(&src)
+            .into_iter()
+            .filter(|e| !e.path.is_empty() && e.path != b"d")
+            .collect();
+        let mut s = DiffSession::new(&rep).unwrap();
+        let d = s
+            .diff(&MirrorEntries {
+                batch: 1,
+                entries: es.clone(),
+                block_size: 4096,
+            })
+            .unwrap();
+        let state = |p: &str| {
+            d.items
+                .iter()
+                .find(|i| i.path == p.as_bytes())
+                .map(|i| i.state.clone())
+                .unwrap_or_else(|| "same".into())
+        };
+        assert_eq!(state("d/same"), "same");
+        assert_eq!(state("d/meta"), "metadata");
+        assert_eq!(state("d/missing"), "missing");
+        assert_eq!(state("d/content"), "content");
+        let blocks = &d
+            .items
+            .iter()
+            .find(|i| i.path == b"d/content")
+            .unwrap()
+            .blocks;
+        let bs = standin_link::message::mirror_block_size(10_000, 4096) as usize;
+        assert_eq!(blocks.len(), 10_000usize.div_ceil(bs));
+        // dts mode: equal size and mtime count as equal content.
+        let mut s2 = DiffSession::new(&rep).unwrap();
+        let d2 = s2
+            .diff(&MirrorEntries {
+                batch: 1,
+                entries: es.clone(),
+                block_size: 0,
+            })
+            .unwrap();
+        assert!(d2.items.iter().all(|i| i.blocks.is_empty()));
+        // The empty batch lists the topmost paths the source did not list.
+        let mut listed = es.clone();
+        listed.push(entries(&src).into_iter().find(|e| e.path == b"d").unwrap());
+        let mut s3 = DiffSession::new(&rep).unwrap();
+        s3.diff(&MirrorEntries {
+            batch: 1,
+            entries: listed,
+            block_size: 4096,
+        })
+        .unwrap();
+        let extras = s3
+            .diff(&MirrorEntries {
+                batch: 2,
+                entries: vec![],
+                block_size: 4096,
+            })
+            .unwrap();
+        let mut paths: Vec<_> = extras
+            .items
+            .iter()
+            .map(|i| String::from_utf8_lossy(&i.path).into_owned())
+            .collect();
+        paths.sort();
+        assert_eq!(paths, ["d/extra", "gone"]);
+        assert!(extras.items.iter().all(|i| i.state == "extra"));
+        // Paths from the network are checked.
+        let mut bad = es[0].clone();
+        bad.path = b"../outside".to_vec();
+        assert!(s3
+            .diff(&MirrorEntries {
+                batch: 3,
+                entries: vec![bad],
+                block_size: 4096
+            })
+            .is_err());
+    }
+}

@@ -134,6 +134,16 @@ pub struct Harness {
 impl Harness {
     /// Start everything; `tune` adjusts the link configuration.
     pub fn start(tune: impl FnOnce(&mut LinkConfig), ropts: ReplicateOptions) -> Harness {
+        Self::start_with(tune, ropts, |_, _| {})
+    }
+
+    /// [`Harness::start`] with change capture options adjusted by `capture`
+    /// (given the source directory).
+    pub fn start_with(
+        tune: impl FnOnce(&mut LinkConfig),
+        ropts: ReplicateOptions,
+        capture: impl FnOnce(&mut CaptureOptions, &Path),
+    ) -> Harness {
         let dir = common::tempdir();
         let (tid, tf) = keys(dir.path(), "target");
         let (aid, af) = keys(dir.path(), "agent");
@@ -158,14 +168,12 @@ impl Harness {
             rt.block_on(Sender::start(cfg))
                 .expect("starting the sender"),
         );
-        let watcher = Watcher::start(
-            &src,
-            &CaptureOptions {
-                ignore: vec![agent_state.clone()],
-                ..Default::default()
-            },
-        )
-        .expect("starting change capture");
+        let mut copts = CaptureOptions {
+            ignore: vec![agent_state.clone()],
+            ..Default::default()
+        };
+        capture(&mut copts, &src);
+        let watcher = Watcher::start(&src, &copts).expect("starting change capture");
         let index = BlockIndex::open(&agent_state).unwrap();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = {

@@ -92,3 +92,32 @@ fn rename_tree_moves_descendants_only() {
     assert_eq!(ix.remove_tree(b"e"), 3);
     assert_eq!(ix.len(), 1);
 }
+
+#[test]
+fn seed_marks_entries_changed_since_the_mirror_unknown() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir_all(root.join("d")).unwrap();
+    std::fs::write(root.join("d/f"), vec![5u8; 100_000]).unwrap();
+    let scan = standin_builder::scan::ScanOptions::default();
+    // A mirror that started long after the files changed: all known, with blocks.
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    let earlier = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let mut ix = BlockIndex::open(&t.path().join("s1")).unwrap();
+    // ctime "older than the mirror start" is what makes an entry known.
+    assert_eq!(ix.seed(&root, &scan, later).unwrap(), (3, 0));
+    let (e, ino) = entry_of(&root.join("d/f"), "d/f");
+    assert!(ix.file(ino).is_some_and(|f| f.size == 100_000));
+    let mut recs = Vec::new();
+    let d = ix
+        .diff_file(&root.join("d/f"), &e, ino, false, &mut |r| {
+            recs.push(r);
+            Ok(())
+        })
+        .unwrap();
+    assert!(!d.changed, "a seeded file is unchanged: {recs:?}");
+    // A mirror that started before the files changed: all unknown.
+    let mut ix = BlockIndex::open(&t.path().join("s2")).unwrap();
+    assert_eq!(ix.seed(&root, &scan, earlier).unwrap(), (0, 3));
+    assert!(ix.get(b"d/f").is_some_and(|s| s.unknown));
+}

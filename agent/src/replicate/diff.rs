@@ -173,9 +173,11 @@ impl Worker {
                     self.index.mark_unknown(from, Kind::Dir);
                     self.index.mark_unknown(to, Kind::Dir);
                 }
-                Record::Delete { path } => self.index.mark_unknown(path, Kind::Dir),
+                Record::Delete { path } if !path.is_empty() => {
+                    self.index.mark_unknown(path, Kind::Dir)
+                }
                 other => {
-                    for p in other.paths() {
+                    for p in other.paths().into_iter().filter(|p| !p.is_empty()) {
                         if let Some(st) = self.index.get(p).cloned() {
                             if st.kind == Kind::File {
                                 self.index.forget_file(st.ino);
@@ -288,6 +290,12 @@ impl Worker {
         e.link = None;
         e.sparse = None;
         e.sha256 = None;
+        if rel.is_empty() {
+            // The root always exists on the target: only its metadata moves.
+            self.index.record(&e, ino);
+            self.dirs.insert(Vec::new());
+            return Ok(());
+        }
         let known = self.index.get(rel).cloned();
         if let Some(s) = known
             .as_ref()

@@ -112,6 +112,12 @@ impl Steps {
 /// Run the demo, printing as it goes; the report says whether every check
 /// passed. Errors only when the work dir cannot be set up.
 pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
+    if !rustix::process::geteuid().is_root() {
+        anyhow::bail!(
+            "standin demo needs root: it builds system trees with their owners and swaps \
+             them like a real failover (all inside a temp dir); run it with sudo"
+        );
+    }
     let (base, tmp) = story::work_dir(opts)?;
     let mut steps = Steps::new();
     let res = story::story(opts, &base, &mut steps);

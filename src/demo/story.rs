@@ -279,6 +279,10 @@ pub fn story(opts: &DemoOptions, base: &Path, steps: &mut Steps) -> Result<()> {
         _ if o.stdout.is_empty() => bail!("`standin validate` failed:\n{}", output_text(&o)),
         _ => check(&va, &o)?,
     }
+    if String::from_utf8_lossy(&o.stdout).contains("warning") {
+        println!("  (warnings are advice and do not stop protection; here source and target");
+        println!("  share this machine's disk, so the capacity numbers are this machine's)");
+    }
     steps.end(
         "passed",
         "no errors: the target can stand in for the source",

@@ -110,15 +110,14 @@ fn bad_profile_files_name_the_file_and_the_field() {
 }
 
 #[test]
-fn addresses_are_recognised_and_refused_for_now() {
+fn addresses_need_an_identity_and_a_fingerprint() {
     let mut c = common::standin();
     c.args(["validate", "--target", "198.18.0.2:6320", "--source"])
         .arg(fixture("source.json"));
     let out = common::run_code(&mut c, 1, None);
     assert!(
-        common::stderr(&out).contains(
-            "198.18.0.2:6320: network addresses need `standin target serve`; not available yet"
-        ),
+        common::stderr(&out)
+            .contains("198.18.0.2:6320 is a network address: pass --identity DIR and --trust FPR"),
         "{}",
         common::stderr(&out)
     );

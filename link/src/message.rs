@@ -16,6 +16,8 @@ pub mod kind {
     pub const HEARTBEAT: u8 = 0x10;
     pub const PROFILE_REQUEST: u8 = 0x20;
     pub const PROFILE_RESPONSE: u8 = 0x21;
+    pub const FIX_REQUEST: u8 = 0x22;
+    pub const FIX_RESPONSE: u8 = 0x23;
     pub const MIRROR_START: u8 = 0x30;
     pub const MIRROR_ENTRIES: u8 = 0x31;
     pub const MIRROR_DIFF: u8 = 0x32;
@@ -113,6 +115,18 @@ pub struct MirrorEntries {
     pub block_size: u32,
 }
 
+/// Block size of one file in a checksum mirror, from the source's file
+/// size (both sides know it): about the square root of the size as a power
+/// of two, at least 1 KiB and at most `max` (the batch's `block_size`), so
+/// a file has few enough blocks for the answer to stay small and a small
+/// change sends little. Block digests are the first 16 bytes of the
+/// block's sha256, in hex; the file's whole sha256 is checked after the
+/// patch.
+pub fn mirror_block_size(file_size: u64, max: u32) -> u64 {
+    let root = (file_size as f64).sqrt() as u64;
+    root.next_power_of_two().clamp(1024, (max as u64).max(1024))
+}
+
 /// One path of a [`MirrorDiff`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiffItem {
@@ -120,7 +134,7 @@ pub struct DiffItem {
     pub path: Vec<u8>,
     /// `same`, `missing`, `metadata` or `content`.
     pub state: String,
-    /// For `content`: sha256 (hex) of each block the target holds.
+    /// For `content`: the digest (hex; see [`mirror_block_size`]) of each block the target holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocks: Vec<String>,
 }
@@ -164,6 +178,10 @@ pub enum Message {
     Heartbeat(Heartbeat),
     ProfileRequest,
     ProfileResponse(serde_json::Value),
+    /// Apply these automatic fixes (the validate crate's `Fix` values, as JSON) to the target's state directory.
+    FixRequest(serde_json::Value),
+    /// What the fixes did (the validate crate's `AppliedFixes`, as JSON).
+    FixResponse(serde_json::Value),
     MirrorStart(MirrorStart),
     MirrorEntries(MirrorEntries),
     MirrorDiff(MirrorDiff),
@@ -216,6 +234,8 @@ impl Message {
             Message::Heartbeat(_) => "heartbeat",
             Message::ProfileRequest => "profile request",
             Message::ProfileResponse(_) => "profile response",
+            Message::FixRequest(_) => "fix request",
+            Message::FixResponse(_) => "fix response",
             Message::MirrorStart(_) => "mirror start",
             Message::MirrorEntries(_) => "mirror entries",
             Message::MirrorDiff(_) => "mirror diff",
@@ -238,6 +258,8 @@ impl Message {
             Message::Heartbeat(m) => (HEARTBEAT, json(m)),
             Message::ProfileRequest => (PROFILE_REQUEST, Vec::new()),
             Message::ProfileResponse(v) => (PROFILE_RESPONSE, json(v)),
+            Message::FixRequest(v) => (FIX_REQUEST, json(v)),
+            Message::FixResponse(v) => (FIX_RESPONSE, json(v)),
             Message::MirrorStart(m) => (MIRROR_START, json(m)),
             Message::MirrorEntries(m) => (MIRROR_ENTRIES, json(m)),
             Message::MirrorDiff(m) => (MIRROR_DIFF, json(m)),
@@ -263,6 +285,8 @@ impl Message {
                 Message::ProfileRequest
             }
             PROFILE_RESPONSE => Message::ProfileResponse(parse("profile response", p)?),
+            FIX_REQUEST => Message::FixRequest(parse("fix request", p)?),
+            FIX_RESPONSE => Message::FixResponse(parse("fix response", p)?),
             MIRROR_START => Message::MirrorStart(parse("mirror start", p)?),
             MIRROR_ENTRIES => Message::MirrorEntries(parse("mirror entries", p)?),
             MIRROR_DIFF => Message::MirrorDiff(parse("mirror diff", p)?),

@@ -1,125 +1,47 @@
-//! `standin demo`: for now, a round trip of a built-in demo tree through an
-//! image, step by step (later issues grow it into the whole story).
+//! `standin demo`: the whole story on this machine (see `crate::demo`).
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use standin_builder::archive::{self, BuildOptions};
-use standin_builder::manifest;
-use standin_builder::restore::{self, RestoreOptions};
-use standin_builder::scan::ScanOptions;
-use standin_builder::{verify, NoProgress};
+use anyhow::Result;
 
-use super::progress::human_bytes;
 use super::Exit;
+use crate::demo::{self, DemoOptions};
 
 /// Arguments of `standin demo`.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Example:
-  standin demo                 # uses a temp directory, removed at the end
-  standin demo --keep --dir /tmp/standin-demo")]
+#[command(after_help = "Examples:
+  standin demo                 # everything in a temp directory, removed at the end
+  standin demo --no-boot       # without the qemu boot (about 30 s shorter)
+  standin demo --keep          # keep the files and logs; prints where
+
+Builds a demo source server and a standby's own system in a temp dir, starts
+`standin target serve` on 127.0.0.1, validates, protects, changes data, kills
+the source, waits for the failover condition, fails over, boots the result in
+qemu (when installed) and rolls back. Nothing outside the temp dir changes.
+Exit 0 when every step's check passed, 1 otherwise (the failed step is named).")]
 pub struct Args {
-    /// Work in this directory instead of a temp directory.
+    /// Work in this (empty or new) directory instead of a temp directory (kept).
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// Keep the demo files afterwards.
+    /// Keep the demo files afterwards and print where.
     #[arg(long)]
     pub keep: bool,
+    /// Skip booting the failed-over system in qemu.
+    #[arg(long)]
+    pub no_boot: bool,
+    /// Also print the summary as JSON at the end.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: Args) -> Result<Exit> {
-    let mut tmp = None;
-    let base = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            d.clone()
-        }
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("standin-demo-")
-                .tempdir()
-                .context("creating a temp dir")?;
-            let p = t.path().to_path_buf();
-            tmp = Some(t);
-            p
-        }
-    };
-    let source = base.join("source");
-    let image = base.join("source.tar.zst");
-    let restored = base.join("restored");
-    if source.exists() || restored.exists() {
-        bail!(
-            "{} already holds a demo; remove it or pick another --dir",
-            base.display()
-        );
+    let report = demo::run(&DemoOptions {
+        dir: args.dir,
+        keep: args.keep,
+        no_boot: args.no_boot,
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
     }
-    std::fs::create_dir(&source).with_context(|| format!("creating {}", source.display()))?;
-
-    println!("standin demo: a system tree becomes a verified image and comes back exactly.\n");
-    println!("step 1: make a small 'server' tree in {}", source.display());
-    standin_builder::demo::make_tree(&source)?;
-    println!("        config files, a log, a hardlink, a symlink, an xattr, a setuid helper,");
-    println!("        and a 64 MiB sparse disk image with one island of data.\n");
-
-    println!(
-        "step 2: standin image build --root {} -o {}",
-        source.display(),
-        image.display()
-    );
-    let built = archive::build(&source, &image, &BuildOptions::default(), &NoProgress)?;
-    println!(
-        "        {} entries, {} of content -> {} compressed (sparse files stay sparse)",
-        built.entries,
-        human_bytes(built.bytes),
-        human_bytes(built.archive_bytes)
-    );
-    println!("        root digest {}", built.root_digest);
-    println!(
-        "        beside it: {} and {}\n",
-        built.paths.manifest.display(),
-        built.paths.sha256.display()
-    );
-
-    println!("step 3: standin image verify {}", image.display());
-    let rep = verify::verify(&image, &NoProgress)?;
-    if !rep.ok() {
-        bail!(
-            "verification failed: {:?} {:?}",
-            rep.problems,
-            rep.differences.listed
-        );
-    }
-    println!(
-        "        archive digest, manifest and all {} files check out\n",
-        rep.files
-    );
-
-    println!(
-        "step 4: standin image restore {} --to {}",
-        image.display(),
-        restored.display()
-    );
-    let r = restore::restore(&image, &restored, &RestoreOptions::default(), &NoProgress)?;
-    println!("        restored {} entries into a staging dir, checked them, then moved them into place\n", r.entries);
-
-    println!("step 5: compare: scan both trees independently and compare root digests");
-    let opts = ScanOptions::default();
-    let a = manifest::scan_tree(&source, &opts, &NoProgress, |_| Ok(()))?;
-    let b = manifest::scan_tree(&restored, &opts, &NoProgress, |_| Ok(()))?;
-    println!("        source   {}", a.root_digest);
-    println!("        restored {}", b.root_digest);
-    if a.root_digest != b.root_digest {
-        bail!("the restored tree differs from the source");
-    }
-    println!("        equal: same content, owners, modes, times, xattrs, links and holes.\n");
-    if args.keep {
-        if let Some(t) = tmp.take() {
-            let _ = t.keep();
-        }
-    }
-    if args.keep || args.dir.is_some() {
-        println!("the demo files are in {}", base.display());
-    }
-    println!("done. Next: `standin image build --root / -o host.tar.zst` images this machine.");
-    Ok(Exit::Ok)
+    Ok(if report.ok { Exit::Ok } else { Exit::Failed })
 }

@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// Seconds without a heartbeat before the failover condition is met.
     #[arg(long, alias = "failover-after", default_value_t = 35)]
     pub heartbeat_silence: u64,
+    /// This target's own system tree, whose profile validation compares.
+    #[arg(long, default_value = "/")]
+    pub target_root: PathBuf,
     /// Command run (by `sh -c`, with STANDIN_STATE_DIR set) once when the failover condition is met.
     #[arg(long)]
     pub on_failover_condition: Option<String>,
@@ -72,6 +75,7 @@ fn serve(a: ServeArgs) -> Result<Exit> {
     cfg.max_frame = a.max_frame;
     cfg.compress = a.compress;
     cfg.heartbeat_silence = Duration::from_secs(a.heartbeat_silence);
+    cfg.target_root = a.target_root;
     cfg.monitor.on_condition = a.on_failover_condition;
     cfg.monitor.snapshot_every =
         (a.snapshot_every > 0).then(|| Duration::from_secs(a.snapshot_every));

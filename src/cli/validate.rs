@@ -3,8 +3,9 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::Result;
-use standin_validate::{undo_fixes, workflow, Options, Side};
+use anyhow::{Context, Result};
+use standin_agent::link::LinkConfig;
+use standin_validate::{undo_fixes, workflow, Options, Profile, Side};
 
 use super::Exit;
 
@@ -21,9 +22,13 @@ use super::Exit;
       --target-state-dir /var/lib/standin --fix-all             # fix, validate again
   standin validate --target-state-dir /var/lib/standin --undo-fixes
 
+  standin validate --source source.json --target 198.18.0.2:6320 \\
+      --identity /etc/standin/identity --trust sha256:3f0c… --fix-all   # a running target
+
 Exit codes: 0 no errors, 3 errors found, 1 validation could not run, 2 usage.
---source/--target take a profile file; HOST:PORT (a running standin) comes
-with `standin target serve`.")]
+--source/--target take a profile file or HOST:PORT of a running
+`standin target serve` (then --identity and --trust are needed; --fix-all
+on a HOST:PORT target applies the fixes on that target).")]
 pub struct Args {
     /// The source: a profile file (HOST:PORT comes with `standin target serve`).
     #[arg(long, value_name = "FILE|ADDR", required_unless_present = "undo_fixes")]
@@ -35,8 +40,9 @@ pub struct Args {
     /// services to stop) and rollback area count in validation; fixes go there.
     #[arg(long, value_name = "DIR")]
     pub target_state_dir: Option<PathBuf>,
-    /// Apply every automatic fix to the target state directory, then validate again.
-    #[arg(long, requires = "target_state_dir")]
+    /// Apply every automatic fix to the target (its state directory, or the
+    /// running target at HOST:PORT), then validate again.
+    #[arg(long)]
     pub fix_all: bool,
     /// With --fix-all: print the plan and change nothing.
     #[arg(long, requires = "fix_all")]
@@ -47,6 +53,30 @@ pub struct Args {
     /// Print findings as JSON: {"findings": [{"id", "severity", "message", "details", "fix"}]}.
     #[arg(long)]
     pub json: bool,
+    /// This machine's identity directory, for HOST:PORT sides.
+    #[arg(long, value_name = "DIR")]
+    pub identity: Option<PathBuf>,
+    /// Fingerprint of the standin at a HOST:PORT side; repeat for more.
+    #[arg(long, value_name = "FPR")]
+    pub trust: Vec<standin_link::Fingerprint>,
+}
+
+/// The profile of a side; HOST:PORT sides are fetched over the link.
+fn load_side(side: &Side, link: &dyn Fn(&str) -> Result<LinkConfig>) -> Result<Profile> {
+    match side {
+        Side::File(_) => side.load(),
+        Side::Addr(a) => {
+            let cfg = link(a)?;
+            runtime()?.block_on(standin_agent::protect::fetch_profile(&cfg))
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn color() -> bool {
@@ -68,15 +98,60 @@ pub fn run(args: Args) -> Result<Exit> {
         }
         return Ok(Exit::Ok);
     }
-    let req = workflow::Request {
-        source: Side::parse(args.source.as_deref().expect("clap requires --source")),
-        target: Side::parse(args.target.as_deref().expect("clap requires --target")),
-        target_state_dir: state_dir,
-        fix_all: args.fix_all,
-        dry_run: args.dry_run,
-        options: Options::default(),
+    let source = Side::parse(args.source.as_deref().expect("clap requires --source"));
+    let target = Side::parse(args.target.as_deref().expect("clap requires --target"));
+    let link = |addr: &str| -> Result<LinkConfig> {
+        let (Some(id), false) = (&args.identity, args.trust.is_empty()) else {
+            anyhow::bail!("{addr} is a network address: pass --identity DIR and --trust FPR to reach it (or a profile file from `standin profile --json`)");
+        };
+        let identity = standin_link::identity::load(id)?;
+        Ok(LinkConfig::new(
+            addr,
+            identity,
+            args.trust.clone(),
+            &standin_link::default_source_id(),
+        ))
     };
-    let outcome = workflow::run(&req)?;
+    if args.fix_all && state_dir.is_none() && matches!(target, Side::File(_)) {
+        eprintln!("error: --fix-all on a profile file needs --target-state-dir DIR: the fixes are written to the target's state directory");
+        return Ok(Exit::Usage);
+    }
+    let outcome = if let Side::Addr(addr) = &target {
+        if args.dry_run {
+            anyhow::bail!("--dry-run is not available for a HOST:PORT target; run it on the target with --target-state-dir");
+        }
+        let src = load_side(&source, &link)?;
+        let cfg = link(addr)?;
+        runtime()?.block_on(standin_agent::protect::validate_against(
+            &cfg,
+            &src,
+            args.fix_all,
+            &Options::default(),
+        ))?
+    } else if matches!(source, Side::Addr(_)) {
+        let src = load_side(&source, &link)?;
+        let dir = tempfile::tempdir().context("creating a temporary directory")?;
+        let file = dir.path().join("source.json");
+        std::fs::write(&file, src.to_json()).context("writing the source profile")?;
+        workflow::run(&workflow::Request {
+            source: Side::File(file),
+            target,
+            target_state_dir: state_dir,
+            fix_all: args.fix_all,
+            dry_run: args.dry_run,
+            options: Options::default(),
+        })?
+    } else {
+        workflow::run(&workflow::Request {
+            source,
+            target,
+            target_state_dir: state_dir,
+            fix_all: args.fix_all,
+            dry_run: args.dry_run,
+            options: Options::default(),
+        })?
+    };
+
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome.to_json())?);
     } else {

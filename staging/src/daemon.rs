@@ -41,6 +41,8 @@ pub struct ServeConfig {
     pub retry_interval: Duration,
     /// Connections served at once; more are closed at once (logged).
     pub max_connections: usize,
+    /// The target's own system tree, whose profile is served (`/`).
+    pub target_root: PathBuf,
     /// Failover condition hook, automatic failover, periodic snapshots.
     pub monitor: crate::monitor::MonitorConfig,
 }
@@ -64,6 +66,7 @@ impl ServeConfig {
             handshake_timeout: Duration::from_secs(30),
             retry_interval: Duration::from_secs(5),
             max_connections: 64,
+            target_root: PathBuf::from("/"),
             monitor: crate::monitor::MonitorConfig::default(),
         }
     }
@@ -371,6 +374,7 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<()> {
     let cfg = &shared.cfg;
     let agent = hello.role == Role::Agent;
+    let mut diff: Option<crate::mirror::DiffSession> = None;
     loop {
         let frame = match read_frame(s, cfg.max_frame).await {
             Ok(f) => f,
@@ -388,11 +392,51 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
             Message::StatusRequest => {
                 let status = {
                     let snap = shared.snapshot.lock().unwrap_or_else(|e| e.into_inner());
-                    crate::status::compute(&snap.0, snap.1, crate::state::now_ms(), cfg.heartbeat_silence)
+                    crate::status::compute(
+                        &snap.0,
+                        snap.1,
+                        crate::state::now_ms(),
+                        cfg.heartbeat_silence,
+                    )
                 };
                 Message::StatusResponse(Box::new(status))
             }
-            Message::ProfileRequest => Message::ProfileResponse(crate::profile::local_profile()),
+            Message::ProfileRequest => {
+                let (root, sd) = (cfg.target_root.clone(), cfg.state_dir.clone());
+                let p =
+                    tokio::task::spawn_blocking(move || crate::profile::local_profile(&root, &sd))
+                        .await
+                        .context("profile task")?;
+                match p {
+                    Ok(v) => Message::ProfileResponse(v),
+                    Err(e) => {
+                        return Err(refuse(
+                            s,
+                            format!("collecting the target's profile: {e:#}"),
+                            true,
+                        )
+                        .await)
+                    }
+                }
+            }
+            Message::FixRequest(fixes) if !agent => {
+                let sd = cfg.state_dir.clone();
+                let r =
+                    tokio::task::spawn_blocking(move || crate::profile::apply_fixes(&sd, fixes))
+                        .await
+                        .context("fix task")?;
+                match r {
+                    Ok(v) => Message::FixResponse(v),
+                    Err(e) => {
+                        return Err(refuse(
+                            s,
+                            format!("applying fixes on the target: {e:#}"),
+                            false,
+                        )
+                        .await)
+                    }
+                }
+            }
             Message::Heartbeat(hb) if agent => {
                 // Answered with the last applied number, so the agent can
                 // tell a live link from a dead one.
@@ -412,7 +456,9 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                         Message::Ack(standin_link::message::Ack { seq })
                     }
-                    Ok(Received::Duplicate { seq }) => Message::Ack(standin_link::message::Ack { seq }),
+                    Ok(Received::Duplicate { seq }) => {
+                        Message::Ack(standin_link::message::Ack { seq })
+                    }
                     Err(ReceiveError::Paused(reason)) => {
                         return Err(refuse(s, format!("change set {seq}: {reason}"), true).await)
                     }
@@ -424,13 +470,45 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                 continue;
             }
             Message::MirrorEnd(m) if agent => {
-                Message::MirrorDone(with_store(shared, move |store| store.mirror_end(&m)).await??)
+                let source = hello.source_id.clone();
+                Message::MirrorDone(
+                    with_store(shared, move |store| crate::mirror::end(store, &source, &m))
+                        .await??,
+                )
             }
-            Message::MirrorEntries(_) if agent => {
-                return Err(refuse(s, "difference mirrors by manifest are not supported by this target build; upgrade the target".into(), false).await)
+            Message::MirrorEntries(m) if agent => {
+                let mut session = match diff.take() {
+                    Some(d) => d,
+                    None => crate::mirror::DiffSession::new(
+                        &cfg.state_dir
+                            .join("staging")
+                            .join(&hello.source_id)
+                            .join("root"),
+                    )?,
+                };
+                let (session, r) = tokio::task::spawn_blocking(move || {
+                    let r = session.diff(&m);
+                    (session, r)
+                })
+                .await
+                .context("mirror diff task")?;
+                diff = Some(session);
+                match r {
+                    Ok(d) => Message::MirrorDiff(d),
+                    Err(e) => return Err(refuse(s, format!("{e:#}"), false).await),
+                }
             }
             other => {
-                return Err(refuse(s, format!("unexpected {} from a {:?} connection", other.name(), hello.role), false).await)
+                return Err(refuse(
+                    s,
+                    format!(
+                        "unexpected {} from a {:?} connection",
+                        other.name(),
+                        hello.role
+                    ),
+                    false,
+                )
+                .await)
             }
         };
         send(s, &reply, cfg.compress).await?;

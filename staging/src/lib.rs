@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod durable;
 pub mod failover;
 pub mod lock;
+pub mod mirror;
 pub mod monitor;
 pub mod profile;
 pub mod snapshot;

@@ -1,37 +1,41 @@
-//! The target's profile as served to `standin validate`.
-//!
-//! This is the one place that produces it: for now a JSON value with the
-//! basic facts; the validate crate's `Profile` replaces it when merged.
+//! The target's profile as served to `standin validate` and `standin
+//! protect`, and the automatic fixes they ask the target to apply.
 
-use serde_json::{json, Value};
+use std::path::Path;
 
-/// This machine's profile.
-pub fn local_profile() -> Value {
-    let uts = rustix::system::uname();
-    let os: serde_json::Map<String, Value> = std::fs::read_to_string("/etc/os-release")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| {
-            (
-                k.to_lowercase(),
-                Value::String(v.trim_matches('"').to_string()),
-            )
-        })
-        .collect();
-    let mem_kib: Option<u64> = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        m.lines()
-            .find(|l| l.starts_with("MemTotal:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    });
-    json!({
-        "hostname": uts.nodename().to_string_lossy(),
-        "kernel": uts.release().to_string_lossy(),
-        "arch": uts.machine().to_string_lossy(),
-        "os": os,
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "memory_bytes": mem_kib.map(|k| k * 1024),
-        "boot_mode": if std::path::Path::new("/sys/firmware/efi").exists() { "uefi" } else { "bios" },
-    })
+use anyhow::{Context, Result};
+use serde_json::Value;
+use standin_validate::{collect, CollectOptions, Fix, LiveFacts};
+
+/// The profile of the target whose system tree is `root`, with what its
+/// state directory configures (staging path, services to stop, rollback
+/// space) applied.
+pub fn local_profile(root: &Path, state_dir: &Path) -> Result<Value> {
+    let opts = CollectOptions {
+        standin_version: standin_link::STANDIN_VERSION.to_string(),
+        staging_path: None,
+        state_dir: Some(state_dir.to_path_buf()),
+    };
+    let mut p = collect(&LiveFacts::new(root), &opts);
+    standin_validate::state::overlay(&mut p, state_dir).with_context(|| {
+        format!(
+            "reading the target configuration in {}",
+            state_dir.display()
+        )
+    })?;
+    serde_json::to_value(&p).context("encoding the profile")
+}
+
+/// Apply automatic fixes (a JSON list of the validate crate's [`Fix`]) to
+/// the state directory; returns the validate crate's `AppliedFixes` as JSON.
+pub fn apply_fixes(state_dir: &Path, fixes: Value) -> Result<Value> {
+    let fixes: Vec<Fix> = serde_json::from_value(fixes).context("reading the fix request")?;
+    for f in &fixes {
+        tracing::info!(
+            fix = f.describe(),
+            "applying a fix requested by a validating peer"
+        );
+    }
+    let applied = standin_validate::apply_fixes(state_dir, &fixes)?;
+    serde_json::to_value(&applied).context("encoding the applied fixes")
 }

@@ -1,0 +1,207 @@
+//! inotify fallback: one watch per directory, added as directories appear.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+use tracing::debug;
+
+use super::Shared;
+
+fn mask() -> WatchFlags {
+    WatchFlags::CREATE
+        | WatchFlags::DELETE
+        | WatchFlags::MOVED_FROM
+        | WatchFlags::MOVED_TO
+        | WatchFlags::MODIFY
+        | WatchFlags::ATTRIB
+        | WatchFlags::CLOSE_WRITE
+        | WatchFlags::DONT_FOLLOW
+        | WatchFlags::EXCL_UNLINK
+        | WatchFlags::ONLYDIR
+}
+
+struct Watches {
+    fd: OwnedFd,
+    by_wd: HashMap<i32, PathBuf>,
+}
+
+impl Watches {
+    /// Watch `dir` and every directory below it (same filesystem). When
+    /// `note` is set, every entry found is reported as changed (it may have
+    /// been created before its directory was watched).
+    fn add_tree(&mut self, shared: &Shared, dir: &Path, note: bool) {
+        let dev = std::fs::symlink_metadata(dir).map(|m| std::os::unix::fs::MetadataExt::dev(&m));
+        let mut it = walkdir::WalkDir::new(dir)
+            .follow_links(false)
+            .same_file_system(true)
+            .into_iter();
+        while let Some(e) = it.next() {
+            let Ok(e) = e else { continue };
+            if shared.ignore.iter().any(|i| e.path().starts_with(i)) {
+                if e.file_type().is_dir() {
+                    it.skip_current_dir();
+                }
+                continue;
+            }
+            if note && e.depth() > 0 {
+                shared.note_abs(e.path(), true);
+            }
+            if e.file_type().is_dir() {
+                let _ = &dev;
+                match inotify::add_watch(&self.fd, e.path(), mask()) {
+                    Ok(wd) => {
+                        self.by_wd.insert(wd, e.path().to_path_buf());
+                    }
+                    Err(rustix::io::Errno::NOSPC) => {
+                        shared.overflow(
+                            "too many inotify watches; raise fs.inotify.max_user_watches",
+                        );
+                    }
+                    Err(err) => debug!("watching {}: {err}", e.path().display()),
+                }
+            }
+        }
+    }
+
+    /// A watched directory moved from `from` to `to`: rename its watches.
+    fn moved(&mut self, from: &Path, to: &Path) {
+        for p in self.by_wd.values_mut() {
+            if let Ok(rest) = p.strip_prefix(from) {
+                *p = if rest.as_os_str().is_empty() {
+                    to.to_path_buf()
+                } else {
+                    to.join(rest)
+                };
+            }
+        }
+    }
+
+    /// A directory left the tree: drop its watches.
+    fn forget(&mut self, from: &Path) {
+        let gone: Vec<i32> = self
+            .by_wd
+            .iter()
+            .filter(|(_, p)| p.starts_with(from))
+            .map(|(w, _)| *w)
+            .collect();
+        for w in gone {
+            let _ = inotify::remove_watch(&self.fd, w);
+            self.by_wd.remove(&w);
+        }
+    }
+}
+
+pub(super) fn spawn(shared: Arc<Shared>) -> Result<std::thread::JoinHandle<()>> {
+    let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)
+        .context("creating an inotify instance")?;
+    let mut w = Watches {
+        fd,
+        by_wd: HashMap::new(),
+    };
+    let root = shared.root.clone();
+    w.add_tree(&shared, &root, false);
+    if w.by_wd.is_empty() {
+        anyhow::bail!("watching {} with inotify failed", root.display());
+    }
+    std::thread::Builder::new()
+        .name("standin-inotify".into())
+        .spawn(move || read_loop(shared, w))
+        .context("starting the inotify reader")
+}
+
+fn read_loop(shared: Arc<Shared>, mut w: Watches) {
+    let mut buf = vec![MaybeUninit::<u8>::uninit(); 256 << 10];
+    while !shared.stopped() {
+        {
+            let mut pfd = [rustix::event::PollFd::new(
+                &w.fd,
+                rustix::event::PollFlags::IN,
+            )];
+            let t = rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: 100_000_000,
+            };
+            match rustix::event::poll(&mut pfd, Some(&t)) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    shared.overflow(&format!("polling inotify: {e}"));
+                    return;
+                }
+            }
+        }
+        // Collect one read's events, then act (watch changes need &mut w).
+        let mut events: Vec<(i32, ReadFlags, u32, Option<Vec<u8>>)> = Vec::new();
+        {
+            let mut r = inotify::Reader::new(&w.fd, &mut buf);
+            loop {
+                match r.next() {
+                    Ok(e) => events.push((
+                        e.wd(),
+                        e.events(),
+                        e.cookie(),
+                        e.file_name().map(|n| n.to_bytes().to_vec()),
+                    )),
+                    Err(rustix::io::Errno::AGAIN) => break,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => {
+                        shared.overflow(&format!("reading inotify events: {e}"));
+                        break;
+                    }
+                }
+                if r.is_buffer_empty() {
+                    break;
+                }
+            }
+        }
+        handle(&shared, &mut w, events);
+    }
+}
+
+fn handle(shared: &Shared, w: &mut Watches, events: Vec<(i32, ReadFlags, u32, Option<Vec<u8>>)>) {
+    // Directory moves: cookie -> old path, paired with MOVED_TO in the same read.
+    let mut moved_from: HashMap<u32, PathBuf> = HashMap::new();
+    for (wd, flags, cookie, name) in events {
+        if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
+            shared.overflow("inotify queue overflow");
+            continue;
+        }
+        if flags.contains(ReadFlags::IGNORED) {
+            w.by_wd.remove(&wd);
+            continue;
+        }
+        let Some(dir) = w.by_wd.get(&wd).cloned() else {
+            continue;
+        };
+        let path = match &name {
+            Some(n) if !n.is_empty() => dir.join(OsStr::from_bytes(n)),
+            _ => dir.clone(),
+        };
+        let content = !(flags & !(ReadFlags::ATTRIB | ReadFlags::ISDIR)).is_empty();
+        shared.note_abs(&path, content);
+        let is_dir = flags.contains(ReadFlags::ISDIR);
+        if is_dir && flags.contains(ReadFlags::MOVED_FROM) {
+            moved_from.insert(cookie, path.clone());
+        }
+        if is_dir && flags.contains(ReadFlags::MOVED_TO) {
+            match moved_from.remove(&cookie) {
+                Some(old) => w.moved(&old, &path),
+                None => w.add_tree(shared, &path, true),
+            }
+        }
+        if is_dir && flags.contains(ReadFlags::CREATE) {
+            w.add_tree(shared, &path, true);
+        }
+    }
+    for (_, old) in moved_from {
+        w.forget(&old);
+    }
+}

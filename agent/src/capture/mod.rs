@@ -1,0 +1,326 @@
+//! Change capture: which paths under the protected root changed.
+//!
+//! [`Watcher::start`] marks the whole filesystem of the root with fanotify
+//! (`FAN_MARK_FILESYSTEM`, FID reporting: no per-directory watches) and
+//! keeps the events that fall under the root. Without fanotify (not root,
+//! an old kernel, or `STANDIN_CAPTURE=inotify`) it falls back to inotify
+//! with one watch per directory. A reader thread turns events into a
+//! deduplicated *dirty set* of relative paths; [`Watcher::take_batch`] hands
+//! it out after a short debounce. When the kernel's event queue overflows
+//! (or an event cannot be resolved) the batch says `rescan`: the caller
+//! must compare the whole tree (a difference sweep); changes are never
+//! dropped silently.
+
+mod fanotify;
+mod inotify;
+mod sys;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tracing::{info, warn};
+
+/// Which kernel interface to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// fanotify if it works, else inotify (also chosen by `STANDIN_CAPTURE=inotify`).
+    #[default]
+    Auto,
+    Fanotify,
+    Inotify,
+}
+
+/// How to capture changes.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    pub backend: Backend,
+    /// Wait this long after the last event before handing out a batch
+    /// (bounded by `max_delay` while events keep coming).
+    pub debounce: Duration,
+    /// Longest a batch waits for quiet.
+    pub max_delay: Duration,
+    /// More distinct dirty paths than this turn into one rescan.
+    pub max_dirty: usize,
+    /// Absolute paths whose events are ignored (the agent's state directory,
+    /// excluded trees).
+    pub ignore: Vec<PathBuf>,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Auto,
+            debounce: Duration::from_millis(5),
+            max_delay: Duration::from_millis(100),
+            max_dirty: 1 << 20,
+            ignore: Vec::new(),
+        }
+    }
+}
+
+/// What happened to a dirty path (merged over all its events in a batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Change {
+    /// Content or name may have changed (create, delete, move, write).
+    pub content: bool,
+    /// Only metadata (mode, owner, xattrs, times) reported.
+    pub metadata: bool,
+}
+
+/// Changed paths, relative to the root (raw bytes, `""` is the root).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub paths: BTreeMap<Vec<u8>, Change>,
+    /// Events were lost: compare the whole tree.
+    pub rescan: bool,
+}
+
+impl Batch {
+    /// Nothing in it.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty() && !self.rescan
+    }
+}
+
+#[derive(Default)]
+struct Dirty {
+    paths: HashMap<Vec<u8>, Change>,
+    rescan: bool,
+    last_event: Option<Instant>,
+    first_event: Option<Instant>,
+    events: u64,
+    overflows: u64,
+}
+
+/// State shared by the reader thread and [`Watcher::take_batch`].
+pub(crate) struct Shared {
+    root: PathBuf,
+    ignore: Vec<PathBuf>,
+    max_dirty: usize,
+    dirty: Mutex<Dirty>,
+    cv: Condvar,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    /// Record an event for an absolute path; ignored outside the root.
+    pub(crate) fn note_abs(&self, abs: &Path, content: bool) {
+        let Some(rel) = self.relative(abs) else {
+            return;
+        };
+        self.note_rel(rel, content);
+    }
+
+    fn relative(&self, abs: &Path) -> Option<Vec<u8>> {
+        if self.ignore.iter().any(|i| abs.starts_with(i)) {
+            return None;
+        }
+        let rel = abs.strip_prefix(&self.root).ok()?;
+        Some(rel.as_os_str().as_bytes().to_vec())
+    }
+
+    pub(crate) fn note_rel(&self, rel: Vec<u8>, content: bool) {
+        let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        d.events += 1;
+        let now = Instant::now();
+        d.last_event = Some(now);
+        d.first_event.get_or_insert(now);
+        if d.rescan {
+            self.cv.notify_all();
+            return;
+        }
+        let c = d.paths.entry(rel).or_default();
+        if content {
+            c.content = true;
+        } else {
+            c.metadata = true;
+        }
+        if d.paths.len() > self.max_dirty {
+            warn!(
+                "more than {} changed paths pending; falling back to a rescan",
+                self.max_dirty
+            );
+            d.paths.clear();
+            d.rescan = true;
+        }
+        self.cv.notify_all();
+    }
+
+    /// Events were lost (queue overflow, unresolvable event).
+    pub(crate) fn overflow(&self, why: &str) {
+        warn!("change capture lost events ({why}); a rescan follows");
+        let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        d.rescan = true;
+        d.overflows += 1;
+        d.paths.clear();
+        let now = Instant::now();
+        d.last_event = Some(now);
+        d.first_event.get_or_insert(now);
+        self.cv.notify_all();
+    }
+
+    pub(crate) fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of a [`Watcher`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CaptureStats {
+    /// Events seen under the root.
+    pub events: u64,
+    /// Times events were lost and a rescan was requested.
+    pub overflows: u64,
+}
+
+/// A running change capture for one root. Dropping it stops the reader.
+pub struct Watcher {
+    shared: Arc<Shared>,
+    backend: Backend,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    /// Start capturing changes under `root`. Start it before the mirror
+    /// scans the tree so that nothing changed during the mirror is missed.
+    pub fn start(root: &Path, opts: &CaptureOptions) -> Result<Watcher> {
+        let root = std::fs::canonicalize(root)
+            .with_context(|| format!("resolving the protected root {}", root.display()))?;
+        let ignore = opts
+            .ignore
+            .iter()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+            .collect();
+        let shared = Arc::new(Shared {
+            root: root.clone(),
+            ignore,
+            max_dirty: opts.max_dirty,
+            dirty: Mutex::new(Dirty::default()),
+            cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let mut backend = opts.backend;
+        if backend == Backend::Auto
+            && std::env::var("STANDIN_CAPTURE").is_ok_and(|v| v.eq_ignore_ascii_case("inotify"))
+        {
+            backend = Backend::Inotify;
+        }
+        let (backend, thread) = match backend {
+            Backend::Inotify => (Backend::Inotify, inotify::spawn(shared.clone())?),
+            Backend::Fanotify => (Backend::Fanotify, fanotify::spawn(shared.clone())?),
+            Backend::Auto => match fanotify::spawn(shared.clone()) {
+                Ok(t) => (Backend::Fanotify, t),
+                Err(e) => {
+                    warn!("fanotify is not available ({e:#}); watching with inotify (one watch per directory)");
+                    (Backend::Inotify, inotify::spawn(shared.clone())?)
+                }
+            },
+        };
+        info!(root = %root.display(), ?backend, "change capture started");
+        Ok(Watcher {
+            shared,
+            backend,
+            thread: Some(thread),
+        })
+    }
+
+    /// The kernel interface in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The canonical root being watched.
+    pub fn root(&self) -> &Path {
+        &self.shared.root
+    }
+
+    /// Ask for a full comparison at the next batch (e.g. after a queue overflow).
+    pub fn request_rescan(&self) {
+        let mut d = self.shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        d.rescan = true;
+        d.paths.clear();
+        d.last_event = Some(Instant::now());
+        d.first_event.get_or_insert(Instant::now());
+        self.shared.cv.notify_all();
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> CaptureStats {
+        let d = self.shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        CaptureStats {
+            events: d.events,
+            overflows: d.overflows,
+        }
+    }
+
+    /// Wait up to `wait` for changes; then wait until events pause for the
+    /// debounce (at most `max_delay` after the first) and take them all.
+    /// `None` when nothing changed within `wait`.
+    pub fn take_batch(
+        &self,
+        wait: Duration,
+        debounce: Duration,
+        max_delay: Duration,
+    ) -> Option<Batch> {
+        let deadline = Instant::now() + wait;
+        let mut d = self.shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        while d.paths.is_empty() && !d.rescan {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            d = self
+                .shared
+                .cv
+                .wait_timeout(d, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        loop {
+            let now = Instant::now();
+            let quiet = d
+                .last_event
+                .map(|t| now.duration_since(t))
+                .unwrap_or(debounce);
+            let age = d
+                .first_event
+                .map(|t| now.duration_since(t))
+                .unwrap_or(max_delay);
+            if quiet >= debounce || age >= max_delay {
+                break;
+            }
+            let w = (debounce - quiet).min(max_delay - age);
+            d = self
+                .shared
+                .cv
+                .wait_timeout(d, w)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let paths = std::mem::take(&mut d.paths);
+        let rescan = std::mem::take(&mut d.rescan);
+        d.first_event = None;
+        Some(Batch {
+            paths: paths.into_iter().collect(),
+            rescan,
+        })
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

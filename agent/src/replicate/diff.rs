@@ -1,0 +1,568 @@
+//! The replication thread: batches → records → change sets.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use standin_builder::changeset::{metadata_digest, Record};
+use standin_builder::entry::{path_cmp, Entry, Kind};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use super::{log_repairs, log_rescan, Cutter, Excluder, QueueFull, ReplicateOptions, Req};
+use crate::blockindex::{BlockIndex, Ino};
+use crate::capture::{Batch, Change, Watcher};
+
+pub(super) fn run(
+    root: PathBuf,
+    opts: ReplicateOptions,
+    watcher: Watcher,
+    index: BlockIndex,
+    tx: mpsc::Sender<Req>,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
+    let excl = Excluder::new(&root, &opts.scan)?;
+    let root_dev = std::fs::symlink_metadata(&root)
+        .with_context(|| format!("reading {}", root.display()))?
+        .dev();
+    let mut w = Worker {
+        cut: Cutter {
+            tx,
+            counters: opts.counters.clone(),
+            records: Vec::new(),
+            bytes: 0,
+            max: opts.max_set_bytes,
+            failed: None,
+        },
+        root,
+        root_dev,
+        excl,
+        index,
+        dirs: BTreeSet::new(),
+    };
+    let mut rescan_after_drain = false;
+    let mut last_sweep = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if w.cut.sender_stats()?.resync_needed {
+            anyhow::bail!(
+                "the target lost change sets this agent no longer holds; a difference mirror is needed"
+            );
+        }
+        let res = if rescan_after_drain {
+            w.cut.wait_drain()?;
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            opts.counters.rescans.fetch_add(1, Ordering::Relaxed);
+            w.sweep().map(|_| ())
+        } else if opts
+            .sweep_interval
+            .is_some_and(|i| last_sweep.elapsed() >= i)
+        {
+            last_sweep = Instant::now();
+            opts.counters.sweeps.fetch_add(1, Ordering::Relaxed);
+            w.sweep().map(|n| {
+                opts.counters.sweep_repairs.fetch_add(n, Ordering::Relaxed);
+                log_repairs(n);
+            })
+        } else {
+            match watcher.take_batch(Duration::from_millis(100), opts.debounce, opts.max_delay) {
+                None => continue,
+                Some(b) if b.rescan => {
+                    log_rescan("change capture lost events");
+                    opts.counters.rescans.fetch_add(1, Ordering::Relaxed);
+                    w.sweep().map(|_| ())
+                }
+                Some(b) => {
+                    opts.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    opts.counters
+                        .paths_changed
+                        .fetch_add(b.paths.len() as u64, Ordering::Relaxed);
+                    w.batch(b)
+                }
+            }
+        };
+        rescan_after_drain = false;
+        if let Err(e) = res {
+            if e.downcast_ref::<QueueFull>().is_none() {
+                return Err(e);
+            }
+            opts.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+            log_rescan("the link's queue is full");
+            w.failed();
+            rescan_after_drain = true;
+        }
+    }
+    Ok(())
+}
+
+struct Worker {
+    cut: Cutter,
+    root: PathBuf,
+    root_dev: u64,
+    excl: Excluder,
+    index: BlockIndex,
+    /// Directories whose metadata is set at the end of the batch (after
+    /// their children changed on the target).
+    dirs: BTreeSet<Vec<u8>>,
+}
+
+fn parent(rel: &[u8]) -> Vec<u8> {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => rel[..i].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+fn ino_of(md: &std::fs::Metadata) -> Ino {
+    (md.dev(), md.ino())
+}
+
+fn kind_of(md: &std::fs::Metadata) -> Option<Kind> {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = md.file_type();
+    Some(if ft.is_file() {
+        Kind::File
+    } else if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else if ft.is_char_device() {
+        Kind::Char
+    } else if ft.is_block_device() {
+        Kind::Block
+    } else {
+        return None;
+    })
+}
+
+impl Worker {
+    fn abs(&self, rel: &[u8]) -> PathBuf {
+        if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(OsStr::from_bytes(rel))
+        }
+    }
+
+    fn lstat(&self, rel: &[u8]) -> Option<std::fs::Metadata> {
+        std::fs::symlink_metadata(self.abs(rel)).ok()
+    }
+
+    fn emit(&mut self, r: Record) -> Result<()> {
+        self.cut.push(r)
+    }
+
+    /// After the queue refused a set: what it and the unsent rest named is unknown.
+    fn failed(&mut self) {
+        let mut recs = self.cut.failed.take().unwrap_or_default();
+        recs.extend(self.cut.discard());
+        self.dirs.clear();
+        for r in &recs {
+            match r {
+                Record::Rename { from, to } => {
+                    self.index.remove_tree(to);
+                    self.index.mark_unknown(from, Kind::Dir);
+                    self.index.mark_unknown(to, Kind::Dir);
+                }
+                Record::Delete { path } if !path.is_empty() => {
+                    self.index.mark_unknown(path, Kind::Dir)
+                }
+                other => {
+                    for p in other.paths().into_iter().filter(|p| !p.is_empty()) {
+                        if let Some(st) = self.index.get(p).cloned() {
+                            if st.kind == Kind::File {
+                                self.index.forget_file(st.ino);
+                            }
+                        }
+                        self.index.mark_unknown(p, Kind::File);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One batch of changed paths.
+    fn batch(&mut self, b: Batch) -> Result<()> {
+        let mut paths: Vec<(Vec<u8>, Change)> = b
+            .paths
+            .into_iter()
+            .filter(|(p, _)| !self.excl.excluded(p))
+            .collect();
+        paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
+        // Parents' mtimes change with their entries.
+        for (p, _) in &paths {
+            if !p.is_empty() {
+                self.dirs.insert(parent(p));
+            }
+        }
+        self.renames(&paths)?;
+        for (p, c) in &paths {
+            self.sync_path(p, *c, false)?;
+        }
+        self.finish_dirs()?;
+        self.cut.flush()
+    }
+
+    /// Renames: a known entry that is gone (or replaced) whose inode now
+    /// sits at another changed path.
+    fn renames(&mut self, paths: &[(Vec<u8>, Change)]) -> Result<()> {
+        let mut lost: HashMap<Ino, Vec<u8>> = HashMap::new();
+        let mut now: Vec<(Vec<u8>, Option<Ino>)> = Vec::new();
+        for (p, _) in paths {
+            let md = self.lstat(p);
+            let ino = md.as_ref().map(ino_of);
+            if let Some(st) = self.index.get(p) {
+                if !st.unknown && ino != Some(st.ino) {
+                    lost.insert(st.ino, p.clone());
+                }
+            }
+            now.push((p.clone(), ino));
+        }
+        if lost.is_empty() {
+            return Ok(());
+        }
+        let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for (q, ino) in &now {
+            let Some(ino) = ino else { continue };
+            let Some(from) = lost.get(ino) else { continue };
+            if from == q || q.starts_with(from) && q.get(from.len()) == Some(&b'/') {
+                continue;
+            }
+            let known_same = self
+                .index
+                .get(q)
+                .is_some_and(|s| s.ino == *ino && !s.unknown);
+            if !known_same {
+                pending.push((from.clone(), q.clone()));
+                lost.remove(ino);
+            }
+        }
+        // Order: a rename whose destination is another's source goes after it.
+        while !pending.is_empty() {
+            let Some(i) =
+                (0..pending.len()).find(|&i| !pending.iter().any(|(f, _)| *f == pending[i].1))
+            else {
+                debug!("rename cycle; sending the rest as new entries");
+                break;
+            };
+            let (from, to) = pending.remove(i);
+            self.dirs.insert(parent(&from));
+            self.dirs.insert(parent(&to));
+            self.emit(Record::Rename {
+                from: from.clone(),
+                to: to.clone(),
+            })?;
+            self.index.rename_tree(&from, &to);
+        }
+        Ok(())
+    }
+
+    /// Bring one path on the target up to date. `force_new`: send it whole
+    /// (its parent was just created).
+    fn sync_path(&mut self, rel: &[u8], change: Change, force_new: bool) -> Result<()> {
+        if self.excl.excluded(rel) {
+            return Ok(());
+        }
+        let abs = self.abs(rel);
+        let md = match std::fs::symlink_metadata(&abs) {
+            Ok(m) => m,
+            Err(_) => return self.gone(rel),
+        };
+        let Some(kind) = kind_of(&md) else {
+            return Ok(()); // a socket
+        };
+        let ino = ino_of(&md);
+        let mut e = match standin_builder::scan::stat_entry(&abs, rel.to_vec(), &mut HashMap::new())
+        {
+            Ok(Some(e)) => e,
+            Ok(None) => return Ok(()),
+            Err(_) => return self.gone(rel),
+        };
+        e.link = None;
+        e.sparse = None;
+        e.sha256 = None;
+        if rel.is_empty() {
+            // The root always exists on the target: only its metadata moves.
+            self.index.record(&e, ino);
+            self.dirs.insert(Vec::new());
+            return Ok(());
+        }
+        let known = self.index.get(rel).cloned();
+        if let Some(s) = known
+            .as_ref()
+            .filter(|s| !force_new && !s.unknown && s.ino == ino && s.kind == kind)
+        {
+            let mut content = false;
+            if kind == Kind::File {
+                let f = self.index.file(ino);
+                let need = change.content
+                    || f.is_none_or(|f| f.size != e.size || f.mtime_ns != e.mtime_ns);
+                if need {
+                    content = self.diff_content(&abs, &e, ino, false)?;
+                }
+            }
+            if kind == Kind::Dir {
+                self.dirs.insert(rel.to_vec());
+            } else if content || s.meta != metadata_digest(&e) {
+                self.emit(Record::SetMetadata(e.clone()))?;
+            }
+            self.index.record(&e, ino);
+            return Ok(());
+        }
+        if let Some(s) = &known {
+            if s.kind == Kind::Dir || kind == Kind::Dir || s.unknown {
+                self.emit(Record::Delete { path: rel.to_vec() })?;
+            }
+            self.index.remove_tree(rel);
+        }
+        self.dirs.insert(parent(rel));
+        self.new_entry(&abs, e, ino, md.nlink(), md.dev())
+    }
+
+    fn diff_content(&mut self, abs: &Path, e: &Entry, ino: Ino, fresh: bool) -> Result<bool> {
+        let cut = &mut self.cut;
+        let d = self
+            .index
+            .diff_file(abs, e, ino, fresh, &mut |r| cut.push(r))?;
+        Ok(d.changed)
+    }
+
+    /// Send an entry the target does not have (and, for a directory,
+    /// everything below it).
+    fn new_entry(&mut self, abs: &Path, e: Entry, ino: Ino, nlink: u64, dev: u64) -> Result<()> {
+        let rel = e.path.clone();
+        if e.kind == Kind::File && nlink > 1 {
+            if let Some(f) = self.index.file(ino) {
+                let other = f.path.clone();
+                let ok = other != rel
+                    && self
+                        .index
+                        .get(&other)
+                        .is_some_and(|s| s.ino == ino && !s.unknown)
+                    && self.lstat(&other).is_some_and(|m| ino_of(&m) == ino);
+                if ok {
+                    self.emit(Record::Link {
+                        existing: other,
+                        new: rel.clone(),
+                    })?;
+                    self.diff_content(abs, &e, ino, false)?;
+                    self.emit(Record::SetMetadata(e.clone()))?;
+                    self.index.record(&e, ino);
+                    return Ok(());
+                }
+            }
+        }
+        self.emit(Record::Create(e.clone()))?;
+        match e.kind {
+            Kind::File => {
+                if self.diff_content(abs, &e, ino, true)? {
+                    self.emit(Record::SetMetadata(e.clone()))?;
+                }
+                self.index.record(&e, ino);
+            }
+            Kind::Dir => {
+                self.index.record(&e, ino);
+                self.dirs.insert(rel.clone());
+                if dev != self.root_dev {
+                    return Ok(()); // a mount point: its content is not replicated
+                }
+                let mut children: Vec<Vec<u8>> = match std::fs::read_dir(abs) {
+                    Ok(rd) => rd
+                        .filter_map(|d| d.ok())
+                        .map(|d| {
+                            let mut c = rel.clone();
+                            if !c.is_empty() {
+                                c.push(b'/');
+                            }
+                            c.extend_from_slice(d.file_name().as_bytes());
+                            c
+                        })
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
+                children.sort();
+                for c in children {
+                    self.sync_path(
+                        &c,
+                        Change {
+                            content: true,
+                            metadata: true,
+                        },
+                        true,
+                    )?;
+                }
+            }
+            _ => self.index.record(&e, ino),
+        }
+        Ok(())
+    }
+
+    fn gone(&mut self, rel: &[u8]) -> Result<()> {
+        if rel.is_empty() {
+            anyhow::bail!("the protected root {} vanished", self.root.display());
+        }
+        let p = parent(rel);
+        let parent_known = p.is_empty() || self.index.get(&p).is_some_and(|s| s.kind == Kind::Dir);
+        if self.index.get(rel).is_some() || parent_known {
+            self.emit(Record::Delete { path: rel.to_vec() })?;
+            self.index.remove_tree(rel);
+            self.dirs.insert(p);
+        }
+        Ok(())
+    }
+
+    /// Directory metadata last, deepest first.
+    fn finish_dirs(&mut self) -> Result<()> {
+        let mut dirs: Vec<Vec<u8>> = std::mem::take(&mut self.dirs).into_iter().collect();
+        dirs.sort_by(|a, b| path_cmp(b, a));
+        for d in dirs {
+            if self.excl.excluded(&d) {
+                continue;
+            }
+            let Some(s) = self.index.get(&d).cloned() else {
+                if d.is_empty() {
+                    // The root is always on the target.
+                    if let Ok(Some(e)) = standin_builder::scan::stat_entry(
+                        &self.root,
+                        Vec::new(),
+                        &mut HashMap::new(),
+                    ) {
+                        let md = self.lstat(&d).context("reading the root")?;
+                        self.emit(Record::SetMetadata(e.clone()))?;
+                        self.index.record(&e, ino_of(&md));
+                    }
+                }
+                continue;
+            };
+            if s.kind != Kind::Dir || s.unknown {
+                continue;
+            }
+            let abs = self.abs(&d);
+            let Some(md) = self.lstat(&d) else { continue };
+            if ino_of(&md) != s.ino || !md.is_dir() {
+                continue;
+            }
+            if let Ok(Some(e)) =
+                standin_builder::scan::stat_entry(&abs, d.clone(), &mut HashMap::new())
+            {
+                self.emit(Record::SetMetadata(e.clone()))?;
+                self.index.record(&e, s.ino);
+            }
+        }
+        Ok(())
+    }
+
+    /// Compare the whole tree with the index and send every difference.
+    /// Returns how many paths differed.
+    pub(super) fn sweep(&mut self) -> Result<u64> {
+        let started = Instant::now();
+        let before = self.cut.counters.records_sent.load(Ordering::Relaxed);
+        let mut repairs = 0u64;
+        let mut seen: BTreeMap<Vec<u8>, ()> = BTreeMap::new();
+        let mut walk = walkdir::WalkDir::new(&self.root)
+            .follow_links(false)
+            .same_file_system(true)
+            .sort_by_file_name()
+            .into_iter();
+        let mut entries: Vec<Vec<u8>> = Vec::new();
+        while let Some(d) = walk.next() {
+            let Ok(d) = d else { continue };
+            let rel = d
+                .path()
+                .strip_prefix(&self.root)
+                .map(|r| r.as_os_str().as_bytes().to_vec())
+                .unwrap_or_default();
+            if self.excl.excluded(&rel) {
+                if d.file_type().is_dir() && d.depth() > 0 {
+                    walk.skip_current_dir();
+                }
+                continue;
+            }
+            entries.push(rel);
+        }
+        // Known paths that are gone first (deepest last is fine: Delete is recursive).
+        let present: std::collections::HashSet<&Vec<u8>> = entries.iter().collect();
+        let stale: Vec<Vec<u8>> = self
+            .index
+            .paths()
+            .filter(|(p, _)| !present.contains(p))
+            .map(|(p, _)| p.clone())
+            .collect();
+        drop(present);
+        for p in stale {
+            if self.index.get(&p).is_none() {
+                continue; // removed with its parent
+            }
+            repairs += 1;
+            self.dirs.insert(parent(&p));
+            self.emit(Record::Delete { path: p.clone() })?;
+            self.index.remove_tree(&p);
+        }
+        for rel in entries {
+            if seen.contains_key(&rel) {
+                continue;
+            }
+            let sent_before = self.cut.records.len()
+                + self.cut.counters.records_sent.load(Ordering::Relaxed) as usize;
+            let known = self.index.get(&rel).cloned();
+            // A known, unchanged path still gets its content re-hashed.
+            if let (Some(s), Some(md)) = (&known, self.lstat(&rel)) {
+                if !s.unknown && s.ino == ino_of(&md) && s.kind == Kind::File {
+                    if let Ok(Some(mut e)) = standin_builder::scan::stat_entry(
+                        &self.abs(&rel),
+                        rel.clone(),
+                        &mut HashMap::new(),
+                    ) {
+                        e.link = None;
+                        e.sparse = None;
+                        let ch = self.diff_content(&self.abs(&rel), &e, s.ino, false)?;
+                        if ch || s.meta != metadata_digest(&e) {
+                            self.emit(Record::SetMetadata(e.clone()))?;
+                        }
+                        self.index.record(&e, s.ino);
+                    }
+                    let after = self.cut.records.len()
+                        + self.cut.counters.records_sent.load(Ordering::Relaxed) as usize;
+                    if after != sent_before {
+                        repairs += 1;
+                    }
+                    seen.insert(rel, ());
+                    continue;
+                }
+            }
+            self.sync_path(
+                &rel,
+                Change {
+                    content: false,
+                    metadata: true,
+                },
+                false,
+            )?;
+            let after = self.cut.records.len()
+                + self.cut.counters.records_sent.load(Ordering::Relaxed) as usize;
+            if after != sent_before {
+                repairs += 1;
+            }
+            seen.insert(rel, ());
+        }
+        self.finish_dirs()?;
+        self.cut.flush()?;
+        let sent = self.cut.counters.records_sent.load(Ordering::Relaxed) - before;
+        info!(
+            repairs,
+            records = sent,
+            seconds = started.elapsed().as_secs_f64(),
+            "tree compared with what the target holds"
+        );
+        Ok(repairs)
+    }
+}

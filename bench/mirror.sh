@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Benchmark: `standin protect --once` (full and difference mirror) against
+# rsync to an rsync daemon on 127.0.0.1 (`rsync -aHAX`, delta transfer on).
+# Same data, same run, page cache warm for both. Prints medians of several
+# runs, bytes on the wire (rsync --stats "Total bytes sent + received" vs
+# standin's counters in `protect --json`), ratios (rsync time / standin
+# time; goals: full >= 1.5, difference >= 3 with fewer bytes) and the
+# agent's peak memory (/usr/bin/time -v).
+#
+# The full mirror starts from an empty replica each run (a fresh target
+# state directory / rsync module). Each difference run first changes 1% of
+# the regular files (appends) and 3 x 4 KiB inside each of the 3 largest
+# files of the source copy, then both tools bring their replica up to date.
+#
+# Usage: bench/mirror.sh [RUNS]     (default 3; as root)
+# Trees: a copy of the cached Debian root (tests make it) and of the >= 1 GiB
+# tree bench/make-big-tree.sh makes in /var/tmp/standin-bench/big.
+# Needs: GNU time (apt-get install -y time), rsync, a release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+debian=${STANDIN_TEST_CACHE:-/var/cache/standin-test}/debian-bookworm
+big=/var/tmp/standin-bench/big
+work=/var/tmp/standin-bench/mirror
+[ "$(id -u)" = 0 ] || { echo "run as root (owners and devices are mirrored)"; exit 1; }
+[ -x /usr/bin/time ] || { echo "GNU time is missing; install it with: apt-get install -y time"; exit 1; }
+command -v rsync >/dev/null || { echo "rsync is missing; install it with: apt-get install -y rsync"; exit 1; }
+[ -d "$debian/etc" ] || { echo "no Debian root at $debian; run: cargo test --test image_roundtrip debian (as root)"; exit 1; }
+bench/make-big-tree.sh "$big" >/dev/null
+cargo build --release --quiet
+standin=$PWD/target/release/standin
+rm -rf "$work"; mkdir -p "$work"
+port=$((20000 + RANDOM % 20000)); rport=$((port + 1))
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+
+"$standin" keys init --dir "$work/src-id" > "$work/src.fpr"
+"$standin" keys init --dir "$work/tgt-id" > "$work/tgt.fpr"
+troot=$work/target-system
+mkdir -p "$troot/etc" "$troot/boot/grub"
+cp "$debian/etc/os-release" "$troot/etc/os-release" 2>/dev/null || cp "$debian/usr/lib/os-release" "$troot/etc/os-release"
+echo standby > "$troot/etc/hostname"; : > "$troot/boot/grub/grub.cfg"
+
+cat > "$work/rsyncd.conf" <<CONF
+pid file = $work/rsyncd.pid
+use chroot = no
+uid = root
+gid = root
+[dst]
+    path = $work/rsync-dst
+    read only = false
+CONF
+mkdir -p "$work/rsync-dst"
+rsync --daemon --no-detach --address=127.0.0.1 --port="$rport" --config="$work/rsyncd.conf" &
+pids+=($!)
+
+daemon_pid=
+start_target() { # fresh state dir
+  [ -n "$daemon_pid" ] && { kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; }
+  rm -rf "$work/state"
+  "$standin" target serve --listen "127.0.0.1:$port" --state-dir "$work/state" --identity "$work/tgt-id" \
+    --trust "$(cat "$work/src.fpr")" --target-root "$troot" > "$work/serve.out" 2>>"$work/serve.log" &
+  daemon_pid=$!; pids+=("$daemon_pid")
+  for _ in $(seq 1 100); do grep -q listening "$work/serve.out" 2>/dev/null && return; sleep 0.1; done
+  echo "target did not start:"; cat "$work/serve.log"; exit 1
+}
+
+# standin LABEL SRC : appends "seconds maxrss_kib wire_bytes" to $work/LABEL.times
+run_standin() {
+  local label=$1 src=$2
+  /usr/bin/time -v -o "$work/time.tmp" "$standin" protect --target "127.0.0.1:$port" --identity "$work/src-id" \
+    --trust "$(cat "$work/tgt.fpr")" --root "$src" --source-id bench --once --json > "$work/protect.json" 2>"$work/protect.err" \
+    || { echo "standin $label failed:"; tail -20 "$work/protect.err"; cat "$work/protect.json"; exit 1; }
+  python3 - "$work/protect.json" "$work/time.tmp" >> "$work/$label.times" <<'PY'
+import json, re, sys
+d = json.load(open(sys.argv[1])); m = d["mirror"]
+assert m["complete"], m
+t = open(sys.argv[2]).read()
+wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", t)
+secs = (int(wall.group(1) or 0) * 3600) + int(wall.group(2)) * 60 + float(wall.group(3))
+rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1))
+wire = m["bytes_sent"] + m["compare_bytes_sent"] + m["compare_bytes_received"]
+print(f"{secs:.3f} {rss} {wire}")
+PY
+}
+
+run_rsync() {
+  local label=$1 src=$2
+  /usr/bin/time -f "%e %M" -o "$work/time.tmp" rsync -aHAX --numeric-ids --delete --stats "$src/" \
+    "rsync://127.0.0.1:$rport/dst/" > "$work/rsync.out" 2>"$work/rsync.err" \
+    || { echo "rsync $label failed:"; cat "$work/rsync.err"; exit 1; }
+  local s r
+  s=$(grep 'Total bytes sent' "$work/rsync.out" | tr -dc 0-9)
+  r=$(grep 'Total bytes received' "$work/rsync.out" | tr -dc 0-9)
+  echo "$(cat "$work/time.tmp") $((s + r))" >> "$work/$label.times"
+}
+
+mutate() { # 1% of regular files (a different 1% each round) + 3 x 4 KiB in the 3 largest
+  local src=$1 round=$2
+  find "$src" -type f -links 1 -printf '%s %p\n' | sort -k2 > "$work/files"
+  awk -v r="$round" 'NR % 100 == r' "$work/files" | cut -d' ' -f2- | while IFS= read -r f; do
+    printf 'changed in round %s\n' "$round" >> "$f"; done
+  sort -n "$work/files" | tail -3 | cut -d' ' -f2- | while IFS= read -r f; do
+    sz=$(stat -c %s "$f")
+    for frac in 1 5 9; do
+      head -c 4096 /dev/urandom | dd of="$f" bs=4096 seek=$(( sz / 4096 * frac / 10 )) conv=notrunc status=none
+    done
+  done
+}
+
+report() {
+  local name=$1 kind=$2
+  local s r sm sw rw
+  s=$(cut -d' ' -f1 "$work/$name-$kind-standin.times" | median)
+  r=$(cut -d' ' -f1 "$work/$name-$kind-rsync.times" | median)
+  sm=$(cut -d' ' -f2 "$work/$name-$kind-standin.times" | sort -n | tail -1)
+  sw=$(cut -d' ' -f3 "$work/$name-$kind-standin.times" | median)
+  rw=$(cut -d' ' -f3 "$work/$name-$kind-rsync.times" | median)
+  printf "%-7s %-10s standin %7.2fs (agent peak %4d MiB, %10s B on the wire) | rsync -aHAX %7.2fs (%10s B) | speed rsync/standin %5s | bytes standin/rsync %s\n" \
+    "$name" "$kind" "$s" "$((sm / 1024))" "$sw" "$r" "$rw" \
+    "$(awk -v a="$r" -v b="$s" 'BEGIN {printf "%.2f", a/b}')" "$(awk -v a="$sw" -v b="$rw" 'BEGIN {printf "%.2f", a/b}')"
+}
+
+bench_tree() {
+  local name=$1 tree=$2 src=$work/src-$1
+  cp -a "$tree" "$src"
+  mkdir -p "$src/etc"; [ -f "$src/etc/os-release" ] || cp "$troot/etc/os-release" "$src/etc/os-release"
+  local files bytes
+  files=$(find "$src" -type f | wc -l); bytes=$(du -sb "$src" | cut -f1)
+  echo "$name: $files files, $((bytes >> 20)) MiB"
+  tar -C "$src" -cf - . | cat >/dev/null   # warm the page cache for both
+  for i in $(seq 1 "$runs"); do
+    start_target
+    run_standin "$name-full-standin" "$src"
+    rm -rf "$work/rsync-dst"; mkdir -p "$work/rsync-dst"
+    run_rsync "$name-full-rsync" "$src"
+  done
+  for i in $(seq 1 "$runs"); do
+    mutate "$src" "$i"
+    run_standin "$name-diff-standin" "$src"
+    run_rsync "$name-diff-rsync" "$src"
+  done
+  rm -rf "$src" "$work/rsync-dst"; mkdir -p "$work/rsync-dst"
+  report "$name" full
+  report "$name" diff
+}
+
+echo "standin protect --once vs rsync -aHAX to an rsync daemon on 127.0.0.1; $runs runs, medians; $(nproc) CPUs"
+bench_tree debian "$debian"
+bench_tree big "$big"

@@ -1,0 +1,367 @@
+//! Helpers for the protect tests: identities, network namespaces, a target
+//! daemon child process, a target system tree, running `standin protect`,
+//! and an independent tree comparison (lstat fields, xattrs, content
+//! sha256, hardlink groups) that does not use standin's code.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use sha2::{Digest, Sha256};
+
+#[path = "../common/mod.rs"]
+pub mod common;
+
+/// Create an identity with the real binary; return (dir, fingerprint).
+pub fn keys(base: &Path, name: &str) -> (PathBuf, String) {
+    let dir = base.join(name);
+    let out = common::run_ok(
+        common::standin().args(["keys", "init", "--dir"]).arg(&dir),
+        None,
+    );
+    (dir, common::stdout(&out).trim().to_string())
+}
+
+static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Two network namespaces joined by a veth pair: source 198.18.0.1/24,
+/// target 198.18.0.2/24, no default route. Deleted on drop (also when the
+/// test fails).
+pub struct Netns {
+    pub src: String,
+    pub tgt: String,
+    veth: String,
+}
+
+impl Netns {
+    pub fn create() -> Netns {
+        let id = (std::process::id() % 10_000) * 10 + NS_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let n = Netns {
+            src: format!("sp-s{id}"),
+            tgt: format!("sp-t{id}"),
+            veth: format!("pv{id}"),
+        };
+        let ip = |args: &[&str]| {
+            common::run_ok(Command::new("ip").args(args), None);
+        };
+        ip(&["netns", "add", &n.src]);
+        ip(&["netns", "add", &n.tgt]);
+        let (a, b) = (format!("{}a", n.veth), format!("{}b", n.veth));
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        ip(&["link", "set", &a, "netns", &n.src]);
+        ip(&["link", "set", &b, "netns", &n.tgt]);
+        ip(&["-n", &n.src, "addr", "add", "198.18.0.1/24", "dev", &a]);
+        ip(&["-n", &n.tgt, "addr", "add", "198.18.0.2/24", "dev", &b]);
+        for (ns, dev) in [(&n.src, &a), (&n.tgt, &b)] {
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        n
+    }
+
+    /// A command run inside namespace `ns`.
+    pub fn exec(ns: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns])
+            .arg(common::bin())
+            .env("NO_COLOR", "1");
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in [&self.src, &self.tgt] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A `standin target serve` child process (killed on drop).
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Start the daemon (inside `netns` when given) with `target_root` as
+    /// its system tree; wait until it prints its address.
+    pub fn start(
+        netns: Option<&str>,
+        state: &Path,
+        identity: &Path,
+        trust: &str,
+        listen: &str,
+        target_root: &Path,
+        log: &Path,
+    ) -> Daemon {
+        let cmd = match netns {
+            None => common::standin(),
+            Some(ns) => Netns::exec(ns),
+        };
+        Self::start_cmd(cmd, state, identity, trust, listen, target_root, log)
+    }
+
+    /// Start the daemon through `cmd` (the binary, or a wrapper that execs
+    /// the arguments that follow).
+    pub fn start_cmd(
+        mut cmd: Command,
+        state: &Path,
+        identity: &Path,
+        trust: &str,
+        listen: &str,
+        target_root: &Path,
+        log: &Path,
+    ) -> Daemon {
+        cmd.args(["target", "serve", "--listen", listen, "--state-dir"])
+            .arg(state)
+            .arg("--identity")
+            .arg(identity)
+            .args(["--trust", trust, "--target-root"])
+            .arg(target_root)
+            .env("STANDIN_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .expect("opening the daemon log"),
+            );
+        let mut child = cmd.spawn().expect("starting standin target serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("reading the daemon's first line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "daemon did not report its address: {line:?}\nlog:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            })
+            .to_string();
+        Daemon {
+            child,
+            addr,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A target system tree validation accepts for a Debian 12 source: the
+/// source's os-release, another host name, a grub boot loader.
+pub fn target_root(base: &Path, source: &Path, boot_loader: bool) -> PathBuf {
+    let r = base.join("target-system");
+    std::fs::create_dir_all(r.join("etc")).unwrap();
+    std::fs::copy(source.join("etc/os-release"), r.join("etc/os-release"))
+        .or_else(|_| std::fs::copy(source.join("usr/lib/os-release"), r.join("etc/os-release")))
+        .expect("copying os-release");
+    std::fs::write(r.join("etc/hostname"), "standby\n").unwrap();
+    if boot_loader {
+        std::fs::create_dir_all(r.join("boot/grub")).unwrap();
+        std::fs::write(r.join("boot/grub/grub.cfg"), "# grub\n").unwrap();
+    }
+    r
+}
+
+/// `cp -a` (keeps owners, modes, times, xattrs, hard links).
+pub fn copy_tree(from: &Path, to: &Path) {
+    common::run_ok(Command::new("cp").arg("-a").arg(from).arg(to), None);
+}
+
+/// The staged replica of `source_id` in a target state directory.
+pub fn replica(state: &Path, source_id: &str) -> PathBuf {
+    state.join("staging").join(source_id).join("root")
+}
+
+/// `standin status --state-dir` as JSON.
+pub fn status_json(state: &Path) -> serde_json::Value {
+    let out = common::run_ok(
+        common::standin()
+            .args(["status", "--json", "--state-dir"])
+            .arg(state),
+        None,
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+}
+
+/// The JSON `standin protect --json` printed.
+pub fn protect_json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "protect --json printed no JSON ({e}):\n{}\n{}",
+            common::stdout(out),
+            common::stderr(out)
+        )
+    })
+}
+
+/// One path as the comparison sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub kind: u32,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, i64),
+    pub size: u64,
+    pub rdev: u64,
+    pub target: Option<Vec<u8>>,
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub sha256: Option<String>,
+}
+
+/// Every path of a tree (relative, raw bytes) with its node, and the
+/// hardlink groups (sets of paths sharing an inode, for inodes with more
+/// than one name).
+pub struct Snapshot {
+    pub nodes: BTreeMap<Vec<u8>, Node>,
+    pub groups: BTreeSet<BTreeSet<Vec<u8>>>,
+}
+
+fn xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut names = vec![0u8; 65536];
+    let n = match rustix::fs::llistxattr(p, &mut names[..]) {
+        Ok(n) => n,
+        Err(_) => return out,
+    };
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let mut v = vec![0u8; 65536];
+        let len = rustix::fs::lgetxattr(p, OsStr::from_bytes(name), &mut v[..])
+            .unwrap_or_else(|e| panic!("reading xattr of {}: {e}", p.display()));
+        v.truncate(len);
+        out.insert(name.to_vec(), v);
+    }
+    out
+}
+
+fn sha256_file(p: &Path) -> String {
+    let mut f = std::fs::File::open(p).unwrap_or_else(|e| panic!("opening {}: {e}", p.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Read a whole tree with plain std calls.
+pub fn snapshot(root: &Path) -> Snapshot {
+    let mut nodes = BTreeMap::new();
+    let mut inodes: HashMap<u64, BTreeSet<Vec<u8>>> = HashMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md =
+            std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+        let rel = p
+            .strip_prefix(root)
+            .unwrap()
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
+        let ft = md.file_type();
+        if ft.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        } else if md.nlink() > 1 {
+            inodes.entry(md.ino()).or_default().insert(rel.clone());
+        }
+        let node = Node {
+            kind: md.mode() & 0o170000,
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            size: if ft.is_dir() { 0 } else { md.size() },
+            rdev: md.rdev(),
+            target: ft.is_symlink().then(|| {
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec()
+            }),
+            xattrs: xattrs(&p),
+            sha256: ft.is_file().then(|| sha256_file(&p)),
+        };
+        nodes.insert(rel, node);
+    }
+    let groups = inodes.into_values().filter(|g| g.len() > 1).collect();
+    Snapshot { nodes, groups }
+}
+
+/// Panic with the first differences when the two trees differ.
+pub fn assert_same_tree(source: &Path, replica: &Path) {
+    let a = snapshot(source);
+    let b = snapshot(replica);
+    let mut diffs = Vec::new();
+    for (p, n) in &a.nodes {
+        match b.nodes.get(p) {
+            None => diffs.push(format!(
+                "missing on the replica: {}",
+                String::from_utf8_lossy(p)
+            )),
+            Some(m) if m != n => diffs.push(format!(
+                "differs: {}\n  source  {n:?}\n  replica {m:?}",
+                String::from_utf8_lossy(p)
+            )),
+            _ => {}
+        }
+    }
+    for p in b.nodes.keys() {
+        if !a.nodes.contains_key(p) {
+            diffs.push(format!(
+                "extra on the replica: {}",
+                String::from_utf8_lossy(p)
+            ));
+        }
+    }
+    if a.groups != b.groups {
+        diffs.push(format!(
+            "hardlink groups differ: {} on the source, {} on the replica",
+            a.groups.len(),
+            b.groups.len()
+        ));
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences between {} and {}:\n{}",
+        diffs.len(),
+        source.display(),
+        replica.display(),
+        diffs
+            .iter()
+            .take(30)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(a.nodes.len() > 1, "the comparison saw the tree");
+}

@@ -48,9 +48,14 @@ fn some_dir(r: &mut Lcg, root: &Path) -> PathBuf {
 
 fn churn(root: &Path, seed: u64, ops: u32, links: bool) {
     let mut r = Lcg(seed);
+    let log = std::env::var("CHURN_LOG").is_ok();
     for i in 0..ops {
         let name = format!("n{i}");
-        match r.next(10) {
+        let op = r.next(10);
+        if log {
+            eprintln!("op {i}: {op}");
+        }
+        match op {
             0 | 1 => {
                 let d = some_dir(&mut r, root);
                 let len = r.next(70_000) as usize;
@@ -63,6 +68,9 @@ fn churn(root: &Path, seed: u64, ops: u32, links: bool) {
             3 => {
                 if let (Some(from), d) = (pick(&mut r, root, false), some_dir(&mut r, root)) {
                     if !d.starts_with(&from) {
+                        if log {
+                            eprintln!("  rename {} -> {}", from.display(), d.join(&name).display());
+                        }
                         let _ = std::fs::rename(&from, d.join(&name));
                     }
                 }
@@ -81,7 +89,11 @@ fn churn(root: &Path, seed: u64, ops: u32, links: bool) {
                     pick(&mut r, root, false).filter(|p| p.is_file() && !p.is_symlink())
                 {
                     if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&p) {
-                        let _ = f.write_all_at(b"patched", r.next(50_000));
+                        let off = r.next(50_000);
+                        if log {
+                            eprintln!("  patch {} at {off}", p.display());
+                        }
+                        let _ = f.write_all_at(b"patched", off);
                     }
                 }
             }
@@ -90,6 +102,9 @@ fn churn(root: &Path, seed: u64, ops: u32, links: bool) {
                     pick(&mut r, root, false).filter(|p| p.is_file() && !p.is_symlink())
                 {
                     let d = some_dir(&mut r, root);
+                    if log {
+                        eprintln!("  link {} -> {}", p.display(), d.join(&name).display());
+                    }
                     let _ = std::fs::hard_link(&p, d.join(&name));
                 }
             }

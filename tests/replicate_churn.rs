@@ -137,6 +137,12 @@ fn churn(root: &Path, seed: u64, ops: u32, links: bool) {
 
 fn run(links: bool) {
     require_root();
+    if std::env::var("CHURN_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("standin_agent=trace")
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let mut h = Harness::start(|_| {}, ReplicateOptions::default());
     for round in 0..4u64 {
         churn(&h.src, 0x5eed + round, 150, links);

@@ -1,6 +1,6 @@
 //! Replication between two network namespaces joined by a veth pair
 //! (198.18.0.0/24, no default route): the link is cut with
-//! `ip link set down` for a few seconds, 20 times, while the workload runs;
+//! `ip link set down` for 2.5 s, 20 times, while the workload runs;
 //! the replica converges with nothing lost. Needs root.
 
 mod replicate_support;
@@ -174,7 +174,9 @@ fn replication_survives_20_link_cuts_between_namespaces() {
         std::thread::sleep(Duration::from_millis(100));
         ns.set_link(false);
         step(&src, 2 * i + 1);
-        std::thread::sleep(Duration::from_millis(1500));
+        // Longer than the agent's dead_after (2 s in tests): the agent
+        // notices the silence and reconnects.
+        std::thread::sleep(Duration::from_millis(2500));
         ns.set_link(true);
         std::thread::sleep(Duration::from_millis(200));
     }

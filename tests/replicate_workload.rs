@@ -49,7 +49,7 @@ fn the_checksum_sweep_repairs_what_capture_missed() {
 }
 
 fn workload(backend: Backend) {
-    let h = Harness::start_with(
+    let mut h = Harness::start_with(
         |_| {},
         ReplicateOptions::default(),
         |c, _| c.backend = backend,
@@ -127,7 +127,7 @@ fn workload(backend: Backend) {
     )
     .unwrap();
     h.converge();
-    let mut h = h;
+
     let r = h.stop();
     // The comparison notices a difference (replication has stopped now).
     std::fs::set_permissions(
@@ -146,7 +146,7 @@ fn workload(backend: Backend) {
 #[test]
 fn a_4k_write_into_a_1g_file_sends_under_64k() {
     require_root();
-    let h = Harness::start(|_| {}, ReplicateOptions::default());
+    let mut h = Harness::start(|_| {}, ReplicateOptions::default());
     let f = std::fs::File::create(h.src.join("huge")).unwrap();
     f.set_len(1 << 30).unwrap();
     f.write_all_at(&[1u8; 4096], 0).unwrap();
@@ -167,6 +167,6 @@ fn a_4k_write_into_a_1g_file_sends_under_64k() {
     eprintln!("4 KiB into 1 GiB: {data} data bytes, {wire} bytes on the wire");
     assert!(data > 0 && data < 64 << 10, "data bytes {data}");
     assert!(wire < 64 << 10, "bytes on the wire {wire}");
-    let mut h = h;
+
     h.stop();
 }

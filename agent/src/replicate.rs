@@ -207,6 +207,7 @@ pub(crate) struct Cutter {
 
 impl Cutter {
     pub(crate) fn push(&mut self, r: Record) -> Result<()> {
+        tracing::trace!(record = r.name(), paths = ?r.paths().iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>(), "record");
         self.bytes += r.data_len() + 64;
         self.records.push(r);
         if self.bytes >= self.max {

@@ -230,10 +230,14 @@ impl Harness {
     }
 
     /// Wait (bounded) until the target equals the source; panic with the differences.
-    pub fn converge(&self) {
+    pub fn converge(&mut self) {
         let mut last = Vec::new();
         for _ in 0..300 {
             std::thread::sleep(Duration::from_millis(200));
+            if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                let r = self.thread.take().unwrap().join();
+                panic!("the replication loop ended early: {r:?}");
+            }
             let st = self.sender.stats();
             if st.queue_sets > 0 {
                 continue;

@@ -61,6 +61,10 @@ pub(super) fn spawn(shared: Arc<Shared>) -> Result<std::thread::JoinHandle<()>> 
 fn read_loop(shared: Arc<Shared>, fd: OwnedFd, mount: OwnedFd) {
     let mut file = std::fs::File::from(fd);
     let mut buf = vec![0u8; 256 << 10];
+    // Directory handle -> path, kept across reads: the filesystem's other
+    // activity (outside the root) is then filtered without system calls.
+    // Cleared whenever a directory moves or goes away.
+    let mut cache: HashMap<Vec<u8>, Option<PathBuf>> = HashMap::new();
     while !shared.stopped() {
         let mut pfd = [rustix::event::PollFd::new(
             &file,
@@ -88,7 +92,9 @@ fn read_loop(shared: Arc<Shared>, fd: OwnedFd, mount: OwnedFd) {
                 return;
             }
         };
-        let mut cache: HashMap<Vec<u8>, Option<PathBuf>> = HashMap::new();
+        if cache.len() > 65536 {
+            cache.clear();
+        }
         parse(&shared, &buf[..n], &mount, &mut cache);
     }
     let _ = file.as_raw_fd();
@@ -130,6 +136,11 @@ fn parse(
             continue;
         }
         let content = mask & !(META_ONLY | libc::FAN_ONDIR) != 0;
+        if mask & libc::FAN_ONDIR != 0
+            && mask & (libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO | libc::FAN_DELETE) != 0
+        {
+            cache.clear();
+        }
         let mut i = meta_len;
         let mut seen_dfid = false;
         while i + 4 <= ev.len() {

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use standin_builder::changeset::{metadata_digest, Record};
-use standin_builder::entry::{path_cmp, Entry, Kind};
+use standin_builder::entry::{display_path, path_cmp, Entry, Kind};
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{log_repairs, log_rescan, Cutter, Excluder, QueueFull, ReplicateOptions, Req};
 use crate::blockindex::{BlockIndex, Ino};
@@ -120,6 +120,11 @@ fn parent(rel: &[u8]) -> Vec<u8> {
     }
 }
 
+/// The rest of `p` after the directory `dir` (starting with `/`), if `p` is below it.
+fn under<'a>(p: &'a [u8], dir: &[u8]) -> Option<&'a [u8]> {
+    (p.len() > dir.len() && p.starts_with(dir) && p[dir.len()] == b'/').then(|| &p[dir.len()..])
+}
+
 fn ino_of(md: &std::fs::Metadata) -> Ino {
     (md.dev(), md.ino())
 }
@@ -204,9 +209,39 @@ impl Worker {
                 self.dirs.insert(parent(p));
             }
         }
-        self.renames(&paths)?;
+        let moved = self.renames(&paths)?;
+        // A changed path below a moved directory may have been reported by
+        // its old name: look at the new name too.
+        if !moved.is_empty() {
+            let mut extra = Vec::new();
+            for (p, c) in &paths {
+                for (from, to) in &moved {
+                    if let Some(rest) = under(p, from) {
+                        let mut np = to.clone();
+                        np.extend_from_slice(rest);
+                        extra.push((np, *c));
+                    }
+                }
+            }
+            paths.extend(extra);
+            paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
+            paths.dedup_by(|a, b| a.0 == b.0);
+        }
         for (p, c) in &paths {
-            self.sync_path(p, *c, false)?;
+            if let Err(e) = self.sync_path(p, *c, false) {
+                if e.downcast_ref::<QueueFull>().is_some() {
+                    return Err(e);
+                }
+                // One unreadable path does not stop replication: the next
+                // change or sweep sends it whole.
+                warn!(
+                    "replicating {}: {e:#}; it is sent again later",
+                    display_path(p)
+                );
+                if !p.is_empty() {
+                    self.index.mark_unknown(p, Kind::File);
+                }
+            }
         }
         self.finish_dirs()?;
         self.cut.flush()
@@ -214,7 +249,7 @@ impl Worker {
 
     /// Renames: a known entry that is gone (or replaced) whose inode now
     /// sits at another changed path.
-    fn renames(&mut self, paths: &[(Vec<u8>, Change)]) -> Result<()> {
+    fn renames(&mut self, paths: &[(Vec<u8>, Change)]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut lost: HashMap<Ino, Vec<u8>> = HashMap::new();
         let mut now: Vec<(Vec<u8>, Option<Ino>)> = Vec::new();
         for (p, _) in paths {
@@ -228,7 +263,7 @@ impl Worker {
             now.push((p.clone(), ino));
         }
         if lost.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut pending: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for (q, ino) in &now {
@@ -247,14 +282,28 @@ impl Worker {
             }
         }
         // Order: a rename whose destination is another's source goes after it.
+        let mut done: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         while !pending.is_empty() {
-            let Some(i) =
-                (0..pending.len()).find(|&i| !pending.iter().any(|(f, _)| *f == pending[i].1))
-            else {
-                debug!("rename cycle; sending the rest as new entries");
+            // Ready: the destination is no other pending rename's source, and
+            // its parent exists on the target (it may arrive by a rename).
+            let ready = (0..pending.len()).find(|&i| {
+                let to = &pending[i].1;
+                let p = parent(to);
+                !pending.iter().any(|(f, _)| f == to)
+                    && (p.is_empty()
+                        || self
+                            .index
+                            .get(&p)
+                            .is_some_and(|s| s.kind == Kind::Dir && !s.unknown))
+            });
+            let Some(i) = ready else {
+                debug!("renames left that cannot be ordered; sending them as new entries");
                 break;
             };
             let (from, to) = pending.remove(i);
+            if self.index.get(&from).is_none() {
+                continue;
+            }
             self.dirs.insert(parent(&from));
             self.dirs.insert(parent(&to));
             self.emit(Record::Rename {
@@ -262,8 +311,17 @@ impl Worker {
                 to: to.clone(),
             })?;
             self.index.rename_tree(&from, &to);
+            // Pending renames below the moved directory now start at its new name.
+            for (f, _) in pending.iter_mut() {
+                if let Some(rest) = under(f, &from) {
+                    let mut nf = to.clone();
+                    nf.extend_from_slice(rest);
+                    *f = nf;
+                }
+            }
+            done.push((from, to));
         }
-        Ok(())
+        Ok(done)
     }
 
     /// Bring one path on the target up to date. `force_new`: send it whole
@@ -309,9 +367,16 @@ impl Worker {
                 if need {
                     content = self.diff_content(&abs, &e, ino, false)?;
                 }
+                if content && md.nlink() > 1 {
+                    self.relink(rel, ino)?;
+                }
             }
             if kind == Kind::Dir {
                 self.dirs.insert(rel.to_vec());
+            } else if kind != Kind::File && s.meta != metadata_digest(&e) {
+                // A symlink's target or a device's numbers cannot change in
+                // place (a reused inode number): replace it.
+                self.emit(Record::Create(e.clone()))?;
             } else if content || s.meta != metadata_digest(&e) {
                 self.emit(Record::SetMetadata(e.clone()))?;
             }
@@ -328,12 +393,40 @@ impl Worker {
         self.new_entry(&abs, e, ino, md.nlink(), md.dev())
     }
 
+    /// The content of a hard-linked inode changed through `rel`: make every
+    /// other known name of it on the target the same inode again (the
+    /// target may hold them as separate files).
+    fn relink(&mut self, rel: &[u8], ino: Ino) -> Result<()> {
+        let others: Vec<Vec<u8>> = self
+            .index
+            .paths()
+            .filter(|(p, s)| s.ino == ino && !s.unknown && p.as_slice() != rel)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for o in others {
+            if self.lstat(&o).is_some_and(|m| ino_of(&m) == ino) {
+                self.emit(Record::Link {
+                    existing: rel.to_vec(),
+                    new: o,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     fn diff_content(&mut self, abs: &Path, e: &Entry, ino: Ino, fresh: bool) -> Result<bool> {
         let cut = &mut self.cut;
-        let d = self
+        match self
             .index
-            .diff_file(abs, e, ino, fresh, &mut |r| cut.push(r))?;
-        Ok(d.changed)
+            .diff_file(abs, e, ino, fresh, &mut |r| cut.push(r))
+        {
+            Ok(d) => Ok(d.changed),
+            Err(err) => {
+                // Whatever was sent of it is not verified: send it whole next time.
+                self.index.forget_file(ino);
+                Err(err)
+            }
+        }
     }
 
     /// Send an entry the target does not have (and, for a directory,
@@ -368,6 +461,9 @@ impl Worker {
                     self.emit(Record::SetMetadata(e.clone()))?;
                 }
                 self.index.record(&e, ino);
+                if nlink > 1 {
+                    self.relink(&rel, ino)?;
+                }
             }
             Kind::Dir => {
                 self.index.record(&e, ino);

@@ -1,0 +1,166 @@
+//! Rapid random churn (creates, writes, renames of files and directories,
+//! deletes, hard links, symlinks, chmod, truncate) with no pause between
+//! operations, so batches mix everything; the replica must converge.
+//! Needs root.
+
+mod replicate_support;
+
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use replicate_support::common::require_root;
+use replicate_support::*;
+use standin_agent::replicate::ReplicateOptions;
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn pick(r: &mut Lcg, root: &Path, dirs_only: bool) -> Option<PathBuf> {
+    let all: Vec<PathBuf> = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| !dirs_only || e.file_type().is_dir())
+        .map(|e| e.into_path())
+        .collect();
+    if all.is_empty() {
+        return None;
+    }
+    Some(all[r.next(all.len() as u64) as usize].clone())
+}
+
+fn some_dir(r: &mut Lcg, root: &Path) -> PathBuf {
+    if r.next(3) == 0 {
+        root.to_path_buf()
+    } else {
+        pick(r, root, true).unwrap_or_else(|| root.to_path_buf())
+    }
+}
+
+fn churn(root: &Path, seed: u64, ops: u32, links: bool) {
+    let mut r = Lcg(seed);
+    let log = std::env::var("CHURN_LOG").is_ok();
+    for i in 0..ops {
+        let name = format!("n{i}");
+        let op = r.next(10);
+        if log {
+            eprintln!("op {i}: {op}");
+        }
+        match op {
+            0 | 1 => {
+                let d = some_dir(&mut r, root);
+                let len = r.next(70_000) as usize;
+                let _ = std::fs::write(d.join(&name), vec![(i % 251) as u8; len]);
+            }
+            2 => {
+                let d = some_dir(&mut r, root);
+                let _ = std::fs::create_dir(d.join(&name));
+            }
+            3 => {
+                if let (Some(from), d) = (pick(&mut r, root, false), some_dir(&mut r, root)) {
+                    if !d.starts_with(&from) {
+                        if log {
+                            eprintln!("  rename {} -> {}", from.display(), d.join(&name).display());
+                        }
+                        let _ = std::fs::rename(&from, d.join(&name));
+                    }
+                }
+            }
+            4 => {
+                if let Some(p) = pick(&mut r, root, false) {
+                    if p.is_dir() && !p.is_symlink() {
+                        let _ = std::fs::remove_dir_all(&p);
+                    } else {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                }
+            }
+            5 => {
+                if let Some(p) =
+                    pick(&mut r, root, false).filter(|p| p.is_file() && !p.is_symlink())
+                {
+                    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&p) {
+                        let off = r.next(50_000);
+                        if log {
+                            eprintln!("  patch {} at {off}", p.display());
+                        }
+                        let _ = f.write_all_at(b"patched", off);
+                    }
+                }
+            }
+            6 if links => {
+                if let Some(p) =
+                    pick(&mut r, root, false).filter(|p| p.is_file() && !p.is_symlink())
+                {
+                    let d = some_dir(&mut r, root);
+                    if log {
+                        eprintln!("  link {} -> {}", p.display(), d.join(&name).display());
+                    }
+                    let _ = std::fs::hard_link(&p, d.join(&name));
+                }
+            }
+            7 => {
+                let d = some_dir(&mut r, root);
+                let _ = std::os::unix::fs::symlink(format!("target-{i}"), d.join(&name));
+            }
+            8 => {
+                if let Some(p) = pick(&mut r, root, false).filter(|p| !p.is_symlink()) {
+                    let mode = if p.is_dir() {
+                        0o755 - (r.next(2) as u32) * 0o50
+                    } else {
+                        0o600 + r.next(0o100) as u32
+                    };
+                    let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode));
+                }
+            }
+            _ => {
+                if let Some(p) =
+                    pick(&mut r, root, false).filter(|p| p.is_file() && !p.is_symlink())
+                {
+                    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&p) {
+                        let _ = f.set_len(r.next(80_000));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn run(links: bool) {
+    require_root();
+    if std::env::var("CHURN_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("standin_agent=trace")
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let mut h = Harness::start(|_| {}, ReplicateOptions::default());
+    for round in 0..4u64 {
+        churn(&h.src, 0x5eed + round, 150, links);
+        h.converge();
+    }
+    let r = h.stop();
+    assert_eq!(r.queue_full, 0, "{r:?}");
+}
+
+#[test]
+fn rapid_random_churn_without_hard_links_converges() {
+    run(false);
+}
+
+/// Known bug: with hard links created and written through in the same
+/// batches, two files keep old content on the target (seed 0x5eed, round 0).
+#[test]
+#[ignore = "known bug: hard links churned in the same batch leave stale content; see docs/replication.md"]
+fn rapid_random_churn_with_hard_links_converges() {
+    run(true);
+}

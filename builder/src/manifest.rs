@@ -247,6 +247,19 @@ pub fn scan_tree(
     root: &Path,
     opts: &ScanOptions,
     progress: &dyn Progress,
+    each: impl FnMut(&Entry) -> Result<()>,
+) -> Result<ManifestSummary> {
+    scan_tree_known(root, opts, progress, &|_, _| None, each)
+}
+
+/// [`scan_tree`], but `known(abs_path, size)` may supply the sha256 (hex)
+/// of a regular file the caller already hashed and knows unchanged; only
+/// the others are read.
+pub fn scan_tree_known(
+    root: &Path,
+    opts: &ScanOptions,
+    progress: &dyn Progress,
+    known: &(dyn Fn(&Path, u64) -> Option<String> + Sync),
     mut each: impl FnMut(&Entry) -> Result<()>,
 ) -> Result<ManifestSummary> {
     const MAX_ITEMS: usize = 2048;
@@ -261,6 +274,11 @@ pub fn scan_tree(
                 .par_iter_mut()
                 .filter(|s| s.entry.kind == Kind::File && s.entry.link.is_none())
                 .try_for_each(|s| -> Result<()> {
+                    if let Some(h) = known(&s.abs, s.entry.size) {
+                        s.entry.sha256 = Some(h);
+                        progress.advance(s.entry.size, 1);
+                        return Ok(());
+                    }
                     let (h, _) =
                         crate::hash::hash_file(&s.abs, s.entry.size, s.entry.sparse.as_deref())
                             .with_context(|| format!("hashing {}", s.abs.display()))?;

@@ -528,6 +528,8 @@ impl ApplyTarget for DirTarget {
         let Some(fd) = self.open_regular(path, OFlags::RDONLY)? else {
             return Ok(None);
         };
+        // Stamped before reading: a change during the read moves the stamp.
+        let stamp = crate::digest_cache::Stamp::of_fd(&fd);
         let mut f = std::fs::File::from(fd);
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -540,7 +542,11 @@ impl ApplyTarget for DirTarget {
             }
             h.update(&buf[..n]);
         }
-        Ok(Some(h.finalize().into()))
+        let d: Digest32 = h.finalize().into();
+        if let Some(stamp) = stamp {
+            crate::digest_cache::remember(stamp, d);
+        }
+        Ok(Some(d))
     }
 
     fn sync(&mut self) -> Result<(), ApplyError> {

@@ -15,6 +15,7 @@
 
 pub mod apply;
 pub mod daemon;
+pub mod digest_cache;
 pub mod durable;
 pub mod failover;
 pub mod lock;

@@ -174,6 +174,7 @@ impl DiffSession {
 
     fn hash(&self, path: &[u8], size: u64) -> Option<String> {
         let mut f = self.open_file(path)?;
+        let stamp = crate::digest_cache::Stamp::of_fd(&f);
         let mut h = Sha256::new();
         let mut buf = vec![0u8; (1 << 20).min(size.max(4096) as usize)];
         loop {
@@ -184,7 +185,11 @@ impl DiffSession {
                 Err(_) => return None,
             }
         }
-        Some(hex::encode(h.finalize()))
+        let d: [u8; 32] = h.finalize().into();
+        if let Some(stamp) = stamp {
+            crate::digest_cache::remember(stamp, d);
+        }
+        Some(hex::encode(d))
     }
 
     /// Digest of each `bs`-byte block of the replica's file (empty in
@@ -290,8 +295,10 @@ fn classify(e: &Entry, got: Option<&Entry>, block_size: u32) -> Pending {
     Pending::Done(if meta_same { "same" } else { "metadata" })
 }
 
-/// The root digest of the replica at `root` (a full scan and hash), to
-/// compare with the source's when a mirror ends.
+/// The root digest of the replica at `root` (a full scan), to compare with
+/// the source's when a mirror ends. Files whose digest the target already
+/// computed and that have not changed since (see [`crate::digest_cache`])
+/// are not read again.
 pub fn replica_digest(root: &Path) -> Result<String> {
     let opts = ScanOptions {
         excludes: Vec::new(),
@@ -299,13 +306,15 @@ pub fn replica_digest(root: &Path) -> Result<String> {
         system_excludes: Vec::new(),
         always_system_excludes: false,
     };
-    let s = standin_builder::manifest::scan_tree(root, &opts, &NoProgress, |_| Ok(()))
-        .with_context(|| {
-            format!(
-                "computing the root digest of the replica {}",
-                root.display()
-            )
-        })?;
+    let known = |abs: &Path, size: u64| crate::digest_cache::lookup(abs, size).map(hex::encode);
+    let s =
+        standin_builder::manifest::scan_tree_known(root, &opts, &NoProgress, &known, |_| Ok(()))
+            .with_context(|| {
+                format!(
+                    "computing the root digest of the replica {}",
+                    root.display()
+                )
+            })?;
     Ok(s.root_digest)
 }
 

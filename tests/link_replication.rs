@@ -335,3 +335,50 @@ fn a_full_memory_queue_spills_to_disk_and_nothing_is_lost() {
     );
     rt.block_on(sender.close());
 }
+
+/// A change set the target refuses (it deletes the root) must not
+/// turn into a tight reconnect-and-resend loop: the agent backs off between
+/// sessions that end at once without an acknowledgement.
+#[test]
+fn a_refused_change_set_is_resent_with_backoff() {
+    use standin_builder::changeset::Record;
+    use standin_builder::Kind;
+    let d = tempdir();
+    let (tid, tf) = keys(d.path(), "target");
+    let (aid, af) = keys(d.path(), "agent");
+    let state = d.path().join("state");
+    let daemon = Daemon::start(
+        &state,
+        &tid,
+        &[af],
+        "127.0.0.1:0",
+        &d.path().join("daemon.log"),
+    );
+    let rt = runtime();
+    let mut cfg = agent_config(&daemon.addr, &aid, tf);
+    cfg.backoff_max = std::time::Duration::from_secs(1);
+    let sender = rt.block_on(Sender::start(cfg)).unwrap();
+    sender
+        .send(vec![
+            Record::Create(entry("f", Kind::File)),
+            // Deleting the root is refused whole, before the set is journaled.
+            Record::Delete { path: Vec::new() },
+        ])
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let stats = sender.stats();
+    assert_eq!(applied(&state), 0, "the refused set must not be applied");
+    // Without backoff this loop ran thousands of times in a few seconds;
+    // with 50 ms doubling to 1 s it is a handful, whatever the load.
+    assert!(
+        stats.reconnects <= 15,
+        "{} reconnects in 4 s: the refusal is resent in a tight loop\n{}",
+        stats.reconnects,
+        daemon.log_text()
+    );
+    assert!(
+        stats.reconnects >= 1,
+        "the agent should retry after the refusal ({stats:?})"
+    );
+    rt.block_on(sender.close());
+}

@@ -279,7 +279,6 @@ async fn drive(shared: Arc<Shared>, first: Connection, mut control: mpsc::Receiv
             Some(c) => c,
             None => match connect(&shared.cfg, Role::Agent).await {
                 Ok(c) => {
-                    backoff = shared.cfg.backoff_min;
                     let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
                     st.reconnects += 1;
                     info!(
@@ -301,18 +300,8 @@ async fn drive(shared: Arc<Shared>, first: Connection, mut control: mpsc::Receiv
                         .last_error = Some(format!("{e:#}"));
                     let wait = jitter(backoff);
                     backoff = (backoff * 2).min(shared.cfg.backoff_max);
-                    // Control requests fail fast while the link is down.
-                    let deadline = tokio::time::sleep(wait);
-                    tokio::pin!(deadline);
-                    loop {
-                        tokio::select! {
-                            _ = &mut deadline => break,
-                            c = control.recv() => match c {
-                                Some(Control::MirrorStart(_, tx)) => { let _ = tx.send(Err(anyhow::anyhow!("the link to the target is down"))); }
-                                Some(Control::MirrorEnd(_, tx)) => { let _ = tx.send(Err(anyhow::anyhow!("the link to the target is down"))); }
-                                None => return,
-                            }
-                        }
+                    if !wait_while_down(&mut control, wait).await {
+                        return;
                     }
                     continue;
                 }
@@ -323,14 +312,57 @@ async fn drive(shared: Arc<Shared>, first: Connection, mut control: mpsc::Receiv
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .connected = true;
+        let acked_before = *shared.acked.borrow();
+        let started = tokio::time::Instant::now();
         let err = session(&shared, c, &mut control).await;
-        let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
-        st.connected = false;
-        match err {
-            Ok(()) => return,
-            Err(e) => {
-                warn!("replication link lost: {e:#}; reconnecting");
-                st.last_error = Some(format!("{e:#}"));
+        {
+            let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+            st.connected = false;
+            match err {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!("replication link lost: {e:#}; reconnecting");
+                    st.last_error = Some(format!("{e:#}"));
+                }
+            }
+        }
+        // A session that lasted or made progress resets the backoff; one the
+        // target ended at once without acknowledging anything (a refused
+        // change set) backs off, so a refusal cannot become a tight
+        // reconnect-and-resend loop.
+        let progressed = *shared.acked.borrow() > acked_before;
+        if progressed || started.elapsed() >= QUICK_FAILURE {
+            backoff = shared.cfg.backoff_min;
+        } else {
+            let wait = jitter(backoff);
+            backoff = (backoff * 2).min(shared.cfg.backoff_max);
+            if !wait_while_down(&mut control, wait).await {
+                return;
+            }
+        }
+    }
+}
+
+/// A session shorter than this that acknowledged nothing counts as a failure
+/// to connect for the backoff.
+const QUICK_FAILURE: Duration = Duration::from_secs(2);
+
+/// Wait `wait` while the link is down, failing control requests at once.
+/// Returns false when the sender was dropped.
+async fn wait_while_down(control: &mut mpsc::Receiver<Control>, wait: Duration) -> bool {
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return true,
+            c = control.recv() => match c {
+                Some(Control::MirrorStart(_, tx)) => {
+                    let _ = tx.send(Err(anyhow::anyhow!("the link to the target is down")));
+                }
+                Some(Control::MirrorEnd(_, tx)) => {
+                    let _ = tx.send(Err(anyhow::anyhow!("the link to the target is down")));
+                }
+                None => return false,
             }
         }
     }

@@ -5,72 +5,14 @@
 mod link_support;
 
 use std::os::fd::AsFd;
-use std::process::Command;
 use std::time::Duration;
 
-use link_support::common::{require_root, require_tool, run_ok, tempdir};
+use link_support::common::netns::Netns;
+use link_support::common::{require_root, require_tool, tempdir};
 use link_support::*;
 use standin_agent::link::{query_status, Sender};
 
 const SETS: u64 = 30;
-
-struct Netns {
-    src: String,
-    tgt: String,
-    veth: String,
-}
-
-impl Netns {
-    fn create() -> Netns {
-        let id = std::process::id() % 100_000;
-        let n = Netns {
-            src: format!("standin-s{id}"),
-            tgt: format!("standin-t{id}"),
-            veth: format!("sv{id}"),
-        };
-        let ip = |args: &[&str]| {
-            run_ok(Command::new("ip").args(args), None);
-        };
-        ip(&["netns", "add", &n.src]);
-        ip(&["netns", "add", &n.tgt]);
-        let (a, b) = (format!("{}a", n.veth), format!("{}b", n.veth));
-        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
-        ip(&["link", "set", &a, "netns", &n.src]);
-        ip(&["link", "set", &b, "netns", &n.tgt]);
-        ip(&["-n", &n.src, "addr", "add", "198.18.0.1/24", "dev", &a]);
-        ip(&["-n", &n.tgt, "addr", "add", "198.18.0.2/24", "dev", &b]);
-        for (ns, dev) in [(&n.src, &a), (&n.tgt, &b)] {
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-        n
-    }
-
-    fn set_link(&self, up: bool) {
-        run_ok(
-            Command::new("ip").args([
-                "-n",
-                &self.src,
-                "link",
-                "set",
-                &format!("{}a", self.veth),
-                if up { "up" } else { "down" },
-            ]),
-            None,
-        );
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.src])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.tgt])
-            .status();
-    }
-}
 
 #[test]
 fn replication_across_namespaces_survives_link_cuts() {
@@ -79,7 +21,7 @@ fn replication_across_namespaces_survives_link_cuts() {
     let d = tempdir();
     let (tid, tf) = keys(d.path(), "target");
     let (aid, af) = keys(d.path(), "agent");
-    let ns = Netns::create();
+    let ns = Netns::create("sl");
     let state = d.path().join("state");
     let _daemon = Daemon::start_in(
         Some(&ns.tgt),

@@ -60,7 +60,7 @@ fn protect_debian_root_across_namespaces_then_difference_mirror() {
     let troot = target_root(d.path(), &src, true);
     let (tid, tf) = keys(d.path(), "target");
     let (sid, sf) = keys(d.path(), "source");
-    let ns = Netns::create();
+    let ns = Netns::create("sp");
     let state = d.path().join("state");
     let daemon = Daemon::start(
         Some(&ns.tgt),

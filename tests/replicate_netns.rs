@@ -6,74 +6,16 @@
 mod replicate_support;
 
 use std::os::fd::AsFd;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use replicate_support::common::{require_root, require_tool, run_ok};
+use replicate_support::common::netns::Netns;
+use replicate_support::common::{require_root, require_tool};
 use replicate_support::*;
 use standin_agent::blockindex::BlockIndex;
 use standin_agent::capture::{CaptureOptions, Watcher};
 use standin_agent::link::Sender;
 use standin_agent::replicate::{replicate, ReplicateOptions};
-
-struct Netns {
-    src: String,
-    tgt: String,
-    veth: String,
-}
-
-impl Netns {
-    fn create() -> Netns {
-        let id = std::process::id() % 100_000;
-        let n = Netns {
-            src: format!("sirs{id}"),
-            tgt: format!("sirt{id}"),
-            veth: format!("srv{id}"),
-        };
-        let ip = |args: &[&str]| {
-            run_ok(Command::new("ip").args(args), None);
-        };
-        ip(&["netns", "add", &n.src]);
-        ip(&["netns", "add", &n.tgt]);
-        let (a, b) = (format!("{}a", n.veth), format!("{}b", n.veth));
-        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
-        ip(&["link", "set", &a, "netns", &n.src]);
-        ip(&["link", "set", &b, "netns", &n.tgt]);
-        ip(&["-n", &n.src, "addr", "add", "198.18.0.1/24", "dev", &a]);
-        ip(&["-n", &n.tgt, "addr", "add", "198.18.0.2/24", "dev", &b]);
-        for (ns, dev) in [(&n.src, &a), (&n.tgt, &b)] {
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-        n
-    }
-
-    fn set_link(&self, up: bool) {
-        run_ok(
-            Command::new("ip").args([
-                "-n",
-                &self.src,
-                "link",
-                "set",
-                &format!("{}a", self.veth),
-                if up { "up" } else { "down" },
-            ]),
-            None,
-        );
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.src])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.tgt])
-            .status();
-    }
-}
 
 fn step(s: &std::path::Path, i: u32) {
     let d = s.join(format!("d{}", i % 4));
@@ -110,7 +52,7 @@ fn replication_survives_20_link_cuts_between_namespaces() {
     let d = common::tempdir();
     let (tid, tf) = keys(d.path(), "target");
     let (aid, af) = keys(d.path(), "agent");
-    let ns = Netns::create();
+    let ns = Netns::create("sr");
     let state = d.path().join("state");
     let _daemon = Daemon::start_in(
         Some(&ns.tgt),

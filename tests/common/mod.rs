@@ -3,6 +3,8 @@
 //! directory listing (ripgrep style); find or build test corpora.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;

@@ -11,7 +11,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -28,60 +27,7 @@ pub fn keys(base: &Path, name: &str) -> (PathBuf, String) {
     (dir, common::stdout(&out).trim().to_string())
 }
 
-static NS_COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// Two network namespaces joined by a veth pair: source 198.18.0.1/24,
-/// target 198.18.0.2/24, no default route. Deleted on drop (also when the
-/// test fails).
-pub struct Netns {
-    pub src: String,
-    pub tgt: String,
-    veth: String,
-}
-
-impl Netns {
-    pub fn create() -> Netns {
-        let id = (std::process::id() % 10_000) * 10 + NS_COUNTER.fetch_add(1, Ordering::SeqCst);
-        let n = Netns {
-            src: format!("sp-s{id}"),
-            tgt: format!("sp-t{id}"),
-            veth: format!("pv{id}"),
-        };
-        let ip = |args: &[&str]| {
-            common::run_ok(Command::new("ip").args(args), None);
-        };
-        ip(&["netns", "add", &n.src]);
-        ip(&["netns", "add", &n.tgt]);
-        let (a, b) = (format!("{}a", n.veth), format!("{}b", n.veth));
-        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
-        ip(&["link", "set", &a, "netns", &n.src]);
-        ip(&["link", "set", &b, "netns", &n.tgt]);
-        ip(&["-n", &n.src, "addr", "add", "198.18.0.1/24", "dev", &a]);
-        ip(&["-n", &n.tgt, "addr", "add", "198.18.0.2/24", "dev", &b]);
-        for (ns, dev) in [(&n.src, &a), (&n.tgt, &b)] {
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-        n
-    }
-
-    /// A command run inside namespace `ns`.
-    pub fn exec(ns: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns])
-            .arg(common::bin())
-            .env("NO_COLOR", "1");
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for ns in [&self.src, &self.tgt] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
+pub use common::netns::Netns;
 
 /// A `standin target serve` child process (killed on drop).
 pub struct Daemon {

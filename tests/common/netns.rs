@@ -1,0 +1,75 @@
+//! Two network namespaces joined by a veth pair, for end-to-end tests:
+//! source 198.18.0.1/24, target 198.18.0.2/24, no default route. Deleted on
+//! drop, also when the test fails.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub struct Netns {
+    pub src: String,
+    pub tgt: String,
+    pub veth: String,
+}
+
+impl Netns {
+    /// Create the pair; `prefix` (2–3 characters) keeps names of different
+    /// test binaries apart, a counter keeps tests of one binary apart.
+    pub fn create(prefix: &str) -> Netns {
+        let id = (std::process::id() % 10_000) * 10 + COUNTER.fetch_add(1, Ordering::SeqCst);
+        let n = Netns {
+            src: format!("{prefix}-s{id}"),
+            tgt: format!("{prefix}-t{id}"),
+            veth: format!("{prefix}v{id}"),
+        };
+        let ip = |args: &[&str]| {
+            super::run_ok(Command::new("ip").args(args), None);
+        };
+        ip(&["netns", "add", &n.src]);
+        ip(&["netns", "add", &n.tgt]);
+        let (a, b) = (format!("{}a", n.veth), format!("{}b", n.veth));
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        ip(&["link", "set", &a, "netns", &n.src]);
+        ip(&["link", "set", &b, "netns", &n.tgt]);
+        ip(&["-n", &n.src, "addr", "add", "198.18.0.1/24", "dev", &a]);
+        ip(&["-n", &n.tgt, "addr", "add", "198.18.0.2/24", "dev", &b]);
+        for (ns, dev) in [(&n.src, &a), (&n.tgt, &b)] {
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        n
+    }
+
+    /// Cut (`false`) or restore (`true`) the link on the source side.
+    pub fn set_link(&self, up: bool) {
+        super::run_ok(
+            Command::new("ip").args([
+                "-n",
+                &self.src,
+                "link",
+                "set",
+                &format!("{}a", self.veth),
+                if up { "up" } else { "down" },
+            ]),
+            None,
+        );
+    }
+
+    /// The `standin` binary run inside namespace `ns`.
+    pub fn exec(ns: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns])
+            .arg(super::bin())
+            .env("NO_COLOR", "1");
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in [&self.src, &self.tgt] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}

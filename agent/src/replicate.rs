@@ -17,7 +17,7 @@ mod exclude;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,6 +80,10 @@ pub struct ReplicateCounters {
     pub sweeps: AtomicU64,
     /// Paths the sweeps found different from what the target holds.
     pub sweep_repairs: AtomicU64,
+    /// When the last sweep ended (ms since the epoch; 0 = never).
+    pub last_sweep_unix_ms: AtomicI64,
+    /// Paths the last sweep repaired.
+    pub last_sweep_repairs: AtomicU64,
 }
 
 /// What a replication loop did.
@@ -94,6 +98,8 @@ pub struct ReplicateReport {
     pub rescans: u64,
     pub sweeps: u64,
     pub sweep_repairs: u64,
+    pub last_sweep_unix_ms: Option<i64>,
+    pub last_sweep_repairs: u64,
 }
 
 impl ReplicateCounters {
@@ -110,6 +116,30 @@ impl ReplicateCounters {
             rescans: g(&self.rescans),
             sweeps: g(&self.sweeps),
             sweep_repairs: g(&self.sweep_repairs),
+            last_sweep_unix_ms: Some(self.last_sweep_unix_ms.load(Ordering::Relaxed))
+                .filter(|&t| t > 0),
+            last_sweep_repairs: g(&self.last_sweep_repairs),
+        }
+    }
+
+    /// A periodic sweep ended having repaired `n` paths.
+    pub fn record_sweep(&self, n: u64) {
+        self.sweep_repairs.fetch_add(n, Ordering::Relaxed);
+        self.last_sweep_repairs.store(n, Ordering::Relaxed);
+        self.last_sweep_unix_ms
+            .store(crate::link::now_ms(), Ordering::Relaxed);
+    }
+
+    /// The counters a heartbeat carries.
+    pub fn heartbeat_counters(&self) -> standin_link::message::ReplicationCounters {
+        let r = self.report();
+        standin_link::message::ReplicationCounters {
+            sweeps: r.sweeps,
+            sweep_repairs: r.sweep_repairs,
+            last_sweep_unix_ms: r.last_sweep_unix_ms,
+            last_sweep_repairs: r.last_sweep_repairs,
+            queue_full: r.queue_full,
+            rescans: r.rescans,
         }
     }
 }

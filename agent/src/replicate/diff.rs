@@ -68,7 +68,7 @@ pub(super) fn run(
             last_sweep = Instant::now();
             opts.counters.sweeps.fetch_add(1, Ordering::Relaxed);
             w.sweep().map(|n| {
-                opts.counters.sweep_repairs.fetch_add(n, Ordering::Relaxed);
+                opts.counters.record_sweep(n);
                 log_repairs(n);
             })
         } else {

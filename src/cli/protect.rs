@@ -104,11 +104,11 @@ pub struct Args {
     /// Seconds between checksum sweeps that repair what change capture missed (0 = never).
     #[arg(long, default_value_t = 3600, value_name = "SECS")]
     pub sweep_interval: u64,
-    /// Largest in-memory queue of unacknowledged change sets (k, M, G suffixes).
-    #[arg(long, default_value = "256M", value_name = "BYTES", value_parser = parse_size)]
+    /// Largest in-memory queue of unacknowledged change sets (KiB, MiB, GiB).
+    #[arg(long, default_value = "256MiB", value_name = "BYTES", value_parser = parse_size)]
     pub queue_memory: u64,
     /// Largest queue spilled to disk under --state-dir/queue when memory is full.
-    #[arg(long, default_value = "4G", value_name = "BYTES", value_parser = parse_size)]
+    #[arg(long, default_value = "4GiB", value_name = "BYTES", value_parser = parse_size)]
     pub queue_disk: u64,
 }
 

@@ -210,7 +210,7 @@ fn cut_link_grows_queue_and_lag_second_path_holds_off_the_condition() {
         "the hook ran while the source was alive"
     );
     let text = status_text(&state);
-    assert!(text.contains("condition not met"), "{text}");
+    assert!(text.contains("failover condition: not met"), "{text}");
     assert!(text.contains("SILENT"), "{text}");
 
     // Restore: everything drains to 0, the replica equals the source.
@@ -282,5 +282,5 @@ fn cut_link_grows_queue_and_lag_second_path_holds_off_the_condition() {
     );
     let hook = std::fs::read_to_string(&hook_out).unwrap();
     assert_eq!(hook.lines().count(), 1, "{hook}");
-    assert!(status_text(&state).contains("condition MET"));
+    assert!(status_text(&state).contains("failover condition: MET"));
 }

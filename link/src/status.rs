@@ -133,28 +133,28 @@ fn ms_utc(ms: i64) -> String {
 impl Status {
     /// Human-readable lines for the terminal.
     pub fn render(&self) -> String {
-        let mut s = format!("state:          {}", self.state);
+        let mut s = format!("state: {}", self.state);
         if let (State::Synchronizing, Some(p)) = (&self.state, self.mirror_percent) {
             s.push_str(&format!(" (mirror {p:.1}%)"));
         }
         s.push('\n');
         if self.warnings.len() > 1 {
             for w in &self.warnings {
-                s.push_str(&format!("warning:        {w}\n"));
+                s.push_str(&format!("warning: {w}\n"));
             }
         } else if let Some(r) = &self.reason {
-            s.push_str(&format!("reason:         {r}\n"));
+            s.push_str(&format!("reason: {r}\n"));
         }
         s.push_str(&format!(
-            "failover:       {}\n",
+            "failover condition: {}\n",
             if self.failover_condition_met {
-                "condition MET (no heartbeat on any path)"
+                "MET (no heartbeat on any path)"
             } else {
-                "condition not met"
+                "not met"
             }
         ));
         s.push_str(&format!(
-            "source:         {}\nsequence:       applied {}, received {}, source at {}\nlag:            {:.1} s, {} bytes\nqueue:          {} change sets, {} bytes at the source ({} sets, {} bytes spilled to disk); {} journaled here\n",
+            "source: {}\nsequence: applied {}, received {}, source at {}\nlag: {:.1} s, {} bytes\nqueue: {} change sets, {} bytes at the source ({} sets, {} bytes spilled to disk); {} journaled here\n",
             self.source_id.as_deref().unwrap_or("(none yet)"),
             self.last_applied_seq,
             self.last_received_seq,
@@ -187,7 +187,7 @@ impl Status {
             ));
         }
         s.push_str(&format!(
-            "sweeps:         {} run, {} paths repaired{}\nqueue full:     {} fallbacks to a difference sweep\nreceived:       {} bytes of change sets\n",
+            "sweeps: {} run, {} paths repaired{}\nqueue full: {} fallbacks to a difference sweep\nreceived: {} bytes of change sets\n",
             self.sweeps,
             self.sweep_repairs,
             match self.last_sweep_unix_ms {

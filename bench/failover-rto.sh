@@ -83,6 +83,8 @@ for run in $(seq "$RUNS"); do
     --heartbeat-silence "$SILENCE" --snapshot-every 0 \
     --on-failover-condition "date +%s%3N > $R/met" >"$R/daemon.out" 2>"$R/daemon.log" &
   DAEMON=$!
+  for _ in $(seq 300); do grep -q "listening on" "$R/daemon.out" 2>/dev/null && break; sleep 0.1; done
+  grep -q "listening on" "$R/daemon.out" || { echo "the target daemon did not start:"; tail -20 "$R/daemon.log"; exit 1; }
   STANDIN_LOG=info ip netns exec "$NS-s" "$STANDIN" protect --target 198.18.0.2 --identity "$KS" \
     --trust "$FT" --root "$R/source" --state-dir "$R/agent" --source-id demo-source \
     --heartbeat-interval 1 >"$R/agent.out" 2>"$R/agent.log" &

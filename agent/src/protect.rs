@@ -184,7 +184,6 @@ pub async fn replicate_until_stopped(
         sweep_interval: opts.sweep_interval,
         ..Default::default()
     };
-    sender.attach_counters(ropts.counters.clone());
     let repl = replicate(
         &opts.mirror.root,
         ropts,

@@ -84,7 +84,14 @@ pub struct ReplicateCounters {
     pub last_sweep_unix_ms: AtomicI64,
     /// Paths the last sweep repaired.
     pub last_sweep_repairs: AtomicU64,
+    /// The first paths the last sweep of any kind repaired.
+    pub sweep_paths: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// The first paths the last periodic sweep repaired.
+    pub last_sweep_paths: std::sync::Mutex<Vec<Vec<u8>>>,
 }
+
+/// How many repaired paths of one sweep status shows.
+pub const REPAIRED_PATHS_KEPT: usize = 20;
 
 /// What a replication loop did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -122,10 +129,17 @@ impl ReplicateCounters {
         }
     }
 
-    /// A periodic sweep ended having repaired `n` paths.
+    /// A periodic sweep ended having repaired `n` paths (the first of them
+    /// in `last_sweep_paths`).
     pub fn record_sweep(&self, n: u64) {
         self.sweep_repairs.fetch_add(n, Ordering::Relaxed);
         self.last_sweep_repairs.store(n, Ordering::Relaxed);
+        let paths =
+            std::mem::take(&mut *self.sweep_paths.lock().unwrap_or_else(|e| e.into_inner()));
+        *self
+            .last_sweep_paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = paths;
         self.last_sweep_unix_ms
             .store(crate::link::now_ms(), Ordering::Relaxed);
     }
@@ -140,6 +154,16 @@ impl ReplicateCounters {
             last_sweep_repairs: r.last_sweep_repairs,
             queue_full: r.queue_full,
             rescans: r.rescans,
+            last_sweep_paths: if r.last_sweep_repairs > 0 {
+                self.last_sweep_paths
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|p| format!("/{}", String::from_utf8_lossy(p)))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -167,6 +191,8 @@ pub async fn replicate(
     let root: PathBuf =
         std::fs::canonicalize(root).with_context(|| format!("resolving {}", root.display()))?;
     let counters = opts.counters.clone();
+    // Heartbeats carry the counters to the target's status.
+    sender.attach_counters(counters.clone());
     let (tx, mut rx) = mpsc::channel::<Req>(1);
     let stop_flag = Arc::new(AtomicBool::new(false));
     let flag = stop_flag.clone();

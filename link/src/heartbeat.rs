@@ -65,6 +65,9 @@ pub struct ReplicationCounters {
     /// Difference sweeps after lost events or a full queue.
     #[serde(default)]
     pub rescans: u64,
+    /// The first paths the last periodic sweep repaired (at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_sweep_paths: Vec<String>,
 }
 
 impl Heartbeat {

@@ -104,6 +104,9 @@ pub struct Status {
     /// Paths the last sweep repaired.
     #[serde(default)]
     pub last_sweep_repairs: u64,
+    /// The first paths the last sweep repaired (at most 20).
+    #[serde(default)]
+    pub last_sweep_repaired_paths: Vec<String>,
     /// Times the agent's queue was full and it fell back to a difference sweep.
     #[serde(default)]
     pub queue_full_fallbacks: u64,
@@ -201,6 +204,9 @@ impl Status {
             self.queue_full_fallbacks,
             self.bytes_received,
         ));
+        for p in &self.last_sweep_repaired_paths {
+            s.push_str(&format!("  repaired {p}\n"));
+        }
         s
     }
 }

@@ -189,10 +189,28 @@ pub fn compute(st: &TargetState, journal: &Journal, now_ms: i64, opts: &StatusOp
             ));
         }
         if repl.last_sweep_repairs > 0 {
-            warnings.push(format!(
+            let mut w = format!(
                 "the last checksum sweep repaired {} paths that change capture missed",
                 repl.last_sweep_repairs
-            ));
+            );
+            if !repl.last_sweep_paths.is_empty() {
+                let shown: Vec<&str> = repl
+                    .last_sweep_paths
+                    .iter()
+                    .take(3)
+                    .map(String::as_str)
+                    .collect();
+                w.push_str(&format!(
+                    " ({}{})",
+                    shown.join(", "),
+                    if repl.last_sweep_repairs > 3 {
+                        ", …"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            warnings.push(w);
         }
         if lag_seconds > opts.lag_warning.as_secs_f64() {
             warnings.push(format!(
@@ -239,6 +257,7 @@ pub fn compute(st: &TargetState, journal: &Journal, now_ms: i64, opts: &StatusOp
         sweep_repairs: repl.sweep_repairs,
         last_sweep_unix_ms: repl.last_sweep_unix_ms,
         last_sweep_repairs: repl.last_sweep_repairs,
+        last_sweep_repaired_paths: repl.last_sweep_paths.clone(),
         queue_full_fallbacks: repl.queue_full,
     }
 }
@@ -434,12 +453,18 @@ mod tests {
             last_sweep_repairs: 4,
             queue_full: 1,
             rescans: 1,
+            last_sweep_paths: vec!["/etc/a".into(), "/etc/b".into()],
         });
         let s = compute(&st, &j(0, 0, 5), now, &opts);
         assert_eq!(s.state, State::Warning);
         assert_eq!(s.warnings.len(), 3, "{:?}", s.warnings);
         assert!(s.warnings[0].contains("spilling to disk"));
         assert!(s.warnings[1].contains("repaired 4 paths"));
+        assert!(
+            s.warnings[1].contains("(/etc/a, /etc/b, …)"),
+            "{}",
+            s.warnings[1]
+        );
         assert!(s.warnings[2].contains("lag 12 s"));
         assert_eq!(
             (
@@ -453,6 +478,7 @@ mod tests {
         let text = s.render();
         assert!(text.contains("4096 bytes spilled"), "{text}");
         assert!(text.contains("3 run, 4 paths repaired"), "{text}");
+        assert!(text.contains("  repaired /etc/b\n"), "{text}");
     }
 
     #[test]

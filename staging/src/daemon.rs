@@ -150,6 +150,13 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<(
         store: Mutex::new(store),
         snapshot,
     });
+    let hb_listen = match &second {
+        Some(l) => Some(l.local_addr()?.to_string()),
+        None => None,
+    };
+    if let Err(e) = with_store(&shared, move |store| store.set_heartbeat_listen(hb_listen)).await? {
+        warn!("recording the second heartbeat path in state.json: {e:#}");
+    }
     let retry = tokio::spawn(retry_loop(shared.clone()));
     let monitor = tokio::spawn(monitor_loop(shared.clone()));
     let slots = Arc::new(tokio::sync::Semaphore::new(shared.cfg.max_connections));

@@ -38,6 +38,9 @@ pub struct TargetState {
     /// When the last heartbeat arrived on each path (`link`, `second`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub heartbeat_paths: BTreeMap<String, PathBeat>,
+    /// Where the daemon listens for the second heartbeat path (`None`: not configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_listen: Option<String>,
     /// A condition that needs attention (refused records, verification
     /// failures); cleared by the next completed mirror.
     pub warning: Option<String>,

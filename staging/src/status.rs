@@ -182,6 +182,14 @@ pub fn compute(st: &TargetState, journal: &Journal, now_ms: i64, opts: &StatusOp
                 });
             }
         }
+        if let (Some(addr), false) = (
+            &st.heartbeat_listen,
+            st.heartbeat_paths.contains_key(crate::state::PATH_SECOND),
+        ) {
+            warnings.push(format!(
+                "the second heartbeat path (this target listens on {addr}) was never heard from: only the replication link guards against split brain; run `standin protect` with --heartbeat-target"
+            ));
+        }
         if spilled.1 > 0 {
             warnings.push(format!(
                 "the agent's queue is spilling to disk ({} change sets, {} bytes on disk)",
@@ -412,6 +420,13 @@ mod tests {
         let r = s.reason.unwrap();
         assert!(r.contains("the replication link is silent"), "{r}");
         assert!(r.contains("failover condition not met"), "{r}");
+
+        // Configured but never heard: a warning of its own.
+        let mut lone = protected(now);
+        lone.heartbeat_listen = Some("10.9.0.2:6321".into());
+        let s = compute(&lone, &j(0, 0, 5), now, &opts);
+        assert_eq!(s.state, State::Warning);
+        assert!(s.reason.unwrap().contains("was never heard from"));
 
         // Both quiet past the silence: met.
         let s = compute(&st, &j(0, 0, 5), now + 14_000, &opts);

@@ -465,6 +465,16 @@ impl Store {
         Ok(())
     }
 
+    /// Record where the second heartbeat path is served (at daemon start),
+    /// so status can tell when it is expected but never heard.
+    pub fn set_heartbeat_listen(&mut self, addr: Option<String>) -> Result<()> {
+        if self.state.heartbeat_listen != addr {
+            self.state.heartbeat_listen = addr;
+            self.save().context("writing state.json")?;
+        }
+        Ok(())
+    }
+
     /// A mirror begins.
     pub fn mirror_start(&mut self, m: &MirrorStart) -> Result<()> {
         self.state.mirror = Some(MirrorState {

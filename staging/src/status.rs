@@ -164,22 +164,18 @@ pub fn compute(st: &TargetState, journal: &Journal, now_ms: i64, opts: &StatusOp
                 .filter(|p| !p.silent)
                 .map(|p| path_label(&p.name))
                 .collect();
-            for p in paths.iter().filter(|p| p.silent) {
-                warnings.push(if alive.is_empty() {
-                    format!(
-                        "no heartbeat on {} for {:.0} s (the failover condition is met after {} s of silence on all paths)",
-                        path_label(&p.name),
-                        p.age_seconds,
-                        silence.as_secs()
-                    )
-                } else {
-                    format!(
+            // A silent path while another still delivers: the source lives.
+            // (All paths late but not yet for the whole silence is not a
+            // warning: the failover condition speaks then.)
+            if !alive.is_empty() {
+                for p in paths.iter().filter(|p| p.silent) {
+                    warnings.push(format!(
                         "{} is silent for {:.0} s but heartbeats arrive on {}: the source is alive, failover condition not met",
                         path_label(&p.name),
                         p.age_seconds,
                         alive.join(", ")
-                    )
-                });
+                    ));
+                }
             }
         }
         if let (Some(addr), false) = (

@@ -17,6 +17,9 @@ pub enum TargetCommand {
         after_help = "Example:\n  standin target serve --listen 0.0.0.0:6320 --state-dir /var/lib/standin \\\n      --identity /etc/standin/identity --trust sha256:3f0c…\n\nPrints `listening on ADDR` once it accepts connections."
     )]
     Serve(ServeArgs),
+    /// Start the staging area of a returning source from this machine's own system (reverse protection).
+    #[command(after_help = super::target_seed::AFTER_HELP)]
+    Seed(super::target_seed::SeedArgs),
 }
 
 /// Arguments of `standin target serve`.
@@ -66,6 +69,7 @@ pub struct ServeArgs {
 pub fn run(command: TargetCommand) -> Result<Exit> {
     match command {
         TargetCommand::Serve(a) => serve(a),
+        TargetCommand::Seed(a) => super::target_seed::run(a),
     }
 }
 

@@ -48,10 +48,14 @@ pub fn run(a: SeedArgs) -> Result<Exit> {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!(
-            "seeded {} from {} ({:?}: {} files, {} directories, {} other entries, {} in {} ms)",
+            "seeded {} from {} ({}: {} files, {} directories, {} other entries, {} in {} ms)",
             r.staging_root.display(),
             r.from_root.display(),
-            r.method,
+            match r.method {
+                seed::SeedMethod::Reflink => "reflinks",
+                seed::SeedMethod::Hardlink => "hard links, copied out before the first change",
+                seed::SeedMethod::Copy => "copied: the staging area is on another filesystem",
+            },
             r.files + r.links,
             r.dirs,
             r.others,

@@ -87,17 +87,21 @@ impl Drop for Daemon {
     }
 }
 
-/// `standin protect --once --json` from `root` to `addr`; the JSON.
-fn protect_once(addr: &str, id: &Path, trust: &str, root: &Path) -> serde_json::Value {
-    let out = run_ok(
-        standin()
-            .args(["protect", "--once", "--json", "--progress", "none"])
-            .args(["--target", addr, "--identity"])
-            .arg(id)
-            .args(["--trust", trust, "--source-id", ID, "--root"])
-            .arg(root)
-            .args(["--exclude", &format!("/{STATE}/**")]),
-        None,
+/// `standin protect --once --json` from `root` to the daemon; the JSON.
+fn protect_once(d: &Daemon, id: &Path, trust: &str, root: &Path) -> serde_json::Value {
+    let out = run(standin()
+        .args(["protect", "--once", "--json", "--progress", "none"])
+        .args(["--target", &d.addr, "--identity"])
+        .arg(id)
+        .args(["--trust", trust, "--source-id", ID, "--root"])
+        .arg(root)
+        .args(["--exclude", &format!("/{STATE}/**")]));
+    assert!(
+        out.status.success(),
+        "protect failed:\n{}\n{}\ntarget log:\n{}",
+        stdout(&out),
+        stderr(&out),
+        std::fs::read_to_string(&d.log).unwrap_or_default()
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["mirror"]["complete"], true, "{v:#}");
@@ -166,7 +170,7 @@ fn reverse_protection_then_failback_boots_as_the_source() {
 
     // 1. Protect A onto B, then B fails over (A is gone).
     let d = Daemon::start(&b_state, &b_keys, &a_fpr, &b_root, &base.join("b.log"));
-    protect_once(&d.addr, &a_keys, &b_fpr, &a_root);
+    protect_once(&d, &a_keys, &b_fpr, &a_root);
     d.stop();
     run_ok(
         standin()
@@ -242,7 +246,7 @@ fn reverse_protection_then_failback_boots_as_the_source() {
 
     // 4. B protects back to A; only what changed travels.
     let d = Daemon::start(&a_state, &a_keys, &b_fpr, &a_root, &base.join("a.log"));
-    let v = protect_once(&d.addr, &b_keys, &a_fpr, &b_root);
+    let v = protect_once(&d, &b_keys, &a_fpr, &b_root);
     d.stop();
     let sent = v["mirror"]["bytes_sent"].as_u64().unwrap()
         + v["mirror"]["compare_bytes_sent"].as_u64().unwrap();

@@ -14,129 +14,15 @@
 
 mod common;
 mod disk_support;
+mod failback_support;
 mod failover_support;
 
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::io::{Seek, SeekFrom, Write};
 
 use common::*;
 use disk_support::*;
-use failover_support::{assert_same, tree, under, Info, KEPT};
-
-const ID: &str = "demo-source";
-const STATE: &str = "var/lib/standin";
-
-fn keys(base: &Path, name: &str) -> (PathBuf, String) {
-    let dir = base.join(name);
-    let out = run_ok(standin().args(["keys", "init", "--dir"]).arg(&dir), None);
-    (dir, stdout(&out).trim().to_string())
-}
-
-/// `standin target serve` on loopback (killed on drop).
-struct Daemon {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(state: &Path, identity: &Path, trust: &str, root: &Path, log: &Path) -> Daemon {
-        let mut child = standin()
-            .args(["target", "serve", "--listen", "127.0.0.1:0", "--state-dir"])
-            .arg(state)
-            .arg("--identity")
-            .arg(identity)
-            .args(["--trust", trust, "--snapshot-every", "0", "--target-root"])
-            .arg(root)
-            .env("STANDIN_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .expect("starting standin target serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "no address: {line:?}\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                )
-            })
-            .to_string();
-        Daemon {
-            child,
-            addr,
-            log: log.to_path_buf(),
-        }
-    }
-    fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `standin protect --once --json` from `root` to the daemon; the JSON.
-fn protect_once(d: &Daemon, id: &Path, trust: &str, root: &Path) -> serde_json::Value {
-    let out = run(standin()
-        .args(["protect", "--once", "--json", "--progress", "none"])
-        .args(["--target", &d.addr, "--identity"])
-        .arg(id)
-        .args(["--trust", trust, "--source-id", ID, "--root"])
-        .arg(root)
-        .args(["--exclude", &format!("/{STATE}/**")]));
-    assert!(
-        out.status.success(),
-        "protect failed:\n{}\n{}\ntarget log:\n{}",
-        stdout(&out),
-        stderr(&out),
-        std::fs::read_to_string(&d.log).unwrap_or_default()
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["mirror"]["complete"], true, "{v:#}");
-    v
-}
-
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
-/// The tree of a root without the standin state directory.
-fn system(root: &Path) -> std::collections::BTreeMap<String, Info> {
-    tree(root, &[STATE])
-}
-
-fn kept(p: &str) -> bool {
-    KEPT.iter().any(|k| under(p, k)) || p == "etc/fstab"
-}
-
-fn without_kept(
-    t: &std::collections::BTreeMap<String, Info>,
-) -> std::collections::BTreeMap<String, Info> {
-    t.iter()
-        .filter(|(p, _)| !kept(p))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
+use failback_support::*;
+use failover_support::assert_same;
 
 #[test]
 fn reverse_protection_then_failback_boots_as_the_source() {

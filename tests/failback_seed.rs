@@ -191,4 +191,51 @@ fn refusals_name_the_reason() {
     );
     assert!(stderr(&missing).contains("nope"), "{}", stderr(&missing));
     assert!(staged(&state).join("f").exists(), "nothing lost");
+
+    // Not while `standin target serve` uses the state directory.
+    let keys = tmp.path().join("keys");
+    let out = run_ok(standin().args(["keys", "init", "--dir"]).arg(&keys), None);
+    let fpr = stdout(&out).trim().to_string();
+    let mut daemon = standin()
+        .args(["target", "serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&state)
+        .arg("--identity")
+        .arg(&keys)
+        .args(["--trust", &fpr, "--target-root"])
+        .arg(&live)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(daemon.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("listening on "), "{line}");
+    let busy = run_code(
+        standin()
+            .args([
+                "target",
+                "seed",
+                "--source-id",
+                "web-01",
+                "--force",
+                "--state-dir",
+            ])
+            .arg(&state)
+            .arg("--from-root")
+            .arg(&live),
+        1,
+        None,
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(
+        stderr(&busy).contains("target serve") && stderr(&busy).contains("stop it first"),
+        "{}",
+        stderr(&busy)
+    );
+    assert!(staged(&state).join("f").exists(), "nothing lost");
 }

@@ -141,6 +141,7 @@ pub fn seed(state_dir: &Path, o: &SeedOptions, progress: &dyn Progress) -> Resul
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("restricting {} to its owner", d.display()))?;
     }
+    let _running = crate::lock::daemon(state_dir)?;
     let _lock = crate::lock::lock(state_dir)?;
     let mut st = check_state(state_dir, &o.source_id)?;
     let from = std::fs::canonicalize(&o.from_root)

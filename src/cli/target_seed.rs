@@ -11,7 +11,7 @@ use super::progress::human_bytes;
 use super::Exit;
 
 /// `--help` example of `standin target seed`.
-pub const AFTER_HELP: &str = "Example (on the old source, after the standby failed over to become it):\n  standin target seed --state-dir /var/lib/standin --source-id web-01\n  standin target serve --state-dir /var/lib/standin --identity /etc/standin/identity --trust sha256:9a41…\n  # then on the failed-over machine:\n  standin protect --target OLD_SOURCE --source-id web-01 --identity … --trust …\n\nRegular files are reflinked (XFS, Btrfs) or hard-linked (ext4) with a copy-out guard:\napplying change sets to the staging area never changes a file of this machine's system.";
+pub const AFTER_HELP: &str = "Example (on the old source, after the standby failed over to become it):\n  standin target seed --state-dir /var/lib/standin --source-id web-01\n  standin target serve --state-dir /var/lib/standin --identity /etc/standin/identity \\\n      --trust sha256:9a41…\n  # then on the failed-over machine:\n  standin protect --target OLD_SOURCE --source-id web-01 --identity … --trust …\n\nRegular files are reflinked (XFS, Btrfs) or hard-linked (ext4) with a copy-out guard:\napplying change sets to the staging area never changes a file of this machine's system.";
 
 /// Arguments of `standin target seed`.
 #[derive(clap::Args, Debug)]

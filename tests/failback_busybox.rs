@@ -37,6 +37,7 @@ fn reverse_protection_then_failback_boots_as_the_source() {
     busybox_tree(&a_root, ID, "poweroff");
     std::fs::write(a_root.join("srv/data/big.bin"), random(4 << 20, 1)).unwrap();
     std::fs::write(a_root.join("srv/data/old-orders.txt"), "order 1000\n").unwrap();
+    std::fs::write(a_root.join("srv/data/notes.txt"), "notes\n").unwrap();
     std::fs::create_dir_all(a_root.join("boot/grub")).unwrap();
     std::fs::write(
         a_root.join("boot/grub/grub.cfg"),
@@ -158,6 +159,43 @@ fn reverse_protection_then_failback_boots_as_the_source() {
     assert_eq!(
         std::fs::read(replica.join("srv/data/data.txt")).unwrap(),
         data
+    );
+
+    // 4b. The documented limit of a hard-link seed, caught: A's own running
+    // system writes in place into a file the staging area still shares.
+    // The failback refuses (without --yes) and names it; one more
+    // difference mirror from B repairs the staging area, and A's live file
+    // keeps A's write.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(a_root.join("srv/data/notes.txt"))
+        .unwrap()
+        .write_all(b"written by A's own system\n")
+        .unwrap();
+    let out = run_code(
+        standin()
+            .args(["failover", "--no-reboot", "--state-dir"])
+            .arg(&a_state)
+            .arg("--target-root")
+            .arg(&a_root),
+        1,
+        None,
+    );
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains("share their inode") && text.contains("srv/data/notes.txt"),
+        "{text}"
+    );
+    let d = Daemon::start(&a_state, &a_keys, &b_fpr, &a_root, &base.join("a2.log"));
+    protect_once(&d, &b_keys, &a_fpr, &b_root);
+    d.stop();
+    assert_eq!(
+        std::fs::read(replica.join("srv/data/notes.txt")).unwrap(),
+        b"notes\n"
+    );
+    assert_eq!(
+        std::fs::read(a_root.join("srv/data/notes.txt")).unwrap(),
+        b"notes\nwritten by A's own system\n"
     );
 
     // 5. Failback: fail over on A.

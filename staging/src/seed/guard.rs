@@ -130,28 +130,40 @@ fn proc_path(dir: &OwnedFd, name: &[u8]) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(&p))
 }
 
-/// If `rel` beneath `root` (resolved without symlinks) still holds `ino`,
-/// make it a hard link of `copy`.
-fn relink(root: &Path, rel: &[u8], ino: u64, copy: &Path) -> Result<()> {
+/// The directory of `rel` beneath `root`, resolved without symlinks, and its last component.
+fn parent_beneath<'r>(root: &Path, rel: &'r [u8]) -> Option<(OwnedFd, &'r [u8])> {
     let (dir, name) = match rel.iter().rposition(|&b| b == b'/') {
         Some(i) => (&rel[..i], &rel[i + 1..]),
         None => (&b"."[..], rel),
     };
-    let Ok(rootfd) = rustix::fs::open(
+    let rootfd = rustix::fs::open(
         root,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
-    ) else {
-        return Ok(());
-    };
+    )
+    .ok()?;
     let flags = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-    let Ok(dfd) = rustix::fs::openat2(
+    let dfd = rustix::fs::openat2(
         &rootfd,
         OsStr::from_bytes(dir),
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
         flags,
-    ) else {
+    )
+    .ok()?;
+    Some((dfd, name))
+}
+
+/// `lstat` of `rel` beneath `root` (no symlink followed); `None` when missing.
+pub(crate) fn stat_beneath(root: &Path, rel: &[u8]) -> Option<rustix::fs::Stat> {
+    let (dfd, name) = parent_beneath(root, rel)?;
+    rustix::fs::statat(&dfd, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW).ok()
+}
+
+/// If `rel` beneath `root` (resolved without symlinks) still holds `ino`,
+/// make it a hard link of `copy`.
+fn relink(root: &Path, rel: &[u8], ino: u64, copy: &Path) -> Result<()> {
+    let Some((dfd, name)) = parent_beneath(root, rel) else {
         return Ok(());
     };
     match rustix::fs::statat(&dfd, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW) {

@@ -44,6 +44,8 @@ use crate::state::{now_ms, TargetState};
 pub const INODES_FILE: &str = "seed-inodes.json";
 /// What the seed did, beside the staging root.
 pub const META_FILE: &str = "seed.json";
+/// Modification time (ns) and size of each shared inode when it was seeded.
+pub const STAMPS_FILE: &str = "seed-stamps.json";
 
 /// How the seed shares data with the live system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +198,7 @@ pub fn seed(state_dir: &Path, o: &SeedOptions, progress: &dyn Progress) -> Resul
             Some(SeedMethod::Copy)
         },
         index: BTreeMap::new(),
+        stamps: BTreeMap::new(),
         dirs: Vec::new(),
         report: SeedReport {
             source_id: o.source_id.clone(),
@@ -225,12 +228,20 @@ pub fn seed(state_dir: &Path, o: &SeedOptions, progress: &dyn Progress) -> Resul
 
     // The index must exist before the tree becomes the staging root.
     let index = area.join(INODES_FILE);
+    let stamps = area.join(STAMPS_FILE);
     if report.method == SeedMethod::Hardlink {
+        let json = serde_json::to_vec(&w.stamps).expect("stamps serialize");
+        durable::write_atomic(&stamps, &json)
+            .with_context(|| format!("writing {}", stamps.display()))?;
         let json = serde_json::to_vec(&w.index).expect("index serializes");
         durable::write_atomic(&index, &json)
             .with_context(|| format!("writing {}", index.display()))?;
-    } else if index.exists() {
-        durable::remove(&index).with_context(|| format!("removing {}", index.display()))?;
+    } else {
+        for p in [&index, &stamps] {
+            if p.exists() {
+                durable::remove(p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
     }
     if root.exists() {
         let old = area.join(".root.old");
@@ -271,12 +282,53 @@ pub fn load(state_dir: &Path, source_id: &str) -> Result<Option<SeedReport>> {
     }
 }
 
+/// Files of a hardlink-seeded staging area that still share their inode
+/// with this machine's own system and that this system changed in place
+/// after the seed (modification time or size moved): the staging area
+/// holds this machine's version of them, not the source's. Returns the
+/// count and up to three paths; empty when there was no hardlink seed.
+pub fn shared_changes(state_dir: &Path, source_id: &str) -> Result<(u64, Vec<String>)> {
+    let area = area(state_dir, source_id);
+    let (idx, stamps) = (area.join(INODES_FILE), area.join(STAMPS_FILE));
+    let (Ok(ib), Ok(sb)) = (std::fs::read(&idx), std::fs::read(&stamps)) else {
+        return Ok((0, Vec::new()));
+    };
+    let index: BTreeMap<u64, Vec<String>> =
+        serde_json::from_slice(&ib).with_context(|| format!("reading {}", idx.display()))?;
+    let stamps: BTreeMap<u64, (i64, u64)> =
+        serde_json::from_slice(&sb).with_context(|| format!("reading {}", stamps.display()))?;
+    let root = area.join("root");
+    let (mut n, mut some) = (0u64, Vec::new());
+    for (ino, paths) in index {
+        let Some(&(mtime, size)) = stamps.get(&ino) else {
+            continue;
+        };
+        for p in paths {
+            let rel = standin_builder::bytes::decode(&p).map_err(anyhow::Error::msg)?;
+            let Some(st) = guard::stat_beneath(&root, &rel) else {
+                continue;
+            };
+            let now = st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64;
+            if st.st_ino == ino && (now != mtime || st.st_size as u64 != size) {
+                n += 1;
+                if some.len() < 3 {
+                    some.push(standin_builder::entry::display_path(&rel));
+                }
+                break;
+            }
+        }
+    }
+    Ok((n, some))
+}
+
 struct Walk {
     tw: TreeWriter,
     tmp: PathBuf,
     method: Option<SeedMethod>,
     /// Live inode → staging paths (hardlink method).
     index: BTreeMap<u64, Vec<String>>,
+    /// Live inode → (mtime ns, size) when linked.
+    stamps: BTreeMap<u64, (i64, u64)>,
     /// Directory entries, for their metadata at the end (children change times).
     dirs: Vec<Entry>,
     report: SeedReport,
@@ -385,9 +437,11 @@ impl Walk {
         self.report.bytes += e.size;
         progress.advance(e.size, 1);
         if self.method == Some(SeedMethod::Hardlink) {
-            let ino = std::fs::symlink_metadata(&dst)
-                .with_context(|| format!("reading {}", dst.display()))?
-                .ino();
+            let m = std::fs::symlink_metadata(&dst)
+                .with_context(|| format!("reading {}", dst.display()))?;
+            let ino = m.ino();
+            self.stamps
+                .insert(ino, (m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.len()));
             self.index
                 .entry(ino)
                 .or_default()

@@ -153,3 +153,42 @@ fn refuses_a_non_empty_staging_area_without_force() {
     let msg = format!("{:#}", seed(&state, &o, &NoProgress).unwrap_err());
     assert!(msg.contains("stages source \"web-01\""), "{msg}");
 }
+
+#[test]
+fn in_place_changes_of_the_live_system_are_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let l = live(d.path());
+    let state = d.path().join("state");
+    seed(&state, &opts(&l, false), &NoProgress).unwrap();
+    assert_eq!(shared_changes(&state, "web-01").unwrap(), (0, vec![]));
+    // The live system appends to a file the staging area shares.
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(l.join("srv/data/db"))
+        .unwrap()
+        .write_all(b"written by the live system")
+        .unwrap();
+    let (n, some) = shared_changes(&state, "web-01").unwrap();
+    assert_eq!(n, 1);
+    assert!(
+        some[0] == "/srv/data/db" || some[0] == "/srv/db-link",
+        "{some:?}"
+    );
+    // A difference mirror rewrites it through the guard: no longer shared.
+    let root = state.join("staging/web-01/root");
+    let mut t = DirTarget::open(&root).unwrap();
+    t.cow = Some(crate::snapshot::cow::Guard::new(&state));
+    t.apply(&Record::Truncate {
+        path: b"srv/data/db".to_vec(),
+        size: 64 * 1024,
+        content_sha256: None,
+    })
+    .unwrap();
+    assert_eq!(shared_changes(&state, "web-01").unwrap(), (0, vec![]));
+    assert_eq!(
+        std::fs::metadata(l.join("srv/data/db")).unwrap().len(),
+        64 * 1024 + 26,
+        "the live file keeps its own write"
+    );
+}

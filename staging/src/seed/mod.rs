@@ -308,7 +308,7 @@ pub fn shared_changes(state_dir: &Path, source_id: &str) -> Result<(u64, Vec<Str
             let Some(st) = guard::stat_beneath(&root, &rel) else {
                 continue;
             };
-            let now = st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64;
+            let now = st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64;
             if st.st_ino == ino && (now != mtime || st.st_size as u64 != size) {
                 n += 1;
                 if some.len() < 3 {

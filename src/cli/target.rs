@@ -17,6 +17,9 @@ pub enum TargetCommand {
         after_help = "Examples:\n  standin target serve --listen 0.0.0.0:6320 --state-dir /var/lib/standin \\\n      --identity /etc/standin/identity --trust sha256:3f0c…\n  standin target serve --listen 198.18.0.2 --heartbeat-listen 10.9.0.2 --heartbeat-silence 35 \\\n      --on-failover-condition 'logger standin: source gone' --state-dir /var/lib/standin \\\n      --identity /etc/standin/identity --trust sha256:3f0c…\n\nPrints `listening on ADDR` once it accepts connections. The failover condition\nis met after --heartbeat-silence seconds without a heartbeat on every path: the\nreplication link and, with --heartbeat-listen (port 6321 by default), the second\npath the agent keeps with `standin protect --heartbeat-target`."
     )]
     Serve(ServeArgs),
+    /// Start the staging area of a returning source from this machine's own system (reverse protection).
+    #[command(after_help = super::target_seed::AFTER_HELP)]
+    Seed(super::target_seed::SeedArgs),
 }
 
 /// Arguments of `standin target serve`.
@@ -74,6 +77,7 @@ pub struct ServeArgs {
 pub fn run(command: TargetCommand) -> Result<Exit> {
     match command {
         TargetCommand::Serve(a) => serve(a),
+        TargetCommand::Seed(a) => super::target_seed::run(a),
     }
 }
 

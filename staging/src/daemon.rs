@@ -123,6 +123,9 @@ async fn with_store<T: Send + 'static>(
 /// (after recovery, before the first connection is accepted).
 pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<()> {
     let dir = cfg.state_dir.clone();
+    // One daemon per state directory; `standin target seed` refuses while it runs.
+    crate::durable::create_dirs(&dir)?;
+    let _running = crate::lock::daemon(&dir)?;
     let store = tokio::task::spawn_blocking(move || Store::open(&dir))
         .await
         .context("opening the state directory")??;

@@ -17,7 +17,7 @@
 //! change is sent whole (a Create that replaces). A path that is not in the
 //! index at all is new: it is created and its content sent whole.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -67,6 +67,10 @@ pub struct BlockIndex {
     block: u64,
     paths: BTreeMap<Vec<u8>, PathState>,
     files: HashMap<Ino, FileState>,
+    /// Names of regular files that had more than one link when seen (hard
+    /// links), by inode. May hold stale names; [`BlockIndex::link_names`]
+    /// checks them against `paths`.
+    links: HashMap<Ino, BTreeSet<Vec<u8>>>,
     next_id: u64,
 }
 
@@ -110,6 +114,7 @@ impl BlockIndex {
             block,
             paths: BTreeMap::new(),
             files: HashMap::new(),
+            links: HashMap::new(),
             next_id: 1,
         })
     }
@@ -142,6 +147,42 @@ impl BlockIndex {
     /// Content state of an inode.
     pub fn file(&self, ino: Ino) -> Option<&FileState> {
         self.files.get(&ino)
+    }
+
+    /// Note that the regular file `path` (inode `ino`) had `nlink` links
+    /// when it was sent: with more than one it joins its inode's known names.
+    pub fn note_links(&mut self, path: &[u8], ino: Ino, nlink: u64) {
+        if nlink > 1 {
+            self.links.entry(ino).or_default().insert(path.to_vec());
+        }
+    }
+
+    /// The known names (as the target holds them) of the hard-linked inode
+    /// `ino`, sorted.
+    pub fn link_names(&self, ino: Ino) -> Vec<Vec<u8>> {
+        self.links
+            .get(&ino)
+            .map(|names| {
+                names
+                    .iter()
+                    .filter(|p| {
+                        self.paths
+                            .get(*p)
+                            .is_some_and(|s| s.ino == ino && s.kind == Kind::File && !s.unknown)
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn unlink_name(&mut self, ino: Ino, path: &[u8]) {
+        if let Some(names) = self.links.get_mut(&ino) {
+            names.remove(path);
+            if names.is_empty() {
+                self.links.remove(&ino);
+            }
+        }
     }
 
     /// Record `path` as the target holds it.
@@ -193,8 +234,21 @@ impl BlockIndex {
         let keys = self.subtree_keys(path);
         for k in &keys {
             if let Some(st) = self.paths.remove(k) {
-                if st.kind == Kind::File && self.files.get(&st.ino).is_some_and(|f| &f.path == k) {
-                    self.forget_file(st.ino);
+                if st.kind != Kind::File {
+                    continue;
+                }
+                self.unlink_name(st.ino, k);
+                if self.files.get(&st.ino).is_some_and(|f| &f.path == k) {
+                    // The content state stays with another known name of
+                    // the inode (a hard link), else it goes.
+                    match self.link_names(st.ino).into_iter().next() {
+                        Some(other) => {
+                            if let Some(f) = self.files.get_mut(&st.ino) {
+                                f.path = other;
+                            }
+                        }
+                        None => self.forget_file(st.ino),
+                    }
                 }
             }
         }
@@ -215,6 +269,11 @@ impl BlockIndex {
                 if let Some(f) = self.files.get_mut(&st.ino) {
                     if f.path == k {
                         f.path = nk.clone();
+                    }
+                }
+                if let Some(names) = self.links.get_mut(&st.ino) {
+                    if names.remove(&k) {
+                        names.insert(nk.clone());
                     }
                 }
             }
@@ -434,6 +493,9 @@ impl BlockIndex {
             }
             if s.entry.kind == Kind::File && !self.files.contains_key(&ino) {
                 self.diff_file(&s.abs, &s.entry, ino, true, &mut sink)?;
+            }
+            if s.entry.kind == Kind::File {
+                self.note_links(&s.entry.path, ino, md.nlink());
             }
             self.record(&s.entry, ino);
             known += 1;

@@ -101,6 +101,10 @@ async fn with_store<T: Send + 'static>(
 /// (after recovery, before the first connection is accepted).
 pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<()> {
     let dir = cfg.state_dir.clone();
+    crate::durable::create_dirs(&dir)?;
+    // Held for the daemon's life: failover and snapshot then know whether a
+    // journaled change set is this daemon's to apply or left by a crash.
+    let _daemon_lock = crate::store::hold_daemon_lock(&dir)?;
     let store = tokio::task::spawn_blocking(move || Store::open(&dir))
         .await
         .context("opening the state directory")??;

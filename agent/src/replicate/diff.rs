@@ -227,6 +227,7 @@ impl Worker {
             paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
             paths.dedup_by(|a, b| a.0 == b.0);
         }
+        self.add_orphaned_links(&mut paths);
         for (p, c) in &paths {
             if let Err(e) = self.sync_path(p, *c, false) {
                 if e.downcast_ref::<QueueFull>().is_some() {
@@ -245,6 +246,53 @@ impl Worker {
         }
         self.finish_dirs()?;
         self.cut.flush()
+    }
+
+    /// A changed name of a hard-linked file that no longer holds its inode
+    /// (deleted or replaced since the event): a write through that name
+    /// changed the inode's content, and nothing names its other links. They
+    /// are diffed too (only changed blocks travel).
+    fn add_orphaned_links(&mut self, paths: &mut Vec<(Vec<u8>, Change)>) {
+        let mut extra = Vec::new();
+        for (p, _) in paths.iter() {
+            let Some(s) = self.index.get(p) else { continue };
+            if s.kind != Kind::File || s.unknown {
+                continue;
+            }
+            let ino = s.ino;
+            if self.lstat(p).is_some_and(|m| ino_of(&m) == ino) {
+                continue;
+            }
+            for other in self.index.link_names(ino) {
+                if &other != p {
+                    extra.push((
+                        other,
+                        Change {
+                            content: true,
+                            metadata: true,
+                        },
+                    ));
+                }
+            }
+        }
+        if extra.is_empty() {
+            return;
+        }
+        debug!(
+            n = extra.len(),
+            "diffing other links of hard-linked files whose changed name is gone"
+        );
+        paths.extend(extra);
+        paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
+        paths.dedup_by(|a, b| {
+            if a.0 == b.0 {
+                b.1.content |= a.1.content;
+                b.1.metadata |= a.1.metadata;
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// Renames: a known entry that is gone (or replaced) whose inode now
@@ -306,6 +354,18 @@ impl Worker {
             }
             self.dirs.insert(parent(&from));
             self.dirs.insert(parent(&to));
+            // rename(2) replaces a file by a file only: a directory (the
+            // source's was emptied or removed first) or an entry of the
+            // other kind at the destination goes first.
+            let from_dir = self.index.get(&from).is_some_and(|s| s.kind == Kind::Dir);
+            if self
+                .index
+                .get(&to)
+                .is_some_and(|t| t.kind == Kind::Dir || from_dir || t.unknown)
+            {
+                self.emit(Record::Delete { path: to.clone() })?;
+                self.index.remove_tree(&to);
+            }
             self.emit(Record::Rename {
                 from: from.clone(),
                 to: to.clone(),
@@ -370,6 +430,7 @@ impl Worker {
                 if content && md.nlink() > 1 {
                     self.relink(rel, ino)?;
                 }
+                self.index.note_links(rel, ino, md.nlink());
             }
             if kind == Kind::Dir {
                 self.dirs.insert(rel.to_vec());
@@ -399,9 +460,9 @@ impl Worker {
     fn relink(&mut self, rel: &[u8], ino: Ino) -> Result<()> {
         let others: Vec<Vec<u8>> = self
             .index
-            .paths()
-            .filter(|(p, s)| s.ino == ino && !s.unknown && p.as_slice() != rel)
-            .map(|(p, _)| p.clone())
+            .link_names(ino)
+            .into_iter()
+            .filter(|p| p.as_slice() != rel)
             .collect();
         for o in others {
             if self.lstat(&o).is_some_and(|m| ino_of(&m) == ino) {
@@ -450,6 +511,7 @@ impl Worker {
                     self.diff_content(abs, &e, ino, false)?;
                     self.emit(Record::SetMetadata(e.clone()))?;
                     self.index.record(&e, ino);
+                    self.index.note_links(&rel, ino, nlink);
                     return Ok(());
                 }
             }
@@ -464,6 +526,7 @@ impl Worker {
                 if nlink > 1 {
                     self.relink(&rel, ino)?;
                 }
+                self.index.note_links(&rel, ino, nlink);
             }
             Kind::Dir => {
                 self.index.record(&e, ino);
@@ -539,7 +602,17 @@ impl Worker {
                 }
                 continue;
             };
-            if s.kind != Kind::Dir || s.unknown {
+            if s.kind != Kind::Dir {
+                continue;
+            }
+            if s.unknown {
+                // Seeded unknown (changed around the mirror) and not named
+                // by an event itself: its entries are known one by one, only
+                // its own state is not. Make it exist with the source's
+                // metadata (a Create of an existing directory keeps its
+                // entries); without this its mtime would stay as the
+                // target's apply of its entries left it.
+                self.resolve_unknown_dir(&d)?;
                 continue;
             }
             let abs = self.abs(&d);
@@ -555,6 +628,34 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// An unknown directory that is a directory on the source: send it as a
+    /// Create (keeps its entries on the target, sets its metadata), after
+    /// its unknown ancestors. Returns whether it is now known.
+    fn resolve_unknown_dir(&mut self, d: &[u8]) -> Result<bool> {
+        if d.is_empty() {
+            return Ok(true);
+        }
+        match self.index.get(d) {
+            Some(s) if s.kind == Kind::Dir && !s.unknown => return Ok(true),
+            Some(s) if s.kind == Kind::Dir => {}
+            _ => return Ok(false),
+        }
+        let Some(md) = self.lstat(d) else {
+            return Ok(false);
+        };
+        if !md.is_dir() || self.excl.excluded(d) || !self.resolve_unknown_dir(&parent(d))? {
+            return Ok(false);
+        }
+        let Ok(Some(e)) =
+            standin_builder::scan::stat_entry(&self.abs(d), d.to_vec(), &mut HashMap::new())
+        else {
+            return Ok(false);
+        };
+        self.emit(Record::Create(e.clone()))?;
+        self.index.record(&e, ino_of(&md));
+        Ok(true)
     }
 
     /// Compare the whole tree with the index and send every difference.

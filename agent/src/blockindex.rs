@@ -160,20 +160,22 @@ impl BlockIndex {
     /// The known names (as the target holds them) of the hard-linked inode
     /// `ino`, sorted.
     pub fn link_names(&self, ino: Ino) -> Vec<Vec<u8>> {
-        self.links
+        let holds = |p: &Vec<u8>| {
+            self.paths
+                .get(p)
+                .is_some_and(|s| s.ino == ino && s.kind == Kind::File && !s.unknown)
+        };
+        // The name the content state was recorded under counts too (the
+        // first name of an inode that got its links later).
+        let mut names: BTreeSet<Vec<u8>> = self
+            .links
             .get(&ino)
-            .map(|names| {
-                names
-                    .iter()
-                    .filter(|p| {
-                        self.paths
-                            .get(*p)
-                            .is_some_and(|s| s.ino == ino && s.kind == Kind::File && !s.unknown)
-                    })
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+            .map(|n| n.iter().filter(|p| holds(p)).cloned().collect())
+            .unwrap_or_default();
+        if let Some(f) = self.files.get(&ino).filter(|f| holds(&f.path)) {
+            names.insert(f.path.clone());
+        }
+        names.into_iter().collect()
     }
 
     fn unlink_name(&mut self, ino: Ino, path: &[u8]) {

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::{log_repairs, log_rescan, Cutter, Excluder, QueueFull, ReplicateOptions, Req};
 use crate::blockindex::{BlockIndex, Ino};
-use crate::capture::{Batch, Change, Watcher};
+use crate::capture::{Batch, Change, Handle, Watcher};
 
 pub(super) fn run(
     root: PathBuf,
@@ -45,6 +45,8 @@ pub(super) fn run(
         excl,
         index,
         dirs: BTreeSet::new(),
+        deferred: BTreeMap::new(),
+        redo: BTreeSet::new(),
     };
     let mut rescan_after_drain = false;
     let mut last_sweep = Instant::now();
@@ -73,6 +75,9 @@ pub(super) fn run(
             })
         } else {
             match watcher.take_batch(Duration::from_millis(100), opts.debounce, opts.max_delay) {
+                // A path deferred by the last batch is looked at again
+                // even when nothing else happens.
+                None if !w.deferred.is_empty() => w.batch(Batch::default(), &watcher),
                 None => continue,
                 Some(b) if b.rescan => {
                     log_rescan("change capture lost events");
@@ -84,7 +89,7 @@ pub(super) fn run(
                     opts.counters
                         .paths_changed
                         .fetch_add(b.paths.len() as u64, Ordering::Relaxed);
-                    w.batch(b)
+                    w.batch(b, &watcher)
                 }
             }
         };
@@ -111,6 +116,12 @@ struct Worker {
     /// Directories whose metadata is set at the end of the batch (after
     /// their children changed on the target).
     dirs: BTreeSet<Vec<u8>>,
+    /// Paths that vanished together with an ancestor the batch does not
+    /// explain yet (renamed or removed after the batch was cut): looked at
+    /// again with the next batch, which holds the ancestor's event.
+    deferred: BTreeMap<Vec<u8>, Change>,
+    /// The deferred paths this batch looks at again (deferred once only).
+    redo: BTreeSet<Vec<u8>>,
 }
 
 fn parent(rel: &[u8]) -> Vec<u8> {
@@ -168,6 +179,7 @@ impl Worker {
 
     /// After the queue refused a set: what it and the unsent rest named is unknown.
     fn failed(&mut self) {
+        self.deferred.clear();
         let mut recs = self.cut.failed.take().unwrap_or_default();
         recs.extend(self.cut.discard());
         self.dirs.clear();
@@ -196,9 +208,16 @@ impl Worker {
     }
 
     /// One batch of changed paths.
-    fn batch(&mut self, b: Batch) -> Result<()> {
-        let mut paths: Vec<(Vec<u8>, Change)> = b
-            .paths
+    fn batch(&mut self, b: Batch, watcher: &Watcher) -> Result<()> {
+        let mut all = b.paths;
+        let deferred = std::mem::take(&mut self.deferred);
+        self.redo = deferred.keys().cloned().collect();
+        for (p, c) in deferred {
+            let e = all.entry(p).or_default();
+            e.content |= c.content;
+            e.metadata |= c.metadata;
+        }
+        let mut paths: Vec<(Vec<u8>, Change)> = all
             .into_iter()
             .filter(|(p, _)| !self.excl.excluded(p))
             .collect();
@@ -227,7 +246,7 @@ impl Worker {
             paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
             paths.dedup_by(|a, b| a.0 == b.0);
         }
-        self.add_orphaned_links(&mut paths);
+        self.add_orphaned_links(&mut paths, &b.handles, &b.inodes, watcher);
         for (p, c) in &paths {
             if let Err(e) = self.sync_path(p, *c, false) {
                 if e.downcast_ref::<QueueFull>().is_some() {
@@ -252,26 +271,54 @@ impl Worker {
     /// (deleted or replaced since the event): a write through that name
     /// changed the inode's content, and nothing names its other links. They
     /// are diffed too (only changed blocks travel).
-    fn add_orphaned_links(&mut self, paths: &mut Vec<(Vec<u8>, Change)>) {
+    fn add_orphaned_links(
+        &mut self,
+        paths: &mut Vec<(Vec<u8>, Change)>,
+        handles: &HashMap<Vec<u8>, Handle>,
+        inodes: &std::collections::HashSet<Ino>,
+        watcher: &Watcher,
+    ) {
         let mut extra = Vec::new();
+        for ino in inodes {
+            for other in self.index.link_names(*ino) {
+                extra.push((
+                    other,
+                    Change {
+                        content: true,
+                        metadata: true,
+                        moved: false,
+                    },
+                ));
+            }
+        }
         for (p, _) in paths.iter() {
-            let Some(s) = self.index.get(p) else { continue };
-            if s.kind != Kind::File || s.unknown {
-                continue;
+            let now = self.lstat(p).map(|m| ino_of(&m));
+            // The inode the index knows at this name, and the one the last
+            // event was about (a name created and removed within the batch
+            // is not in the index).
+            let mut inos: Vec<Ino> = Vec::new();
+            if let Some(s) = self.index.get(p) {
+                if s.kind == Kind::File && !s.unknown && now != Some(s.ino) {
+                    inos.push(s.ino);
+                }
             }
-            let ino = s.ino;
-            if self.lstat(p).is_some_and(|m| ino_of(&m) == ino) {
-                continue;
+            if now.is_none() {
+                if let Some(ino) = handles.get(p).and_then(|h| watcher.inode_of(h)) {
+                    inos.push(ino);
+                }
             }
-            for other in self.index.link_names(ino) {
-                if &other != p {
-                    extra.push((
-                        other,
-                        Change {
-                            content: true,
-                            metadata: true,
-                        },
-                    ));
+            for ino in inos {
+                for other in self.index.link_names(ino) {
+                    if &other != p {
+                        extra.push((
+                            other,
+                            Change {
+                                content: true,
+                                metadata: true,
+                                moved: false,
+                            },
+                        ));
+                    }
                 }
             }
         }
@@ -279,7 +326,7 @@ impl Worker {
             return;
         }
         debug!(
-            n = extra.len(),
+            paths = ?extra.iter().map(|(p, _)| display_path(p)).collect::<Vec<_>>(),
             "diffing other links of hard-linked files whose changed name is gone"
         );
         paths.extend(extra);
@@ -300,14 +347,19 @@ impl Worker {
     fn renames(&mut self, paths: &[(Vec<u8>, Change)]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut lost: HashMap<Ino, Vec<u8>> = HashMap::new();
         let mut now: Vec<(Vec<u8>, Option<Ino>)> = Vec::new();
-        for (p, _) in paths {
+        for (p, c) in paths {
             let md = self.lstat(p);
             let ino = md.as_ref().map(ino_of);
             if let Some(st) = self.index.get(p) {
-                if !st.unknown && ino != Some(st.ino) {
+                // A directory has one name: its inode number at another
+                // name is a move only with a move event (else a removed
+                // directory's number was reused by a new entry).
+                if !st.unknown && ino != Some(st.ino) && (st.kind != Kind::Dir || c.moved) {
                     lost.insert(st.ino, p.clone());
                 }
             }
+            // Only a name moved to (or a non-directory) can be the new name.
+            let ino = ino.filter(|_| c.moved || md.as_ref().is_some_and(|m| !m.is_dir()));
             now.push((p.clone(), ino));
         }
         if lost.is_empty() {
@@ -318,6 +370,11 @@ impl Worker {
             let Some(ino) = ino else { continue };
             let Some(from) = lost.get(ino) else { continue };
             if from == q || q.starts_with(from) && q.get(from.len()) == Some(&b'/') {
+                continue;
+            }
+            // Same kind only (a reused inode number may be another kind).
+            let was_dir = self.index.get(from).is_some_and(|s| s.kind == Kind::Dir);
+            if self.lstat(q).is_none_or(|m| m.is_dir() != was_dir) {
                 continue;
             }
             let known_same = self
@@ -555,6 +612,7 @@ impl Worker {
                         Change {
                             content: true,
                             metadata: true,
+                            moved: false,
                         },
                         true,
                     )?;
@@ -565,9 +623,45 @@ impl Worker {
         Ok(())
     }
 
+    /// Every ancestor of `rel` is still the directory the index knows
+    /// (present, and the same inode where the index knows it).
+    fn ancestors_intact(&self, rel: &[u8]) -> bool {
+        let mut p = parent(rel);
+        while !p.is_empty() {
+            let Some(md) = self.lstat(&p) else {
+                return false;
+            };
+            if let Some(s) = self.index.get(&p).filter(|s| !s.unknown) {
+                if s.ino != ino_of(&md) || !md.is_dir() {
+                    return false;
+                }
+            }
+            p = parent(&p);
+        }
+        true
+    }
+
     fn gone(&mut self, rel: &[u8]) -> Result<()> {
         if rel.is_empty() {
             anyhow::bail!("the protected root {} vanished", self.root.display());
+        }
+        if !self.redo.contains(rel) && !self.ancestors_intact(rel) {
+            // An ancestor moved or went away after this batch was cut: its
+            // own event (in the next batch) says which. Deleting the path
+            // now would lose it if the ancestor was only renamed.
+            debug!(
+                path = %display_path(rel),
+                "vanished with an ancestor; looked at again with the next batch"
+            );
+            self.deferred.insert(
+                rel.to_vec(),
+                Change {
+                    content: true,
+                    metadata: true,
+                    moved: false,
+                },
+            );
+            return Ok(());
         }
         let p = parent(rel);
         let parent_known = p.is_empty() || self.index.get(&p).is_some_and(|s| s.kind == Kind::Dir);
@@ -741,6 +835,7 @@ impl Worker {
                 Change {
                     content: false,
                     metadata: true,
+                    moved: false,
                 },
                 false,
             )?;

@@ -231,6 +231,20 @@ impl BlockIndex {
         keys
     }
 
+    /// Known entries directly below the directory `dir` (`""` is the root).
+    pub fn children(&self, dir: &[u8]) -> Vec<Vec<u8>> {
+        let mut start = dir.to_vec();
+        if !start.is_empty() {
+            start.push(b'/');
+        }
+        self.paths
+            .range(start.clone()..)
+            .take_while(|(k, _)| k.starts_with(&start))
+            .filter(|(k, _)| !k[start.len()..].contains(&b'/') && k.len() > start.len())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// Forget `path` and everything below it; returns how many paths were known.
     pub fn remove_tree(&mut self, path: &[u8]) -> usize {
         let keys = self.subtree_keys(path);

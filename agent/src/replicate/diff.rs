@@ -246,6 +246,7 @@ impl Worker {
             paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
             paths.dedup_by(|a, b| a.0 == b.0);
         }
+        self.check_moved_dirs(&moved, &mut paths);
         self.add_orphaned_links(&mut paths, &b.handles, &b.inodes, watcher);
         for (p, c) in &paths {
             if let Err(e) = self.sync_path(p, *c, false) {
@@ -265,6 +266,70 @@ impl Worker {
         }
         self.finish_dirs()?;
         self.cut.flush()
+    }
+
+    /// A directory rename is inferred from an inode number, and a removed
+    /// directory's number may be reused by a new one that is then moved:
+    /// after each directory rename, the entries directly below the new
+    /// name that the index and the source disagree on are looked at too
+    /// (a genuine move costs one lstat per entry and one listing).
+    fn check_moved_dirs(
+        &mut self,
+        moved: &[(Vec<u8>, Vec<u8>)],
+        paths: &mut Vec<(Vec<u8>, Change)>,
+    ) {
+        let mut extra = Vec::new();
+        let all = Change {
+            content: true,
+            metadata: true,
+            moved: false,
+        };
+        for (_, to) in moved {
+            if !self.index.get(to).is_some_and(|s| s.kind == Kind::Dir) {
+                continue;
+            }
+            let known = self.index.children(to);
+            for c in &known {
+                let same = self
+                    .index
+                    .get(c)
+                    .zip(self.lstat(c))
+                    .is_some_and(|(s, m)| s.ino == ino_of(&m));
+                if !same {
+                    extra.push((c.clone(), all));
+                }
+            }
+            let known: BTreeSet<Vec<u8>> = known.into_iter().collect();
+            if let Ok(rd) = std::fs::read_dir(self.abs(to)) {
+                for d in rd.flatten() {
+                    let mut c = to.clone();
+                    c.push(b'/');
+                    c.extend_from_slice(d.file_name().as_bytes());
+                    if !known.contains(&c) {
+                        extra.push((c, all));
+                    }
+                }
+            }
+        }
+        if extra.is_empty() {
+            return;
+        }
+        debug!(
+            paths = ?extra.iter().map(|(p, _)| display_path(p)).collect::<Vec<_>>(),
+            "entries of moved directories that differ from what the target holds"
+        );
+        paths.extend(extra);
+        paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
+        paths.dedup_by(|a, b| {
+            if a.0 == b.0 {
+                b.1.content |= a.1.content;
+                b.1.metadata |= a.1.metadata;
+                b.1.moved |= a.1.moved;
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// A changed name of a hard-linked file that no longer holds its inode

@@ -143,9 +143,14 @@ fn run(links: bool) {
             .with_writer(std::io::stderr)
             .try_init();
     }
+    // STANDIN_CHURN_SEED picks another operation sequence (default 0x5eed).
+    let seed = std::env::var("STANDIN_CHURN_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed);
     let mut h = Harness::start(|_| {}, ReplicateOptions::default());
     for round in 0..4u64 {
-        churn(&h.src, 0x5eed + round, 150, links);
+        churn(&h.src, seed + round, 150, links);
         h.converge();
     }
     let r = h.stop();

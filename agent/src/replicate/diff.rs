@@ -245,6 +245,18 @@ impl Worker {
             paths.extend(extra);
             paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
             paths.dedup_by(|a, b| a.0 == b.0);
+            // So do the directories whose metadata the batch sets.
+            let mut moved_dirs = Vec::new();
+            for d in &self.dirs {
+                for (from, to) in &moved {
+                    if let Some(rest) = under(d, from) {
+                        let mut nd = to.clone();
+                        nd.extend_from_slice(rest);
+                        moved_dirs.push(nd);
+                    }
+                }
+            }
+            self.dirs.extend(moved_dirs);
         }
         self.check_moved_dirs(&moved, &mut paths);
         self.add_orphaned_links(&mut paths, &b.handles, &b.inodes, watcher);
@@ -592,6 +604,12 @@ impl Worker {
                     existing: rel.to_vec(),
                     new: o,
                 })?;
+            } else {
+                // Not at that name any more (moved or removed since): the
+                // target's copy there keeps the old content, so it must not
+                // be carried along by a rename; its next change sends it
+                // as new (linked to `rel` again).
+                self.index.mark_unknown(&o, Kind::File);
             }
         }
         Ok(())
@@ -775,8 +793,15 @@ impl Worker {
                 continue;
             }
             let abs = self.abs(&d);
-            let Some(md) = self.lstat(&d) else { continue };
-            if ino_of(&md) != s.ino || !md.is_dir() {
+            if !self
+                .lstat(&d)
+                .is_some_and(|m| ino_of(&m) == s.ino && m.is_dir())
+            {
+                // Moved (or removed) since its entries changed: its new
+                // name gets its metadata with the batch that holds the move.
+                if !self.redo.contains(&d) {
+                    self.deferred.entry(d.clone()).or_default().metadata = true;
+                }
                 continue;
             }
             if let Ok(Some(e)) =

@@ -450,6 +450,14 @@ impl BlockIndex {
         } else {
             let _ = std::fs::remove_file(self.digest_path(id));
         }
+        if let Some(old) = self.files.get(&ino) {
+            if old.path != e.path {
+                // Another name of the same inode (a hard link): it stays
+                // known as one of the inode's names.
+                let old = old.path.clone();
+                self.links.entry(ino).or_default().insert(old);
+            }
+        }
         self.files.insert(
             ino,
             FileState {

@@ -229,6 +229,17 @@ pub(super) fn inode_of(mount: &OwnedFd, h: &Handle) -> Option<(u64, u64)> {
     (st.st_nlink > 0).then_some((st.st_dev, st.st_ino))
 }
 
+/// Current path (one of its names) and inode of a live object by its handle.
+pub(super) fn locate(mount: &OwnedFd, h: &Handle) -> Option<(PathBuf, (u64, u64))> {
+    let fd = sys::open_by_handle(mount.as_fd(), h.kind, &h.bytes).ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    if st.st_nlink == 0 {
+        return None;
+    }
+    let p = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    Some((p, (st.st_dev, st.st_ino)))
+}
+
 /// Path of a directory file handle, `None` when it no longer exists (its
 /// removal is reported by its parent's event).
 fn resolve(mount: &OwnedFd, handle_type: i32, handle: &[u8]) -> Option<PathBuf> {

@@ -325,6 +325,14 @@ impl Watcher {
         fanotify::inode_of(self.mount.as_ref()?, h)
     }
 
+    /// Where the object `h` is now: its path relative to the root (one of
+    /// its names) and its inode, while it still has a link under the root.
+    pub fn locate(&self, h: &Handle) -> Option<(Vec<u8>, (u64, u64))> {
+        let (abs, ino) = fanotify::locate(self.mount.as_ref()?, h)?;
+        let rel = self.shared.relative(&abs)?;
+        Some((rel, ino))
+    }
+
     /// Ask for a full comparison at the next batch (e.g. after a queue overflow).
     pub fn request_rescan(&self) {
         let mut d = self.shared.dirty.lock().unwrap_or_else(|e| e.into_inner());

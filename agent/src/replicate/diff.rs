@@ -380,8 +380,27 @@ impl Worker {
                 }
             }
             if now.is_none() {
-                if let Some(ino) = handles.get(p).and_then(|h| watcher.inode_of(h)) {
+                if let Some((at, ino)) = handles.get(p).and_then(|h| watcher.locate(h)) {
                     inos.push(ino);
+                    // The object lives on under another name (an ancestor
+                    // moved, maybe more than once, since the event): look
+                    // at it there.
+                    let pa = parent(&at);
+                    let parent_known = pa.is_empty()
+                        || self
+                            .index
+                            .get(&pa)
+                            .is_some_and(|s| s.kind == Kind::Dir && !s.unknown);
+                    if &at != p && parent_known {
+                        extra.push((
+                            at,
+                            Change {
+                                content: true,
+                                metadata: true,
+                                moved: false,
+                            },
+                        ));
+                    }
                 }
             }
             for ino in inos {

@@ -156,7 +156,7 @@ fn agent_killed_mid_workload_and_restarted_resumes_numbering_and_converges() {
 
     // Restart: difference mirror, numbering from the target's number, converge.
     let log2 = || std::fs::read_to_string(d.path().join("agent2.log")).unwrap_or_default();
-    let mut agent = start_agent(d.path(), &daemon.addr, &sid, &tf, &src, "agent2.log");
+    let agent = start_agent(d.path(), &daemon.addr, &sid, &tf, &src, "agent2.log");
     let replica = replica(&state, "web1");
     assert!(
         wait_converged(&src, &replica),

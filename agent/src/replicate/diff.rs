@@ -85,7 +85,11 @@ pub(super) fn run(
                     w.sweep().map(|_| ())
                 }
                 Some(b) => {
-                    opts.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    // Batches of nameless inode events only (link count
+                    // changes anywhere on the filesystem) are not counted.
+                    if !b.paths.is_empty() {
+                        opts.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    }
                     opts.counters
                         .paths_changed
                         .fetch_add(b.paths.len() as u64, Ordering::Relaxed);

@@ -232,35 +232,18 @@ impl Worker {
                 self.dirs.insert(parent(p));
             }
         }
-        let moved = self.renames(&paths)?;
         // A changed path below a moved directory may have been reported by
-        // its old name: look at the new name too.
-        if !moved.is_empty() {
-            let mut extra = Vec::new();
-            for (p, c) in &paths {
-                for (from, to) in &moved {
-                    if let Some(rest) = under(p, from) {
-                        let mut np = to.clone();
-                        np.extend_from_slice(rest);
-                        extra.push((np, *c));
-                    }
-                }
+        // its old name: look at the new name too; then look for renames
+        // again, since a name moved to inside a moved directory (events
+        // named by an intermediate name) only resolves now (bounded).
+        let mut moved = Vec::new();
+        for _ in 0..3 {
+            let more = self.renames(&paths)?;
+            if more.is_empty() {
+                break;
             }
-            paths.extend(extra);
-            paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
-            paths.dedup_by(|a, b| a.0 == b.0);
-            // So do the directories whose metadata the batch sets.
-            let mut moved_dirs = Vec::new();
-            for d in &self.dirs {
-                for (from, to) in &moved {
-                    if let Some(rest) = under(d, from) {
-                        let mut nd = to.clone();
-                        nd.extend_from_slice(rest);
-                        moved_dirs.push(nd);
-                    }
-                }
-            }
-            self.dirs.extend(moved_dirs);
+            self.map_moved(&mut paths, &more);
+            moved.extend(more);
         }
         self.check_moved_dirs(&moved, &mut paths);
         self.add_orphaned_links(&mut paths, &b.handles, &b.inodes, watcher);
@@ -282,6 +265,45 @@ impl Worker {
         }
         self.finish_dirs()?;
         self.cut.flush()
+    }
+
+    /// After renames: changed paths and directories whose metadata the
+    /// batch sets, below a moved directory, are looked at by their new
+    /// names too.
+    fn map_moved(&mut self, paths: &mut Vec<(Vec<u8>, Change)>, moved: &[(Vec<u8>, Vec<u8>)]) {
+        let mut extra = Vec::new();
+        for (p, c) in paths.iter() {
+            for (from, to) in moved {
+                if let Some(rest) = under(p, from) {
+                    let mut np = to.clone();
+                    np.extend_from_slice(rest);
+                    extra.push((np, *c));
+                }
+            }
+        }
+        paths.extend(extra);
+        paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
+        paths.dedup_by(|a, b| {
+            if a.0 == b.0 {
+                b.1.content |= a.1.content;
+                b.1.metadata |= a.1.metadata;
+                b.1.moved |= a.1.moved;
+                true
+            } else {
+                false
+            }
+        });
+        let mut moved_dirs = Vec::new();
+        for d in &self.dirs {
+            for (from, to) in moved {
+                if let Some(rest) = under(d, from) {
+                    let mut nd = to.clone();
+                    nd.extend_from_slice(rest);
+                    moved_dirs.push(nd);
+                }
+            }
+        }
+        self.dirs.extend(moved_dirs);
     }
 
     /// A directory rename is inferred from an inode number, and a removed

@@ -212,8 +212,12 @@ fn parse(
             // No name under a live directory (a link count change, or a
             // write through a name whose directory is gone by now): the
             // inode itself, while it still has a link somewhere.
-            if let Some(ino) = obj.as_ref().and_then(|h| inode_of(mount, h)) {
-                shared.note_inode(ino);
+            // Only when one of its names is under the root: the mark
+            // covers the whole filesystem.
+            if let Some((path, ino)) = obj.as_ref().and_then(|h| locate(mount, h)) {
+                if shared.relative(&path).is_some() {
+                    shared.note_inode(ino);
+                }
             }
         }
         if !seen_dfid && obj.is_none() {

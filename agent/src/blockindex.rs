@@ -17,7 +17,7 @@
 //! change is sent whole (a Create that replaces). A path that is not in the
 //! index at all is new: it is created and its content sent whole.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -67,6 +67,10 @@ pub struct BlockIndex {
     block: u64,
     paths: BTreeMap<Vec<u8>, PathState>,
     files: HashMap<Ino, FileState>,
+    /// Names of regular files that had more than one link when seen (hard
+    /// links), by inode. May hold stale names; [`BlockIndex::link_names`]
+    /// checks them against `paths`.
+    links: HashMap<Ino, BTreeSet<Vec<u8>>>,
     next_id: u64,
 }
 
@@ -110,6 +114,7 @@ impl BlockIndex {
             block,
             paths: BTreeMap::new(),
             files: HashMap::new(),
+            links: HashMap::new(),
             next_id: 1,
         })
     }
@@ -142,6 +147,44 @@ impl BlockIndex {
     /// Content state of an inode.
     pub fn file(&self, ino: Ino) -> Option<&FileState> {
         self.files.get(&ino)
+    }
+
+    /// Note that the regular file `path` (inode `ino`) had `nlink` links
+    /// when it was sent: with more than one it joins its inode's known names.
+    pub fn note_links(&mut self, path: &[u8], ino: Ino, nlink: u64) {
+        if nlink > 1 {
+            self.links.entry(ino).or_default().insert(path.to_vec());
+        }
+    }
+
+    /// The known names (as the target holds them) of the hard-linked inode
+    /// `ino`, sorted.
+    pub fn link_names(&self, ino: Ino) -> Vec<Vec<u8>> {
+        let holds = |p: &Vec<u8>| {
+            self.paths
+                .get(p)
+                .is_some_and(|s| s.ino == ino && s.kind == Kind::File && !s.unknown)
+        };
+        // The name the content state was recorded under counts too (the
+        // first name of an inode that got its links later).
+        let mut names: BTreeSet<Vec<u8>> = self
+            .links
+            .get(&ino)
+            .map(|n| n.iter().filter(|p| holds(p)).cloned().collect())
+            .unwrap_or_default();
+        if let Some(f) = self.files.get(&ino).filter(|f| holds(&f.path)) {
+            names.insert(f.path.clone());
+        }
+        names.into_iter().collect()
+    }
+
+    fn unlink_name(&mut self, ino: Ino, path: &[u8]) {
+        if let Some(names) = self.links.get_mut(&ino) {
+            names.remove(path);
+            if names.is_empty() {
+                self.links.remove(&ino);
+            }
+        }
     }
 
     /// Record `path` as the target holds it.
@@ -188,13 +231,40 @@ impl BlockIndex {
         keys
     }
 
+    /// Known entries directly below the directory `dir` (`""` is the root).
+    pub fn children(&self, dir: &[u8]) -> Vec<Vec<u8>> {
+        let mut start = dir.to_vec();
+        if !start.is_empty() {
+            start.push(b'/');
+        }
+        self.paths
+            .range(start.clone()..)
+            .take_while(|(k, _)| k.starts_with(&start))
+            .filter(|(k, _)| !k[start.len()..].contains(&b'/') && k.len() > start.len())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// Forget `path` and everything below it; returns how many paths were known.
     pub fn remove_tree(&mut self, path: &[u8]) -> usize {
         let keys = self.subtree_keys(path);
         for k in &keys {
             if let Some(st) = self.paths.remove(k) {
-                if st.kind == Kind::File && self.files.get(&st.ino).is_some_and(|f| &f.path == k) {
-                    self.forget_file(st.ino);
+                if st.kind != Kind::File {
+                    continue;
+                }
+                self.unlink_name(st.ino, k);
+                if self.files.get(&st.ino).is_some_and(|f| &f.path == k) {
+                    // The content state stays with another known name of
+                    // the inode (a hard link), else it goes.
+                    match self.link_names(st.ino).into_iter().next() {
+                        Some(other) => {
+                            if let Some(f) = self.files.get_mut(&st.ino) {
+                                f.path = other;
+                            }
+                        }
+                        None => self.forget_file(st.ino),
+                    }
                 }
             }
         }
@@ -215,6 +285,11 @@ impl BlockIndex {
                 if let Some(f) = self.files.get_mut(&st.ino) {
                     if f.path == k {
                         f.path = nk.clone();
+                    }
+                }
+                if let Some(names) = self.links.get_mut(&st.ino) {
+                    if names.remove(&k) {
+                        names.insert(nk.clone());
                     }
                 }
             }
@@ -375,6 +450,14 @@ impl BlockIndex {
         } else {
             let _ = std::fs::remove_file(self.digest_path(id));
         }
+        if let Some(old) = self.files.get(&ino) {
+            if old.path != e.path {
+                // Another name of the same inode (a hard link): it stays
+                // known as one of the inode's names.
+                let old = old.path.clone();
+                self.links.entry(ino).or_default().insert(old);
+            }
+        }
         self.files.insert(
             ino,
             FileState {
@@ -434,6 +517,9 @@ impl BlockIndex {
             }
             if s.entry.kind == Kind::File && !self.files.contains_key(&ino) {
                 self.diff_file(&s.abs, &s.entry, ino, true, &mut sink)?;
+            }
+            if s.entry.kind == Kind::File {
+                self.note_links(&s.entry.path, ino, md.nlink());
             }
             self.record(&s.entry, ino);
             known += 1;

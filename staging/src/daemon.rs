@@ -123,8 +123,10 @@ async fn with_store<T: Send + 'static>(
 /// (after recovery, before the first connection is accepted).
 pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<()> {
     let dir = cfg.state_dir.clone();
-    // One daemon per state directory; `standin target seed` refuses while it runs.
     crate::durable::create_dirs(&dir)?;
+    // One daemon per state directory, held for its life: `standin target seed`
+    // refuses while it runs, and failover and snapshot then know whether a
+    // journaled change set is this daemon's to apply or left by a crash.
     let _running = crate::lock::daemon(&dir)?;
     let store = tokio::task::spawn_blocking(move || Store::open(&dir))
         .await

@@ -51,7 +51,10 @@ pub fn for_apply(state_dir: &Path) -> Result<ApplyLock> {
 /// File name of the daemon's lock in the state directory.
 pub const DAEMON_LOCK_FILE: &str = "daemon.lock";
 
-/// Held (flock, exclusive) by `standin target serve` for as long as it runs.
+/// Held (flock, exclusive) by `standin target serve` for as long as it runs;
+/// released when dropped or when the process dies, even by kill -9. Readers
+/// of the replica (failover, snapshot take) use it to tell a journaled change
+/// set the daemon is about to apply from one left by a crash.
 #[derive(Debug)]
 pub struct DaemonLock {
     _file: std::fs::File,
@@ -73,6 +76,23 @@ pub fn daemon(state_dir: &Path) -> Result<DaemonLock> {
             "a `standin target serve` is running with the state directory {}; stop it first",
             state_dir.display()
         ),
+        Err(e) => Err(e).with_context(|| format!("locking {}", p.display())),
+    }
+}
+
+/// Whether a `standin target serve` holds the daemon lock of `state_dir` now.
+pub fn daemon_running(state_dir: &Path) -> Result<bool> {
+    let p = state_dir.join(DAEMON_LOCK_FILE);
+    if !p.exists() {
+        return Ok(false);
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
+        Ok(()) => Ok(false),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(true),
         Err(e) => Err(e).with_context(|| format!("locking {}", p.display())),
     }
 }

@@ -64,6 +64,19 @@ pub struct Store {
     state: TargetState,
     target: Option<Box<dyn ApplyTarget>>,
     factory: TargetFactory,
+    /// The caller holds the apply lock for the store's whole life
+    /// ([`replay_locked`]); applies do not take it again.
+    lock_held: bool,
+}
+
+/// The replica as a directory tree (copy-on-write aware for snapshots).
+fn default_factory(dir: &Path) -> TargetFactory {
+    let state_dir = dir.to_path_buf();
+    Box::new(move |root: &Path| {
+        let mut t = DirTarget::open(root)?;
+        t.cow = Some(crate::snapshot::cow::Guard::new(&state_dir));
+        Ok(Box::new(t) as Box<dyn ApplyTarget>)
+    })
 }
 
 fn journal_name(seq: u64, ext: &str) -> String {
@@ -92,15 +105,7 @@ impl Store {
     /// Open (creating the layout) and recover: replay complete journal
     /// entries, discard torn ones.
     pub fn open(dir: &Path) -> Result<Store> {
-        let state_dir = dir.to_path_buf();
-        Self::open_with(
-            dir,
-            Box::new(move |root: &Path| {
-                let mut t = DirTarget::open(root)?;
-                t.cow = Some(crate::snapshot::cow::Guard::new(&state_dir));
-                Ok(Box::new(t) as Box<dyn ApplyTarget>)
-            }),
-        )
+        Self::open_with(dir, default_factory(dir))
     }
 
     /// Like [`Store::open`] with another [`ApplyTarget`] implementation.
@@ -121,6 +126,7 @@ impl Store {
             state,
             target: None,
             factory,
+            lock_held: false,
         };
         if !dir.join(crate::state::STATE_FILE).exists() {
             store
@@ -343,9 +349,13 @@ impl Store {
             .unwrap_or(0);
         let seq = cs.seq;
         // Whole change sets only: snapshots and failovers wait for this lock.
-        let _lock = match crate::lock::for_apply(&self.dir) {
-            Ok(l) => l,
-            Err(e) => return Err(self.pause(format!("{e:#}"))),
+        let _lock = if self.lock_held {
+            None
+        } else {
+            match crate::lock::for_apply(&self.dir) {
+                Ok(l) => Some(l),
+                Err(e) => return Err(self.pause(format!("{e:#}"))),
+            }
         };
         let mut problems = Vec::new();
         let mut pending: BTreeMap<Vec<u8>, Digest32> = BTreeMap::new();
@@ -578,6 +588,9 @@ fn track(pending: &mut BTreeMap<Vec<u8>, Digest32>, r: &Record) {
         Record::SetMetadata(_) => {}
     }
 }
+
+mod replay;
+pub use replay::{replay_locked, replay_pending};
 
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tracing::debug;
 
-use super::{sys, Shared};
+use super::{sys, Handle, Shared};
 
 const MASK: u64 = libc::FAN_CREATE
     | libc::FAN_DELETE
@@ -143,6 +143,8 @@ fn parse(
         }
         let mut i = meta_len;
         let mut seen_dfid = false;
+        let mut names: Vec<PathBuf> = Vec::new();
+        let mut obj: Option<Handle> = None;
         while i + 4 <= ev.len() {
             let kind = ev[i];
             let len = u16_at(ev, i + 2) as usize;
@@ -153,7 +155,9 @@ fn parse(
             i += len;
             if !matches!(
                 kind,
-                libc::FAN_EVENT_INFO_TYPE_DFID_NAME | libc::FAN_EVENT_INFO_TYPE_DFID
+                libc::FAN_EVENT_INFO_TYPE_DFID_NAME
+                    | libc::FAN_EVENT_INFO_TYPE_DFID
+                    | libc::FAN_EVENT_INFO_TYPE_FID
             ) {
                 continue;
             }
@@ -167,6 +171,16 @@ fn parse(
                 continue;
             }
             let handle = &rec[20..20 + hb];
+            if kind == libc::FAN_EVENT_INFO_TYPE_FID {
+                // The object itself (kept for non-directories only).
+                if mask & libc::FAN_ONDIR == 0 {
+                    obj = Some(Handle {
+                        kind: ht,
+                        bytes: handle.to_vec(),
+                    });
+                }
+                continue;
+            }
             let name = if kind == libc::FAN_EVENT_INFO_TYPE_DFID_NAME {
                 let rest = &rec[20 + hb..];
                 let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
@@ -188,12 +202,46 @@ fn parse(
             } else {
                 dir.join(OsStr::from_bytes(name))
             };
-            shared.note_abs(&path, content);
+            names.push(path);
         }
-        if !seen_dfid {
+        let moved = mask & (libc::FAN_MOVED_FROM | libc::FAN_MOVED_TO) != 0;
+        for path in &names {
+            shared.note_abs_object(path, content, moved, obj.clone());
+        }
+        if names.is_empty() {
+            // No name under a live directory (a link count change, or a
+            // write through a name whose directory is gone by now): the
+            // inode itself, while it still has a link somewhere.
+            // Only when one of its names is under the root: the mark
+            // covers the whole filesystem.
+            if let Some((path, ino)) = obj.as_ref().and_then(|h| locate(mount, h)) {
+                if shared.relative(&path).is_some() {
+                    shared.note_inode(ino);
+                }
+            }
+        }
+        if !seen_dfid && obj.is_none() {
             debug!(mask, "fanotify event without a directory handle");
         }
     }
+}
+
+/// Device and inode number of a live object by its handle.
+pub(super) fn inode_of(mount: &OwnedFd, h: &Handle) -> Option<(u64, u64)> {
+    let fd = sys::open_by_handle(mount.as_fd(), h.kind, &h.bytes).ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    (st.st_nlink > 0).then_some((st.st_dev, st.st_ino))
+}
+
+/// Current path (one of its names) and inode of a live object by its handle.
+pub(super) fn locate(mount: &OwnedFd, h: &Handle) -> Option<(PathBuf, (u64, u64))> {
+    let fd = sys::open_by_handle(mount.as_fd(), h.kind, &h.bytes).ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    if st.st_nlink == 0 {
+        return None;
+    }
+    let p = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    Some((p, (st.st_dev, st.st_ino)))
 }
 
 /// Path of a directory file handle, `None` when it no longer exists (its

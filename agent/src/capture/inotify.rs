@@ -186,7 +186,8 @@ fn handle(shared: &Shared, w: &mut Watches, events: Vec<(i32, ReadFlags, u32, Op
             _ => dir.clone(),
         };
         let content = !(flags & !(ReadFlags::ATTRIB | ReadFlags::ISDIR)).is_empty();
-        shared.note_abs(&path, content);
+        let moved = flags.intersects(ReadFlags::MOVED_FROM | ReadFlags::MOVED_TO);
+        shared.note_abs_object(&path, content, moved, None);
         let is_dir = flags.contains(ReadFlags::ISDIR);
         if is_dir && flags.contains(ReadFlags::MOVED_FROM) {
             moved_from.insert(cookie, path.clone());

@@ -15,7 +15,7 @@ mod fanotify;
 mod inotify;
 mod sys;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,6 +71,16 @@ pub struct Change {
     pub content: bool,
     /// Only metadata (mode, owner, xattrs, times) reported.
     pub metadata: bool,
+    /// Moved from or to this name (a rename; an inode number seen at
+    /// another name without it may be a reused one).
+    pub moved: bool,
+}
+
+/// A kernel file handle of the object an event was about (fanotify only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handle {
+    kind: i32,
+    bytes: Vec<u8>,
 }
 
 /// Changed paths, relative to the root (raw bytes, `""` is the root).
@@ -79,18 +89,30 @@ pub struct Batch {
     pub paths: BTreeMap<Vec<u8>, Change>,
     /// Events were lost: compare the whole tree.
     pub rescan: bool,
+    /// For changed paths of non-directories (fanotify): the handle of the
+    /// object the last event was about, so that [`Watcher::inode_of`] finds
+    /// the inode when the name is gone by the time the batch is diffed (a
+    /// write through a hard link that was then removed).
+    pub handles: HashMap<Vec<u8>, Handle>,
+    /// Non-directory inodes (device, inode number) that events were about
+    /// without a name under a directory that still exists: link count
+    /// changes, or a write through a name whose directory was removed
+    /// since. Their known hard links must be looked at (fanotify only).
+    pub inodes: HashSet<(u64, u64)>,
 }
 
 impl Batch {
     /// Nothing in it.
     pub fn is_empty(&self) -> bool {
-        self.paths.is_empty() && !self.rescan
+        self.paths.is_empty() && self.inodes.is_empty() && !self.rescan
     }
 }
 
 #[derive(Default)]
 struct Dirty {
     paths: HashMap<Vec<u8>, Change>,
+    handles: HashMap<Vec<u8>, Handle>,
+    inodes: HashSet<(u64, u64)>,
     rescan: bool,
     last_event: Option<Instant>,
     first_event: Option<Instant>,
@@ -114,7 +136,46 @@ impl Shared {
         let Some(rel) = self.relative(abs) else {
             return;
         };
-        self.note_rel(rel, content);
+        self.note_rel(rel, content, false, None);
+    }
+
+    /// [`Shared::note_abs`] of a rename's name (`moved`) and with the
+    /// handle of the (non-directory) object.
+    pub(crate) fn note_abs_object(
+        &self,
+        abs: &Path,
+        content: bool,
+        moved: bool,
+        obj: Option<Handle>,
+    ) {
+        let Some(rel) = self.relative(abs) else {
+            return;
+        };
+        self.note_rel(rel, content, moved, obj);
+    }
+
+    /// An event about a live non-directory inode without a usable name.
+    pub(crate) fn note_inode(&self, ino: (u64, u64)) {
+        let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        if d.rescan || d.inodes.contains(&ino) {
+            return;
+        }
+        d.events += 1;
+        let now = Instant::now();
+        d.last_event = Some(now);
+        d.first_event.get_or_insert(now);
+        d.inodes.insert(ino);
+        if d.paths.len() + d.inodes.len() > self.max_dirty {
+            warn!(
+                "more than {} changed paths pending; falling back to a rescan",
+                self.max_dirty
+            );
+            d.paths.clear();
+            d.handles.clear();
+            d.inodes.clear();
+            d.rescan = true;
+        }
+        self.cv.notify_all();
     }
 
     fn relative(&self, abs: &Path) -> Option<Vec<u8>> {
@@ -125,7 +186,7 @@ impl Shared {
         Some(rel.as_os_str().as_bytes().to_vec())
     }
 
-    pub(crate) fn note_rel(&self, rel: Vec<u8>, content: bool) {
+    pub(crate) fn note_rel(&self, rel: Vec<u8>, content: bool, moved: bool, obj: Option<Handle>) {
         let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
         d.events += 1;
         let now = Instant::now();
@@ -135,7 +196,11 @@ impl Shared {
             self.cv.notify_all();
             return;
         }
+        if let Some(h) = obj {
+            d.handles.insert(rel.clone(), h);
+        }
         let c = d.paths.entry(rel).or_default();
+        c.moved |= moved;
         if content {
             c.content = true;
         } else {
@@ -147,6 +212,8 @@ impl Shared {
                 self.max_dirty
             );
             d.paths.clear();
+            d.handles.clear();
+            d.inodes.clear();
             d.rescan = true;
         }
         self.cv.notify_all();
@@ -159,6 +226,8 @@ impl Shared {
         d.rescan = true;
         d.overflows += 1;
         d.paths.clear();
+        d.handles.clear();
+        d.inodes.clear();
         let now = Instant::now();
         d.last_event = Some(now);
         d.first_event.get_or_insert(now);
@@ -183,6 +252,8 @@ pub struct CaptureStats {
 pub struct Watcher {
     shared: Arc<Shared>,
     backend: Backend,
+    /// The root, for `open_by_handle_at` (fanotify only).
+    mount: Option<std::os::fd::OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -223,9 +294,17 @@ impl Watcher {
             },
         };
         info!(root = %root.display(), ?backend, "change capture started");
+        let mount = match backend {
+            Backend::Fanotify => Some(std::os::fd::OwnedFd::from(
+                std::fs::File::open(&root)
+                    .with_context(|| format!("opening {}", root.display()))?,
+            )),
+            _ => None,
+        };
         Ok(Watcher {
             shared,
             backend,
+            mount,
             thread: Some(thread),
         })
     }
@@ -240,11 +319,27 @@ impl Watcher {
         &self.shared.root
     }
 
+    /// Device and inode number of the object `h` names, while it still has
+    /// a link somewhere (`None` once it is deleted, or without fanotify).
+    pub fn inode_of(&self, h: &Handle) -> Option<(u64, u64)> {
+        fanotify::inode_of(self.mount.as_ref()?, h)
+    }
+
+    /// Where the object `h` is now: its path relative to the root (one of
+    /// its names) and its inode, while it still has a link under the root.
+    pub fn locate(&self, h: &Handle) -> Option<(Vec<u8>, (u64, u64))> {
+        let (abs, ino) = fanotify::locate(self.mount.as_ref()?, h)?;
+        let rel = self.shared.relative(&abs)?;
+        Some((rel, ino))
+    }
+
     /// Ask for a full comparison at the next batch (e.g. after a queue overflow).
     pub fn request_rescan(&self) {
         let mut d = self.shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
         d.rescan = true;
         d.paths.clear();
+        d.handles.clear();
+        d.inodes.clear();
         d.last_event = Some(Instant::now());
         d.first_event.get_or_insert(Instant::now());
         self.shared.cv.notify_all();
@@ -270,7 +365,7 @@ impl Watcher {
     ) -> Option<Batch> {
         let deadline = Instant::now() + wait;
         let mut d = self.shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        while d.paths.is_empty() && !d.rescan {
+        while d.paths.is_empty() && d.inodes.is_empty() && !d.rescan {
             let now = Instant::now();
             if now >= deadline {
                 return None;
@@ -304,11 +399,15 @@ impl Watcher {
                 .0;
         }
         let paths = std::mem::take(&mut d.paths);
+        let handles = std::mem::take(&mut d.handles);
+        let inodes = std::mem::take(&mut d.inodes);
         let rescan = std::mem::take(&mut d.rescan);
         d.first_event = None;
         Some(Batch {
             paths: paths.into_iter().collect(),
             rescan,
+            handles,
+            inodes,
         })
     }
 }

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::{log_repairs, log_rescan, Cutter, Excluder, QueueFull, ReplicateOptions, Req};
 use crate::blockindex::{BlockIndex, Ino};
-use crate::capture::{Batch, Change, Watcher};
+use crate::capture::{Batch, Change, Handle, Watcher};
 
 pub(super) fn run(
     root: PathBuf,
@@ -45,6 +45,8 @@ pub(super) fn run(
         excl,
         index,
         dirs: BTreeSet::new(),
+        deferred: BTreeMap::new(),
+        redo: BTreeSet::new(),
     };
     let mut rescan_after_drain = false;
     let mut last_sweep = Instant::now();
@@ -73,6 +75,9 @@ pub(super) fn run(
             })
         } else {
             match watcher.take_batch(Duration::from_millis(100), opts.debounce, opts.max_delay) {
+                // A path deferred by the last batch is looked at again
+                // even when nothing else happens.
+                None if !w.deferred.is_empty() => w.batch(Batch::default(), &watcher),
                 None => continue,
                 Some(b) if b.rescan => {
                     log_rescan("change capture lost events");
@@ -80,11 +85,15 @@ pub(super) fn run(
                     w.sweep().map(|_| ())
                 }
                 Some(b) => {
-                    opts.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    // Batches of nameless inode events only (link count
+                    // changes anywhere on the filesystem) are not counted.
+                    if !b.paths.is_empty() {
+                        opts.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    }
                     opts.counters
                         .paths_changed
                         .fetch_add(b.paths.len() as u64, Ordering::Relaxed);
-                    w.batch(b)
+                    w.batch(b, &watcher)
                 }
             }
         };
@@ -111,6 +120,12 @@ struct Worker {
     /// Directories whose metadata is set at the end of the batch (after
     /// their children changed on the target).
     dirs: BTreeSet<Vec<u8>>,
+    /// Paths that vanished together with an ancestor the batch does not
+    /// explain yet (renamed or removed after the batch was cut): looked at
+    /// again with the next batch, which holds the ancestor's event.
+    deferred: BTreeMap<Vec<u8>, Change>,
+    /// The deferred paths this batch looks at again (deferred once only).
+    redo: BTreeSet<Vec<u8>>,
 }
 
 fn parent(rel: &[u8]) -> Vec<u8> {
@@ -168,6 +183,7 @@ impl Worker {
 
     /// After the queue refused a set: what it and the unsent rest named is unknown.
     fn failed(&mut self) {
+        self.deferred.clear();
         let mut recs = self.cut.failed.take().unwrap_or_default();
         recs.extend(self.cut.discard());
         self.dirs.clear();
@@ -196,9 +212,16 @@ impl Worker {
     }
 
     /// One batch of changed paths.
-    fn batch(&mut self, b: Batch) -> Result<()> {
-        let mut paths: Vec<(Vec<u8>, Change)> = b
-            .paths
+    fn batch(&mut self, b: Batch, watcher: &Watcher) -> Result<()> {
+        let mut all = b.paths;
+        let deferred = std::mem::take(&mut self.deferred);
+        self.redo = deferred.keys().cloned().collect();
+        for (p, c) in deferred {
+            let e = all.entry(p).or_default();
+            e.content |= c.content;
+            e.metadata |= c.metadata;
+        }
+        let mut paths: Vec<(Vec<u8>, Change)> = all
             .into_iter()
             .filter(|(p, _)| !self.excl.excluded(p))
             .collect();
@@ -209,24 +232,21 @@ impl Worker {
                 self.dirs.insert(parent(p));
             }
         }
-        let moved = self.renames(&paths)?;
         // A changed path below a moved directory may have been reported by
-        // its old name: look at the new name too.
-        if !moved.is_empty() {
-            let mut extra = Vec::new();
-            for (p, c) in &paths {
-                for (from, to) in &moved {
-                    if let Some(rest) = under(p, from) {
-                        let mut np = to.clone();
-                        np.extend_from_slice(rest);
-                        extra.push((np, *c));
-                    }
-                }
+        // its old name: look at the new name too; then look for renames
+        // again, since a name moved to inside a moved directory (events
+        // named by an intermediate name) only resolves now (bounded).
+        let mut moved = Vec::new();
+        for _ in 0..3 {
+            let more = self.renames(&paths)?;
+            if more.is_empty() {
+                break;
             }
-            paths.extend(extra);
-            paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
-            paths.dedup_by(|a, b| a.0 == b.0);
+            self.map_moved(&mut paths, &more);
+            moved.extend(more);
         }
+        self.check_moved_dirs(&moved, &mut paths);
+        self.add_orphaned_links(&mut paths, &b.handles, &b.inodes, watcher);
         for (p, c) in &paths {
             if let Err(e) = self.sync_path(p, *c, false) {
                 if e.downcast_ref::<QueueFull>().is_some() {
@@ -247,19 +267,221 @@ impl Worker {
         self.cut.flush()
     }
 
+    /// After renames: changed paths and directories whose metadata the
+    /// batch sets, below a moved directory, are looked at by their new
+    /// names too.
+    fn map_moved(&mut self, paths: &mut Vec<(Vec<u8>, Change)>, moved: &[(Vec<u8>, Vec<u8>)]) {
+        let mut extra = Vec::new();
+        for (p, c) in paths.iter() {
+            for (from, to) in moved {
+                if let Some(rest) = under(p, from) {
+                    let mut np = to.clone();
+                    np.extend_from_slice(rest);
+                    extra.push((np, *c));
+                }
+            }
+        }
+        paths.extend(extra);
+        paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
+        paths.dedup_by(|a, b| {
+            if a.0 == b.0 {
+                b.1.content |= a.1.content;
+                b.1.metadata |= a.1.metadata;
+                b.1.moved |= a.1.moved;
+                true
+            } else {
+                false
+            }
+        });
+        let mut moved_dirs = Vec::new();
+        for d in &self.dirs {
+            for (from, to) in moved {
+                if let Some(rest) = under(d, from) {
+                    let mut nd = to.clone();
+                    nd.extend_from_slice(rest);
+                    moved_dirs.push(nd);
+                }
+            }
+        }
+        self.dirs.extend(moved_dirs);
+    }
+
+    /// A directory rename is inferred from an inode number, and a removed
+    /// directory's number may be reused by a new one that is then moved:
+    /// after each directory rename, the entries directly below the new
+    /// name that the index and the source disagree on are looked at too
+    /// (a genuine move costs one lstat per entry and one listing).
+    fn check_moved_dirs(
+        &mut self,
+        moved: &[(Vec<u8>, Vec<u8>)],
+        paths: &mut Vec<(Vec<u8>, Change)>,
+    ) {
+        let mut extra = Vec::new();
+        let all = Change {
+            content: true,
+            metadata: true,
+            moved: false,
+        };
+        for (_, to) in moved {
+            if !self.index.get(to).is_some_and(|s| s.kind == Kind::Dir) {
+                continue;
+            }
+            let known = self.index.children(to);
+            for c in &known {
+                let same = self
+                    .index
+                    .get(c)
+                    .zip(self.lstat(c))
+                    .is_some_and(|(s, m)| s.ino == ino_of(&m));
+                if !same {
+                    extra.push((c.clone(), all));
+                }
+            }
+            let known: BTreeSet<Vec<u8>> = known.into_iter().collect();
+            if let Ok(rd) = std::fs::read_dir(self.abs(to)) {
+                for d in rd.flatten() {
+                    let mut c = to.clone();
+                    c.push(b'/');
+                    c.extend_from_slice(d.file_name().as_bytes());
+                    if !known.contains(&c) {
+                        extra.push((c, all));
+                    }
+                }
+            }
+        }
+        if extra.is_empty() {
+            return;
+        }
+        debug!(
+            paths = ?extra.iter().map(|(p, _)| display_path(p)).collect::<Vec<_>>(),
+            "entries of moved directories that differ from what the target holds"
+        );
+        paths.extend(extra);
+        paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
+        paths.dedup_by(|a, b| {
+            if a.0 == b.0 {
+                b.1.content |= a.1.content;
+                b.1.metadata |= a.1.metadata;
+                b.1.moved |= a.1.moved;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// A changed name of a hard-linked file that no longer holds its inode
+    /// (deleted or replaced since the event): a write through that name
+    /// changed the inode's content, and nothing names its other links. They
+    /// are diffed too (only changed blocks travel).
+    fn add_orphaned_links(
+        &mut self,
+        paths: &mut Vec<(Vec<u8>, Change)>,
+        handles: &HashMap<Vec<u8>, Handle>,
+        inodes: &std::collections::HashSet<Ino>,
+        watcher: &Watcher,
+    ) {
+        let mut extra = Vec::new();
+        for ino in inodes {
+            for other in self.index.link_names(*ino) {
+                extra.push((
+                    other,
+                    Change {
+                        content: true,
+                        metadata: true,
+                        moved: false,
+                    },
+                ));
+            }
+        }
+        for (p, _) in paths.iter() {
+            let now = self.lstat(p).map(|m| ino_of(&m));
+            // The inode the index knows at this name, and the one the last
+            // event was about (a name created and removed within the batch
+            // is not in the index).
+            let mut inos: Vec<Ino> = Vec::new();
+            if let Some(s) = self.index.get(p) {
+                if s.kind == Kind::File && !s.unknown && now != Some(s.ino) {
+                    inos.push(s.ino);
+                }
+            }
+            if now.is_none() {
+                if let Some((at, ino)) = handles.get(p).and_then(|h| watcher.locate(h)) {
+                    inos.push(ino);
+                    // The object lives on under another name (an ancestor
+                    // moved, maybe more than once, since the event): look
+                    // at it there.
+                    let pa = parent(&at);
+                    let parent_known = pa.is_empty()
+                        || self
+                            .index
+                            .get(&pa)
+                            .is_some_and(|s| s.kind == Kind::Dir && !s.unknown);
+                    if &at != p && parent_known {
+                        extra.push((
+                            at,
+                            Change {
+                                content: true,
+                                metadata: true,
+                                moved: false,
+                            },
+                        ));
+                    }
+                }
+            }
+            for ino in inos {
+                for other in self.index.link_names(ino) {
+                    if &other != p {
+                        extra.push((
+                            other,
+                            Change {
+                                content: true,
+                                metadata: true,
+                                moved: false,
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        if extra.is_empty() {
+            return;
+        }
+        debug!(
+            paths = ?extra.iter().map(|(p, _)| display_path(p)).collect::<Vec<_>>(),
+            "diffing other links of hard-linked files whose changed name is gone"
+        );
+        paths.extend(extra);
+        paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
+        paths.dedup_by(|a, b| {
+            if a.0 == b.0 {
+                b.1.content |= a.1.content;
+                b.1.metadata |= a.1.metadata;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
     /// Renames: a known entry that is gone (or replaced) whose inode now
     /// sits at another changed path.
     fn renames(&mut self, paths: &[(Vec<u8>, Change)]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut lost: HashMap<Ino, Vec<u8>> = HashMap::new();
         let mut now: Vec<(Vec<u8>, Option<Ino>)> = Vec::new();
-        for (p, _) in paths {
+        for (p, c) in paths {
             let md = self.lstat(p);
             let ino = md.as_ref().map(ino_of);
             if let Some(st) = self.index.get(p) {
-                if !st.unknown && ino != Some(st.ino) {
+                // A directory has one name: its inode number at another
+                // name is a move only with a move event (else a removed
+                // directory's number was reused by a new entry).
+                if !st.unknown && ino != Some(st.ino) && (st.kind != Kind::Dir || c.moved) {
                     lost.insert(st.ino, p.clone());
                 }
             }
+            // Only a name moved to (or a non-directory) can be the new name.
+            let ino = ino.filter(|_| c.moved || md.as_ref().is_some_and(|m| !m.is_dir()));
             now.push((p.clone(), ino));
         }
         if lost.is_empty() {
@@ -270,6 +492,11 @@ impl Worker {
             let Some(ino) = ino else { continue };
             let Some(from) = lost.get(ino) else { continue };
             if from == q || q.starts_with(from) && q.get(from.len()) == Some(&b'/') {
+                continue;
+            }
+            // Same kind only (a reused inode number may be another kind).
+            let was_dir = self.index.get(from).is_some_and(|s| s.kind == Kind::Dir);
+            if self.lstat(q).is_none_or(|m| m.is_dir() != was_dir) {
                 continue;
             }
             let known_same = self
@@ -306,6 +533,18 @@ impl Worker {
             }
             self.dirs.insert(parent(&from));
             self.dirs.insert(parent(&to));
+            // rename(2) replaces a file by a file only: a directory (the
+            // source's was emptied or removed first) or an entry of the
+            // other kind at the destination goes first.
+            let from_dir = self.index.get(&from).is_some_and(|s| s.kind == Kind::Dir);
+            if self
+                .index
+                .get(&to)
+                .is_some_and(|t| t.kind == Kind::Dir || from_dir || t.unknown)
+            {
+                self.emit(Record::Delete { path: to.clone() })?;
+                self.index.remove_tree(&to);
+            }
             self.emit(Record::Rename {
                 from: from.clone(),
                 to: to.clone(),
@@ -370,6 +609,7 @@ impl Worker {
                 if content && md.nlink() > 1 {
                     self.relink(rel, ino)?;
                 }
+                self.index.note_links(rel, ino, md.nlink());
             }
             if kind == Kind::Dir {
                 self.dirs.insert(rel.to_vec());
@@ -399,9 +639,9 @@ impl Worker {
     fn relink(&mut self, rel: &[u8], ino: Ino) -> Result<()> {
         let others: Vec<Vec<u8>> = self
             .index
-            .paths()
-            .filter(|(p, s)| s.ino == ino && !s.unknown && p.as_slice() != rel)
-            .map(|(p, _)| p.clone())
+            .link_names(ino)
+            .into_iter()
+            .filter(|p| p.as_slice() != rel)
             .collect();
         for o in others {
             if self.lstat(&o).is_some_and(|m| ino_of(&m) == ino) {
@@ -409,6 +649,12 @@ impl Worker {
                     existing: rel.to_vec(),
                     new: o,
                 })?;
+            } else {
+                // Not at that name any more (moved or removed since): the
+                // target's copy there keeps the old content, so it must not
+                // be carried along by a rename; its next change sends it
+                // as new (linked to `rel` again).
+                self.index.mark_unknown(&o, Kind::File);
             }
         }
         Ok(())
@@ -450,6 +696,7 @@ impl Worker {
                     self.diff_content(abs, &e, ino, false)?;
                     self.emit(Record::SetMetadata(e.clone()))?;
                     self.index.record(&e, ino);
+                    self.index.note_links(&rel, ino, nlink);
                     return Ok(());
                 }
             }
@@ -464,6 +711,7 @@ impl Worker {
                 if nlink > 1 {
                     self.relink(&rel, ino)?;
                 }
+                self.index.note_links(&rel, ino, nlink);
             }
             Kind::Dir => {
                 self.index.record(&e, ino);
@@ -492,6 +740,7 @@ impl Worker {
                         Change {
                             content: true,
                             metadata: true,
+                            moved: false,
                         },
                         true,
                     )?;
@@ -502,9 +751,45 @@ impl Worker {
         Ok(())
     }
 
+    /// Every ancestor of `rel` is still the directory the index knows
+    /// (present, and the same inode where the index knows it).
+    fn ancestors_intact(&self, rel: &[u8]) -> bool {
+        let mut p = parent(rel);
+        while !p.is_empty() {
+            let Some(md) = self.lstat(&p) else {
+                return false;
+            };
+            if let Some(s) = self.index.get(&p).filter(|s| !s.unknown) {
+                if s.ino != ino_of(&md) || !md.is_dir() {
+                    return false;
+                }
+            }
+            p = parent(&p);
+        }
+        true
+    }
+
     fn gone(&mut self, rel: &[u8]) -> Result<()> {
         if rel.is_empty() {
             anyhow::bail!("the protected root {} vanished", self.root.display());
+        }
+        if !self.redo.contains(rel) && !self.ancestors_intact(rel) {
+            // An ancestor moved or went away after this batch was cut: its
+            // own event (in the next batch) says which. Deleting the path
+            // now would lose it if the ancestor was only renamed.
+            debug!(
+                path = %display_path(rel),
+                "vanished with an ancestor; looked at again with the next batch"
+            );
+            self.deferred.insert(
+                rel.to_vec(),
+                Change {
+                    content: true,
+                    metadata: true,
+                    moved: false,
+                },
+            );
+            return Ok(());
         }
         let p = parent(rel);
         let parent_known = p.is_empty() || self.index.get(&p).is_some_and(|s| s.kind == Kind::Dir);
@@ -539,12 +824,29 @@ impl Worker {
                 }
                 continue;
             };
-            if s.kind != Kind::Dir || s.unknown {
+            if s.kind != Kind::Dir {
+                continue;
+            }
+            if s.unknown {
+                // Seeded unknown (changed around the mirror) and not named
+                // by an event itself: its entries are known one by one, only
+                // its own state is not. Make it exist with the source's
+                // metadata (a Create of an existing directory keeps its
+                // entries); without this its mtime would stay as the
+                // target's apply of its entries left it.
+                self.resolve_unknown_dir(&d)?;
                 continue;
             }
             let abs = self.abs(&d);
-            let Some(md) = self.lstat(&d) else { continue };
-            if ino_of(&md) != s.ino || !md.is_dir() {
+            if !self
+                .lstat(&d)
+                .is_some_and(|m| ino_of(&m) == s.ino && m.is_dir())
+            {
+                // Moved (or removed) since its entries changed: its new
+                // name gets its metadata with the batch that holds the move.
+                if !self.redo.contains(&d) {
+                    self.deferred.entry(d.clone()).or_default().metadata = true;
+                }
                 continue;
             }
             if let Ok(Some(e)) =
@@ -555,6 +857,34 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// An unknown directory that is a directory on the source: send it as a
+    /// Create (keeps its entries on the target, sets its metadata), after
+    /// its unknown ancestors. Returns whether it is now known.
+    fn resolve_unknown_dir(&mut self, d: &[u8]) -> Result<bool> {
+        if d.is_empty() {
+            return Ok(true);
+        }
+        match self.index.get(d) {
+            Some(s) if s.kind == Kind::Dir && !s.unknown => return Ok(true),
+            Some(s) if s.kind == Kind::Dir => {}
+            _ => return Ok(false),
+        }
+        let Some(md) = self.lstat(d) else {
+            return Ok(false);
+        };
+        if !md.is_dir() || self.excl.excluded(d) || !self.resolve_unknown_dir(&parent(d))? {
+            return Ok(false);
+        }
+        let Ok(Some(e)) =
+            standin_builder::scan::stat_entry(&self.abs(d), d.to_vec(), &mut HashMap::new())
+        else {
+            return Ok(false);
+        };
+        self.emit(Record::Create(e.clone()))?;
+        self.index.record(&e, ino_of(&md));
+        Ok(true)
     }
 
     /// Compare the whole tree with the index and send every difference.
@@ -644,6 +974,7 @@ impl Worker {
                 Change {
                     content: false,
                     metadata: true,
+                    moved: false,
                 },
                 false,
             )?;

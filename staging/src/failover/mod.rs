@@ -319,6 +319,16 @@ pub fn failover(
     if opts.graceful && opts.image == Image::Live {
         check::drain(&opts, progress)?;
     }
+    if opts.image == Image::Live {
+        // A daemon killed half way through a change set left it in the
+        // journal: finish it before looking at the replica.
+        let n = crate::store::replay_pending(&state_dir)?;
+        if n > 0 {
+            progress.note(&format!(
+                "finished {n} change set(s) the target daemon left half applied"
+            ));
+        }
+    }
     let ds = data_state(&opts)?;
     match std::fs::symlink_metadata(&ds.staged_root) {
         Ok(m) if m.is_dir() => {}
@@ -342,7 +352,16 @@ pub fn failover(
             ds.missing.join("; ")
         );
     }
-    let _lock = crate::lock::lock(&state_dir)?;
+    let lock = crate::lock::lock(&state_dir)?;
+    // Under the lock nothing is applied any more; a set journaled since the
+    // check above (and left half applied) is finished now, and the record
+    // names the sequence number the swapped system holds.
+    let seq = if opts.image == Image::Live {
+        crate::store::replay_locked(&state_dir, &lock)?;
+        crate::state::TargetState::load(&state_dir)?.last_applied_seq
+    } else {
+        ds.seq
+    };
     let cfg = TargetConfig::load(&state_dir)?;
     let id = new_id(&state_dir);
     let rdir = state_dir.join("rollback").join(&id);
@@ -364,7 +383,7 @@ pub fn failover(
         state: RecordState::InProgress,
         image: ds.image.clone(),
         source_id: ds.source_id.clone(),
-        seq: ds.seq,
+        seq,
         mirror_complete: ds.mirror_complete,
         target_root: target.clone(),
         staged_root: bases.staged.clone(),

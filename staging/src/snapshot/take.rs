@@ -204,7 +204,16 @@ fn take_locked(
     progress: &dyn Progress,
 ) -> Result<SnapshotMeta> {
     let t0 = Instant::now();
-    let _lock = crate::lock::for_apply(state_dir)?;
+    let lock = crate::lock::for_apply(state_dir)?;
+    // A change set a dead daemon left half applied is finished first (or
+    // the snapshot is refused): a snapshot holds whole change sets only.
+    let replayed = crate::store::replay_locked(state_dir, &lock)
+        .context("finishing the journaled change set before the snapshot")?;
+    if replayed > 0 {
+        progress.note(&format!(
+            "finished {replayed} change set(s) the target daemon left half applied"
+        ));
+    }
     let st = TargetState::load(state_dir)?;
     let Some(sid) = source_id.map(str::to_string).or(st.source_id.clone()) else {
         bail!(

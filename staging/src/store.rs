@@ -333,7 +333,8 @@ impl Store {
             && cs.records.iter().all(|r| match r {
                 Record::File { .. } | Record::SetMetadata(_) | Record::Delete { .. } => true,
                 Record::Create(e) => {
-                    e.link.is_none() && !(e.kind == standin_builder::entry::Kind::File && e.size > 0)
+                    e.link.is_none()
+                        && !(e.kind == standin_builder::entry::Kind::File && e.size > 0)
                 }
                 _ => false,
             })

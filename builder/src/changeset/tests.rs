@@ -236,7 +236,10 @@ fn file_records_round_trip_as_version_2_and_others_stay_version_1() {
     let e = ChangeSet::decode(&seal(&v3[..v3.len() - 32]))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("version 3") && e.contains("same standin version"), "{e}");
+    assert!(
+        e.contains("version 3") && e.contains("same standin version"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -249,18 +252,39 @@ fn hostile_file_records_are_refused() {
     // Size that does not match the data, a hard link, a sparse map, a
     // directory: refused at decode.
     let mut bad = Vec::new();
-    if let Record::File { mut entry, data, content_sha256 } = file_record("f", b"abc") {
+    if let Record::File {
+        mut entry,
+        data,
+        content_sha256,
+    } = file_record("f", b"abc")
+    {
         let mut e = entry.clone();
         e.size = 4;
-        bad.push(Record::File { entry: e, data: data.clone(), content_sha256 });
+        bad.push(Record::File {
+            entry: e,
+            data: data.clone(),
+            content_sha256,
+        });
         let mut e = entry.clone();
         e.link = Some(b"g".to_vec());
-        bad.push(Record::File { entry: e, data: data.clone(), content_sha256 });
+        bad.push(Record::File {
+            entry: e,
+            data: data.clone(),
+            content_sha256,
+        });
         let mut e = entry.clone();
         e.sparse = Some(vec![(0, 3)]);
-        bad.push(Record::File { entry: e, data: data.clone(), content_sha256 });
+        bad.push(Record::File {
+            entry: e,
+            data: data.clone(),
+            content_sha256,
+        });
         entry.kind = Kind::Dir;
-        bad.push(Record::File { entry, data, content_sha256 });
+        bad.push(Record::File {
+            entry,
+            data,
+            content_sha256,
+        });
     }
     for r in bad {
         let bytes = base(vec![r.clone()]).encode().unwrap();

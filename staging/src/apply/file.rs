@@ -246,9 +246,7 @@ fn write_all(fd: &OwnedFd, data: &[u8]) -> Result<(), Errno> {
 }
 
 /// The xattrs of an open file.
-fn fd_xattrs(
-    fd: impl AsFd,
-) -> Result<std::collections::BTreeMap<Xattr, Xattr>, Errno> {
+fn fd_xattrs(fd: impl AsFd) -> Result<std::collections::BTreeMap<Xattr, Xattr>, Errno> {
     let fd = fd.as_fd();
     let mut out = std::collections::BTreeMap::new();
     let mut names = vec![0u8; 1024];

@@ -147,13 +147,15 @@ fn file_record_replaces_files_hard_links_symlinks_and_directories() {
         ..file_entry("d2", 0o755, b"")
     };
     t.apply(&Record::Create(dir.clone())).unwrap();
-    t.apply(&rec(&file_entry("d2/a", 0o644, b"1"), b"1")).unwrap();
+    t.apply(&rec(&file_entry("d2/a", 0o644, b"1"), b"1"))
+        .unwrap();
     t.apply(&Record::Delete {
         path: b"d2".to_vec(),
     })
     .unwrap();
     t.apply(&Record::Create(dir)).unwrap();
-    t.apply(&rec(&file_entry("d2/b", 0o644, b"2"), b"2")).unwrap();
+    t.apply(&rec(&file_entry("d2/b", 0o644, b"2"), b"2"))
+        .unwrap();
     assert_eq!(std::fs::read(root.join("d2/b")).unwrap(), b"2");
     assert!(!root.join("d2/a").exists());
 }

@@ -52,7 +52,9 @@ const BATCH_BLOCKS: u64 = 64 << 10;
 const SET_BYTES: usize = 14 << 20;
 const SET_RECORDS: usize = 20_000;
 const EXTENT: u64 = 4 << 20;
-const QUEUE_HIGH: u64 = 48 << 20;
+/// Change-set bytes queued (sent, not yet acknowledged) before the mirror
+/// waits: enough for the target to apply one set while it reads the next.
+const QUEUE_HIGH: u64 = 32 << 20;
 
 /// How to mirror.
 #[derive(Debug, Clone)]

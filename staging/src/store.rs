@@ -19,6 +19,11 @@
 //! journal entry above the recorded number is re-applied from its progress
 //! mark; a torn entry (temp file, bad checksum) was never acknowledged and
 //! is discarded, so the agent sends it again.
+//!
+//! During a mirror that has not completed, a set of records that never
+//! leave a torn file and can be applied again from the start
+//! ([`Store::unjournaled`]) skips the journal: after a crash the agent
+//! sends it again (it keeps every unacknowledged set).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

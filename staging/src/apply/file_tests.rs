@@ -136,7 +136,7 @@ fn file_record_replaces_files_hard_links_symlinks_and_directories() {
     }
     // The other hard link of the old file keeps the old content.
     assert_eq!(std::fs::read(root.join("other-link")).unwrap(), b"old");
-    assert_eq!(std::fs::read("/etc/passwd").unwrap().is_empty(), false);
+    assert!(std::fs::symlink_metadata(root.join("s")).unwrap().is_file());
     // A later file record in a directory that replaced the cached one.
     t.apply(&Record::Delete {
         path: b"d2".to_vec(),

@@ -366,8 +366,11 @@ async fn handle(
     };
     send(&mut tls, &Message::Welcome(welcome), 0).await?;
     let (rd, mut wr) = tokio::io::split(tls);
-    let frames = read_ahead(rd, cfg.max_frame);
-    serve_requests(frames, &mut wr, &hello, &shared).await
+    let (frames, reader) = read_ahead(rd, cfg.max_frame);
+    let r = serve_requests(frames, &mut wr, &hello, &shared).await;
+    // The reader holds the read half: stop it so the connection closes now.
+    reader.abort();
+    r
 }
 
 /// A frame read and decoded ahead of the request loop.
@@ -381,9 +384,12 @@ type Incoming = Result<(Vec<u8>, Result<Message, String>), FrameError>;
 fn read_ahead<R: AsyncRead + Unpin + Send + 'static>(
     mut rd: R,
     max_frame: u32,
-) -> tokio::sync::mpsc::Receiver<Incoming> {
+) -> (
+    tokio::sync::mpsc::Receiver<Incoming>,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Incoming>(1);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let item = match read_frame(&mut rd, max_frame).await {
                 Ok(f) => {
@@ -411,7 +417,7 @@ fn read_ahead<R: AsyncRead + Unpin + Send + 'static>(
             }
         }
     });
-    rx
+    (rx, task)
 }
 
 async fn serve_requests<S: AsyncWrite + Unpin>(

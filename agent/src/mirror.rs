@@ -38,6 +38,9 @@ use standin_link::message::{
     DiffItem, Message, MirrorEnd, MirrorEntries, MirrorMode, MirrorStart, Role,
 };
 
+mod files;
+use files::{whole_file, ReadAhead};
+
 use crate::bwlimit::{Bucket, BwLimit};
 use crate::link::{connect, LinkConfig, Sender};
 
@@ -49,7 +52,9 @@ const BATCH_BLOCKS: u64 = 64 << 10;
 const SET_BYTES: usize = 14 << 20;
 const SET_RECORDS: usize = 20_000;
 const EXTENT: u64 = 4 << 20;
-const QUEUE_HIGH: u64 = 48 << 20;
+/// Change-set bytes queued (sent, not yet acknowledged) before the mirror
+/// waits: enough for the target to apply one set while it reads the next.
+const QUEUE_HIGH: u64 = 32 << 20;
 
 /// How to mirror.
 #[derive(Debug, Clone)]
@@ -200,6 +205,12 @@ pub async fn mirror(
         report.deleted += 1;
     }
     let mut recreated: HashSet<Vec<u8>> = HashSet::new();
+    let mut ahead = ReadAhead::start(
+        plan.iter()
+            .filter(|p| matches!(p.action, Action::Create) && whole_file(&p.entry))
+            .map(|p| (abs_path(&opts.root, &p.entry.path), p.entry.clone()))
+            .collect(),
+    );
     for p in &plan {
         let e = &p.entry;
         let action = match (&p.action, &e.link) {
@@ -208,6 +219,23 @@ pub async fn mirror(
         };
         match action {
             Action::Keep => continue,
+            Action::Create if matches!(p.action, Action::Create) && whole_file(e) => {
+                touched.insert(parent_of(&e.path).to_vec());
+                recreated.insert(e.path.clone());
+                let read = ahead
+                    .next()
+                    .await
+                    .context("the mirror's reader thread stopped")?;
+                match read.with_context(|| format!("reading {}", e.display_path()))? {
+                    Some(r) => out.push(r).await?,
+                    // Grew past the one-record size since the scan.
+                    None => {
+                        out.push(Record::Create(e.clone())).await?;
+                        send_whole(&mut out, &opts.root, e).await?;
+                        out.push(Record::SetMetadata(e.clone())).await?;
+                    }
+                }
+            }
             Action::Create => {
                 touched.insert(parent_of(&e.path).to_vec());
                 out.push(Record::Create(e.clone())).await?;
@@ -443,6 +471,15 @@ impl SetWriter<'_> {
     async fn push(&mut self, r: Record) -> Result<()> {
         let len = match &r {
             Record::WriteExtent { data, .. } => data.len() + 64,
+            Record::File { entry: e, data, .. } => {
+                data.len()
+                    + 200
+                    + e.path.len()
+                    + e.xattrs
+                        .iter()
+                        .map(|(k, v)| k.0.len() + v.0.len() + 8)
+                        .sum::<usize>()
+            }
             Record::Create(e) | Record::SetMetadata(e) => {
                 160 + 2 * e.path.len()
                     + e.target.as_ref().map_or(0, |t| t.len())
@@ -453,7 +490,7 @@ impl SetWriter<'_> {
             }
             _ => 96,
         };
-        if let Record::WriteExtent { data, .. } = &r {
+        if let Record::WriteExtent { data, .. } | Record::File { data, .. } = &r {
             self.data += data.len() as u64;
             self.progress.advance(data.len() as u64, 0);
         }

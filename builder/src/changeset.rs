@@ -23,7 +23,11 @@ mod codec;
 use codec::{decode_record, encode_record, kind_tag, limit, put_bytes, put_opt, Reader};
 
 const MAGIC: &[u8; 4] = b"SICS";
+/// Version written when a set holds only version-1 records (older targets
+/// read it); [`VERSION_FILE`] when it holds a [`Record::File`].
 const VERSION: u8 = 1;
+/// Version 2 adds [`Record::File`] (tag 8).
+const VERSION_FILE: u8 = 2;
 const HEADER: usize = 4 + 4 + 8 + 8 + 4;
 
 /// Longest path (bytes) a record may carry.
@@ -81,6 +85,17 @@ pub enum Record {
     Link { existing: Vec<u8>, new: Vec<u8> },
     /// Remove `path` (recursively for a directory); absent is fine.
     Delete { path: Vec<u8> },
+    /// A whole regular file in one record (format version 2): replace
+    /// whatever is at `entry.path` with a new file holding `data` (whose
+    /// sha256 is `content_sha256`) and `entry`'s metadata. `entry.size`
+    /// equals `data.len()`; no hard link, no sparse map. The target checks
+    /// the digest before writing anything and makes the file visible only
+    /// once it is complete (content and metadata).
+    File {
+        entry: Entry,
+        data: Vec<u8>,
+        content_sha256: Digest32,
+    },
 }
 
 impl Record {
@@ -94,12 +109,14 @@ impl Record {
             Record::Rename { .. } => "rename",
             Record::Link { .. } => "link",
             Record::Delete { .. } => "delete",
+            Record::File { .. } => "file",
         }
     }
 
     /// Every path the record names (for checks and logs).
     pub fn paths(&self) -> Vec<&[u8]> {
         match self {
+            Record::File { entry, .. } => vec![&entry.path[..]],
             Record::Create(e) | Record::SetMetadata(e) => {
                 let mut v = vec![&e.path[..]];
                 if let Some(l) = &e.link {
@@ -118,7 +135,7 @@ impl Record {
     /// Bytes of file data the record carries.
     pub fn data_len(&self) -> u64 {
         match self {
-            Record::WriteExtent { data, .. } => data.len() as u64,
+            Record::WriteExtent { data, .. } | Record::File { data, .. } => data.len() as u64,
             _ => 0,
         }
     }
@@ -141,7 +158,7 @@ pub enum ChangeSetError {
     Truncated(&'static str),
     #[error("change set does not start with the SICS magic")]
     BadMagic,
-    #[error("change set format version {0} is not supported (this build reads version 1)")]
+    #[error("change set format version {0} is not supported (this build reads versions 1 and 2); install the same standin version on both sides")]
     BadVersion(u8),
     #[error("change set checksum does not match (expected {expected}, computed {computed})")]
     BadChecksum { expected: String, computed: String },
@@ -205,6 +222,23 @@ impl ChangeSet {
     pub fn check_paths(&self) -> Result<(), ChangeSetError> {
         for (index, r) in self.records.iter().enumerate() {
             let allow_root = matches!(r, Record::SetMetadata(_) | Record::Create(_));
+            if let Record::File { entry, data, .. } = r {
+                if entry.kind != Kind::File
+                    || entry.link.is_some()
+                    || entry.sparse.is_some()
+                    || entry.size != data.len() as u64
+                {
+                    return Err(ChangeSetError::BadRecord {
+                        index,
+                        reason: format!(
+                            "file record {} must be a plain regular file whose size ({}) equals its data ({} bytes)",
+                            entry.display_path(),
+                            entry.size,
+                            data.len()
+                        ),
+                    });
+                }
+            }
             for (i, p) in r.paths().into_iter().enumerate() {
                 check_path(p, allow_root && i == 0)
                     .map_err(|reason| ChangeSetError::BadRecord { index, reason })?;
@@ -230,7 +264,16 @@ impl ChangeSet {
     pub fn encode(&self) -> Result<Vec<u8>, ChangeSetError> {
         let mut w = Vec::with_capacity(HEADER + 64 + self.data_len() as usize);
         w.extend_from_slice(MAGIC);
-        w.extend_from_slice(&[VERSION, 0, 0, 0]);
+        let version = if self
+            .records
+            .iter()
+            .any(|r| matches!(r, Record::File { .. }))
+        {
+            VERSION_FILE
+        } else {
+            VERSION
+        };
+        w.extend_from_slice(&[version, 0, 0, 0]);
         w.extend_from_slice(&self.seq.to_be_bytes());
         w.extend_from_slice(&self.created_unix_ms.to_be_bytes());
         limit("record count", self.records.len(), MAX_RECORDS)?;
@@ -263,7 +306,7 @@ impl ChangeSet {
         }
         let mut r = Reader { buf: body, pos: 4 };
         let version = r.u8()?;
-        if version != VERSION {
+        if version != VERSION && version != VERSION_FILE {
             return Err(ChangeSetError::BadVersion(version));
         }
         r.take(3)?;
@@ -275,7 +318,7 @@ impl ChangeSet {
         limit("record count", count, r.remaining() / 5 + 1)?;
         let mut records = Vec::with_capacity(count);
         for index in 0..count {
-            records.push(decode_record(&mut r).map_err(|e| match e {
+            records.push(decode_record(&mut r, version).map_err(|e| match e {
                 ChangeSetError::BadRecord { .. } => e,
                 other => ChangeSetError::BadRecord {
                     index,

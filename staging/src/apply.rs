@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
+mod file;
 mod fsops;
 use fsops::{kind_of, list_xattrs, lstat, proc_path, remove_at};
 use sha2::{Digest, Sha256};
@@ -79,7 +80,12 @@ pub fn space_needed(records: &[Record]) -> (u64, u64) {
         + (64 << 10);
     let inodes = records
         .iter()
-        .filter(|r| matches!(r, Record::Create(_) | Record::Link { .. }))
+        .filter(|r| {
+            matches!(
+                r,
+                Record::Create(_) | Record::Link { .. } | Record::File { .. }
+            )
+        })
         .count() as u64
         + 4;
     (bytes, inodes)
@@ -116,6 +122,9 @@ pub struct DirTarget {
     pub preserve_owner: bool,
     /// Copies inodes shared with hardlink snapshots out before they change.
     pub cow: Option<crate::snapshot::cow::Guard>,
+    /// The parent directory of the last file record (path, descriptor),
+    /// reused while consecutive file records name the same directory.
+    parent_cache: Option<(Vec<u8>, OwnedFd)>,
 }
 
 impl DirTarget {
@@ -132,6 +141,7 @@ impl DirTarget {
             root_path: root.to_path_buf(),
             preserve_owner: rustix::process::geteuid().is_root(),
             cow: None,
+            parent_cache: None,
         })
     }
 
@@ -485,6 +495,18 @@ impl DirTarget {
 impl ApplyTarget for DirTarget {
     fn apply(&mut self, record: &Record) -> Result<(), ApplyError> {
         match record {
+            // Records that cannot move or replace a directory keep the
+            // cached parent of file records; all others drop it.
+            Record::File { .. } | Record::SetMetadata(_) | Record::WriteExtent { .. } => {}
+            Record::Create(e) if e.kind == Kind::Dir => {}
+            _ => self.parent_cache = None,
+        }
+        match record {
+            Record::File {
+                entry,
+                data,
+                content_sha256,
+            } => self.write_file(entry, data, content_sha256),
             Record::Create(e) => self.create(e),
             Record::SetMetadata(e) => self.set_metadata(e),
             Record::WriteExtent {
@@ -563,3 +585,6 @@ impl ApplyTarget for DirTarget {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod file_tests;

@@ -1,8 +1,9 @@
 //! `standin target serve`: the target daemon.
 //!
 //! One task per connection: TLS handshake (pinned mutual TLS), Hello, then
-//! requests. Change sets go through the [`Store`] on a blocking thread, one
-//! at a time. Any malformed, oversized or unknown frame closes only that
+//! requests, with the next frame read and decoded while the current
+//! request runs. Change sets go through the [`Store`] on a blocking thread,
+//! one at a time. Any malformed, oversized or unknown frame closes only that
 //! connection, with the reason logged.
 
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use standin_link::frame::{read_frame, write_frame, DEFAULT_MAX_FRAME};
+use standin_link::frame::{read_frame, write_frame, FrameError, DEFAULT_MAX_FRAME};
 use standin_link::message::{check_source_id, ErrorMsg, Hello, Message, Role, Welcome};
 use standin_link::{tls, Fingerprint, Identity, PROTOCOL_VERSION, STANDIN_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -429,10 +430,63 @@ async fn handle(
         mirror_complete,
     };
     send(&mut tls, &Message::Welcome(welcome), 0).await?;
-    serve_requests(&mut tls, &hello, peer, &shared).await
+    let (rd, mut wr) = tokio::io::split(tls);
+    let (frames, reader) = read_ahead(rd, cfg.max_frame);
+    let r = serve_requests(frames, &mut wr, &hello, peer, &shared).await;
+    // The reader holds the read half: stop it so the connection closes now.
+    reader.abort();
+    r
 }
 
-async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
+/// A frame read and decoded ahead of the request loop.
+type Incoming = Result<(Vec<u8>, Result<Message, String>), FrameError>;
+
+/// Read and decode frames on their own task, one frame ahead of the
+/// request loop: while a change set applies on a blocking thread, the next
+/// one is decrypted, decompressed and checked (its checksum, limits and
+/// paths). At most one decoded frame waits, so memory stays bounded.
+/// The task ends with the connection or after the first error.
+fn read_ahead<R: AsyncRead + Unpin + Send + 'static>(
+    mut rd: R,
+    max_frame: u32,
+) -> (
+    tokio::sync::mpsc::Receiver<Incoming>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Incoming>(1);
+    let task = tokio::spawn(async move {
+        loop {
+            let item = match read_frame(&mut rd, max_frame).await {
+                Ok(f) => {
+                    let large = f.payload.len() >= 64 << 10;
+                    let payload = f.payload;
+                    let kind = f.kind;
+                    let decode = move || {
+                        let m = Message::decode(kind, &payload).map_err(|e| e.to_string());
+                        (payload, m)
+                    };
+                    if large {
+                        // Decoding a large change set hashes it: off the runtime's threads.
+                        tokio::task::spawn_blocking(decode)
+                            .await
+                            .map_err(|e| FrameError::Io(std::io::Error::other(e)))
+                    } else {
+                        Ok(decode())
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}
+
+async fn serve_requests<S: AsyncWrite + Unpin>(
+    mut frames: tokio::sync::mpsc::Receiver<Incoming>,
     s: &mut S,
     hello: &Hello,
     peer: SocketAddr,
@@ -448,17 +502,17 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let mut diff: Option<crate::mirror::DiffSession> = None;
     loop {
-        let frame = match read_frame(s, cfg.max_frame).await {
-            Ok(f) => f,
-            Err(standin_link::frame::FrameError::Closed) => {
+        let (payload, decoded) = match frames.recv().await {
+            Some(Ok(f)) => f,
+            None | Some(Err(FrameError::Closed)) => {
                 debug!(source = hello.source_id, "peer closed the connection");
                 return Ok(());
             }
-            Err(e) => return Err(refuse(s, format!("{e}"), false).await),
+            Some(Err(e)) => return Err(refuse(s, format!("{e}"), false).await),
         };
-        let msg = match Message::decode(frame.kind, &frame.payload) {
+        let msg = match decoded {
             Ok(m) => m,
-            Err(e) => return Err(refuse(s, format!("{e}"), false).await),
+            Err(e) => return Err(refuse(s, e, false).await),
         };
         let reply = match msg {
             Message::StatusRequest => {
@@ -522,7 +576,7 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                 Message::Ack(standin_link::message::Ack { seq })
             }
             Message::ChangeSet(cs) if agent => {
-                let raw = frame.payload;
+                let raw = payload;
                 let seq = cs.seq;
                 match with_store(shared, move |store| store.receive(&raw, &cs)).await? {
                     Ok(Received::Applied { seq, problems }) => {

@@ -19,6 +19,11 @@
 //! journal entry above the recorded number is re-applied from its progress
 //! mark; a torn entry (temp file, bad checksum) was never acknowledged and
 //! is discarded, so the agent sends it again.
+//!
+//! During a mirror that has not completed, a set of records that never
+//! leave a torn file and can be applied again from the start
+//! ([`Store::unjournaled`]) skips the journal: after a crash the agent
+//! sends it again (it keeps every unacknowledged set).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -302,6 +307,9 @@ impl Store {
             });
         }
         let path = self.journal().join(journal_name(cs.seq, "cs"));
+        if self.unjournaled(cs) && !path.exists() {
+            return self.apply_journaled(cs, raw.len() as u64);
+        }
         let same = std::fs::read(&path).map(|b| b == raw).unwrap_or(false);
         if !same {
             durable::remove(&self.journal().join(journal_name(cs.seq, "progress")))
@@ -313,6 +321,34 @@ impl Store {
             })?;
         }
         self.apply_journaled(cs, raw.len() as u64)
+    }
+
+    /// Whether `cs` is applied without being journaled first: a set of a
+    /// mirror that has not completed yet, made only of records that never
+    /// leave a torn file and that the agent's resend re-applies from the
+    /// start ([`Record::File`] — unnamed until complete —, `Create` of
+    /// anything but a file with content or a hard link, `SetMetadata`,
+    /// `Delete`). Such a set costs its data once on disk instead of twice.
+    /// After a crash in the middle of it the replica holds part of it (whole
+    /// files only) while the state still says `seq - 1`; the mirror is not
+    /// complete, so status and failover say files are missing, and the
+    /// agent, which keeps every unacknowledged set, sends it again.
+    pub fn unjournaled(&self, cs: &ChangeSet) -> bool {
+        let mirroring = !self.state.mirror_complete
+            && self
+                .state
+                .mirror
+                .as_ref()
+                .is_some_and(|m| cs.seq >= m.first_seq);
+        mirroring
+            && cs.records.iter().all(|r| match r {
+                Record::File { .. } | Record::SetMetadata(_) | Record::Delete { .. } => true,
+                Record::Create(e) => {
+                    e.link.is_none()
+                        && !(e.kind == standin_builder::entry::Kind::File && e.size > 0)
+                }
+                _ => false,
+            })
     }
 
     /// Retry a paused apply from the journal. Returns whether it is no longer paused.
@@ -566,7 +602,9 @@ fn track(pending: &mut BTreeMap<Vec<u8>, Digest32>, r: &Record) {
                 pending.remove(path);
             }
         },
-        Record::Create(e) => pending.retain(|k, _| !under(k, &e.path)),
+        Record::Create(e) | Record::File { entry: e, .. } => {
+            pending.retain(|k, _| !under(k, &e.path))
+        }
         Record::Delete { path } => pending.retain(|k, _| !under(k, path)),
         Record::Link { new, .. } => {
             pending.remove(new);

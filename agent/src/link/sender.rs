@@ -11,7 +11,8 @@ struct Queued {
 
 /// Where a queued change set is kept.
 enum Body {
-    Memory(Vec<u8>),
+    /// Shared so that sending does not copy it.
+    Memory(std::sync::Arc<Vec<u8>>),
     Disk(PathBuf),
 }
 
@@ -226,7 +227,7 @@ impl Sender {
         let body = if in_memory + len <= cfg.queue_max_bytes
             || (q.items.is_empty() && cfg.spill_dir.is_none())
         {
-            Body::Memory(payload)
+            Body::Memory(std::sync::Arc::new(payload))
         } else if let Some(dir) = cfg
             .spill_dir
             .as_ref()
@@ -515,9 +516,11 @@ async fn session(
             let Some((seq, body)) = next else { break };
             let payload = match body {
                 Ok(p) => p,
-                Err(path) => tokio::fs::read(&path)
-                    .await
-                    .with_context(|| format!("reading spilled change set {}", path.display()))?,
+                Err(path) => {
+                    std::sync::Arc::new(tokio::fs::read(&path).await.with_context(|| {
+                        format!("reading spilled change set {}", path.display())
+                    })?)
+                }
             };
             let n = write_frame(
                 &mut wr,

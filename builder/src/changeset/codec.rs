@@ -186,6 +186,17 @@ pub(super) fn encode_record(w: &mut Vec<u8>, r: &Record) -> Result<(), ChangeSet
             w.push(7);
             put_path(w, path)?;
         }
+        Record::File {
+            entry,
+            data,
+            content_sha256,
+        } => {
+            w.push(8);
+            encode_entry(w, entry)?;
+            limit("file data", data.len(), MAX_EXTENT_DATA)?;
+            put_bytes(w, data);
+            w.extend_from_slice(content_sha256);
+        }
     }
     Ok(())
 }
@@ -335,8 +346,18 @@ fn decode_entry(r: &mut Reader<'_>) -> Result<Entry, ChangeSetError> {
     })
 }
 
-pub(super) fn decode_record(r: &mut Reader<'_>) -> Result<Record, ChangeSetError> {
+pub(super) fn decode_record(r: &mut Reader<'_>, version: u8) -> Result<Record, ChangeSetError> {
     Ok(match r.u8()? {
+        8 if version >= VERSION_FILE => {
+            let entry = decode_entry(r)?;
+            let data = r.bytes("file data", MAX_EXTENT_DATA)?;
+            let content_sha256 = r.digest()?;
+            Record::File {
+                entry,
+                data,
+                content_sha256,
+            }
+        }
         1 => Record::Create(decode_entry(r)?),
         2 => {
             let path = r.bytes("path length", MAX_PATH)?;

@@ -200,3 +200,119 @@ fn metadata_digest_tracks_metadata_only() {
     b.mode = 0o600;
     assert_ne!(metadata_digest(&a), metadata_digest(&b));
 }
+
+fn file_record(path: &str, data: &[u8]) -> Record {
+    let mut e = entry(path, Kind::File);
+    e.sparse = None;
+    e.sha256 = None;
+    e.size = data.len() as u64;
+    e.mode = 0o4755;
+    Record::File {
+        entry: e,
+        data: data.to_vec(),
+        content_sha256: Sha256::digest(data).into(),
+    }
+}
+
+#[test]
+fn file_records_round_trip_as_version_2_and_others_stay_version_1() {
+    let mut cs = sample();
+    assert_eq!(cs.encode().unwrap()[4], 1, "no file record: version 1");
+    cs.records.push(file_record("dir/whole", b"whole content"));
+    cs.records.push(file_record("empty", b""));
+    let bytes = cs.encode().unwrap();
+    assert_eq!(bytes[4], 2);
+    assert_eq!(ChangeSet::decode(&bytes).unwrap(), cs);
+    assert_eq!(cs.data_len(), 5 + 13);
+    // Tag 8 inside a version-1 set is unknown.
+    let mut v1 = bytes.clone();
+    v1[4] = 1;
+    let v1 = seal(&v1[..v1.len() - 32]);
+    let e = ChangeSet::decode(&v1).unwrap_err().to_string();
+    assert!(e.contains("unknown record tag 8"), "{e}");
+    // Version 3 is refused with a hint.
+    let mut v3 = bytes.clone();
+    v3[4] = 3;
+    let e = ChangeSet::decode(&seal(&v3[..v3.len() - 32]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("version 3") && e.contains("same standin version"),
+        "{e}"
+    );
+}
+
+#[test]
+fn hostile_file_records_are_refused() {
+    let base = |records: Vec<Record>| ChangeSet {
+        seq: 1,
+        created_unix_ms: 0,
+        records,
+    };
+    // Size that does not match the data, a hard link, a sparse map, a
+    // directory: refused at decode.
+    let mut bad = Vec::new();
+    if let Record::File {
+        mut entry,
+        data,
+        content_sha256,
+    } = file_record("f", b"abc")
+    {
+        let mut e = entry.clone();
+        e.size = 4;
+        bad.push(Record::File {
+            entry: e,
+            data: data.clone(),
+            content_sha256,
+        });
+        let mut e = entry.clone();
+        e.link = Some(b"g".to_vec());
+        bad.push(Record::File {
+            entry: e,
+            data: data.clone(),
+            content_sha256,
+        });
+        let mut e = entry.clone();
+        e.sparse = Some(vec![(0, 3)]);
+        bad.push(Record::File {
+            entry: e,
+            data: data.clone(),
+            content_sha256,
+        });
+        entry.kind = Kind::Dir;
+        bad.push(Record::File {
+            entry,
+            data,
+            content_sha256,
+        });
+    }
+    for r in bad {
+        let bytes = base(vec![r.clone()]).encode().unwrap();
+        let e = ChangeSet::decode(&bytes).unwrap_err().to_string();
+        assert!(e.contains("plain regular file"), "{r:?}: {e}");
+    }
+    // Unsafe paths.
+    for p in ["/etc/passwd", "../x", "a//b", ""] {
+        let bytes = base(vec![file_record(p, b"x")]).encode().unwrap();
+        assert!(ChangeSet::decode(&bytes).is_err(), "{p}");
+    }
+    // An oversized data length is refused from the length alone.
+    let bytes = base(vec![file_record("f", b"abc")]).encode().unwrap();
+    let body = &bytes[..bytes.len() - 32];
+    // data length sits right before the data and the 32-byte digest.
+    let at = body.len() - 32 - 3 - 4;
+    assert_eq!(&body[at..at + 4], &3u32.to_be_bytes());
+    let mut big = body.to_vec();
+    big[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+    let e = ChangeSet::decode(&seal(&big)).unwrap_err().to_string();
+    assert!(e.contains("file data"), "{e}");
+    let too_big = base(vec![Record::File {
+        entry: Entry {
+            size: (MAX_EXTENT_DATA + 1) as u64,
+            ..entry("f", Kind::File)
+        },
+        data: vec![0; MAX_EXTENT_DATA + 1],
+        content_sha256: [0; 32],
+    }]);
+    assert!(too_big.encode().is_err());
+}

@@ -236,3 +236,62 @@ fn a_file_sent_in_pieces_is_verified_once_at_its_last_piece() {
         b"Hello world"
     );
 }
+
+fn whole(path: &str, data: &[u8]) -> Record {
+    let mut e = file(path);
+    e.size = data.len() as u64;
+    Record::File {
+        entry: e,
+        data: data.to_vec(),
+        content_sha256: Sha256::digest(data).into(),
+    }
+}
+
+#[test]
+fn only_blind_sets_inside_an_open_mirror_skip_the_journal() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = open(d.path());
+    let files = || cs(1, vec![whole("a", b"1"), whole("b", b"22")]);
+    // Replication (no mirror): journaled.
+    assert!(!s.unjournaled(&files().0));
+    s.mirror_start(&MirrorStart {
+        mirror_id: "m".into(),
+        mode: standin_link::message::MirrorMode::Full,
+        total_entries: 2,
+        total_bytes: 3,
+        first_seq: 1,
+    })
+    .unwrap();
+    assert!(s.unjournaled(&files().0));
+    // A set with pieces of a file (could be torn) or a rename: journaled.
+    assert!(!s.unjournaled(&cs(1, write("c", b"x")).0));
+    let rename = Record::Rename {
+        from: b"a".to_vec(),
+        to: b"z".to_vec(),
+    };
+    assert!(!s.unjournaled(&cs(1, vec![whole("a", b"1"), rename]).0));
+    let (c, raw) = files();
+    assert!(matches!(
+        s.receive(&raw, &c).unwrap(),
+        Received::Applied { seq: 1, .. }
+    ));
+    let root = s.staging_root("src");
+    assert_eq!(std::fs::read(root.join("b")).unwrap(), b"22");
+    assert_eq!(
+        std::fs::read_dir(d.path().join("journal")).unwrap().count(),
+        0
+    );
+    // Once the mirror completed, even file records are journaled.
+    s.mirror_end(&MirrorEnd {
+        mirror_id: "m".into(),
+        last_seq: 1,
+        root_digest: None,
+    })
+    .unwrap();
+    assert!(!s.unjournaled(&cs(2, vec![whole("a", b"1")]).0));
+    // After a restart the applied set is not replayed and files are whole.
+    drop(s);
+    let s = open(d.path());
+    assert_eq!(s.state().last_applied_seq, 1);
+    assert_eq!(std::fs::read(root.join("a")).unwrap(), b"1");
+}

@@ -1,0 +1,269 @@
+//! The bulk [`Record::File`](standin_builder::changeset::Record::File):
+//! a whole regular file (content, owner, mode, xattrs, mtime) in one record.
+//!
+//! The parent directory is resolved beneath the root like every other path
+//! (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`) and kept open
+//! while consecutive file records name the same directory. The data's
+//! sha256 is checked before anything is written. The file is created
+//! unnamed (`O_TMPFILE`), written, given its owner, mode, xattrs and mtime
+//! through its descriptor, checked (`fstat` and its xattrs, compared by
+//! [`metadata_digest`]) and only then linked into place, replacing what was
+//! there: a crash at any moment leaves the old entry, no entry, or the
+//! complete new file — never a torn one. The digest of what was written is
+//! remembered ([`crate::digest_cache`]), so the file is not read back.
+//! Filesystems without `O_TMPFILE` get the file created under its name.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
+use rustix::io::Errno;
+use sha2::{Digest, Sha256};
+use standin_builder::changeset::{check_path, metadata_digest, Digest32};
+use standin_builder::entry::{display_path, Entry, Kind, Xattr};
+
+use super::fsops::{kind_of, lstat, remove_at};
+use super::{io_err, ApplyError, DirTarget};
+
+impl DirTarget {
+    /// The parent directory of `path` (cached while consecutive records
+    /// name the same one) and the last component.
+    fn cached_parent<'p>(&mut self, path: &'p [u8]) -> Result<(OwnedFd, &'p [u8]), ApplyError> {
+        check_path(path, false).map_err(ApplyError::Refused)?;
+        let (dir, name) = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => (&b"."[..], path),
+        };
+        if let Some((cached, fd)) = self.parent_cache.take() {
+            if cached == dir {
+                return Ok((fd, name));
+            }
+        }
+        Ok((self.open_beneath(dir, path)?, name))
+    }
+
+    /// Apply a [`Record::File`](standin_builder::changeset::Record::File).
+    pub(super) fn write_file(
+        &mut self,
+        e: &Entry,
+        data: &[u8],
+        sha: &Digest32,
+    ) -> Result<(), ApplyError> {
+        let got: Digest32 = Sha256::digest(data).into();
+        if got != *sha {
+            return Err(ApplyError::Refused(format!(
+                "file record {}: its data has sha256 {}, the record says {}; nothing written",
+                display_path(&e.path),
+                hex::encode(got),
+                hex::encode(sha)
+            )));
+        }
+        if e.kind != Kind::File || e.size != data.len() as u64 {
+            return Err(ApplyError::Refused(format!(
+                "file record {} is not a plain regular file of {} bytes",
+                display_path(&e.path),
+                data.len()
+            )));
+        }
+        let (dir, name) = self.cached_parent(&e.path)?;
+        let r = self.write_file_in(&dir, name, e, data, sha);
+        // A directory replaced by this file does not invalidate its parent.
+        let parent = match e.path.iter().rposition(|&b| b == b'/') {
+            Some(i) => e.path[..i].to_vec(),
+            None => b".".to_vec(),
+        };
+        self.parent_cache = Some((parent, dir));
+        r
+    }
+
+    fn write_file_in(
+        &mut self,
+        dir: &OwnedFd,
+        name: &[u8],
+        e: &Entry,
+        data: &[u8],
+        sha: &Digest32,
+    ) -> Result<(), ApplyError> {
+        let n = OsStr::from_bytes(name);
+        let tmp = rustix::fs::openat(
+            dir,
+            ".",
+            OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        );
+        let (fd, named) = match tmp {
+            Ok(fd) => (fd, false),
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {
+                // No O_TMPFILE here: create it under its name.
+                self.remove_existing(dir, name, &e.path)?;
+                let fd = rustix::fs::openat(
+                    dir,
+                    n,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|x| io_err("creating", &e.path, x))?;
+                (fd, true)
+            }
+            Err(x) => return Err(io_err("creating", &e.path, x)),
+        };
+        write_all(&fd, data).map_err(|x| io_err("writing", &e.path, x))?;
+        let meta = self.set_fd_metadata(&fd, e);
+        if let Err(err @ (ApplyError::NoSpace(_) | ApplyError::Io(_))) = meta {
+            return Err(err);
+        }
+        if !named {
+            self.remove_existing(dir, name, &e.path)?;
+            let from = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                from.as_str(),
+                dir,
+                n,
+                AtFlags::SYMLINK_FOLLOW,
+            )
+            .map_err(|x| io_err("linking the new file into place at", &e.path, x))?;
+        }
+        if let Some(stamp) = crate::digest_cache::Stamp::of_fd(&fd) {
+            crate::digest_cache::remember(stamp, *sha);
+        }
+        meta?;
+        self.verify_fd_metadata(&fd, e)
+    }
+
+    fn remove_existing(&self, dir: &OwnedFd, name: &[u8], path: &[u8]) -> Result<(), ApplyError> {
+        if lstat(dir, name)
+            .map_err(|x| io_err("reading", path, x))?
+            .is_some()
+        {
+            remove_at(dir, name, 0).map_err(|x| io_err("removing", path, x))?;
+        }
+        Ok(())
+    }
+
+    /// Owner, mode, xattrs and mtime through the descriptor.
+    fn set_fd_metadata(&self, fd: &OwnedFd, e: &Entry) -> Result<(), ApplyError> {
+        if self.preserve_owner {
+            rustix::fs::fchown(
+                fd,
+                Some(rustix::fs::Uid::from_raw(e.uid)),
+                Some(rustix::fs::Gid::from_raw(e.gid)),
+            )
+            .map_err(|x| io_err("changing the owner of", &e.path, x))?;
+        }
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(e.mode & 0o7777))
+            .map_err(|x| io_err("changing the mode of", &e.path, x))?;
+        // A new file may inherit a default ACL from its directory.
+        let have = fd_xattrs(fd).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
+        for k in have.keys() {
+            if !e.xattrs.contains_key(k) {
+                match rustix::fs::fremovexattr(fd, OsStr::from_bytes(&k.0)) {
+                    Ok(()) | Err(Errno::NODATA) => {}
+                    Err(x) => return Err(io_err("removing an xattr of", &e.path, x)),
+                }
+            }
+        }
+        for (k, v) in &e.xattrs {
+            if have.get(k) != Some(v) {
+                rustix::fs::fsetxattr(fd, OsStr::from_bytes(&k.0), &v.0, XattrFlags::empty())
+                    .map_err(|x| match x {
+                        Errno::NOTSUP | Errno::PERM => ApplyError::Mismatch(format!(
+                            "the staging filesystem cannot hold xattr {} of {}: {x}",
+                            String::from_utf8_lossy(&k.0),
+                            display_path(&e.path)
+                        )),
+                        x => io_err("setting an xattr of", &e.path, x),
+                    })?;
+            }
+        }
+        let t = Timespec {
+            tv_sec: e.mtime_ns.div_euclid(1_000_000_000),
+            tv_nsec: e.mtime_ns.rem_euclid(1_000_000_000) as _,
+        };
+        rustix::fs::futimens(
+            fd,
+            &Timestamps {
+                last_access: t,
+                last_modification: t,
+            },
+        )
+        .map_err(|x| io_err("setting the time of", &e.path, x))
+    }
+
+    /// Read the metadata back through the descriptor and compare digests.
+    fn verify_fd_metadata(&self, fd: &OwnedFd, e: &Entry) -> Result<(), ApplyError> {
+        let st = rustix::fs::fstat(fd).map_err(|x| io_err("reading", &e.path, x))?;
+        let mut got = e.clone();
+        got.kind = kind_of(FileType::from_raw_mode(st.st_mode)).unwrap_or(Kind::Fifo);
+        got.mode = st.st_mode & 0o7777;
+        if self.preserve_owner {
+            got.uid = st.st_uid;
+            got.gid = st.st_gid;
+        }
+        #[allow(clippy::unnecessary_cast)]
+        {
+            got.mtime_ns = st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64;
+        }
+        got.xattrs = fd_xattrs(fd).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
+        if metadata_digest(&got) != metadata_digest(e) || st.st_size as u64 != e.size {
+            return Err(ApplyError::Mismatch(format!(
+                "metadata of {} differs after apply (mode {:o}/{:o}, uid {}/{}, gid {}/{}, mtime {}/{}, {} / {} xattrs, size {}/{})",
+                display_path(&e.path),
+                got.mode,
+                e.mode,
+                got.uid,
+                e.uid,
+                got.gid,
+                e.gid,
+                got.mtime_ns,
+                e.mtime_ns,
+                got.xattrs.len(),
+                e.xattrs.len(),
+                st.st_size,
+                e.size
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn write_all(fd: &OwnedFd, data: &[u8]) -> Result<(), Errno> {
+    let mut done = 0;
+    while done < data.len() {
+        match rustix::io::write(fd, &data[done..]) {
+            Ok(0) => return Err(Errno::IO),
+            Ok(n) => done += n,
+            Err(Errno::INTR) => {}
+            Err(x) => return Err(x),
+        }
+    }
+    Ok(())
+}
+
+/// The xattrs of an open file.
+fn fd_xattrs(fd: impl AsFd) -> Result<std::collections::BTreeMap<Xattr, Xattr>, Errno> {
+    let fd = fd.as_fd();
+    let mut out = std::collections::BTreeMap::new();
+    let mut names = vec![0u8; 1024];
+    let n = loop {
+        match rustix::fs::flistxattr(fd, &mut names[..]) {
+            Ok(n) => break n,
+            Err(Errno::RANGE) if names.len() < (1 << 16) => names.resize(names.len() * 4, 0),
+            Err(Errno::NOTSUP) => return Ok(out),
+            Err(x) => return Err(x),
+        }
+    };
+    for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
+        let len = rustix::fs::fgetxattr_query(fd, OsStr::from_bytes(name))?;
+        let mut v = vec![0u8; len.min(1 << 16)];
+        let got = rustix::fs::fgetxattr(fd, OsStr::from_bytes(name), &mut v[..])?;
+        v.truncate(got);
+        out.insert(Xattr(name.to_vec()), Xattr(v));
+    }
+    Ok(out)
+}

@@ -1,0 +1,201 @@
+//! The bulk file record: every metadata kind, replacement, hostile input.
+
+use super::*;
+use standin_builder::entry::Xattr;
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+
+fn file_entry(path: &str, mode: u32, data: &[u8]) -> Entry {
+    Entry {
+        path: path.as_bytes().to_vec(),
+        kind: Kind::File,
+        mode,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 1_600_000_000_123_456_789,
+        size: data.len() as u64,
+        xattrs: BTreeMap::new(),
+        target: None,
+        link: None,
+        rdev: None,
+        sparse: None,
+        sha256: None,
+    }
+}
+
+fn rec(e: &Entry, data: &[u8]) -> Record {
+    Record::File {
+        entry: e.clone(),
+        data: data.to_vec(),
+        content_sha256: Sha256::digest(data).into(),
+    }
+}
+
+fn target() -> (tempfile::TempDir, DirTarget) {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("root")).unwrap();
+    let t = DirTarget::open(&d.path().join("root")).unwrap();
+    (d, t)
+}
+
+#[test]
+fn file_record_sets_content_owner_mode_xattrs_and_time() {
+    let (d, mut t) = target();
+    let root = d.path().join("root");
+    let dir = Entry {
+        kind: Kind::Dir,
+        size: 0,
+        ..file_entry("d", 0o755, b"")
+    };
+    t.apply(&Record::Create(dir)).unwrap();
+    let mut e = file_entry("d/suid", 0o4755, b"#!/bin/sh\n");
+    e.uid = 1234;
+    e.gid = 5678;
+    e.xattrs
+        .insert(Xattr(b"user.k".to_vec()), Xattr(b"value".to_vec()));
+    // An ACL and a file capability travel as xattrs (root only, as in CI).
+    let root_user = rustix::process::geteuid().is_root();
+    if root_user {
+        // posix ACL: user::rwx, user:1000:r-x, group::r-x, mask::r-x, other::r-x
+        let acl = [
+            2u8, 0, 0, 0, // version
+            1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, // USER_OBJ rwx
+            2, 0, 5, 0, 0xe8, 3, 0, 0, // USER 1000 r-x
+            4, 0, 5, 0, 0xff, 0xff, 0xff, 0xff, // GROUP_OBJ r-x
+            0x10, 0, 5, 0, 0xff, 0xff, 0xff, 0xff, // MASK r-x
+            0x20, 0, 5, 0, 0xff, 0xff, 0xff, 0xff, // OTHER r-x
+        ];
+        e.xattrs.insert(
+            Xattr(b"system.posix_acl_access".to_vec()),
+            Xattr(acl.to_vec()),
+        );
+        // cap_net_bind_service=ep (VFS_CAP_REVISION_2)
+        let mut cap = vec![0u8; 20];
+        cap[0..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+        cap[4..8].copy_from_slice(&(1u32 << 10).to_le_bytes());
+        e.xattrs
+            .insert(Xattr(b"security.capability".to_vec()), Xattr(cap));
+        e.mode = 0o755; // a capability and setuid: keep the cap case plain
+    }
+    t.apply(&rec(&e, b"#!/bin/sh\n")).unwrap();
+    let p = root.join("d/suid");
+    assert_eq!(std::fs::read(&p).unwrap(), b"#!/bin/sh\n");
+    let m = std::fs::symlink_metadata(&p).unwrap();
+    assert_eq!(m.mode() & 0o7777, e.mode);
+    assert_eq!(m.mtime(), 1_600_000_000);
+    assert_eq!(m.mtime_nsec(), 123_456_789);
+    assert_eq!(m.nlink(), 1);
+    if root_user {
+        assert_eq!((m.uid(), m.gid()), (1234, 5678));
+        assert!(xattr_of(&p, "security.capability").is_some());
+        assert!(xattr_of(&p, "system.posix_acl_access").is_some());
+    }
+    assert_eq!(xattr_of(&p, "user.k").as_deref(), Some(&b"value"[..]));
+    // setuid and sticky survive (owner change clears setuid, so it is set after).
+    let mut s = file_entry("d/suid2", 0o6755, b"x");
+    s.uid = 42;
+    t.apply(&rec(&s, b"x")).unwrap();
+    let m = std::fs::symlink_metadata(root.join("d/suid2")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o6755);
+    let st = file_entry("d/sticky", 0o1644, b"");
+    t.apply(&rec(&st, b"")).unwrap();
+    let m = std::fs::symlink_metadata(root.join("d/sticky")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.len()), (0o1644, 0));
+    // Applying the record again (a replay) gives the same result.
+    t.apply(&rec(&e, b"#!/bin/sh\n")).unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), b"#!/bin/sh\n");
+    // Nothing else was left in the directory (no temp names).
+    let mut names: Vec<String> = std::fs::read_dir(root.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["sticky", "suid", "suid2"]);
+}
+
+fn xattr_of(p: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 4096];
+    let n = rustix::fs::lgetxattr(p, name, &mut buf[..]).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+#[test]
+fn file_record_replaces_files_hard_links_symlinks_and_directories() {
+    let (d, mut t) = target();
+    let root = d.path().join("root");
+    std::fs::write(root.join("f"), b"old").unwrap();
+    std::fs::hard_link(root.join("f"), root.join("other-link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("s")).unwrap();
+    std::fs::create_dir_all(root.join("dir/sub")).unwrap();
+    std::fs::write(root.join("dir/sub/x"), b"x").unwrap();
+    for name in ["f", "s", "dir"] {
+        let e = file_entry(name, 0o644, b"new");
+        t.apply(&rec(&e, b"new")).unwrap();
+        assert_eq!(std::fs::read(root.join(name)).unwrap(), b"new");
+    }
+    // The other hard link of the old file keeps the old content.
+    assert_eq!(std::fs::read(root.join("other-link")).unwrap(), b"old");
+    assert!(std::fs::symlink_metadata(root.join("s")).unwrap().is_file());
+    // A later file record in a directory that replaced the cached one.
+    t.apply(&Record::Delete {
+        path: b"d2".to_vec(),
+    })
+    .unwrap();
+    let dir = Entry {
+        kind: Kind::Dir,
+        ..file_entry("d2", 0o755, b"")
+    };
+    t.apply(&Record::Create(dir.clone())).unwrap();
+    t.apply(&rec(&file_entry("d2/a", 0o644, b"1"), b"1"))
+        .unwrap();
+    t.apply(&Record::Delete {
+        path: b"d2".to_vec(),
+    })
+    .unwrap();
+    t.apply(&Record::Create(dir)).unwrap();
+    t.apply(&rec(&file_entry("d2/b", 0o644, b"2"), b"2"))
+        .unwrap();
+    assert_eq!(std::fs::read(root.join("d2/b")).unwrap(), b"2");
+    assert!(!root.join("d2/a").exists());
+}
+
+#[test]
+fn hostile_file_records_are_refused_and_write_nothing() {
+    let (d, mut t) = target();
+    let root = d.path().join("root");
+    let outside = d.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
+    // Wrong digest.
+    let e = file_entry("f", 0o644, b"data");
+    let bad = Record::File {
+        entry: e,
+        data: b"data".to_vec(),
+        content_sha256: Sha256::digest(b"other").into(),
+    };
+    assert!(matches!(t.apply(&bad), Err(ApplyError::Refused(_))));
+    assert!(!root.join("f").exists());
+    // A size that does not match the data.
+    let mut e = file_entry("g", 0o644, b"data");
+    e.size = 1 << 40;
+    assert!(matches!(
+        t.apply(&Record::File {
+            entry: e,
+            data: b"data".to_vec(),
+            content_sha256: Sha256::digest(b"data").into(),
+        }),
+        Err(ApplyError::Refused(_))
+    ));
+    // Through a symlinked parent, absolute, `..`.
+    for p in ["out/x", "/tmp/x", "../x", "a/../../x"] {
+        let e = file_entry(p, 0o644, b"x");
+        match t.apply(&rec(&e, b"x")) {
+            Err(ApplyError::Refused(_)) => {}
+            other => panic!("{p}: {other:?}"),
+        }
+    }
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    let names: Vec<_> = std::fs::read_dir(&root).unwrap().collect();
+    assert_eq!(names.len(), 1, "only the symlink is in the root");
+}

@@ -61,6 +61,11 @@ pub struct MirrorOptions {
     pub mode: MirrorMode,
     pub block_size: u32,
     pub bwlimit: Option<BwLimit>,
+    /// Where the source's digest cache lives (`digests.bin` in the agent's
+    /// state directory); `None` keeps no cache between runs.
+    pub digest_cache: Option<PathBuf>,
+    /// Hash every file, ignoring remembered digests (`--verify-all`).
+    pub verify_all: bool,
 }
 
 /// What a mirror did.
@@ -90,6 +95,10 @@ pub struct MirrorReport {
     pub complete: bool,
     pub reason: Option<String>,
     pub seconds: f64,
+    /// Regular files whose remembered digest was used (unchanged stamp).
+    pub digests_reused: u64,
+    /// Regular files read and hashed by the scan.
+    pub files_hashed: u64,
 }
 
 #[derive(Debug)]
@@ -121,7 +130,7 @@ pub async fn mirror(
 ) -> Result<MirrorReport> {
     let started = Instant::now();
     let wire0 = sender.stats().bytes_sent;
-    let (plan, extras, summary, (compare_bytes, compare_in)) =
+    let (plan, extras, summary, (compare_bytes, compare_in), counts) =
         compare(link, opts, progress.clone()).await?;
     let mut plan = plan;
     let block_size = opts.block_size as u64;
@@ -191,6 +200,8 @@ pub async fn mirror(
         compare_bytes_sent: compare_bytes,
         compare_bytes_received: compare_in,
         first_seq,
+        digests_reused: counts.reused,
+        files_hashed: counts.hashed,
         ..Default::default()
     };
     let mut touched: HashSet<Vec<u8>> = HashSet::new();
@@ -284,6 +295,7 @@ type Compared = (
     Vec<Vec<u8>>,
     standin_builder::manifest::ManifestSummary,
     (u64, u64),
+    standin_builder::manifest::CacheCounts,
 );
 
 /// Phase 1: scan, stream the manifest to the target, collect what differs.
@@ -300,12 +312,21 @@ async fn compare(
     let scan_opts = opts.scan.clone();
     let bs = opts.block_size.max(1) as u64;
     let prog = progress.clone();
+    let cache_file = opts.digest_cache.clone();
+    let trust = !opts.verify_all;
     let scan = tokio::task::spawn_blocking(move || {
         prog.phase("scanning", None, None);
+        let tree = crate::digests::tree_id(&root);
+        let cache = crate::digests::load(cache_file.as_deref(), &tree);
         let mut batch = Vec::new();
         let mut blocks = 0u64;
-        let summary =
-            standin_builder::manifest::scan_tree(&root, &scan_opts, prog.as_ref(), |e| {
+        let (summary, fresh, counts) = standin_builder::manifest::scan_tree_cached(
+            &root,
+            &scan_opts,
+            prog.as_ref(),
+            &cache,
+            trust,
+            |e| {
                 blocks += e.size / standin_link::message::mirror_block_size(e.size, bs as u32) + 1;
                 batch.push(e.clone());
                 if batch.len() >= BATCH_ENTRIES || blocks >= BATCH_BLOCKS {
@@ -315,11 +336,14 @@ async fn compare(
                     }
                 }
                 Ok(())
-            })?;
+            },
+        )?;
+        drop(cache);
         if !batch.is_empty() && tx.blocking_send(batch).is_err() {
             bail!("the comparison stopped");
         }
-        Ok(summary)
+        crate::digests::save(cache_file.as_deref(), &tree, &fresh);
+        Ok((summary, counts))
     });
     let wire_block = if opts.mode == MirrorMode::Checksum {
         opts.block_size
@@ -390,8 +414,8 @@ async fn compare(
             });
         }
     }
-    let summary = scan.await.context("scan task")??;
-    Ok((plan, extras, summary, (sent, received)))
+    let (summary, counts) = scan.await.context("scan task")??;
+    Ok((plan, extras, summary, (sent, received), counts))
 }
 
 /// Which of the source file's blocks differ from the target's; the file's sha256.

@@ -233,7 +233,11 @@ pub async fn protect(
         Some(start_capture(&opts.mirror.root, ignore)?)
     };
     let mirror_started = std::time::SystemTime::now();
-    let report = mirror(&sender, &link, &opts.mirror, progress).await;
+    let mut mopts = opts.mirror.clone();
+    if let (None, Some(sd)) = (&mopts.digest_cache, &opts.state_dir) {
+        mopts.digest_cache = Some(sd.join(crate::digests::FILE));
+    }
+    let report = mirror(&sender, &link, &mopts, progress).await;
     let report = match report {
         Ok(r) => r,
         Err(e) => {

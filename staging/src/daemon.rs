@@ -101,9 +101,13 @@ async fn with_store<T: Send + 'static>(
 /// (after recovery, before the first connection is accepted).
 pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<()> {
     let dir = cfg.state_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
-        .await
-        .context("opening the state directory")??;
+    let store = tokio::task::spawn_blocking(move || -> Result<Store> {
+        let store = Store::open(&dir)?;
+        crate::mirror::load_digest_cache(&store);
+        Ok(store)
+    })
+    .await
+    .context("opening the state directory")??;
     let tls_config = tls::server_config(&cfg.identity, &cfg.trust)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let listener = TcpListener::bind(&cfg.listen)

@@ -174,7 +174,10 @@ impl DiffSession {
 
     fn hash(&self, path: &[u8], size: u64) -> Option<String> {
         let mut f = self.open_file(path)?;
-        let stamp = crate::digest_cache::Stamp::of_fd(&f);
+        let stamp = crate::digest_cache::stamp_of_fd(&f);
+        if let Some(d) = stamp.as_ref().and_then(crate::digest_cache::lookup_stamp) {
+            return Some(hex::encode(d));
+        }
         let mut h = Sha256::new();
         let mut buf = vec![0u8; (1 << 20).min(size.max(4096) as usize)];
         loop {
@@ -347,7 +350,23 @@ pub fn end(
             }
         }
     }
-    store.mirror_end(m)
+    let done = store.mirror_end(m)?;
+    // Keep what the comparison and the check hashed for the next mirror,
+    // also across a daemon restart.
+    let root = store.staging_root(source_id);
+    if let Err(e) = crate::digest_cache::save(store.dir(), &crate::digest_cache::tree_id(&root)) {
+        tracing::warn!("{e:#}; the next mirror hashes the replica again");
+    }
+    Ok(done)
+}
+
+/// Load the digest cache of the bound source's replica (daemon start).
+pub fn load_digest_cache(store: &crate::Store) {
+    if let Some(id) = &store.state().source_id {
+        let root = store.staging_root(id);
+        let n = crate::digest_cache::load(store.dir(), &crate::digest_cache::tree_id(&root));
+        tracing::debug!(digests = n, "digest cache loaded");
+    }
 }
 
 #[cfg(test)]

@@ -117,7 +117,7 @@ struct Planned {
     entry: Entry,
     action: Action,
     /// Target's block digests (checksum mode, content items).
-    target_blocks: Vec<String>,
+    target_blocks: Vec<[u8; 16]>,
 }
 
 /// Run a mirror over `sender`'s link. The caller starts change capture
@@ -419,7 +419,7 @@ async fn compare(
 }
 
 /// Which of the source file's blocks differ from the target's; the file's sha256.
-fn diff_blocks(abs: &Path, bs: u64, target: &[String]) -> Result<Action> {
+fn diff_blocks(abs: &Path, bs: u64, target: &[[u8; 16]]) -> Result<Action> {
     let mut f = File::open(abs)?;
     let mut whole = Sha256::new();
     let mut buf = vec![0u8; bs as usize];
@@ -439,8 +439,8 @@ fn diff_blocks(abs: &Path, bs: u64, target: &[String]) -> Result<Action> {
             break;
         }
         whole.update(&buf[..got]);
-        let h = hex::encode(&Sha256::digest(&buf[..got])[..16]);
-        if target.get(i as usize) != Some(&h) {
+        let h = Sha256::digest(&buf[..got]);
+        if target.get(i as usize).map(|t| &t[..]) != Some(&h[..16]) {
             differ.push(i);
         }
         i += 1;

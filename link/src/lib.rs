@@ -6,6 +6,7 @@
 //! - [`tls`]: mutual TLS 1.3 with both sides pinning the peer's fingerprint.
 //! - [`frame`]: length-prefixed, optionally zstd-compressed frames.
 //! - [`message`]: the protocol messages carried in frames.
+//! - [`mirror_wire`]: the binary encoding of a mirror's entries and diffs.
 //! - [`status`]: the protection status a target reports.
 //!
 //! This crate sits between `builder` (change sets, entries) and the two
@@ -15,6 +16,7 @@ pub mod fingerprint;
 pub mod frame;
 pub mod identity;
 pub mod message;
+pub mod mirror_wire;
 pub mod status;
 pub mod tls;
 
@@ -26,7 +28,7 @@ pub use message::Message;
 pub const DEFAULT_PORT: u16 = 6320;
 
 /// Version of the wire protocol spoken by this build (see docs/protocol.md).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Version of standin, sent in Hello.
 pub const STANDIN_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -140,7 +140,7 @@ impl DiffSession {
                     Pending::Done(s) => (s, Vec::new()),
                     Pending::Blocks => ("content", self.blocks(&e.path, bs)),
                     Pending::Hash { size, meta_same } => match self.hash(&e.path, size) {
-                        Some(h) if Some(&h) == e.sha256.as_ref() => {
+                        Some(h) if same_digest(&h, e.sha256.as_deref()) => {
                             (if meta_same { "same" } else { "metadata" }, Vec::new())
                         }
                         Some(_) => ("content", self.blocks(&e.path, bs)),
@@ -197,7 +197,7 @@ impl DiffSession {
 
     /// Digest of each `bs`-byte block of the replica's file (empty in
     /// dts mode, or when unreadable: the whole file travels).
-    fn blocks(&self, path: &[u8], bs: u64) -> Vec<String> {
+    fn blocks(&self, path: &[u8], bs: u64) -> Vec<[u8; 16]> {
         if bs == 0 {
             return Vec::new();
         }
@@ -219,7 +219,7 @@ impl DiffSession {
             if got == 0 {
                 break;
             }
-            out.push(hex::encode(&Sha256::digest(&buf[..got])[..16]));
+            out.push(Sha256::digest(&buf[..got])[..16].try_into().expect("16 bytes"));
             if got < buf.len() {
                 break;
             }
@@ -261,6 +261,12 @@ impl DiffSession {
         }
         Ok(MirrorDiff { batch, items })
     }
+}
+
+/// Whether the replica's sha256 (hex) is the source's: the source sends at
+/// least the first 16 bytes (32 hex digits) of it.
+fn same_digest(replica: &str, source: Option<&str>) -> bool {
+    source.is_some_and(|s| s.len() >= 32 && replica.starts_with(s))
 }
 
 fn classify(e: &Entry, got: Option<&Entry>, block_size: u32) -> Pending {

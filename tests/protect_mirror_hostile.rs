@@ -76,14 +76,30 @@ fn hostile_mirror_batches_are_refused_and_the_daemon_keeps_serving() {
     varint(&mut prefix, 1);
     prefix.extend_from_slice(b"x\x01\x00\x00\x00\x00\x00\x00");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("oversized count", header(u64::MAX >> 1), "more than the limit"),
+        (
+            "oversized count",
+            header(u64::MAX >> 1),
+            "more than the limit",
+        ),
         ("count beyond the input", header(100_000), "bytes left"),
         ("bad varint", bad_varint, "varint"),
         ("overlong varint", overlong, "overlong varint"),
-        ("path escaping", escaping(b"../../outside/victim"), "contains \"..\""),
+        (
+            "path escaping",
+            escaping(b"../../outside/victim"),
+            "contains \"..\"",
+        ),
         ("absolute path", escaping(b"/etc/shadow"), "absolute path"),
-        ("front coding past the previous path", prefix, "path prefix 9"),
-        ("random bytes", b"SIME\x02\x07\x00\xff\x13\x99".to_vec(), "malformed mirror entries"),
+        (
+            "front coding past the previous path",
+            prefix,
+            "path prefix 9",
+        ),
+        (
+            "random bytes",
+            b"SIME\x02\x07\x00\xff\x13\x99".to_vec(),
+            "malformed mirror entries",
+        ),
     ];
     for (what, payload, reason) in cases {
         let mut c = rt.block_on(connect(&cfg, Role::Agent)).unwrap();
@@ -94,7 +110,10 @@ fn hostile_mirror_batches_are_refused_and_the_daemon_keeps_serving() {
         assert!(err.contains("malformed mirror entries"), "{what}: {err}");
         assert!(daemon.alive(), "{what}: the daemon died");
         let log = daemon.log_text();
-        assert!(log.contains(reason), "{what}: the log lacks {reason:?}:\n{log}");
+        assert!(
+            log.contains(reason),
+            "{what}: the log lacks {reason:?}:\n{log}"
+        );
     }
 
     // Still serving: a good batch is compared (a missing file), and the

@@ -290,18 +290,22 @@ impl Message {
             FIX_REQUEST => Message::FixRequest(parse("fix request", p)?),
             FIX_RESPONSE => Message::FixResponse(parse("fix response", p)?),
             MIRROR_START => Message::MirrorStart(parse("mirror start", p)?),
-            MIRROR_ENTRIES => Message::MirrorEntries(
-                crate::mirror_wire::decode_entries(p).map_err(|reason| MessageError::Malformed {
-                    what: "mirror entries",
-                    reason,
-                })?,
-            ),
-            MIRROR_DIFF => Message::MirrorDiff(crate::mirror_wire::decode_diff(p).map_err(
-                |reason| MessageError::Malformed {
-                    what: "mirror diff",
-                    reason,
-                },
-            )?),
+            MIRROR_ENTRIES => {
+                Message::MirrorEntries(crate::mirror_wire::decode_entries(p).map_err(|reason| {
+                    MessageError::Malformed {
+                        what: "mirror entries",
+                        reason,
+                    }
+                })?)
+            }
+            MIRROR_DIFF => {
+                Message::MirrorDiff(crate::mirror_wire::decode_diff(p).map_err(|reason| {
+                    MessageError::Malformed {
+                        what: "mirror diff",
+                        reason,
+                    }
+                })?)
+            }
             MIRROR_END => Message::MirrorEnd(parse("mirror end", p)?),
             MIRROR_DONE => Message::MirrorDone(parse("mirror done", p)?),
             CHANGE_SET => Message::ChangeSet(Box::new(ChangeSet::decode(p).map_err(|e| {

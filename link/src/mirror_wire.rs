@@ -353,10 +353,7 @@ pub fn decode_entries(b: &[u8]) -> Result<MirrorEntries, String> {
             let ne = r.count("extent count", MAX_EXTENTS, 2).map_err(ctx)?;
             let mut v = Vec::with_capacity(ne);
             for _ in 0..ne {
-                v.push((
-                    r.var("extent").map_err(ctx)?,
-                    r.var("extent").map_err(ctx)?,
-                ));
+                v.push((r.var("extent").map_err(ctx)?, r.var("extent").map_err(ctx)?));
             }
             Some(v)
         } else {

@@ -219,7 +219,11 @@ impl DiffSession {
             if got == 0 {
                 break;
             }
-            out.push(Sha256::digest(&buf[..got])[..16].try_into().expect("16 bytes"));
+            out.push(
+                Sha256::digest(&buf[..got])[..16]
+                    .try_into()
+                    .expect("16 bytes"),
+            );
             if got < buf.len() {
                 break;
             }
@@ -371,7 +375,7 @@ pub fn load_digest_cache(store: &crate::Store) {
     if let Some(id) = &store.state().source_id {
         let root = store.staging_root(id);
         let n = crate::digest_cache::load(store.dir(), &crate::digest_cache::tree_id(&root));
-        tracing::debug!(digests = n, "digest cache loaded");
+        tracing::info!(digests = n, "digest cache loaded");
     }
 }
 

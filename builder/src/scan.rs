@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use crate::digest_table::Stamp;
 use crate::entry::{Entry, Kind, Xattr};
 use crate::progress::Progress;
 
@@ -221,7 +222,18 @@ pub fn stat_entry(
     rel: Vec<u8>,
     links: &mut HashMap<(u64, u64), Vec<u8>>,
 ) -> io::Result<Option<Entry>> {
+    Ok(stat_entry_stamped(abs, rel, links)?.map(|(e, _)| e))
+}
+
+/// [`stat_entry`], plus the regular file's [`Stamp`] from the same `lstat`
+/// (for digest caches).
+pub fn stat_entry_stamped(
+    abs: &Path,
+    rel: Vec<u8>,
+    links: &mut HashMap<(u64, u64), Vec<u8>>,
+) -> io::Result<Option<(Entry, Option<Stamp>)>> {
     let md = std::fs::symlink_metadata(abs)?;
+    let stamp = Stamp::of_metadata(&md);
     let ft = md.file_type();
     let kind = if ft.is_file() {
         Kind::File
@@ -279,7 +291,7 @@ pub fn stat_entry(
         }
         _ => {}
     }
-    Ok(Some(entry))
+    Ok(Some((entry, stamp)))
 }
 
 /// All xattrs of a path (not following symlinks).

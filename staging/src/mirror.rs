@@ -34,15 +34,19 @@ use anyhow::{Context, Result};
 use rayon::prelude::*;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use sha2::{Digest, Sha256};
+use standin_builder::digest_table::Stamp;
 use standin_builder::entry::{Entry, Kind};
 use standin_builder::progress::NoProgress;
-use standin_builder::scan::{stat_entry, ScanOptions};
+use standin_builder::scan::{stat_entry_stamped, ScanOptions};
 use standin_link::message::{DiffItem, MirrorDiff, MirrorEntries};
 
 /// One source's difference mirror on one connection.
 pub struct DiffSession {
     root: PathBuf,
     root_fd: Option<OwnedFd>,
+    /// The last parent directory opened by [`DiffSession::stat`] (entries
+    /// come in tree order, so neighbours share it).
+    last_dir: Option<(Vec<u8>, OwnedFd)>,
     seen: HashSet<Vec<u8>>,
     links: HashMap<(u64, u64), Vec<u8>>,
 }
@@ -73,6 +77,7 @@ impl DiffSession {
         Ok(DiffSession {
             root: root.to_path_buf(),
             root_fd,
+            last_dir: None,
             seen: HashSet::new(),
             links: HashMap::new(),
         })
@@ -103,10 +108,26 @@ impl DiffSession {
         PathBuf::from(OsStr::from_bytes(&p))
     }
 
-    /// The replica's entry at `path` (no sha256), `None` when absent or unreachable.
-    fn stat(&mut self, path: &[u8]) -> Option<Entry> {
-        let (fd, name) = self.parent(path)?;
-        stat_entry(&Self::proc_path(&fd, name), path.to_vec(), &mut self.links)
+    /// The replica's entry at `path` (no sha256) and a regular file's
+    /// stamp, `None` when absent or unreachable.
+    fn stat(&mut self, path: &[u8]) -> Option<(Entry, Option<Stamp>)> {
+        let dir = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => &path[..i],
+            None => b"",
+        };
+        let reuse = matches!(&self.last_dir, Some((d, _)) if d == dir) && !path.is_empty();
+        if !reuse {
+            self.last_dir = None;
+            let (fd, _) = self.parent(path)?;
+            self.last_dir = Some((dir.to_vec(), fd));
+        }
+        let (_, fd) = self.last_dir.as_ref()?;
+        let name = if path.is_empty() {
+            &b"."[..]
+        } else {
+            &path[dir.len() + usize::from(!dir.is_empty())..]
+        };
+        stat_entry_stamped(&Self::proc_path(fd, name), path.to_vec(), &mut self.links)
             .ok()
             .flatten()
     }
@@ -123,7 +144,19 @@ impl DiffSession {
                 .map_err(|r| anyhow::anyhow!("mirror entry refused: {r}"))?;
             self.seen.insert(e.path.clone());
             let got = self.stat(&e.path);
-            pending.push(classify(e, got.as_ref(), m.block_size));
+            let mut p = classify(e, got.as_ref().map(|g| &g.0), m.block_size);
+            // A digest the target computed under the file's current stamp
+            // decides without reading the file.
+            if let (Pending::Hash { meta_same, .. }, Some((_, Some(st)))) = (&p, &got) {
+                if let Some(d) = crate::digest_cache::lookup_stamp(st) {
+                    p = if same_digest(&hex::encode(d), e.sha256.as_deref()) {
+                        Pending::Done(if *meta_same { "same" } else { "metadata" })
+                    } else {
+                        Pending::Blocks
+                    };
+                }
+            }
+            pending.push(p);
         }
         let max_bs = m.block_size;
         let items: Vec<DiffItem> = m

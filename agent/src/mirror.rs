@@ -44,6 +44,8 @@ use crate::link::{connect, LinkConfig, Sender};
 /// Largest block of a checksum mirror (see `mirror_block_size`).
 pub const DEFAULT_BLOCK_SIZE: u32 = 128 << 10;
 const BATCH_ENTRIES: usize = 1000;
+/// Manifest batches sent ahead of the target's answers.
+const PIPELINE: usize = 4;
 const BATCH_BLOCKS: u64 = 64 << 10;
 /// Below the 16 MiB frame limit with room for the records' framing.
 const SET_BYTES: usize = 14 << 20;
@@ -132,6 +134,10 @@ pub async fn mirror(
     let wire0 = sender.stats().bytes_sent;
     let (plan, extras, summary, (compare_bytes, compare_in), counts) =
         compare(link, opts, progress.clone()).await?;
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "mirror: compared"
+    );
     let mut plan = plan;
     let block_size = opts.block_size as u64;
     // Plan block patches.
@@ -153,6 +159,10 @@ pub async fn mirror(
     .await
     .context("block comparison task")??;
     let plan = plan_done;
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "mirror: blocks planned"
+    );
     let data_total: u64 = plan
         .iter()
         .map(|p| match &p.action {
@@ -257,6 +267,10 @@ pub async fn mirror(
             .await
             .context("waiting for the target to apply the mirror")?;
     }
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "mirror: data applied"
+    );
     progress.phase("verifying the replica on the target", None, None);
     let done = sender
         .mirror_end(MirrorEnd {
@@ -267,6 +281,10 @@ pub async fn mirror(
         .await
         .context("ending the mirror on the target")?;
     progress.finish();
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "mirror: root digest checked"
+    );
     report.last_seq = last_seq;
     report.complete = done.complete;
     report.reason = done.reason;
@@ -315,6 +333,7 @@ async fn compare(
     let cache_file = opts.digest_cache.clone();
     let trust = !opts.verify_all;
     let scan = tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
         prog.phase("scanning", None, None);
         let tree = crate::digests::tree_id(&root);
         let cache = crate::digests::load(cache_file.as_deref(), &tree);
@@ -342,6 +361,7 @@ async fn compare(
         if !batch.is_empty() && tx.blocking_send(batch).is_err() {
             bail!("the comparison stopped");
         }
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "mirror: scanned");
         crate::digests::save(cache_file.as_deref(), &tree, &fresh);
         Ok((summary, counts))
     });
@@ -355,30 +375,50 @@ async fn compare(
     let mut sent = 0u64;
     let mut received = 0u64;
     let extras: Vec<Vec<u8>>;
+    // Batches sent and not answered yet (the target answers in order), so
+    // the target compares while the source scans and the link is never idle.
+    let mut inflight: std::collections::VecDeque<(u64, Vec<Entry>)> = Default::default();
+    let mut scan_done = false;
     loop {
-        let entries = rx.recv().await.unwrap_or_default();
+        // Send what the scan has ready (at most PIPELINE ahead); wait for
+        // the scan only when nothing is in flight.
+        while !scan_done && inflight.len() < PIPELINE {
+            let next = if inflight.is_empty() {
+                Some(rx.recv().await.unwrap_or_default())
+            } else {
+                match rx.try_recv() {
+                    Ok(b) => Some(b),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Some(Vec::new()),
+                }
+            };
+            let Some(entries) = next else { break };
+            scan_done = entries.is_empty();
+            n += 1;
+            let msg = Message::MirrorEntries(MirrorEntries {
+                batch: n,
+                entries,
+                block_size: wire_block,
+            });
+            sent += conn.send(&msg).await? as u64;
+            let Message::MirrorEntries(MirrorEntries { entries, .. }) = msg else {
+                unreachable!()
+            };
+            inflight.push_back((n, entries));
+        }
+        let (b, entries) = inflight.pop_front().expect("a batch is in flight");
         let last = entries.is_empty();
-        n += 1;
-        let msg = Message::MirrorEntries(MirrorEntries {
-            batch: n,
-            entries,
-            block_size: wire_block,
-        });
-        sent += conn.send(&msg).await? as u64;
         let answer = conn.recv().await?;
         received += answer
             .encode()
             .map(|(_, p)| p.len() as u64 + 6)
             .unwrap_or(0);
         let diff = match answer {
-            Message::MirrorDiff(d) if d.batch == n => d,
+            Message::MirrorDiff(d) if d.batch == b => d,
             other => bail!(
-                "expected the target's comparison of batch {n}, got {}",
+                "expected the target's comparison of batch {b}, got {}",
                 other.name()
             ),
-        };
-        let Message::MirrorEntries(MirrorEntries { entries, .. }) = msg else {
-            unreachable!()
         };
         if last {
             extras = diff.items.into_iter().map(|i| i.path).collect();

@@ -208,9 +208,11 @@ pub async fn protect(
     progress: Arc<dyn Progress>,
     on_tick: &(dyn Fn(&SenderStats) + Sync),
 ) -> Result<ProtectOutcome> {
+    let t0 = std::time::Instant::now();
     let validation = validate_remote(&opts.link, &opts.mirror.root, opts.fix_all, &opts.validate)
         .await
         .context("validating against the target")?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "validated");
     if validation.final_report().has_errors() {
         return Ok(ProtectOutcome {
             validation,

@@ -251,22 +251,22 @@ pub fn scan_tree(
     progress: &dyn Progress,
     each: impl FnMut(&Entry) -> Result<()>,
 ) -> Result<ManifestSummary> {
-    scan_tree_known(root, opts, progress, &|_, _| None, each)
+    scan_tree_known(root, opts, progress, &|_| None, each)
 }
 
-/// [`scan_tree`], but `known(abs_path, size)` may supply the sha256 (hex)
-/// of a regular file the caller already hashed and knows unchanged; only
-/// the others are read.
+/// [`scan_tree`], but `known(stamp)` may supply the sha256 of a regular
+/// file (by its [`Stamp`] from the scan's `lstat`) that the caller already
+/// hashed and knows unchanged; only the others are read.
 pub fn scan_tree_known(
     root: &Path,
     opts: &ScanOptions,
     progress: &dyn Progress,
-    known: &(dyn Fn(&Path, u64) -> Option<String> + Sync),
+    known: &(dyn Fn(&Stamp) -> Option<[u8; 32]> + Sync),
     each: impl FnMut(&Entry) -> Result<()>,
 ) -> Result<ManifestSummary> {
     let digest_of = |s: &Scanned| -> Result<String> {
-        if let Some(h) = known(&s.abs, s.entry.size) {
-            return Ok(h);
+        if let Some(h) = s.stamp.as_ref().and_then(known) {
+            return Ok(crate::hash::hex(&h));
         }
         let (h, _) = crate::hash::hash_file(&s.abs, s.entry.size, s.entry.sparse.as_deref())
             .with_context(|| format!("hashing {}", s.abs.display()))?;
@@ -293,7 +293,7 @@ pub fn scan_tree_cached(
     let hits = std::sync::atomic::AtomicU64::new(0);
     let hashed = std::sync::atomic::AtomicU64::new(0);
     let digest_of = |s: &Scanned| -> Result<String> {
-        let stamp = Stamp::of_path(&s.abs);
+        let stamp = s.stamp;
         if let Some(st) = stamp.filter(|st| st.size == s.entry.size) {
             if trust {
                 if let Some(d) = cache.get(&st) {

@@ -58,6 +58,8 @@ impl Default for ScanOptions {
 pub struct Scanned {
     pub entry: Entry,
     pub abs: PathBuf,
+    /// A regular file's stamp from the same `lstat` (for digest caches).
+    pub stamp: Option<Stamp>,
 }
 
 /// Streaming scanner; an iterator of [`Scanned`] in tree order.
@@ -187,12 +189,12 @@ impl Iterator for Scanner<'_> {
             }
             let abs = dent.path().to_path_buf();
             let keep_empty = dent.file_type().is_dir() && self.keep_empty.contains(&rel);
-            let res = stat_entry(&abs, rel, &mut self.links);
+            let res = stat_entry_stamped(&abs, rel, &mut self.links);
             if keep_empty {
                 self.skip_children(&dent);
             }
             match res {
-                Ok(Some(entry)) => return Some(Ok(Scanned { entry, abs })),
+                Ok(Some((entry, stamp))) => return Some(Ok(Scanned { entry, abs, stamp })),
                 Ok(None) => {
                     self.progress
                         .note(&format!("{} is a socket; left out", abs.display()));

@@ -352,7 +352,7 @@ pub fn replica_digest(root: &Path) -> Result<String> {
         system_excludes: Vec::new(),
         always_system_excludes: false,
     };
-    let known = |abs: &Path, size: u64| crate::digest_cache::lookup(abs, size).map(hex::encode);
+    let known = |st: &Stamp| crate::digest_cache::lookup_stamp(st);
     let s =
         standin_builder::manifest::scan_tree_known(root, &opts, &NoProgress, &known, |_| Ok(()))
             .with_context(|| {

@@ -29,7 +29,7 @@ full_runs=${FULL_RUNS:-$runs}
 trees=${TREES:-debian big}
 debian=${STANDIN_TEST_CACHE:-/var/cache/standin-test}/debian-bookworm
 big=/var/tmp/standin-bench/big
-work=/var/tmp/standin-bench/mirror
+work=${BENCH_WORK:-/var/tmp/standin-bench/mirror}   # BENCH_WORK: another work dir (two benches at once)
 [ "$(id -u)" = 0 ] || { echo "run as root (owners and devices are mirrored)"; exit 1; }
 [ -x /usr/bin/time ] || { echo "GNU time is missing; install it with: apt-get install -y time"; exit 1; }
 command -v rsync >/dev/null || { echo "rsync is missing; install it with: apt-get install -y rsync"; exit 1; }

@@ -343,7 +343,7 @@ async fn compare(
             &root,
             &scan_opts,
             prog.as_ref(),
-            &cache,
+            cache,
             trust,
             |e| {
                 blocks += e.size / standin_link::message::mirror_block_size(e.size, bs as u32) + 1;
@@ -357,7 +357,6 @@ async fn compare(
                 Ok(())
             },
         )?;
-        drop(cache);
         if !batch.is_empty() && tx.blocking_send(batch).is_err() {
             bail!("the comparison stopped");
         }

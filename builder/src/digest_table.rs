@@ -97,6 +97,15 @@ impl DigestTable {
         }
     }
 
+    /// Take out the digest of the file stamped `now` (see [`DigestTable::get`]);
+    /// the file is forgotten either way.
+    pub fn take(&mut self, now: &Stamp) -> Option<[u8; 32]> {
+        match self.map.remove(&(now.dev, now.ino)) {
+            Some((s, d)) if s == *now => Some(d),
+            _ => None,
+        }
+    }
+
     /// Remember `digest` for the file stamped `stamp` (taken before reading it).
     pub fn insert(&mut self, stamp: Stamp, digest: [u8; 32]) {
         if self.map.len() >= MAX_ENTRIES && !self.map.contains_key(&(stamp.dev, stamp.ino)) {

@@ -279,16 +279,18 @@ pub fn scan_tree_known(
 /// regular file whose stamp (device, inode, size, mtime, ctime) is in
 /// `cache` is not read when `trust` is set; every file's digest, with the
 /// stamp taken before it was read, goes into the returned table (so it
-/// holds exactly this tree's files). `trust = false` hashes everything
+/// holds exactly this tree's files; entries move from `cache` to it, so
+/// memory holds about one table). `trust = false` hashes everything
 /// (`--verify-all`) and still returns the fresh table.
 pub fn scan_tree_cached(
     root: &Path,
     opts: &ScanOptions,
     progress: &dyn Progress,
-    cache: &DigestTable,
+    cache: DigestTable,
     trust: bool,
     each: impl FnMut(&Entry) -> Result<()>,
 ) -> Result<(ManifestSummary, DigestTable, CacheCounts)> {
+    let cache = Mutex::new(cache);
     let fresh = Mutex::new(DigestTable::new());
     let hits = std::sync::atomic::AtomicU64::new(0);
     let hashed = std::sync::atomic::AtomicU64::new(0);
@@ -296,7 +298,8 @@ pub fn scan_tree_cached(
         let stamp = s.stamp;
         if let Some(st) = stamp.filter(|st| st.size == s.entry.size) {
             if trust {
-                if let Some(d) = cache.get(&st) {
+                let hit = cache.lock().unwrap_or_else(|e| e.into_inner()).take(&st);
+                if let Some(d) = hit {
                     hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     fresh
                         .lock()

@@ -66,6 +66,8 @@ fn demo_without_boot_fails_over_and_rolls_back() {
         "$ standin status --heartbeat-silence 5 --state-dir",
         "$ standin failover --state-dir",
         "$ standin failover --rollback",
+        "$ standin target seed --state-dir",
+        "--source-id demo-source --exclude '/var/lib/standin/**' --once",
     ] {
         assert!(text.contains(cmd), "no `{cmd}` line:\n{text}");
     }
@@ -98,6 +100,16 @@ fn demo_without_boot_fails_over_and_rolls_back() {
         std::fs::read(dir.join("source-root/srv/data/data.txt")).unwrap()
     );
     assert!(staged.join("srv/data/orders-today.txt").is_file());
+    // The failback: the old source has the data written on the standby.
+    let written = "srv/data/orders-while-failed-over.txt";
+    assert_eq!(
+        std::fs::read(dir.join("source-root").join(written)).unwrap(),
+        std::fs::read(staged.join(written)).unwrap()
+    );
+    assert!(
+        text.contains("hostname in the old source's root: demo-source"),
+        "{text}"
+    );
     // No background command is left running from this demo.
     let ps = run_ok(std::process::Command::new("ps").args(["-eo", "args"]), None);
     let dir_s = dir.display().to_string();

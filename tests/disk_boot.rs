@@ -18,11 +18,7 @@ fn boot_expect(disk: &Path, dir: &Path) -> String {
         disk.file_name().unwrap().to_string_lossy()
     ));
     let out = run_ok(
-        standin()
-            .args(["image", "boot"])
-            .arg(disk)
-            .args(["--expect", "STANDIN-BOOTED", "--timeout", "900", "--log"])
-            .arg(&log),
+        boot_cmd(disk, "STANDIN-BOOTED", 900).arg("--log").arg(&log),
         Some(dir),
     );
     let line = stdout(&out).trim().to_string();
@@ -85,14 +81,7 @@ fn root_tree_boots_and_reports_its_own_values() {
     std::fs::create_dir(&tree).unwrap();
     let data = busybox_tree(&tree, "rooted-tree", "poweroff");
     let disk = dir.path().join("tree.img");
-    run_ok(
-        standin()
-            .args(["image", "disk", "--root"])
-            .arg(&tree)
-            .arg("-o")
-            .arg(&disk),
-        Some(dir.path()),
-    );
+    run_ok(&mut disk_from_root(&tree, &disk), Some(dir.path()));
     let scratch = tempdir();
     check_disk(&disk, scratch.path());
     let line = boot_expect(&disk, dir.path());
@@ -106,21 +95,9 @@ fn root_tree_boots_and_reports_its_own_values() {
     // The same disk without an init: the boot fails with the console's last lines.
     std::fs::remove_file(tree.join("sbin/init")).unwrap();
     let broken = dir.path().join("broken.img");
-    run_ok(
-        standin()
-            .args(["image", "disk", "--root"])
-            .arg(&tree)
-            .arg("-o")
-            .arg(&broken),
-        Some(dir.path()),
-    );
+    run_ok(&mut disk_from_root(&tree, &broken), Some(dir.path()));
     let out = run_code(
-        standin().args(["image", "boot"]).arg(&broken).args([
-            "--expect",
-            "STANDIN-BOOTED",
-            "--timeout",
-            "900",
-        ]),
+        &mut boot_cmd(&broken, "STANDIN-BOOTED", 900),
         1,
         Some(dir.path()),
     );
@@ -149,12 +126,7 @@ fn timeout_and_signals_leave_no_qemu() {
     );
     // A timeout fails with the console's last lines and stops qemu.
     let out = run_code(
-        standin().args(["image", "boot"]).arg(&disk).args([
-            "--expect",
-            "NEVER-PRINTED",
-            "--timeout",
-            "3",
-        ]),
+        &mut boot_cmd(&disk, "NEVER-PRINTED", 3),
         1,
         Some(dir.path()),
     );
@@ -162,10 +134,7 @@ fn timeout_and_signals_leave_no_qemu() {
     assert_no_qemu_left(&disk);
 
     // SIGTERM to `standin image boot` stops qemu too.
-    let mut child = standin()
-        .args(["image", "boot"])
-        .arg(&disk)
-        .args(["--expect", "NEVER-PRINTED", "--timeout", "600"])
+    let mut child = boot_cmd(&disk, "NEVER-PRINTED", 600)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -218,13 +187,7 @@ fn demo_recipe_boots_by_itself_under_uefi() {
     // No external kernel: OVMF starts systemd-boot from the ESP, which
     // starts the kernel and initrd stored there.
     let out = run_ok(
-        standin().args(["image", "boot"]).arg(&disk).args([
-            "--uefi",
-            "--expect",
-            "STANDIN-BOOTED",
-            "--timeout",
-            "900",
-        ]),
+        boot_cmd(&disk, "STANDIN-BOOTED", 900).arg("--uefi"),
         Some(dir.path()),
     );
     let data = std::fs::read(images_dir().join("demo-source/data.txt")).unwrap();

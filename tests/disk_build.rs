@@ -100,14 +100,7 @@ fn root_tree_metadata_survives_into_ext4() {
     drop(sparse);
 
     let disk = dir.path().join("tree.img");
-    run_ok(
-        standin()
-            .args(["image", "disk", "--root"])
-            .arg(&tree)
-            .arg("-o")
-            .arg(&disk),
-        Some(dir.path()),
-    );
+    run_ok(&mut disk_from_root(&tree, &disk), Some(dir.path()));
     let m = manifest(&disk);
     // The sparse 300 MiB file does not inflate the disk.
     assert!(
@@ -167,11 +160,7 @@ fn bad_input_gets_clear_errors() {
     // Unknown recipe key: named with the file.
     let r = recipe_in(d, "unknown.toml", "base = \"busybox\"\ncolour = \"blue\"\n");
     fails_with(
-        standin()
-            .args(["image", "disk", "--recipe"])
-            .arg(&r)
-            .arg("-o")
-            .arg(&out),
+        &mut disk_from_recipe(&r, &out),
         d,
         &["colour", "unknown.toml"],
     );
@@ -181,32 +170,16 @@ fn bad_input_gets_clear_errors() {
         "base = \"busybox\"\n[[files]]\npath = \"/x\"\ncontent = \"\"\nmod = 1\n",
     );
     fails_with(
-        standin()
-            .args(["image", "disk", "--recipe"])
-            .arg(&r)
-            .arg("-o")
-            .arg(&out),
+        &mut disk_from_recipe(&r, &out),
         d,
         &["mod", "unknown2.toml"],
     );
     // Missing base: the key, and a base that does not exist.
     let r = recipe_in(d, "nobase.toml", "hostname = \"x\"\n");
-    fails_with(
-        standin()
-            .args(["image", "disk", "--recipe"])
-            .arg(&r)
-            .arg("-o")
-            .arg(&out),
-        d,
-        &["base", "nobase.toml"],
-    );
+    fails_with(&mut disk_from_recipe(&r, &out), d, &["base", "nobase.toml"]);
     let r = recipe_in(d, "gone.toml", "base = \"/nonexistent/standin-base\"\n");
     fails_with(
-        standin()
-            .args(["image", "disk", "--recipe"])
-            .arg(&r)
-            .arg("-o")
-            .arg(&out),
+        &mut disk_from_recipe(&r, &out),
         d,
         &["/nonexistent/standin-base", "not found"],
     );
@@ -216,23 +189,13 @@ fn bad_input_gets_clear_errors() {
     let big: Vec<u8> = (0..40 * MIB).map(|i| (i * 7919 % 251) as u8).collect();
     std::fs::write(tree.join("big"), big).unwrap();
     fails_with(
-        standin()
-            .args(["image", "disk", "--root"])
-            .arg(&tree)
-            .arg("-o")
-            .arg(&out)
-            .args(["--size", "80MiB"]),
+        disk_from_root(&tree, &out).args(["--size", "80MiB"]),
         d,
         &["does not fit", "--size"],
     );
     // A missing kernel.
     fails_with(
-        standin()
-            .args(["image", "disk", "--root"])
-            .arg(&tree)
-            .arg("-o")
-            .arg(&out)
-            .args(["--kernel", "/nonexistent/vmlinuz-9"]),
+        disk_from_root(&tree, &out).args(["--kernel", "/nonexistent/vmlinuz-9"]),
         d,
         &["kernel /nonexistent/vmlinuz-9 not found"],
     );
@@ -242,52 +205,24 @@ fn bad_input_gets_clear_errors() {
         "base = \"busybox\"\n[boot]\nkernel = \"/nonexistent/vmlinuz-8\"\n",
     );
     fails_with(
-        standin()
-            .args(["image", "disk", "--recipe"])
-            .arg(&r)
-            .arg("-o")
-            .arg(&out),
+        &mut disk_from_recipe(&r, &out),
         d,
         &["/nonexistent/vmlinuz-8"],
     );
     // Unwritable outputs.
     fails_with(
-        standin()
-            .args(["image", "disk", "--root"])
-            .arg(&tree)
-            .arg("-o")
-            .arg("/nonexistent-dir/x.img"),
+        &mut disk_from_root(&tree, "/nonexistent-dir/x.img"),
         d,
         &["/nonexistent-dir", "does not exist"],
     );
     fails_with(
-        standin()
-            .args(["image", "disk", "--root"])
-            .arg(&tree)
-            .arg("-o")
-            .arg("/proc/standin-test.img"),
+        &mut disk_from_root(&tree, "/proc/standin-test.img"),
         d,
         &["/proc"],
     );
-    fails_with(
-        standin()
-            .args(["image", "disk", "--root"])
-            .arg(&tree)
-            .arg("-o")
-            .arg(d),
-        d,
-        &["not a regular file"],
-    );
+    fails_with(&mut disk_from_root(&tree, d), d, &["not a regular file"]);
     // A missing tree and a missing archive.
-    fails_with(
-        standin()
-            .args(["image", "disk", "--root"])
-            .arg(d.join("nope"))
-            .arg("-o")
-            .arg(&out),
-        d,
-        &["nope"],
-    );
+    fails_with(&mut disk_from_root(d.join("nope"), &out), d, &["nope"]);
     fails_with(
         standin()
             .args(["image", "disk", "--from"])
@@ -341,14 +276,7 @@ fn disk_from_archive_matches_its_tree() {
         Some(dir.path()),
     );
     let from_tree = dir.path().join("t.img");
-    run_ok(
-        standin()
-            .args(["image", "disk", "--root"])
-            .arg(&tree)
-            .arg("-o")
-            .arg(&from_tree),
-        Some(dir.path()),
-    );
+    run_ok(&mut disk_from_root(&tree, &from_tree), Some(dir.path()));
     assert_eq!(
         manifest(&from_archive)["root_digest"],
         manifest(&from_tree)["root_digest"]
@@ -465,12 +393,7 @@ fn debian_root_disk_is_valid_and_sized_from_content() {
     let dir = tempdir();
     let disk = dir.path().join("debian.qcow2");
     run_ok(
-        standin()
-            .args(["image", "disk", "--root"])
-            .arg(&debian)
-            .arg("-o")
-            .arg(&disk)
-            .args(["--format", "qcow2", "--json"]),
+        disk_from_root(&debian, &disk).args(["--format", "qcow2", "--json"]),
         Some(dir.path()),
     );
     let m = manifest(&disk);
@@ -525,14 +448,7 @@ fn recipes_start_from_a_directory_or_an_archive() {
             ),
         );
         let disk = d.join(format!("{name}.img"));
-        run_ok(
-            standin()
-                .args(["image", "disk", "--recipe"])
-                .arg(&r)
-                .arg("-o")
-                .arg(&disk),
-            Some(d),
-        );
+        run_ok(&mut disk_from_recipe(&r, &disk), Some(d));
         assert!(
             !std::path::Path::new(&format!("/etc/standin-test-{name}")).exists(),
             "the recipe wrote outside its tree"

@@ -81,6 +81,7 @@ fn silence_meets_the_condition_runs_the_hook_once_and_fails_over() {
             queue_sets: 0,
             queue_bytes: 0,
             oldest_pending_unix_ms: None,
+            ..Default::default()
         },
     });
     st.save(&state).unwrap();

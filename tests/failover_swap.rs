@@ -337,6 +337,7 @@ fn graceful_waits_for_a_reachable_source_immediate_does_not() {
             queue_sets: 3,
             queue_bytes: 4096,
             oldest_pending_unix_ms: None,
+            ..Default::default()
         },
     });
     st.save(&l.state).unwrap();

@@ -122,7 +122,7 @@ fn change_sets_apply_in_order_and_status_reports_protected() {
         None,
     ));
     assert!(
-        text.contains("state: Protected") && text.contains("last sequence: 24"),
+        text.starts_with("state: Protected") && text.contains("applied 24, received 24"),
         "{text}"
     );
     let stats = sender.stats();

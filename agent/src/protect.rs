@@ -29,6 +29,8 @@ pub struct ProtectOptions {
     /// The agent's state directory (queue spill, block index).
     pub state_dir: Option<PathBuf>,
     pub validate: standin_validate::Options,
+    /// Interval of the checksum sweep during replication (`None`: never).
+    pub sweep_interval: Option<std::time::Duration>,
 }
 
 /// How `protect` ended.
@@ -179,6 +181,7 @@ pub async fn replicate_until_stopped(
     .context("recording what the target holds")?;
     let ropts = ReplicateOptions {
         scan: opts.mirror.scan.clone(),
+        sweep_interval: opts.sweep_interval,
         ..Default::default()
     };
     let repl = replicate(

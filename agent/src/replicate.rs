@@ -17,7 +17,7 @@ mod exclude;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,7 +80,18 @@ pub struct ReplicateCounters {
     pub sweeps: AtomicU64,
     /// Paths the sweeps found different from what the target holds.
     pub sweep_repairs: AtomicU64,
+    /// When the last sweep ended (ms since the epoch; 0 = never).
+    pub last_sweep_unix_ms: AtomicI64,
+    /// Paths the last sweep repaired.
+    pub last_sweep_repairs: AtomicU64,
+    /// The first paths the last sweep of any kind repaired.
+    pub sweep_paths: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// The first paths the last periodic sweep repaired.
+    pub last_sweep_paths: std::sync::Mutex<Vec<Vec<u8>>>,
 }
+
+/// How many repaired paths of one sweep status shows.
+pub const REPAIRED_PATHS_KEPT: usize = 20;
 
 /// What a replication loop did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -94,6 +105,8 @@ pub struct ReplicateReport {
     pub rescans: u64,
     pub sweeps: u64,
     pub sweep_repairs: u64,
+    pub last_sweep_unix_ms: Option<i64>,
+    pub last_sweep_repairs: u64,
 }
 
 impl ReplicateCounters {
@@ -110,6 +123,47 @@ impl ReplicateCounters {
             rescans: g(&self.rescans),
             sweeps: g(&self.sweeps),
             sweep_repairs: g(&self.sweep_repairs),
+            last_sweep_unix_ms: Some(self.last_sweep_unix_ms.load(Ordering::Relaxed))
+                .filter(|&t| t > 0),
+            last_sweep_repairs: g(&self.last_sweep_repairs),
+        }
+    }
+
+    /// A periodic sweep ended having repaired `n` paths (the first of them
+    /// in `last_sweep_paths`).
+    pub fn record_sweep(&self, n: u64) {
+        self.sweep_repairs.fetch_add(n, Ordering::Relaxed);
+        self.last_sweep_repairs.store(n, Ordering::Relaxed);
+        let paths =
+            std::mem::take(&mut *self.sweep_paths.lock().unwrap_or_else(|e| e.into_inner()));
+        *self
+            .last_sweep_paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = paths;
+        self.last_sweep_unix_ms
+            .store(crate::link::now_ms(), Ordering::Relaxed);
+    }
+
+    /// The counters a heartbeat carries.
+    pub fn heartbeat_counters(&self) -> standin_link::message::ReplicationCounters {
+        let r = self.report();
+        standin_link::message::ReplicationCounters {
+            sweeps: r.sweeps,
+            sweep_repairs: r.sweep_repairs,
+            last_sweep_unix_ms: r.last_sweep_unix_ms,
+            last_sweep_repairs: r.last_sweep_repairs,
+            queue_full: r.queue_full,
+            rescans: r.rescans,
+            last_sweep_paths: if r.last_sweep_repairs > 0 {
+                self.last_sweep_paths
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|p| format!("/{}", String::from_utf8_lossy(p)))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -137,6 +191,8 @@ pub async fn replicate(
     let root: PathBuf =
         std::fs::canonicalize(root).with_context(|| format!("resolving {}", root.display()))?;
     let counters = opts.counters.clone();
+    // Heartbeats carry the counters to the target's status.
+    sender.attach_counters(counters.clone());
     let (tx, mut rx) = mpsc::channel::<Req>(1);
     let stop_flag = Arc::new(AtomicBool::new(false));
     let flag = stop_flag.clone();

@@ -5,6 +5,7 @@
 //! - [`identity`]: self-signed identities on disk (`keys init`/`keys show`).
 //! - [`tls`]: mutual TLS 1.3 with both sides pinning the peer's fingerprint.
 //! - [`frame`]: length-prefixed, optionally zstd-compressed frames.
+//! - [`heartbeat`]: the heartbeat message, versioned.
 //! - [`message`]: the protocol messages carried in frames.
 //! - [`mirror_wire`]: the binary encoding of a mirror's entries and diffs.
 //! - [`status`]: the protection status a target reports.
@@ -14,6 +15,7 @@
 
 pub mod fingerprint;
 pub mod frame;
+pub mod heartbeat;
 pub mod identity;
 pub mod message;
 pub mod mirror_wire;
@@ -35,6 +37,14 @@ pub const STANDIN_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Add the default port when an address has none (`host` → `host:6320`).
 pub fn with_default_port(addr: &str) -> String {
+    with_port(addr, DEFAULT_PORT)
+}
+
+/// Default TCP port of the second heartbeat path (`--heartbeat-listen`).
+pub const DEFAULT_HEARTBEAT_PORT: u16 = 6321;
+
+/// Add `port` when an address has none.
+pub fn with_port(addr: &str, port: u16) -> String {
     let has_port = if let Some(rest) = addr.strip_prefix('[') {
         rest.contains("]:")
     } else {
@@ -43,9 +53,9 @@ pub fn with_default_port(addr: &str) -> String {
     if has_port {
         addr.to_string()
     } else if addr.contains(':') && !addr.starts_with('[') {
-        format!("[{addr}]:{DEFAULT_PORT}")
+        format!("[{addr}]:{port}")
     } else {
-        format!("{addr}:{DEFAULT_PORT}")
+        format!("{addr}:{port}")
     }
 }
 

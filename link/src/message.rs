@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use standin_builder::changeset::ChangeSet;
 use standin_builder::Entry;
 
+pub use crate::heartbeat::{Heartbeat, ReplicationCounters, HEARTBEAT_FORMAT};
 use crate::status::Status;
 
 /// Frame type bytes.
@@ -40,6 +41,9 @@ pub enum Role {
     Status,
     /// Profile requests and fixes (`standin validate`).
     Validate,
+    /// Heartbeats only, on the second path (`standin protect
+    /// --heartbeat-target`); the target answers each with an Ack.
+    Heartbeat,
 }
 
 /// First message from the client.
@@ -68,18 +72,6 @@ pub struct ErrorMsg {
     pub reason: String,
     /// Whether retrying later can help (e.g. a full disk), or not (a refused record).
     pub retry: bool,
-}
-
-/// Source → target every few seconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    pub sent_unix_ms: i64,
-    /// Newest sequence number the source has cut.
-    pub source_seq: u64,
-    pub queue_sets: u64,
-    pub queue_bytes: u64,
-    /// When the oldest unacknowledged change set was cut, if any.
-    pub oldest_pending_unix_ms: Option<i64>,
 }
 
 /// How a mirror compares the trees.

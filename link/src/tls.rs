@@ -54,12 +54,51 @@ impl std::fmt::Debug for Untrusted {
     }
 }
 
-/// Verifies the server certificate by fingerprint (used by clients).
+/// The trust list and the signature algorithms both verifiers share.
 #[derive(Debug)]
-pub struct PinnedServerVerifier {
+struct Pins {
     trusted: Vec<Fingerprint>,
     provider: Arc<CryptoProvider>,
 }
+
+impl Pins {
+    fn new(trusted: &[Fingerprint], provider: &Arc<CryptoProvider>) -> Self {
+        Self {
+            trusted: trusted.to_vec(),
+            provider: provider.clone(),
+        }
+    }
+
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Verifies the server certificate by fingerprint (used by clients).
+#[derive(Debug)]
+pub struct PinnedServerVerifier(Pins);
 
 impl ServerCertVerifier for PinnedServerVerifier {
     fn verify_server_cert(
@@ -70,7 +109,7 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        check_pin("target", &self.trusted, end_entity).map(|_| ServerCertVerified::assertion())
+        check_pin("target", &self.0.trusted, end_entity).map(|_| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -79,12 +118,7 @@ impl ServerCertVerifier for PinnedServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -93,27 +127,17 @@ impl ServerCertVerifier for PinnedServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.schemes()
     }
 }
 
 /// Verifies the client certificate by fingerprint (used by the target).
 #[derive(Debug)]
-pub struct PinnedClientVerifier {
-    trusted: Vec<Fingerprint>,
-    provider: Arc<CryptoProvider>,
-}
+pub struct PinnedClientVerifier(Pins);
 
 impl ClientCertVerifier for PinnedClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -126,7 +150,7 @@ impl ClientCertVerifier for PinnedClientVerifier {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        check_pin("source", &self.trusted, end_entity).map(|_| ClientCertVerified::assertion())
+        check_pin("source", &self.0.trusted, end_entity).map(|_| ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -135,12 +159,7 @@ impl ClientCertVerifier for PinnedClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -149,18 +168,11 @@ impl ClientCertVerifier for PinnedClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.schemes()
     }
 
     fn client_auth_mandatory(&self) -> bool {
@@ -174,10 +186,7 @@ pub fn server_config(
     trusted: &[Fingerprint],
 ) -> Result<Arc<rustls::ServerConfig>> {
     let provider = provider();
-    let verifier = Arc::new(PinnedClientVerifier {
-        trusted: trusted.to_vec(),
-        provider: provider.clone(),
-    });
+    let verifier = Arc::new(PinnedClientVerifier(Pins::new(trusted, &provider)));
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("selecting TLS 1.3")?
@@ -193,10 +202,7 @@ pub fn client_config(
     trusted: &[Fingerprint],
 ) -> Result<Arc<rustls::ClientConfig>> {
     let provider = provider();
-    let verifier = Arc::new(PinnedServerVerifier {
-        trusted: trusted.to_vec(),
-        provider: provider.clone(),
-    });
+    let verifier = Arc::new(PinnedServerVerifier(Pins::new(trusted, &provider)));
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("selecting TLS 1.3")?

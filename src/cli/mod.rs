@@ -17,6 +17,7 @@ mod protect;
 mod snapshot;
 mod status;
 mod target;
+mod target_seed;
 mod validate;
 
 pub use output::Exit;

@@ -13,6 +13,8 @@ use standin_link::message::MirrorMode;
 use standin_link::Fingerprint;
 
 use super::progress::{human_bytes, CliProgress, ProgressMode};
+use standin_builder::recipe::Size;
+
 use super::Exit;
 
 /// How the mirror compares the trees.
@@ -33,6 +35,8 @@ pub enum Mode {
   standin protect --target standby:6320 --identity /etc/standin/identity --trust sha256:3f0c… \\
       --fix-all --exclude '/var/cache/**' --bwlimit 10M@08:00-18:00
   standin protect --target 198.18.0.2 --identity id --trust sha256:3f0c… --root /srv/tree --once --json
+  standin protect --target 198.18.0.2 --heartbeat-target 10.9.0.2 --heartbeat-interval 1 \\
+      --state-dir /var/lib/standin-agent --identity /etc/standin/identity --trust sha256:3f0c…
 
 Validates this machine against the target first and exits 3 while errors
 remain (--fix-all applies the target's automatic fixes and validates again).
@@ -40,6 +44,11 @@ Then mirrors (by block checksums unless --mirror says otherwise) and
 replicates continuously until SIGINT/SIGTERM; --once stops after the mirror.
 --bwlimit RATE[@HH:MM-HH:MM]: bytes per second (k, M, G suffixes), limited
 only inside the daily window (UTC) when one is given.
+--heartbeat-target sends the same heartbeats over a second connection to the
+target's --heartbeat-listen address (port 6321 by default), so the target can
+tell a dead source from a dead replication link. In the foreground a live
+status line shows sequence numbers, lag, queue (and its spill to disk) and
+the heartbeat paths.
 Exit codes: 0 ok, 1 failed (or mirror incomplete), 2 usage, 3 validation errors.")]
 pub struct Args {
     /// The target (`host[:port]`, port 6320 by default).
@@ -89,6 +98,64 @@ pub struct Args {
     /// How progress is shown.
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
+    /// The target's second heartbeat address (`host[:port]`, its
+    /// --heartbeat-listen), reached over another network: a second
+    /// connection that carries only heartbeats guards against split brain.
+    #[arg(long, value_name = "ADDR")]
+    pub heartbeat_target: Option<String>,
+    /// Seconds between heartbeats (fractions allowed).
+    #[arg(long, default_value_t = 5.0, value_name = "SECS", value_parser = parse_secs)]
+    pub heartbeat_interval: f64,
+    /// Seconds between checksum sweeps that repair what change capture missed (0 = never).
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    pub sweep_interval: u64,
+    /// Largest in-memory queue of unacknowledged change sets (KiB, MiB, GiB).
+    #[arg(long, default_value = "256MiB", value_name = "BYTES", value_parser = parse_size)]
+    pub queue_memory: u64,
+    /// Largest queue spilled to disk under --state-dir/queue when memory is full.
+    #[arg(long, default_value = "4GiB", value_name = "BYTES", value_parser = parse_size)]
+    pub queue_disk: u64,
+}
+
+/// The agent's live status line: link state, sequence numbers, lag, queue
+/// (and its spill to disk), bytes sent, the second heartbeat path.
+fn status_line(s: &standin_agent::link::SenderStats) -> String {
+    let mut line = format!(
+        "{} seq {} acked {}, lag {:.1} s, queue {} sets {}",
+        if s.connected {
+            "protecting:"
+        } else {
+            "link down:"
+        },
+        s.next_seq.saturating_sub(1),
+        s.last_acked,
+        s.lag_seconds(),
+        s.queue_sets,
+        human_bytes(s.queue_bytes),
+    );
+    if s.spilled_bytes > 0 {
+        line.push_str(&format!(" ({} on disk)", human_bytes(s.spilled_bytes)));
+    }
+    line.push_str(&format!(", sent {}", human_bytes(s.bytes_sent)));
+    match s.second_path_connected {
+        Some(true) => line.push_str(", second path up"),
+        Some(false) => line.push_str(", second path DOWN"),
+        None => {}
+    }
+    line
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    Size::parse(s).map(|s| s.0)
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.05..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?}: give seconds between 0.05 and 3600, e.g. 5 or 0.5"
+        )),
+    }
 }
 
 pub fn run(a: Args) -> Result<Exit> {
@@ -99,6 +166,10 @@ pub fn run(a: Args) -> Result<Exit> {
         .unwrap_or_else(standin_link::default_source_id);
     let mut link = LinkConfig::new(&a.target, identity, a.trust.clone(), &source_id);
     link.compress = a.compress;
+    link.heartbeat = std::time::Duration::from_secs_f64(a.heartbeat_interval);
+    link.heartbeat_target = a.heartbeat_target.clone();
+    link.queue_max_bytes = a.queue_memory;
+    link.spill_max_bytes = a.queue_disk;
     let mut scan = ScanOptions {
         excludes: a.exclude.clone(),
         ..Default::default()
@@ -128,6 +199,8 @@ pub fn run(a: Args) -> Result<Exit> {
         once: a.once,
         state_dir: a.state_dir.clone(),
         validate: standin_validate::Options::default(),
+        sweep_interval: (a.sweep_interval > 0)
+            .then(|| std::time::Duration::from_secs(a.sweep_interval)),
     };
     let mode = if a.json && a.progress == ProgressMode::Auto {
         ProgressMode::None
@@ -138,22 +211,20 @@ pub fn run(a: Args) -> Result<Exit> {
     let json = a.json;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let ticks = std::sync::atomic::AtomicU64::new(0);
+    let last_state = std::sync::Mutex::new(None);
     let tick = move |s: &standin_agent::link::SenderStats| {
         let n = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if !json && (tty || n % 30 == 0) {
+        // Without a terminal: a line every 30 s and whenever a path goes up or down.
+        let state = (s.connected, s.second_path_connected, s.spilled_bytes > 0);
+        let changed = last_state
+            .lock()
+            .map(|mut l| l.replace(state) != Some(state))
+            .unwrap_or(false);
+        if !json && (tty || n % 30 == 0 || changed) {
             eprint!(
-                "{}{} seq {} acked {}, queue {} sets {}, sent {}{}",
+                "{}{}{}",
                 if tty { "\r" } else { "" },
-                if s.connected {
-                    "protecting:"
-                } else {
-                    "link down:"
-                },
-                s.next_seq.saturating_sub(1),
-                s.last_acked,
-                s.queue_sets,
-                human_bytes(s.queue_bytes),
-                human_bytes(s.bytes_sent),
+                status_line(s),
                 if tty { "   " } else { "\n" }
             );
         }

@@ -30,6 +30,9 @@ pub struct Args {
     /// Seconds without a heartbeat before the failover condition is met (with --state-dir).
     #[arg(long, default_value_t = 35)]
     pub heartbeat_silence: u64,
+    /// Replication lag (seconds) above which the status is a Warning (with --state-dir).
+    #[arg(long, default_value_t = 30)]
+    pub lag_warning: u64,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -49,9 +52,13 @@ pub fn run(a: Args) -> Result<Exit> {
                 .context("starting the async runtime")?;
             rt.block_on(standin_agent::link::query_status(&cfg))?
         }
-        (None, Some(dir)) => {
-            standin_staging::status::from_state_dir(dir, Duration::from_secs(a.heartbeat_silence))?
-        }
+        (None, Some(dir)) => standin_staging::status::from_state_dir(
+            dir,
+            &standin_staging::status::StatusOptions {
+                silence: Duration::from_secs(a.heartbeat_silence),
+                lag_warning: Duration::from_secs(a.lag_warning),
+            },
+        )?,
         _ => bail!("give either --target ADDR (with --identity and --trust) or --state-dir DIR"),
     };
     if a.json {

@@ -14,9 +14,12 @@ use super::Exit;
 pub enum TargetCommand {
     /// Run the target daemon in the foreground: receive, journal and apply change sets.
     #[command(
-        after_help = "Example:\n  standin target serve --listen 0.0.0.0:6320 --state-dir /var/lib/standin \\\n      --identity /etc/standin/identity --trust sha256:3f0c…\n\nPrints `listening on ADDR` once it accepts connections."
+        after_help = "Examples:\n  standin target serve --listen 0.0.0.0:6320 --state-dir /var/lib/standin \\\n      --identity /etc/standin/identity --trust sha256:3f0c…\n  standin target serve --listen 198.18.0.2 --heartbeat-listen 10.9.0.2 --heartbeat-silence 35 \\\n      --on-failover-condition 'logger standin: source gone' --state-dir /var/lib/standin \\\n      --identity /etc/standin/identity --trust sha256:3f0c…\n\nPrints `listening on ADDR` once it accepts connections. The failover condition\nis met after --heartbeat-silence seconds without a heartbeat on every path: the\nreplication link and, with --heartbeat-listen (port 6321 by default), the second\npath the agent keeps with `standin protect --heartbeat-target`."
     )]
     Serve(ServeArgs),
+    /// Start the staging area of a returning source from this machine's own system (reverse protection).
+    #[command(after_help = super::target_seed::AFTER_HELP)]
+    Seed(super::target_seed::SeedArgs),
 }
 
 /// Arguments of `standin target serve`.
@@ -43,6 +46,14 @@ pub struct ServeArgs {
     /// Seconds without a heartbeat before the failover condition is met.
     #[arg(long, alias = "failover-after", default_value_t = 35)]
     pub heartbeat_silence: u64,
+    /// Also listen here for the agent's second heartbeat path (`standin protect
+    /// --heartbeat-target`), ideally on another network than --listen: the
+    /// failover condition needs silence on every path.
+    #[arg(long, value_name = "ADDR")]
+    pub heartbeat_listen: Option<String>,
+    /// Replication lag (seconds) above which status reports a Warning.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub lag_warning: u64,
     /// This target's own system tree, whose profile validation compares.
     #[arg(long, default_value = "/")]
     pub target_root: PathBuf,
@@ -66,6 +77,7 @@ pub struct ServeArgs {
 pub fn run(command: TargetCommand) -> Result<Exit> {
     match command {
         TargetCommand::Serve(a) => serve(a),
+        TargetCommand::Seed(a) => super::target_seed::run(a),
     }
 }
 
@@ -76,6 +88,11 @@ fn serve(a: ServeArgs) -> Result<Exit> {
     cfg.compress = a.compress;
     cfg.heartbeat_silence = Duration::from_secs(a.heartbeat_silence);
     cfg.target_root = a.target_root;
+    cfg.heartbeat_listen = a
+        .heartbeat_listen
+        .as_deref()
+        .map(|h| standin_link::with_port(h, standin_link::DEFAULT_HEARTBEAT_PORT));
+    cfg.lag_warning = Duration::from_secs(a.lag_warning);
     cfg.monitor.on_condition = a.on_failover_condition;
     cfg.monitor.snapshot_every =
         (a.snapshot_every > 0).then(|| Duration::from_secs(a.snapshot_every));

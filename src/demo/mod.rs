@@ -6,6 +6,7 @@
 //! the failover condition, fail over into the target root, boot it in qemu
 //! (when installed), roll back.
 
+mod failback;
 mod run;
 mod story;
 mod trees;

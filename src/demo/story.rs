@@ -149,6 +149,14 @@ pub fn story(opts: &DemoOptions, base: &Path, steps: &mut Steps) -> Result<()> {
     );
     let recipes = base.join("recipes");
     let recipe = trees::build(&recipes, "demo-source", "demo-source", &paths.source)?;
+    // Its own boot loader (a real source has one; it keeps it when it fails back).
+    std::fs::create_dir_all(paths.source.join("boot/grub"))
+        .context("creating the source's /boot")?;
+    std::fs::write(
+        paths.source.join("boot/grub/grub.cfg"),
+        "# the source's own boot loader configuration\n",
+    )
+    .context("writing the source's grub.cfg")?;
     let digest0 = sha256_file(&paths.source.join(paths.data))?;
     println!(
         "  (the recipe {} built into {})",
@@ -484,39 +492,22 @@ pub fn story(opts: &DemoOptions, base: &Path, steps: &mut Steps) -> Result<()> {
     );
     boot_step(opts, &r, &paths, &want, steps)?;
 
-    // 10. Roll back / fail back.
-    steps.begin(
-        10,
-        "roll back and fail back",
-        "Reverse protection (the failed-over machine protecting back to the repaired\n\
-         old source, then a failover there) is not built yet. What exists: rollback,\n\
-         which returns the standby to its own system.",
-    );
-    daemon.kill();
-    println!("  (the target daemon stopped first)");
-    let rb = r.run_ok(&args([
-        "failover".into(),
-        "--rollback".into(),
-        "--state-dir".into(),
-        p(&paths.state),
-        "--target-root".into(),
-        p(&paths.target),
-    ]))?;
-    indent(&String::from_utf8_lossy(&rb.stdout));
-    let host = hostname(&paths.target)?;
-    println!("  hostname in the target root: {host}");
-    if host != "demo-target" {
-        bail!("after rollback the target root's hostname is {host:?}, not demo-target");
-    }
-    println!("  A failback will be: on the failed-over machine `standin protect --target");
-    println!("  OLD_SOURCE` once the old source runs `standin target serve` (only the changes");
-    println!("  since the failover travel), then `standin failover` there; this machine then");
-    println!("  rolls back to being a standby as shown. Not built yet.");
-    steps.end(
-        "passed",
-        "rolled back: the target root is demo-target again (failback: not built yet)",
-    );
-    Ok(())
+    // 10. Reverse protection, failback, rollback.
+    super::failback::step(
+        &r,
+        &super::failback::Sides {
+            old_source: &paths.source,
+            standby: &paths.target,
+            standby_state: &paths.state,
+            keys_source: &paths.keys_source,
+            keys_target: &paths.keys_target,
+            fpr_source: &fpr_source,
+            fpr_target: &fpr_target,
+            source_id: "demo-source",
+        },
+        &mut daemon,
+        steps,
+    )
 }
 
 /// Disk and boot of the failed-over root, when qemu and a kernel are here.

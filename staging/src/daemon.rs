@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::state::TargetState;
+use crate::status::{Journal, StatusOptions};
 use crate::store::{ReceiveError, Received, Store};
 
 /// Settings of the daemon.
@@ -35,6 +36,11 @@ pub struct ServeConfig {
     pub compress: i32,
     /// Heartbeat silence after which status reports the failover condition.
     pub heartbeat_silence: Duration,
+    /// Replication lag above which status reports a Warning.
+    pub lag_warning: Duration,
+    /// A second address to listen on for the agent's heartbeat-only
+    /// connection (the second heartbeat path; any role is served there).
+    pub heartbeat_listen: Option<String>,
     /// Time allowed for the TLS handshake and the Hello.
     pub handshake_timeout: Duration,
     /// How often a paused apply is retried.
@@ -63,6 +69,8 @@ impl ServeConfig {
             max_frame: DEFAULT_MAX_FRAME,
             compress: 3,
             heartbeat_silence: crate::status::DEFAULT_SILENCE,
+            lag_warning: crate::status::DEFAULT_LAG_WARNING,
+            heartbeat_listen: None,
             handshake_timeout: Duration::from_secs(30),
             retry_interval: Duration::from_secs(5),
             max_connections: 64,
@@ -77,7 +85,21 @@ struct Shared {
     store: Mutex<Store>,
     /// The state and journal backlog as of the last store operation, so a
     /// status request never waits for an apply in progress.
-    snapshot: Mutex<(TargetState, (u64, u64))>,
+    snapshot: Mutex<(TargetState, Journal)>,
+}
+
+fn journal_of(store: &Store, dir: &std::path::Path) -> Journal {
+    crate::status::journal_info(&dir.join("journal"), store.state().last_applied_seq)
+}
+
+impl ServeConfig {
+    /// The status thresholds.
+    pub fn status_options(&self) -> StatusOptions {
+        StatusOptions {
+            silence: self.heartbeat_silence,
+            lag_warning: self.lag_warning,
+        }
+    }
 }
 
 /// Run `f` on the store on a blocking thread, then publish the snapshot.
@@ -89,7 +111,7 @@ async fn with_store<T: Send + 'static>(
     tokio::task::spawn_blocking(move || {
         let mut store = sh.store.lock().unwrap_or_else(|e| e.into_inner());
         let r = f(&mut store);
-        let snap = (store.state().clone(), store.backlog());
+        let snap = (store.state().clone(), journal_of(&store, &sh.cfg.state_dir));
         *sh.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snap;
         r
     })
@@ -101,6 +123,9 @@ async fn with_store<T: Send + 'static>(
 /// (after recovery, before the first connection is accepted).
 pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<()> {
     let dir = cfg.state_dir.clone();
+    // One daemon per state directory; `standin target seed` refuses while it runs.
+    crate::durable::create_dirs(&dir)?;
+    let _running = crate::lock::daemon(&dir)?;
     let store = tokio::task::spawn_blocking(move || -> Result<Store> {
         let store = Store::open(&dir)?;
         crate::mirror::load_digest_cache(&store);
@@ -115,20 +140,37 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<(
         .with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     info!(%addr, identity = %cfg.identity.fingerprint, trusted = cfg.trust.len(), "target listening");
+    let second = match &cfg.heartbeat_listen {
+        Some(a) => {
+            let l = TcpListener::bind(a)
+                .await
+                .with_context(|| format!("listening for heartbeats on {a}"))?;
+            info!(addr = %l.local_addr()?, "listening for the second heartbeat path");
+            Some(l)
+        }
+        None => None,
+    };
     ready(addr);
-    let snapshot = Mutex::new((store.state().clone(), store.backlog()));
+    let snapshot = Mutex::new((store.state().clone(), journal_of(&store, &cfg.state_dir)));
     let shared = Arc::new(Shared {
         cfg,
         store: Mutex::new(store),
         snapshot,
     });
+    let hb_listen = match &second {
+        Some(l) => Some(l.local_addr()?.to_string()),
+        None => None,
+    };
+    if let Err(e) = with_store(&shared, move |store| store.set_heartbeat_listen(hb_listen)).await? {
+        warn!("recording the second heartbeat path in state.json: {e:#}");
+    }
     let retry = tokio::spawn(retry_loop(shared.clone()));
     let monitor = tokio::spawn(monitor_loop(shared.clone()));
     let slots = Arc::new(tokio::sync::Semaphore::new(shared.cfg.max_connections));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            r = listener.accept() => {
+            r = accept_either(&listener, second.as_ref()) => {
                 let (stream, peer) = match r {
                     Ok(x) => x,
                     Err(e) => { warn!("accepting a connection: {e}"); continue; }
@@ -153,6 +195,20 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<(
     retry.abort();
     monitor.abort();
     Ok(())
+}
+
+/// The next connection on the main listener or the second heartbeat path's.
+async fn accept_either(
+    main: &TcpListener,
+    second: Option<&TcpListener>,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match second {
+        Some(l) => tokio::select! {
+            r = main.accept() => r,
+            r = l.accept() => r,
+        },
+        None => main.accept().await,
+    }
 }
 
 /// The failover condition, its hook, automatic failover, periodic snapshots
@@ -355,7 +411,14 @@ async fn handle(
         .await?
     } else {
         let snap = shared.snapshot.lock().unwrap_or_else(|e| e.into_inner());
-        Ok((snap.0.last_applied_seq, snap.0.mirror_complete))
+        match &snap.0.source_id {
+            // Heartbeats count only from the source this target stages.
+            Some(s) if hello.role == Role::Heartbeat && *s != hello.source_id => Err(format!(
+                "this target stages source {s:?}, not {:?}; heartbeats from another source are refused",
+                hello.source_id
+            )),
+            _ => Ok((snap.0.last_applied_seq, snap.0.mirror_complete)),
+        }
     };
     let (last_applied_seq, mirror_complete) = match bound {
         Ok(x) => x,
@@ -368,16 +431,23 @@ async fn handle(
         mirror_complete,
     };
     send(&mut tls, &Message::Welcome(welcome), 0).await?;
-    serve_requests(&mut tls, &hello, &shared).await
+    serve_requests(&mut tls, &hello, peer, &shared).await
 }
 
 async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     hello: &Hello,
+    peer: SocketAddr,
     shared: &Arc<Shared>,
 ) -> Result<()> {
     let cfg = &shared.cfg;
     let agent = hello.role == Role::Agent;
+    let beats = agent || hello.role == Role::Heartbeat;
+    let path = if agent {
+        crate::state::PATH_LINK
+    } else {
+        crate::state::PATH_SECOND
+    };
     let mut diff: Option<crate::mirror::DiffSession> = None;
     loop {
         let frame = match read_frame(s, cfg.max_frame).await {
@@ -398,9 +468,9 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                     let snap = shared.snapshot.lock().unwrap_or_else(|e| e.into_inner());
                     crate::status::compute(
                         &snap.0,
-                        snap.1,
+                        &snap.1,
                         crate::state::now_ms(),
-                        cfg.heartbeat_silence,
+                        &cfg.status_options(),
                     )
                 };
                 Message::StatusResponse(Box::new(status))
@@ -441,11 +511,14 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
             }
-            Message::Heartbeat(hb) if agent => {
+            Message::Heartbeat(hb) if beats => {
                 // Answered with the last applied number, so the agent can
                 // tell a live link from a dead one.
+                let who = Some(peer.to_string());
                 let seq = with_store(shared, move |store| {
-                    store.heartbeat(&hb).map(|_| store.state().last_applied_seq)
+                    store
+                        .heartbeat(&hb, path, who)
+                        .map(|_| store.state().last_applied_seq)
                 })
                 .await??;
                 Message::Ack(standin_link::message::Ack { seq })

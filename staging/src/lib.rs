@@ -9,6 +9,7 @@
 //! - [`lock`]: the apply lock shared by apply, snapshots and failover.
 //! - [`snapshot`]: snapshots of a staging area and their retention.
 //! - [`failover`]: the swap into the target root, and rollback.
+//! - [`seed`]: a staging area started from this machine's own system (reverse protection).
 //! - [`monitor`]: the failover condition and what the daemon does about it.
 //! - [`profile`]: the profile the target serves (the one place to switch to
 //!   standin-validate's `Profile`).
@@ -22,6 +23,7 @@ pub mod lock;
 pub mod mirror;
 pub mod monitor;
 pub mod profile;
+pub mod seed;
 pub mod snapshot;
 pub mod state;
 pub mod status;

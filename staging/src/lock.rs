@@ -47,3 +47,32 @@ pub fn for_apply(state_dir: &Path) -> Result<ApplyLock> {
     }
     Ok(l)
 }
+
+/// File name of the daemon's lock in the state directory.
+pub const DAEMON_LOCK_FILE: &str = "daemon.lock";
+
+/// Held (flock, exclusive) by `standin target serve` for as long as it runs.
+#[derive(Debug)]
+pub struct DaemonLock {
+    _file: std::fs::File,
+}
+
+/// Take the daemon lock of `state_dir` without waiting: refused while a
+/// `standin target serve` uses this state directory.
+pub fn daemon(state_dir: &Path) -> Result<DaemonLock> {
+    let p = state_dir.join(DAEMON_LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(DaemonLock { _file: file }),
+        Err(rustix::io::Errno::WOULDBLOCK) => anyhow::bail!(
+            "a `standin target serve` is running with the state directory {}; stop it first",
+            state_dir.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("locking {}", p.display())),
+    }
+}

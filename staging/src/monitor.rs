@@ -133,6 +133,7 @@ mod tests {
             queue_sets: 0,
             queue_bytes: 0,
             oldest_pending_unix_ms: None,
+            ..Default::default()
         };
         TargetState {
             mirror_complete: true,

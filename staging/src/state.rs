@@ -1,5 +1,6 @@
 //! `state.json`: what the target knows durably about its source.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -31,8 +32,15 @@ pub struct TargetState {
     pub mirror: Option<MirrorState>,
     /// Whether a mirror completed (the replica is a whole system).
     pub mirror_complete: bool,
-    /// The last heartbeat.
+    /// The newest heartbeat on any path (the replication link or the
+    /// second path), and when the last one on any path arrived.
     pub last_heartbeat: Option<HeartbeatState>,
+    /// When the last heartbeat arrived on each path (`link`, `second`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub heartbeat_paths: BTreeMap<String, PathBeat>,
+    /// Where the daemon listens for the second heartbeat path (`None`: not configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_listen: Option<String>,
     /// A condition that needs attention (refused records, verification
     /// failures); cleared by the next completed mirror.
     pub warning: Option<String>,
@@ -67,7 +75,48 @@ pub struct HeartbeatState {
     pub heartbeat: Heartbeat,
 }
 
+/// The last heartbeat on one path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathBeat {
+    pub received_unix_ms: i64,
+    /// The agent's address on this path.
+    pub peer: Option<String>,
+}
+
+/// Name of the replication link's heartbeat path.
+pub const PATH_LINK: &str = "link";
+/// Name of the second heartbeat path.
+pub const PATH_SECOND: &str = "second";
+
 impl TargetState {
+    /// Record a heartbeat that arrived on `path` at `now_ms`: the path's
+    /// time moves on; the heartbeat's content replaces the last one unless
+    /// the agent sent it before that one (the other path was faster).
+    pub fn record_heartbeat(
+        &mut self,
+        hb: &Heartbeat,
+        path: &str,
+        peer: Option<String>,
+        now_ms: i64,
+    ) {
+        match &mut self.last_heartbeat {
+            Some(h) if hb.sent_unix_ms < h.heartbeat.sent_unix_ms => h.received_unix_ms = now_ms,
+            _ => {
+                self.last_heartbeat = Some(HeartbeatState {
+                    received_unix_ms: now_ms,
+                    heartbeat: hb.clone(),
+                })
+            }
+        }
+        self.heartbeat_paths.insert(
+            path.to_string(),
+            PathBeat {
+                received_unix_ms: now_ms,
+                peer,
+            },
+        );
+    }
+
     /// Load `state.json` from `dir`; a missing file is a fresh state.
     pub fn load(dir: &Path) -> Result<TargetState> {
         let p = dir.join(STATE_FILE);

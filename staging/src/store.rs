@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use crate::apply::{ApplyError, ApplyTarget, DirTarget};
 use crate::durable;
-use crate::state::{now_ms, HeartbeatState, MirrorState, TargetState};
+use crate::state::{now_ms, MirrorState, TargetState};
 
 /// The outcome of receiving one change set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -452,17 +452,25 @@ impl Store {
         Ok(Received::Applied { seq, problems })
     }
 
-    /// Record a heartbeat.
+    /// Record a heartbeat that arrived on `path` (see
+    /// [`TargetState::record_heartbeat`]).
     ///
     /// Kept in memory even when it cannot be saved (a full disk must not
     /// cut the link); saved with the next state change then.
-    pub fn heartbeat(&mut self, hb: &Heartbeat) -> Result<()> {
-        self.state.last_heartbeat = Some(HeartbeatState {
-            received_unix_ms: now_ms(),
-            heartbeat: hb.clone(),
-        });
+    pub fn heartbeat(&mut self, hb: &Heartbeat, path: &str, peer: Option<String>) -> Result<()> {
+        self.state.record_heartbeat(hb, path, peer, now_ms());
         if let Err(e) = self.save() {
             tracing::debug!("could not save a heartbeat in state.json: {e}");
+        }
+        Ok(())
+    }
+
+    /// Record where the second heartbeat path is served (at daemon start),
+    /// so status can tell when it is expected but never heard.
+    pub fn set_heartbeat_listen(&mut self, addr: Option<String>) -> Result<()> {
+        if self.state.heartbeat_listen != addr {
+            self.state.heartbeat_listen = addr;
+            self.save().context("writing state.json")?;
         }
         Ok(())
     }

@@ -56,6 +56,59 @@ impl Netns {
         );
     }
 
+    /// Add a second veth pair between the two namespaces (a second network
+    /// path): source 198.18.0.5, target 198.18.0.6, point-to-point, so it
+    /// stays usable while the first pair is cut. Returns (source, target).
+    pub fn add_second_path(&self) -> (&'static str, &'static str) {
+        let ip = |args: &[&str]| {
+            super::run_ok(Command::new("ip").args(args), None);
+        };
+        let (c, d) = (format!("{}c", self.veth), format!("{}d", self.veth));
+        ip(&["link", "add", &c, "type", "veth", "peer", "name", &d]);
+        ip(&["link", "set", &c, "netns", &self.src]);
+        ip(&["link", "set", &d, "netns", &self.tgt]);
+        ip(&[
+            "-n",
+            &self.src,
+            "addr",
+            "add",
+            "198.18.0.5",
+            "peer",
+            "198.18.0.6",
+            "dev",
+            &c,
+        ]);
+        ip(&[
+            "-n",
+            &self.tgt,
+            "addr",
+            "add",
+            "198.18.0.6",
+            "peer",
+            "198.18.0.5",
+            "dev",
+            &d,
+        ]);
+        ip(&["-n", &self.src, "link", "set", &c, "up"]);
+        ip(&["-n", &self.tgt, "link", "set", &d, "up"]);
+        ("198.18.0.5", "198.18.0.6")
+    }
+
+    /// Cut (`false`) or restore (`true`) the second path on the source side.
+    pub fn set_second_link(&self, up: bool) {
+        super::run_ok(
+            Command::new("ip").args([
+                "-n",
+                &self.src,
+                "link",
+                "set",
+                &format!("{}c", self.veth),
+                if up { "up" } else { "down" },
+            ]),
+            None,
+        );
+    }
+
     /// The `standin` binary run inside namespace `ns`.
     pub fn exec(ns: &str) -> Command {
         let mut c = Command::new("ip");

@@ -2,6 +2,7 @@
 //! sfdisk, sgdisk, e2fsck, fsck.vfat and debugfs, and small trees to build.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +36,36 @@ pub fn require_disk_tools() {
     require_tool("sfdisk", "fdisk");
     require_tool("qemu-img", "qemu-utils");
     require_tool("busybox", "busybox-static");
+}
+
+/// `standin image disk --recipe RECIPE -o OUT` (add options with `.args`).
+pub fn disk_from_recipe(recipe: impl AsRef<OsStr>, out: impl AsRef<OsStr>) -> Command {
+    let mut cmd = crate::common::standin();
+    cmd.args(["image", "disk", "--recipe"])
+        .arg(recipe)
+        .arg("-o")
+        .arg(out);
+    cmd
+}
+
+/// `standin image disk --root TREE -o OUT` (add options with `.args`).
+pub fn disk_from_root(tree: impl AsRef<OsStr>, out: impl AsRef<OsStr>) -> Command {
+    let mut cmd = crate::common::standin();
+    cmd.args(["image", "disk", "--root"])
+        .arg(tree)
+        .arg("-o")
+        .arg(out);
+    cmd
+}
+
+/// `standin image boot DISK --expect EXPECT --timeout SECS` (add options with `.args`).
+pub fn boot_cmd(disk: &Path, expect: &str, timeout_secs: u32) -> Command {
+    let mut cmd = crate::common::standin();
+    cmd.args(["image", "boot"])
+        .arg(disk)
+        .args(["--expect", expect, "--timeout"])
+        .arg(timeout_secs.to_string());
+    cmd
 }
 
 /// The disk manifest written beside `disk`.

@@ -6,6 +6,8 @@ mod sender;
 
 pub use sender::{SendError, Sender, SenderStats};
 
+mod second;
+
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -37,8 +39,13 @@ pub struct LinkConfig {
     pub trust: Vec<Fingerprint>,
     /// This source's id (names its staging directory on the target).
     pub source_id: String,
-    /// Seconds between heartbeats.
+    /// Time between heartbeats.
     pub heartbeat: Duration,
+    /// The target's second heartbeat address (`host[:port]`, its
+    /// `--heartbeat-listen`): a second authenticated connection that
+    /// carries only heartbeats, so the target can tell a dead source from
+    /// a dead replication link.
+    pub heartbeat_target: Option<String>,
     /// zstd level for frames (0 = off).
     pub compress: i32,
     pub max_frame: u32,
@@ -74,6 +81,7 @@ impl LinkConfig {
             trust,
             source_id: source_id.to_string(),
             heartbeat: Duration::from_secs(5),
+            heartbeat_target: None,
             compress: 3,
             max_frame: DEFAULT_MAX_FRAME,
             backoff_min: Duration::from_millis(200),
@@ -243,7 +251,8 @@ pub async fn query_profile(cfg: &LinkConfig) -> Result<serde_json::Value> {
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the epoch now.
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

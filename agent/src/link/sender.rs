@@ -47,6 +47,22 @@ pub struct SenderStats {
     /// The target lost change sets this agent no longer holds: a difference mirror is needed.
     pub resync_needed: bool,
     pub last_error: Option<String>,
+    /// When the oldest unacknowledged change set was cut (for the lag).
+    pub oldest_pending_unix_ms: Option<i64>,
+    /// The second heartbeat path: `None` when not configured.
+    pub second_path_connected: Option<bool>,
+    /// Heartbeats the target acknowledged on the second path.
+    pub second_path_heartbeats: u64,
+    pub second_path_error: Option<String>,
+}
+
+impl SenderStats {
+    /// Seconds since the oldest unacknowledged change set was cut (0 when none).
+    pub fn lag_seconds(&self) -> f64 {
+        self.oldest_pending_unix_ms
+            .map(|t| (now_ms() - t).max(0) as f64 / 1000.0)
+            .unwrap_or(0.0)
+    }
 }
 
 /// Why [`Sender::send`] did not queue a change set.
@@ -69,12 +85,44 @@ enum Control {
     MirrorEnd(MirrorEnd, oneshot::Sender<Result<MirrorDone>>),
 }
 
-struct Shared {
-    cfg: LinkConfig,
+pub(super) struct Shared {
+    pub(super) cfg: LinkConfig,
     queue: Mutex<Queue>,
     stats: Mutex<SenderStats>,
     wake: Notify,
     acked: watch::Sender<u64>,
+    /// Replication's counters, once it runs (carried in heartbeats).
+    counters: Mutex<Option<Arc<crate::replicate::ReplicateCounters>>>,
+}
+
+impl Shared {
+    pub(super) fn stats_mut(&self) -> std::sync::MutexGuard<'_, SenderStats> {
+        self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The heartbeat to send now (both paths send the same).
+    pub(super) fn heartbeat(&self) -> Heartbeat {
+        let replication = self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|c| c.heartbeat_counters());
+        let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        Heartbeat {
+            sent_unix_ms: now_ms(),
+            source_seq: q.next_seq - 1,
+            queue_sets: q.items.len() as u64,
+            queue_bytes: q.bytes,
+            oldest_pending_unix_ms: q.items.front().map(|i| i.created_unix_ms),
+            format: standin_link::message::HEARTBEAT_FORMAT,
+            interval_ms: Some(self.cfg.heartbeat.as_millis() as u64),
+            spilled_sets: q.spilled_sets,
+            spilled_bytes: q.spilled_bytes,
+            last_acked: q.acked,
+            replication,
+        }
+    }
 }
 
 /// Sends change sets in order and keeps the link up.
@@ -87,6 +135,7 @@ pub struct Sender {
     shared: Arc<Shared>,
     control: mpsc::Sender<Control>,
     task: tokio::task::JoinHandle<()>,
+    second: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Sender {
@@ -137,13 +186,19 @@ impl Sender {
             }),
             wake: Notify::new(),
             acked,
+            counters: Mutex::new(None),
         });
         let (control, rx) = mpsc::channel(8);
         let task = tokio::spawn(drive(shared.clone(), conn, rx));
+        let second = shared.cfg.heartbeat_target.clone().map(|addr| {
+            shared.stats_mut().second_path_connected = Some(false);
+            tokio::spawn(super::second::run(shared.clone(), addr))
+        });
         Ok(Sender {
             shared,
             control,
             task,
+            second,
         })
     }
 
@@ -261,11 +316,26 @@ impl Sender {
         s.spilled_sets = q.spilled_sets;
         s.spilled_bytes = q.spilled_bytes;
         s.resync_needed = q.resync_needed;
+        s.oldest_pending_unix_ms = q.items.front().map(|i| i.created_unix_ms);
         s
     }
 
-    /// Stop the background task (queued, unacknowledged sets are dropped).
+    /// Carry replication's counters (sweeps, queue-full fallbacks) in the
+    /// heartbeats from now on.
+    pub fn attach_counters(&self, counters: Arc<crate::replicate::ReplicateCounters>) {
+        *self
+            .shared
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(counters);
+    }
+
+    /// Stop the background tasks (queued, unacknowledged sets are dropped).
     pub async fn close(self) {
+        if let Some(t) = self.second {
+            t.abort();
+            let _ = t.await;
+        }
         self.task.abort();
         let _ = self.task.await;
     }
@@ -469,16 +539,7 @@ async fn session(
                 if last_rx.elapsed() > shared.cfg.dead_after {
                     bail!("nothing from the target for {} s", last_rx.elapsed().as_secs());
                 }
-                let hb = {
-                    let q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-                    Heartbeat {
-                        sent_unix_ms: now_ms(),
-                        source_seq: q.next_seq - 1,
-                        queue_sets: q.items.len() as u64,
-                        queue_bytes: q.bytes,
-                        oldest_pending_unix_ms: q.items.front().map(|i| i.created_unix_ms),
-                    }
-                };
+                let hb = shared.heartbeat();
                 let n = send_on(&mut wr, &Message::Heartbeat(hb), 0).await?;
                 shared.stats.lock().unwrap_or_else(|e| e.into_inner()).bytes_sent += n as u64;
             }

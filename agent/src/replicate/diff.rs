@@ -68,7 +68,7 @@ pub(super) fn run(
             last_sweep = Instant::now();
             opts.counters.sweeps.fetch_add(1, Ordering::Relaxed);
             w.sweep().map(|n| {
-                opts.counters.sweep_repairs.fetch_add(n, Ordering::Relaxed);
+                opts.counters.record_sweep(n);
                 log_repairs(n);
             })
         } else {
@@ -563,6 +563,8 @@ impl Worker {
         let started = Instant::now();
         let before = self.cut.counters.records_sent.load(Ordering::Relaxed);
         let mut repairs = 0u64;
+        // The first repaired paths, for status.
+        let mut repaired: Vec<Vec<u8>> = Vec::new();
         let mut seen: BTreeMap<Vec<u8>, ()> = BTreeMap::new();
         let mut walk = walkdir::WalkDir::new(&self.root)
             .follow_links(false)
@@ -599,6 +601,7 @@ impl Worker {
                 continue; // removed with its parent
             }
             repairs += 1;
+            note_repair(&mut repaired, &p);
             self.dirs.insert(parent(&p));
             self.emit(Record::Delete { path: p.clone() })?;
             self.index.remove_tree(&p);
@@ -630,6 +633,7 @@ impl Worker {
                         + self.cut.counters.records_sent.load(Ordering::Relaxed) as usize;
                     if after != sent_before {
                         repairs += 1;
+                        note_repair(&mut repaired, &rel);
                     }
                     seen.insert(rel, ());
                     continue;
@@ -647,11 +651,18 @@ impl Worker {
                 + self.cut.counters.records_sent.load(Ordering::Relaxed) as usize;
             if after != sent_before {
                 repairs += 1;
+                note_repair(&mut repaired, &rel);
             }
             seen.insert(rel, ());
         }
         self.finish_dirs()?;
         self.cut.flush()?;
+        *self
+            .cut
+            .counters
+            .sweep_paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = repaired;
         let sent = self.cut.counters.records_sent.load(Ordering::Relaxed) - before;
         info!(
             repairs,
@@ -660,5 +671,12 @@ impl Worker {
             "tree compared with what the target holds"
         );
         Ok(repairs)
+    }
+}
+
+/// Keep the first few repaired paths of a sweep (for status).
+fn note_repair(repaired: &mut Vec<Vec<u8>>, path: &[u8]) {
+    if repaired.len() < super::REPAIRED_PATHS_KEPT {
+        repaired.push(path.to_vec());
     }
 }

@@ -127,65 +127,61 @@ fn list_names(list: &[u8]) -> Vec<Vec<u8>> {
 }
 
 fn set_xattrs_fd(fd: &OwnedFd, want: &BTreeMap<Xattr, Xattr>, path: &[u8]) -> TreeResult<()> {
-    let mut buf = vec![0u8; 4096];
-    let n = loop {
-        match rustix::fs::flistxattr(fd, &mut buf[..]) {
-            Ok(n) => break n,
-            Err(Errno::RANGE) => buf.resize(buf.len() * 4, 0),
-            Err(Errno::NOTSUP) => break 0,
-            Err(err) => return Err(TreeError::io("listing xattrs of", path, err)),
-        }
-    };
-    for name in list_names(&buf[..n]) {
-        if !want.contains_key(&Xattr(name.clone())) {
-            rustix::fs::fremovexattr(fd, os(&name))
-                .map_err(|err| TreeError::io("removing xattr of", path, err))?;
-        }
-    }
-    for (k, v) in want {
-        rustix::fs::fsetxattr(fd, os(&k.0), &v.0, XattrFlags::empty()).map_err(|err| {
-            TreeError::Io {
-                op: "setting xattr",
-                path: format!(
-                    "{} on {}",
-                    crate::bytes::encode(&k.0),
-                    crate::entry::display_path(path)
-                ),
-                source: err.into(),
-            }
-        })?;
-    }
-    Ok(())
+    sync_xattrs(
+        want,
+        path,
+        &[Errno::NOTSUP],
+        |buf| rustix::fs::flistxattr(fd, buf),
+        |name| rustix::fs::fremovexattr(fd, os(name)),
+        |name, value| rustix::fs::fsetxattr(fd, os(name), value, XattrFlags::empty()),
+    )
 }
 
 fn set_xattrs_path(p: &[u8], want: &BTreeMap<Xattr, Xattr>, path: &[u8]) -> TreeResult<()> {
     let pp = os(p);
+    sync_xattrs(
+        want,
+        path,
+        &[Errno::NOTSUP, Errno::PERM],
+        |buf| rustix::fs::llistxattr(pp, buf),
+        |name| rustix::fs::lremovexattr(pp, os(name)),
+        |name, value| rustix::fs::lsetxattr(pp, os(name), value, XattrFlags::empty()),
+    )
+}
+
+/// Makes an inode's xattrs exactly `want`: removes the others, sets these.
+/// `no_list` are the errors of listing that mean "no xattrs here".
+fn sync_xattrs(
+    want: &BTreeMap<Xattr, Xattr>,
+    path: &[u8],
+    no_list: &[Errno],
+    mut list: impl FnMut(&mut [u8]) -> Result<usize, Errno>,
+    mut remove: impl FnMut(&[u8]) -> Result<(), Errno>,
+    mut set: impl FnMut(&[u8], &[u8]) -> Result<(), Errno>,
+) -> TreeResult<()> {
     let mut buf = vec![0u8; 4096];
     let n = loop {
-        match rustix::fs::llistxattr(pp, &mut buf[..]) {
+        match list(&mut buf[..]) {
             Ok(n) => break n,
             Err(Errno::RANGE) => buf.resize(buf.len() * 4, 0),
-            Err(Errno::NOTSUP) | Err(Errno::PERM) => break 0,
+            Err(err) if no_list.contains(&err) => break 0,
             Err(err) => return Err(TreeError::io("listing xattrs of", path, err)),
         }
     };
     for name in list_names(&buf[..n]) {
         if !want.contains_key(&Xattr(name.clone())) {
-            rustix::fs::lremovexattr(pp, os(&name))
-                .map_err(|err| TreeError::io("removing xattr of", path, err))?;
+            remove(&name).map_err(|err| TreeError::io("removing xattr of", path, err))?;
         }
     }
     for (k, v) in want {
-        rustix::fs::lsetxattr(pp, os(&k.0), &v.0, XattrFlags::empty()).map_err(|err| {
-            TreeError::Io {
-                op: "setting xattr",
-                path: format!(
-                    "{} on {}",
-                    crate::bytes::encode(&k.0),
-                    crate::entry::display_path(path)
-                ),
-                source: err.into(),
-            }
+        set(&k.0, &v.0).map_err(|err| TreeError::Io {
+            op: "setting xattr",
+            path: format!(
+                "{} on {}",
+                crate::bytes::encode(&k.0),
+                crate::entry::display_path(path)
+            ),
+            source: err.into(),
         })?;
     }
     Ok(())

@@ -53,6 +53,13 @@ pub fn data_state(opts: &FailoverOptions) -> Result<DataState> {
             if let Some(w) = &st.warning {
                 missing.push(format!("the replica has a warning: {w}"));
             }
+            let (n, some) = crate::seed::shared_changes(&opts.state_dir, &id)?;
+            if n > 0 {
+                missing.push(format!(
+                    "{n} file(s) of the staging area still share their inode with this machine's own system (hard-link seed) and were changed in place by it since the seed (e.g. {}): the staged system holds this machine's version of them; run the source's difference mirror again (`standin protect --once` there) first",
+                    some.join(", ")
+                ));
+            }
             (
                 "live".to_string(),
                 root,

@@ -32,6 +32,8 @@ pub struct Guard {
     stamp: Option<(i64, i64, u64)>,
     /// Replica inode → (snapshot root, paths in it).
     shared: HashMap<u64, Vec<Sharer>>,
+    /// Inodes a seeded staging area shares with the live system.
+    seeds: crate::seed::guard::Seeds,
 }
 
 impl Guard {
@@ -39,6 +41,7 @@ impl Guard {
     pub fn new(state_dir: &Path) -> Guard {
         Guard {
             snapshots: super::dir(state_dir),
+            seeds: crate::seed::guard::Seeds::new(state_dir),
             ..Default::default()
         }
     }
@@ -88,11 +91,13 @@ impl Guard {
                 copy_out(ino, current, &root, &paths)?;
             }
         }
-        Ok(())
+        // A seeded staging area: the replica's names move to a copy; the
+        // live system keeps its inode.
+        self.seeds.before_modify(ino, current)
     }
 }
 
-fn copy_file(src: &Path, dst: &Path) -> Result<()> {
+pub(crate) fn copy_file(src: &Path, dst: &Path) -> Result<()> {
     let ctx = || format!("copying {} to {}", src.display(), dst.display());
     let s = std::fs::File::open(src).with_context(ctx)?;
     let d = std::fs::OpenOptions::new()

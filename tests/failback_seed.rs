@@ -1,0 +1,241 @@
+//! `standin target seed` (root): the seeded staging area equals the live
+//! tree exactly (independent comparison: lstat fields, xattrs, content,
+//! hard-link groups), with hard links on ext4 and reflinks on a
+//! loop-mounted XFS, and the refusals.
+
+mod common;
+mod failover_support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use failover_support::{assert_same, make_source_system, tree};
+
+fn seed(state: &Path, from: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = run_ok(
+        standin()
+            .args([
+                "target",
+                "seed",
+                "--json",
+                "--source-id",
+                "web-01",
+                "--state-dir",
+            ])
+            .arg(state)
+            .arg("--from-root")
+            .arg(from)
+            .args(extra),
+        None,
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn staged(state: &Path) -> PathBuf {
+    state.join("staging/web-01/root")
+}
+
+/// Seed `base/live` into `base/state`; check the method and the exact tree;
+/// then write into the staging area and check the live file did not change.
+fn scenario(base: &Path, method: &str) {
+    let live = base.join("live");
+    std::fs::create_dir(&live).unwrap();
+    make_source_system(&live);
+    std::fs::create_dir_all(live.join("var/cache/big")).unwrap();
+    std::fs::write(live.join("var/cache/big/blob"), "left out").unwrap();
+    let state = base.join("state");
+    let want = tree(&live, &["var/cache/big"]);
+    let r = seed(&state, &live, &["--exclude", "/var/cache/big"]);
+    assert_eq!(r["method"], method, "{r:#}");
+    assert_same("seeded staging area", &tree(&staged(&state), &[]), &want);
+    assert_eq!(
+        state.join("staging/web-01/seed-inodes.json").exists(),
+        method == "hardlink"
+    );
+    let same_inode = std::fs::metadata(staged(&state).join("var/lib/app/data.db"))
+        .unwrap()
+        .ino()
+        == std::fs::metadata(live.join("var/lib/app/data.db"))
+            .unwrap()
+            .ino();
+    assert_eq!(same_inode, method == "hardlink");
+    let status = run_ok(
+        standin()
+            .args(["status", "--json", "--state-dir"])
+            .arg(&state),
+        None,
+    );
+    let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(st["source_id"], "web-01", "{st:#}");
+    assert_eq!(st["mirror_complete"], false, "{st:#}");
+    assert!(
+        st["reason"].as_str().unwrap_or("").contains("seeded"),
+        "{st:#}"
+    );
+}
+
+#[test]
+fn hardlink_seed_on_ext4_equals_the_live_tree() {
+    require_root();
+    let tmp = tempdir();
+    scenario(tmp.path(), "hardlink");
+}
+
+struct Mount(PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn reflink_seed_on_xfs_equals_the_live_tree() {
+    require_root();
+    let mkfs = require_tool("mkfs.xfs", "xfsprogs");
+    let tmp = tempdir();
+    let img = tmp.path().join("xfs.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+    run_ok(
+        std::process::Command::new(mkfs)
+            .args(["-q", "-m", "reflink=1"])
+            .arg(&img),
+        None,
+    );
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run_ok(
+        std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt),
+        None,
+    );
+    let _m = Mount(mnt.clone());
+    scenario(&mnt, "reflink");
+    // A clone is its own file: writing it leaves the live file alone.
+    std::fs::write(staged(&mnt.join("state")).join("data/big"), "changed").unwrap();
+    assert_eq!(
+        std::fs::read(mnt.join("live/data/big")).unwrap(),
+        "x".repeat(100_000).into_bytes()
+    );
+}
+
+#[test]
+fn refusals_name_the_reason() {
+    require_root();
+    let tmp = tempdir();
+    let live = tmp.path().join("live");
+    std::fs::create_dir(&live).unwrap();
+    std::fs::write(live.join("f"), "x").unwrap();
+    let state = tmp.path().join("state");
+    let bad = run_code(
+        standin()
+            .args(["target", "seed", "--source-id", "../x", "--state-dir"])
+            .arg(&state)
+            .arg("--from-root")
+            .arg(&live),
+        1,
+        None,
+    );
+    assert!(stderr(&bad).contains("source id"), "{}", stderr(&bad));
+    seed(&state, &live, &[]);
+    let again = run_code(
+        standin()
+            .args(["target", "seed", "--source-id", "web-01", "--state-dir"])
+            .arg(&state)
+            .arg("--from-root")
+            .arg(&live),
+        1,
+        None,
+    );
+    assert!(
+        stderr(&again).contains("not empty") && stderr(&again).contains("--force"),
+        "{}",
+        stderr(&again)
+    );
+    let r = seed(&state, &live, &["--force"]);
+    assert_eq!(r["replaced"], true, "{r:#}");
+    let other = run_code(
+        standin()
+            .args(["target", "seed", "--source-id", "db-02", "--state-dir"])
+            .arg(&state)
+            .arg("--from-root")
+            .arg(&live),
+        1,
+        None,
+    );
+    assert!(
+        stderr(&other).contains("stages source \"web-01\""),
+        "{}",
+        stderr(&other)
+    );
+    let missing = run_code(
+        standin()
+            .args([
+                "target",
+                "seed",
+                "--source-id",
+                "web-01",
+                "--force",
+                "--state-dir",
+            ])
+            .arg(&state)
+            .arg("--from-root")
+            .arg(tmp.path().join("nope")),
+        1,
+        None,
+    );
+    assert!(stderr(&missing).contains("nope"), "{}", stderr(&missing));
+    assert!(staged(&state).join("f").exists(), "nothing lost");
+
+    // Not while `standin target serve` uses the state directory.
+    let keys = tmp.path().join("keys");
+    let out = run_ok(standin().args(["keys", "init", "--dir"]).arg(&keys), None);
+    let fpr = stdout(&out).trim().to_string();
+    let mut daemon = standin()
+        .args(["target", "serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&state)
+        .arg("--identity")
+        .arg(&keys)
+        .args(["--trust", &fpr, "--target-root"])
+        .arg(&live)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(daemon.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("listening on "), "{line}");
+    let busy = run_code(
+        standin()
+            .args([
+                "target",
+                "seed",
+                "--source-id",
+                "web-01",
+                "--force",
+                "--state-dir",
+            ])
+            .arg(&state)
+            .arg("--from-root")
+            .arg(&live),
+        1,
+        None,
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(
+        stderr(&busy).contains("target serve") && stderr(&busy).contains("stop it first"),
+        "{}",
+        stderr(&busy)
+    );
+    assert!(staged(&state).join("f").exists(), "nothing lost");
+}

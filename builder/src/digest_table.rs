@@ -100,7 +100,13 @@ impl DigestTable {
     /// Take out the digest of the file stamped `now` (see [`DigestTable::get`]);
     /// the file is forgotten either way.
     pub fn take(&mut self, now: &Stamp) -> Option<[u8; 32]> {
-        match self.map.remove(&(now.dev, now.ino)) {
+        let got = self.map.remove(&(now.dev, now.ino));
+        // Give memory back as the table empties (a scan moves every entry
+        // to a fresh table), so the two together stay near one table.
+        if self.map.capacity() > 4096 && self.map.len() < self.map.capacity() / 4 {
+            self.map.shrink_to_fit();
+        }
+        match got {
             Some((s, d)) if s == *now => Some(d),
             _ => None,
         }
@@ -126,14 +132,30 @@ impl DigestTable {
 
     /// The table's bytes for `tree` (an id of the tree the digests describe).
     pub fn encode(&self, tree: &str) -> Vec<u8> {
-        let tree = &tree.as_bytes()[..tree.len().min(u16::MAX as usize)];
         let mut out = Vec::with_capacity(16 + tree.len() + self.map.len() * RECORD + 32);
+        self.write_to(&mut out, tree).expect("writing to memory");
+        out
+    }
+
+    /// Write the table for `tree` to `w` (streaming; see the module docs).
+    pub fn write_to(&self, w: &mut impl std::io::Write, tree: &str) -> std::io::Result<()> {
+        let mut h = Sha256::new();
+        let mut put = |b: &[u8]| -> std::io::Result<()> {
+            h.update(b);
+            w.write_all(b)
+        };
+        let tree = &tree.as_bytes()[..tree.len().min(u16::MAX as usize)];
+        let mut out = Vec::with_capacity(64 * RECORD);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&[VERSION, 0, 0, 0]);
         out.extend_from_slice(&(tree.len() as u16).to_be_bytes());
         out.extend_from_slice(tree);
         out.extend_from_slice(&(self.map.len() as u64).to_be_bytes());
         for (s, d) in self.map.values() {
+            if out.len() >= 63 * RECORD {
+                put(&out)?;
+                out.clear();
+            }
             out.extend_from_slice(&s.dev.to_be_bytes());
             out.extend_from_slice(&s.ino.to_be_bytes());
             out.extend_from_slice(&s.size.to_be_bytes());
@@ -141,9 +163,9 @@ impl DigestTable {
             out.extend_from_slice(&s.ctime_ns.to_be_bytes());
             out.extend_from_slice(d);
         }
-        let sum = Sha256::digest(&out);
-        out.extend_from_slice(&sum);
-        out
+        put(&out)?;
+        let sum = h.finalize();
+        w.write_all(&sum)
     }
 
     /// Parse a table written for `tree`; `Err` says why it cannot be trusted.
@@ -219,8 +241,16 @@ impl DigestTable {
 
     /// Write the table for `tree` to `path` durably (temp file, fsync, rename, fsync dir).
     pub fn save(&self, path: &Path, tree: &str) -> Result<()> {
-        crate::durable::write_file(path, &self.encode(tree))
-            .with_context(|| format!("saving the digest cache {}", path.display()))
+        let save = || -> Result<()> {
+            let mut f = crate::durable::DurableFile::create(path)?;
+            {
+                let mut w = std::io::BufWriter::with_capacity(1 << 16, &mut f);
+                self.write_to(&mut w, tree)?;
+                std::io::Write::flush(&mut w)?;
+            }
+            f.commit()
+        };
+        save().with_context(|| format!("saving the digest cache {}", path.display()))
     }
 }
 

@@ -12,20 +12,26 @@
 # the regular files (appends) and 3 x 4 KiB inside each of the 3 largest
 # files of the source copy, then both tools bring their replica up to date.
 #
+# The agent keeps its state directory (digest cache) between runs, as a
+# installed agent does; the target daemon keeps running between the
+# difference runs (its digest cache is in memory and in its state dir).
+#
 # Usage: bench/mirror.sh [RUNS]     (default 3; as root)
 #   TREES="debian big" (default) picks the trees, KINDS="full diff" (default)
 #   the rows: `KINDS=full TREES=debian bench/mirror.sh 1` is a quick check.
+#   FULL_RUNS=N   full-mirror runs (default RUNS; the difference runs need one)
 # Trees: a copy of the cached Debian root (tests make it) and of the >= 1 GiB
 # tree bench/make-big-tree.sh makes in /var/tmp/standin-bench/big.
 # Needs: GNU time (apt-get install -y time), rsync, a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
+full_runs=${FULL_RUNS:-$runs}
 trees=${TREES:-debian big}
 kinds=${KINDS:-full diff}
 debian=${STANDIN_TEST_CACHE:-/var/cache/standin-test}/debian-bookworm
 big=/var/tmp/standin-bench/big
-work=/var/tmp/standin-bench/mirror
+work=${BENCH_WORK:-/var/tmp/standin-bench/mirror}   # BENCH_WORK: another work dir (two benches at once)
 [ "$(id -u)" = 0 ] || { echo "run as root (owners and devices are mirrored)"; exit 1; }
 [ -x /usr/bin/time ] || { echo "GNU time is missing; install it with: apt-get install -y time"; exit 1; }
 command -v rsync >/dev/null || { echo "rsync is missing; install it with: apt-get install -y rsync"; exit 1; }
@@ -76,7 +82,7 @@ start_target() { # fresh state dir
 run_standin() {
   local label=$1 src=$2
   /usr/bin/time -v -o "$work/time.tmp" "$standin" protect --target "127.0.0.1:$port" --identity "$work/src-id" \
-    --trust "$(cat "$work/tgt.fpr")" --root "$src" --source-id bench --once --json > "$work/protect.json" 2>"$work/protect.err" \
+    --trust "$(cat "$work/tgt.fpr")" --root "$src" --state-dir "$work/agent-state" --source-id bench --once --json > "$work/protect.json" 2>"$work/protect.err" \
     || { echo "standin $label failed:"; tail -20 "$work/protect.err"; cat "$work/protect.json"; exit 1; }
   python3 - "$work/protect.json" "$work/time.tmp" >> "$work/$label.times" <<'PY'
 import json, re, sys
@@ -87,7 +93,7 @@ wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", t)
 secs = (int(wall.group(1) or 0) * 3600) + int(wall.group(2)) * 60 + float(wall.group(3))
 rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1))
 wire = m["bytes_sent"] + m["compare_bytes_sent"] + m["compare_bytes_received"]
-print(f"{secs:.3f} {rss} {wire}")
+print(f"{secs:.3f} {rss} {wire} {m.get('files_hashed', -1)} {m['compare_bytes_sent'] + m['compare_bytes_received']}")
 PY
 }
 
@@ -117,14 +123,15 @@ mutate() { # 1% of regular files (a different 1% each round) + 3 x 4 KiB in the 
 
 report() {
   local name=$1 kind=$2
-  local s r sm sw rw
+  local s r sm sw rw sc
   s=$(cut -d' ' -f1 "$work/$name-$kind-standin.times" | median)
   r=$(cut -d' ' -f1 "$work/$name-$kind-rsync.times" | median)
   sm=$(cut -d' ' -f2 "$work/$name-$kind-standin.times" | sort -n | tail -1)
   sw=$(cut -d' ' -f3 "$work/$name-$kind-standin.times" | median)
   rw=$(cut -d' ' -f3 "$work/$name-$kind-rsync.times" | median)
-  printf "%-7s %-10s standin %7.2fs (agent peak %4d MiB, %10s B on the wire) | rsync -aHAX %7.2fs (%10s B) | speed rsync/standin %5s | bytes standin/rsync %s\n" \
-    "$name" "$kind" "$s" "$((sm / 1024))" "$sw" "$r" "$rw" \
+  sc=$(cut -d' ' -f5 "$work/$name-$kind-standin.times" | median)
+  printf "%-7s %-10s standin %7.2fs (agent peak %4d MiB, %10s B on the wire, %s B comparing) | rsync -aHAX %7.2fs (%10s B) | speed rsync/standin %5s | bytes standin/rsync %s\n" \
+    "$name" "$kind" "$s" "$((sm / 1024))" "$sw" "$sc" "$r" "$rw" \
     "$(awk -v a="$r" -v b="$s" 'BEGIN {printf "%.2f", a/b}')" "$(awk -v a="$sw" -v b="$rw" 'BEGIN {printf "%.2f", a/b}')"
 }
 
@@ -136,7 +143,8 @@ bench_tree() {
   files=$(find "$src" -type f | wc -l); bytes=$(du -sb "$src" | cut -f1)
   echo "$name: $files files, $((bytes >> 20)) MiB"
   tar -C "$src" -cf - . | cat >/dev/null   # warm the page cache for both
-  for i in $(seq 1 "$runs"); do
+  for i in $(seq 1 "$full_runs"); do
+    rm -rf "$work/agent-state"   # a full mirror starts cold on both sides
     start_target
     run_standin "$name-full-standin" "$src"
     rm -rf "$work/rsync-dst"; mkdir -p "$work/rsync-dst"

@@ -9,12 +9,14 @@
 //! - [`blockindex`]: what the target holds, per path and per 16 KiB block.
 //! - [`replicate`]: the continuous replication loop ([`replicate::replicate`]).
 //! - [`mirror`]: full and difference mirrors ([`mirror::mirror`]).
+//! - [`digests`]: the source's digest cache between mirrors.
 //! - [`protect`]: validate against the target, mirror, replicate ([`protect::protect`]).
 //! - [`bwlimit`]: the bandwidth limit (token bucket with a daily window).
 
 pub mod blockindex;
 pub mod bwlimit;
 pub mod capture;
+pub mod digests;
 pub mod link;
 pub mod mirror;
 pub mod protect;

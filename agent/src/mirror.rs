@@ -47,6 +47,8 @@ use crate::link::{connect, LinkConfig, Sender};
 /// Largest block of a checksum mirror (see `mirror_block_size`).
 pub const DEFAULT_BLOCK_SIZE: u32 = 128 << 10;
 const BATCH_ENTRIES: usize = 1000;
+/// Manifest batches sent ahead of the target's answers.
+const PIPELINE: usize = 4;
 const BATCH_BLOCKS: u64 = 64 << 10;
 /// Below the 16 MiB frame limit with room for the records' framing.
 const SET_BYTES: usize = 14 << 20;
@@ -66,6 +68,11 @@ pub struct MirrorOptions {
     pub mode: MirrorMode,
     pub block_size: u32,
     pub bwlimit: Option<BwLimit>,
+    /// Where the source's digest cache lives (`digests.bin` in the agent's
+    /// state directory); `None` keeps no cache between runs.
+    pub digest_cache: Option<PathBuf>,
+    /// Hash every file, ignoring remembered digests (`--verify-all`).
+    pub verify_all: bool,
 }
 
 /// What a mirror did.
@@ -95,6 +102,10 @@ pub struct MirrorReport {
     pub complete: bool,
     pub reason: Option<String>,
     pub seconds: f64,
+    /// Regular files whose remembered digest was used (unchanged stamp).
+    pub digests_reused: u64,
+    /// Regular files read and hashed by the scan.
+    pub files_hashed: u64,
 }
 
 #[derive(Debug)]
@@ -113,7 +124,7 @@ struct Planned {
     entry: Entry,
     action: Action,
     /// Target's block digests (checksum mode, content items).
-    target_blocks: Vec<String>,
+    target_blocks: Vec<[u8; 16]>,
 }
 
 /// Run a mirror over `sender`'s link. The caller starts change capture
@@ -126,8 +137,12 @@ pub async fn mirror(
 ) -> Result<MirrorReport> {
     let started = Instant::now();
     let wire0 = sender.stats().bytes_sent;
-    let (plan, extras, summary, (compare_bytes, compare_in)) =
+    let (plan, extras, summary, (compare_bytes, compare_in), counts) =
         compare(link, opts, progress.clone()).await?;
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "mirror: compared"
+    );
     let mut plan = plan;
     let block_size = opts.block_size as u64;
     // Plan block patches.
@@ -149,6 +164,10 @@ pub async fn mirror(
     .await
     .context("block comparison task")??;
     let plan = plan_done;
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "mirror: blocks planned"
+    );
     let data_total: u64 = plan
         .iter()
         .map(|p| match &p.action {
@@ -196,6 +215,8 @@ pub async fn mirror(
         compare_bytes_sent: compare_bytes,
         compare_bytes_received: compare_in,
         first_seq,
+        digests_reused: counts.reused,
+        files_hashed: counts.hashed,
         ..Default::default()
     };
     let mut touched: HashSet<Vec<u8>> = HashSet::new();
@@ -274,6 +295,10 @@ pub async fn mirror(
             .await
             .context("waiting for the target to apply the mirror")?;
     }
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "mirror: data applied"
+    );
     progress.phase("verifying the replica on the target", None, None);
     let done = sender
         .mirror_end(MirrorEnd {
@@ -284,6 +309,10 @@ pub async fn mirror(
         .await
         .context("ending the mirror on the target")?;
     progress.finish();
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        "mirror: root digest checked"
+    );
     report.last_seq = last_seq;
     report.complete = done.complete;
     report.reason = done.reason;
@@ -312,6 +341,7 @@ type Compared = (
     Vec<Vec<u8>>,
     standin_builder::manifest::ManifestSummary,
     (u64, u64),
+    standin_builder::manifest::CacheCounts,
 );
 
 /// Phase 1: scan, stream the manifest to the target, collect what differs.
@@ -328,12 +358,22 @@ async fn compare(
     let scan_opts = opts.scan.clone();
     let bs = opts.block_size.max(1) as u64;
     let prog = progress.clone();
+    let cache_file = opts.digest_cache.clone();
+    let trust = !opts.verify_all;
     let scan = tokio::task::spawn_blocking(move || {
+        let t0 = Instant::now();
         prog.phase("scanning", None, None);
+        let tree = crate::digests::tree_id(&root);
+        let cache = crate::digests::load(cache_file.as_deref(), &tree);
         let mut batch = Vec::new();
         let mut blocks = 0u64;
-        let summary =
-            standin_builder::manifest::scan_tree(&root, &scan_opts, prog.as_ref(), |e| {
+        let (summary, fresh, counts) = standin_builder::manifest::scan_tree_cached(
+            &root,
+            &scan_opts,
+            prog.as_ref(),
+            cache,
+            trust,
+            |e| {
                 blocks += e.size / standin_link::message::mirror_block_size(e.size, bs as u32) + 1;
                 batch.push(e.clone());
                 if batch.len() >= BATCH_ENTRIES || blocks >= BATCH_BLOCKS {
@@ -343,11 +383,14 @@ async fn compare(
                     }
                 }
                 Ok(())
-            })?;
+            },
+        )?;
         if !batch.is_empty() && tx.blocking_send(batch).is_err() {
             bail!("the comparison stopped");
         }
-        Ok(summary)
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "mirror: scanned");
+        crate::digests::save(cache_file.as_deref(), &tree, &fresh);
+        Ok((summary, counts))
     });
     let wire_block = if opts.mode == MirrorMode::Checksum {
         opts.block_size
@@ -359,30 +402,50 @@ async fn compare(
     let mut sent = 0u64;
     let mut received = 0u64;
     let extras: Vec<Vec<u8>>;
+    // Batches sent and not answered yet (the target answers in order), so
+    // the target compares while the source scans and the link is never idle.
+    let mut inflight: std::collections::VecDeque<(u64, Vec<Entry>)> = Default::default();
+    let mut scan_done = false;
     loop {
-        let entries = rx.recv().await.unwrap_or_default();
+        // Send what the scan has ready (at most PIPELINE ahead); wait for
+        // the scan only when nothing is in flight.
+        while !scan_done && inflight.len() < PIPELINE {
+            let next = if inflight.is_empty() {
+                Some(rx.recv().await.unwrap_or_default())
+            } else {
+                match rx.try_recv() {
+                    Ok(b) => Some(b),
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Some(Vec::new()),
+                }
+            };
+            let Some(entries) = next else { break };
+            scan_done = entries.is_empty();
+            n += 1;
+            let msg = Message::MirrorEntries(MirrorEntries {
+                batch: n,
+                entries,
+                block_size: wire_block,
+            });
+            sent += conn.send(&msg).await? as u64;
+            let Message::MirrorEntries(MirrorEntries { entries, .. }) = msg else {
+                unreachable!()
+            };
+            inflight.push_back((n, entries));
+        }
+        let (b, entries) = inflight.pop_front().expect("a batch is in flight");
         let last = entries.is_empty();
-        n += 1;
-        let msg = Message::MirrorEntries(MirrorEntries {
-            batch: n,
-            entries,
-            block_size: wire_block,
-        });
-        sent += conn.send(&msg).await? as u64;
         let answer = conn.recv().await?;
         received += answer
             .encode()
             .map(|(_, p)| p.len() as u64 + 6)
             .unwrap_or(0);
         let diff = match answer {
-            Message::MirrorDiff(d) if d.batch == n => d,
+            Message::MirrorDiff(d) if d.batch == b => d,
             other => bail!(
-                "expected the target's comparison of batch {n}, got {}",
+                "expected the target's comparison of batch {b}, got {}",
                 other.name()
             ),
-        };
-        let Message::MirrorEntries(MirrorEntries { entries, .. }) = msg else {
-            unreachable!()
         };
         if last {
             extras = diff.items.into_iter().map(|i| i.path).collect();
@@ -418,12 +481,12 @@ async fn compare(
             });
         }
     }
-    let summary = scan.await.context("scan task")??;
-    Ok((plan, extras, summary, (sent, received)))
+    let (summary, counts) = scan.await.context("scan task")??;
+    Ok((plan, extras, summary, (sent, received), counts))
 }
 
 /// Which of the source file's blocks differ from the target's; the file's sha256.
-fn diff_blocks(abs: &Path, bs: u64, target: &[String]) -> Result<Action> {
+fn diff_blocks(abs: &Path, bs: u64, target: &[[u8; 16]]) -> Result<Action> {
     let mut f = File::open(abs)?;
     let mut whole = Sha256::new();
     let mut buf = vec![0u8; bs as usize];
@@ -443,8 +506,8 @@ fn diff_blocks(abs: &Path, bs: u64, target: &[String]) -> Result<Action> {
             break;
         }
         whole.update(&buf[..got]);
-        let h = hex::encode(&Sha256::digest(&buf[..got])[..16]);
-        if target.get(i as usize) != Some(&h) {
+        let h = Sha256::digest(&buf[..got]);
+        if target.get(i as usize).map(|t| &t[..]) != Some(&h[..16]) {
             differ.push(i);
         }
         i += 1;

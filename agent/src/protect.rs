@@ -211,9 +211,11 @@ pub async fn protect(
     progress: Arc<dyn Progress>,
     on_tick: &(dyn Fn(&SenderStats) + Sync),
 ) -> Result<ProtectOutcome> {
+    let t0 = std::time::Instant::now();
     let validation = validate_remote(&opts.link, &opts.mirror.root, opts.fix_all, &opts.validate)
         .await
         .context("validating against the target")?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "validated");
     if validation.final_report().has_errors() {
         return Ok(ProtectOutcome {
             validation,
@@ -236,7 +238,11 @@ pub async fn protect(
         Some(start_capture(&opts.mirror.root, ignore)?)
     };
     let mirror_started = std::time::SystemTime::now();
-    let report = mirror(&sender, &link, &opts.mirror, progress).await;
+    let mut mopts = opts.mirror.clone();
+    if let (None, Some(sd)) = (&mopts.digest_cache, &opts.state_dir) {
+        mopts.digest_cache = Some(sd.join(crate::digests::FILE));
+    }
+    let report = mirror(&sender, &link, &mopts, progress).await;
     let report = match report {
         Ok(r) => r,
         Err(e) => {

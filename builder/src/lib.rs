@@ -19,6 +19,7 @@ pub mod bytes;
 pub mod changeset;
 pub mod compare;
 pub mod demo;
+pub mod digest_table;
 pub mod disk;
 pub mod durable;
 pub mod entry;

@@ -34,15 +34,17 @@
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::digest_table::{DigestTable, Stamp};
 use crate::entry::{path_cmp, Entry, Kind};
 use crate::progress::Progress;
-use crate::scan::{ScanOptions, Scanner};
+use crate::scan::{ScanOptions, Scanned, Scanner};
 
 /// The manifest format name written in every manifest.
 pub const FORMAT: &str = "standin-manifest";
@@ -249,52 +251,130 @@ pub fn scan_tree(
     progress: &dyn Progress,
     each: impl FnMut(&Entry) -> Result<()>,
 ) -> Result<ManifestSummary> {
-    scan_tree_known(root, opts, progress, &|_, _| None, each)
+    scan_tree_known(root, opts, progress, &|_| None, each)
 }
 
-/// [`scan_tree`], but `known(abs_path, size)` may supply the sha256 (hex)
-/// of a regular file the caller already hashed and knows unchanged; only
-/// the others are read.
+/// [`scan_tree`], but `known(stamp)` may supply the sha256 of a regular
+/// file (by its [`Stamp`] from the scan's `lstat`) that the caller already
+/// hashed and knows unchanged; only the others are read.
 pub fn scan_tree_known(
     root: &Path,
     opts: &ScanOptions,
     progress: &dyn Progress,
-    known: &(dyn Fn(&Path, u64) -> Option<String> + Sync),
+    known: &(dyn Fn(&Stamp) -> Option<[u8; 32]> + Sync),
+    each: impl FnMut(&Entry) -> Result<()>,
+) -> Result<ManifestSummary> {
+    let digest_of = |s: &Scanned| -> Result<String> {
+        if let Some(h) = s.stamp.as_ref().and_then(known) {
+            return Ok(crate::hash::hex(&h));
+        }
+        let (h, _) = crate::hash::hash_file(&s.abs, s.entry.size, s.entry.sparse.as_deref())
+            .with_context(|| format!("hashing {}", s.abs.display()))?;
+        Ok(h)
+    };
+    scan_tree_with(root, opts, progress, &digest_of, each)
+}
+
+/// [`scan_tree`] with a digest cache (see [`crate::digest_table`]): a
+/// regular file whose stamp (device, inode, size, mtime, ctime) is in
+/// `cache` is not read when `trust` is set; every file's digest, with the
+/// stamp taken before it was read, goes into the returned table (so it
+/// holds exactly this tree's files; entries move from `cache` to it, so
+/// memory holds about one table). `trust = false` hashes everything
+/// (`--verify-all`) and still returns the fresh table.
+pub fn scan_tree_cached(
+    root: &Path,
+    opts: &ScanOptions,
+    progress: &dyn Progress,
+    cache: DigestTable,
+    trust: bool,
+    each: impl FnMut(&Entry) -> Result<()>,
+) -> Result<(ManifestSummary, DigestTable, CacheCounts)> {
+    let cache = Mutex::new(cache);
+    let fresh = Mutex::new(DigestTable::new());
+    let hits = std::sync::atomic::AtomicU64::new(0);
+    let hashed = std::sync::atomic::AtomicU64::new(0);
+    let digest_of = |s: &Scanned| -> Result<String> {
+        let stamp = s.stamp;
+        if let Some(st) = stamp.filter(|st| st.size == s.entry.size) {
+            if trust {
+                let hit = cache.lock().unwrap_or_else(|e| e.into_inner()).take(&st);
+                if let Some(d) = hit {
+                    hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    fresh
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(st, d);
+                    return Ok(crate::hash::hex(&d));
+                }
+            }
+        }
+        let (h, _) = crate::hash::hash_file(&s.abs, s.entry.size, s.entry.sparse.as_deref())
+            .with_context(|| format!("hashing {}", s.abs.display()))?;
+        hashed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let (Some(st), Ok(d)) = (stamp, hex::decode(&h)) {
+            if let Ok(d) = <[u8; 32]>::try_from(d.as_slice()) {
+                fresh
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(st, d);
+            }
+        }
+        Ok(h)
+    };
+    let summary = scan_tree_with(root, opts, progress, &digest_of, each)?;
+    let counts = CacheCounts {
+        reused: hits.into_inner(),
+        hashed: hashed.into_inner(),
+    };
+    Ok((
+        summary,
+        fresh.into_inner().unwrap_or_else(|e| e.into_inner()),
+        counts,
+    ))
+}
+
+/// How a cached scan got its digests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheCounts {
+    /// Files whose remembered digest was used.
+    pub reused: u64,
+    /// Files read and hashed.
+    pub hashed: u64,
+}
+
+/// The scan loop: `digest_of` gives each regular file's sha256 (hex).
+fn scan_tree_with(
+    root: &Path,
+    opts: &ScanOptions,
+    progress: &dyn Progress,
+    digest_of: &(dyn Fn(&Scanned) -> Result<String> + Sync),
     mut each: impl FnMut(&Entry) -> Result<()>,
 ) -> Result<ManifestSummary> {
     const MAX_ITEMS: usize = 2048;
     const MAX_BYTES: u64 = 256 << 20;
     let scanner = Scanner::new(root, opts, progress)?;
     let mut digest = RootDigest::new();
-    let mut batch: Vec<crate::scan::Scanned> = Vec::with_capacity(MAX_ITEMS);
+    let mut batch: Vec<Scanned> = Vec::with_capacity(MAX_ITEMS);
     let mut batch_bytes = 0u64;
-    let mut flush =
-        |batch: &mut Vec<crate::scan::Scanned>, digest: &mut RootDigest| -> Result<()> {
-            batch
-                .par_iter_mut()
-                .filter(|s| s.entry.kind == Kind::File && s.entry.link.is_none())
-                .try_for_each(|s| -> Result<()> {
-                    if let Some(h) = known(&s.abs, s.entry.size) {
-                        s.entry.sha256 = Some(h);
-                        progress.advance(s.entry.size, 1);
-                        return Ok(());
-                    }
-                    let (h, _) =
-                        crate::hash::hash_file(&s.abs, s.entry.size, s.entry.sparse.as_deref())
-                            .with_context(|| format!("hashing {}", s.abs.display()))?;
-                    s.entry.sha256 = Some(h);
-                    progress.advance(s.entry.size, 1);
-                    Ok(())
-                })?;
-            for s in batch.drain(..) {
-                if !(s.entry.kind == Kind::File && s.entry.link.is_none()) {
-                    progress.advance(0, 1);
-                }
-                digest.add(&s.entry);
-                each(&s.entry)?;
+    let mut flush = |batch: &mut Vec<Scanned>, digest: &mut RootDigest| -> Result<()> {
+        batch
+            .par_iter_mut()
+            .filter(|s| s.entry.kind == Kind::File && s.entry.link.is_none())
+            .try_for_each(|s| -> Result<()> {
+                s.entry.sha256 = Some(digest_of(s)?);
+                progress.advance(s.entry.size, 1);
+                Ok(())
+            })?;
+        for s in batch.drain(..) {
+            if !(s.entry.kind == Kind::File && s.entry.link.is_none()) {
+                progress.advance(0, 1);
             }
-            Ok(())
-        };
+            digest.add(&s.entry);
+            each(&s.entry)?;
+        }
+        Ok(())
+    };
     for item in scanner {
         let s = item?;
         if s.entry.kind == Kind::File && s.entry.link.is_none() {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
+use crate::digest_table::Stamp;
 use crate::entry::{Entry, Kind, Xattr};
 use crate::progress::Progress;
 
@@ -57,6 +58,8 @@ impl Default for ScanOptions {
 pub struct Scanned {
     pub entry: Entry,
     pub abs: PathBuf,
+    /// A regular file's stamp from the same `lstat` (for digest caches).
+    pub stamp: Option<Stamp>,
 }
 
 /// Streaming scanner; an iterator of [`Scanned`] in tree order.
@@ -186,12 +189,12 @@ impl Iterator for Scanner<'_> {
             }
             let abs = dent.path().to_path_buf();
             let keep_empty = dent.file_type().is_dir() && self.keep_empty.contains(&rel);
-            let res = stat_entry(&abs, rel, &mut self.links);
+            let res = stat_entry_stamped(&abs, rel, &mut self.links);
             if keep_empty {
                 self.skip_children(&dent);
             }
             match res {
-                Ok(Some(entry)) => return Some(Ok(Scanned { entry, abs })),
+                Ok(Some((entry, stamp))) => return Some(Ok(Scanned { entry, abs, stamp })),
                 Ok(None) => {
                     self.progress
                         .note(&format!("{} is a socket; left out", abs.display()));
@@ -221,7 +224,18 @@ pub fn stat_entry(
     rel: Vec<u8>,
     links: &mut HashMap<(u64, u64), Vec<u8>>,
 ) -> io::Result<Option<Entry>> {
+    Ok(stat_entry_stamped(abs, rel, links)?.map(|(e, _)| e))
+}
+
+/// [`stat_entry`], plus the regular file's [`Stamp`] from the same `lstat`
+/// (for digest caches).
+pub fn stat_entry_stamped(
+    abs: &Path,
+    rel: Vec<u8>,
+    links: &mut HashMap<(u64, u64), Vec<u8>>,
+) -> io::Result<Option<(Entry, Option<Stamp>)>> {
     let md = std::fs::symlink_metadata(abs)?;
+    let stamp = Stamp::of_metadata(&md);
     let ft = md.file_type();
     let kind = if ft.is_file() {
         Kind::File
@@ -279,7 +293,7 @@ pub fn stat_entry(
         }
         _ => {}
     }
-    Ok(Some(entry))
+    Ok(Some((entry, stamp)))
 }
 
 /// All xattrs of a path (not following symlinks).

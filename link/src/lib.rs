@@ -7,6 +7,7 @@
 //! - [`frame`]: length-prefixed, optionally zstd-compressed frames.
 //! - [`heartbeat`]: the heartbeat message, versioned.
 //! - [`message`]: the protocol messages carried in frames.
+//! - [`mirror_wire`]: the binary encoding of a mirror's entries and diffs.
 //! - [`status`]: the protection status a target reports.
 //!
 //! This crate sits between `builder` (change sets, entries) and the two
@@ -17,6 +18,7 @@ pub mod frame;
 pub mod heartbeat;
 pub mod identity;
 pub mod message;
+pub mod mirror_wire;
 pub mod status;
 pub mod tls;
 
@@ -28,7 +30,7 @@ pub use message::Message;
 pub const DEFAULT_PORT: u16 = 6320;
 
 /// Version of the wire protocol spoken by this build (see docs/protocol.md).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Version of standin, sent in Hello.
 pub const STANDIN_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,6 +1,7 @@
 //! Protocol messages. Each travels in one frame whose type byte names it;
-//! the change set is binary ([`standin_builder::changeset`]), all others are
-//! JSON objects. See docs/protocol.md.
+//! the change set is binary ([`standin_builder::changeset`]), so are the
+//! mirror's entries and diffs ([`crate::mirror_wire`]); all others are JSON
+//! objects. See docs/protocol.md.
 
 use serde::{Deserialize, Serialize};
 use standin_builder::changeset::ChangeSet;
@@ -126,9 +127,10 @@ pub struct DiffItem {
     pub path: Vec<u8>,
     /// `same`, `missing`, `metadata` or `content`.
     pub state: String,
-    /// For `content`: the digest (hex; see [`mirror_block_size`]) of each block the target holds.
+    /// For `content`: the digest (the first 16 bytes of the sha256; see
+    /// [`mirror_block_size`]) of each block the target holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub blocks: Vec<String>,
+    pub blocks: Vec<[u8; 16]>,
 }
 
 /// Target → source: what differs for one [`MirrorEntries`] batch.
@@ -253,8 +255,8 @@ impl Message {
             Message::FixRequest(v) => (FIX_REQUEST, json(v)),
             Message::FixResponse(v) => (FIX_RESPONSE, json(v)),
             Message::MirrorStart(m) => (MIRROR_START, json(m)),
-            Message::MirrorEntries(m) => (MIRROR_ENTRIES, json(m)),
-            Message::MirrorDiff(m) => (MIRROR_DIFF, json(m)),
+            Message::MirrorEntries(m) => (MIRROR_ENTRIES, crate::mirror_wire::encode_entries(m)?),
+            Message::MirrorDiff(m) => (MIRROR_DIFF, crate::mirror_wire::encode_diff(m)?),
             Message::MirrorEnd(m) => (MIRROR_END, json(m)),
             Message::MirrorDone(m) => (MIRROR_DONE, json(m)),
             Message::ChangeSet(cs) => (CHANGE_SET, cs.encode()?),
@@ -280,8 +282,22 @@ impl Message {
             FIX_REQUEST => Message::FixRequest(parse("fix request", p)?),
             FIX_RESPONSE => Message::FixResponse(parse("fix response", p)?),
             MIRROR_START => Message::MirrorStart(parse("mirror start", p)?),
-            MIRROR_ENTRIES => Message::MirrorEntries(parse("mirror entries", p)?),
-            MIRROR_DIFF => Message::MirrorDiff(parse("mirror diff", p)?),
+            MIRROR_ENTRIES => {
+                Message::MirrorEntries(crate::mirror_wire::decode_entries(p).map_err(|reason| {
+                    MessageError::Malformed {
+                        what: "mirror entries",
+                        reason,
+                    }
+                })?)
+            }
+            MIRROR_DIFF => {
+                Message::MirrorDiff(crate::mirror_wire::decode_diff(p).map_err(|reason| {
+                    MessageError::Malformed {
+                        what: "mirror diff",
+                        reason,
+                    }
+                })?)
+            }
             MIRROR_END => Message::MirrorEnd(parse("mirror end", p)?),
             MIRROR_DONE => Message::MirrorDone(parse("mirror done", p)?),
             CHANGE_SET => Message::ChangeSet(Box::new(ChangeSet::decode(p).map_err(|e| {
@@ -344,7 +360,7 @@ mod tests {
                 items: vec![DiffItem {
                     path: b"a\xff".to_vec(),
                     state: "content".into(),
-                    blocks: vec!["00".into()],
+                    blocks: vec![[0; 16]],
                 }],
             }),
         ];

@@ -84,6 +84,11 @@ pub struct Args {
     /// Bandwidth limit RATE[@HH:MM-HH:MM], e.g. 10M or 500k@08:00-18:00.
     #[arg(long)]
     pub bwlimit: Option<BwLimit>,
+    /// Hash every file for the mirror, ignoring the digests remembered in
+    /// --state-dir (a file counts as unchanged while its device, inode,
+    /// size, mtime and ctime are).
+    #[arg(long)]
+    pub verify_all: bool,
     /// Mirror, then exit (no continuous replication).
     #[arg(long)]
     pub once: bool,
@@ -187,6 +192,8 @@ pub fn run(a: Args) -> Result<Exit> {
             },
             block_size: DEFAULT_BLOCK_SIZE,
             bwlimit: a.bwlimit,
+            digest_cache: None,
+            verify_all: a.verify_all,
         },
         fix_all: a.fix_all,
         once: a.once,

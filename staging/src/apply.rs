@@ -551,7 +551,7 @@ impl ApplyTarget for DirTarget {
             return Ok(None);
         };
         // Stamped before reading: a change during the read moves the stamp.
-        let stamp = crate::digest_cache::Stamp::of_fd(&fd);
+        let stamp = crate::digest_cache::stamp_of_fd(&fd);
         let mut f = std::fs::File::from(fd);
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];

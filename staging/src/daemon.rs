@@ -129,9 +129,13 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<(
     // refuses while it runs, and failover and snapshot then know whether a
     // journaled change set is this daemon's to apply or left by a crash.
     let _running = crate::lock::daemon(&dir)?;
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
-        .await
-        .context("opening the state directory")??;
+    let store = tokio::task::spawn_blocking(move || -> Result<Store> {
+        let store = Store::open(&dir)?;
+        crate::mirror::load_digest_cache(&store);
+        Ok(store)
+    })
+    .await
+    .context("opening the state directory")??;
     let tls_config = tls::server_config(&cfg.identity, &cfg.trust)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let listener = TcpListener::bind(&cfg.listen)

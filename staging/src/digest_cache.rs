@@ -1,66 +1,67 @@
 //! Content digests the target already computed (while verifying an applied
-//! change set, or comparing for a difference mirror), so the root digest
-//! check at the end of a mirror hashes only files nothing verified yet.
+//! change set, or comparing for a difference mirror), so the comparison of
+//! a difference mirror and the root digest check at its end hash only
+//! files nothing verified yet: the target compares by `lstat`, not by
+//! re-reading its replica.
 //!
 //! A digest is remembered under the file's (device, inode) together with
-//! its change time and size as they were *before* it was read. Any later
-//! change to the file (write, truncate, chmod, chown, utimes, xattr, link
-//! count) moves its change time, which userspace cannot set, so a
-//! remembered digest is used only while the stamp is unchanged; otherwise
-//! the file is hashed again (the same rule git's index relies on). The cache
-//! lives in memory only: after a restart everything is hashed again.
+//! its size, mtime and change time as they were *before* it was read
+//! ([`standin_builder::digest_table`]). Any later change to the file
+//! (write, truncate, chmod, chown, utimes, xattr, link count) moves its
+//! change time, which userspace cannot set, so a remembered digest is used
+//! only while the stamp is unchanged; otherwise the file is hashed again
+//! (the same rule git's index relies on).
+//!
+//! The cache is saved to `digests.bin` in the state directory when a
+//! mirror ends ([`save`]) and loaded when the daemon starts ([`load`]), so
+//! a restarted daemon does not re-read its replica either. A cache file
+//! that is corrupt, truncated or written for another replica is ignored
+//! with a log line, never trusted.
 
-use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
 use rustix::fs::Stat;
+use standin_builder::digest_table::{self, DigestTable};
 
-/// Largest number of remembered digests (about 100 bytes each); the cache
-/// starts over beyond that, which only costs hashing.
-const MAX_ENTRIES: usize = 1 << 20;
+/// Largest number of remembered digests; the cache starts over beyond
+/// that, which only costs hashing.
+const MAX_ENTRIES: usize = digest_table::MAX_ENTRIES;
+
+/// The cache file in a state directory.
+pub const FILE: &str = "digests.bin";
 
 /// A file's identity and change stamp.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Stamp {
-    dev: u64,
-    ino: u64,
-    ctime: (i64, i64),
-    size: u64,
+pub type Stamp = digest_table::Stamp;
+
+fn of_stat(st: &Stat) -> Option<Stamp> {
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)]
+    Some(Stamp {
+        dev: st.st_dev as u64,
+        ino: st.st_ino as u64,
+        size: st.st_size as u64,
+        mtime_ns: st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64,
+        ctime_ns: st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
+    })
 }
 
-impl Stamp {
-    fn of(st: &Stat) -> Option<Stamp> {
-        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
-            return None;
-        }
-        Some(Stamp {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            #[allow(clippy::unnecessary_cast)]
-            ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
-            size: st.st_size as u64,
-        })
-    }
-
-    /// The stamp of an open regular file (`None` for anything else).
-    pub fn of_fd(fd: impl AsFd) -> Option<Stamp> {
-        Stamp::of(&rustix::fs::fstat(fd).ok()?)
-    }
-
-    /// The stamp of the regular file at `path` (symlinks not followed).
-    pub fn of_path(path: &Path) -> Option<Stamp> {
-        Stamp::of(&rustix::fs::lstat(path).ok()?)
-    }
+/// The stamp of an open regular file (`None` for anything else).
+pub fn stamp_of_fd(fd: impl AsFd) -> Option<Stamp> {
+    of_stat(&rustix::fs::fstat(fd).ok()?)
 }
 
-/// (device, inode) -> stamp and digest.
-type Cache = Mutex<HashMap<(u64, u64), (Stamp, [u8; 32])>>;
+/// The stamp of the regular file at `path` (symlinks not followed).
+pub fn stamp_of_path(path: &Path) -> Option<Stamp> {
+    of_stat(&rustix::fs::lstat(path).ok()?)
+}
 
-fn cache() -> &'static Cache {
-    static C: OnceLock<Cache> = OnceLock::new();
-    C.get_or_init(|| Mutex::new(HashMap::new()))
+fn cache() -> &'static Mutex<DigestTable> {
+    static C: OnceLock<Mutex<DigestTable>> = OnceLock::new();
+    C.get_or_init(|| Mutex::new(DigestTable::new()))
 }
 
 /// Remember that the file stamped `stamp` (taken before reading it) has
@@ -70,18 +71,57 @@ pub fn remember(stamp: Stamp, digest: [u8; 32]) {
     if c.len() >= MAX_ENTRIES {
         c.clear();
     }
-    c.insert((stamp.dev, stamp.ino), (stamp, digest));
+    c.insert(stamp, digest);
+}
+
+/// The remembered digest of the file stamped `now`.
+pub fn lookup_stamp(now: &Stamp) -> Option<[u8; 32]> {
+    cache().lock().unwrap_or_else(|e| e.into_inner()).get(now)
 }
 
 /// The remembered digest of the file at `path`, if it is `size` bytes long
 /// and has not changed since it was hashed.
 pub fn lookup(path: &Path, size: u64) -> Option<[u8; 32]> {
-    let now = Stamp::of_path(path).filter(|s| s.size == size)?;
-    let c = cache().lock().unwrap_or_else(|e| e.into_inner());
-    match c.get(&(now.dev, now.ino)) {
-        Some((s, d)) if *s == now => Some(*d),
-        _ => None,
+    let now = stamp_of_path(path).filter(|s| s.size == size)?;
+    lookup_stamp(&now)
+}
+
+/// An id of the replica at `root` for the cache file: its path, device and
+/// inode (a cache written for another replica is not loaded).
+pub fn tree_id(root: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(root) {
+        Ok(m) => format!("target:{}:{}:{}", root.display(), m.dev(), m.ino()),
+        Err(_) => format!("target:{}", root.display()),
     }
+}
+
+/// Load `state_dir/digests.bin` for the replica `tree` into the cache. A
+/// file that cannot be trusted is logged and ignored (and removed).
+pub fn load(state_dir: &Path, tree: &str) -> usize {
+    let path = state_dir.join(FILE);
+    match DigestTable::load(&path, tree) {
+        Ok(t) => {
+            let n = t.len();
+            *cache().lock().unwrap_or_else(|e| e.into_inner()) = t;
+            n
+        }
+        Err(why) => {
+            tracing::warn!(
+                file = %path.display(),
+                "ignoring the digest cache: {why}; the replica's files will be hashed again"
+            );
+            let _ = std::fs::remove_file(&path);
+            0
+        }
+    }
+}
+
+/// Save the cache to `state_dir/digests.bin` for the replica `tree`
+/// (temp file, fsync, rename, fsync dir).
+pub fn save(state_dir: &Path, tree: &str) -> anyhow::Result<()> {
+    let table = cache().lock().unwrap_or_else(|e| e.into_inner()).clone();
+    table.save(&state_dir.join(FILE), tree)
 }
 
 #[cfg(test)]
@@ -94,24 +134,20 @@ mod tests {
         let p = t.path().join("f");
         std::fs::write(&p, "one").unwrap();
         let f = std::fs::File::open(&p).unwrap();
-        remember(Stamp::of_fd(&f).unwrap(), [7; 32]);
+        remember(stamp_of_fd(&f).unwrap(), [7; 32]);
         assert_eq!(lookup(&p, 3), Some([7; 32]));
         assert_eq!(lookup(&p, 4), None, "another size");
         // Same size, new content: the change time moves.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&p, "two").unwrap();
         assert_eq!(lookup(&p, 3), None);
-        remember(Stamp::of_path(&p).unwrap(), [8; 32]);
+        remember(stamp_of_path(&p).unwrap(), [8; 32]);
         assert_eq!(lookup(&p, 3), Some([8; 32]));
         // A metadata change forgets it too.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         assert_eq!(lookup(&p, 3), None);
         assert_eq!(lookup(&t.path().join("absent"), 0), None);
-        assert_eq!(
-            Stamp::of_path(t.path()),
-            None,
-            "directories are not stamped"
-        );
+        assert_eq!(stamp_of_path(t.path()), None, "directories are not stamped");
     }
 }

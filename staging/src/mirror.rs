@@ -34,15 +34,19 @@ use anyhow::{Context, Result};
 use rayon::prelude::*;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use sha2::{Digest, Sha256};
+use standin_builder::digest_table::Stamp;
 use standin_builder::entry::{Entry, Kind};
 use standin_builder::progress::NoProgress;
-use standin_builder::scan::{stat_entry, ScanOptions};
+use standin_builder::scan::{stat_entry_stamped, ScanOptions};
 use standin_link::message::{DiffItem, MirrorDiff, MirrorEntries};
 
 /// One source's difference mirror on one connection.
 pub struct DiffSession {
     root: PathBuf,
     root_fd: Option<OwnedFd>,
+    /// The last parent directory opened by [`DiffSession::stat`] (entries
+    /// come in tree order, so neighbours share it).
+    last_dir: Option<(Vec<u8>, OwnedFd)>,
     seen: HashSet<Vec<u8>>,
     links: HashMap<(u64, u64), Vec<u8>>,
 }
@@ -73,6 +77,7 @@ impl DiffSession {
         Ok(DiffSession {
             root: root.to_path_buf(),
             root_fd,
+            last_dir: None,
             seen: HashSet::new(),
             links: HashMap::new(),
         })
@@ -103,10 +108,26 @@ impl DiffSession {
         PathBuf::from(OsStr::from_bytes(&p))
     }
 
-    /// The replica's entry at `path` (no sha256), `None` when absent or unreachable.
-    fn stat(&mut self, path: &[u8]) -> Option<Entry> {
-        let (fd, name) = self.parent(path)?;
-        stat_entry(&Self::proc_path(&fd, name), path.to_vec(), &mut self.links)
+    /// The replica's entry at `path` (no sha256) and a regular file's
+    /// stamp, `None` when absent or unreachable.
+    fn stat(&mut self, path: &[u8]) -> Option<(Entry, Option<Stamp>)> {
+        let dir = match path.iter().rposition(|&b| b == b'/') {
+            Some(i) => &path[..i],
+            None => b"",
+        };
+        let reuse = matches!(&self.last_dir, Some((d, _)) if d == dir) && !path.is_empty();
+        if !reuse {
+            self.last_dir = None;
+            let (fd, _) = self.parent(path)?;
+            self.last_dir = Some((dir.to_vec(), fd));
+        }
+        let (_, fd) = self.last_dir.as_ref()?;
+        let name = if path.is_empty() {
+            &b"."[..]
+        } else {
+            &path[dir.len() + usize::from(!dir.is_empty())..]
+        };
+        stat_entry_stamped(&Self::proc_path(fd, name), path.to_vec(), &mut self.links)
             .ok()
             .flatten()
     }
@@ -123,7 +144,19 @@ impl DiffSession {
                 .map_err(|r| anyhow::anyhow!("mirror entry refused: {r}"))?;
             self.seen.insert(e.path.clone());
             let got = self.stat(&e.path);
-            pending.push(classify(e, got.as_ref(), m.block_size));
+            let mut p = classify(e, got.as_ref().map(|g| &g.0), m.block_size);
+            // A digest the target computed under the file's current stamp
+            // decides without reading the file.
+            if let (Pending::Hash { meta_same, .. }, Some((_, Some(st)))) = (&p, &got) {
+                if let Some(d) = crate::digest_cache::lookup_stamp(st) {
+                    p = if same_digest(&hex::encode(d), e.sha256.as_deref()) {
+                        Pending::Done(if *meta_same { "same" } else { "metadata" })
+                    } else {
+                        Pending::Blocks
+                    };
+                }
+            }
+            pending.push(p);
         }
         let max_bs = m.block_size;
         let items: Vec<DiffItem> = m
@@ -140,7 +173,7 @@ impl DiffSession {
                     Pending::Done(s) => (s, Vec::new()),
                     Pending::Blocks => ("content", self.blocks(&e.path, bs)),
                     Pending::Hash { size, meta_same } => match self.hash(&e.path, size) {
-                        Some(h) if Some(&h) == e.sha256.as_ref() => {
+                        Some(h) if same_digest(&h, e.sha256.as_deref()) => {
                             (if meta_same { "same" } else { "metadata" }, Vec::new())
                         }
                         Some(_) => ("content", self.blocks(&e.path, bs)),
@@ -174,7 +207,10 @@ impl DiffSession {
 
     fn hash(&self, path: &[u8], size: u64) -> Option<String> {
         let mut f = self.open_file(path)?;
-        let stamp = crate::digest_cache::Stamp::of_fd(&f);
+        let stamp = crate::digest_cache::stamp_of_fd(&f);
+        if let Some(d) = stamp.as_ref().and_then(crate::digest_cache::lookup_stamp) {
+            return Some(hex::encode(d));
+        }
         let mut h = Sha256::new();
         let mut buf = vec![0u8; (1 << 20).min(size.max(4096) as usize)];
         loop {
@@ -194,7 +230,7 @@ impl DiffSession {
 
     /// Digest of each `bs`-byte block of the replica's file (empty in
     /// dts mode, or when unreadable: the whole file travels).
-    fn blocks(&self, path: &[u8], bs: u64) -> Vec<String> {
+    fn blocks(&self, path: &[u8], bs: u64) -> Vec<[u8; 16]> {
         if bs == 0 {
             return Vec::new();
         }
@@ -216,7 +252,11 @@ impl DiffSession {
             if got == 0 {
                 break;
             }
-            out.push(hex::encode(&Sha256::digest(&buf[..got])[..16]));
+            out.push(
+                Sha256::digest(&buf[..got])[..16]
+                    .try_into()
+                    .expect("16 bytes"),
+            );
             if got < buf.len() {
                 break;
             }
@@ -258,6 +298,12 @@ impl DiffSession {
         }
         Ok(MirrorDiff { batch, items })
     }
+}
+
+/// Whether the replica's sha256 (hex) is the source's: the source sends at
+/// least the first 16 bytes (32 hex digits) of it.
+fn same_digest(replica: &str, source: Option<&str>) -> bool {
+    source.is_some_and(|s| s.len() >= 32 && replica.starts_with(s))
 }
 
 fn classify(e: &Entry, got: Option<&Entry>, block_size: u32) -> Pending {
@@ -306,7 +352,7 @@ pub fn replica_digest(root: &Path) -> Result<String> {
         system_excludes: Vec::new(),
         always_system_excludes: false,
     };
-    let known = |abs: &Path, size: u64| crate::digest_cache::lookup(abs, size).map(hex::encode);
+    let known = |st: &Stamp| crate::digest_cache::lookup_stamp(st);
     let s =
         standin_builder::manifest::scan_tree_known(root, &opts, &NoProgress, &known, |_| Ok(()))
             .with_context(|| {
@@ -347,7 +393,23 @@ pub fn end(
             }
         }
     }
-    store.mirror_end(m)
+    let done = store.mirror_end(m)?;
+    // Keep what the comparison and the check hashed for the next mirror,
+    // also across a daemon restart.
+    let root = store.staging_root(source_id);
+    if let Err(e) = crate::digest_cache::save(store.dir(), &crate::digest_cache::tree_id(&root)) {
+        tracing::warn!("{e:#}; the next mirror hashes the replica again");
+    }
+    Ok(done)
+}
+
+/// Load the digest cache of the bound source's replica (daemon start).
+pub fn load_digest_cache(store: &crate::Store) {
+    if let Some(id) = &store.state().source_id {
+        let root = store.staging_root(id);
+        let n = crate::digest_cache::load(store.dir(), &crate::digest_cache::tree_id(&root));
+        tracing::info!(digests = n, "digest cache loaded");
+    }
 }
 
 #[cfg(test)]

@@ -129,7 +129,7 @@ impl DirTarget {
             )
             .map_err(|x| io_err("linking the new file into place at", &e.path, x))?;
         }
-        if let Some(stamp) = crate::digest_cache::Stamp::of_fd(&fd) {
+        if let Some(stamp) = crate::digest_cache::stamp_of_fd(&fd) {
             crate::digest_cache::remember(stamp, *sha);
         }
         meta?;

@@ -1,4 +1,4 @@
-//! Reverse protection and failback, end to end (root, loopback, qemu):
+//! Reverse protection and failback, end to end (root, network namespaces as hosts, qemu):
 //!
 //! A (a busybox server "demo-source") is protected onto B ("standby"), B
 //! fails over and becomes A's system; data is written on B (new file,
@@ -27,6 +27,7 @@ use failover_support::assert_same;
 #[test]
 fn reverse_protection_then_failback_boots_as_the_source() {
     require_root();
+    let hosts = Hosts::create("fb");
     require_disk_tools();
     require_tool("qemu-system-x86_64", "qemu-system-x86");
     let dir = tempdir();
@@ -56,8 +57,15 @@ fn reverse_protection_then_failback_boots_as_the_source() {
     let b_own = system(&b_root);
 
     // 1. Protect A onto B, then B fails over (A is gone).
-    let d = Daemon::start(&b_state, &b_keys, &a_fpr, &b_root, &base.join("b.log"));
-    protect_once(&d, &a_keys, &b_fpr, &a_root);
+    let d = Daemon::start(
+        (&hosts, Host::B),
+        &b_state,
+        &b_keys,
+        &a_fpr,
+        &b_root,
+        &base.join("b.log"),
+    );
+    protect_once((&hosts, Host::A), &d, &a_keys, &b_fpr, &a_root);
     d.stop();
     run_ok(
         standin()
@@ -132,8 +140,15 @@ fn reverse_protection_then_failback_boots_as_the_source() {
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
 
     // 4. B protects back to A; only what changed travels.
-    let d = Daemon::start(&a_state, &a_keys, &b_fpr, &a_root, &base.join("a.log"));
-    let v = protect_once(&d, &b_keys, &a_fpr, &b_root);
+    let d = Daemon::start(
+        (&hosts, Host::A),
+        &a_state,
+        &a_keys,
+        &b_fpr,
+        &a_root,
+        &base.join("a.log"),
+    );
+    let v = protect_once((&hosts, Host::B), &d, &b_keys, &a_fpr, &b_root);
     d.stop();
     let sent = v["mirror"]["bytes_sent"].as_u64().unwrap()
         + v["mirror"]["compare_bytes_sent"].as_u64().unwrap();
@@ -186,8 +201,15 @@ fn reverse_protection_then_failback_boots_as_the_source() {
         text.contains("share their inode") && text.contains("srv/data/notes.txt"),
         "{text}"
     );
-    let d = Daemon::start(&a_state, &a_keys, &b_fpr, &a_root, &base.join("a2.log"));
-    protect_once(&d, &b_keys, &a_fpr, &b_root);
+    let d = Daemon::start(
+        (&hosts, Host::A),
+        &a_state,
+        &a_keys,
+        &b_fpr,
+        &a_root,
+        &base.join("a2.log"),
+    );
+    protect_once((&hosts, Host::B), &d, &b_keys, &a_fpr, &b_root);
     d.stop();
     assert_eq!(
         std::fs::read(replica.join("srv/data/notes.txt")).unwrap(),

@@ -1,4 +1,4 @@
-//! Reverse protection and failback of a real Debian root (root, loopback):
+//! Reverse protection and failback of a real Debian root (root, network namespaces as hosts):
 //! A is a copy of the cached debootstrap minbase root, B a small standby
 //! system. A is protected onto B, B fails over, a package-like change is
 //! made on B (a new library, blocks rewritten in the largest file, dpkg's
@@ -50,6 +50,7 @@ fn append(p: &Path, data: &[u8]) {
 #[test]
 fn debian_root_fails_back_with_only_the_changes_sent() {
     require_root();
+    let hosts = Hosts::create("fd");
     let debian = debian_root();
     let dir = tempdir();
     let base = dir.path();
@@ -76,8 +77,15 @@ fn debian_root_fails_back_with_only_the_changes_sent() {
     let b_own = system(&b_root);
 
     // Protect A onto B; B fails over.
-    let d = Daemon::start(&b_state, &b_keys, &a_fpr, &b_root, &base.join("b.log"));
-    protect_once(&d, &a_keys, &b_fpr, &a_root);
+    let d = Daemon::start(
+        (&hosts, Host::B),
+        &b_state,
+        &b_keys,
+        &a_fpr,
+        &b_root,
+        &base.join("b.log"),
+    );
+    protect_once((&hosts, Host::A), &d, &a_keys, &b_fpr, &a_root);
     d.stop();
     run_ok(
         standin()
@@ -136,8 +144,15 @@ fn debian_root_fails_back_with_only_the_changes_sent() {
     let seed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     eprintln!("seed: {seed}");
     assert_eq!(seed["method"], "hardlink", "{seed:#}");
-    let d = Daemon::start(&a_state, &a_keys, &b_fpr, &a_root, &base.join("a.log"));
-    let v = protect_once(&d, &b_keys, &a_fpr, &b_root);
+    let d = Daemon::start(
+        (&hosts, Host::A),
+        &a_state,
+        &a_keys,
+        &b_fpr,
+        &a_root,
+        &base.join("a.log"),
+    );
+    let v = protect_once((&hosts, Host::B), &d, &b_keys, &a_fpr, &b_root);
     d.stop();
     let m = &v["mirror"];
     let sent = m["bytes_sent"].as_u64().unwrap() + m["compare_bytes_sent"].as_u64().unwrap();

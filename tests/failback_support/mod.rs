@@ -1,13 +1,16 @@
-//! Helpers for the failback tests: a target daemon on loopback, protect
-//! `--once` from a root, incompressible data, tree listings without the
-//! state directory and the kept paths.
+//! Helpers for the failback tests: machines A and B as two network
+//! namespaces joined by a veth pair (A 198.18.0.1, B 198.18.0.2, no default
+//! route), a target daemon on either, protect `--once` from a root,
+//! incompressible data, tree listings without the state directory and the
+//! kept paths.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 
+use crate::common::netns::Netns;
 use crate::common::*;
 use crate::failover_support::{tree, under, Info, KEPT};
 
@@ -22,7 +25,45 @@ pub fn keys(base: &Path, name: &str) -> (PathBuf, String) {
     (dir, stdout(&out).trim().to_string())
 }
 
-/// `standin target serve` on loopback (killed on drop).
+/// One of the two machines of a failback test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Host {
+    /// The protected server (source first, the failback's target later).
+    A,
+    /// The standby (target first, the source after its failover).
+    B,
+}
+
+/// Machines A and B as two network namespaces (deleted on drop).
+pub struct Hosts(Netns);
+
+impl Hosts {
+    /// Create the namespaces; `prefix` (2–3 characters) names them.
+    pub fn create(prefix: &str) -> Hosts {
+        require_tool("ip", "iproute2");
+        Hosts(Netns::create(prefix))
+    }
+
+    /// `standin` run on `host`.
+    pub fn standin(&self, host: Host) -> Command {
+        let mut c = Netns::exec(match host {
+            Host::A => &self.0.src,
+            Host::B => &self.0.tgt,
+        });
+        c.env_remove("STANDIN_LOG");
+        c
+    }
+
+    /// The address a daemon on `host` listens on (any free port).
+    pub fn listen(&self, host: Host) -> &'static str {
+        match host {
+            Host::A => "198.18.0.1:0",
+            Host::B => "198.18.0.2:0",
+        }
+    }
+}
+
+/// `standin target serve` on one host (killed on drop).
 pub struct Daemon {
     pub child: Child,
     pub addr: String,
@@ -30,9 +71,19 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn start(state: &Path, identity: &Path, trust: &str, root: &Path, log: &Path) -> Daemon {
-        let mut child = standin()
-            .args(["target", "serve", "--listen", "127.0.0.1:0", "--state-dir"])
+    pub fn start(
+        on: (&Hosts, Host),
+        state: &Path,
+        identity: &Path,
+        trust: &str,
+        root: &Path,
+        log: &Path,
+    ) -> Daemon {
+        let (hosts, host) = on;
+        let mut child = hosts
+            .standin(host)
+            .args(["target", "serve", "--listen", hosts.listen(host)])
+            .arg("--state-dir")
             .arg(state)
             .arg("--identity")
             .arg(identity)
@@ -76,9 +127,18 @@ impl Drop for Daemon {
     }
 }
 
-/// `standin protect --once --json` from `root` to the daemon; the JSON.
-pub fn protect_once(d: &Daemon, id: &Path, trust: &str, root: &Path) -> serde_json::Value {
-    let out = run(standin()
+/// `standin protect --once --json` on host `from`, of `root`, to the daemon
+/// (on the other host, across the veth pair); the JSON.
+pub fn protect_once(
+    from: (&Hosts, Host),
+    d: &Daemon,
+    id: &Path,
+    trust: &str,
+    root: &Path,
+) -> serde_json::Value {
+    let (hosts, host) = from;
+    let out = run(hosts
+        .standin(host)
         .args(["protect", "--once", "--json", "--progress", "none"])
         .args(["--target", &d.addr, "--identity"])
         .arg(id)

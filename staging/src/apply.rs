@@ -63,6 +63,14 @@ pub trait ApplyTarget: Send {
     fn content_digest(&mut self, path: &[u8]) -> Result<Option<Digest32>, ApplyError>;
     /// Make everything applied so far durable.
     fn sync(&mut self) -> Result<(), ApplyError>;
+    /// Called once before `records` are applied, so a target can prepare
+    /// for them in one batch (the replica copies out, in one go, the inodes
+    /// that snapshots share and the records change in place). Optional:
+    /// `apply` must stay correct without it. The default does nothing.
+    fn prepare(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+        let _ = records;
+        Ok(())
+    }
     /// Bytes and inodes available to unprivileged writers on the replica's
     /// filesystem (`None` for inodes when the filesystem does not count them).
     fn available(&mut self) -> Result<(u64, Option<u64>), ApplyError>;
@@ -169,6 +177,51 @@ impl DirTarget {
                 display_path(path)
             ))
         })
+    }
+
+    /// Copy out, in one batch, the shared inodes that `records` change in
+    /// place as the replica is now (what a record changes after an earlier
+    /// record moved it is left to [`DirTarget::guard`]; copying out an
+    /// inode that then does not change only costs the snapshot its space).
+    fn prepare_cow(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+        if self.cow.is_none() {
+            return Ok(());
+        }
+        // The directories stay open while their /proc paths are used.
+        let mut dirs = Vec::new();
+        let mut inodes = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for r in records {
+            let path = match r {
+                Record::SetMetadata(e) => &e.path,
+                Record::WriteExtent { path, .. } | Record::Truncate { path, .. } => path,
+                _ => continue,
+            };
+            // A path that is not there yet, or refused, is left to `apply`.
+            let Ok((dir, name)) = self.parent(path, false) else {
+                continue;
+            };
+            let Ok(Some(st)) = lstat(&dir, name) else {
+                continue;
+            };
+            if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+                || st.st_nlink < 2
+                || !seen.insert(st.st_ino)
+            {
+                continue;
+            }
+            inodes.push((st.st_ino, proc_path(&dir, name)));
+            dirs.push(dir);
+        }
+        if inodes.is_empty() {
+            return Ok(());
+        }
+        let g = self.cow.as_mut().expect("checked");
+        g.before_modify_all(&inodes).map_err(|e| {
+            ApplyError::Io(format!("copying changed files out to snapshots: {e:#}"))
+        })?;
+        drop(dirs);
+        Ok(())
     }
 
     fn guard_path(&mut self, path: &[u8]) -> Result<(), ApplyError> {
@@ -573,6 +626,10 @@ impl ApplyTarget for DirTarget {
 
     fn sync(&mut self) -> Result<(), ApplyError> {
         rustix::fs::syncfs(&self.root).map_err(|x| io_err("syncing", b"", x))
+    }
+
+    fn prepare(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+        self.prepare_cow(records)
     }
 
     fn available(&mut self) -> Result<(u64, Option<u64>), ApplyError> {

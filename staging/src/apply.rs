@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
+mod cow;
 mod file;
 mod fsops;
 use fsops::{kind_of, list_xattrs, lstat, proc_path, remove_at};
@@ -177,51 +178,6 @@ impl DirTarget {
                 display_path(path)
             ))
         })
-    }
-
-    /// Copy out, in one batch, the shared inodes that `records` change in
-    /// place as the replica is now (what a record changes after an earlier
-    /// record moved it is left to [`DirTarget::guard`]; copying out an
-    /// inode that then does not change only costs the snapshot its space).
-    fn prepare_cow(&mut self, records: &[Record]) -> Result<(), ApplyError> {
-        if self.cow.is_none() {
-            return Ok(());
-        }
-        // The directories stay open while their /proc paths are used.
-        let mut dirs = Vec::new();
-        let mut inodes = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for r in records {
-            let path = match r {
-                Record::SetMetadata(e) => &e.path,
-                Record::WriteExtent { path, .. } | Record::Truncate { path, .. } => path,
-                _ => continue,
-            };
-            // A path that is not there yet, or refused, is left to `apply`.
-            let Ok((dir, name)) = self.parent(path, false) else {
-                continue;
-            };
-            let Ok(Some(st)) = lstat(&dir, name) else {
-                continue;
-            };
-            if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
-                || st.st_nlink < 2
-                || !seen.insert(st.st_ino)
-            {
-                continue;
-            }
-            inodes.push((st.st_ino, proc_path(&dir, name)));
-            dirs.push(dir);
-        }
-        if inodes.is_empty() {
-            return Ok(());
-        }
-        let g = self.cow.as_mut().expect("checked");
-        g.before_modify_all(&inodes).map_err(|e| {
-            ApplyError::Io(format!("copying changed files out to snapshots: {e:#}"))
-        })?;
-        drop(dirs);
-        Ok(())
     }
 
     fn guard_path(&mut self, path: &[u8]) -> Result<(), ApplyError> {

@@ -100,6 +100,13 @@ impl Guard {
         self.seeds.before_modify(ino, current)
     }
 
+    /// True when no snapshot shares an inode with the replica (as of its
+    /// last change), so no copy-out is ever needed.
+    pub fn shares_nothing(&mut self) -> Result<bool> {
+        self.reload()?;
+        Ok(self.shared.is_empty())
+    }
+
     /// Like [`Guard::before_modify`] for many inodes at once (those a
     /// change set is about to change in place), with two `syncfs` of the
     /// snapshots' filesystem in place of an `fsync` of every copy and of

@@ -177,3 +177,58 @@ fn prepare_copies_out_before_the_first_record_is_applied() {
     assert_eq!(std::fs::read(f.snap.join("d/b2")).unwrap(), b"beta");
     assert_eq!(std::fs::read(f.snap.join("a")).unwrap(), b"alpha");
 }
+
+#[test]
+fn prepare_copies_out_more_files_than_one_batch_holds() {
+    let f = fixture();
+    let n = 600;
+    let mut index: BTreeMap<u64, Vec<String>> = serde_json::from_slice(
+        &std::fs::read(
+            f.snap
+                .parent()
+                .unwrap()
+                .join(super::super::take::INODES_FILE),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut records = Vec::new();
+    for i in 0..n {
+        let rel = format!("d/many{i}");
+        std::fs::write(f.replica.join(&rel), format!("file {i}")).unwrap();
+        std::fs::hard_link(f.replica.join(&rel), f.snap.join(&rel)).unwrap();
+        index.insert(ino(&f.replica.join(&rel)), vec![rel.clone()]);
+        records.push(Record::Truncate {
+            path: rel.into_bytes(),
+            size: 0,
+            content_sha256: None,
+        });
+    }
+    std::fs::write(
+        f.snap
+            .parent()
+            .unwrap()
+            .join(super::super::take::INODES_FILE),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let mut t = DirTarget::open(&f.replica).unwrap();
+    t.cow = Some(Guard::new(&f.state));
+    t.prepare(&records).unwrap();
+    for i in 0..n {
+        let rel = format!("d/many{i}");
+        assert_ne!(ino(&f.snap.join(&rel)), ino(&f.replica.join(&rel)), "{rel}");
+    }
+    for r in &records {
+        t.apply(r).unwrap();
+    }
+    for i in 0..n {
+        let rel = format!("d/many{i}");
+        assert_eq!(std::fs::read(f.replica.join(&rel)).unwrap(), b"");
+        assert_eq!(
+            std::fs::read(f.snap.join(&rel)).unwrap(),
+            format!("file {i}").as_bytes()
+        );
+    }
+    assert!(leftovers(&f.snap.join("d")).is_empty());
+}

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
+mod cow;
 mod file;
 mod fsops;
 use fsops::{kind_of, list_xattrs, lstat, proc_path, remove_at};
@@ -63,6 +64,14 @@ pub trait ApplyTarget: Send {
     fn content_digest(&mut self, path: &[u8]) -> Result<Option<Digest32>, ApplyError>;
     /// Make everything applied so far durable.
     fn sync(&mut self) -> Result<(), ApplyError>;
+    /// Called once before `records` are applied, so a target can prepare
+    /// for them in one batch (the replica copies out, in one go, the inodes
+    /// that snapshots share and the records change in place). Optional:
+    /// `apply` must stay correct without it. The default does nothing.
+    fn prepare(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+        let _ = records;
+        Ok(())
+    }
     /// Bytes and inodes available to unprivileged writers on the replica's
     /// filesystem (`None` for inodes when the filesystem does not count them).
     fn available(&mut self) -> Result<(u64, Option<u64>), ApplyError>;
@@ -573,6 +582,10 @@ impl ApplyTarget for DirTarget {
 
     fn sync(&mut self) -> Result<(), ApplyError> {
         rustix::fs::syncfs(&self.root).map_err(|x| io_err("syncing", b"", x))
+    }
+
+    fn prepare(&mut self, records: &[Record]) -> Result<(), ApplyError> {
+        self.prepare_cow(records)
     }
 
     fn available(&mut self) -> Result<(u64, Option<u64>), ApplyError> {

@@ -411,6 +411,7 @@ impl Store {
                     )));
                 }
             }
+            target.prepare(cs.records.get(start..).unwrap_or_default())?;
             for (i, r) in cs.records.iter().enumerate() {
                 track(&mut pending, r);
                 if i < start {

@@ -26,6 +26,28 @@ pub enum Kind {
     Block,
 }
 
+impl Kind {
+    /// The kind of a file of type `ft`; `None` for sockets (left out of trees).
+    pub fn of(ft: std::fs::FileType) -> Option<Kind> {
+        use std::os::unix::fs::FileTypeExt;
+        Some(if ft.is_file() {
+            Kind::File
+        } else if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else if ft.is_char_device() {
+            Kind::Char
+        } else if ft.is_block_device() {
+            Kind::Block
+        } else {
+            return None;
+        })
+    }
+}
+
 /// Metadata (and the content digest) of one path in a tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {

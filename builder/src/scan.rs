@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -236,20 +236,7 @@ pub fn stat_entry_stamped(
 ) -> io::Result<Option<(Entry, Option<Stamp>)>> {
     let md = std::fs::symlink_metadata(abs)?;
     let stamp = Stamp::of_metadata(&md);
-    let ft = md.file_type();
-    let kind = if ft.is_file() {
-        Kind::File
-    } else if ft.is_dir() {
-        Kind::Dir
-    } else if ft.is_symlink() {
-        Kind::Symlink
-    } else if ft.is_fifo() {
-        Kind::Fifo
-    } else if ft.is_char_device() {
-        Kind::Char
-    } else if ft.is_block_device() {
-        Kind::Block
-    } else {
+    let Some(kind) = Kind::of(md.file_type()) else {
         return Ok(None);
     };
     let mut entry = Entry {

@@ -128,6 +128,23 @@ struct Worker {
     redo: BTreeSet<Vec<u8>>,
 }
 
+/// Add `extra` to `paths`, which then stay sorted with one entry per path
+/// (the changes reported for a path merged).
+fn merge_paths(paths: &mut Vec<(Vec<u8>, Change)>, extra: Vec<(Vec<u8>, Change)>) {
+    paths.extend(extra);
+    paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
+    paths.dedup_by(|a, b| {
+        if a.0 == b.0 {
+            b.1.content |= a.1.content;
+            b.1.metadata |= a.1.metadata;
+            b.1.moved |= a.1.moved;
+            true
+        } else {
+            false
+        }
+    });
+}
+
 fn parent(rel: &[u8]) -> Vec<u8> {
     match rel.iter().rposition(|&b| b == b'/') {
         Some(i) => rel[..i].to_vec(),
@@ -142,26 +159,6 @@ fn under<'a>(p: &'a [u8], dir: &[u8]) -> Option<&'a [u8]> {
 
 fn ino_of(md: &std::fs::Metadata) -> Ino {
     (md.dev(), md.ino())
-}
-
-fn kind_of(md: &std::fs::Metadata) -> Option<Kind> {
-    use std::os::unix::fs::FileTypeExt;
-    let ft = md.file_type();
-    Some(if ft.is_file() {
-        Kind::File
-    } else if ft.is_dir() {
-        Kind::Dir
-    } else if ft.is_symlink() {
-        Kind::Symlink
-    } else if ft.is_fifo() {
-        Kind::Fifo
-    } else if ft.is_char_device() {
-        Kind::Char
-    } else if ft.is_block_device() {
-        Kind::Block
-    } else {
-        return None;
-    })
 }
 
 impl Worker {
@@ -281,18 +278,7 @@ impl Worker {
                 }
             }
         }
-        paths.extend(extra);
-        paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
-        paths.dedup_by(|a, b| {
-            if a.0 == b.0 {
-                b.1.content |= a.1.content;
-                b.1.metadata |= a.1.metadata;
-                b.1.moved |= a.1.moved;
-                true
-            } else {
-                false
-            }
-        });
+        merge_paths(paths, extra);
         let mut moved_dirs = Vec::new();
         for d in &self.dirs {
             for (from, to) in moved {
@@ -356,18 +342,7 @@ impl Worker {
             paths = ?extra.iter().map(|(p, _)| display_path(p)).collect::<Vec<_>>(),
             "entries of moved directories that differ from what the target holds"
         );
-        paths.extend(extra);
-        paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
-        paths.dedup_by(|a, b| {
-            if a.0 == b.0 {
-                b.1.content |= a.1.content;
-                b.1.metadata |= a.1.metadata;
-                b.1.moved |= a.1.moved;
-                true
-            } else {
-                false
-            }
-        });
+        merge_paths(paths, extra);
     }
 
     /// A changed name of a hard-linked file that no longer holds its inode
@@ -451,17 +426,7 @@ impl Worker {
             paths = ?extra.iter().map(|(p, _)| display_path(p)).collect::<Vec<_>>(),
             "diffing other links of hard-linked files whose changed name is gone"
         );
-        paths.extend(extra);
-        paths.sort_by(|a, b| path_cmp(&a.0, &b.0));
-        paths.dedup_by(|a, b| {
-            if a.0 == b.0 {
-                b.1.content |= a.1.content;
-                b.1.metadata |= a.1.metadata;
-                true
-            } else {
-                false
-            }
-        });
+        merge_paths(paths, extra);
     }
 
     /// Renames: a known entry that is gone (or replaced) whose inode now
@@ -574,7 +539,7 @@ impl Worker {
             Ok(m) => m,
             Err(_) => return self.gone(rel),
         };
-        let Some(kind) = kind_of(&md) else {
+        let Some(kind) = Kind::of(md.file_type()) else {
             return Ok(()); // a socket
         };
         let ino = ino_of(&md);

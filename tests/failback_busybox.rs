@@ -68,17 +68,7 @@ fn reverse_protection_then_failback_boots_as_the_source() {
     protect_once((&hosts, Host::A), &d, &a_keys, &b_fpr, &a_root);
     d.stop();
     run_ok(
-        standin()
-            .args([
-                "failover",
-                "--no-reboot",
-                "--yes",
-                "--immediate",
-                "--state-dir",
-            ])
-            .arg(&b_state)
-            .arg("--target-root")
-            .arg(&b_root),
+        &mut failover(&["--no-reboot", "--yes", "--immediate"], &b_state, &b_root),
         None,
     );
     assert_eq!(
@@ -187,15 +177,7 @@ fn reverse_protection_then_failback_boots_as_the_source() {
         .unwrap()
         .write_all(b"written by A's own system\n")
         .unwrap();
-    let out = run_code(
-        standin()
-            .args(["failover", "--no-reboot", "--state-dir"])
-            .arg(&a_state)
-            .arg("--target-root")
-            .arg(&a_root),
-        1,
-        None,
-    );
+    let out = run_code(&mut failover(&["--no-reboot"], &a_state, &a_root), 1, None);
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(
         text.contains("share their inode") && text.contains("srv/data/notes.txt"),
@@ -221,14 +203,7 @@ fn reverse_protection_then_failback_boots_as_the_source() {
     );
 
     // 5. Failback: fail over on A.
-    run_ok(
-        standin()
-            .args(["failover", "--no-reboot", "--state-dir"])
-            .arg(&a_state)
-            .arg("--target-root")
-            .arg(&a_root),
-        None,
-    );
+    run_ok(&mut failover(&["--no-reboot"], &a_state, &a_root), None);
     assert_same(
         "A's root after the failback (kept paths aside)",
         &without_kept(&system(&a_root)),
@@ -273,13 +248,6 @@ fn reverse_protection_then_failback_boots_as_the_source() {
     std::fs::remove_file(&disk).ok();
 
     // 7. B goes back to being a standby.
-    run_ok(
-        standin()
-            .args(["failover", "--rollback", "--state-dir"])
-            .arg(&b_state)
-            .arg("--target-root")
-            .arg(&b_root),
-        None,
-    );
+    run_ok(&mut failover(&["--rollback"], &b_state, &b_root), None);
     assert_same("B's own system after rollback", &system(&b_root), &b_own);
 }

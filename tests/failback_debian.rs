@@ -88,17 +88,7 @@ fn debian_root_fails_back_with_only_the_changes_sent() {
     protect_once((&hosts, Host::A), &d, &a_keys, &b_fpr, &a_root);
     d.stop();
     run_ok(
-        standin()
-            .args([
-                "failover",
-                "--no-reboot",
-                "--yes",
-                "--immediate",
-                "--state-dir",
-            ])
-            .arg(&b_state)
-            .arg("--target-root")
-            .arg(&b_root),
+        &mut failover(&["--no-reboot", "--yes", "--immediate"], &b_state, &b_root),
         None,
     );
     assert_eq!(
@@ -180,14 +170,7 @@ fn debian_root_fails_back_with_only_the_changes_sent() {
     );
 
     // Failback on A.
-    run_ok(
-        standin()
-            .args(["failover", "--no-reboot", "--state-dir"])
-            .arg(&a_state)
-            .arg("--target-root")
-            .arg(&a_root),
-        None,
-    );
+    run_ok(&mut failover(&["--no-reboot"], &a_state, &a_root), None);
     assert_same(
         "A's root after the failback (kept paths aside)",
         &without_kept(&system(&a_root)),
@@ -203,13 +186,6 @@ fn debian_root_fails_back_with_only_the_changes_sent() {
     );
 
     // B is a standby again.
-    run_ok(
-        standin()
-            .args(["failover", "--rollback", "--state-dir"])
-            .arg(&b_state)
-            .arg("--target-root")
-            .arg(&b_root),
-        None,
-    );
+    run_ok(&mut failover(&["--rollback"], &b_state, &b_root), None);
     assert_same("B's own system after rollback", &system(&b_root), &b_own);
 }

@@ -157,6 +157,18 @@ pub fn protect_once(
     v
 }
 
+/// `standin failover ARGS... --state-dir STATE --target-root ROOT`.
+pub fn failover(args: &[&str], state: &Path, root: &Path) -> Command {
+    let mut c = standin();
+    c.arg("failover")
+        .args(args)
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--target-root")
+        .arg(root);
+    c
+}
+
 pub fn random(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)

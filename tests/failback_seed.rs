@@ -82,39 +82,12 @@ fn hardlink_seed_on_ext4_equals_the_live_tree() {
     scenario(tmp.path(), "hardlink");
 }
 
-struct Mount(PathBuf);
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn reflink_seed_on_xfs_equals_the_live_tree() {
     require_root();
-    let mkfs = require_tool("mkfs.xfs", "xfsprogs");
     let tmp = tempdir();
-    let img = tmp.path().join("xfs.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(512 << 20)
-        .unwrap();
-    run_ok(
-        std::process::Command::new(mkfs)
-            .args(["-q", "-m", "reflink=1"])
-            .arg(&img),
-        None,
-    );
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    run_ok(
-        std::process::Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(&mnt),
-        None,
-    );
-    let _m = Mount(mnt.clone());
+    let m = mount_xfs_reflink(tmp.path());
+    let mnt = m.0.clone();
     scenario(&mnt, "reflink");
     // A clone is its own file: writing it leaves the live file alone.
     std::fs::write(staged(&mnt.join("state")).join("data/big"), "changed").unwrap();

@@ -163,3 +163,36 @@ pub fn tempdir() -> tempfile::TempDir {
         .tempdir()
         .expect("creating temp dir")
 }
+
+/// A mount point, unmounted on drop (also when the test fails).
+pub struct Mount(pub PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A 512 MiB XFS with reflinks, loop-mounted at `dir/mnt` (its image in `dir`).
+pub fn mount_xfs_reflink(dir: &Path) -> Mount {
+    let mkfs = require_tool("mkfs.xfs", "xfsprogs");
+    let img = dir.join("xfs.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+    run_ok(
+        Command::new(mkfs).args(["-q", "-m", "reflink=1"]).arg(&img),
+        None,
+    );
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run_ok(
+        Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mnt),
+        None,
+    );
+    Mount(mnt)
+}

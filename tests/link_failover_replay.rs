@@ -74,15 +74,7 @@ fn failover_after_kill_dash_nine_mid_apply_swaps_a_consistent_prefix() {
         for r in &sets {
             sender.send(r.clone()).unwrap();
         }
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let after = rng % (SETS - 2);
-        wait_until("acknowledgements before the kill", || {
-            sender.stats().last_acked >= after
-        });
-        std::thread::sleep(std::time::Duration::from_millis((rng >> 20) % 25));
-        daemon.kill9();
+        kill_at_random_moment(&mut daemon, &sender, &mut rng, SETS);
         rt.block_on(sender.close());
 
         // What the dead daemon left: a journaled set, maybe half applied.
@@ -152,15 +144,7 @@ fn snapshot_take_after_kill_dash_nine_mid_apply_holds_whole_sets() {
         for r in &sets {
             sender.send(r.clone()).unwrap();
         }
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let after = rng % (SETS - 2);
-        wait_until("acknowledgements before the kill", || {
-            sender.stats().last_acked >= after
-        });
-        std::thread::sleep(std::time::Duration::from_millis((rng >> 20) % 25));
-        daemon.kill9();
+        kill_at_random_moment(&mut daemon, &sender, &mut rng, SETS);
         rt.block_on(sender.close());
         if !states.contains(&read_tree(&replica(&state))) {
             torn_seen += 1;

@@ -169,17 +169,7 @@ fn kill_dash_nine_leaves_a_consistent_prefix_and_converges() {
         for r in &sets {
             sender.send(r.clone()).unwrap();
         }
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        // Kill at a random moment of the stream: after a random number of
-        // acknowledgements plus a random few milliseconds.
-        let after = rng % (SETS - 2);
-        wait_until("acknowledgements before the kill", || {
-            sender.stats().last_acked >= after
-        });
-        std::thread::sleep(std::time::Duration::from_millis((rng >> 20) % 25));
-        daemon.kill9();
+        kill_at_random_moment(&mut daemon, &sender, &mut rng, SETS);
 
         // Restart trusting nobody, so the agent cannot reconnect yet: what
         // recovery left must be exactly the tree as of the recorded sequence.

@@ -377,6 +377,26 @@ pub fn listing(dir: &Path) -> Vec<(String, u64)> {
 }
 
 /// Wait (bounded) until `f` holds; panic with `what` otherwise.
+/// Kill the daemon (SIGKILL) at a random moment of the stream `sender` is
+/// sending: after a random number (below `sets - 2`) of acknowledgements
+/// plus a random few milliseconds, both drawn from the xorshift `rng`.
+pub fn kill_at_random_moment(
+    daemon: &mut Daemon,
+    sender: &standin_agent::link::Sender,
+    rng: &mut u64,
+    sets: u64,
+) {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let after = *rng % (sets - 2);
+    wait_until("acknowledgements before the kill", || {
+        sender.stats().last_acked >= after
+    });
+    std::thread::sleep(Duration::from_millis((*rng >> 20) % 25));
+    daemon.kill9();
+}
+
 pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     for _ in 0..600 {
         if f() {

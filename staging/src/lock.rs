@@ -17,15 +17,20 @@ pub struct ApplyLock {
     _file: std::fs::File,
 }
 
-/// Take the apply lock of `state_dir`, waiting for the holder.
-pub fn lock(state_dir: &Path) -> Result<ApplyLock> {
-    let p = state_dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
+/// Open (creating it, never truncating) a lock file.
+fn open_lock_file(p: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&p)
-        .with_context(|| format!("opening {}", p.display()))?;
+        .open(p)
+        .with_context(|| format!("opening {}", p.display()))
+}
+
+/// Take the apply lock of `state_dir`, waiting for the holder.
+pub fn lock(state_dir: &Path) -> Result<ApplyLock> {
+    let p = state_dir.join(LOCK_FILE);
+    let file = open_lock_file(&p)?;
     rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
         .with_context(|| format!("locking {}", p.display()))?;
     Ok(ApplyLock { _file: file })
@@ -64,12 +69,7 @@ pub struct DaemonLock {
 /// `standin target serve` uses this state directory.
 pub fn daemon(state_dir: &Path) -> Result<DaemonLock> {
     let p = state_dir.join(DAEMON_LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .with_context(|| format!("opening {}", p.display()))?;
+    let file = open_lock_file(&p)?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(DaemonLock { _file: file }),
         Err(rustix::io::Errno::WOULDBLOCK) => anyhow::bail!(

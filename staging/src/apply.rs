@@ -19,7 +19,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, XattrFlags};
 use rustix::io::Errno;
 
 mod cow;
@@ -29,6 +29,7 @@ use fsops::{kind_of, list_xattrs, lstat, proc_path, remove_at};
 use sha2::{Digest, Sha256};
 use standin_builder::changeset::{check_path, metadata_digest, Digest32, Record};
 use standin_builder::entry::{display_path, Entry, Kind};
+use standin_builder::tree::timestamps;
 
 /// Why a record did not apply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,6 +99,20 @@ pub fn space_needed(records: &[Record]) -> (u64, u64) {
         .count() as u64
         + 4;
     (bytes, inodes)
+}
+
+/// Setting xattr `name` of `path` failed: a filesystem that cannot hold it
+/// is reported (retrying cannot help, so the apply does not pause), any
+/// other error is an I/O error.
+pub(crate) fn xattr_error(name: &[u8], path: &[u8], x: Errno) -> ApplyError {
+    match x {
+        Errno::NOTSUP | Errno::PERM => ApplyError::Mismatch(format!(
+            "the staging filesystem cannot hold xattr {} of {}: {x}",
+            String::from_utf8_lossy(name),
+            display_path(path)
+        )),
+        x => io_err("setting an xattr of", path, x),
+    }
 }
 
 fn io_err(what: &str, path: &[u8], e: Errno) -> ApplyError {
@@ -371,31 +386,11 @@ impl DirTarget {
         for (k, v) in &e.xattrs {
             if have_x.get(k) != Some(v) {
                 rustix::fs::lsetxattr(&xpath, OsStr::from_bytes(&k.0), &v.0, XattrFlags::empty())
-                    .map_err(|x| match x {
-                    // Retrying cannot help: report, do not pause.
-                    Errno::NOTSUP | Errno::PERM => ApplyError::Mismatch(format!(
-                        "the staging filesystem cannot hold xattr {} of {}: {x}",
-                        String::from_utf8_lossy(&k.0),
-                        display_path(&e.path)
-                    )),
-                    x => io_err("setting an xattr of", &e.path, x),
-                })?;
+                    .map_err(|x| xattr_error(&k.0, &e.path, x))?;
             }
         }
-        let t = Timespec {
-            tv_sec: e.mtime_ns.div_euclid(1_000_000_000),
-            tv_nsec: e.mtime_ns.rem_euclid(1_000_000_000) as _,
-        };
-        rustix::fs::utimensat(
-            &dir,
-            n,
-            &Timestamps {
-                last_access: t,
-                last_modification: t,
-            },
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|x| io_err("setting the time of", &e.path, x))?;
+        rustix::fs::utimensat(&dir, n, &timestamps(e.mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|x| io_err("setting the time of", &e.path, x))?;
         self.verify_metadata(e, &dir, name)
     }
 

@@ -13,7 +13,9 @@ use rustix::io::Errno;
 use super::{os, TreeError, TreeResult, TreeWriter};
 use crate::entry::{Entry, Kind, Xattr};
 
-fn timestamps(mtime_ns: i64) -> Timestamps {
+/// Access and modification time both `mtime_ns` (what a restored or
+/// replicated entry gets).
+pub fn timestamps(mtime_ns: i64) -> Timestamps {
     let t = Timespec {
         tv_sec: mtime_ns.div_euclid(1_000_000_000),
         tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,

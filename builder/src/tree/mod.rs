@@ -10,6 +10,8 @@
 
 mod meta;
 
+pub use meta::timestamps;
+
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;

@@ -17,7 +17,7 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, XattrFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, XattrFlags};
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 use standin_builder::changeset::{check_path, metadata_digest, Digest32};
@@ -171,28 +171,11 @@ impl DirTarget {
         for (k, v) in &e.xattrs {
             if have.get(k) != Some(v) {
                 rustix::fs::fsetxattr(fd, OsStr::from_bytes(&k.0), &v.0, XattrFlags::empty())
-                    .map_err(|x| match x {
-                        Errno::NOTSUP | Errno::PERM => ApplyError::Mismatch(format!(
-                            "the staging filesystem cannot hold xattr {} of {}: {x}",
-                            String::from_utf8_lossy(&k.0),
-                            display_path(&e.path)
-                        )),
-                        x => io_err("setting an xattr of", &e.path, x),
-                    })?;
+                    .map_err(|x| super::xattr_error(&k.0, &e.path, x))?;
             }
         }
-        let t = Timespec {
-            tv_sec: e.mtime_ns.div_euclid(1_000_000_000),
-            tv_nsec: e.mtime_ns.rem_euclid(1_000_000_000) as _,
-        };
-        rustix::fs::futimens(
-            fd,
-            &Timestamps {
-                last_access: t,
-                last_modification: t,
-            },
-        )
-        .map_err(|x| io_err("setting the time of", &e.path, x))
+        rustix::fs::futimens(fd, &standin_builder::tree::timestamps(e.mtime_ns))
+            .map_err(|x| io_err("setting the time of", &e.path, x))
     }
 
     /// Read the metadata back through the descriptor and compare digests.

@@ -11,8 +11,17 @@ use link_support::*;
 use standin_agent::link::{connect, TargetError};
 use standin_link::message::{Heartbeat, Message, ReplicationCounters, Role, HEARTBEAT_FORMAT};
 
-fn state_json(state: &std::path::Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap()
+/// The target's state with its heartbeat times (`state.json` and
+/// `heartbeats.json`, written within a second of a heartbeat), once `ready`
+/// says the heartbeats sent are in it.
+fn state_json(
+    state: &std::path::Path,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let load =
+        || serde_json::to_value(standin_staging::state::TargetState::load(state).unwrap()).unwrap();
+    wait_until("the heartbeats in the state directory", || ready(&load()));
+    load()
 }
 
 #[test]
@@ -86,7 +95,10 @@ fn heartbeat_connections_are_recorded_as_the_second_path() {
         );
         assert!(!t.retry);
     });
-    let v = state_json(&state);
+    let v = state_json(&state, |v| {
+        v["heartbeat_paths"]["second"].is_object()
+            && v["last_heartbeat"]["heartbeat"]["source_seq"] == 7
+    });
     let paths = &v["heartbeat_paths"];
     assert!(
         paths["link"]["received_unix_ms"].as_i64().unwrap() > 0,
@@ -123,7 +135,9 @@ fn a_format_1_heartbeat_from_an_older_agent_is_read() {
         agent.send_raw(&frame).await.unwrap();
         assert!(matches!(agent.recv().await.unwrap(), Message::Ack(_)));
     });
-    let v = state_json(&state);
+    let v = state_json(&state, |v| {
+        v["last_heartbeat"]["heartbeat"]["queue_bytes"] == 99
+    });
     let hb = &v["last_heartbeat"]["heartbeat"];
     assert_eq!(hb["queue_bytes"], 99, "{v:#}");
     assert_eq!(hb["format"], 0, "{v:#}");

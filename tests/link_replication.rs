@@ -80,8 +80,9 @@ fn change_sets_apply_in_order_and_status_reports_protected() {
 
     // Heartbeats arrive; status over the network and from the state directory agree.
     wait_until("a heartbeat", || {
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+        // state.json with the heartbeat times of heartbeats.json.
+        let v = serde_json::to_value(standin_staging::state::TargetState::load(&state).unwrap())
+            .unwrap();
         let hb = &v["last_heartbeat"]["heartbeat"];
         hb["source_seq"].as_u64() == Some(SETS) && hb["queue_sets"].as_u64() == Some(0)
     });

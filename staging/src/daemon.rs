@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::heartbeat::Beats;
 use crate::state::TargetState;
 use crate::status::{Journal, StatusOptions};
 use crate::store::{ReceiveError, Received, Store};
@@ -52,6 +54,13 @@ pub struct ServeConfig {
     pub target_root: PathBuf,
     /// Failover condition hook, automatic failover, periodic snapshots.
     pub monitor: crate::monitor::MonitorConfig,
+    /// How often the heartbeat times are written to `heartbeats.json` (when
+    /// they changed; no fsync, see [`crate::heartbeat`]).
+    pub heartbeat_flush: Duration,
+    /// Test hook: while this file exists, a change set waits before it is
+    /// applied, holding the store; `<file>.held` exists while it waits (set
+    /// from `STANDIN_TEST_HOLD_APPLY`).
+    pub hold_apply_while: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -77,9 +86,14 @@ impl ServeConfig {
             max_connections: 64,
             target_root: PathBuf::from("/"),
             monitor: crate::monitor::MonitorConfig::default(),
+            heartbeat_flush: crate::heartbeat::DEFAULT_FLUSH,
+            hold_apply_while: std::env::var_os(HOLD_APPLY_ENV).map(PathBuf::from),
         }
     }
 }
+
+/// Environment variable of the [`ServeConfig::hold_apply_while`] test hook.
+pub const HOLD_APPLY_ENV: &str = "STANDIN_TEST_HOLD_APPLY";
 
 struct Shared {
     cfg: ServeConfig,
@@ -87,6 +101,41 @@ struct Shared {
     /// The state and journal backlog as of the last store operation, so a
     /// status request never waits for an apply in progress.
     snapshot: Mutex<(TargetState, Journal)>,
+    /// Heartbeat times, recorded without the store (see [`crate::heartbeat`]).
+    beats: Mutex<Beats>,
+    /// Bumped by every recorded heartbeat; the flusher writes when it moved.
+    beats_version: AtomicU64,
+}
+
+impl Shared {
+    fn beats(&self) -> std::sync::MutexGuard<'_, Beats> {
+        self.beats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state as status and the monitor see it: the last store
+    /// snapshot with the live heartbeat times.
+    fn view(&self) -> (TargetState, Journal) {
+        let (mut st, j) = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.beats().set_in(&mut st);
+        (st, j)
+    }
+
+    /// Write `heartbeats.json` if a heartbeat arrived since the last write.
+    fn flush_beats(&self, written: &mut u64) {
+        let v = self.beats_version.load(Ordering::Acquire);
+        if v == *written {
+            return;
+        }
+        let beats = self.beats().clone();
+        match beats.write(&self.cfg.state_dir) {
+            Ok(()) => *written = v,
+            Err(e) => debug!("writing {}: {e}", crate::heartbeat::HEARTBEAT_FILE),
+        }
+    }
 }
 
 fn journal_of(store: &Store, dir: &std::path::Path) -> Journal {
@@ -111,6 +160,8 @@ async fn with_store<T: Send + 'static>(
     let sh = shared.clone();
     tokio::task::spawn_blocking(move || {
         let mut store = sh.store.lock().unwrap_or_else(|e| e.into_inner());
+        // Durable saves carry the heartbeat times as of now.
+        store.set_beats(&sh.beats());
         let r = f(&mut store);
         let snap = (store.state().clone(), journal_of(&store, &sh.cfg.state_dir));
         *sh.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = snap;
@@ -123,6 +174,16 @@ async fn with_store<T: Send + 'static>(
 /// Run the daemon until SIGINT/SIGTERM. `ready` gets the bound address
 /// (after recovery, before the first connection is accepted).
 pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    serve_until(cfg, ready, std::future::pending()).await
+}
+
+/// [`serve`] that also stops when `stop` completes (for tests and
+/// embedding). The heartbeat times are written once more on the way out.
+pub async fn serve_until(
+    cfg: ServeConfig,
+    ready: impl FnOnce(SocketAddr),
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let dir = cfg.state_dir.clone();
     crate::durable::create_dirs(&dir)?;
     // One daemon per state directory, held for its life: `standin target seed`
@@ -155,10 +216,15 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<(
     };
     ready(addr);
     let snapshot = Mutex::new((store.state().clone(), journal_of(&store, &cfg.state_dir)));
+    let mut beats = Beats::of(store.state());
+    beats.watching_since_unix_ms = Some(crate::state::now_ms());
     let shared = Arc::new(Shared {
         cfg,
         store: Mutex::new(store),
         snapshot,
+        beats: Mutex::new(beats),
+        // Written once at start (the new watching time).
+        beats_version: AtomicU64::new(1),
     });
     let hb_listen = match &second {
         Some(l) => Some(l.local_addr()?.to_string()),
@@ -169,6 +235,8 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<(
     }
     let retry = tokio::spawn(retry_loop(shared.clone()));
     let monitor = tokio::spawn(monitor_loop(shared.clone()));
+    let flusher = tokio::spawn(flush_loop(shared.clone()));
+    tokio::pin!(stop);
     let slots = Arc::new(tokio::sync::Semaphore::new(shared.cfg.max_connections));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -193,11 +261,37 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<(
             }
             _ = tokio::signal::ctrl_c() => { info!("interrupted; stopping"); break; }
             _ = term.recv() => { info!("terminated; stopping"); break; }
+            _ = &mut stop => { info!("stopping"); break; }
         }
     }
     retry.abort();
     monitor.abort();
+    flusher.abort();
+    let _ = flusher.await;
+    let sh = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || sh.flush_beats(&mut 0)).await;
     Ok(())
+}
+
+/// Write the heartbeat times every [`ServeConfig::heartbeat_flush`] when
+/// they changed: at most one write per interval however many heartbeats
+/// arrive, never an fsync.
+async fn flush_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.cfg.heartbeat_flush);
+    let mut written = 0;
+    loop {
+        tick.tick().await;
+        let sh = shared.clone();
+        written = match tokio::task::spawn_blocking(move || {
+            sh.flush_beats(&mut written);
+            written
+        })
+        .await
+        {
+            Ok(w) => w,
+            Err(_) => written,
+        };
+    }
 }
 
 /// The next connection on the main listener or the second heartbeat path's.
@@ -224,12 +318,7 @@ async fn monitor_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(cfg.tick);
     loop {
         tick.tick().await;
-        let st = shared
-            .snapshot
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .clone();
+        let st = shared.view().0;
         let failed_over = matches!(crate::failover::load_record(&dir), Ok(Some(r)) if r.state != crate::failover::RecordState::RolledBack);
         let now = crate::state::now_ms();
         for action in mon.tick(&cfg, &st, failed_over, now, shared.cfg.heartbeat_silence) {
@@ -319,6 +408,23 @@ async fn monitor_loop(shared: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+/// The [`ServeConfig::hold_apply_while`] test hook: wait (holding the
+/// store) while the file exists.
+fn hold_apply(hold: Option<&std::path::Path>, seq: u64) {
+    let Some(p) = hold else { return };
+    if p.exists() {
+        warn!(seq, file = %p.display(), "test hook: holding the apply while this file exists");
+        // Tells the test the apply is held now.
+        let mut held = p.as_os_str().to_owned();
+        held.push(".held");
+        let _ = std::fs::write(&held, seq.to_string());
+        while p.exists() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_file(&held);
     }
 }
 
@@ -521,10 +627,10 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
         let reply = match msg {
             Message::StatusRequest => {
                 let status = {
-                    let snap = shared.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+                    let (st, journal) = shared.view();
                     crate::status::compute(
-                        &snap.0,
-                        &snap.1,
+                        &st,
+                        &journal,
                         crate::state::now_ms(),
                         &cfg.status_options(),
                     )
@@ -568,21 +674,31 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
                 }
             }
             Message::Heartbeat(hb) if beats => {
-                // Answered with the last applied number, so the agent can
-                // tell a live link from a dead one.
-                let who = Some(peer.to_string());
-                let seq = with_store(shared, move |store| {
-                    store
-                        .heartbeat(&hb, path, who)
-                        .map(|_| store.state().last_applied_seq)
-                })
-                .await??;
+                // Recorded without the store, so an apply in progress does
+                // not hold it up; answered with the last applied number, so
+                // the agent can tell a live link from a dead one.
+                shared
+                    .beats()
+                    .record(&hb, path, Some(peer.to_string()), crate::state::now_ms());
+                shared.beats_version.fetch_add(1, Ordering::AcqRel);
+                let seq = shared
+                    .snapshot
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+                    .last_applied_seq;
                 Message::Ack(standin_link::message::Ack { seq })
             }
             Message::ChangeSet(cs) if agent => {
                 let raw = payload;
                 let seq = cs.seq;
-                match with_store(shared, move |store| store.receive(&raw, &cs)).await? {
+                let hold = cfg.hold_apply_while.clone();
+                match with_store(shared, move |store| {
+                    hold_apply(hold.as_deref(), seq);
+                    store.receive(&raw, &cs)
+                })
+                .await?
+                {
                     Ok(Received::Applied { seq, problems }) => {
                         if problems.is_empty() {
                             debug!(seq, "change set applied");

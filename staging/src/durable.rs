@@ -4,8 +4,22 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
+
+static FSYNCS: AtomicU64 = AtomicU64::new(0);
+
+/// fsyncs made through this module in this process (files and directories),
+/// so tests can count what an operation costs without timing it.
+pub fn fsync_count() -> u64 {
+    FSYNCS.load(Ordering::Relaxed)
+}
+
+fn counted(f: &std::fs::File) -> std::io::Result<()> {
+    FSYNCS.fetch_add(1, Ordering::Relaxed);
+    f.sync_all()
+}
 
 /// Replace `path` with `data` durably.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -16,7 +30,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
-    let r = f.write_all(data).and_then(|_| f.sync_all());
+    let r = f.write_all(data).and_then(|_| counted(&f));
     if let Err(e) = r {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
@@ -28,7 +42,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 /// fsync a directory (makes renames, creations and removals in it durable).
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+    counted(&std::fs::File::open(dir)?)
 }
 
 /// Remove a file durably (missing is fine).

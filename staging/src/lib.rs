@@ -4,6 +4,7 @@
 //! - [`state`]: `state.json`, the target's durable state.
 //! - [`apply`]: applying records safely beneath the staging root ([`apply::ApplyTarget`]).
 //! - [`store`]: the state directory: journal, apply in order, replay after a crash.
+//! - [`heartbeat`]: heartbeat times, soft state written without fsync.
 //! - [`status`]: the status a target reports.
 //! - [`daemon`]: `standin target serve`.
 //! - [`lock`]: the apply lock shared by apply, snapshots and failover.
@@ -19,6 +20,7 @@ pub mod daemon;
 pub mod digest_cache;
 pub mod durable;
 pub mod failover;
+pub mod heartbeat;
 pub mod lock;
 pub mod mirror;
 pub mod monitor;
@@ -29,5 +31,5 @@ pub mod state;
 pub mod status;
 pub mod store;
 
-pub use daemon::{serve, ServeConfig};
+pub use daemon::{serve, serve_until, ServeConfig};
 pub use store::Store;

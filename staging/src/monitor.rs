@@ -68,9 +68,16 @@ pub struct Monitor {
 }
 
 /// Whether the failover condition holds; returns the silence in ms.
+///
+/// Silence is counted from the last heartbeat, or from when the daemon
+/// started listening if that is later (a restarted daemon cannot know
+/// what it missed while down; see [`crate::heartbeat`]).
 pub fn condition(st: &TargetState, now_ms: i64, silence: Duration) -> Option<i64> {
     let hb = st.last_heartbeat.as_ref()?;
-    let age = now_ms - hb.received_unix_ms;
+    let since = hb
+        .received_unix_ms
+        .max(st.watching_since_unix_ms.unwrap_or(i64::MIN));
+    let age = now_ms - since;
     (st.mirror_complete && age > silence.as_millis() as i64).then_some(age)
 }
 

@@ -38,6 +38,10 @@ pub struct TargetState {
     /// When the last heartbeat arrived on each path (`link`, `second`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub heartbeat_paths: BTreeMap<String, PathBeat>,
+    /// When the daemon started listening: the failover condition counts
+    /// silence from here at the earliest (see [`crate::heartbeat`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watching_since_unix_ms: Option<i64>,
     /// Where the daemon listens for the second heartbeat path (`None`: not configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_listen: Option<String>,
@@ -99,26 +103,28 @@ impl TargetState {
         peer: Option<String>,
         now_ms: i64,
     ) {
-        match &mut self.last_heartbeat {
-            Some(h) if hb.sent_unix_ms < h.heartbeat.sent_unix_ms => h.received_unix_ms = now_ms,
-            _ => {
-                self.last_heartbeat = Some(HeartbeatState {
-                    received_unix_ms: now_ms,
-                    heartbeat: hb.clone(),
-                })
-            }
-        }
-        self.heartbeat_paths.insert(
-            path.to_string(),
-            PathBeat {
-                received_unix_ms: now_ms,
-                peer,
-            },
+        crate::heartbeat::record(
+            &mut self.last_heartbeat,
+            &mut self.heartbeat_paths,
+            hb,
+            path,
+            peer,
+            now_ms,
         );
     }
 
-    /// Load `state.json` from `dir`; a missing file is a fresh state.
+    /// Load `state.json` from `dir` with the newer heartbeat times of
+    /// `heartbeats.json` merged in; a missing file is a fresh state.
     pub fn load(dir: &Path) -> Result<TargetState> {
+        let mut st = Self::load_durable(dir)?;
+        if let Some(b) = crate::heartbeat::Beats::load(dir) {
+            b.merge_into(&mut st);
+        }
+        Ok(st)
+    }
+
+    /// Load `state.json` alone; a missing file is a fresh state.
+    pub fn load_durable(dir: &Path) -> Result<TargetState> {
         let p = dir.join(STATE_FILE);
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b).with_context(|| {

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use standin_builder::changeset::{ChangeSet, Digest32, Record};
 use standin_builder::entry::display_path;
-use standin_link::message::{Heartbeat, MirrorDone, MirrorEnd, MirrorStart};
+use standin_link::message::{MirrorDone, MirrorEnd, MirrorStart};
 use standin_link::Fingerprint;
 use tracing::{info, warn};
 
@@ -499,17 +499,11 @@ impl Store {
         Ok(Received::Applied { seq, problems })
     }
 
-    /// Record a heartbeat that arrived on `path` (see
-    /// [`TargetState::record_heartbeat`]).
-    ///
-    /// Kept in memory even when it cannot be saved (a full disk must not
-    /// cut the link); saved with the next state change then.
-    pub fn heartbeat(&mut self, hb: &Heartbeat, path: &str, peer: Option<String>) -> Result<()> {
-        self.state.record_heartbeat(hb, path, peer, now_ms());
-        if let Err(e) = self.save() {
-            tracing::debug!("could not save a heartbeat in state.json: {e}");
-        }
-        Ok(())
+    /// Replace the heartbeat part of the state (kept by the daemon apart
+    /// from the store, see [`crate::heartbeat`]) so that the next durable
+    /// save of `state.json` carries it; saves nothing by itself.
+    pub fn set_beats(&mut self, beats: &crate::heartbeat::Beats) {
+        beats.set_in(&mut self.state);
     }
 
     /// Record where the second heartbeat path is served (at daemon start),

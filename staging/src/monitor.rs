@@ -188,6 +188,21 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_daemon_counts_silence_from_its_start() {
+        let s = Duration::from_secs(35);
+        // The last heartbeat is old (or its file was lost): the daemon that
+        // started listening at 100 s waits a whole silence from there.
+        let mut st = st(0);
+        st.watching_since_unix_ms = Some(100_000);
+        assert_eq!(condition(&st, 130_000, s), None);
+        assert_eq!(condition(&st, 136_000, s), Some(36_000));
+        // A heartbeat after the start counts from the heartbeat.
+        st.last_heartbeat.as_mut().unwrap().received_unix_ms = 120_000;
+        assert_eq!(condition(&st, 136_000, s), None);
+        assert_eq!(condition(&st, 156_000, s), Some(36_000));
+    }
+
+    #[test]
     fn snapshots_while_protected_when_data_changed() {
         let cfg = MonitorConfig {
             snapshot_every: Some(Duration::from_secs(600)),

@@ -150,9 +150,15 @@ pub fn compute(st: &TargetState, journal: &Journal, now_ms: i64, opts: &StatusOp
     if st.mirror_complete && !syncing {
         if let Some(age) = met {
             let heard: Vec<_> = paths.iter().map(|p| path_label(&p.name)).collect();
+            // After a restart silence counts from the daemon's start.
+            let restarted = match (&st.last_heartbeat, st.watching_since_unix_ms) {
+                (Some(h), Some(w)) => w > h.received_unix_ms,
+                _ => false,
+            };
             warnings.push(format!(
-                "no heartbeat from the source for {:.0} s on any path ({}; limit {} s): failover condition met",
+                "no heartbeat from the source for {:.0} s on any path{} ({}; limit {} s): failover condition met",
                 age as f64 / 1000.0,
+                if restarted { " since this daemon started" } else { "" },
                 if heard.is_empty() { "the replication link".to_string() } else { heard.join(", ") },
                 silence.as_secs()
             ));
@@ -440,6 +446,25 @@ mod tests {
         assert_eq!(
             st.last_heartbeat.as_ref().unwrap().received_unix_ms,
             now + 15_000
+        );
+    }
+
+    #[test]
+    fn after_a_restart_silence_counts_from_the_start() {
+        let opts = StatusOptions::with_silence(Duration::from_secs(10));
+        let now = 1_000_000;
+        let mut st = protected(now - 60_000);
+        st.watching_since_unix_ms = Some(now - 5_000);
+        let s = compute(&st, &j(0, 0, 5), now, &opts);
+        assert!(!s.failover_condition_met, "{s:?}");
+        // The last heartbeat is still reported as it was.
+        assert_eq!(s.last_heartbeat_unix_ms, Some(now - 60_500));
+        let s = compute(&st, &j(0, 0, 5), now + 6_000, &opts);
+        assert!(s.failover_condition_met, "{s:?}");
+        let r = s.reason.unwrap();
+        assert!(
+            r.contains("for 11 s on any path since this daemon started"),
+            "{r}"
         );
     }
 

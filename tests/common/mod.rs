@@ -3,6 +3,7 @@
 //! directory listing (ripgrep style); find or build test corpora.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod netns;
 
 use std::path::{Path, PathBuf};

@@ -6,9 +6,9 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Command;
 
 use crate::common::netns::Netns;
 use crate::common::*;
@@ -19,11 +19,7 @@ pub const ID: &str = "demo-source";
 /// The state directory inside each root.
 pub const STATE: &str = "var/lib/standin";
 
-pub fn keys(base: &Path, name: &str) -> (PathBuf, String) {
-    let dir = base.join(name);
-    let out = run_ok(standin().args(["keys", "init", "--dir"]).arg(&dir), None);
-    (dir, stdout(&out).trim().to_string())
-}
+pub use crate::common::daemon::{keys, Daemon};
 
 /// One of the two machines of a failback test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,13 +59,7 @@ impl Hosts {
     }
 }
 
-/// `standin target serve` on one host (killed on drop).
-pub struct Daemon {
-    pub child: Child,
-    pub addr: String,
-    pub log: PathBuf,
-}
-
+/// `standin target serve` on one host.
 impl Daemon {
     pub fn start(
         on: (&Hosts, Host),
@@ -80,50 +70,22 @@ impl Daemon {
         log: &Path,
     ) -> Daemon {
         let (hosts, host) = on;
-        let mut child = hosts
-            .standin(host)
-            .args(["target", "serve", "--listen", hosts.listen(host)])
-            .arg("--state-dir")
-            .arg(state)
-            .arg("--identity")
-            .arg(identity)
-            .args(["--trust", trust, "--snapshot-every", "0", "--target-root"])
-            .arg(root)
-            .env("STANDIN_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .expect("starting standin target serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "no address: {line:?}\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                )
-            })
-            .to_string();
-        Daemon {
-            child,
-            addr,
-            log: log.to_path_buf(),
-        }
-    }
-    pub fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let extra = [
+            OsStr::new("--snapshot-every"),
+            OsStr::new("0"),
+            OsStr::new("--target-root"),
+            root.as_os_str(),
+        ];
+        let cmd = hosts.standin(host);
+        Daemon::serve(
+            cmd,
+            hosts.listen(host),
+            state,
+            identity,
+            &[trust],
+            &extra,
+            log,
+        )
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::netns::Netns;
@@ -86,6 +86,133 @@ impl Daemon {
             &extra,
             log,
         )
+    }
+}
+
+/// Machines A and B of a failback test, built by [`Machines::build`]:
+/// their roots, state directories and identities, and B's own tree.
+pub struct Machines {
+    pub base: PathBuf,
+    pub a_root: PathBuf,
+    pub b_root: PathBuf,
+    pub a_state: PathBuf,
+    pub b_state: PathBuf,
+    pub a_keys: PathBuf,
+    pub a_fpr: String,
+    pub b_keys: PathBuf,
+    pub b_fpr: String,
+    /// B's own system before anything happened (its rollback restores it).
+    pub b_own: BTreeMap<String, Info>,
+}
+
+impl Machines {
+    /// A and B in `base`: `build_a` makes `base/a-root` and `build_b`
+    /// makes `base/b-root` (neither exists before), then each gets its own
+    /// boot loader (`boot/grub/grub.cfg` holding `grub_a`, `grub_b`), B
+    /// its state directory, both an identity; waits past the capture's
+    /// start margin, then records B's own system.
+    pub fn build(
+        base: &Path,
+        build_a: impl FnOnce(&Path),
+        grub_a: &str,
+        build_b: impl FnOnce(&Path),
+        grub_b: &str,
+    ) -> Machines {
+        let (a_root, b_root) = (base.join("a-root"), base.join("b-root"));
+        for (root, build, grub) in [
+            (&a_root, Box::new(build_a) as Box<dyn FnOnce(&Path)>, grub_a),
+            (&b_root, Box::new(build_b), grub_b),
+        ] {
+            build(root);
+            std::fs::create_dir_all(root.join("boot/grub")).unwrap();
+            std::fs::write(root.join("boot/grub/grub.cfg"), grub).unwrap();
+        }
+        let (a_state, b_state) = (a_root.join(STATE), b_root.join(STATE));
+        std::fs::create_dir_all(&b_state).unwrap();
+        let (a_keys, a_fpr) = keys(base, "keys-a");
+        let (b_keys, b_fpr) = keys(base, "keys-b");
+        // Files older than the capture's start margin.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let b_own = system(&b_root);
+        Machines {
+            base: base.to_path_buf(),
+            a_root,
+            b_root,
+            a_state,
+            b_state,
+            a_keys,
+            a_fpr,
+            b_keys,
+            b_fpr,
+            b_own,
+        }
+    }
+
+    /// Protect A onto B (a daemon on B, `--once`), then fail B over (A is gone).
+    pub fn protect_then_fail_over(&self, hosts: &Hosts) {
+        let d = Daemon::start(
+            (hosts, Host::B),
+            &self.b_state,
+            &self.b_keys,
+            &self.a_fpr,
+            &self.b_root,
+            &self.base.join("b.log"),
+        );
+        protect_once(
+            (hosts, Host::A),
+            &d,
+            &self.a_keys,
+            &self.b_fpr,
+            &self.a_root,
+        );
+        d.stop();
+        run_ok(
+            &mut failover(
+                &["--no-reboot", "--yes", "--immediate"],
+                &self.b_state,
+                &self.b_root,
+            ),
+            None,
+        );
+    }
+
+    /// `standin target seed --json` of A's staging area from A's own root;
+    /// the report (a hard-link seed: both roots are on one ext4 or tmpfs).
+    pub fn seed_a(&self) -> serde_json::Value {
+        std::fs::create_dir_all(&self.a_state).unwrap();
+        let out = run_ok(
+            standin()
+                .args(["target", "seed", "--json", "--source-id", ID, "--state-dir"])
+                .arg(&self.a_state)
+                .arg("--from-root")
+                .arg(&self.a_root),
+            None,
+        );
+        let seed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        eprintln!("seed: {seed}");
+        assert_eq!(seed["method"], "hardlink", "{seed:#}");
+        seed
+    }
+
+    /// B protects back to A (a daemon on A logging to `base/log`); protect's JSON.
+    pub fn protect_back(&self, hosts: &Hosts, log: &str) -> serde_json::Value {
+        let d = Daemon::start(
+            (hosts, Host::A),
+            &self.a_state,
+            &self.a_keys,
+            &self.b_fpr,
+            &self.a_root,
+            &self.base.join(log),
+        );
+        let v = protect_once(
+            (hosts, Host::B),
+            &d,
+            &self.b_keys,
+            &self.a_fpr,
+            &self.b_root,
+        );
+        d.stop();
+        v
     }
 }
 

@@ -79,11 +79,7 @@ fn debian_root_fails_back_with_only_the_changes_sent() {
     } = &m;
 
     // Protect A onto B; B fails over.
-    m.protect_then_fail_over(&hosts);
-    assert_eq!(
-        std::fs::read_to_string(b_root.join("etc/hostname")).unwrap(),
-        "web-01\n"
-    );
+    m.protect_then_fail_over(&hosts, "web-01");
 
     // A package-like change on B.
     let mut changed = 0u64;
@@ -114,25 +110,7 @@ fn debian_root_fails_back_with_only_the_changes_sent() {
     let a_before = system(a_root);
     m.seed_a();
     let v = m.protect_back(&hosts, "a.log");
-    let m = &v["mirror"];
-    let sent = m["bytes_sent"].as_u64().unwrap() + m["compare_bytes_sent"].as_u64().unwrap();
-    eprintln!(
-        "reverse mirror of the Debian root: {sent} bytes sent for {changed} bytes changed ({:.2}x); tree {} bytes, {} entries, {} changed, {} deleted, {:.1} s",
-        sent as f64 / changed as f64,
-        m["tree_bytes"],
-        m["entries"],
-        m["changed"],
-        m["deleted"],
-        m["seconds"].as_f64().unwrap_or(0.0)
-    );
-    assert!(
-        sent < 2 * changed,
-        "sent {sent} bytes for {changed} changed"
-    );
-    assert!(
-        sent >= changed / 2,
-        "sent {sent}: the change cannot have travelled"
-    );
+    assert_only_changes_sent(&v, changed);
     assert_same(
         "A's own system after the reverse mirror",
         &system(a_root),

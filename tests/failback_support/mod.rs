@@ -148,8 +148,9 @@ impl Machines {
         }
     }
 
-    /// Protect A onto B (a daemon on B, `--once`), then fail B over (A is gone).
-    pub fn protect_then_fail_over(&self, hosts: &Hosts) {
+    /// Protect A onto B (a daemon on B, `--once`), then fail B over (A is
+    /// gone); B's root then holds A's system, named `hostname`.
+    pub fn protect_then_fail_over(&self, hosts: &Hosts, hostname: &str) {
         let d = Daemon::start(
             (hosts, Host::B),
             &self.b_state,
@@ -173,6 +174,10 @@ impl Machines {
                 &self.b_root,
             ),
             None,
+        );
+        assert_eq!(
+            std::fs::read_to_string(self.b_root.join("etc/hostname")).unwrap(),
+            format!("{hostname}\n")
         );
     }
 
@@ -214,6 +219,32 @@ impl Machines {
         d.stop();
         v
     }
+}
+
+/// The bytes the reverse mirror `v` (protect's JSON) sent, file data and
+/// comparison; asserts that only what changed travelled: at least half of
+/// the `changed` bytes and under twice that.
+pub fn assert_only_changes_sent(v: &serde_json::Value, changed: u64) -> u64 {
+    let m = &v["mirror"];
+    let sent = m["bytes_sent"].as_u64().unwrap() + m["compare_bytes_sent"].as_u64().unwrap();
+    eprintln!(
+        "reverse mirror: {sent} bytes sent for {changed} bytes changed ({:.2}x); tree {} bytes, {} entries, {} changed, {} deleted, {:.1} s",
+        sent as f64 / changed as f64,
+        m["tree_bytes"],
+        m["entries"],
+        m["changed"],
+        m["deleted"],
+        m["seconds"].as_f64().unwrap_or(0.0)
+    );
+    assert!(
+        sent < 2 * changed,
+        "sent {sent} bytes for {changed} changed; {v:#}"
+    );
+    assert!(
+        sent >= changed / 2,
+        "sent {sent} bytes: the change cannot have travelled; {v:#}"
+    );
+    sent
 }
 
 /// `standin protect --once --json` on host `from`, of `root`, to the daemon

@@ -55,6 +55,41 @@ impl Daemon {
     }
 }
 
+/// The set-up of a hostile-input test in `base`: a target daemon on
+/// loopback (state `base/state`, log `base/daemon.log`) that trusts an
+/// agent, that agent's link configuration, and `base/outside/victim`, a
+/// file beside the state directory that hostile input must never reach.
+pub struct Hostile {
+    pub daemon: Daemon,
+    pub cfg: LinkConfig,
+    /// The target's fingerprint (for other agents' configurations).
+    pub tf: Fingerprint,
+    /// The target's state directory.
+    pub state: PathBuf,
+    pub outside: PathBuf,
+}
+
+impl Hostile {
+    /// Set it up in `base`.
+    pub fn start(base: &Path) -> Hostile {
+        let (tid, tf) = keys(base, "target");
+        let (aid, af) = keys(base, "agent");
+        let outside = base.join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("victim"), b"precious").unwrap();
+        let state = base.join("state");
+        let daemon = Daemon::start(&state, &tid, &[af], "127.0.0.1:0", &base.join("daemon.log"));
+        let cfg = agent_config(&daemon.addr, &aid, tf);
+        Hostile {
+            daemon,
+            cfg,
+            tf,
+            state,
+            outside,
+        }
+    }
+}
+
 /// An agent configuration for tests: short heartbeat and backoff.
 pub fn agent_config(addr: &str, identity: &Path, trust: Fingerprint) -> LinkConfig {
     let id = standin_link::identity::load(identity).expect("loading the agent identity");

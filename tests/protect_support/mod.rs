@@ -6,13 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsStr;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-use sha2::{Digest, Sha256};
 
 #[path = "../common/mod.rs"]
 pub mod common;
@@ -195,20 +192,6 @@ fn xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
     out
 }
 
-fn sha256_file(p: &Path) -> String {
-    let mut f = std::fs::File::open(p).unwrap_or_else(|e| panic!("opening {}: {e}", p.display()));
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    hex::encode(h.finalize())
-}
-
 /// Read a whole tree with plain std calls.
 pub fn snapshot(root: &Path) -> Snapshot {
     let mut nodes = BTreeMap::new();
@@ -247,7 +230,7 @@ pub fn snapshot(root: &Path) -> Snapshot {
                     .to_vec()
             }),
             xattrs: xattrs(&p),
-            sha256: ft.is_file().then(|| sha256_file(&p)),
+            sha256: ft.is_file().then(|| common::sha256_file(&p)),
         };
         nodes.insert(rel, node);
     }

@@ -32,49 +32,33 @@ fn reverse_protection_then_failback_boots_as_the_source() {
     require_tool("qemu-system-x86_64", "qemu-system-x86");
     let dir = tempdir();
     let base = dir.path();
-    let (a_root, b_root) = (base.join("a-root"), base.join("b-root"));
-    std::fs::create_dir(&a_root).unwrap();
-    std::fs::create_dir(&b_root).unwrap();
-    busybox_tree(&a_root, ID, "poweroff");
-    std::fs::write(a_root.join("srv/data/big.bin"), random(4 << 20, 1)).unwrap();
-    std::fs::write(a_root.join("srv/data/old-orders.txt"), "order 1000\n").unwrap();
-    std::fs::write(a_root.join("srv/data/notes.txt"), "notes\n").unwrap();
-    std::fs::create_dir_all(a_root.join("boot/grub")).unwrap();
-    std::fs::write(
-        a_root.join("boot/grub/grub.cfg"),
+    let m = Machines::build(
+        base,
+        |a| {
+            std::fs::create_dir(a).unwrap();
+            busybox_tree(a, ID, "poweroff");
+            std::fs::write(a.join("srv/data/big.bin"), random(4 << 20, 1)).unwrap();
+            std::fs::write(a.join("srv/data/old-orders.txt"), "order 1000\n").unwrap();
+            std::fs::write(a.join("srv/data/notes.txt"), "notes\n").unwrap();
+        },
         "# the old source's grub\n",
-    )
-    .unwrap();
-    busybox_tree(&b_root, "standby", "poweroff");
-    std::fs::create_dir_all(b_root.join("boot/grub")).unwrap();
-    std::fs::write(b_root.join("boot/grub/grub.cfg"), "# the standby's grub\n").unwrap();
-    let (a_state, b_state) = (a_root.join(STATE), b_root.join(STATE));
-    std::fs::create_dir_all(&b_state).unwrap();
-    let (a_keys, a_fpr) = keys(base, "keys-a");
-    let (b_keys, b_fpr) = keys(base, "keys-b");
-    // Files older than the capture's start margin.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let b_own = system(&b_root);
+        |b| {
+            std::fs::create_dir(b).unwrap();
+            busybox_tree(b, "standby", "poweroff");
+        },
+        "# the standby's grub\n",
+    );
+    let Machines {
+        a_root,
+        b_root,
+        a_state,
+        b_state,
+        b_own,
+        ..
+    } = &m;
 
     // 1. Protect A onto B, then B fails over (A is gone).
-    let d = Daemon::start(
-        (&hosts, Host::B),
-        &b_state,
-        &b_keys,
-        &a_fpr,
-        &b_root,
-        &base.join("b.log"),
-    );
-    protect_once((&hosts, Host::A), &d, &a_keys, &b_fpr, &a_root);
-    d.stop();
-    run_ok(
-        &mut failover(&["--no-reboot", "--yes", "--immediate"], &b_state, &b_root),
-        None,
-    );
-    assert_eq!(
-        std::fs::read_to_string(b_root.join("etc/hostname")).unwrap(),
-        "demo-source\n"
-    );
+    m.protect_then_fail_over(&hosts, ID);
 
     // 2. B works as the source: new data, changed blocks, an append, a delete.
     let mut changed = 0u64;
@@ -104,60 +88,29 @@ fn reverse_protection_then_failback_boots_as_the_source() {
     let data = std::fs::read(b_root.join("srv/data/data.txt")).unwrap();
 
     // 3. A comes back as the target of B: seed its staging area from its own tree.
-    std::fs::create_dir_all(&a_state).unwrap();
-    let a_before = system(&a_root);
-    let out = run_ok(
-        standin()
-            .args(["target", "seed", "--json", "--source-id", ID, "--state-dir"])
-            .arg(&a_state)
-            .arg("--from-root")
-            .arg(&a_root),
-        None,
-    );
-    let seed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(seed["method"], "hardlink", "{seed:#}");
+    std::fs::create_dir_all(a_state).unwrap();
+    let a_before = system(a_root);
+    let seed = m.seed_a();
     assert!(seed["bytes"].as_u64().unwrap() > 5 << 20, "{seed:#}");
     // Refused a second time without --force, nothing lost.
     let out = run_code(
         standin()
             .args(["target", "seed", "--source-id", ID, "--state-dir"])
-            .arg(&a_state)
+            .arg(a_state)
             .arg("--from-root")
-            .arg(&a_root),
+            .arg(a_root),
         1,
         None,
     );
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
 
     // 4. B protects back to A; only what changed travels.
-    let d = Daemon::start(
-        (&hosts, Host::A),
-        &a_state,
-        &a_keys,
-        &b_fpr,
-        &a_root,
-        &base.join("a.log"),
-    );
-    let v = protect_once((&hosts, Host::B), &d, &b_keys, &a_fpr, &b_root);
-    d.stop();
-    let sent = v["mirror"]["bytes_sent"].as_u64().unwrap()
-        + v["mirror"]["compare_bytes_sent"].as_u64().unwrap();
-    eprintln!(
-        "reverse mirror: {sent} bytes sent for {changed} bytes changed ({:.2}x); {v:#}",
-        sent as f64 / changed as f64
-    );
-    assert!(
-        sent < 2 * changed,
-        "sent {sent} bytes for {changed} changed"
-    );
-    assert!(
-        sent >= changed / 2,
-        "sent {sent} bytes: the change cannot have travelled"
-    );
+    let v = m.protect_back(&hosts, "a.log");
+    assert_only_changes_sent(&v, changed);
     // The copy-out guard: A's live system did not change while its staging area did.
     assert_same(
         "A's own system after the reverse mirror",
-        &system(&a_root),
+        &system(a_root),
         &a_before,
     );
     let replica = a_state.join("staging").join(ID).join("root");
@@ -177,22 +130,13 @@ fn reverse_protection_then_failback_boots_as_the_source() {
         .unwrap()
         .write_all(b"written by A's own system\n")
         .unwrap();
-    let out = run_code(&mut failover(&["--no-reboot"], &a_state, &a_root), 1, None);
+    let out = run_code(&mut failover(&["--no-reboot"], a_state, a_root), 1, None);
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(
         text.contains("share their inode") && text.contains("srv/data/notes.txt"),
         "{text}"
     );
-    let d = Daemon::start(
-        (&hosts, Host::A),
-        &a_state,
-        &a_keys,
-        &b_fpr,
-        &a_root,
-        &base.join("a2.log"),
-    );
-    protect_once((&hosts, Host::B), &d, &b_keys, &a_fpr, &b_root);
-    d.stop();
+    m.protect_back(&hosts, "a2.log");
     assert_eq!(
         std::fs::read(replica.join("srv/data/notes.txt")).unwrap(),
         b"notes\n"
@@ -203,11 +147,11 @@ fn reverse_protection_then_failback_boots_as_the_source() {
     );
 
     // 5. Failback: fail over on A.
-    run_ok(&mut failover(&["--no-reboot"], &a_state, &a_root), None);
+    run_ok(&mut failover(&["--no-reboot"], a_state, a_root), None);
     assert_same(
         "A's root after the failback (kept paths aside)",
-        &without_kept(&system(&a_root)),
-        &without_kept(&system(&b_root)),
+        &without_kept(&system(a_root)),
+        &without_kept(&system(b_root)),
     );
     assert_eq!(
         std::fs::read_to_string(a_root.join("boot/grub/grub.cfg")).unwrap(),
@@ -225,7 +169,7 @@ fn reverse_protection_then_failback_boots_as_the_source() {
     run_ok(
         standin()
             .args(["image", "disk", "--root"])
-            .arg(&a_root)
+            .arg(a_root)
             .arg("-o")
             .arg(&disk),
         Some(base),
@@ -248,6 +192,6 @@ fn reverse_protection_then_failback_boots_as_the_source() {
     std::fs::remove_file(&disk).ok();
 
     // 7. B goes back to being a standby.
-    run_ok(&mut failover(&["--rollback"], &b_state, &b_root), None);
-    assert_same("B's own system after rollback", &system(&b_root), &b_own);
+    run_ok(&mut failover(&["--rollback"], b_state, b_root), None);
+    assert_same("B's own system after rollback", &system(b_root), b_own);
 }

@@ -54,55 +54,40 @@ fn debian_root_fails_back_with_only_the_changes_sent() {
     let debian = debian_root();
     let dir = tempdir();
     let base = dir.path();
-    let (a_root, b_root) = (base.join("a-root"), base.join("b-root"));
-    cp_a(&debian, &a_root);
-    std::fs::create_dir_all(a_root.join("boot/grub")).unwrap();
-    std::fs::write(a_root.join("boot/grub/grub.cfg"), "# A's grub\n").unwrap();
-    std::fs::write(a_root.join("etc/hostname"), "web-01\n").unwrap();
-    // B: a small standby system of the same OS release with its own boot loader.
-    std::fs::create_dir_all(b_root.join("etc")).unwrap();
-    std::fs::copy(
-        a_root.join("usr/lib/os-release"),
-        b_root.join("etc/os-release"),
-    )
-    .unwrap();
-    std::fs::write(b_root.join("etc/hostname"), "standby\n").unwrap();
-    std::fs::create_dir_all(b_root.join("boot/grub")).unwrap();
-    std::fs::write(b_root.join("boot/grub/grub.cfg"), "# B's grub\n").unwrap();
-    let (a_state, b_state) = (a_root.join(STATE), b_root.join(STATE));
-    std::fs::create_dir_all(&b_state).unwrap();
-    let (a_keys, a_fpr) = keys(base, "keys-a");
-    let (b_keys, b_fpr) = keys(base, "keys-b");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    let b_own = system(&b_root);
+    let m = Machines::build(
+        base,
+        |a| {
+            cp_a(&debian, a);
+            std::fs::write(a.join("etc/hostname"), "web-01\n").unwrap();
+        },
+        "# A's grub\n",
+        // B: a small standby system of the same OS release.
+        |b| {
+            std::fs::create_dir_all(b.join("etc")).unwrap();
+            std::fs::copy(debian.join("usr/lib/os-release"), b.join("etc/os-release")).unwrap();
+            std::fs::write(b.join("etc/hostname"), "standby\n").unwrap();
+        },
+        "# B's grub\n",
+    );
+    let Machines {
+        a_root,
+        b_root,
+        a_state,
+        b_state,
+        b_own,
+        ..
+    } = &m;
 
     // Protect A onto B; B fails over.
-    let d = Daemon::start(
-        (&hosts, Host::B),
-        &b_state,
-        &b_keys,
-        &a_fpr,
-        &b_root,
-        &base.join("b.log"),
-    );
-    protect_once((&hosts, Host::A), &d, &a_keys, &b_fpr, &a_root);
-    d.stop();
-    run_ok(
-        &mut failover(&["--no-reboot", "--yes", "--immediate"], &b_state, &b_root),
-        None,
-    );
-    assert_eq!(
-        std::fs::read_to_string(b_root.join("etc/hostname")).unwrap(),
-        "web-01\n"
-    );
+    m.protect_then_fail_over(&hosts, "web-01");
 
     // A package-like change on B.
     let mut changed = 0u64;
     let lib = random(3 << 20, 7);
     std::fs::write(b_root.join("usr/lib/libstandin-test.so.1"), &lib).unwrap();
     changed += lib.len() as u64;
-    let big = largest_file(&b_root);
-    let big_rel = big.strip_prefix(&b_root).unwrap().to_path_buf();
+    let big = largest_file(b_root);
+    let big_rel = big.strip_prefix(b_root).unwrap().to_path_buf();
     let len = std::fs::metadata(&big).unwrap().len();
     {
         let mut f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
@@ -121,60 +106,23 @@ fn debian_root_fails_back_with_only_the_changes_sent() {
     std::fs::remove_dir_all(b_root.join("usr/share/doc/apt")).unwrap();
 
     // A seeds from its own root and serves; B protects back.
-    std::fs::create_dir_all(&a_state).unwrap();
-    let a_before = system(&a_root);
-    let out = run_ok(
-        standin()
-            .args(["target", "seed", "--json", "--source-id", ID, "--state-dir"])
-            .arg(&a_state)
-            .arg("--from-root")
-            .arg(&a_root),
-        None,
-    );
-    let seed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    eprintln!("seed: {seed}");
-    assert_eq!(seed["method"], "hardlink", "{seed:#}");
-    let d = Daemon::start(
-        (&hosts, Host::A),
-        &a_state,
-        &a_keys,
-        &b_fpr,
-        &a_root,
-        &base.join("a.log"),
-    );
-    let v = protect_once((&hosts, Host::B), &d, &b_keys, &a_fpr, &b_root);
-    d.stop();
-    let m = &v["mirror"];
-    let sent = m["bytes_sent"].as_u64().unwrap() + m["compare_bytes_sent"].as_u64().unwrap();
-    eprintln!(
-        "reverse mirror of the Debian root: {sent} bytes sent for {changed} bytes changed ({:.2}x); tree {} bytes, {} entries, {} changed, {} deleted, {:.1} s",
-        sent as f64 / changed as f64,
-        m["tree_bytes"],
-        m["entries"],
-        m["changed"],
-        m["deleted"],
-        m["seconds"].as_f64().unwrap_or(0.0)
-    );
-    assert!(
-        sent < 2 * changed,
-        "sent {sent} bytes for {changed} changed"
-    );
-    assert!(
-        sent >= changed / 2,
-        "sent {sent}: the change cannot have travelled"
-    );
+    std::fs::create_dir_all(a_state).unwrap();
+    let a_before = system(a_root);
+    m.seed_a();
+    let v = m.protect_back(&hosts, "a.log");
+    assert_only_changes_sent(&v, changed);
     assert_same(
         "A's own system after the reverse mirror",
-        &system(&a_root),
+        &system(a_root),
         &a_before,
     );
 
     // Failback on A.
-    run_ok(&mut failover(&["--no-reboot"], &a_state, &a_root), None);
+    run_ok(&mut failover(&["--no-reboot"], a_state, a_root), None);
     assert_same(
         "A's root after the failback (kept paths aside)",
-        &without_kept(&system(&a_root)),
-        &without_kept(&system(&b_root)),
+        &without_kept(&system(a_root)),
+        &without_kept(&system(b_root)),
     );
     assert_eq!(
         std::fs::read(a_root.join(&big_rel)).unwrap(),
@@ -186,6 +134,6 @@ fn debian_root_fails_back_with_only_the_changes_sent() {
     );
 
     // B is a standby again.
-    run_ok(&mut failover(&["--rollback"], &b_state, &b_root), None);
-    assert_same("B's own system after rollback", &system(&b_root), &b_own);
+    run_ok(&mut failover(&["--rollback"], b_state, b_root), None);
+    assert_same("B's own system after rollback", &system(b_root), b_own);
 }

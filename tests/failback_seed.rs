@@ -6,6 +6,7 @@
 mod common;
 mod failover_support;
 
+use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -166,27 +167,17 @@ fn refusals_name_the_reason() {
     assert!(staged(&state).join("f").exists(), "nothing lost");
 
     // Not while `standin target serve` uses the state directory.
-    let keys = tmp.path().join("keys");
-    let out = run_ok(standin().args(["keys", "init", "--dir"]).arg(&keys), None);
-    let fpr = stdout(&out).trim().to_string();
-    let mut daemon = standin()
-        .args(["target", "serve", "--listen", "127.0.0.1:0", "--state-dir"])
-        .arg(&state)
-        .arg("--identity")
-        .arg(&keys)
-        .args(["--trust", &fpr, "--target-root"])
-        .arg(&live)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(daemon.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert!(line.starts_with("listening on "), "{line}");
+    let (keys, fpr) = daemon::keys(tmp.path(), "keys");
+    let extra = [OsStr::new("--target-root"), live.as_os_str()];
+    let d = daemon::Daemon::serve(
+        standin(),
+        "127.0.0.1:0",
+        &state,
+        &keys,
+        &[&fpr],
+        &extra,
+        &tmp.path().join("daemon.log"),
+    );
     let busy = run_code(
         standin()
             .args([
@@ -203,8 +194,7 @@ fn refusals_name_the_reason() {
         1,
         None,
     );
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    d.stop();
     assert!(
         stderr(&busy).contains("target serve") && stderr(&busy).contains("stop it first"),
         "{}",

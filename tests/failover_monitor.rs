@@ -5,48 +5,22 @@
 mod failover_support;
 mod link_support;
 
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use failover_support::*;
 use link_support::common::*;
-use link_support::keys;
+use link_support::{keys, Daemon};
 
-struct Serve(Child);
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(state: &Path, base: &Path, extra: &[&str], log: &Path) -> Serve {
+/// The target daemon on loopback with a fresh identity, trusting a fresh
+/// agent identity, with `extra` arguments.
+fn serve(state: &Path, base: &Path, extra: &[&str], log: &Path) -> Daemon {
     let (id, _) = keys(base, "target-id");
     let (_, agent) = keys(base, "agent-id");
-    let mut cmd = standin();
-    cmd.args(["target", "serve", "--listen", "127.0.0.1:0", "--state-dir"])
-        .arg(state)
-        .arg("--identity")
-        .arg(&id)
-        .arg("--trust")
-        .arg(agent.to_string())
-        .args(extra)
-        .env("STANDIN_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap());
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.starts_with("listening on"),
-        "{line:?}\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-    Serve(child)
+    let extra: Vec<&OsStr> = extra.iter().map(OsStr::new).collect();
+    let agent = agent.to_string();
+    Daemon::serve(standin(), "127.0.0.1:0", state, &id, &[&agent], &extra, log)
 }
 
 fn wait_for(what: &str, log: &Path, mut f: impl FnMut() -> bool) {

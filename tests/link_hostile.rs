@@ -65,21 +65,14 @@ fn still_serving(
 #[test]
 fn hostile_input_is_refused_and_the_daemon_keeps_serving() {
     let d = tempdir();
-    let (tid, tf) = keys(d.path(), "target");
-    let (aid, af) = keys(d.path(), "agent");
+    let Hostile {
+        mut daemon,
+        cfg,
+        tf,
+        state,
+        outside,
+    } = Hostile::start(d.path());
     let (xid, _) = keys(d.path(), "stranger");
-    let outside = d.path().join("outside");
-    std::fs::create_dir(&outside).unwrap();
-    std::fs::write(outside.join("victim"), b"precious").unwrap();
-    let state = d.path().join("state");
-    let mut daemon = Daemon::start(
-        &state,
-        &tid,
-        &[af],
-        "127.0.0.1:0",
-        &d.path().join("daemon.log"),
-    );
-    let cfg = agent_config(&daemon.addr, &aid, tf);
     let rt = runtime();
     let mut seq = 0;
     still_serving(&rt, &cfg, &mut daemon, &mut seq);

@@ -93,19 +93,7 @@ fn agent_killed_mid_workload_and_restarted_resumes_numbering_and_converges() {
     std::fs::write(src.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
     std::fs::write(src.join("etc/hostname"), "web1\n").unwrap();
     std::fs::write(src.join("var/big"), vec![5u8; 4 << 20]).unwrap();
-    let troot = target_root(d.path(), &src, true);
-    let (tid, tf) = keys(d.path(), "target");
-    let (sid, sf) = keys(d.path(), "source");
-    let state = d.path().join("state");
-    let daemon = Daemon::start(
-        None,
-        &state,
-        &tid,
-        &sf,
-        "127.0.0.1:0",
-        &troot,
-        &d.path().join("d.log"),
-    );
+    let (Sides { sid, tf, state, .. }, daemon) = loopback(d.path(), &src, true);
     let log1 = || std::fs::read_to_string(d.path().join("agent1.log")).unwrap_or_default();
     let mut agent = start_agent(d.path(), &daemon.addr, &sid, &tf, &src, "agent1.log");
     wait_protected(&state, &mut agent, &log1);

@@ -25,23 +25,11 @@ fn protect_replicates_changes_after_the_mirror_until_stopped() {
     std::fs::write(src.join("var/a/moved"), "moves\n").unwrap();
     std::fs::write(src.join("var/gone"), "deleted later\n").unwrap();
     std::fs::write(src.join("var/large"), vec![3u8; 8 << 20]).unwrap();
-    let troot = target_root(d.path(), &src, true);
     // No pause before protecting: every path above changed within a second
     // of the mirror's start, so the block index marks them unknown and
     // their first change replaces them whole; the directories holding them
     // must still get the source's mtime (they once kept the target's).
-    let (tid, tf) = keys(d.path(), "target");
-    let (sid, sf) = keys(d.path(), "source");
-    let state = d.path().join("state");
-    let daemon = Daemon::start(
-        None,
-        &state,
-        &tid,
-        &sf,
-        "127.0.0.1:0",
-        &troot,
-        &d.path().join("d.log"),
-    );
+    let (Sides { sid, tf, state, .. }, daemon) = loopback(d.path(), &src, true);
     let mut agent = standin()
         .args(["protect", "--target", &daemon.addr, "--identity"])
         .arg(&sid)

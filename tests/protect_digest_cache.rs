@@ -57,26 +57,24 @@ fn digest_caches_are_trusted_only_while_the_stamp_holds() {
     std::fs::write(src.join("var/lib/replaced"), "bbbbbbbb\n").unwrap();
     std::fs::write(src.join("var/lib/big"), vec![5u8; 3 << 20]).unwrap();
     let files = 5u64;
-    let troot = target_root(d.path(), &src, true);
-    let (tid, tf) = keys(d.path(), "target");
-    let (sid, sf) = keys(d.path(), "source");
-    let state = d.path().join("state");
+    let sides = Sides::new(d.path(), &src, true);
+    let Sides { sid, tf, state, .. } = &sides;
     let dlog = d.path().join("d.log");
-    let start = || Daemon::start(None, &state, &tid, &sf, "127.0.0.1:0", &troot, &dlog);
+    let start = || sides.serve(&dlog);
     let mut daemon = start();
 
     // First mirror: everything is hashed and remembered.
-    let r = protect(d.path(), &daemon, &sid, &tf, &src, &[]);
+    let r = protect(d.path(), &daemon, sid, tf, &src, &[]);
     assert_eq!((n(&r, "files_hashed"), n(&r, "digests_reused")), (files, 0));
     assert!(d.path().join("agent/digests.bin").is_file());
     assert!(
         state.join("digests.bin").is_file(),
         "the target saves its cache at MirrorEnd"
     );
-    assert_same_tree(&src, &replica(&state, "web1"));
+    assert_same_tree(&src, &replica(state, "web1"));
 
     // Nothing changed: no file is read on the source.
-    let r = protect(d.path(), &daemon, &sid, &tf, &src, &[]);
+    let r = protect(d.path(), &daemon, sid, tf, &src, &[]);
     assert_eq!((n(&r, "files_hashed"), n(&r, "digests_reused")), (0, files));
     assert_eq!(n(&r, "changed"), 0, "{}", r.json);
 
@@ -110,28 +108,28 @@ fn digest_caches_are_trusted_only_while_the_stamp_holds() {
             .arg(src.join("var/lib")),
         None,
     );
-    let r = protect(d.path(), &daemon, &sid, &tf, &src, &[]);
+    let r = protect(d.path(), &daemon, sid, tf, &src, &[]);
     assert_eq!(n(&r, "files_hashed"), 2, "{}", r.json);
     assert_eq!(n(&r, "digests_reused"), files - 2);
     assert_eq!(
-        std::fs::read(replica(&state, "web1").join("var/lib/same-size")).unwrap(),
+        std::fs::read(replica(state, "web1").join("var/lib/same-size")).unwrap(),
         b"AAAAAAAA\n"
     );
     assert_eq!(
-        std::fs::read(replica(&state, "web1").join("var/lib/replaced")).unwrap(),
+        std::fs::read(replica(state, "web1").join("var/lib/replaced")).unwrap(),
         b"BBBBBBBB\n"
     );
-    assert_same_tree(&src, &replica(&state, "web1"));
+    assert_same_tree(&src, &replica(state, "web1"));
 
     // --verify-all ignores the cache.
-    let r = protect(d.path(), &daemon, &sid, &tf, &src, &["--verify-all"]);
+    let r = protect(d.path(), &daemon, sid, tf, &src, &["--verify-all"]);
     assert_eq!((n(&r, "files_hashed"), n(&r, "digests_reused")), (files, 0));
 
     // A truncated cache is ignored with a log line, never trusted.
     let cache = d.path().join("agent/digests.bin");
     let bytes = std::fs::read(&cache).unwrap();
     std::fs::write(&cache, &bytes[..bytes.len() / 2]).unwrap();
-    let r = protect(d.path(), &daemon, &sid, &tf, &src, &[]);
+    let r = protect(d.path(), &daemon, sid, tf, &src, &[]);
     assert!(r.log.contains("ignoring the digest cache"), "{}", r.log);
     assert_eq!(n(&r, "files_hashed"), files);
     // A corrupt one (one flipped bit) too.
@@ -139,13 +137,13 @@ fn digest_caches_are_trusted_only_while_the_stamp_holds() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
     std::fs::write(&cache, &bytes).unwrap();
-    let r = protect(d.path(), &daemon, &sid, &tf, &src, &[]);
+    let r = protect(d.path(), &daemon, sid, tf, &src, &[]);
     assert!(r.log.contains("checksum mismatch"), "{}", r.log);
     assert_eq!(n(&r, "files_hashed"), files);
     // One written for another tree (a copy of the source elsewhere).
     let other = d.path().join("other");
     copy_tree(&src, &other);
-    let r = protect(d.path(), &daemon, &sid, &tf, &other, &[]);
+    let r = protect(d.path(), &daemon, sid, tf, &other, &[]);
     assert!(r.log.contains("another tree"), "{}", r.log);
     assert_eq!(n(&r, "files_hashed"), files);
 
@@ -158,8 +156,8 @@ fn digest_caches_are_trusted_only_while_the_stamp_holds() {
         "{}",
         daemon.log_text()
     );
-    let r = protect(d.path(), &daemon, &sid, &tf, &src, &[]);
-    assert_same_tree(&src, &replica(&state, "web1"));
+    let r = protect(d.path(), &daemon, sid, tf, &src, &[]);
+    assert_same_tree(&src, &replica(state, "web1"));
     drop(r);
     drop(daemon);
     std::fs::write(state.join("digests.bin"), b"SIDT garbage").unwrap();
@@ -169,6 +167,6 @@ fn digest_caches_are_trusted_only_while_the_stamp_holds() {
         "{}",
         daemon.log_text()
     );
-    protect(d.path(), &daemon, &sid, &tf, &src, &[]);
-    assert_same_tree(&src, &replica(&state, "web1"));
+    protect(d.path(), &daemon, sid, tf, &src, &[]);
+    assert_same_tree(&src, &replica(state, "web1"));
 }

@@ -39,20 +39,12 @@ fn header(count: u64) -> Vec<u8> {
 #[test]
 fn hostile_mirror_batches_are_refused_and_the_daemon_keeps_serving() {
     let d = tempdir();
-    let (tid, tf) = keys(d.path(), "target");
-    let (aid, af) = keys(d.path(), "agent");
-    let outside = d.path().join("outside");
-    std::fs::create_dir(&outside).unwrap();
-    std::fs::write(outside.join("victim"), b"precious").unwrap();
-    let state = d.path().join("state");
-    let mut daemon = Daemon::start(
-        &state,
-        &tid,
-        &[af],
-        "127.0.0.1:0",
-        &d.path().join("daemon.log"),
-    );
-    let cfg = agent_config(&daemon.addr, &aid, tf);
+    let Hostile {
+        mut daemon,
+        cfg,
+        outside,
+        ..
+    } = Hostile::start(d.path());
     let rt = runtime();
     let before = listing(&outside);
 

@@ -23,19 +23,7 @@ fn status_shows_synchronizing_with_percent_then_protected() {
             .collect();
         std::fs::write(src.join(format!("etc/f{i}")), data).unwrap();
     }
-    let troot = target_root(d.path(), &src, true);
-    let (tid, tf) = keys(d.path(), "target");
-    let (sid, sf) = keys(d.path(), "source");
-    let state = d.path().join("state");
-    let daemon = Daemon::start(
-        None,
-        &state,
-        &tid,
-        &sf,
-        "127.0.0.1:0",
-        &troot,
-        &d.path().join("d.log"),
-    );
+    let (Sides { sid, tf, state, .. }, daemon) = loopback(d.path(), &src, true);
     let mut agent = standin()
         .args(["protect", "--target", &daemon.addr, "--identity"])
         .arg(&sid)

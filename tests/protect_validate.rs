@@ -40,35 +40,32 @@ fn validation_errors_refuse_protect_and_fix_all_fixes_them() {
     let d = tempdir();
     let src = small_source(d.path());
     // No boot loader on the target: an error no fix removes.
-    let troot = target_root(d.path(), &src, false);
-    let (tid, tf) = keys(d.path(), "target");
-    let (sid, sf) = keys(d.path(), "source");
-    let state = d.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
+    let sides = Sides::new(d.path(), &src, false);
+    let Sides {
+        troot,
+        tid,
+        tf,
+        sid,
+        sf,
+        state,
+    } = &sides;
+    std::fs::create_dir_all(state).unwrap();
     {
-        let daemon = Daemon::start(
-            None,
-            &state,
-            &tid,
-            &sf,
-            "127.0.0.1:0",
-            &troot,
-            &d.path().join("d1.log"),
-        );
-        let out = run_code(&mut protect_cmd(&daemon.addr, &sid, &tf, &src), 3, None);
+        let daemon = sides.serve(&d.path().join("d1.log"));
+        let out = run_code(&mut protect_cmd(&daemon.addr, sid, tf, &src), 3, None);
         let text = protect_support::common::stdout(&out);
         assert!(text.contains("boot.loader"), "{text}");
         assert!(text.contains("nothing was mirrored"), "{text}");
         // --fix-all cannot fix it either.
         let out = run_code(
-            protect_cmd(&daemon.addr, &sid, &tf, &src).args(["--fix-all", "--json"]),
+            protect_cmd(&daemon.addr, sid, tf, &src).args(["--fix-all", "--json"]),
             3,
             None,
         );
         let v = protect_json(&out);
         assert_eq!(v["started"], false);
         assert!(v["mirror"].is_null());
-        assert!(!replica(&state, "web1").exists(), "nothing was mirrored");
+        assert!(!replica(state, "web1").exists(), "nothing was mirrored");
     }
 
     // The staging path configured on another filesystem (an ext4 image
@@ -111,15 +108,15 @@ fn validation_errors_refuse_protect_and_fix_all_fixes_them() {
     .arg(protect_support::common::bin());
     let daemon = Daemon::start_cmd(
         wrap,
-        &state,
-        &tid,
-        &sf,
+        state,
+        tid,
+        sf,
         "127.0.0.1:0",
-        &troot,
+        troot,
         &d.path().join("d2.log"),
     );
     let out = run_code(
-        protect_cmd(&daemon.addr, &sid, &tf, &src).arg("--json"),
+        protect_cmd(&daemon.addr, sid, tf, &src).arg("--json"),
         3,
         None,
     );
@@ -132,9 +129,9 @@ fn validation_errors_refuse_protect_and_fix_all_fixes_them() {
         .map(|f| f["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(errors, ["staging.same-fs"], "{v:#}");
-    assert!(!replica(&state, "web1").exists());
+    assert!(!replica(state, "web1").exists());
 
-    let out = run(protect_cmd(&daemon.addr, &sid, &tf, &src).args(["--fix-all", "--json"]));
+    let out = run(protect_cmd(&daemon.addr, sid, tf, &src).args(["--fix-all", "--json"]));
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -166,8 +163,8 @@ fn validation_errors_refuse_protect_and_fix_all_fixes_them() {
         "the fix moved the staging path: {cfg}"
     );
     assert_eq!(v["mirror"]["complete"], true, "{v:#}");
-    assert_same_tree(&src, &replica(&state, "web1"));
-    assert_eq!(status_json(&state)["state"], "protected");
+    assert_same_tree(&src, &replica(state, "web1"));
+    assert_eq!(status_json(state)["state"], "protected");
 }
 
 #[test]
@@ -175,20 +172,13 @@ fn wrong_trust_is_refused_before_data_moves() {
     require_root();
     let d = tempdir();
     let src = small_source(d.path());
-    let troot = target_root(d.path(), &src, true);
-    let (tid, _tf) = keys(d.path(), "target");
-    let (sid, sf) = keys(d.path(), "source");
+    let (
+        Sides {
+            tid, sid, state, ..
+        },
+        daemon,
+    ) = loopback(d.path(), &src, true);
     let (_other, of) = keys(d.path(), "impostor");
-    let state = d.path().join("state");
-    let daemon = Daemon::start(
-        None,
-        &state,
-        &tid,
-        &sf,
-        "127.0.0.1:0",
-        &troot,
-        &d.path().join("d.log"),
-    );
     let out = run_code(&mut protect_cmd(&daemon.addr, &sid, &of, &src), 1, None);
     let err = stderr(&out);
     assert!(

@@ -1,9 +1,15 @@
-//! Durable file writing: write to a temp file beside the target, fsync it,
-//! rename it into place, fsync the directory. A reader never sees a
-//! half-written file under the final name.
+//! Durable file updates: write a temp file beside the target (`.NAME.XXXXXX.tmp`),
+//! fsync it, rename it over the target, fsync the directory. A reader never
+//! sees a half-written file under the final name; a crash leaves either the
+//! old or the new content, and at most a leftover `.*.tmp` file (garbage to
+//! delete).
+//!
+//! The plain functions return [`io::Error`]s, so callers can tell a full
+//! disk (`ENOSPC`, `EDQUOT`) from other failures and add their own context;
+//! [`DurableFile`] and [`write_file`] return errors that name the file.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -14,19 +20,43 @@ pub struct DurableFile {
     target: PathBuf,
 }
 
+static FSYNCS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// fsyncs made through this module in this process (files and directories),
+/// so tests can count what an operation costs without timing it.
+pub fn fsync_count() -> u64 {
+    FSYNCS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `sync_all`, counted in [`fsync_count`].
+fn counted_sync(f: &File) -> io::Result<()> {
+    FSYNCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    f.sync_all()
+}
+
+/// A new temp file in `target`'s directory (removed when dropped
+/// unpersisted): mode 0600, or `mode` less the umask.
+fn temp_beside(target: &Path, mode: Option<u32>) -> io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!(".{name}.");
+    let mut b = tempfile::Builder::new();
+    b.prefix(&prefix).suffix(".tmp");
+    if let Some(m) = mode {
+        b.permissions(std::fs::Permissions::from_mode(m));
+    }
+    b.tempfile_in(parent_dir(target))
+}
+
 impl DurableFile {
-    /// Start writing `target` (a temp file in the same directory).
+    /// Start writing `target` (a temp file in the same directory, mode 0600:
+    /// archives and manifests hold a whole system's secrets).
     pub fn create(target: &Path) -> Result<Self> {
-        let dir = parent_dir(target);
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+        let tmp = temp_beside(target, None)
+            .with_context(|| format!("creating a temp file in {}", parent_dir(target).display()))?;
         Ok(Self {
             tmp: Some(tmp),
             target: target.to_path_buf(),
@@ -44,13 +74,13 @@ impl DurableFile {
     /// fsync, rename into place, fsync the directory.
     pub fn commit(mut self) -> Result<()> {
         let tmp = self.tmp.take().expect("durable file already committed");
-        tmp.as_file()
-            .sync_all()
+        counted_sync(tmp.as_file())
             .with_context(|| format!("syncing {}", self.target.display()))?;
         tmp.persist(&self.target)
             .map_err(|e| e.error)
             .with_context(|| format!("renaming into place {}", self.target.display()))?;
-        sync_dir(&parent_dir(&self.target))
+        let dir = parent_dir(&self.target);
+        sync_dir(&dir).with_context(|| format!("syncing directory {}", dir.display()))
     }
 }
 
@@ -65,23 +95,98 @@ impl io::Write for DurableFile {
 
 /// Write a whole small file durably.
 pub fn write_file(target: &Path, content: &[u8]) -> Result<()> {
-    use std::io::Write;
     let mut f = DurableFile::create(target)?;
     f.write_all(content)
         .with_context(|| format!("writing {}", target.display()))?;
     f.commit()
 }
 
-/// fsync a directory.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
+/// Replace `path` with `data` durably (a new file's mode is 0666 less the
+/// umask, as `File::create`); the bare I/O error on failure (the temp file
+/// is removed again).
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut tmp = temp_beside(path, Some(0o666))?;
+    tmp.write_all(data)?;
+    counted_sync(tmp.as_file())?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    sync_dir(&parent_dir(path))
 }
 
-fn parent_dir(p: &Path) -> PathBuf {
+/// fsync a directory (makes renames, creations and removals in it durable).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    counted_sync(&File::open(dir)?)
+}
+
+/// Remove a file durably (missing is fine).
+pub fn remove(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => sync_dir(&parent_dir(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Create a directory and its parents, fsyncing each parent that gained an entry.
+pub fn create_dirs(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        if !parent.as_os_str().is_empty() {
+            create_dirs(parent)?;
+        }
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+    let parent = parent_dir(dir);
+    sync_dir(&parent).with_context(|| format!("syncing {}", parent.display()))
+}
+
+/// The directory holding `p` (`.` for a bare file name).
+pub fn parent_dir(p: &Path) -> PathBuf {
     match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn write_replace_remove() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a/b/state.json");
+        super::create_dirs(p.parent().unwrap()).unwrap();
+        super::write_atomic(&p, b"1").unwrap();
+        super::write_atomic(&p, b"22").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"22");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o600, 0o600, "{mode:o}");
+        assert_ne!(
+            mode, 0o600,
+            "{mode:o}: 0666 less the umask, as File::create"
+        );
+        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+        super::write_file(&p, b"333").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"333");
+        assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+        super::remove(&p).unwrap();
+        super::remove(&p).unwrap();
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn failed_writes_leave_no_temp_file() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("no/such/dir/f");
+        let e = super::write_atomic(&missing, b"x").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+        let e = super::write_file(&missing, b"x").unwrap_err();
+        assert!(format!("{e:#}").contains("no/such/dir"), "{e:#}");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 }

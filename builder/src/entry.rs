@@ -27,24 +27,43 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The kind of a file of type `ft`; `None` for sockets (left out of trees).
+    /// The kind of a file whose `st_mode` is `mode` (its `S_IFMT` bits);
+    /// `None` for sockets (left out of trees). The one mapping from file
+    /// types to kinds: [`Kind::of`] goes through it too.
+    pub fn from_mode(mode: u32) -> Option<Kind> {
+        use rustix::fs::FileType as T;
+        Some(match T::from_raw_mode(mode) {
+            T::RegularFile => Kind::File,
+            T::Directory => Kind::Dir,
+            T::Symlink => Kind::Symlink,
+            T::Fifo => Kind::Fifo,
+            T::CharacterDevice => Kind::Char,
+            T::BlockDevice => Kind::Block,
+            _ => return None,
+        })
+    }
+
+    /// The kind of a file of type `ft` (std's view of the same `S_IFMT`
+    /// bits); `None` for sockets.
     pub fn of(ft: std::fs::FileType) -> Option<Kind> {
+        use rustix::fs::FileType as T;
         use std::os::unix::fs::FileTypeExt;
-        Some(if ft.is_file() {
-            Kind::File
+        let t = if ft.is_file() {
+            T::RegularFile
         } else if ft.is_dir() {
-            Kind::Dir
+            T::Directory
         } else if ft.is_symlink() {
-            Kind::Symlink
+            T::Symlink
         } else if ft.is_fifo() {
-            Kind::Fifo
+            T::Fifo
         } else if ft.is_char_device() {
-            Kind::Char
+            T::CharacterDevice
         } else if ft.is_block_device() {
-            Kind::Block
+            T::BlockDevice
         } else {
             return None;
-        })
+        };
+        Kind::from_mode(t.as_raw_mode())
     }
 }
 
@@ -147,6 +166,47 @@ pub fn path_cmp(a: &[u8], b: &[u8]) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kind_of_std_type_and_of_raw_mode_agree() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::write(p.join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink("f", p.join("l")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            p.join("p"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(p.join("s")).unwrap();
+        let cases = [
+            (p.join("f"), Some(Kind::File)),
+            (p.to_path_buf(), Some(Kind::Dir)),
+            (p.join("l"), Some(Kind::Symlink)),
+            (p.join("p"), Some(Kind::Fifo)),
+            ("/dev/null".into(), Some(Kind::Char)),
+            (p.join("s"), None),
+        ];
+        for (path, want) in cases {
+            let md = std::fs::symlink_metadata(&path).unwrap();
+            assert_eq!(Kind::of(md.file_type()), want, "{}", path.display());
+            assert_eq!(Kind::from_mode(md.mode()), want, "{}", path.display());
+        }
+        let block = std::fs::read_dir("/dev")
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_type().map(|t| t.is_block_device()).unwrap_or(false));
+        if let Some(b) = block {
+            let md = std::fs::symlink_metadata(b.path()).unwrap();
+            assert_eq!(Kind::of(md.file_type()), Some(Kind::Block));
+            assert_eq!(Kind::from_mode(md.mode()), Some(Kind::Block));
+        }
+        assert_eq!(Kind::from_mode(0o060644), Some(Kind::Block));
+    }
 
     #[test]
     fn parents_sort_before_children() {

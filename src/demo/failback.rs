@@ -6,7 +6,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::run::{args, sha256_file, Background, Runner};
+use super::run::{
+    append, args, hostname, indent, p, serve_target, sha256_file, Background, Runner,
+};
 use super::Steps;
 
 /// Where the two machines of the demo live.
@@ -21,24 +23,6 @@ pub(crate) struct Sides<'a> {
     pub fpr_source: &'a str,
     pub fpr_target: &'a str,
     pub source_id: &'a str,
-}
-
-fn p(x: &Path) -> OsString {
-    x.as_os_str().to_os_string()
-}
-
-fn hostname(root: &Path) -> Result<String> {
-    let f = root.join("etc/hostname");
-    Ok(std::fs::read_to_string(&f)
-        .with_context(|| format!("reading {}", f.display()))?
-        .trim()
-        .to_string())
-}
-
-fn indent(text: &str) {
-    for line in text.lines() {
-        println!("     {line}");
-    }
 }
 
 const NEW_FILE: &str = "srv/data/orders-while-failed-over.txt";
@@ -77,15 +61,7 @@ pub(crate) fn step(
         "  $ echo 'order 2002' >> {}",
         s.standby.join(TODAY).display()
     );
-    {
-        use std::io::Write;
-        let f = s.standby.join(TODAY);
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&f)
-            .and_then(|mut h| h.write_all(b"order 2002\n"))
-            .with_context(|| format!("appending to {}", f.display()))?;
-    }
+    append(&s.standby.join(TODAY), b"order 2002\n")?;
     let changed = (note.len() + "order 2002\n".len()) as u64;
     let want_new = sha256_file(&s.standby.join(NEW_FILE))?;
     let want_today = sha256_file(&s.standby.join(TODAY))?;
@@ -104,27 +80,15 @@ pub(crate) fn step(
         p(s.old_source),
     ]))?;
     indent(&String::from_utf8_lossy(&o.stdout));
-    let mut daemon = r.spawn(
+    let (mut daemon, addr) = serve_target(
+        r,
         "target-serve-old-source",
-        &args([
-            "target".into(),
-            "serve".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--state-dir".into(),
-            p(&state),
-            "--identity".into(),
-            p(s.keys_source),
-            "--trust".into(),
-            OsString::from(s.fpr_target),
-            "--target-root".into(),
-            p(s.old_source),
-            "--snapshot-every".into(),
-            "0".into(),
-        ]),
+        &state,
+        s.keys_source,
+        s.fpr_target,
+        s.old_source,
+        &["--snapshot-every", "0"],
     )?;
-    let line = daemon.first_line_where(|l| l.starts_with("listening on "))?;
-    let addr = line.trim_start_matches("listening on ").to_string();
     println!("  (the old source listens on {addr})");
 
     // The standby protects back (a real one would keep replicating; --once here).

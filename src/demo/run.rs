@@ -207,3 +207,67 @@ pub fn sha256_file(p: &Path) -> Result<String> {
     let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
     Ok(hex::encode(sha2::Sha256::digest(&bytes)))
 }
+
+/// A path as a command-line argument.
+pub fn p(x: &Path) -> OsString {
+    x.as_os_str().to_os_string()
+}
+
+/// The hostname in the tree at `root` (`etc/hostname`).
+pub fn hostname(root: &Path) -> Result<String> {
+    let f = root.join("etc/hostname");
+    Ok(std::fs::read_to_string(&f)
+        .with_context(|| format!("reading {}", f.display()))?
+        .trim()
+        .to_string())
+}
+
+/// Print a command's output indented under its command line.
+pub fn indent(text: &str) {
+    for line in text.lines() {
+        println!("     {line}");
+    }
+}
+
+/// Append `data` to the file `f` (which must exist).
+pub fn append(f: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(f)
+        .and_then(|mut h| h.write_all(data))
+        .with_context(|| format!("appending to {}", f.display()))
+}
+
+/// Start `standin target serve` on a loopback port chosen by the system
+/// (as `name`, for its log), with `extra` arguments after the common ones;
+/// returns it and the address it listens on.
+pub fn serve_target(
+    r: &Runner,
+    name: &str,
+    state: &Path,
+    identity: &Path,
+    trust: &str,
+    target_root: &Path,
+    extra: &[&str],
+) -> Result<(Background, String)> {
+    let mut a = args([
+        "target".into(),
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--state-dir".into(),
+        p(state),
+        "--identity".into(),
+        p(identity),
+        "--trust".into(),
+        OsString::from(trust),
+        "--target-root".into(),
+        p(target_root),
+    ]);
+    a.extend(extra.iter().map(OsString::from));
+    let mut daemon = r.spawn(name, &a)?;
+    let line = daemon.first_line_where(|l| l.starts_with("listening on "))?;
+    let addr = line.trim_start_matches("listening on ").to_string();
+    Ok((daemon, addr))
+}

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::run::{args, check, output_text, sha256_file, Runner};
+use super::run::{
+    append, args, check, hostname, indent, output_text, p, serve_target, sha256_file, Runner,
+};
 use super::{trees, wait_for, DemoOptions, Steps};
 
 /// Seconds of heartbeat silence after which the demo's target says the
@@ -64,24 +66,6 @@ impl Paths {
     }
     fn replica(&self) -> PathBuf {
         self.state.join("staging/demo-source/root")
-    }
-}
-
-fn p(x: &Path) -> OsString {
-    x.as_os_str().to_os_string()
-}
-
-fn hostname(root: &Path) -> Result<String> {
-    let f = root.join("etc/hostname");
-    Ok(std::fs::read_to_string(&f)
-        .with_context(|| format!("reading {}", f.display()))?
-        .trim()
-        .to_string())
-}
-
-fn indent(text: &str) {
-    for line in text.lines() {
-        println!("     {line}");
     }
 }
 
@@ -149,14 +133,7 @@ pub fn story(opts: &DemoOptions, base: &Path, steps: &mut Steps) -> Result<()> {
     );
     let recipes = base.join("recipes");
     let recipe = trees::build(&recipes, "demo-source", "demo-source", &paths.source)?;
-    // Its own boot loader (a real source has one; it keeps it when it fails back).
-    std::fs::create_dir_all(paths.source.join("boot/grub"))
-        .context("creating the source's /boot")?;
-    std::fs::write(
-        paths.source.join("boot/grub/grub.cfg"),
-        "# the source's own boot loader configuration\n",
-    )
-    .context("writing the source's grub.cfg")?;
+    trees::boot_loader(&paths.source, "source's")?;
     let digest0 = sha256_file(&paths.source.join(paths.data))?;
     println!(
         "  (the recipe {} built into {})",
@@ -187,14 +164,7 @@ pub fn story(opts: &DemoOptions, base: &Path, steps: &mut Steps) -> Result<()> {
     trees::build(&recipes, "demo-target", "demo-target", &paths.target)?;
     std::fs::write(paths.target.join(paths.data), "the standby's own data\n")
         .context("writing the target's data file")?;
-    // The standby's boot loader (kept by the failover; validation checks it).
-    std::fs::create_dir_all(paths.target.join("boot/grub"))
-        .context("creating the target's /boot")?;
-    std::fs::write(
-        paths.target.join("boot/grub/grub.cfg"),
-        "# the standby's own boot loader configuration\n",
-    )
-    .context("writing the target's grub.cfg")?;
+    trees::boot_loader(&paths.target, "standby's")?;
     std::fs::create_dir_all(&paths.state)
         .with_context(|| format!("creating {}", paths.state.display()))?;
     // Files older than the capture's start margin (see docs/protect.md).
@@ -220,29 +190,15 @@ pub fn story(opts: &DemoOptions, base: &Path, steps: &mut Steps) -> Result<()> {
              (35 s by default) the failover condition is met."
         ),
     );
-    let mut daemon = r.spawn(
+    let (mut daemon, addr) = serve_target(
+        &r,
         "target-serve",
-        &args([
-            "target".into(),
-            "serve".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--state-dir".into(),
-            p(&paths.state),
-            "--identity".into(),
-            p(&paths.keys_target),
-            "--trust".into(),
-            OsString::from(&fpr_source),
-            "--target-root".into(),
-            p(&paths.target),
-            "--failover-after".into(),
-            SILENCE.into(),
-            "--snapshot-every".into(),
-            "0".into(),
-        ]),
+        &paths.state,
+        &paths.keys_target,
+        &fpr_source,
+        &paths.target,
+        &["--failover-after", SILENCE, "--snapshot-every", "0"],
     )?;
-    let line = daemon.first_line_where(|l| l.starts_with("listening on "))?;
-    let addr = line.trim_start_matches("listening on ").to_string();
     steps.end("passed", &format!("listening on {addr} (loopback only)"));
 
     // 4. Validate.
@@ -356,15 +312,7 @@ pub fn story(opts: &DemoOptions, base: &Path, steps: &mut Steps) -> Result<()> {
             .unwrap_or_default()
     );
     println!("  $ echo 'order 1042 …' >> {}", src_data.display());
-    {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&src_data)
-            .with_context(|| format!("opening {}", src_data.display()))?;
-        f.write_all(note.as_bytes())
-            .with_context(|| format!("appending to {}", src_data.display()))?;
-    }
+    append(&src_data, note.as_bytes())?;
     let new_file = "srv/data/orders-today.txt";
     println!(
         "  $ echo 'order 1042' > {}",

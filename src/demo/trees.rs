@@ -42,3 +42,18 @@ pub fn build(recipes: &Path, name: &str, host: &str, tree: &Path) -> Result<Path
         .with_context(|| format!("building {} from {}", tree.display(), file.display()))?;
     Ok(file)
 }
+
+/// Give the tree at `root` its own boot loader configuration
+/// (`boot/grub/grub.cfg`, naming `whose` it is): a real source has one and
+/// keeps it when it fails back; the standby's is kept by the failover and
+/// checked by validation.
+pub fn boot_loader(root: &Path, whose: &str) -> Result<()> {
+    let dir = root.join("boot/grub");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cfg = dir.join("grub.cfg");
+    std::fs::write(
+        &cfg,
+        format!("# the {whose} own boot loader configuration\n"),
+    )
+    .with_context(|| format!("writing {}", cfg.display()))
+}

@@ -25,7 +25,7 @@ use rustix::io::Errno;
 mod cow;
 mod file;
 mod fsops;
-use fsops::{kind_of, list_xattrs, lstat, proc_path, remove_at};
+use fsops::{list_xattrs, lstat, proc_path, remove_at};
 use sha2::{Digest, Sha256};
 use standin_builder::changeset::{check_path, metadata_digest, Digest32, Record};
 use standin_builder::entry::{display_path, Entry, Kind};
@@ -344,7 +344,7 @@ impl DirTarget {
             .ok_or_else(|| {
                 ApplyError::Inconsistent(format!("{} is missing", display_path(&e.path)))
             })?;
-        let have = kind_of(FileType::from_raw_mode(st.st_mode));
+        let have = Kind::from_mode(st.st_mode);
         self.guard(&dir, name, &e.path)?;
         if have != Some(e.kind) {
             return Err(ApplyError::Inconsistent(format!(
@@ -399,9 +399,8 @@ impl DirTarget {
         let st = lstat(dir, name)
             .map_err(|x| io_err("reading", &e.path, x))?
             .ok_or_else(|| ApplyError::Mismatch(format!("{} vanished", display_path(&e.path))))?;
-        let ft = FileType::from_raw_mode(st.st_mode);
         let mut got = e.clone();
-        got.kind = kind_of(ft).unwrap_or(Kind::File);
+        got.kind = Kind::from_mode(st.st_mode).unwrap_or(Kind::File);
         if e.kind != Kind::Symlink {
             got.mode = st.st_mode & 0o7777;
         }

@@ -11,6 +11,7 @@
 //! - [`snapshot`]: snapshots of a staging area and their retention.
 //! - [`failover`]: the swap into the target root, and rollback.
 //! - [`seed`]: a staging area started from this machine's own system (reverse protection).
+//! - [`share`]: reflink or hardlink placing and inode indexes, shared by snapshots and seeds.
 //! - [`monitor`]: the failover condition and what the daemon does about it.
 //! - [`profile`]: the profile the target serves (the one place to switch to
 //!   standin-validate's `Profile`).
@@ -26,6 +27,7 @@ pub mod mirror;
 pub mod monitor;
 pub mod profile;
 pub mod seed;
+pub mod share;
 pub mod snapshot;
 pub mod state;
 pub mod status;

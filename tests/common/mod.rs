@@ -3,6 +3,7 @@
 //! directory listing (ripgrep style); find or build test corpora.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod netns;
 
 use std::path::{Path, PathBuf};
@@ -195,4 +196,21 @@ pub fn mount_xfs_reflink(dir: &Path) -> Mount {
         None,
     );
     Mount(mnt)
+}
+
+/// The sha256 (hex) of a file's content, read in 1 MiB pieces.
+pub fn sha256_file(p: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(p).unwrap_or_else(|e| panic!("opening {}: {e}", p.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
 }

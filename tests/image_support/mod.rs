@@ -7,14 +7,13 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rustix::fs::{AtFlags, Timespec, Timestamps, XattrFlags, CWD};
-use sha2::{Digest, Sha256};
 
 use crate::common::{require_root, require_tool, run_ok};
 
@@ -277,20 +276,6 @@ fn extents_of(path: &Path, size: u64) -> Vec<(u64, u64)> {
     out
 }
 
-fn sha_of(path: &Path) -> String {
-    let mut f = fs::File::open(path).unwrap();
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    hex::encode(h.finalize())
-}
-
 /// Walk a tree (sorted, not following symlinks) into path → facts; sockets are skipped.
 pub fn facts(root: &Path) -> BTreeMap<Vec<u8>, Facts> {
     let mut out = BTreeMap::new();
@@ -367,7 +352,7 @@ pub fn facts(root: &Path) -> BTreeMap<Vec<u8>, Facts> {
                     0
                 },
                 xattrs: xattrs_of(&path),
-                content: md.is_file().then(|| sha_of(&path)),
+                content: md.is_file().then(|| crate::common::sha256_file(&path)),
                 target: md.file_type().is_symlink().then(|| {
                     fs::read_link(&path)
                         .unwrap()

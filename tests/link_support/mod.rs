@@ -3,9 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -19,25 +17,13 @@ pub mod common;
 
 /// Create an identity with the real binary; return (dir, fingerprint).
 pub fn keys(base: &Path, name: &str) -> (PathBuf, Fingerprint) {
-    let dir = base.join(name);
-    let out = common::run_ok(
-        common::standin().args(["keys", "init", "--dir"]).arg(&dir),
-        None,
-    );
-    let f = common::stdout(&out)
-        .trim()
-        .parse()
-        .expect("keys init prints a fingerprint");
-    (dir, f)
+    let (dir, f) = common::daemon::keys(base, name);
+    (dir, f.parse().expect("keys init prints a fingerprint"))
 }
 
-/// A `standin target serve` child process.
-pub struct Daemon {
-    pub child: Child,
-    pub addr: String,
-    pub log: PathBuf,
-}
+pub use common::daemon::Daemon;
 
+/// The link tests' ways to start [`Daemon`] (no target root).
 impl Daemon {
     /// Start the daemon; wait until it prints its address (recovery is done then).
     pub fn start(
@@ -47,7 +33,7 @@ impl Daemon {
         listen: &str,
         log: &Path,
     ) -> Daemon {
-        Self::start_in(None, state, identity, trust, listen, log)
+        Daemon::start_in(None, state, identity, trust, listen, log)
     }
 
     /// Start the daemon, inside a network namespace when `netns` is given.
@@ -59,72 +45,48 @@ impl Daemon {
         listen: &str,
         log: &Path,
     ) -> Daemon {
-        let mut cmd = match netns {
+        let cmd = match netns {
             None => common::standin(),
-            Some(ns) => {
-                let mut c = std::process::Command::new("ip");
-                c.args(["netns", "exec", ns])
-                    .arg(common::bin())
-                    .env("NO_COLOR", "1");
-                c
-            }
+            Some(ns) => common::netns::Netns::exec(ns),
         };
-        cmd.args(["target", "serve", "--listen", listen, "--state-dir"])
-            .arg(state)
-            .arg("--identity")
-            .arg(identity)
-            .env("STANDIN_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(log)
-                    .expect("opening the daemon log"),
-            );
-        for t in trust {
-            cmd.arg("--trust").arg(t.to_string());
-        }
-        let mut child = cmd.spawn().expect("starting standin target serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped"))
-            .read_line(&mut line)
-            .expect("reading the daemon's first line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "daemon did not report its address: {line:?}\nlog:\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                )
-            });
-        Daemon {
-            child,
-            addr: addr.to_string(),
-            log: log.to_path_buf(),
-        }
-    }
-
-    /// kill -9.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Whether the process still runs.
-    pub fn alive(&mut self) -> bool {
-        self.child.try_wait().expect("polling the daemon").is_none()
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let trust: Vec<String> = trust.iter().map(|t| t.to_string()).collect();
+        let trust: Vec<&str> = trust.iter().map(String::as_str).collect();
+        Daemon::serve(cmd, listen, state, identity, &trust, &[], log)
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
+/// The set-up of a hostile-input test in `base`: a target daemon on
+/// loopback (state `base/state`, log `base/daemon.log`) that trusts an
+/// agent, that agent's link configuration, and `base/outside/victim`, a
+/// file beside the state directory that hostile input must never reach.
+pub struct Hostile {
+    pub daemon: Daemon,
+    pub cfg: LinkConfig,
+    /// The target's fingerprint (for other agents' configurations).
+    pub tf: Fingerprint,
+    /// The target's state directory.
+    pub state: PathBuf,
+    pub outside: PathBuf,
+}
+
+impl Hostile {
+    /// Set it up in `base`.
+    pub fn start(base: &Path) -> Hostile {
+        let (tid, tf) = keys(base, "target");
+        let (aid, af) = keys(base, "agent");
+        let outside = base.join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("victim"), b"precious").unwrap();
+        let state = base.join("state");
+        let daemon = Daemon::start(&state, &tid, &[af], "127.0.0.1:0", &base.join("daemon.log"));
+        let cfg = agent_config(&daemon.addr, &aid, tf);
+        Hostile {
+            daemon,
+            cfg,
+            tf,
+            state,
+            outside,
+        }
     }
 }
 

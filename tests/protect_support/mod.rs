@@ -6,36 +6,18 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-
-use sha2::{Digest, Sha256};
+use std::process::{Command, Output};
 
 #[path = "../common/mod.rs"]
 pub mod common;
 
-/// Create an identity with the real binary; return (dir, fingerprint).
-pub fn keys(base: &Path, name: &str) -> (PathBuf, String) {
-    let dir = base.join(name);
-    let out = common::run_ok(
-        common::standin().args(["keys", "init", "--dir"]).arg(&dir),
-        None,
-    );
-    (dir, common::stdout(&out).trim().to_string())
-}
-
+pub use common::daemon::{keys, Daemon};
 pub use common::netns::Netns;
 
-/// A `standin target serve` child process (killed on drop).
-pub struct Daemon {
-    pub child: Child,
-    pub addr: String,
-    pub log: PathBuf,
-}
-
+/// The protect tests' ways to start [`Daemon`] (with a target root).
 impl Daemon {
     /// Start the daemon (inside `netns` when given) with `target_root` as
     /// its system tree; wait until it prints its address.
@@ -58,7 +40,7 @@ impl Daemon {
     /// Start the daemon through `cmd` (the binary, or a wrapper that execs
     /// the arguments that follow).
     pub fn start_cmd(
-        mut cmd: Command,
+        cmd: Command,
         state: &Path,
         identity: &Path,
         trust: &str,
@@ -66,52 +48,8 @@ impl Daemon {
         target_root: &Path,
         log: &Path,
     ) -> Daemon {
-        cmd.args(["target", "serve", "--listen", listen, "--state-dir"])
-            .arg(state)
-            .arg("--identity")
-            .arg(identity)
-            .args(["--trust", trust, "--target-root"])
-            .arg(target_root)
-            .env("STANDIN_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(log)
-                    .expect("opening the daemon log"),
-            );
-        let mut child = cmd.spawn().expect("starting standin target serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped"))
-            .read_line(&mut line)
-            .expect("reading the daemon's first line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "daemon did not report its address: {line:?}\nlog:\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                )
-            })
-            .to_string();
-        Daemon {
-            child,
-            addr,
-            log: log.to_path_buf(),
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let extra = [OsStr::new("--target-root"), target_root.as_os_str()];
+        Daemon::serve(cmd, listen, state, identity, &[trust], &extra, log)
     }
 }
 
@@ -129,6 +67,57 @@ pub fn target_root(base: &Path, source: &Path, boot_loader: bool) -> PathBuf {
         std::fs::write(r.join("boot/grub/grub.cfg"), "# grub\n").unwrap();
     }
     r
+}
+
+/// The usual set-up of a protect test in `base`: a target system tree for
+/// `src` ([`target_root`]), identities of the target (`tid`, fingerprint
+/// `tf`) and of the source (`sid`, `sf`), and the target's state directory
+/// `base/state`.
+pub struct Sides {
+    pub troot: PathBuf,
+    pub tid: PathBuf,
+    pub tf: String,
+    pub sid: PathBuf,
+    pub sf: String,
+    pub state: PathBuf,
+}
+
+impl Sides {
+    /// Set up both sides in `base` (the target with a boot loader when `boot_loader`).
+    pub fn new(base: &Path, src: &Path, boot_loader: bool) -> Sides {
+        let troot = target_root(base, src, boot_loader);
+        let (tid, tf) = keys(base, "target");
+        let (sid, sf) = keys(base, "source");
+        Sides {
+            troot,
+            tid,
+            tf,
+            sid,
+            sf,
+            state: base.join("state"),
+        }
+    }
+
+    /// The target daemon on loopback (a free port), trusting the source,
+    /// logging to `log`.
+    pub fn serve(&self, log: &Path) -> Daemon {
+        Daemon::start(
+            None,
+            &self.state,
+            &self.tid,
+            &self.sf,
+            "127.0.0.1:0",
+            &self.troot,
+            log,
+        )
+    }
+}
+
+/// [`Sides::new`] and [`Sides::serve`] with the log `base/d.log`.
+pub fn loopback(base: &Path, src: &Path, boot_loader: bool) -> (Sides, Daemon) {
+    let s = Sides::new(base, src, boot_loader);
+    let daemon = s.serve(&base.join("d.log"));
+    (s, daemon)
 }
 
 /// `cp -a` (keeps owners, modes, times, xattrs, hard links).
@@ -203,20 +192,6 @@ fn xattrs(p: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
     out
 }
 
-fn sha256_file(p: &Path) -> String {
-    let mut f = std::fs::File::open(p).unwrap_or_else(|e| panic!("opening {}: {e}", p.display()));
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    hex::encode(h.finalize())
-}
-
 /// Read a whole tree with plain std calls.
 pub fn snapshot(root: &Path) -> Snapshot {
     let mut nodes = BTreeMap::new();
@@ -255,7 +230,7 @@ pub fn snapshot(root: &Path) -> Snapshot {
                     .to_vec()
             }),
             xattrs: xattrs(&p),
-            sha256: ft.is_file().then(|| sha256_file(&p)),
+            sha256: ft.is_file().then(|| common::sha256_file(&p)),
         };
         nodes.insert(rel, node);
     }

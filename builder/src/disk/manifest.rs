@@ -123,17 +123,10 @@ pub fn manifest_path(disk: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// The directory holding `p` (`.` for a bare file name).
-pub(crate) fn parent_dir(p: &Path) -> PathBuf {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
+pub(crate) use crate::durable::parent_dir;
 
 /// fsync a directory so a rename in it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
+    crate::durable::sync_dir(dir)
         .with_context(|| format!("syncing the directory {}", dir.display()))
 }

@@ -12,16 +12,9 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use standin_builder::entry::{Kind, Xattr};
 
+/// The kind of a file of type `ft` (builder's [`Kind::from_mode`]; for `apply/file.rs`).
 pub(super) fn kind_of(ft: FileType) -> Option<Kind> {
-    Some(match ft {
-        FileType::RegularFile => Kind::File,
-        FileType::Directory => Kind::Dir,
-        FileType::Symlink => Kind::Symlink,
-        FileType::Fifo => Kind::Fifo,
-        FileType::CharacterDevice => Kind::Char,
-        FileType::BlockDevice => Kind::Block,
-        _ => return None,
-    })
+    Kind::from_mode(ft.as_raw_mode())
 }
 
 pub(super) fn lstat(dir: &OwnedFd, name: &[u8]) -> Result<Option<rustix::fs::Stat>, Errno> {

@@ -3,7 +3,6 @@
 //! changes it in place. The live system's files are never touched (their
 //! names keep their inodes; only staging names move to the copy).
 
-use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -15,60 +14,20 @@ use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, CWD};
 
 use crate::durable;
 use crate::failover::fsutil;
-
-/// A staging root and its paths that held a live inode when it was seeded.
-pub type Sharer = (PathBuf, Vec<Vec<u8>>);
+use crate::share::index::{Indexes, Watch};
 
 /// The seed indexes of a state directory: live inode → sharers.
-#[derive(Debug, Default)]
-pub struct Seeds {
-    staging: PathBuf,
-    stamp: Vec<(PathBuf, i64, i64, u64)>,
-    shared: HashMap<u64, Vec<Sharer>>,
-}
+#[derive(Debug)]
+pub struct Seeds(Indexes);
 
 impl Seeds {
     /// The seeds of `state_dir` (loaded on first use).
     pub fn new(state_dir: &Path) -> Seeds {
-        Seeds {
-            staging: state_dir.join("staging"),
-            ..Default::default()
-        }
-    }
-
-    fn reload(&mut self) -> Result<()> {
-        let mut stamp = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(&self.staging) {
-            for e in rd.flatten() {
-                let idx = e.path().join(super::INODES_FILE);
-                if let Ok(m) = std::fs::metadata(&idx) {
-                    stamp.push((idx, m.mtime(), m.mtime_nsec(), m.ino()));
-                }
-            }
-        }
-        stamp.sort();
-        if stamp == self.stamp {
-            return Ok(());
-        }
-        self.shared.clear();
-        for (idx, ..) in &stamp {
-            let b = std::fs::read(idx).with_context(|| format!("reading {}", idx.display()))?;
-            let map: BTreeMap<u64, Vec<String>> =
-                serde_json::from_slice(&b).with_context(|| format!("reading {}", idx.display()))?;
-            let root = idx.with_file_name("root");
-            for (ino, paths) in map {
-                let paths = paths
-                    .iter()
-                    .map(|p| standin_builder::bytes::decode(p).map_err(anyhow::Error::msg))
-                    .collect::<Result<Vec<_>>>()?;
-                self.shared
-                    .entry(ino)
-                    .or_default()
-                    .push((root.clone(), paths));
-            }
-        }
-        self.stamp = stamp;
-        Ok(())
+        Seeds(Indexes::new(
+            state_dir.join("staging"),
+            super::INODES_FILE,
+            Watch::Files,
+        ))
     }
 
     /// Call before changing inode `ino` of a staging area in place;
@@ -78,8 +37,8 @@ impl Seeds {
     /// The entry stays in the index: a name the apply linked or renamed
     /// later is caught when it is written through.
     pub fn before_modify(&mut self, ino: u64, current: &Path) -> Result<()> {
-        self.reload()?;
-        let Some(list) = self.shared.get(&ino) else {
+        self.0.reload()?;
+        let Some(list) = self.0.shared.get(&ino) else {
             return Ok(());
         };
         let m = std::fs::symlink_metadata(current)

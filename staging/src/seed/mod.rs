@@ -30,7 +30,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 use standin_builder::entry::{Entry, Kind};
 use standin_builder::progress::Progress;
@@ -38,6 +37,7 @@ use standin_builder::scan::{ScanOptions, Scanner};
 use standin_builder::tree::TreeWriter;
 
 use crate::durable;
+use crate::share::index;
 use crate::state::{now_ms, TargetState};
 
 /// Inode index of a hardlink seed, beside the staging root.
@@ -48,13 +48,7 @@ pub const META_FILE: &str = "seed.json";
 pub const STAMPS_FILE: &str = "seed-stamps.json";
 
 /// How the seed shares data with the live system.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SeedMethod {
-    Reflink,
-    Hardlink,
-    Copy,
-}
+pub use crate::share::Share as SeedMethod;
 
 /// What to seed.
 #[derive(Debug, Clone)]
@@ -293,7 +287,7 @@ pub fn shared_changes(state_dir: &Path, source_id: &str) -> Result<(u64, Vec<Str
     let (Ok(ib), Ok(sb)) = (std::fs::read(&idx), std::fs::read(&stamps)) else {
         return Ok((0, Vec::new()));
     };
-    let index: BTreeMap<u64, Vec<String>> =
+    let index: index::Index =
         serde_json::from_slice(&ib).with_context(|| format!("reading {}", idx.display()))?;
     let stamps: BTreeMap<u64, (i64, u64)> =
         serde_json::from_slice(&sb).with_context(|| format!("reading {}", stamps.display()))?;
@@ -326,7 +320,7 @@ struct Walk {
     tmp: PathBuf,
     method: Option<SeedMethod>,
     /// Live inode → staging paths (hardlink method).
-    index: BTreeMap<u64, Vec<String>>,
+    index: index::Index,
     /// Live inode → (mtime ns, size) when linked.
     stamps: BTreeMap<u64, (i64, u64)>,
     /// Directory entries, for their metadata at the end (children change times).
@@ -336,29 +330,6 @@ struct Walk {
 
 fn vanished(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::NotFound
-}
-
-fn unsupported(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error().map(Errno::from_raw_os_error),
-        Some(Errno::OPNOTSUPP | Errno::XDEV | Errno::INVAL | Errno::NOTTY | Errno::PERM)
-    )
-}
-
-fn reflink(src: &Path, dst: &Path) -> std::io::Result<()> {
-    let s = std::fs::File::open(src)?;
-    let d = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dst)?;
-    match rustix::fs::ioctl_ficlone(&d, &s) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            drop(d);
-            let _ = std::fs::remove_file(dst);
-            Err(e.into())
-        }
-    }
 }
 
 impl Walk {
@@ -388,10 +359,7 @@ impl Walk {
                 self.report.links += 1;
                 if self.method == Some(SeedMethod::Hardlink) {
                     if let Ok(m) = std::fs::symlink_metadata(self.dst(&e.path)) {
-                        self.index
-                            .entry(m.ino())
-                            .or_default()
-                            .push(standin_builder::bytes::encode(&e.path));
+                        index::add(&mut self.index, m.ino(), &e.path);
                     }
                 }
             }
@@ -407,22 +375,7 @@ impl Walk {
 
     fn file(&mut self, e: &Entry, abs: &Path, progress: &dyn Progress) -> Result<()> {
         let dst = self.dst(&e.path);
-        let r = match self.method {
-            Some(SeedMethod::Hardlink) => std::fs::hard_link(abs, &dst),
-            Some(SeedMethod::Copy) => std::fs::copy(abs, &dst).map(drop),
-            None | Some(SeedMethod::Reflink) => match reflink(abs, &dst) {
-                Ok(()) => {
-                    self.method = Some(SeedMethod::Reflink);
-                    Ok(())
-                }
-                Err(x) if self.method.is_none() && unsupported(&x) => {
-                    self.method = Some(SeedMethod::Hardlink);
-                    return self.file(e, abs, progress);
-                }
-                Err(x) => Err(x),
-            },
-        };
-        match r {
+        match crate::share::place(&mut self.method, abs, &dst) {
             Ok(()) => {}
             Err(x) if vanished(&x) => {
                 self.report.vanished += 1;
@@ -442,10 +395,7 @@ impl Walk {
             let ino = m.ino();
             self.stamps
                 .insert(ino, (m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.len()));
-            self.index
-                .entry(ino)
-                .or_default()
-                .push(standin_builder::bytes::encode(&e.path));
+            index::add(&mut self.index, ino, &e.path);
         } else {
             // A clone or copy is a new inode: give it the live file's metadata.
             self.tw.set_metadata(e).map_err(Self::tree_err)?;

@@ -11,7 +11,7 @@
 //!
 //! The replica is never touched: its inode numbers and hard-link groups stay.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -21,17 +21,14 @@ use rustix::fs::SeekFrom;
 
 use crate::durable;
 use crate::failover::fsutil;
-
-/// A snapshot root and its paths that hold one replica inode.
-type Sharer = (PathBuf, Vec<Vec<u8>>);
+use crate::share::index::{Indexes, Watch};
 
 /// Snapshots sharing inodes with the replica, loaded from their indexes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Guard {
     snapshots: PathBuf,
-    stamp: Option<(i64, i64, u64)>,
     /// Replica inode → (snapshot root, paths in it).
-    shared: HashMap<u64, Vec<Sharer>>,
+    indexes: Indexes,
     /// Inodes a seeded staging area shares with the live system.
     seeds: crate::seed::guard::Seeds,
 }
@@ -39,54 +36,19 @@ pub struct Guard {
 impl Guard {
     /// A guard for the snapshots of `state_dir`.
     pub fn new(state_dir: &Path) -> Guard {
+        let snapshots = super::dir(state_dir);
         Guard {
-            snapshots: super::dir(state_dir),
+            indexes: Indexes::new(snapshots.clone(), super::take::INODES_FILE, Watch::Dir),
+            snapshots,
             seeds: crate::seed::guard::Seeds::new(state_dir),
-            ..Default::default()
         }
-    }
-
-    fn reload(&mut self) -> Result<()> {
-        let stamp = match std::fs::metadata(&self.snapshots) {
-            Ok(m) => Some((m.mtime(), m.mtime_nsec(), m.ino())),
-            Err(_) => None,
-        };
-        if stamp == self.stamp && self.stamp.is_some() {
-            return Ok(());
-        }
-        self.shared.clear();
-        if let Ok(rd) = std::fs::read_dir(&self.snapshots) {
-            for e in rd.flatten() {
-                let idx = e.path().join(super::take::INODES_FILE);
-                if e.file_name().to_string_lossy().starts_with('.') || !idx.exists() {
-                    continue;
-                }
-                let b =
-                    std::fs::read(&idx).with_context(|| format!("reading {}", idx.display()))?;
-                let map: BTreeMap<u64, Vec<String>> = serde_json::from_slice(&b)
-                    .with_context(|| format!("reading {}", idx.display()))?;
-                let root = e.path().join("root");
-                for (ino, paths) in map {
-                    let paths = paths
-                        .iter()
-                        .map(|p| standin_builder::bytes::decode(p).map_err(anyhow::Error::msg))
-                        .collect::<Result<Vec<_>>>()?;
-                    self.shared
-                        .entry(ino)
-                        .or_default()
-                        .push((root.clone(), paths));
-                }
-            }
-        }
-        self.stamp = stamp;
-        Ok(())
     }
 
     /// Call before changing the inode `ino` of the replica in place;
     /// `current` is a path of the replica that holds it.
     pub fn before_modify(&mut self, ino: u64, current: &Path) -> Result<()> {
-        self.reload()?;
-        if let Some(list) = self.shared.remove(&ino) {
+        self.indexes.reload()?;
+        if let Some(list) = self.indexes.shared.remove(&ino) {
             for (root, paths) in list {
                 let mut parents = BTreeMap::new();
                 if let Some(c) = prepare(ino, current, &root, &paths, &mut parents, true)? {
@@ -103,8 +65,8 @@ impl Guard {
     /// True when no snapshot shares an inode with the replica (as of its
     /// last change), so no copy-out is ever needed.
     pub fn shares_nothing(&mut self) -> Result<bool> {
-        self.reload()?;
-        Ok(self.shared.is_empty())
+        self.indexes.reload()?;
+        Ok(self.indexes.shared.is_empty())
     }
 
     /// Like [`Guard::before_modify`] for many inodes at once (those a
@@ -117,12 +79,12 @@ impl Guard {
     /// replica's inode. Seeded inodes are left to `before_modify`.
     /// Returns how many inodes were copied out (or had their copy-out completed).
     pub fn before_modify_all(&mut self, inodes: &[(u64, PathBuf)]) -> Result<usize> {
-        self.reload()?;
+        self.indexes.reload()?;
         let mut parents = BTreeMap::new();
         let mut pending = Vec::new();
         let mut copied = 0;
         for (ino, current) in inodes {
-            let Some(list) = self.shared.remove(ino) else {
+            let Some(list) = self.indexes.shared.remove(ino) else {
                 continue;
             };
             let before = pending.len();

@@ -1,55 +1,33 @@
 //! Taking a snapshot.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use rustix::io::Errno;
 use standin_builder::progress::Progress;
 
 use super::{Method, SnapshotMeta};
 use crate::durable;
 use crate::failover::fsutil;
+use crate::share::{self, index, Share};
 use crate::state::{now_ms, TargetState};
 
 /// File name of the inode index (hardlink method).
 pub const INODES_FILE: &str = "inodes.json";
 
 struct Walk<'a> {
-    method: Option<Method>,
+    /// How files share data with the replica (chosen on the first file).
+    how: Option<Share>,
     /// Replica inode → first snapshot path (hard-link groups; reflink method).
     groups: HashMap<u64, std::path::PathBuf>,
     /// Replica inode → snapshot paths (hardlink method).
-    index: BTreeMap<u64, Vec<String>>,
+    index: index::Index,
     files: u64,
     bytes: u64,
     progress: &'a dyn Progress,
-}
-
-fn reflink(src: &Path, dst: &Path) -> std::io::Result<()> {
-    let s = std::fs::File::open(src)?;
-    let d = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dst)?;
-    match rustix::fs::ioctl_ficlone(&d, &s) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            drop(d);
-            let _ = std::fs::remove_file(dst);
-            Err(e.into())
-        }
-    }
-}
-
-fn unsupported(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error().map(Errno::from_raw_os_error),
-        Some(Errno::OPNOTSUPP | Errno::XDEV | Errno::INVAL | Errno::NOTTY | Errno::PERM)
-    )
 }
 
 impl Walk<'_> {
@@ -57,36 +35,20 @@ impl Walk<'_> {
         self.files += 1;
         self.bytes += m.len();
         self.progress.advance(m.len(), 1);
-        if self.method == Some(Method::Hardlink) {
-            std::fs::hard_link(src, dst)
-                .with_context(|| format!("linking {} to {}", dst.display(), src.display()))?;
-            self.index
-                .entry(m.ino())
-                .or_default()
-                .push(standin_builder::bytes::encode(rel));
-            return Ok(());
-        }
-        if m.nlink() > 1 {
+        if self.how != Some(Share::Hardlink) && m.nlink() > 1 {
             if let Some(first) = self.groups.get(&m.ino()) {
                 std::fs::hard_link(first, dst)
                     .with_context(|| format!("linking {}", dst.display()))?;
                 return Ok(());
             }
         }
-        match reflink(src, dst) {
-            Ok(()) => {
-                self.method = Some(Method::Reflink);
-            }
-            Err(e) if self.method.is_none() && unsupported(&e) => {
-                self.method = Some(Method::Hardlink);
-                self.files -= 1;
-                self.bytes -= m.len();
-                return self.file(src, dst, rel, m);
-            }
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cloning {} to {}", src.display(), dst.display()))
-            }
+        share::place(&mut self.how, src, dst).with_context(|| match self.how {
+            Some(Share::Hardlink) => format!("linking {} to {}", dst.display(), src.display()),
+            _ => format!("cloning {} to {}", src.display(), dst.display()),
+        })?;
+        if self.how == Some(Share::Hardlink) {
+            index::add(&mut self.index, m.ino(), rel);
+            return Ok(());
         }
         fsutil::set_entry_meta(dst, &fsutil::meta(src)?, false)?;
         if m.nlink() > 1 {
@@ -237,16 +199,19 @@ fn take_locked(
     durable::create_dirs(&troot)?;
     progress.phase("snapshot", None, None);
     let mut w = Walk {
-        method: None,
+        how: None,
         groups: HashMap::new(),
-        index: BTreeMap::new(),
+        index: index::Index::new(),
         files: 0,
         bytes: 0,
         progress,
     };
     w.dir(&src, &troot, b"")?;
     fsutil::set_meta(&troot, &fsutil::meta(&src)?)?;
-    let method = w.method.unwrap_or(Method::Hardlink);
+    let method = match w.how {
+        Some(Share::Reflink) => Method::Reflink,
+        _ => Method::Hardlink,
+    };
     if method == Method::Hardlink {
         durable::write_atomic(&tmp.join(INODES_FILE), &serde_json::to_vec(&w.index)?)
             .context("writing the snapshot's inode index")?;

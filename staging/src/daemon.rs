@@ -214,17 +214,22 @@ pub async fn serve_until(
         }
         None => None,
     };
-    ready(addr);
     let snapshot = Mutex::new((store.state().clone(), journal_of(&store, &cfg.state_dir)));
     let mut beats = Beats::of(store.state());
     beats.watching_since_unix_ms = Some(crate::state::now_ms());
+    // The new watching time is on disk before the daemon says it listens,
+    // so nothing in the state directory changes behind a caller's back.
+    if let Err(e) = beats.write(&cfg.state_dir) {
+        warn!("writing {}: {e}", crate::heartbeat::HEARTBEAT_FILE);
+    }
+    ready(addr);
     let shared = Arc::new(Shared {
         cfg,
         store: Mutex::new(store),
         snapshot,
         beats: Mutex::new(beats),
-        // Written once at start (the new watching time).
-        beats_version: AtomicU64::new(1),
+        // The flusher writes when a heartbeat moves this.
+        beats_version: AtomicU64::new(0),
     });
     let hb_listen = match &second {
         Some(l) => Some(l.local_addr()?.to_string()),

@@ -197,6 +197,13 @@ fn parse(
                 .or_insert_with(|| resolve(mount, ht, handle))
                 .clone();
             let Some(dir) = dir else { continue };
+            shared.note_dir(
+                Handle {
+                    kind: ht,
+                    bytes: handle.to_vec(),
+                },
+                &dir,
+            );
             let path = if name.is_empty() || name == b"." {
                 dir
             } else {

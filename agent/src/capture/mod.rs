@@ -15,7 +15,7 @@ mod fanotify;
 mod inotify;
 mod sys;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,10 +77,18 @@ pub struct Change {
 }
 
 /// A kernel file handle of the object an event was about (fanotify only).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Handle {
     kind: i32,
     bytes: Vec<u8>,
+}
+
+impl Handle {
+    /// A handle from its type and opaque bytes (as the kernel reports them;
+    /// tests make up their own).
+    pub fn new(kind: i32, bytes: Vec<u8>) -> Handle {
+        Handle { kind, bytes }
+    }
 }
 
 /// Changed paths, relative to the root (raw bytes, `""` is the root).
@@ -99,6 +107,13 @@ pub struct Batch {
     /// changes, or a write through a name whose directory was removed
     /// since. Their known hard links must be looked at (fanotify only).
     pub inodes: HashSet<(u64, u64)>,
+    /// The directories events were in (fanotify): each directory's handle
+    /// and the names (relative to the root) its events were given. A
+    /// directory that moves while its events are read gives them a name
+    /// it no longer has by the time the batch is diffed; the diff finds
+    /// its current name by the handle and compares its entries with the
+    /// index (see `replicate::diff`).
+    pub dirs: HashMap<Handle, BTreeSet<Vec<u8>>>,
 }
 
 impl Batch {
@@ -113,6 +128,7 @@ struct Dirty {
     paths: HashMap<Vec<u8>, Change>,
     handles: HashMap<Vec<u8>, Handle>,
     inodes: HashSet<(u64, u64)>,
+    dirs: HashMap<Handle, BTreeSet<Vec<u8>>>,
     rescan: bool,
     last_event: Option<Instant>,
     first_event: Option<Instant>,
@@ -154,6 +170,19 @@ impl Shared {
         self.note_rel(rel, content, moved, obj);
     }
 
+    /// An event was in the directory `h`, named `abs` when it was read
+    /// (ignored outside the root).
+    pub(crate) fn note_dir(&self, h: Handle, abs: &Path) {
+        let Some(rel) = self.relative(abs) else {
+            return;
+        };
+        let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        if d.rescan {
+            return;
+        }
+        d.dirs.entry(h).or_default().insert(rel);
+    }
+
     /// An event about a live non-directory inode without a usable name.
     pub(crate) fn note_inode(&self, ino: (u64, u64)) {
         let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
@@ -173,6 +202,7 @@ impl Shared {
             d.paths.clear();
             d.handles.clear();
             d.inodes.clear();
+            d.dirs.clear();
             d.rescan = true;
         }
         self.cv.notify_all();
@@ -214,6 +244,7 @@ impl Shared {
             d.paths.clear();
             d.handles.clear();
             d.inodes.clear();
+            d.dirs.clear();
             d.rescan = true;
         }
         self.cv.notify_all();
@@ -228,6 +259,7 @@ impl Shared {
         d.paths.clear();
         d.handles.clear();
         d.inodes.clear();
+        d.dirs.clear();
         let now = Instant::now();
         d.last_event = Some(now);
         d.first_event.get_or_insert(now);
@@ -340,6 +372,7 @@ impl Watcher {
         d.paths.clear();
         d.handles.clear();
         d.inodes.clear();
+        d.dirs.clear();
         d.last_event = Some(Instant::now());
         d.first_event.get_or_insert(Instant::now());
         self.shared.cv.notify_all();
@@ -401,6 +434,7 @@ impl Watcher {
         let paths = std::mem::take(&mut d.paths);
         let handles = std::mem::take(&mut d.handles);
         let inodes = std::mem::take(&mut d.inodes);
+        let dirs = std::mem::take(&mut d.dirs);
         let rescan = std::mem::take(&mut d.rescan);
         d.first_event = None;
         Some(Batch {
@@ -408,6 +442,7 @@ impl Watcher {
             rescan,
             handles,
             inodes,
+            dirs,
         })
     }
 }

@@ -19,6 +19,24 @@ use super::{log_repairs, log_rescan, Cutter, Excluder, QueueFull, ReplicateOptio
 use crate::blockindex::{BlockIndex, Ino};
 use crate::capture::{Batch, Change, Handle, Watcher};
 
+mod reconcile;
+#[cfg(test)]
+mod tests;
+
+/// Finds where an object lives now by its file handle ([`Watcher`] with
+/// fanotify; tests give their own).
+pub(crate) trait Locate {
+    /// The object's current path relative to the root and its inode, while
+    /// it has a name under the root.
+    fn locate(&self, h: &Handle) -> Option<(Vec<u8>, Ino)>;
+}
+
+impl Locate for Watcher {
+    fn locate(&self, h: &Handle) -> Option<(Vec<u8>, Ino)> {
+        Watcher::locate(self, h)
+    }
+}
+
 pub(super) fn run(
     root: PathBuf,
     opts: ReplicateOptions,
@@ -27,27 +45,7 @@ pub(super) fn run(
     tx: mpsc::Sender<Req>,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
-    let excl = Excluder::new(&root, &opts.scan)?;
-    let root_dev = std::fs::symlink_metadata(&root)
-        .with_context(|| format!("reading {}", root.display()))?
-        .dev();
-    let mut w = Worker {
-        cut: Cutter {
-            tx,
-            counters: opts.counters.clone(),
-            records: Vec::new(),
-            bytes: 0,
-            max: opts.max_set_bytes,
-            failed: None,
-        },
-        root,
-        root_dev,
-        excl,
-        index,
-        dirs: BTreeSet::new(),
-        deferred: BTreeMap::new(),
-        redo: BTreeSet::new(),
-    };
+    let mut w = Worker::new(root, &opts, index, tx)?;
     let mut rescan_after_drain = false;
     let mut last_sweep = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -162,6 +160,35 @@ fn ino_of(md: &std::fs::Metadata) -> Ino {
 }
 
 impl Worker {
+    fn new(
+        root: PathBuf,
+        opts: &ReplicateOptions,
+        index: BlockIndex,
+        tx: mpsc::Sender<Req>,
+    ) -> Result<Worker> {
+        let excl = Excluder::new(&root, &opts.scan)?;
+        let root_dev = std::fs::symlink_metadata(&root)
+            .with_context(|| format!("reading {}", root.display()))?
+            .dev();
+        Ok(Worker {
+            cut: Cutter {
+                tx,
+                counters: opts.counters.clone(),
+                records: Vec::new(),
+                bytes: 0,
+                max: opts.max_set_bytes,
+                failed: None,
+            },
+            root,
+            root_dev,
+            excl,
+            index,
+            dirs: BTreeSet::new(),
+            deferred: BTreeMap::new(),
+            redo: BTreeSet::new(),
+        })
+    }
+
     fn abs(&self, rel: &[u8]) -> PathBuf {
         if rel.is_empty() {
             self.root.clone()
@@ -209,7 +236,14 @@ impl Worker {
     }
 
     /// One batch of changed paths.
-    fn batch(&mut self, b: Batch, watcher: &Watcher) -> Result<()> {
+    fn batch(&mut self, b: Batch, watcher: &dyn Locate) -> Result<()> {
+        if tracing::enabled!(tracing::Level::TRACE) {
+            tracing::trace!(
+                paths = ?b.paths.iter().map(|(p, c)| format!("{}{}{}{}", display_path(p), if c.content {" c"} else {""}, if c.metadata {" m"} else {""}, if c.moved {" mv"} else {""})).collect::<Vec<_>>(),
+                dirs = ?b.dirs.values().map(|n| n.iter().map(|p| display_path(p)).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                "batch"
+            );
+        }
         let mut all = b.paths;
         let deferred = std::mem::take(&mut self.deferred);
         self.redo = deferred.keys().cloned().collect();
@@ -260,6 +294,7 @@ impl Worker {
                 }
             }
         }
+        if std::env::var_os("XX_NO_RECONCILE").is_none() { self.reconcile_dirs(&b.dirs, watcher)?; }
         self.finish_dirs()?;
         self.cut.flush()
     }
@@ -354,7 +389,7 @@ impl Worker {
         paths: &mut Vec<(Vec<u8>, Change)>,
         handles: &HashMap<Vec<u8>, Handle>,
         inodes: &std::collections::HashSet<Ino>,
-        watcher: &Watcher,
+        watcher: &dyn Locate,
     ) {
         let mut extra = Vec::new();
         for ino in inodes {

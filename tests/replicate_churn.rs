@@ -135,6 +135,30 @@ fn churn(root: &Path, seed: u64, ops: u32, links: bool) {
     }
 }
 
+/// The seeds to run: `STANDIN_CHURN_SEED` alone when set; else the fixed
+/// seed and `STANDIN_CHURN_RANDOM` (default 5) seeds derived from the time,
+/// so every run also tries new sequences.
+fn seeds() -> Vec<u64> {
+    if let Some(s) = std::env::var("STANDIN_CHURN_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return vec![s];
+    }
+    let n: u64 = std::env::var("STANDIN_CHURN_RANDOM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    let mut r = Lcg(t);
+    let mut v = vec![0x5eed];
+    v.extend((0..n).map(|_| r.next(1 << 31)));
+    v
+}
+
 fn run(links: bool) {
     require_root();
     if std::env::var("CHURN_LOG").is_ok() {
@@ -143,18 +167,22 @@ fn run(links: bool) {
             .with_writer(std::io::stderr)
             .try_init();
     }
-    // STANDIN_CHURN_SEED picks another operation sequence (default 0x5eed).
-    let seed = std::env::var("STANDIN_CHURN_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed);
-    let mut h = Harness::start(|_| {}, ReplicateOptions::default());
-    for round in 0..4u64 {
-        churn(&h.src, seed + round, 150, links);
-        h.converge();
+    for seed in seeds() {
+        // Shown with a failure: the seed that re-runs it.
+        eprintln!(
+            "churn seed {seed} (links: {links}); re-run: STANDIN_CHURN_SEED={seed} cargo test --test replicate_churn"
+        );
+        let mut h = Harness::start(|_| {}, ReplicateOptions::default());
+        for round in 0..4u64 {
+            churn(&h.src, seed + round, 150, links);
+            h.converge();
+        }
+        let r = h.stop();
+        assert_eq!(r.queue_full, 0, "seed {seed}: {r:?}");
+        // Converged by the change sets alone, not by a sweep.
+        assert_eq!(r.rescans, 0, "seed {seed}: {r:?}");
+        assert_eq!(r.sweeps, 0, "seed {seed}: {r:?}");
     }
-    let r = h.stop();
-    assert_eq!(r.queue_full, 0, "{r:?}");
 }
 
 #[test]

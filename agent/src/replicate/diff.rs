@@ -294,7 +294,7 @@ impl Worker {
                 }
             }
         }
-        if std::env::var_os("XX_NO_RECONCILE").is_none() { self.reconcile_dirs(&b.dirs, watcher)?; }
+        self.reconcile_dirs(&b.dirs, watcher)?;
         self.finish_dirs()?;
         self.cut.flush()
     }

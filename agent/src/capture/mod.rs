@@ -107,7 +107,8 @@ pub struct Batch {
     /// changes, or a write through a name whose directory was removed
     /// since. Their known hard links must be looked at (fanotify only).
     pub inodes: HashSet<(u64, u64)>,
-    /// The directories events were in (fanotify): each directory's handle
+    /// The directories events were in (fanotify: by file handle; inotify:
+    /// by watch descriptor): each directory's handle
     /// and the names (relative to the root) its events were given. A
     /// directory that moves while its events are read gives them a name
     /// it no longer has by the time the batch is diffed; the diff finds
@@ -284,6 +285,8 @@ pub struct CaptureStats {
 pub struct Watcher {
     shared: Arc<Shared>,
     backend: Backend,
+    /// inotify: each watch descriptor's directory path as the reader knows it.
+    wd_paths: Option<inotify::WdPaths>,
     /// The root, for `open_by_handle_at` (fanotify only).
     mount: Option<std::os::fd::OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -314,14 +317,20 @@ impl Watcher {
         {
             backend = Backend::Inotify;
         }
+        let mut wd_paths = None;
+        let mut start_inotify = |shared: &Arc<Shared>| -> Result<std::thread::JoinHandle<()>> {
+            let (t, paths) = inotify::spawn(shared.clone())?;
+            wd_paths = Some(paths);
+            Ok(t)
+        };
         let (backend, thread) = match backend {
-            Backend::Inotify => (Backend::Inotify, inotify::spawn(shared.clone())?),
+            Backend::Inotify => (Backend::Inotify, start_inotify(&shared)?),
             Backend::Fanotify => (Backend::Fanotify, fanotify::spawn(shared.clone())?),
             Backend::Auto => match fanotify::spawn(shared.clone()) {
                 Ok(t) => (Backend::Fanotify, t),
                 Err(e) => {
                     warn!("fanotify is not available ({e:#}); watching with inotify (one watch per directory)");
-                    (Backend::Inotify, inotify::spawn(shared.clone())?)
+                    (Backend::Inotify, start_inotify(&shared)?)
                 }
             },
         };
@@ -336,6 +345,7 @@ impl Watcher {
         Ok(Watcher {
             shared,
             backend,
+            wd_paths,
             mount,
             thread: Some(thread),
         })
@@ -359,7 +369,19 @@ impl Watcher {
 
     /// Where the object `h` is now: its path relative to the root (one of
     /// its names) and its inode, while it still has a link under the root.
+    /// With inotify, only a directory's watch is located: by the path the
+    /// reader knows for it now.
     pub fn locate(&self, h: &Handle) -> Option<(Vec<u8>, (u64, u64))> {
+        if let Some(paths) = &self.wd_paths {
+            let abs = inotify::path_of(paths, h)?;
+            let md = std::fs::symlink_metadata(&abs).ok()?;
+            if !md.is_dir() {
+                return None;
+            }
+            let rel = self.shared.relative(&abs)?;
+            use std::os::unix::fs::MetadataExt;
+            return Some((rel, (md.dev(), md.ino())));
+        }
         let (abs, ino) = fanotify::locate(self.mount.as_ref()?, h)?;
         let rel = self.shared.relative(&abs)?;
         Some((rel, ino))

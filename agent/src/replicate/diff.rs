@@ -473,10 +473,12 @@ impl Worker {
             let md = self.lstat(p);
             let ino = md.as_ref().map(ino_of);
             if let Some(st) = self.index.get(p) {
-                // A directory has one name: its inode number at another
-                // name is a move only with a move event (else a removed
-                // directory's number was reused by a new entry).
-                if !st.unknown && ino != Some(st.ino) && (st.kind != Kind::Dir || c.moved) {
+                // An inode number at another name is a move only when this
+                // name was moved from: a removed entry's number is reused by
+                // the next one created (a file removed and another made, or
+                // linked and moved, in the same batch is no rename; the new
+                // name is sent whole).
+                if !st.unknown && ino != Some(st.ino) && c.moved {
                     lost.insert(st.ino, p.clone());
                 }
             }

@@ -496,6 +496,17 @@ impl Worker {
             if from == q || q.starts_with(from) && q.get(from.len()) == Some(&b'/') {
                 continue;
             }
+            // Another known name that still holds the inode on the source
+            // makes this one a removed file whose number was reused (or a
+            // hard link removed): the new name is linked to that one.
+            if self
+                .index
+                .link_names(*ino)
+                .iter()
+                .any(|r| r != from && r != q && self.lstat(r).is_some_and(|m| ino_of(&m) == *ino))
+            {
+                continue;
+            }
             // Same kind only (a reused inode number may be another kind).
             let was_dir = self.index.get(from).is_some_and(|s| s.kind == Kind::Dir);
             if self.lstat(q).is_none_or(|m| m.is_dir() != was_dir) {
@@ -635,6 +646,20 @@ impl Worker {
         self.new_entry(&abs, e, ino, md.nlink(), md.dev())
     }
 
+    /// `rel` is sent as a new file with inode `ino`: a known name of that
+    /// inode number that does not hold it on the source any more is a
+    /// removed file whose number was reused (its removal not yet seen, e.g.
+    /// named under a directory's intermediate name). It is not the same
+    /// file: mark it unknown, so that it is neither taken for a rename's
+    /// source nor linked to, and its own event replaces or removes it.
+    fn drop_stale_names(&mut self, rel: &[u8], ino: Ino) {
+        for q in self.index.link_names(ino) {
+            if q != rel && self.lstat(&q).is_none_or(|m| ino_of(&m) != ino) {
+                self.index.mark_unknown(&q, Kind::File);
+            }
+        }
+    }
+
     /// The content of a hard-linked inode changed through `rel`: make every
     /// other known name of it on the target the same inode again (the
     /// target may hold them as separate files).
@@ -681,31 +706,40 @@ impl Worker {
     /// everything below it).
     fn new_entry(&mut self, abs: &Path, e: Entry, ino: Ino, nlink: u64, dev: u64) -> Result<()> {
         let rel = e.path.clone();
-        if e.kind == Kind::File && nlink > 1 {
+        if e.kind == Kind::File && nlink > 1 && self.index.file(ino).is_some() {
+            // A known name that still holds the inode on the source (the
+            // one the content state was recorded under first).
+            let mut names = self.index.link_names(ino);
             if let Some(f) = self.index.file(ino) {
-                let other = f.path.clone();
-                let ok = other != rel
+                if let Some(i) = names.iter().position(|n| *n == f.path) {
+                    let first = names.remove(i);
+                    names.insert(0, first);
+                }
+            }
+            let found = names.into_iter().find(|other| {
+                *other != rel
                     && self
                         .index
-                        .get(&other)
+                        .get(other)
                         .is_some_and(|s| s.ino == ino && !s.unknown)
-                    && self.lstat(&other).is_some_and(|m| ino_of(&m) == ino);
-                if ok {
-                    self.emit(Record::Link {
-                        existing: other,
-                        new: rel.clone(),
-                    })?;
-                    self.diff_content(abs, &e, ino, false)?;
-                    self.emit(Record::SetMetadata(e.clone()))?;
-                    self.index.record(&e, ino);
-                    self.index.note_links(&rel, ino, nlink);
-                    return Ok(());
-                }
+                    && self.lstat(other).is_some_and(|m| ino_of(&m) == ino)
+            });
+            if let Some(other) = found {
+                self.emit(Record::Link {
+                    existing: other,
+                    new: rel.clone(),
+                })?;
+                self.diff_content(abs, &e, ino, false)?;
+                self.emit(Record::SetMetadata(e.clone()))?;
+                self.index.record(&e, ino);
+                self.index.note_links(&rel, ino, nlink);
+                return Ok(());
             }
         }
         self.emit(Record::Create(e.clone()))?;
         match e.kind {
             Kind::File => {
+                self.drop_stale_names(&rel, ino);
                 if self.diff_content(abs, &e, ino, true)? {
                     self.emit(Record::SetMetadata(e.clone()))?;
                 }

@@ -51,6 +51,10 @@ fn mask() -> WatchFlags {
 struct Watches {
     fd: OwnedFd,
     by_wd: WdPaths,
+    /// Directory moves whose MOVED_TO was not in the same read (cookie →
+    /// old path): the kernel queues the pair together, so it is the first
+    /// event of the next read, or the directory left the tree.
+    pending_from: HashMap<u32, PathBuf>,
 }
 
 impl Watches {
@@ -129,6 +133,7 @@ pub(super) fn spawn(shared: Arc<Shared>) -> Result<(std::thread::JoinHandle<()>,
     let mut w = Watches {
         fd,
         by_wd: WdPaths::default(),
+        pending_from: HashMap::new(),
     };
     let root = shared.root.clone();
     w.add_tree(&shared, &root, false);
@@ -194,7 +199,10 @@ fn read_loop(shared: Arc<Shared>, mut w: Watches) {
 }
 
 fn handle(shared: &Shared, w: &mut Watches, events: Vec<(i32, ReadFlags, u32, Option<Vec<u8>>)>) {
-    // Directory moves: cookie -> old path, paired with MOVED_TO in the same read.
+    // Directory moves: cookie -> old path, paired with MOVED_TO in the same
+    // read or the next one (a pair split by the read's end keeps the
+    // directory's watches, renamed, so its events keep its identity).
+    let mut prev = std::mem::take(&mut w.pending_from);
     let mut moved_from: HashMap<u32, PathBuf> = HashMap::new();
     for (wd, flags, cookie, name) in events {
         if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
@@ -236,7 +244,7 @@ fn handle(shared: &Shared, w: &mut Watches, events: Vec<(i32, ReadFlags, u32, Op
             moved_from.insert(cookie, path.clone());
         }
         if is_dir && flags.contains(ReadFlags::MOVED_TO) {
-            match moved_from.remove(&cookie) {
+            match moved_from.remove(&cookie).or_else(|| prev.remove(&cookie)) {
                 Some(old) => w.moved(&old, &path),
                 None => w.add_tree(shared, &path, true),
             }
@@ -245,7 +253,9 @@ fn handle(shared: &Shared, w: &mut Watches, events: Vec<(i32, ReadFlags, u32, Op
             w.add_tree(shared, &path, true);
         }
     }
-    for (_, old) in moved_from {
+    // Unpaired for a whole read: moved out of the tree.
+    for (_, old) in prev {
         w.forget(&old);
     }
+    w.pending_from = moved_from;
 }

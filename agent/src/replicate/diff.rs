@@ -294,7 +294,7 @@ impl Worker {
                 }
             }
         }
-        self.reconcile_dirs(&b.dirs, watcher)?;
+        self.reconcile_dirs(&b.dirs, &paths, watcher)?;
         self.finish_dirs()?;
         self.cut.flush()
     }

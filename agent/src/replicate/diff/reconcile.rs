@@ -36,12 +36,19 @@ const ALL: Change = Change {
 impl Worker {
     /// Compare, with the index, the entries of every directory of the
     /// batch whose events were named by a path it does not have now.
+    /// An entry an event named under a stale name of its directory is
+    /// synced under the directory's current path too (with the event's
+    /// change: a write into a file whose identity did not change is seen
+    /// only there).
     pub(super) fn reconcile_dirs(
         &mut self,
         dirs: &HashMap<Handle, BTreeSet<Vec<u8>>>,
+        paths: &[(Vec<u8>, Change)],
         loc: &dyn Locate,
     ) -> Result<()> {
         let mut todo: Vec<Vec<u8>> = Vec::new();
+        // Stale directory name → its current path.
+        let mut renamed: HashMap<&[u8], Vec<u8>> = HashMap::new();
         for (h, named) in dirs {
             let Some((now, ino)) = loc.locate(h) else {
                 continue; // removed: its parent's event says so
@@ -54,6 +61,9 @@ impl Worker {
                 .get(&now)
                 .is_some_and(|s| s.kind == Kind::Dir && s.ino == ino);
             let stale = named.iter().any(|n| n != &now);
+            for n in named.iter().filter(|n| **n != now) {
+                renamed.insert(n, now.clone());
+            }
             if stale || (!in_place && !now.is_empty()) {
                 todo.push(now);
             }
@@ -69,6 +79,35 @@ impl Worker {
         );
         for d in todo {
             self.reconcile_dir(&d)?;
+        }
+        let mut mapped: Vec<(Vec<u8>, Change)> = Vec::new();
+        if !renamed.is_empty() {
+            for (p, c) in paths {
+                let (dir, name) = match p.iter().rposition(|&b| b == b'/') {
+                    Some(i) => (&p[..i], &p[i..]),
+                    None => (&b""[..], &p[..]),
+                };
+                if let Some(now) = renamed.get(dir) {
+                    let mut np = now.clone();
+                    if now.is_empty() {
+                        np.extend_from_slice(name.strip_prefix(b"/").unwrap_or(name));
+                    } else if dir.is_empty() {
+                        np.push(b'/');
+                        np.extend_from_slice(name);
+                    } else {
+                        np.extend_from_slice(name);
+                    }
+                    if np != *p {
+                        mapped.push((np, *c));
+                    }
+                }
+            }
+        }
+        mapped.sort_by(|a, b| path_cmp(&a.0, &b.0));
+        for (p, c) in mapped {
+            if self.lstat(&p).is_some() {
+                self.sync_path(&p, c, false)?;
+            }
         }
         Ok(())
     }

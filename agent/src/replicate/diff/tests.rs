@@ -42,7 +42,7 @@ impl Locate for WalkLocate {
 /// The target as a map of path → kind, changed the way the target's apply
 /// changes it; anything the target would refuse panics.
 #[derive(Default)]
-struct Model(BTreeMap<Vec<u8>, Kind>);
+struct Model(BTreeMap<Vec<u8>, Kind>, BTreeMap<Vec<u8>, Vec<u8>>);
 
 fn parent(p: &[u8]) -> &[u8] {
     match p.iter().rposition(|&b| b == b'/') {
@@ -70,6 +70,7 @@ impl Model {
 
     fn remove(&mut self, p: &[u8]) {
         self.0.retain(|k, _| !below(k, p));
+        self.1.retain(|k, _| !below(k, p));
     }
 
     fn apply(&mut self, r: &Record) {
@@ -84,6 +85,9 @@ impl Model {
                 }
                 self.remove(&e.path);
                 self.0.insert(e.path.clone(), e.kind);
+                if e.kind == Kind::File {
+                    self.1.insert(e.path.clone(), Vec::new());
+                }
             }
             Record::Delete { path } => {
                 self.need_parent(path, r);
@@ -110,11 +114,22 @@ impl Model {
                     .filter(|(x, _)| below(x, from))
                     .map(|(x, k)| (x.clone(), *k))
                     .collect();
+                let data: Vec<(Vec<u8>, Vec<u8>)> = self
+                    .1
+                    .iter()
+                    .filter(|(x, _)| below(x, from))
+                    .map(|(x, d)| (x.clone(), d.clone()))
+                    .collect();
                 self.remove(from);
                 for (x, k) in moved {
                     let mut n = to.clone();
                     n.extend_from_slice(&x[from.len()..]);
                     self.0.insert(n, k);
+                }
+                for (x, d) in data {
+                    let mut n = to.clone();
+                    n.extend_from_slice(&x[from.len()..]);
+                    self.1.insert(n, d);
                 }
             }
             Record::Link { existing, new } => {
@@ -123,8 +138,10 @@ impl Model {
                     self.0.get(existing).is_some_and(|k| *k != Kind::Dir),
                     "{r:?}: link source missing"
                 );
+                let d = self.1.get(existing).cloned().unwrap_or_default();
                 self.remove(new);
                 self.0.insert(new.clone(), Kind::File);
+                self.1.insert(new.clone(), d);
             }
             Record::SetMetadata(e) => {
                 assert!(
@@ -132,13 +149,29 @@ impl Model {
                     "{r:?}: missing"
                 );
             }
-            Record::WriteExtent { path, .. } | Record::Truncate { path, .. } => {
+            Record::WriteExtent {
+                path, offset, data, ..
+            } => {
                 assert_eq!(self.0.get(path), Some(&Kind::File), "{r:?}: not a file");
+                let d = self.1.entry(path.clone()).or_default();
+                let end = *offset as usize + data.len();
+                if d.len() < end {
+                    d.resize(end, 0);
+                }
+                d[*offset as usize..end].copy_from_slice(data);
             }
-            Record::File { entry, .. } => {
+            Record::Truncate { path, size, .. } => {
+                assert_eq!(self.0.get(path), Some(&Kind::File), "{r:?}: not a file");
+                self.1
+                    .entry(path.clone())
+                    .or_default()
+                    .resize(*size as usize, 0);
+            }
+            Record::File { entry, data, .. } => {
                 self.need_parent(&entry.path, r);
                 self.remove(&entry.path);
                 self.0.insert(entry.path.clone(), Kind::File);
+                self.1.insert(entry.path.clone(), data.clone());
             }
         }
     }
@@ -246,16 +279,28 @@ impl Fixture {
     fn assert_converged(&self) {
         let model = self.model.lock().unwrap();
         let src = source(&self.src);
-        let show = |m: &BTreeMap<Vec<u8>, Kind>| {
-            m.iter()
-                .map(|(k, v)| format!("{} {v:?}", String::from_utf8_lossy(k)))
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            show(&model.0),
-            show(&src),
-            "target (left) vs source (right)"
-        );
+        let target: Vec<String> = model
+            .0
+            .iter()
+            .map(|(k, v)| {
+                let data = model
+                    .1
+                    .get(k)
+                    .map(|d| String::from_utf8_lossy(d).into_owned());
+                format!("{} {v:?} {data:?}", String::from_utf8_lossy(k))
+            })
+            .collect();
+        let source: Vec<String> = src
+            .iter()
+            .map(|(k, v)| {
+                let data = (*v == Kind::File).then(|| {
+                    let d = std::fs::read(self.src.join(std::ffi::OsStr::from_bytes(k))).unwrap();
+                    String::from_utf8_lossy(&d).into_owned()
+                });
+                format!("{} {v:?} {data:?}", String::from_utf8_lossy(k))
+            })
+            .collect();
+        assert_eq!(target, source, "target (left) vs source (right)");
     }
 }
 
@@ -407,5 +452,26 @@ fn a_removal_named_by_an_intermediate_name_is_not_lost() {
     f.run(e.take());
     // The next batch has nothing more to say about it.
     f.run(Batch::default());
+    f.assert_converged();
+}
+
+/// A write into an existing file (same inode) named under a directory's
+/// intermediate name, with no file handle to find the file by (as with
+/// the inotify fallback): the entry is looked at under the directory's
+/// current path.
+#[test]
+fn a_write_named_by_an_intermediate_name_reaches_the_file() {
+    let mut f = Fixture::new();
+    for d in ["a", "a/b"] {
+        std::fs::create_dir(f.p(d)).unwrap();
+    }
+    std::fs::write(f.p("a/b/f"), b"old").unwrap();
+    f.sync_all();
+
+    let mut e = Events::default();
+    e.mv(&f, "a", "x");
+    e.write(&f, "x/b/f", b"new content");
+    e.mv(&f, "x", "z");
+    f.run(e.take());
     f.assert_converged();
 }

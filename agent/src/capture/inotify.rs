@@ -98,6 +98,15 @@ impl Watches {
         }
     }
 
+    /// `dir` has a watch.
+    fn watched(&self, dir: &Path) -> bool {
+        self.by_wd
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|p| p == dir)
+    }
+
     /// A watched directory moved from `from` to `to`: rename its watches.
     fn moved(&mut self, from: &Path, to: &Path) {
         let mut by_wd = self.by_wd.lock().unwrap_or_else(|e| e.into_inner());
@@ -245,8 +254,10 @@ fn handle(shared: &Shared, w: &mut Watches, events: Vec<(i32, ReadFlags, u32, Op
         }
         if is_dir && flags.contains(ReadFlags::MOVED_TO) {
             match moved_from.remove(&cookie).or_else(|| prev.remove(&cookie)) {
-                Some(old) => w.moved(&old, &path),
-                None => w.add_tree(shared, &path, true),
+                // Not watched under its old name (created and moved before
+                // its creation was read): watched and walked now.
+                Some(old) if w.watched(&old) => w.moved(&old, &path),
+                _ => w.add_tree(shared, &path, true),
             }
         }
         if is_dir && flags.contains(ReadFlags::CREATE) {

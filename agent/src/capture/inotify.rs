@@ -82,6 +82,12 @@ impl Watches {
                 let _ = &dev;
                 match inotify::add_watch(&self.fd, e.path(), mask()) {
                     Ok(wd) => {
+                        if note {
+                            shared.note_appeared(Handle {
+                                kind: WD_HANDLE,
+                                bytes: wd.to_ne_bytes().to_vec(),
+                            });
+                        }
                         self.by_wd
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())

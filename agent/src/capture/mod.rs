@@ -115,6 +115,11 @@ pub struct Batch {
     /// its current name by the handle and compares its entries with the
     /// index (see `replicate::diff`).
     pub dirs: HashMap<Handle, BTreeSet<Vec<u8>>>,
+    /// Directories that appeared (created, or moved in) during the batch:
+    /// their entries are compared with the index whatever their name (a
+    /// removed directory's inode number may be reused by a new one at the
+    /// same name).
+    pub appeared: HashSet<Handle>,
 }
 
 impl Batch {
@@ -130,6 +135,7 @@ struct Dirty {
     handles: HashMap<Vec<u8>, Handle>,
     inodes: HashSet<(u64, u64)>,
     dirs: HashMap<Handle, BTreeSet<Vec<u8>>>,
+    appeared: HashSet<Handle>,
     rescan: bool,
     last_event: Option<Instant>,
     first_event: Option<Instant>,
@@ -184,6 +190,14 @@ impl Shared {
         d.dirs.entry(h).or_default().insert(rel);
     }
 
+    /// The directory `h` appeared (created or moved in).
+    pub(crate) fn note_appeared(&self, h: Handle) {
+        let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        if !d.rescan {
+            d.appeared.insert(h);
+        }
+    }
+
     /// An event about a live non-directory inode without a usable name.
     pub(crate) fn note_inode(&self, ino: (u64, u64)) {
         let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
@@ -204,6 +218,7 @@ impl Shared {
             d.handles.clear();
             d.inodes.clear();
             d.dirs.clear();
+            d.appeared.clear();
             d.rescan = true;
         }
         self.cv.notify_all();
@@ -246,6 +261,7 @@ impl Shared {
             d.handles.clear();
             d.inodes.clear();
             d.dirs.clear();
+            d.appeared.clear();
             d.rescan = true;
         }
         self.cv.notify_all();
@@ -261,6 +277,7 @@ impl Shared {
         d.handles.clear();
         d.inodes.clear();
         d.dirs.clear();
+        d.appeared.clear();
         let now = Instant::now();
         d.last_event = Some(now);
         d.first_event.get_or_insert(now);
@@ -395,6 +412,7 @@ impl Watcher {
         d.handles.clear();
         d.inodes.clear();
         d.dirs.clear();
+        d.appeared.clear();
         d.last_event = Some(Instant::now());
         d.first_event.get_or_insert(Instant::now());
         self.shared.cv.notify_all();
@@ -457,6 +475,7 @@ impl Watcher {
         let handles = std::mem::take(&mut d.handles);
         let inodes = std::mem::take(&mut d.inodes);
         let dirs = std::mem::take(&mut d.dirs);
+        let appeared = std::mem::take(&mut d.appeared);
         let rescan = std::mem::take(&mut d.rescan);
         d.first_event = None;
         Some(Batch {
@@ -465,6 +484,7 @@ impl Watcher {
             handles,
             inodes,
             dirs,
+            appeared,
         })
     }
 }

@@ -294,7 +294,7 @@ impl Worker {
                 }
             }
         }
-        self.reconcile_dirs(&b.dirs, &paths, watcher)?;
+        self.reconcile_dirs(&b.dirs, &b.appeared, &paths, watcher)?;
         self.finish_dirs()?;
         self.cut.flush()
     }

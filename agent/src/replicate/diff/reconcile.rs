@@ -17,7 +17,7 @@
 //! mirrors the target as of the previous change set plus the records
 //! already emitted, so each is valid where the target applies it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 
 use anyhow::Result;
@@ -43,6 +43,7 @@ impl Worker {
     pub(super) fn reconcile_dirs(
         &mut self,
         dirs: &HashMap<Handle, BTreeSet<Vec<u8>>>,
+        appeared: &HashSet<Handle>,
         paths: &[(Vec<u8>, Change)],
         loc: &dyn Locate,
     ) -> Result<()> {
@@ -66,6 +67,13 @@ impl Worker {
             }
             if stale || (!in_place && !now.is_empty()) {
                 todo.push(now);
+            }
+        }
+        for h in appeared {
+            if let Some((now, _)) = loc.locate(h) {
+                if !self.excl.excluded(&now) {
+                    todo.push(now);
+                }
             }
         }
         if todo.is_empty() {

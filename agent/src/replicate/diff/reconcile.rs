@@ -60,7 +60,7 @@ impl Worker {
             let in_place = self
                 .index
                 .get(&now)
-                .is_some_and(|s| s.kind == Kind::Dir && s.ino == ino);
+                .is_some_and(|s| s.kind == Kind::Dir && (s.ino == ino || s.unknown));
             let stale = named.iter().any(|n| n != &now);
             for n in named.iter().filter(|n| **n != now) {
                 renamed.insert(n, now.clone());
@@ -140,16 +140,18 @@ impl Worker {
             if !md.is_dir() {
                 return Ok(());
             }
+            // A directory seeded unknown (changed around the mirror) is
+            // in place: its entries are known one by one.
             let in_place = self
                 .index
                 .get(a)
-                .is_some_and(|s| s.kind == Kind::Dir && s.ino == ino_of(&md));
+                .is_some_and(|s| s.kind == Kind::Dir && (s.ino == ino_of(&md) || s.unknown));
             if !in_place {
                 self.sync_path(a, ALL, false)?;
                 if !self
                     .index
                     .get(a)
-                    .is_some_and(|s| s.kind == Kind::Dir && s.ino == ino_of(&md))
+                    .is_some_and(|s| s.kind == Kind::Dir && (s.ino == ino_of(&md) || s.unknown))
                 {
                     return Ok(());
                 }
@@ -161,11 +163,16 @@ impl Worker {
         let mut differ: Vec<Vec<u8>> = Vec::new();
         let known: BTreeSet<Vec<u8>> = self.index.children(d).into_iter().collect();
         for c in &known {
-            let same = self
-                .index
-                .get(c)
-                .zip(self.lstat(c))
-                .is_some_and(|(s, m)| s.ino == ino_of(&m) && !s.unknown);
+            // An entry seeded unknown that is still of its kind is left to
+            // its own events (resending it here would also split it from
+            // its hard links).
+            let same = self.index.get(c).zip(self.lstat(c)).is_some_and(|(s, m)| {
+                if s.unknown {
+                    Kind::of(m.file_type()) == Some(s.kind)
+                } else {
+                    s.ino == ino_of(&m)
+                }
+            });
             if !same {
                 differ.push(c.clone());
             }

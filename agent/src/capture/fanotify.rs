@@ -172,7 +172,16 @@ fn parse(
             }
             let handle = &rec[20..20 + hb];
             if kind == libc::FAN_EVENT_INFO_TYPE_FID {
-                // The object itself (kept for non-directories only).
+                // The object itself (kept for non-directories only; a
+                // directory created or moved in is compared whole).
+                if mask & libc::FAN_ONDIR != 0
+                    && mask & (libc::FAN_CREATE | libc::FAN_MOVED_TO) != 0
+                {
+                    shared.note_appeared(Handle {
+                        kind: ht,
+                        bytes: handle.to_vec(),
+                    });
+                }
                 if mask & libc::FAN_ONDIR == 0 {
                     obj = Some(Handle {
                         kind: ht,
@@ -197,6 +206,13 @@ fn parse(
                 .or_insert_with(|| resolve(mount, ht, handle))
                 .clone();
             let Some(dir) = dir else { continue };
+            shared.note_dir(
+                Handle {
+                    kind: ht,
+                    bytes: handle.to_vec(),
+                },
+                &dir,
+            );
             let path = if name.is_empty() || name == b"." {
                 dir
             } else {

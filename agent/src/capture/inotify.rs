@@ -6,13 +6,34 @@ use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use tracing::debug;
 
-use super::Shared;
+use super::{Handle, Shared};
+
+/// The `Handle` type of an inotify watch descriptor (fanotify's handle
+/// types are not negative).
+pub(super) const WD_HANDLE: i32 = i32::MIN;
+
+/// Watch descriptor → the directory's path as the reader knows it now,
+/// shared with [`super::Watcher::locate`].
+pub(super) type WdPaths = Arc<Mutex<HashMap<i32, PathBuf>>>;
+
+/// The path a watch descriptor's directory has now, as the reader knows it.
+pub(super) fn path_of(paths: &WdPaths, h: &Handle) -> Option<PathBuf> {
+    if h.kind != WD_HANDLE {
+        return None;
+    }
+    let wd = i32::from_ne_bytes(h.bytes.as_slice().try_into().ok()?);
+    paths
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&wd)
+        .cloned()
+}
 
 fn mask() -> WatchFlags {
     WatchFlags::CREATE
@@ -29,7 +50,11 @@ fn mask() -> WatchFlags {
 
 struct Watches {
     fd: OwnedFd,
-    by_wd: HashMap<i32, PathBuf>,
+    by_wd: WdPaths,
+    /// Directory moves whose MOVED_TO was not in the same read (cookie →
+    /// old path): the kernel queues the pair together, so it is the first
+    /// event of the next read, or the directory left the tree.
+    pending_from: HashMap<u32, PathBuf>,
 }
 
 impl Watches {
@@ -57,7 +82,16 @@ impl Watches {
                 let _ = &dev;
                 match inotify::add_watch(&self.fd, e.path(), mask()) {
                     Ok(wd) => {
-                        self.by_wd.insert(wd, e.path().to_path_buf());
+                        if note {
+                            shared.note_appeared(Handle {
+                                kind: WD_HANDLE,
+                                bytes: wd.to_ne_bytes().to_vec(),
+                            });
+                        }
+                        self.by_wd
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(wd, e.path().to_path_buf());
                     }
                     Err(rustix::io::Errno::NOSPC) => {
                         shared.overflow(
@@ -70,9 +104,19 @@ impl Watches {
         }
     }
 
+    /// `dir` has a watch.
+    fn watched(&self, dir: &Path) -> bool {
+        self.by_wd
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|p| p == dir)
+    }
+
     /// A watched directory moved from `from` to `to`: rename its watches.
     fn moved(&mut self, from: &Path, to: &Path) {
-        for p in self.by_wd.values_mut() {
+        let mut by_wd = self.by_wd.lock().unwrap_or_else(|e| e.into_inner());
+        for p in by_wd.values_mut() {
             if let Ok(rest) = p.strip_prefix(from) {
                 *p = if rest.as_os_str().is_empty() {
                     to.to_path_buf()
@@ -85,35 +129,38 @@ impl Watches {
 
     /// A directory left the tree: drop its watches.
     fn forget(&mut self, from: &Path) {
-        let gone: Vec<i32> = self
-            .by_wd
+        let mut by_wd = self.by_wd.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<i32> = by_wd
             .iter()
             .filter(|(_, p)| p.starts_with(from))
             .map(|(w, _)| *w)
             .collect();
         for w in gone {
             let _ = inotify::remove_watch(&self.fd, w);
-            self.by_wd.remove(&w);
+            by_wd.remove(&w);
         }
     }
 }
 
-pub(super) fn spawn(shared: Arc<Shared>) -> Result<std::thread::JoinHandle<()>> {
+pub(super) fn spawn(shared: Arc<Shared>) -> Result<(std::thread::JoinHandle<()>, WdPaths)> {
     let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)
         .context("creating an inotify instance")?;
     let mut w = Watches {
         fd,
-        by_wd: HashMap::new(),
+        by_wd: WdPaths::default(),
+        pending_from: HashMap::new(),
     };
     let root = shared.root.clone();
     w.add_tree(&shared, &root, false);
-    if w.by_wd.is_empty() {
+    if w.by_wd.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
         anyhow::bail!("watching {} with inotify failed", root.display());
     }
-    std::thread::Builder::new()
+    let paths = w.by_wd.clone();
+    let t = std::thread::Builder::new()
         .name("standin-inotify".into())
         .spawn(move || read_loop(shared, w))
-        .context("starting the inotify reader")
+        .context("starting the inotify reader")?;
+    Ok((t, paths))
 }
 
 fn read_loop(shared: Arc<Shared>, mut w: Watches) {
@@ -167,7 +214,10 @@ fn read_loop(shared: Arc<Shared>, mut w: Watches) {
 }
 
 fn handle(shared: &Shared, w: &mut Watches, events: Vec<(i32, ReadFlags, u32, Option<Vec<u8>>)>) {
-    // Directory moves: cookie -> old path, paired with MOVED_TO in the same read.
+    // Directory moves: cookie -> old path, paired with MOVED_TO in the same
+    // read or the next one (a pair split by the read's end keeps the
+    // directory's watches, renamed, so its events keep its identity).
+    let mut prev = std::mem::take(&mut w.pending_from);
     let mut moved_from: HashMap<u32, PathBuf> = HashMap::new();
     for (wd, flags, cookie, name) in events {
         if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
@@ -175,12 +225,28 @@ fn handle(shared: &Shared, w: &mut Watches, events: Vec<(i32, ReadFlags, u32, Op
             continue;
         }
         if flags.contains(ReadFlags::IGNORED) {
-            w.by_wd.remove(&wd);
+            w.by_wd
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&wd);
             continue;
         }
-        let Some(dir) = w.by_wd.get(&wd).cloned() else {
+        let Some(dir) = w
+            .by_wd
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&wd)
+            .cloned()
+        else {
             continue;
         };
+        shared.note_dir(
+            Handle {
+                kind: WD_HANDLE,
+                bytes: wd.to_ne_bytes().to_vec(),
+            },
+            &dir,
+        );
         let path = match &name {
             Some(n) if !n.is_empty() => dir.join(OsStr::from_bytes(n)),
             _ => dir.clone(),
@@ -193,16 +259,20 @@ fn handle(shared: &Shared, w: &mut Watches, events: Vec<(i32, ReadFlags, u32, Op
             moved_from.insert(cookie, path.clone());
         }
         if is_dir && flags.contains(ReadFlags::MOVED_TO) {
-            match moved_from.remove(&cookie) {
-                Some(old) => w.moved(&old, &path),
-                None => w.add_tree(shared, &path, true),
+            match moved_from.remove(&cookie).or_else(|| prev.remove(&cookie)) {
+                // Not watched under its old name (created and moved before
+                // its creation was read): watched and walked now.
+                Some(old) if w.watched(&old) => w.moved(&old, &path),
+                _ => w.add_tree(shared, &path, true),
             }
         }
         if is_dir && flags.contains(ReadFlags::CREATE) {
             w.add_tree(shared, &path, true);
         }
     }
-    for (_, old) in moved_from {
+    // Unpaired for a whole read: moved out of the tree.
+    for (_, old) in prev {
         w.forget(&old);
     }
+    w.pending_from = moved_from;
 }

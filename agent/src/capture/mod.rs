@@ -15,7 +15,7 @@ mod fanotify;
 mod inotify;
 mod sys;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,10 +77,18 @@ pub struct Change {
 }
 
 /// A kernel file handle of the object an event was about (fanotify only).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Handle {
     kind: i32,
     bytes: Vec<u8>,
+}
+
+impl Handle {
+    /// A handle from its type and opaque bytes (as the kernel reports them;
+    /// tests make up their own).
+    pub fn new(kind: i32, bytes: Vec<u8>) -> Handle {
+        Handle { kind, bytes }
+    }
 }
 
 /// Changed paths, relative to the root (raw bytes, `""` is the root).
@@ -99,6 +107,19 @@ pub struct Batch {
     /// changes, or a write through a name whose directory was removed
     /// since. Their known hard links must be looked at (fanotify only).
     pub inodes: HashSet<(u64, u64)>,
+    /// The directories events were in (fanotify: by file handle; inotify:
+    /// by watch descriptor): each directory's handle
+    /// and the names (relative to the root) its events were given. A
+    /// directory that moves while its events are read gives them a name
+    /// it no longer has by the time the batch is diffed; the diff finds
+    /// its current name by the handle and compares its entries with the
+    /// index (see `replicate::diff`).
+    pub dirs: HashMap<Handle, BTreeSet<Vec<u8>>>,
+    /// Directories that appeared (created, or moved in) during the batch:
+    /// their entries are compared with the index whatever their name (a
+    /// removed directory's inode number may be reused by a new one at the
+    /// same name).
+    pub appeared: HashSet<Handle>,
 }
 
 impl Batch {
@@ -113,6 +134,8 @@ struct Dirty {
     paths: HashMap<Vec<u8>, Change>,
     handles: HashMap<Vec<u8>, Handle>,
     inodes: HashSet<(u64, u64)>,
+    dirs: HashMap<Handle, BTreeSet<Vec<u8>>>,
+    appeared: HashSet<Handle>,
     rescan: bool,
     last_event: Option<Instant>,
     first_event: Option<Instant>,
@@ -154,6 +177,27 @@ impl Shared {
         self.note_rel(rel, content, moved, obj);
     }
 
+    /// An event was in the directory `h`, named `abs` when it was read
+    /// (ignored outside the root).
+    pub(crate) fn note_dir(&self, h: Handle, abs: &Path) {
+        let Some(rel) = self.relative(abs) else {
+            return;
+        };
+        let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        if d.rescan {
+            return;
+        }
+        d.dirs.entry(h).or_default().insert(rel);
+    }
+
+    /// The directory `h` appeared (created or moved in).
+    pub(crate) fn note_appeared(&self, h: Handle) {
+        let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        if !d.rescan {
+            d.appeared.insert(h);
+        }
+    }
+
     /// An event about a live non-directory inode without a usable name.
     pub(crate) fn note_inode(&self, ino: (u64, u64)) {
         let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
@@ -173,6 +217,8 @@ impl Shared {
             d.paths.clear();
             d.handles.clear();
             d.inodes.clear();
+            d.dirs.clear();
+            d.appeared.clear();
             d.rescan = true;
         }
         self.cv.notify_all();
@@ -214,6 +260,8 @@ impl Shared {
             d.paths.clear();
             d.handles.clear();
             d.inodes.clear();
+            d.dirs.clear();
+            d.appeared.clear();
             d.rescan = true;
         }
         self.cv.notify_all();
@@ -228,6 +276,8 @@ impl Shared {
         d.paths.clear();
         d.handles.clear();
         d.inodes.clear();
+        d.dirs.clear();
+        d.appeared.clear();
         let now = Instant::now();
         d.last_event = Some(now);
         d.first_event.get_or_insert(now);
@@ -252,6 +302,8 @@ pub struct CaptureStats {
 pub struct Watcher {
     shared: Arc<Shared>,
     backend: Backend,
+    /// inotify: each watch descriptor's directory path as the reader knows it.
+    wd_paths: Option<inotify::WdPaths>,
     /// The root, for `open_by_handle_at` (fanotify only).
     mount: Option<std::os::fd::OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -282,14 +334,20 @@ impl Watcher {
         {
             backend = Backend::Inotify;
         }
+        let mut wd_paths = None;
+        let mut start_inotify = |shared: &Arc<Shared>| -> Result<std::thread::JoinHandle<()>> {
+            let (t, paths) = inotify::spawn(shared.clone())?;
+            wd_paths = Some(paths);
+            Ok(t)
+        };
         let (backend, thread) = match backend {
-            Backend::Inotify => (Backend::Inotify, inotify::spawn(shared.clone())?),
+            Backend::Inotify => (Backend::Inotify, start_inotify(&shared)?),
             Backend::Fanotify => (Backend::Fanotify, fanotify::spawn(shared.clone())?),
             Backend::Auto => match fanotify::spawn(shared.clone()) {
                 Ok(t) => (Backend::Fanotify, t),
                 Err(e) => {
                     warn!("fanotify is not available ({e:#}); watching with inotify (one watch per directory)");
-                    (Backend::Inotify, inotify::spawn(shared.clone())?)
+                    (Backend::Inotify, start_inotify(&shared)?)
                 }
             },
         };
@@ -304,6 +362,7 @@ impl Watcher {
         Ok(Watcher {
             shared,
             backend,
+            wd_paths,
             mount,
             thread: Some(thread),
         })
@@ -327,7 +386,19 @@ impl Watcher {
 
     /// Where the object `h` is now: its path relative to the root (one of
     /// its names) and its inode, while it still has a link under the root.
+    /// With inotify, only a directory's watch is located: by the path the
+    /// reader knows for it now.
     pub fn locate(&self, h: &Handle) -> Option<(Vec<u8>, (u64, u64))> {
+        if let Some(paths) = &self.wd_paths {
+            let abs = inotify::path_of(paths, h)?;
+            let md = std::fs::symlink_metadata(&abs).ok()?;
+            if !md.is_dir() {
+                return None;
+            }
+            let rel = self.shared.relative(&abs)?;
+            use std::os::unix::fs::MetadataExt;
+            return Some((rel, (md.dev(), md.ino())));
+        }
         let (abs, ino) = fanotify::locate(self.mount.as_ref()?, h)?;
         let rel = self.shared.relative(&abs)?;
         Some((rel, ino))
@@ -340,6 +411,8 @@ impl Watcher {
         d.paths.clear();
         d.handles.clear();
         d.inodes.clear();
+        d.dirs.clear();
+        d.appeared.clear();
         d.last_event = Some(Instant::now());
         d.first_event.get_or_insert(Instant::now());
         self.shared.cv.notify_all();
@@ -401,6 +474,8 @@ impl Watcher {
         let paths = std::mem::take(&mut d.paths);
         let handles = std::mem::take(&mut d.handles);
         let inodes = std::mem::take(&mut d.inodes);
+        let dirs = std::mem::take(&mut d.dirs);
+        let appeared = std::mem::take(&mut d.appeared);
         let rescan = std::mem::take(&mut d.rescan);
         d.first_event = None;
         Some(Batch {
@@ -408,6 +483,8 @@ impl Watcher {
             rescan,
             handles,
             inodes,
+            dirs,
+            appeared,
         })
     }
 }

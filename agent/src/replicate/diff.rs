@@ -19,6 +19,24 @@ use super::{log_repairs, log_rescan, Cutter, Excluder, QueueFull, ReplicateOptio
 use crate::blockindex::{BlockIndex, Ino};
 use crate::capture::{Batch, Change, Handle, Watcher};
 
+mod reconcile;
+#[cfg(test)]
+mod tests;
+
+/// Finds where an object lives now by its file handle ([`Watcher`] with
+/// fanotify; tests give their own).
+pub(crate) trait Locate {
+    /// The object's current path relative to the root and its inode, while
+    /// it has a name under the root.
+    fn locate(&self, h: &Handle) -> Option<(Vec<u8>, Ino)>;
+}
+
+impl Locate for Watcher {
+    fn locate(&self, h: &Handle) -> Option<(Vec<u8>, Ino)> {
+        Watcher::locate(self, h)
+    }
+}
+
 pub(super) fn run(
     root: PathBuf,
     opts: ReplicateOptions,
@@ -27,27 +45,7 @@ pub(super) fn run(
     tx: mpsc::Sender<Req>,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
-    let excl = Excluder::new(&root, &opts.scan)?;
-    let root_dev = std::fs::symlink_metadata(&root)
-        .with_context(|| format!("reading {}", root.display()))?
-        .dev();
-    let mut w = Worker {
-        cut: Cutter {
-            tx,
-            counters: opts.counters.clone(),
-            records: Vec::new(),
-            bytes: 0,
-            max: opts.max_set_bytes,
-            failed: None,
-        },
-        root,
-        root_dev,
-        excl,
-        index,
-        dirs: BTreeSet::new(),
-        deferred: BTreeMap::new(),
-        redo: BTreeSet::new(),
-    };
+    let mut w = Worker::new(root, &opts, index, tx)?;
     let mut rescan_after_drain = false;
     let mut last_sweep = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -162,6 +160,35 @@ fn ino_of(md: &std::fs::Metadata) -> Ino {
 }
 
 impl Worker {
+    fn new(
+        root: PathBuf,
+        opts: &ReplicateOptions,
+        index: BlockIndex,
+        tx: mpsc::Sender<Req>,
+    ) -> Result<Worker> {
+        let excl = Excluder::new(&root, &opts.scan)?;
+        let root_dev = std::fs::symlink_metadata(&root)
+            .with_context(|| format!("reading {}", root.display()))?
+            .dev();
+        Ok(Worker {
+            cut: Cutter {
+                tx,
+                counters: opts.counters.clone(),
+                records: Vec::new(),
+                bytes: 0,
+                max: opts.max_set_bytes,
+                failed: None,
+            },
+            root,
+            root_dev,
+            excl,
+            index,
+            dirs: BTreeSet::new(),
+            deferred: BTreeMap::new(),
+            redo: BTreeSet::new(),
+        })
+    }
+
     fn abs(&self, rel: &[u8]) -> PathBuf {
         if rel.is_empty() {
             self.root.clone()
@@ -209,7 +236,14 @@ impl Worker {
     }
 
     /// One batch of changed paths.
-    fn batch(&mut self, b: Batch, watcher: &Watcher) -> Result<()> {
+    fn batch(&mut self, b: Batch, watcher: &dyn Locate) -> Result<()> {
+        if tracing::enabled!(tracing::Level::TRACE) {
+            tracing::trace!(
+                paths = ?b.paths.iter().map(|(p, c)| format!("{}{}{}{}", display_path(p), if c.content {" c"} else {""}, if c.metadata {" m"} else {""}, if c.moved {" mv"} else {""})).collect::<Vec<_>>(),
+                dirs = ?b.dirs.values().map(|n| n.iter().map(|p| display_path(p)).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                "batch"
+            );
+        }
         let mut all = b.paths;
         let deferred = std::mem::take(&mut self.deferred);
         self.redo = deferred.keys().cloned().collect();
@@ -260,6 +294,7 @@ impl Worker {
                 }
             }
         }
+        self.reconcile_dirs(&b.dirs, &b.appeared, &paths, watcher)?;
         self.finish_dirs()?;
         self.cut.flush()
     }
@@ -354,7 +389,7 @@ impl Worker {
         paths: &mut Vec<(Vec<u8>, Change)>,
         handles: &HashMap<Vec<u8>, Handle>,
         inodes: &std::collections::HashSet<Ino>,
-        watcher: &Watcher,
+        watcher: &dyn Locate,
     ) {
         let mut extra = Vec::new();
         for ino in inodes {
@@ -438,10 +473,12 @@ impl Worker {
             let md = self.lstat(p);
             let ino = md.as_ref().map(ino_of);
             if let Some(st) = self.index.get(p) {
-                // A directory has one name: its inode number at another
-                // name is a move only with a move event (else a removed
-                // directory's number was reused by a new entry).
-                if !st.unknown && ino != Some(st.ino) && (st.kind != Kind::Dir || c.moved) {
+                // An inode number at another name is a move only when this
+                // name was moved from: a removed entry's number is reused by
+                // the next one created (a file removed and another made, or
+                // linked and moved, in the same batch is no rename; the new
+                // name is sent whole).
+                if !st.unknown && ino != Some(st.ino) && c.moved {
                     lost.insert(st.ino, p.clone());
                 }
             }
@@ -457,6 +494,17 @@ impl Worker {
             let Some(ino) = ino else { continue };
             let Some(from) = lost.get(ino) else { continue };
             if from == q || q.starts_with(from) && q.get(from.len()) == Some(&b'/') {
+                continue;
+            }
+            // Another known name that still holds the inode on the source
+            // makes this one a removed file whose number was reused (or a
+            // hard link removed): the new name is linked to that one.
+            if self
+                .index
+                .link_names(*ino)
+                .iter()
+                .any(|r| r != from && r != q && self.lstat(r).is_some_and(|m| ino_of(&m) == *ino))
+            {
                 continue;
             }
             // Same kind only (a reused inode number may be another kind).
@@ -598,6 +646,20 @@ impl Worker {
         self.new_entry(&abs, e, ino, md.nlink(), md.dev())
     }
 
+    /// `rel` is sent as a new file with inode `ino`: a known name of that
+    /// inode number that does not hold it on the source any more is a
+    /// removed file whose number was reused (its removal not yet seen, e.g.
+    /// named under a directory's intermediate name). It is not the same
+    /// file: mark it unknown, so that it is neither taken for a rename's
+    /// source nor linked to, and its own event replaces or removes it.
+    fn drop_stale_names(&mut self, rel: &[u8], ino: Ino) {
+        for q in self.index.link_names(ino) {
+            if q != rel && self.lstat(&q).is_none_or(|m| ino_of(&m) != ino) {
+                self.index.mark_unknown(&q, Kind::File);
+            }
+        }
+    }
+
     /// The content of a hard-linked inode changed through `rel`: make every
     /// other known name of it on the target the same inode again (the
     /// target may hold them as separate files).
@@ -644,31 +706,40 @@ impl Worker {
     /// everything below it).
     fn new_entry(&mut self, abs: &Path, e: Entry, ino: Ino, nlink: u64, dev: u64) -> Result<()> {
         let rel = e.path.clone();
-        if e.kind == Kind::File && nlink > 1 {
+        if e.kind == Kind::File && nlink > 1 && self.index.file(ino).is_some() {
+            // A known name that still holds the inode on the source (the
+            // one the content state was recorded under first).
+            let mut names = self.index.link_names(ino);
             if let Some(f) = self.index.file(ino) {
-                let other = f.path.clone();
-                let ok = other != rel
+                if let Some(i) = names.iter().position(|n| *n == f.path) {
+                    let first = names.remove(i);
+                    names.insert(0, first);
+                }
+            }
+            let found = names.into_iter().find(|other| {
+                *other != rel
                     && self
                         .index
-                        .get(&other)
+                        .get(other)
                         .is_some_and(|s| s.ino == ino && !s.unknown)
-                    && self.lstat(&other).is_some_and(|m| ino_of(&m) == ino);
-                if ok {
-                    self.emit(Record::Link {
-                        existing: other,
-                        new: rel.clone(),
-                    })?;
-                    self.diff_content(abs, &e, ino, false)?;
-                    self.emit(Record::SetMetadata(e.clone()))?;
-                    self.index.record(&e, ino);
-                    self.index.note_links(&rel, ino, nlink);
-                    return Ok(());
-                }
+                    && self.lstat(other).is_some_and(|m| ino_of(&m) == ino)
+            });
+            if let Some(other) = found {
+                self.emit(Record::Link {
+                    existing: other,
+                    new: rel.clone(),
+                })?;
+                self.diff_content(abs, &e, ino, false)?;
+                self.emit(Record::SetMetadata(e.clone()))?;
+                self.index.record(&e, ino);
+                self.index.note_links(&rel, ino, nlink);
+                return Ok(());
             }
         }
         self.emit(Record::Create(e.clone()))?;
         match e.kind {
             Kind::File => {
+                self.drop_stale_names(&rel, ino);
                 if self.diff_content(abs, &e, ino, true)? {
                     self.emit(Record::SetMetadata(e.clone()))?;
                 }

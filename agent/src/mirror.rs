@@ -5,8 +5,10 @@
 //! tree ([`sink`]).
 //!
 //! 1. **Probe**: on a second connection the root's entry alone goes to the
-//!    target ([`MirrorEntries`] batch 1). When the target answers that the
-//!    replica's root is missing, the replica is empty and nothing needs
+//!    target ([`MirrorEntries`] batch 1), then an empty batch (which asks
+//!    for the replica's paths the source did not list). When the target
+//!    answers that the replica's root is missing or holds nothing else,
+//!    the replica is empty and nothing needs
 //!    comparing (**empty-replica path**): the tree is walked without
 //!    hashing and every entry is created; each file is hashed once, while
 //!    it is read for its record, and the root digest is built from those
@@ -356,17 +358,25 @@ impl Compare<'_> {
         }
     }
 
-    /// Send the root's entry alone: the replica is empty when the target
-    /// answers that its root is missing.
+    /// Send the root's entry alone, then an empty batch: the replica is
+    /// empty when the target answers that its root is missing, or that it
+    /// holds nothing beneath it that the source did not list. The target's
+    /// comparison goes on afterwards as if nothing happened (paths it has
+    /// seen stay seen; the extras are listed again at the end).
     async fn replica_is_empty(&mut self, root: &Path) -> Result<bool> {
         let e = standin_builder::scan::stat_entry(root, Vec::new(), &mut HashMap::new())
             .with_context(|| format!("reading root {}", root.display()))?
             .with_context(|| format!("root {} is not a directory", root.display()))?;
         let (b, _) = self.send(vec![e]).await?;
         let d = self.answer(b).await?;
-        Ok(d.items
+        if d.items
             .iter()
-            .any(|i| i.path.is_empty() && i.state == "missing"))
+            .any(|i| i.path.is_empty() && i.state == "missing")
+        {
+            return Ok(true);
+        }
+        let (b, _) = self.send(Vec::new()).await?;
+        Ok(self.answer(b).await?.items.is_empty())
     }
 
     /// Scan and hash, stream the manifest, hand what differs to `sink`.

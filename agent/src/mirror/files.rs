@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 /// extents (below the 16 MiB frame limit with room for other records).
 pub const FILE_RECORD_MAX: u64 = 8 << 20;
 /// Most file bytes read ahead of the change-set writer.
-pub const READ_AHEAD: u64 = 16 << 20;
+pub const READ_AHEAD: u64 = 8 << 20;
 
 /// Whether `e` (to be created) travels as one [`Record::File`].
 pub fn whole_file(e: &Entry) -> bool {

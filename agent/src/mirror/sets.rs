@@ -19,12 +19,12 @@ use crate::bwlimit::Bucket;
 use crate::link::Sender;
 
 /// Below the 16 MiB frame limit with room for the records' framing.
-const SET_BYTES: usize = 14 << 20;
+const SET_BYTES: usize = 8 << 20;
 const SET_RECORDS: usize = 20_000;
 const EXTENT: u64 = 4 << 20;
 /// Change-set bytes queued (sent, not yet acknowledged) before the mirror
 /// waits: enough for the target to apply one set while it reads the next.
-const QUEUE_HIGH: u64 = 32 << 20;
+const QUEUE_HIGH: u64 = 16 << 20;
 
 /// Which of the source file's blocks differ from the target's; the file's sha256.
 pub(super) fn diff_blocks(abs: &Path, bs: u64, target: &[[u8; 16]]) -> Result<Action> {

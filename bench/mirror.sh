@@ -5,7 +5,10 @@
 # runs, bytes on the wire (rsync --stats "Total bytes sent + received" vs
 # standin's counters in `protect --json`), ratios (rsync time / standin
 # time; goals: full >= 1.5, difference >= 3 with fewer bytes) and the
-# agent's peak memory (/usr/bin/time -v).
+# agent's peak memory (/usr/bin/time -v), and the CPU time (user+sys) of
+# each side: the agent and the target daemon, the rsync client and the
+# rsync daemon (its forked children), so that runs on a loaded machine can
+# still be compared.
 #
 # The full mirror starts from an empty replica each run (a fresh target
 # state directory / rsync module). Each difference run first changes 1% of
@@ -45,6 +48,10 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
+# CPU seconds (user+sys) of a process, and of its waited-for children.
+cpu_of() { awk -v t="$(getconf CLK_TCK)" '{printf "%.3f\n", ($14 + $15) / t}' "/proc/$1/stat"; }
+cpu_children() { awk -v t="$(getconf CLK_TCK)" '{printf "%.3f\n", ($16 + $17) / t}' "/proc/$1/stat"; }
+
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
 "$standin" keys init --dir "$work/src-id" > "$work/src.fpr"
@@ -65,7 +72,7 @@ gid = root
 CONF
 mkdir -p "$work/rsync-dst"
 rsync --daemon --no-detach --address=127.0.0.1 --port="$rport" --config="$work/rsyncd.conf" &
-pids+=($!)
+rsyncd_pid=$!; pids+=("$rsyncd_pid")
 
 daemon_pid=
 start_target() { # fresh state dir
@@ -81,6 +88,7 @@ start_target() { # fresh state dir
 # standin LABEL SRC : appends "seconds maxrss_kib wire_bytes" to $work/LABEL.times
 run_standin() {
   local label=$1 src=$2
+  daemon_cpu0=$(cpu_of "$daemon_pid")
   /usr/bin/time -v -o "$work/time.tmp" "$standin" protect --target "127.0.0.1:$port" --identity "$work/src-id" \
     --trust "$(cat "$work/tgt.fpr")" --root "$src" --state-dir "$work/agent-state" --source-id bench --once --json > "$work/protect.json" 2>"$work/protect.err" \
     || { echo "standin $label failed:"; tail -20 "$work/protect.err"; cat "$work/protect.json"; exit 1; }
@@ -93,19 +101,25 @@ wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", t)
 secs = (int(wall.group(1) or 0) * 3600) + int(wall.group(2)) * 60 + float(wall.group(3))
 rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1))
 wire = m["bytes_sent"] + m["compare_bytes_sent"] + m["compare_bytes_received"]
-print(f"{secs:.3f} {rss} {wire} {m.get('files_hashed', -1)} {m['compare_bytes_sent'] + m['compare_bytes_received']}")
+user = float(re.search(r"User time \(seconds\): ([\d.]+)", t).group(1))
+system = float(re.search(r"System time \(seconds\): ([\d.]+)", t).group(1))
+print(f"{secs:.3f} {rss} {wire} {m.get('files_hashed', -1)} {m['compare_bytes_sent'] + m['compare_bytes_received']} {user + system:.3f}", end=" ")
 PY
+  echo "$(awk -v a="$(cpu_of "$daemon_pid")" -v b="$daemon_cpu0" 'BEGIN {printf "%.3f", a - b}')" >> "$work/$label.times"
 }
 
 run_rsync() {
   local label=$1 src=$2
-  /usr/bin/time -f "%e %M" -o "$work/time.tmp" rsync -aHAX --numeric-ids --delete --stats "$src/" \
+  local rd0; rd0=$(cpu_children "$rsyncd_pid")
+  /usr/bin/time -f "%e %M %U %S" -o "$work/time.tmp" rsync -aHAX --numeric-ids --delete --stats "$src/" \
     "rsync://127.0.0.1:$rport/dst/" > "$work/rsync.out" 2>"$work/rsync.err" \
     || { echo "rsync $label failed:"; cat "$work/rsync.err"; exit 1; }
   local s r
   s=$(grep 'Total bytes sent' "$work/rsync.out" | tr -dc 0-9)
   r=$(grep 'Total bytes received' "$work/rsync.out" | tr -dc 0-9)
-  echo "$(cat "$work/time.tmp") $((s + r))" >> "$work/$label.times"
+  local e m u y; read -r e m u y < "$work/time.tmp"
+  # columns: seconds maxrss wire - - client_cpu server_cpu (as standin's)
+  echo "$e $m $((s + r)) - - $(awk -v a="$u" -v b="$y" 'BEGIN {printf "%.3f", a + b}') $(awk -v a="$(cpu_children "$rsyncd_pid")" -v b="$rd0" 'BEGIN {printf "%.3f", a - b}')" >> "$work/$label.times"
 }
 
 mutate() { # 1% of regular files (a different 1% each round) + 3 x 4 KiB in the 3 largest
@@ -130,9 +144,16 @@ report() {
   sw=$(cut -d' ' -f3 "$work/$name-$kind-standin.times" | median)
   rw=$(cut -d' ' -f3 "$work/$name-$kind-rsync.times" | median)
   sc=$(cut -d' ' -f5 "$work/$name-$kind-standin.times" | median)
+  local sa st ra rt
+  sa=$(cut -d' ' -f6 "$work/$name-$kind-standin.times" | median)
+  st=$(cut -d' ' -f7 "$work/$name-$kind-standin.times" | median)
+  ra=$(cut -d' ' -f6 "$work/$name-$kind-rsync.times" | median)
+  rt=$(cut -d' ' -f7 "$work/$name-$kind-rsync.times" | median)
   printf "%-7s %-10s standin %7.2fs (agent peak %4d MiB, %10s B on the wire, %s B comparing) | rsync -aHAX %7.2fs (%10s B) | speed rsync/standin %5s | bytes standin/rsync %s\n" \
     "$name" "$kind" "$s" "$((sm / 1024))" "$sw" "$sc" "$r" "$rw" \
     "$(awk -v a="$r" -v b="$s" 'BEGIN {printf "%.2f", a/b}')" "$(awk -v a="$sw" -v b="$rw" 'BEGIN {printf "%.2f", a/b}')"
+  printf "%-7s %-10s CPU user+sys: standin agent %ss + target daemon %ss | rsync client %ss + rsync daemon %ss; load %s\n" \
+    "$name" "$kind" "$sa" "$st" "$ra" "$rt" "$(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
 bench_tree() {

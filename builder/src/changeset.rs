@@ -8,6 +8,11 @@
 //! | record count u32 | records... | sha256 (32 bytes) of everything before it
 //! ```
 //!
+//! Version 2 adds the `File` record; version 3 (any set with a `File`
+//! record) leaves the data bytes of `File` records out of the checksum:
+//! each carries the sha256 of its data, which the checksum covers and the
+//! target checks before writing the file.
+//!
 //! Each record is a tag byte and its fields; byte strings are a `u32` length
 //! and the bytes. Every length is checked against a fixed limit *and* the
 //! bytes that remain before anything is allocated, so a hostile length can
@@ -28,6 +33,12 @@ const MAGIC: &[u8; 4] = b"SICS";
 const VERSION: u8 = 1;
 /// Version 2 adds [`Record::File`] (tag 8).
 const VERSION_FILE: u8 = 2;
+/// Version 3 (written for every set holding a [`Record::File`]): the
+/// trailing checksum covers everything but the data bytes of `File`
+/// records, which their own sha256 (covered by the checksum) protects:
+/// the target checks each file's data against it before writing it, so
+/// every byte is hashed once on each side instead of twice.
+const VERSION_FILE_DIGEST: u8 = 3;
 const HEADER: usize = 4 + 4 + 8 + 8 + 4;
 
 /// Longest path (bytes) a record may carry.
@@ -158,7 +169,7 @@ pub enum ChangeSetError {
     Truncated(&'static str),
     #[error("change set does not start with the SICS magic")]
     BadMagic,
-    #[error("change set format version {0} is not supported (this build reads versions 1 and 2); install the same standin version on both sides")]
+    #[error("change set format version {0} is not supported (this build reads versions 1 to 3); install the same standin version on both sides")]
     BadVersion(u8),
     #[error("change set checksum does not match (expected {expected}, computed {computed})")]
     BadChecksum { expected: String, computed: String },
@@ -269,7 +280,7 @@ impl ChangeSet {
             .iter()
             .any(|r| matches!(r, Record::File { .. }))
         {
-            VERSION_FILE
+            VERSION_FILE_DIGEST
         } else {
             VERSION
         };
@@ -278,10 +289,16 @@ impl ChangeSet {
         w.extend_from_slice(&self.created_unix_ms.to_be_bytes());
         limit("record count", self.records.len(), MAX_RECORDS)?;
         w.extend_from_slice(&(self.records.len() as u32).to_be_bytes());
+        let mut skip = Vec::new();
         for r in &self.records {
             encode_record(&mut w, r)?;
+            if let Record::File { data, .. } = r {
+                // The data sits right before the record's 32-byte digest.
+                let end = w.len() - 32;
+                skip.push((end - data.len(), end));
+            }
         }
-        let sum = Sha256::digest(&w);
+        let sum = checksum(&w, &skip);
         w.extend_from_slice(&sum);
         Ok(w)
     }
@@ -297,18 +314,17 @@ impl ChangeSet {
         if &body[..4] != MAGIC {
             return Err(ChangeSetError::BadMagic);
         }
-        let computed = Sha256::digest(body);
-        if computed[..] != sum[..] {
-            return Err(ChangeSetError::BadChecksum {
-                expected: hex::encode(sum),
-                computed: hex::encode(computed),
-            });
-        }
-        let mut r = Reader { buf: body, pos: 4 };
-        let version = r.u8()?;
-        if version != VERSION && version != VERSION_FILE {
+        let version = body[4];
+        if version != VERSION && version != VERSION_FILE && version != VERSION_FILE_DIGEST {
             return Err(ChangeSetError::BadVersion(version));
         }
+        // Versions 1 and 2: the checksum covers every byte and is checked
+        // before anything is parsed. Version 3: it skips the data of File
+        // records, so the (hardened) parse comes first to find them.
+        if version != VERSION_FILE_DIGEST {
+            verify(body, &[], sum)?;
+        }
+        let mut r = Reader { buf: body, pos: 5 };
         r.take(3)?;
         let seq = r.u64()?;
         let created_unix_ms = r.u64()? as i64;
@@ -317,17 +333,26 @@ impl ChangeSet {
         // Each record takes at least 5 bytes, so the count is also bounded by the input.
         limit("record count", count, r.remaining() / 5 + 1)?;
         let mut records = Vec::with_capacity(count);
+        let mut skip = Vec::new();
         for index in 0..count {
-            records.push(decode_record(&mut r, version).map_err(|e| match e {
+            let rec = decode_record(&mut r, version).map_err(|e| match e {
                 ChangeSetError::BadRecord { .. } => e,
                 other => ChangeSetError::BadRecord {
                     index,
                     reason: other.to_string(),
                 },
-            })?);
+            })?;
+            if let Record::File { data, .. } = &rec {
+                let end = r.pos - 32;
+                skip.push((end - data.len(), end));
+            }
+            records.push(rec);
         }
         if r.remaining() != 0 {
             return Err(ChangeSetError::Trailing(r.remaining()));
+        }
+        if version == VERSION_FILE_DIGEST {
+            verify(body, &skip, sum)?;
         }
         let cs = ChangeSet {
             seq,
@@ -337,6 +362,30 @@ impl ChangeSet {
         cs.check_paths()?;
         Ok(cs)
     }
+}
+
+/// The trailing checksum: sha256 of `body` without the byte ranges in
+/// `skip` (the data of File records in version 3; in order, disjoint).
+fn checksum(body: &[u8], skip: &[(usize, usize)]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut at = 0;
+    for &(start, end) in skip {
+        h.update(&body[at..start]);
+        at = end;
+    }
+    h.update(&body[at..]);
+    h.finalize().into()
+}
+
+fn verify(body: &[u8], skip: &[(usize, usize)], sum: &[u8]) -> Result<(), ChangeSetError> {
+    let computed = checksum(body, skip);
+    if computed[..] != sum[..] {
+        return Err(ChangeSetError::BadChecksum {
+            expected: hex::encode(sum),
+            computed: hex::encode(computed),
+        });
+    }
+    Ok(())
 }
 
 /// Digest of an entry's metadata as a target must hold it after `Create` or

@@ -78,9 +78,11 @@ pub struct Args {
     /// Leave out paths matching this glob (relative to --root, leading `/`); repeatable.
     #[arg(long)]
     pub exclude: Vec<String>,
-    /// zstd level on the link (0 = off).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=19))]
-    pub compress: i32,
+    /// zstd level on the link (0 = off). Without it the level adapts: it
+    /// goes down to none while compressing is slower than the link and up
+    /// while the link is the bottleneck.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub compress: Option<i32>,
     /// Bandwidth limit RATE[@HH:MM-HH:MM], e.g. 10M or 500k@08:00-18:00.
     #[arg(long)]
     pub bwlimit: Option<BwLimit>,
@@ -165,7 +167,10 @@ pub fn run(a: Args) -> Result<Exit> {
         .clone()
         .unwrap_or_else(standin_link::default_source_id);
     let mut link = LinkConfig::new(&a.target, identity, a.trust.clone(), &source_id);
-    link.compress = a.compress;
+    match a.compress {
+        Some(level) => link.compress = level,
+        None => link.compress_adaptive = true,
+    }
     link.heartbeat = std::time::Duration::from_secs_f64(a.heartbeat_interval);
     link.heartbeat_target = a.heartbeat_target.clone();
     link.queue_max_bytes = a.queue_memory;

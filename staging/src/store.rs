@@ -393,6 +393,9 @@ impl Store {
                 Err(e) => return Err(self.pause(format!("{e:#}"))),
             }
         };
+        // A mirror set that skipped the journal is not synced by itself:
+        // the mirror completes only after one sync at its end.
+        let lazy = self.unjournaled(cs);
         let mut problems = Vec::new();
         let mut pending: BTreeMap<Vec<u8>, Digest32> = BTreeMap::new();
         let result: Result<(), ApplyError> = (|| {
@@ -470,7 +473,11 @@ impl Store {
                     }
                 }
             }
-            target.sync()
+            if lazy {
+                Ok(())
+            } else {
+                target.sync()
+            }
         })();
         if let Err(e) = result {
             return Err(self.pause(format!("applying change set {seq}: {e}")));
@@ -557,6 +564,18 @@ impl Store {
                     "change set {} is not applied yet (at {})",
                     m.last_seq, self.state.last_applied_seq
                 )),
+            ));
+        }
+        // Sets of the mirror that skipped the journal were not synced one
+        // by one (`apply_journaled`): the replica is durable before the
+        // mirror is recorded complete.
+        let synced = self
+            .target()
+            .and_then(|t| t.sync().map_err(|e| anyhow::anyhow!("{e}")));
+        if let Err(e) = synced {
+            return Ok(done(
+                false,
+                Some(format!("syncing the replica: {e:#}; run the mirror again")),
             ));
         }
         let ms = self.state.mirror.as_mut().expect("checked");

@@ -2,6 +2,7 @@
 //! ([`connect`], [`connect_with_backoff`]), one-shot queries, and the
 //! [`Sender`] (in `sender.rs`) that keeps the link up and change sets flowing.
 
+pub mod adapt;
 mod sender;
 
 pub use sender::{SendError, Sender, SenderStats};
@@ -48,6 +49,9 @@ pub struct LinkConfig {
     pub heartbeat_target: Option<String>,
     /// zstd level for frames (0 = off).
     pub compress: i32,
+    /// Adapt the level of change sets to what is the bottleneck, the
+    /// compressor or the link ([`adapt`]), instead of keeping `compress`.
+    pub compress_adaptive: bool,
     pub max_frame: u32,
     /// First and largest wait between reconnection attempts.
     pub backoff_min: Duration,
@@ -83,6 +87,7 @@ impl LinkConfig {
             heartbeat: Duration::from_secs(5),
             heartbeat_target: None,
             compress: 3,
+            compress_adaptive: false,
             max_frame: DEFAULT_MAX_FRAME,
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),

@@ -1,6 +1,9 @@
 //! The [`Sender`]: queue, heartbeats, reconnection, resume.
 
+use super::adapt::{Level, START_LEVEL};
 use super::*;
+use standin_link::frame::encode_frame;
+use tokio::io::AsyncWriteExt;
 
 struct Queued {
     seq: u64,
@@ -497,6 +500,11 @@ async fn session(
     });
     let _guard = AbortOnDrop(reader);
     let mut sent_upto = last;
+    let mut level = if shared.cfg.compress_adaptive {
+        Level::new(START_LEVEL, true)
+    } else {
+        Level::new(compress, false)
+    };
     let mut tick = tokio::time::interval(shared.cfg.heartbeat);
     let mut last_rx = tokio::time::Instant::now();
     let mut pending_end: VecDeque<oneshot::Sender<Result<MirrorDone>>> = VecDeque::new();
@@ -522,14 +530,23 @@ async fn session(
                     })?)
                 }
             };
-            let n = write_frame(
-                &mut wr,
+            let t0 = std::time::Instant::now();
+            let frame = encode_frame(
                 standin_link::message::kind::CHANGE_SET,
                 &payload,
-                compress,
+                level.get(),
             )
-            .await
-            .with_context(|| format!("sending change set {seq}"))?;
+            .with_context(|| format!("compressing change set {seq}"))?;
+            let t1 = std::time::Instant::now();
+            wr.write_all(&frame)
+                .await
+                .with_context(|| format!("sending change set {seq}"))?;
+            wr.flush()
+                .await
+                .with_context(|| format!("sending change set {seq}"))?;
+            level.record(payload.len() as u64, t1 - t0, t1.elapsed());
+            let n = frame.len();
+            drop(frame);
             sent_upto = seq;
             let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
             st.bytes_sent += n as u64;

@@ -3,7 +3,7 @@
 //! Every regular file the mirror creates that is not a hard link, not
 //! sparse and at most [`FILE_RECORD_MAX`] bytes travels as one
 //! [`Record::File`] (metadata, content and its sha256). A reader thread
-//! opens, reads and hashes those files in plan order while the mirror loop
+//! opens, reads and hashes those files in tree order while the mirror loop
 //! cuts change sets and the sender compresses and sends them, so reading,
 //! hashing and sending overlap. The bytes read ahead and not yet handed
 //! to the change-set writer are bounded by [`READ_AHEAD`], so the agent's
@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 /// extents (below the 16 MiB frame limit with room for other records).
 pub const FILE_RECORD_MAX: u64 = 8 << 20;
 /// Most file bytes read ahead of the change-set writer.
-pub const READ_AHEAD: u64 = 16 << 20;
+pub const READ_AHEAD: u64 = 8 << 20;
 
 /// Whether `e` (to be created) travels as one [`Record::File`].
 pub fn whole_file(e: &Entry) -> bool {
@@ -40,15 +40,18 @@ struct Budget {
     freed: Condvar,
 }
 
-/// The reader thread's output, in the order the entries were given.
+/// The reader thread: its input (files to read, in order) and its output
+/// (their records, in the same order).
 pub struct ReadAhead {
+    input: Option<std::sync::mpsc::Sender<(PathBuf, Entry)>>,
     rx: mpsc::UnboundedReceiver<(ReadResult, u64)>,
     budget: Arc<Budget>,
 }
 
 impl ReadAhead {
-    /// Start reading `entries` (absolute path, entry) in order.
-    pub fn start(entries: Vec<(PathBuf, Entry)>) -> ReadAhead {
+    /// Start the reader thread; give it files with [`ReadAhead::push`].
+    pub fn start() -> ReadAhead {
+        let (input, files) = std::sync::mpsc::channel::<(PathBuf, Entry)>();
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Budget {
             used: Mutex::new((0, false)),
@@ -58,7 +61,7 @@ impl ReadAhead {
         std::thread::Builder::new()
             .name("mirror-read".into())
             .spawn(move || {
-                for (abs, e) in entries {
+                for (abs, e) in files {
                     let want = e.size.min(READ_AHEAD);
                     {
                         let mut used = b.used.lock().unwrap_or_else(|x| x.into_inner());
@@ -76,7 +79,19 @@ impl ReadAhead {
                 }
             })
             .expect("spawning the mirror reader thread");
-        ReadAhead { rx, budget }
+        ReadAhead {
+            input: Some(input),
+            rx,
+            budget,
+        }
+    }
+
+    /// Queue one file (absolute path, entry) to be read after the others.
+    pub fn push(&mut self, abs: PathBuf, e: Entry) {
+        if let Some(i) = &self.input {
+            // A stopped reader shows up in `next`.
+            let _ = i.send((abs, e));
+        }
     }
 
     /// The next file's record (in the order given to [`ReadAhead::start`]).
@@ -91,6 +106,7 @@ impl ReadAhead {
 
 impl Drop for ReadAhead {
     fn drop(&mut self) {
+        self.input = None;
         // Wake the reader so that it stops instead of waiting for room.
         let mut used = self.budget.used.lock().unwrap_or_else(|x| x.into_inner());
         used.1 = true;

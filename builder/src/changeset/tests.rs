@@ -215,31 +215,88 @@ fn file_record(path: &str, data: &[u8]) -> Record {
 }
 
 #[test]
-fn file_records_round_trip_as_version_2_and_others_stay_version_1() {
+fn file_records_round_trip_as_version_3_and_others_stay_version_1() {
     let mut cs = sample();
     assert_eq!(cs.encode().unwrap()[4], 1, "no file record: version 1");
     cs.records.push(file_record("dir/whole", b"whole content"));
     cs.records.push(file_record("empty", b""));
     let bytes = cs.encode().unwrap();
-    assert_eq!(bytes[4], 2);
+    assert_eq!(bytes[4], 3);
     assert_eq!(ChangeSet::decode(&bytes).unwrap(), cs);
     assert_eq!(cs.data_len(), 5 + 13);
+    // Version 2 (checksum over every byte) is still read.
+    let mut v2 = bytes.clone();
+    v2[4] = 2;
+    let v2 = seal(&v2[..v2.len() - 32]);
+    assert_eq!(ChangeSet::decode(&v2).unwrap(), cs);
     // Tag 8 inside a version-1 set is unknown.
     let mut v1 = bytes.clone();
     v1[4] = 1;
     let v1 = seal(&v1[..v1.len() - 32]);
     let e = ChangeSet::decode(&v1).unwrap_err().to_string();
     assert!(e.contains("unknown record tag 8"), "{e}");
-    // Version 3 is refused with a hint.
-    let mut v3 = bytes.clone();
-    v3[4] = 3;
-    let e = ChangeSet::decode(&seal(&v3[..v3.len() - 32]))
+    // Version 4 is refused with a hint.
+    let mut v4 = bytes.clone();
+    v4[4] = 4;
+    let e = ChangeSet::decode(&seal(&v4[..v4.len() - 32]))
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("version 3") && e.contains("same standin version"),
+        e.contains("version 4") && e.contains("same standin version"),
         "{e}"
     );
+}
+
+#[test]
+fn version_3_checksum_covers_everything_but_file_data() {
+    let mut cs = sample();
+    cs.records.insert(0, file_record("a/first", b"first data"));
+    cs.records.push(file_record("dir/whole", b"whole content"));
+    let bytes = cs.encode().unwrap();
+    assert_eq!(bytes[4], 3);
+    // Where each file's data sits.
+    let find = |needle: &[u8]| {
+        bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap()
+    };
+    let data = [
+        (find(b"first data"), 10usize),
+        (find(b"whole content"), 13usize),
+    ];
+    let in_data = |i: usize| data.iter().any(|&(at, n)| i >= at && i < at + n);
+    for i in 0..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0x10;
+        match ChangeSet::decode(&b) {
+            Err(_) => assert!(
+                !in_data(i),
+                "a flip in file data at {i} was refused at decode"
+            ),
+            Ok(got) => {
+                // Only the data of a File record may change unnoticed by the
+                // checksum; its own sha256 then no longer matches, and the
+                // target refuses the record before writing anything.
+                assert!(in_data(i), "flip at {i} accepted");
+                let bad = got.records.iter().any(|r| match r {
+                    Record::File {
+                        data,
+                        content_sha256,
+                        ..
+                    } => Sha256::digest(data)[..] != content_sha256[..],
+                    _ => false,
+                });
+                assert!(bad, "flip at {i}: every file still matches its digest");
+            }
+        }
+    }
+    for n in 0..bytes.len() {
+        assert!(
+            ChangeSet::decode(&bytes[..n]).is_err(),
+            "truncated to {n} accepted"
+        );
+    }
 }
 
 #[test]

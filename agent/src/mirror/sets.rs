@@ -1,0 +1,259 @@
+//! Change sets of a mirror: [`SetWriter`] cuts records into sets with flow
+//! control, and the helpers that read a file's content into records
+//! (whole in extents, or only the blocks that differ).
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use standin_builder::changeset::Record;
+use standin_builder::entry::Entry;
+use standin_builder::progress::Progress;
+
+use super::{abs_path, Action};
+use crate::bwlimit::Bucket;
+use crate::link::Sender;
+
+/// Below the 16 MiB frame limit with room for the records' framing.
+const SET_BYTES: usize = 8 << 20;
+const SET_RECORDS: usize = 20_000;
+const EXTENT: u64 = 4 << 20;
+/// Change-set bytes queued (sent, not yet acknowledged) before the mirror
+/// waits: enough for the target to apply one set while it reads the next.
+const QUEUE_HIGH: u64 = 16 << 20;
+
+/// Which of the source file's blocks differ from the target's; the file's sha256.
+pub(super) fn diff_blocks(abs: &Path, bs: u64, target: &[[u8; 16]]) -> Result<Action> {
+    let mut f = File::open(abs)?;
+    let mut whole = Sha256::new();
+    let mut buf = vec![0u8; bs as usize];
+    let mut differ = Vec::new();
+    let mut i = 0u64;
+    loop {
+        let mut got = 0;
+        while got < buf.len() {
+            match f.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if got == 0 {
+            break;
+        }
+        whole.update(&buf[..got]);
+        let h = Sha256::digest(&buf[..got]);
+        if target.get(i as usize).map(|t| &t[..]) != Some(&h[..16]) {
+            differ.push(i);
+        }
+        i += 1;
+        if got < buf.len() {
+            break;
+        }
+    }
+    Ok(Action::Blocks(differ, whole.finalize().into()))
+}
+
+/// Cuts records into change sets and hands them to the sender, with flow
+/// control (bounded queue) and the bandwidth limit.
+pub(super) struct SetWriter<'a> {
+    pub sender: &'a Sender,
+    pub records: Vec<Record>,
+    pub bytes: usize,
+    pub bucket: Bucket,
+    /// Sequence number of the last set handed to the sender.
+    pub last_seq: u64,
+    /// File data put into change sets.
+    pub data: u64,
+    pub progress: Arc<dyn Progress>,
+}
+
+impl SetWriter<'_> {
+    pub async fn push(&mut self, r: Record) -> Result<()> {
+        let len = match &r {
+            Record::WriteExtent { data, .. } => data.len() + 64,
+            Record::File { entry: e, data, .. } => {
+                data.len()
+                    + 200
+                    + e.path.len()
+                    + e.xattrs
+                        .iter()
+                        .map(|(k, v)| k.0.len() + v.0.len() + 8)
+                        .sum::<usize>()
+            }
+            Record::Create(e) | Record::SetMetadata(e) => {
+                160 + 2 * e.path.len()
+                    + e.target.as_ref().map_or(0, |t| t.len())
+                    + e.xattrs
+                        .iter()
+                        .map(|(k, v)| k.0.len() + v.0.len() + 8)
+                        .sum::<usize>()
+            }
+            _ => 96,
+        };
+        if let Record::WriteExtent { data, .. } | Record::File { data, .. } = &r {
+            self.data += data.len() as u64;
+            self.progress.advance(data.len() as u64, 0);
+        }
+        if self.bytes + len > SET_BYTES || self.records.len() >= SET_RECORDS {
+            self.flush().await?;
+        }
+        self.records.push(r);
+        self.bytes += len;
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<()> {
+        if self.records.is_empty() {
+            return Ok(());
+        }
+        loop {
+            let st = self.sender.stats();
+            if st.queue_bytes < QUEUE_HIGH || st.queue_sets == 0 {
+                break;
+            }
+            self.sender.wait_acked(st.last_acked + 1).await?;
+        }
+        self.bucket.take(self.bytes as u64).await;
+        let records = std::mem::take(&mut self.records);
+        self.bytes = 0;
+        self.last_seq = self
+            .sender
+            .send(records)
+            .map_err(|e| anyhow::anyhow!("queueing a mirror change set: {e}"))?;
+        Ok(())
+    }
+}
+
+fn read_at(f: &File, off: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len as usize];
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// Whole content of a (possibly sparse) file: its data extents in pieces;
+/// the last piece carries the sha256 of what was sent, or, when the file
+/// ends in a hole, a Truncate to its size does.
+pub(super) async fn send_whole(
+    out: &mut SetWriter<'_>,
+    root: &Path,
+    e: &Entry,
+) -> Result<[u8; 32]> {
+    let abs = abs_path(root, &e.path);
+    let f = File::open(&abs).with_context(|| format!("opening {}", abs.display()))?;
+    let extents = e.sparse.clone().unwrap_or_else(|| vec![(0, e.size)]);
+    let mut h = Sha256::new();
+    let mut pos = 0u64;
+    let mut pending: Option<(u64, Vec<u8>)> = None;
+    for (off, len) in extents {
+        standin_builder::hash::hash_zeros(&mut h, off.saturating_sub(pos));
+        let mut o = off;
+        while o < off + len {
+            let n = EXTENT.min(off + len - o);
+            let data = read_at(&f, o, n).with_context(|| format!("reading {}", abs.display()))?;
+            if data.is_empty() {
+                break;
+            }
+            h.update(&data);
+            if let Some((at, d)) = pending.take() {
+                out.push(Record::WriteExtent {
+                    path: e.path.clone(),
+                    offset: at,
+                    data: d,
+                    content_sha256: None,
+                })
+                .await?;
+            }
+            let at = o;
+            o += data.len() as u64;
+            pending = Some((at, data));
+        }
+        pos = o;
+    }
+    standin_builder::hash::hash_zeros(&mut h, e.size.saturating_sub(pos));
+    let sha: [u8; 32] = h.finalize().into();
+    match pending {
+        Some((at, d)) if pos == e.size => {
+            out.push(Record::WriteExtent {
+                path: e.path.clone(),
+                offset: at,
+                data: d,
+                content_sha256: Some(sha),
+            })
+            .await?
+        }
+        last => {
+            if let Some((at, d)) = last {
+                out.push(Record::WriteExtent {
+                    path: e.path.clone(),
+                    offset: at,
+                    data: d,
+                    content_sha256: None,
+                })
+                .await?;
+            }
+            out.push(Record::Truncate {
+                path: e.path.clone(),
+                size: e.size,
+                content_sha256: Some(sha),
+            })
+            .await?
+        }
+    }
+    Ok(sha)
+}
+
+/// Only the differing blocks, then a Truncate to the source's size with the
+/// sha256 of the whole content.
+pub(super) async fn send_blocks(
+    out: &mut SetWriter<'_>,
+    root: &Path,
+    e: &Entry,
+    blocks: &[u64],
+    bs: u64,
+    sha: [u8; 32],
+) -> Result<()> {
+    let abs = abs_path(root, &e.path);
+    let f = File::open(&abs).with_context(|| format!("opening {}", abs.display()))?;
+    let mut i = 0;
+    while i < blocks.len() {
+        // Coalesce runs of adjacent blocks into one extent.
+        let mut j = i + 1;
+        while j < blocks.len() && blocks[j] == blocks[j - 1] + 1 && (j - i) as u64 * bs < EXTENT {
+            j += 1;
+        }
+        let off = blocks[i] * bs;
+        let data = read_at(&f, off, (j - i) as u64 * bs)
+            .with_context(|| format!("reading {}", abs.display()))?;
+        if !data.is_empty() {
+            out.push(Record::WriteExtent {
+                path: e.path.clone(),
+                offset: off,
+                data,
+                content_sha256: None,
+            })
+            .await?;
+        }
+        i = j;
+    }
+    out.push(Record::Truncate {
+        path: e.path.clone(),
+        size: e.size,
+        content_sha256: Some(sha),
+    })
+    .await
+}

@@ -160,18 +160,23 @@ pub async fn mirror(
     let empty = cmp.replica_is_empty(&opts.root).await?;
     let mirror_id = uuid::Uuid::new_v4().to_string();
     let first_seq = sender.next_seq();
-    // The totals are not known before the walk: status shows the bytes
-    // applied and the percent once complete.
+    // The totals are not known before the walk. Onto an empty replica
+    // every file is sent, so a counting scan in the background gives the
+    // bar and the target's status a percent; `MirrorStart` is sent again
+    // with them (the target keeps what it applied). A difference mirror
+    // sends what the comparison finds: no totals until it completes.
+    let start = MirrorStart {
+        mirror_id: mirror_id.clone(),
+        mode: opts.mode,
+        total_entries: 0,
+        total_bytes: 0,
+        first_seq,
+    };
     sender
-        .mirror_start(MirrorStart {
-            mirror_id: mirror_id.clone(),
-            mode: opts.mode,
-            total_entries: 0,
-            total_bytes: 0,
-            first_seq,
-        })
+        .mirror_start(start.clone())
         .await
         .context("starting the mirror on the target")?;
+    let counting = empty.then(|| Counting::start(opts, start));
     progress.phase("mirroring", None, None);
     let out = SetWriter {
         sender,
@@ -193,7 +198,7 @@ pub async fn mirror(
     };
     if empty {
         drop(conn);
-        walk_empty(opts, &mut sink, progress.clone()).await?;
+        walk_empty(opts, &mut sink, progress.clone(), counting).await?;
         let tree = crate::digests::tree_id(&opts.root);
         let fresh = sink.fresh.take().unwrap_or_default();
         crate::digests::save(opts.digest_cache.as_deref(), &tree, &fresh);
@@ -275,11 +280,57 @@ fn parent_of(path: &[u8]) -> &[u8] {
 }
 
 /// The empty-replica path: walk without hashing, create everything.
+/// A counting scan running beside an empty-replica mirror.
+struct Counting {
+    rx: tokio::sync::oneshot::Receiver<standin_builder::count::Totals>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    start: MirrorStart,
+}
+
+impl Counting {
+    fn start(opts: &MirrorOptions, start: MirrorStart) -> Counting {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (root, scan, halt) = (opts.root.clone(), opts.scan.clone(), stop.clone());
+        std::thread::spawn(move || {
+            if let Some(t) = standin_builder::count::count_tree(&root, &scan, &halt) {
+                let _ = tx.send(t);
+            }
+        });
+        Counting { rx, stop, start }
+    }
+
+    /// When the count is done: the bar's totals, and the target's.
+    async fn poll(&mut self, sink: &mut Sink<'_>, progress: &dyn Progress) -> Result<bool> {
+        let Ok(t) = self.rx.try_recv() else {
+            return Ok(false);
+        };
+        progress.totals(Some(t.bytes), Some(t.entries));
+        let mut m = self.start.clone();
+        m.total_entries = t.entries;
+        m.total_bytes = t.bytes;
+        sink.out
+            .sender
+            .mirror_start(m)
+            .await
+            .context("sending the mirror's totals to the target")?;
+        Ok(true)
+    }
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 async fn walk_empty(
     opts: &MirrorOptions,
     sink: &mut Sink<'_>,
     progress: Arc<dyn Progress>,
+    mut counting: Option<Counting>,
 ) -> Result<()> {
+    let bar = progress.clone();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Item>>(2);
     let root = opts.root.clone();
     let scan_opts = opts.scan.clone();
@@ -312,6 +363,11 @@ async fn walk_empty(
             sink.push(item);
         }
         sink.drain_before(n).await?;
+        if let Some(c) = counting.as_mut() {
+            if c.poll(sink, bar.as_ref()).await? {
+                counting = None;
+            }
+        }
     }
     walk.await.context("walk task")??;
     sink.finish(Vec::new()).await

@@ -18,6 +18,7 @@ pub mod boot;
 pub mod bytes;
 pub mod changeset;
 pub mod compare;
+pub mod count;
 pub mod demo;
 pub mod digest_table;
 pub mod disk;

@@ -523,8 +523,16 @@ impl Store {
         Ok(())
     }
 
-    /// A mirror begins.
+    /// A mirror begins. The same mirror's start again carries its totals,
+    /// counted by the source while it sends: only those change.
     pub fn mirror_start(&mut self, m: &MirrorStart) -> Result<()> {
+        if let Some(cur) = self.state.mirror.as_mut() {
+            if cur.mirror_id == m.mirror_id && !self.state.mirror_complete {
+                cur.total_entries = m.total_entries;
+                cur.total_bytes = m.total_bytes;
+                return self.save_ctx();
+            }
+        }
         self.state.mirror = Some(MirrorState {
             mirror_id: m.mirror_id.clone(),
             mode: m.mode,

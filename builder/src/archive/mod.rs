@@ -269,20 +269,9 @@ fn archive_tree(
 
 /// Count files and bytes ahead of the build (for an ETA), in the background.
 fn count_ahead(root: &Path, opts: &ScanOptions, progress: &dyn Progress, stop: &AtomicBool) {
-    let Ok(scanner) = Scanner::new(root, opts, &crate::progress::NoProgress) else {
-        return;
-    };
-    let (mut bytes, mut items) = (0u64, 0u64);
-    for s in scanner.flatten() {
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        items += 1;
-        if s.entry.kind == Kind::File && s.entry.link.is_none() {
-            bytes += s.entry.size;
-        }
+    if let Some(t) = crate::count::count_tree(root, opts, stop) {
+        progress.totals(Some(t.bytes), Some(t.entries));
     }
-    progress.totals(Some(bytes), Some(items));
 }
 
 /// Read the digest from `NAME.tar.zst.sha256` (`sha256sum` format).

@@ -295,3 +295,36 @@ fn only_blind_sets_inside_an_open_mirror_skip_the_journal() {
     assert_eq!(s.state().last_applied_seq, 1);
     assert_eq!(std::fs::read(root.join("a")).unwrap(), b"1");
 }
+
+#[test]
+fn the_same_mirror_started_again_only_updates_its_totals() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = open(d.path());
+    let start = |id: &str, entries, bytes| MirrorStart {
+        mirror_id: id.into(),
+        mode: standin_link::message::MirrorMode::Checksum,
+        total_entries: entries,
+        total_bytes: bytes,
+        first_seq: 1,
+    };
+    s.mirror_start(&start("m", 0, 0)).unwrap();
+    let (c, raw) = cs(1, vec![whole("a", b"1"), whole("b", b"22")]);
+    s.receive(&raw, &c).unwrap();
+    let applied = s.state().mirror.as_ref().unwrap().bytes_applied;
+    assert!(applied > 0);
+    // The source's count arrives: totals change, progress is kept.
+    s.mirror_start(&start("m", 3, 30)).unwrap();
+    let m = s.state().mirror.clone().unwrap();
+    assert_eq!(
+        (m.total_entries, m.total_bytes, m.bytes_applied),
+        (3, 30, applied)
+    );
+    // After a restart too.
+    drop(s);
+    let mut s = open(d.path());
+    assert_eq!(s.state().mirror.as_ref().unwrap().total_bytes, 30);
+    // Another mirror starts afresh.
+    s.mirror_start(&start("n", 5, 50)).unwrap();
+    let m = s.state().mirror.clone().unwrap();
+    assert_eq!((m.mirror_id.as_str(), m.bytes_applied), ("n", 0));
+}

@@ -98,62 +98,28 @@ impl RootDigest {
     /// Add the next entry (in tree order).
     pub fn add(&mut self, e: &Entry) {
         let h = &mut self.hasher;
-        let bytes = |h: &mut Sha256, b: &[u8]| {
-            h.update((b.len() as u64).to_le_bytes());
-            h.update(b);
-        };
-        bytes(h, &e.path);
-        h.update([kind_code(e.kind)]);
-        h.update(e.mode.to_le_bytes());
-        h.update(e.uid.to_le_bytes());
-        h.update(e.gid.to_le_bytes());
-        h.update(e.mtime_ns.to_le_bytes());
-        h.update(e.size.to_le_bytes());
-        h.update((e.xattrs.len() as u64).to_le_bytes());
-        for (k, v) in &e.xattrs {
-            bytes(h, &k.0);
-            bytes(h, &v.0);
-        }
-        for opt in [&e.target, &e.link] {
-            match opt {
-                None => h.update([0]),
-                Some(b) => {
-                    h.update([1]);
-                    bytes(h, b);
-                }
-            }
-        }
-        match e.rdev {
-            None => h.update([0]),
-            Some((ma, mi)) => {
-                h.update([1]);
-                h.update(ma.to_le_bytes());
-                h.update(mi.to_le_bytes());
-            }
-        }
-        match &e.sparse {
-            None => h.update([0]),
-            Some(ext) => {
-                h.update([1]);
-                h.update((ext.len() as u64).to_le_bytes());
-                for (o, l) in ext {
-                    h.update(o.to_le_bytes());
-                    h.update(l.to_le_bytes());
-                }
-            }
-        }
-        match &e.sha256 {
-            None => h.update([0]),
-            Some(hexd) => {
-                h.update([1]);
-                let raw = hex::decode(hexd).unwrap_or_else(|_| hexd.as_bytes().to_vec());
-                h.update(raw);
-            }
-        }
+        feed(e, &mut |b: &[u8]| h.update(b));
         self.count += 1;
         if e.kind == Kind::File && e.link.is_none() {
             self.total_bytes += e.size;
         }
+    }
+
+    /// The bytes [`RootDigest::add`] hashes for `e` (its canonical
+    /// encoding), to add later with [`RootDigest::add_canonical`].
+    pub fn canonical(e: &Entry) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96 + e.path.len());
+        feed(e, &mut |b: &[u8]| out.extend_from_slice(b));
+        out
+    }
+
+    /// Add an entry by its [`RootDigest::canonical`] bytes; `file_bytes`
+    /// is its size when it is a regular file that is not a hard link to
+    /// an earlier path, else 0. Same result as [`RootDigest::add`].
+    pub fn add_canonical(&mut self, bytes: &[u8], file_bytes: u64) {
+        self.hasher.update(bytes);
+        self.count += 1;
+        self.total_bytes += file_bytes;
     }
 
     /// Entries added so far.
@@ -166,6 +132,62 @@ impl RootDigest {
         let mut h = self.hasher;
         h.update(self.count.to_le_bytes());
         (hex::encode(h.finalize()), self.count, self.total_bytes)
+    }
+}
+
+/// Feed `e`'s canonical encoding (module docs) to `h`.
+fn feed(e: &Entry, h: &mut dyn FnMut(&[u8])) {
+    let bytes = |h: &mut dyn FnMut(&[u8]), b: &[u8]| {
+        h(&(b.len() as u64).to_le_bytes());
+        h(b);
+    };
+    bytes(h, &e.path);
+    h(&[kind_code(e.kind)]);
+    h(&e.mode.to_le_bytes());
+    h(&e.uid.to_le_bytes());
+    h(&e.gid.to_le_bytes());
+    h(&e.mtime_ns.to_le_bytes());
+    h(&e.size.to_le_bytes());
+    h(&(e.xattrs.len() as u64).to_le_bytes());
+    for (k, v) in &e.xattrs {
+        bytes(h, &k.0);
+        bytes(h, &v.0);
+    }
+    for opt in [&e.target, &e.link] {
+        match opt {
+            None => h(&[0]),
+            Some(b) => {
+                h(&[1]);
+                bytes(h, b);
+            }
+        }
+    }
+    match e.rdev {
+        None => h(&[0]),
+        Some((ma, mi)) => {
+            h(&[1]);
+            h(&ma.to_le_bytes());
+            h(&mi.to_le_bytes());
+        }
+    }
+    match &e.sparse {
+        None => h(&[0]),
+        Some(ext) => {
+            h(&[1]);
+            h(&(ext.len() as u64).to_le_bytes());
+            for (o, l) in ext {
+                h(&o.to_le_bytes());
+                h(&l.to_le_bytes());
+            }
+        }
+    }
+    match &e.sha256 {
+        None => h(&[0]),
+        Some(hexd) => {
+            h(&[1]);
+            let raw = hex::decode(hexd).unwrap_or_else(|_| hexd.as_bytes().to_vec());
+            h(&raw);
+        }
     }
 }
 

@@ -234,8 +234,20 @@ pub fn stat_entry_stamped(
     rel: Vec<u8>,
     links: &mut HashMap<(u64, u64), Vec<u8>>,
 ) -> io::Result<Option<(Entry, Option<Stamp>)>> {
+    Ok(stat_entry_meta(abs, rel, links)?.map(|(e, md)| {
+        let stamp = Stamp::of_metadata(&md);
+        (e, stamp)
+    }))
+}
+
+/// [`stat_entry`], plus the `lstat` metadata it was read from (inode and
+/// change time for callers that detect later changes).
+pub fn stat_entry_meta(
+    abs: &Path,
+    rel: Vec<u8>,
+    links: &mut HashMap<(u64, u64), Vec<u8>>,
+) -> io::Result<Option<(Entry, std::fs::Metadata)>> {
     let md = std::fs::symlink_metadata(abs)?;
-    let stamp = Stamp::of_metadata(&md);
     let Some(kind) = Kind::of(md.file_type()) else {
         return Ok(None);
     };
@@ -280,7 +292,7 @@ pub fn stat_entry_stamped(
         }
         _ => {}
     }
-    Ok(Some((entry, stamp)))
+    Ok(Some((entry, md)))
 }
 
 /// All xattrs of a path (not following symlinks).

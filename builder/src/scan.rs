@@ -96,7 +96,7 @@ enum Walked {
 /// An entry's metadata read in parallel, before its hardlink group is known.
 enum Statted {
     Entry {
-        entry: Entry,
+        entry: Box<Entry>,
         stamp: Option<Stamp>,
         key: Option<(u64, u64)>,
         abs: PathBuf,
@@ -278,7 +278,11 @@ impl<'p> Scanner<'p> {
                             self.links.insert(key, entry.path.clone());
                         }
                     }
-                    Ok(Scanned { entry, abs, stamp })
+                    Ok(Scanned {
+                        entry: *entry,
+                        abs,
+                        stamp,
+                    })
                 }
                 Statted::Socket(abs) => {
                     self.progress
@@ -310,7 +314,7 @@ fn stat_walked(w: Walked) -> Statted {
         Ok(Some((entry, md))) => {
             let key = (entry.kind != Kind::Dir && md.nlink() > 1).then(|| (md.dev(), md.ino()));
             Statted::Entry {
-                entry,
+                entry: Box::new(entry),
                 stamp: Stamp::of_metadata(&md),
                 key,
                 abs,
@@ -589,7 +593,7 @@ mod tests {
         std::fs::hard_link(r.join("d05/sparse"), r.join("d29/sparse-link")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &r.join("d10/fifo"),
+            r.join("d10/fifo"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o644),
             0,

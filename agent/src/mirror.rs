@@ -125,6 +125,8 @@ struct Planned {
     action: Action,
     /// Target's block digests (checksum mode, content items).
     target_blocks: Vec<[u8; 16]>,
+    /// The differing blocks are known (from the scan's read).
+    planned: bool,
 }
 
 /// Run a mirror over `sender`'s link. The caller starts change capture
@@ -150,7 +152,9 @@ pub async fn mirror(
     let root = opts.root.clone();
     let plan_done = tokio::task::spawn_blocking(move || -> Result<Vec<Planned>> {
         plan.par_iter_mut()
-            .filter(|p| p.entry.kind == Kind::File && matches!(p.action, Action::Blocks(..)))
+            .filter(|p| {
+                p.entry.kind == Kind::File && matches!(p.action, Action::Blocks(..)) && !p.planned
+            })
             .try_for_each(|p| -> Result<()> {
                 let abs = abs_path(&root, &p.entry.path);
                 let bs = standin_link::message::mirror_block_size(p.entry.size, block_size as u32);
@@ -360,19 +364,25 @@ async fn compare(
     let prog = progress.clone();
     let cache_file = opts.digest_cache.clone();
     let trust = !opts.verify_all;
+    let checksum = opts.mode == MirrorMode::Checksum;
     let scan = tokio::task::spawn_blocking(move || {
         let t0 = Instant::now();
         prog.phase("scanning", None, None);
         let tree = crate::digests::tree_id(&root);
-        let cache = crate::digests::load(cache_file.as_deref(), &tree);
+        let cache = crate::digests::open(cache_file.as_deref(), &tree);
+        let fresh = crate::digests::create(cache_file.as_deref(), &tree);
         let mut batch = Vec::new();
         let mut blocks = 0u64;
-        let (summary, fresh, counts) = standin_builder::manifest::scan_tree_cached(
+        let checksum_bs =
+            move |size: u64| standin_link::message::mirror_block_size(size, bs as u32);
+        let scanned = standin_builder::manifest::scan_tree_cached(
             &root,
             &scan_opts,
             prog.as_ref(),
             cache,
+            fresh,
             trust,
+            checksum.then_some(&checksum_bs as &(dyn Fn(u64) -> u64 + Sync)),
             |e| {
                 blocks += e.size / standin_link::message::mirror_block_size(e.size, bs as u32) + 1;
                 batch.push(e.clone());
@@ -389,8 +399,8 @@ async fn compare(
             bail!("the comparison stopped");
         }
         tracing::debug!(ms = t0.elapsed().as_millis() as u64, "mirror: scanned");
-        crate::digests::save(cache_file.as_deref(), &tree, &fresh);
-        Ok((summary, counts))
+        crate::digests::commit(scanned.fresh);
+        Ok((scanned.summary, scanned.counts, scanned.blocks))
     });
     let wire_block = if opts.mode == MirrorMode::Checksum {
         opts.block_size
@@ -478,11 +488,33 @@ async fn compare(
                 entry: e,
                 action,
                 target_blocks: item.map(|i| i.blocks).unwrap_or_default(),
+                planned: false,
             });
         }
     }
-    let (summary, counts) = scan.await.context("scan task")??;
+    let (summary, counts, blocks) = scan.await.context("scan task")??;
+    // Block digests the scan read with the sha256 (changed files).
+    let mut blocks = blocks;
+    for p in &mut plan {
+        if let (Action::Blocks(..), Some(e)) = (&p.action, p.entry.sha256.as_deref()) {
+            if let (Some((_, b)), Ok(sha)) = (blocks.remove(&p.entry.path), hex::decode(e)) {
+                if let Ok(sha) = <[u8; 32]>::try_from(sha.as_slice()) {
+                    p.action = Action::Blocks(differing(&b, &p.target_blocks), sha);
+                    p.target_blocks = Vec::new();
+                    p.planned = true;
+                }
+            }
+        }
+    }
     Ok((plan, extras, summary, (sent, received), counts))
+}
+
+/// The numbers of the source's blocks that differ from the target's.
+fn differing(source: &[[u8; 16]], target: &[[u8; 16]]) -> Vec<u64> {
+    (0..source.len())
+        .filter(|&i| target.get(i) != Some(&source[i]))
+        .map(|i| i as u64)
+        .collect()
 }
 
 /// Which of the source file's blocks differ from the target's; the file's sha256.

@@ -19,6 +19,7 @@ pub mod bytes;
 pub mod changeset;
 pub mod compare;
 pub mod demo;
+pub mod digest_stream;
 pub mod digest_table;
 pub mod disk;
 pub mod durable;
@@ -30,6 +31,7 @@ pub mod progress;
 pub mod recipe;
 pub mod restore;
 pub mod scan;
+mod scan_cached;
 pub mod tree;
 pub mod verify;
 

@@ -34,14 +34,13 @@
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::digest_table::{DigestTable, Stamp};
+use crate::digest_table::Stamp;
 use crate::entry::{path_cmp, Entry, Kind};
 use crate::progress::Progress;
 use crate::scan::{ScanOptions, Scanned, Scanner};
@@ -294,84 +293,30 @@ pub fn scan_tree_known(
             .with_context(|| format!("hashing {}", s.abs.display()))?;
         Ok(h)
     };
-    scan_tree_with(root, opts, progress, &digest_of, each)
+    let mut each = each;
+    scan_tree_with(
+        root,
+        opts,
+        progress,
+        &mut |_| Ok(()),
+        &digest_of,
+        &mut |s| each(&s.entry),
+    )
 }
 
-/// [`scan_tree`] with a digest cache (see [`crate::digest_table`]): a
-/// regular file whose stamp (device, inode, size, mtime, ctime) is in
-/// `cache` is not read when `trust` is set; every file's digest, with the
-/// stamp taken before it was read, goes into the returned table (so it
-/// holds exactly this tree's files; entries move from `cache` to it, so
-/// memory holds about one table). `trust = false` hashes everything
-/// (`--verify-all`) and still returns the fresh table.
-pub fn scan_tree_cached(
+pub use crate::scan_cached::{scan_tree_cached, CacheCounts, CachedScan};
+
+/// The scan loop: `prepare` sees each batch first, in tree order, on the
+/// calling thread (it may fill in `sha256`); `digest_of` gives the sha256
+/// (hex) of each regular file still without one, in parallel; `each` gets
+/// every finished entry in tree order.
+pub(crate) fn scan_tree_with(
     root: &Path,
     opts: &ScanOptions,
     progress: &dyn Progress,
-    cache: DigestTable,
-    trust: bool,
-    each: impl FnMut(&Entry) -> Result<()>,
-) -> Result<(ManifestSummary, DigestTable, CacheCounts)> {
-    let cache = Mutex::new(cache);
-    let fresh = Mutex::new(DigestTable::new());
-    let hits = std::sync::atomic::AtomicU64::new(0);
-    let hashed = std::sync::atomic::AtomicU64::new(0);
-    let digest_of = |s: &Scanned| -> Result<String> {
-        let stamp = s.stamp;
-        if let Some(st) = stamp.filter(|st| st.size == s.entry.size) {
-            if trust {
-                let hit = cache.lock().unwrap_or_else(|e| e.into_inner()).take(&st);
-                if let Some(d) = hit {
-                    hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    fresh
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(st, d);
-                    return Ok(crate::hash::hex(&d));
-                }
-            }
-        }
-        let (h, _) = crate::hash::hash_file(&s.abs, s.entry.size, s.entry.sparse.as_deref())
-            .with_context(|| format!("hashing {}", s.abs.display()))?;
-        hashed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let (Some(st), Ok(d)) = (stamp, hex::decode(&h)) {
-            if let Ok(d) = <[u8; 32]>::try_from(d.as_slice()) {
-                fresh
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(st, d);
-            }
-        }
-        Ok(h)
-    };
-    let summary = scan_tree_with(root, opts, progress, &digest_of, each)?;
-    let counts = CacheCounts {
-        reused: hits.into_inner(),
-        hashed: hashed.into_inner(),
-    };
-    Ok((
-        summary,
-        fresh.into_inner().unwrap_or_else(|e| e.into_inner()),
-        counts,
-    ))
-}
-
-/// How a cached scan got its digests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct CacheCounts {
-    /// Files whose remembered digest was used.
-    pub reused: u64,
-    /// Files read and hashed.
-    pub hashed: u64,
-}
-
-/// The scan loop: `digest_of` gives each regular file's sha256 (hex).
-fn scan_tree_with(
-    root: &Path,
-    opts: &ScanOptions,
-    progress: &dyn Progress,
+    prepare: &mut dyn FnMut(&mut [Scanned]) -> Result<()>,
     digest_of: &(dyn Fn(&Scanned) -> Result<String> + Sync),
-    mut each: impl FnMut(&Entry) -> Result<()>,
+    each: &mut dyn FnMut(&Scanned) -> Result<()>,
 ) -> Result<ManifestSummary> {
     const MAX_ITEMS: usize = 2048;
     const MAX_BYTES: u64 = 256 << 20;
@@ -380,11 +325,14 @@ fn scan_tree_with(
     let mut batch: Vec<Scanned> = Vec::with_capacity(MAX_ITEMS);
     let mut batch_bytes = 0u64;
     let mut flush = |batch: &mut Vec<Scanned>, digest: &mut RootDigest| -> Result<()> {
+        prepare(batch)?;
         batch
             .par_iter_mut()
             .filter(|s| s.entry.kind == Kind::File && s.entry.link.is_none())
             .try_for_each(|s| -> Result<()> {
-                s.entry.sha256 = Some(digest_of(s)?);
+                if s.entry.sha256.is_none() {
+                    s.entry.sha256 = Some(digest_of(s)?);
+                }
                 progress.advance(s.entry.size, 1);
                 Ok(())
             })?;
@@ -393,7 +341,7 @@ fn scan_tree_with(
                 progress.advance(0, 1);
             }
             digest.add(&s.entry);
-            each(&s.entry)?;
+            each(&s)?;
         }
         Ok(())
     };

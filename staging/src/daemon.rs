@@ -87,6 +87,8 @@ struct Shared {
     /// The state and journal backlog as of the last store operation, so a
     /// status request never waits for an apply in progress.
     snapshot: Mutex<(TargetState, Journal)>,
+    /// The target's profile, served from memory.
+    profile: crate::profile::ProfileCache,
 }
 
 fn journal_of(store: &Store, dir: &std::path::Path) -> Journal {
@@ -155,11 +157,22 @@ pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<(
     };
     ready(addr);
     let snapshot = Mutex::new((store.state().clone(), journal_of(&store, &cfg.state_dir)));
+    let profile = crate::profile::ProfileCache::new(&cfg.target_root, &cfg.state_dir);
     let shared = Arc::new(Shared {
         cfg,
         store: Mutex::new(store),
         snapshot,
+        profile,
     });
+    {
+        // Collect the profile now, so the first validation gets it at once.
+        let sh = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = sh.profile.get() {
+                tracing::warn!("collecting the target's profile: {e:#}");
+            }
+        });
+    }
     let hb_listen = match &second {
         Some(l) => Some(l.local_addr()?.to_string()),
         None => None,
@@ -532,11 +545,10 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
                 Message::StatusResponse(Box::new(status))
             }
             Message::ProfileRequest => {
-                let (root, sd) = (cfg.target_root.clone(), cfg.state_dir.clone());
-                let p =
-                    tokio::task::spawn_blocking(move || crate::profile::local_profile(&root, &sd))
-                        .await
-                        .context("profile task")?;
+                let sh = shared.clone();
+                let p = tokio::task::spawn_blocking(move || sh.profile.get())
+                    .await
+                    .context("profile task")?;
                 match p {
                     Ok(v) => Message::ProfileResponse(v),
                     Err(e) => {
@@ -550,11 +562,10 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
                 }
             }
             Message::FixRequest(fixes) if !agent => {
-                let sd = cfg.state_dir.clone();
-                let r =
-                    tokio::task::spawn_blocking(move || crate::profile::apply_fixes(&sd, fixes))
-                        .await
-                        .context("fix task")?;
+                let sh = shared.clone();
+                let r = tokio::task::spawn_blocking(move || sh.profile.apply_fixes(fixes))
+                    .await
+                    .context("fix task")?;
                 match r {
                     Ok(v) => Message::FixResponse(v),
                     Err(e) => {

@@ -122,15 +122,10 @@ mod tests {
         let first = c.get().unwrap();
         assert_eq!(c.get().unwrap(), first);
         assert_eq!(c.computed(), 1, "the second request is served from memory");
-        let fixes =
-            serde_json::json!([{"stop_services_on_protect": {"services": ["nginx.service"]}}]);
-        let fixes = match serde_json::from_value::<Vec<Fix>>(fixes.clone()) {
-            Ok(_) => fixes,
-            Err(_) => serde_json::to_value(vec![Fix::StopServicesOnProtect {
-                services: vec!["nginx.service".into()],
-            }])
-            .unwrap(),
-        };
+        let fixes = serde_json::to_value(vec![Fix::StopServicesOnProtect {
+            services: vec!["nginx.service".into()],
+        }])
+        .unwrap();
         c.apply_fixes(fixes).unwrap();
         let after = c.get().unwrap();
         assert_eq!(c.computed(), 2, "fixes recompute the profile once");

@@ -304,7 +304,7 @@ impl ChangeSet {
                 computed: hex::encode(computed),
             });
         }
-        let mut r = Reader { buf: body, pos: 4 };
+        let mut r = Reader::at(body, 4);
         let version = r.u8()?;
         if version != VERSION && version != VERSION_FILE {
             return Err(ChangeSetError::BadVersion(version));

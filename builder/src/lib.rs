@@ -34,6 +34,7 @@ pub mod scan;
 mod scan_cached;
 pub mod tree;
 pub mod verify;
+pub mod wire;
 
 pub use entry::{Entry, Kind};
 pub use progress::{NoProgress, Progress};

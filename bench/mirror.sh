@@ -160,6 +160,7 @@ bench_tree() {
       run_rsync "$name-diff-rsync" "$src"
     done
   fi
+  [ -n "${BENCH_LOG_DIR:-}" ] && cp "$work/serve.log" "$BENCH_LOG_DIR/$name-serve.log"
   rm -rf "$src" "$work/rsync-dst" "$work/state"; mkdir -p "$work/rsync-dst"
   [[ " $kinds " == *" full "* ]] && report "$name" full
   [[ " $kinds " == *" diff "* ]] && report "$name" diff

@@ -25,14 +25,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use standin_builder::digest_table::Stamp;
-use standin_builder::entry::{Entry, Kind};
+use standin_builder::entry::{path_cmp, Entry, Kind};
 use standin_builder::progress::NoProgress;
 use standin_builder::scan::ScanOptions;
 use standin_link::message::{DiffItem, MirrorDiff, MirrorEntries};
@@ -43,13 +42,28 @@ use beneath::Beneath;
 
 /// One source's difference mirror on one connection.
 pub struct DiffSession {
-    root: PathBuf,
     replica: Beneath,
-    seen: HashSet<Vec<u8>>,
+    /// The replica's directories the listing is inside of (tree order),
+    /// each with the names in it the source has not listed yet.
+    open_dirs: Vec<(Vec<u8>, HashSet<Vec<u8>>)>,
+    /// Topmost replica paths the source did not list, found so far.
+    extras: Vec<Vec<u8>>,
+    /// The last path listed (entries must come in tree order).
+    last_path: Option<Vec<u8>>,
     links: HashMap<(u64, u64), Vec<u8>>,
     /// What the comparison learnt, for the root digest check at the end
     /// (see [`ledger`]); `None` when it cannot be written.
     ledger: Option<ledger::Writer>,
+}
+
+/// A replica entry, its `lstat`, and a directory's names.
+type Statted = (Option<(Entry, std::fs::Metadata)>, Option<Vec<Vec<u8>>>);
+
+fn parent_of(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => &path[..i],
+        None => b"",
+    }
 }
 
 enum Pending {
@@ -79,12 +93,55 @@ impl DiffSession {
             _ => None,
         };
         Ok(DiffSession {
-            root: root.to_path_buf(),
             replica: Beneath::new(root)?,
-            seen: HashSet::new(),
+            open_dirs: Vec::new(),
+            extras: Vec::new(),
+            last_path: None,
             links: HashMap::new(),
             ledger,
         })
+    }
+
+    /// Follow the listing through the replica's directories: `path` is
+    /// listed (so not extra); a directory's names not listed by the time
+    /// the listing leaves it are extra.
+    fn track(&mut self, path: &[u8], children: Option<Vec<Vec<u8>>>) {
+        let inside = |dir: &[u8]| {
+            (dir.is_empty() && !path.is_empty())
+                || (path.starts_with(dir) && path.get(dir.len()) == Some(&b'/'))
+        };
+        while let Some((top, _)) = self.open_dirs.last() {
+            if inside(top) {
+                break;
+            }
+            self.close_dir();
+        }
+        if let Some((top, names)) = self.open_dirs.last_mut() {
+            if parent_of(path) == top.as_slice() {
+                names.remove(&path[top.len() + usize::from(!top.is_empty())..]);
+            }
+        }
+        if let Some(c) = children {
+            self.open_dirs
+                .push((path.to_vec(), c.into_iter().collect()));
+        }
+    }
+
+    /// The listing left the innermost open directory: what it holds that
+    /// was not listed is extra.
+    fn close_dir(&mut self) {
+        if let Some((dir, names)) = self.open_dirs.pop() {
+            let mut names: Vec<Vec<u8>> = names.into_iter().collect();
+            names.sort();
+            for n in names {
+                let mut p = dir.clone();
+                if !p.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(&n);
+                self.extras.push(p);
+            }
+        }
     }
 
     /// Record the entries of a batch in the ledger (a failure drops the
@@ -137,24 +194,79 @@ impl DiffSession {
         }
     }
 
-    /// The replica's entry at `path` (no sha256) and its `lstat`.
-    fn stat(&mut self, path: &[u8]) -> Option<(Entry, std::fs::Metadata)> {
-        self.replica.stat(path, &mut self.links)
+    /// The replica's entries at the paths of `entries` (no sha256) with
+    /// their `lstat`: read in parallel (runs of neighbours share their
+    /// parent directory), hardlink groups then assigned in order, as the
+    /// scan does.
+    /// A replica directory's names come along (to find extra paths).
+    fn stat_all(&mut self, entries: &[Entry]) -> Vec<Statted> {
+        use std::os::unix::fs::MetadataExt;
+        let replica = &self.replica;
+        let chunks: Vec<Vec<Statted>> = entries
+            .par_chunks(64)
+            .map(|chunk| {
+                let mut r = replica.fork();
+                chunk
+                    .iter()
+                    .map(|e| {
+                        let got = r.stat(&e.path, &mut HashMap::new());
+                        let children = match &got {
+                            Some((g, _)) if g.kind == Kind::Dir => r.child_names(&e.path),
+                            _ => None,
+                        };
+                        (got, children)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut out: Vec<Statted> = chunks.into_iter().flatten().collect();
+        for (g, md) in out.iter_mut().filter_map(|s| s.0.as_mut()) {
+            if g.kind != Kind::Dir && md.nlink() > 1 {
+                let key = (md.dev(), md.ino());
+                if let Some(first) = self.links.get(&key) {
+                    g.link = Some(first.clone());
+                    g.sparse = None;
+                } else {
+                    self.links.insert(key, g.path.clone());
+                }
+            }
+        }
+        out
     }
 
     /// Answer one batch. A batch with no entries ends the mirror's entries:
     /// the answer lists the extra paths.
     pub fn diff(&mut self, m: &MirrorEntries) -> Result<MirrorDiff> {
+        let t0 = std::time::Instant::now();
         if m.entries.is_empty() {
-            return self.extras(m.batch);
+            let r = self.extras(m.batch);
+            tracing::debug!(
+                ms = t0.elapsed().as_millis() as u64,
+                "mirror comparison: extra paths listed"
+            );
+            return r;
         }
-        let mut pending = Vec::with_capacity(m.entries.len());
-        let mut gots = Vec::with_capacity(m.entries.len());
         for e in &m.entries {
             standin_builder::changeset::check_path(&e.path, true)
                 .map_err(|r| anyhow::anyhow!("mirror entry refused: {r}"))?;
-            self.seen.insert(e.path.clone());
-            let got = self.stat(&e.path);
+            // Extra paths are found by following the listing through the
+            // replica's directories, which needs the tree order.
+            if let Some(prev) = &self.last_path {
+                if path_cmp(prev, &e.path) != std::cmp::Ordering::Less {
+                    anyhow::bail!(
+                        "mirror entry refused: {} is not after {} in tree order",
+                        e.display_path(),
+                        standin_builder::entry::display_path(prev)
+                    );
+                }
+            }
+            self.last_path = Some(e.path.clone());
+        }
+        let statted = self.stat_all(&m.entries);
+        let mut pending = Vec::with_capacity(m.entries.len());
+        let mut gots = Vec::with_capacity(m.entries.len());
+        for (e, (got, children)) in m.entries.iter().zip(statted) {
+            self.track(&e.path, children);
             let mut p = classify(e, got.as_ref().map(|g| &g.0), m.block_size);
             // A digest the target computed under the file's current stamp
             // decides without reading the file.
@@ -201,7 +313,15 @@ impl DiffSession {
             })
             .collect();
         let items: Vec<DiffItem> = items.into_iter().filter(|i| i.state != "same").collect();
+        let t1 = std::time::Instant::now();
         self.record(&m.entries, gots, &items);
+        tracing::debug!(
+            batch = m.batch,
+            entries = m.entries.len(),
+            ms = t0.elapsed().as_millis() as u64,
+            ledger_ms = t1.elapsed().as_millis() as u64,
+            "mirror comparison: batch answered"
+        );
         Ok(MirrorDiff {
             batch: m.batch,
             items,
@@ -244,38 +364,20 @@ impl DiffSession {
         out
     }
 
-    /// The topmost replica paths the source did not list.
+    /// The topmost replica paths the source did not list (found while
+    /// the listing went through the replica's directories: no second walk).
     fn extras(&mut self, batch: u64) -> Result<MirrorDiff> {
-        let mut items = Vec::new();
-        if self.replica.exists() {
-            let mut walk = walkdir::WalkDir::new(&self.root)
-                .follow_links(false)
-                .same_file_system(false)
-                .min_depth(1)
-                .sort_by(|a, b| a.file_name().cmp(b.file_name()))
-                .into_iter();
-            while let Some(item) = walk.next() {
-                let item =
-                    item.with_context(|| format!("listing the replica {}", self.root.display()))?;
-                let rel = item
-                    .path()
-                    .strip_prefix(&self.root)
-                    .expect("beneath the root")
-                    .as_os_str()
-                    .as_bytes()
-                    .to_vec();
-                if !self.seen.contains(&rel) {
-                    if item.file_type().is_dir() {
-                        walk.skip_current_dir();
-                    }
-                    items.push(DiffItem {
-                        path: rel,
-                        state: "extra".into(),
-                        blocks: Vec::new(),
-                    });
-                }
-            }
+        while !self.open_dirs.is_empty() {
+            self.close_dir();
         }
+        let items: Vec<DiffItem> = std::mem::take(&mut self.extras)
+            .into_iter()
+            .map(|path| DiffItem {
+                path,
+                state: "extra".into(),
+                blocks: Vec::new(),
+            })
+            .collect();
         if let Some(mut w) = self.ledger.take() {
             for i in &items {
                 let parent = match i.path.iter().rposition(|&b| b == b'/') {
@@ -368,7 +470,13 @@ pub fn checked_digest(root: &Path, want: &str) -> Result<String> {
     let ledger = ledger::path_for(root);
     let full = std::env::var_os(FULL_CHECK_ENV).is_some_and(|v| !v.is_empty() && v != "0");
     if !full {
-        match ledger::digest(root, &ledger)? {
+        let t0 = std::time::Instant::now();
+        let got = ledger::digest(root, &ledger)?;
+        tracing::debug!(
+            ms = t0.elapsed().as_millis() as u64,
+            "mirror end: root digest from the ledger"
+        );
+        match got {
             Some(ledger::Outcome::Digest { digest, .. }) if digest == want => return Ok(digest),
             Some(ledger::Outcome::Digest { digest: d, .. }) => {
                 tracing::info!(
@@ -438,6 +546,7 @@ pub fn load_digest_cache(store: &crate::Store) {
 mod tests {
     use super::*;
     use standin_builder::scan::Scanner;
+    use std::os::unix::ffi::OsStrExt;
 
     fn entries(root: &Path) -> Vec<Entry> {
         let mut out = Vec::new();
@@ -531,8 +640,8 @@ mod tests {
             .unwrap();
         assert!(d2.items.iter().all(|i| i.blocks.is_empty()));
         // The empty batch lists the topmost paths the source did not list.
-        let mut listed = es.clone();
-        listed.push(entries(&src).into_iter().find(|e| e.path == b"d").unwrap());
+        // (The whole listing, in tree order, as the source sends it.)
+        let listed = entries(&src);
         let mut s3 = DiffSession::new(&rep).unwrap();
         s3.diff(&MirrorEntries {
             batch: 1,
@@ -565,5 +674,15 @@ mod tests {
                 block_size: 4096
             })
             .is_err());
+        // So are entries out of tree order (extra paths depend on it).
+        let mut s4 = DiffSession::new(&rep).unwrap();
+        let err = s4
+            .diff(&MirrorEntries {
+                batch: 1,
+                entries: vec![es[1].clone(), es[0].clone()],
+                block_size: 4096,
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("tree order"), "{err}");
     }
 }

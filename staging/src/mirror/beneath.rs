@@ -9,6 +9,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
@@ -19,7 +20,7 @@ use standin_builder::scan::stat_entry_meta;
 
 /// The replica at a root, read beneath it.
 pub struct Beneath {
-    root_fd: Option<OwnedFd>,
+    root_fd: Option<Arc<OwnedFd>>,
     /// The last parent directory opened (entries come in tree order, so
     /// neighbours share it).
     last_dir: Option<(Vec<u8>, OwnedFd)>,
@@ -41,7 +42,7 @@ impl Beneath {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
-            Ok(fd) => Some(fd),
+            Ok(fd) => Some(Arc::new(fd)),
             Err(rustix::io::Errno::NOENT) => None,
             Err(e) => return Err(e).with_context(|| format!("opening {}", root.display())),
         };
@@ -51,13 +52,16 @@ impl Beneath {
         })
     }
 
-    /// Whether the replica's root exists.
-    pub fn exists(&self) -> bool {
-        self.root_fd.is_some()
+    /// Another reader of the same replica (for another thread).
+    pub fn fork(&self) -> Beneath {
+        Beneath {
+            root_fd: self.root_fd.clone(),
+            last_dir: None,
+        }
     }
 
     fn open_dir(&self, dir: &[u8], flags: OFlags) -> Option<OwnedFd> {
-        let root = self.root_fd.as_ref()?;
+        let root = self.root_fd.as_deref()?;
         let dir = if dir.is_empty() { &b"."[..] } else { dir };
         rustix::fs::openat2(
             root,
@@ -127,6 +131,21 @@ impl Beneath {
             n += 1;
         }
         Some(n)
+    }
+
+    /// Names in the directory at `path` (without `.` and `..`).
+    pub fn child_names(&self, path: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let fd = self.open_dir(path, OFlags::RDONLY)?;
+        let mut dir = rustix::fs::Dir::read_from(&fd).ok()?;
+        let mut out = Vec::new();
+        while let Some(d) = dir.read() {
+            let d = d.ok()?;
+            let name = d.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                out.push(name.to_vec());
+            }
+        }
+        Some(out)
     }
 
     /// Open the regular file at `path` for reading (no symlink followed).

@@ -72,25 +72,38 @@ pub const WALK_BATCH: usize = 512;
 /// sparse extents of each batch of [`WALK_BATCH`] paths run on the rayon
 /// pool, and hardlink groups are then assigned in tree order, so the
 /// result is exactly the serial walk's ([`Scanner::with_batch`] with 1).
-/// Memory: one batch.
+/// With batches, the walk runs on its own thread a few batches ahead of
+/// the metadata reads. Memory: a few batches.
 pub struct Scanner<'p> {
-    root: PathBuf,
-    walk: walkdir::IntoIter,
-    excludes: GlobSet,
-    keep_empty: Vec<Vec<u8>>,
+    /// The walk, until it moves to its thread.
+    walker: Option<Walker>,
+    /// Batches from the walking thread.
+    rx: Option<std::sync::mpsc::Receiver<Vec<Walked>>>,
     links: HashMap<(u64, u64), Vec<u8>>,
     progress: &'p dyn Progress,
-    root_dev: u64,
-    one_file_system: bool,
     batch: usize,
     ready: std::collections::VecDeque<Result<Scanned>>,
     walk_done: bool,
 }
 
-/// One path from the walk, or the walk's error, in tree order.
+/// Batches the walking thread keeps ready.
+const WALK_AHEAD: usize = 2;
+
+/// The directory walk: paths in tree order, excludes applied.
+struct Walker {
+    root: PathBuf,
+    walk: walkdir::IntoIter,
+    excludes: GlobSet,
+    keep_empty: Vec<Vec<u8>>,
+    root_dev: u64,
+    one_file_system: bool,
+}
+
+/// One path from the walk, the walk's error, or a note, in tree order.
 enum Walked {
     Path(PathBuf, Vec<u8>),
     Failed(anyhow::Error),
+    Note(String),
 }
 
 /// An entry's metadata read in parallel, before its hardlink group is known.
@@ -104,6 +117,7 @@ enum Statted {
     Socket(PathBuf),
     Vanished(PathBuf),
     Failed(anyhow::Error),
+    Note(String),
 }
 
 impl<'p> Scanner<'p> {
@@ -157,20 +171,25 @@ impl<'p> Scanner<'p> {
             .sort_by_file_name()
             .into_iter();
         Ok(Self {
-            root: root.to_path_buf(),
-            walk,
-            excludes,
-            keep_empty,
+            walker: Some(Walker {
+                root: root.to_path_buf(),
+                walk,
+                excludes,
+                keep_empty,
+                root_dev: meta.dev(),
+                one_file_system: opts.one_file_system,
+            }),
+            rx: None,
             links: HashMap::new(),
             progress,
-            root_dev: meta.dev(),
-            one_file_system: opts.one_file_system,
             batch: batch.max(1),
             ready: Default::default(),
             walk_done: false,
         })
     }
+}
 
+impl Walker {
     /// Skip the descendants of a directory entry just yielded by walkdir.
     /// walkdir only descends into (pushes) directories on the root's
     /// filesystem when `one_file_system` is set, and `skip_current_dir`
@@ -208,9 +227,9 @@ impl<'p> Scanner<'p> {
                         .map(|p| p.display().to_string())
                         .unwrap_or_default();
                     if e.io_error().map(|io| io.kind()) == Some(io::ErrorKind::NotFound) {
-                        self.progress
-                            .note(&format!("{path} vanished while scanning; left out"));
-                        continue;
+                        return Some(Walked::Note(format!(
+                            "{path} vanished while scanning; left out"
+                        )));
                     }
                     return Some(Walked::Failed(
                         anyhow::Error::new(e).context(format!("scanning {path}")),
@@ -237,11 +256,11 @@ impl<'p> Scanner<'p> {
         }
     }
 
-    /// Walk the next batch, read its metadata (in parallel) and queue the
-    /// results in tree order.
-    fn fill(&mut self) {
-        let mut batch = Vec::with_capacity(self.batch);
-        while batch.len() < self.batch {
+    /// Up to `n` paths (fewer at the end or after an error); `None` when
+    /// the walk is over.
+    fn next_batch(&mut self, n: usize) -> Option<Vec<Walked>> {
+        let mut batch = Vec::with_capacity(n);
+        while batch.len() < n {
             match self.walk_next() {
                 Some(w) => {
                     let failed = matches!(w, Walked::Failed(_));
@@ -250,12 +269,61 @@ impl<'p> Scanner<'p> {
                         break;
                     }
                 }
-                None => {
-                    self.walk_done = true;
-                    break;
-                }
+                None if batch.is_empty() => return None,
+                None => break,
             }
         }
+        Some(batch)
+    }
+}
+
+impl Scanner<'_> {
+    /// The next batch of the walk: from the walking thread (started on
+    /// the first call), or walked here when batches are of one path.
+    fn walk_batch(&mut self) -> Option<Vec<Walked>> {
+        if self.batch == 1 {
+            return self.walker.as_mut()?.next_batch(1);
+        }
+        if self.rx.is_none() {
+            let mut walker = self.walker.take()?;
+            let (tx, rx) = std::sync::mpsc::sync_channel(WALK_AHEAD);
+            let n = self.batch;
+            let spawned = std::thread::Builder::new()
+                .name("standin-walk".into())
+                .spawn(move || {
+                    while let Some(b) = walker.next_batch(n) {
+                        if tx.send(b).is_err() {
+                            return;
+                        }
+                    }
+                    // The end: an empty batch (a closed channel without it
+                    // means the thread failed).
+                    let _ = tx.send(Vec::new());
+                });
+            if let Err(e) = spawned {
+                let e = anyhow::Error::new(e).context("starting the scan's walking thread");
+                return Some(vec![Walked::Failed(e)]);
+            }
+            self.rx = Some(rx);
+        }
+        match self.rx.as_ref()?.recv() {
+            Ok(b) if b.is_empty() => None,
+            Ok(b) => Some(b),
+            Err(_) => {
+                self.rx = None;
+                let e = anyhow::anyhow!("the scan's walking thread stopped");
+                Some(vec![Walked::Failed(e)])
+            }
+        }
+    }
+
+    /// Walk the next batch, read its metadata (in parallel) and queue the
+    /// results in tree order.
+    fn fill(&mut self) {
+        let Some(batch) = self.walk_batch() else {
+            self.walk_done = true;
+            return;
+        };
         let statted: Vec<Statted> = if batch.len() == 1 || self.batch == 1 {
             batch.into_iter().map(stat_walked).collect()
         } else {
@@ -297,6 +365,10 @@ impl<'p> Scanner<'p> {
                     continue;
                 }
                 Statted::Failed(e) => Err(e),
+                Statted::Note(n) => {
+                    self.progress.note(&n);
+                    continue;
+                }
             };
             self.ready.push_back(item);
         }
@@ -308,6 +380,7 @@ fn stat_walked(w: Walked) -> Statted {
     let (abs, rel) = match w {
         Walked::Path(abs, rel) => (abs, rel),
         Walked::Failed(e) => return Statted::Failed(e),
+        Walked::Note(n) => return Statted::Note(n),
     };
     let mut none = HashMap::new();
     match stat_entry_meta(&abs, rel, &mut none) {

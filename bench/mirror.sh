@@ -23,6 +23,8 @@
 #   TREES="debian big" (default) picks the trees, KINDS="full diff" (default)
 #   the rows: `KINDS=full TREES=debian bench/mirror.sh 1` is a quick check.
 #   FULL_RUNS=N   full-mirror runs (default RUNS; the difference runs need one)
+#   BENCH_LOG_DIR=DIR keeps each standin run's log (STANDIN_LOG=standin_agent=debug
+#   shows the mirror's phases) and /usr/bin/time -v output there
 # Trees: a copy of the cached Debian root (tests make it) and of the >= 1 GiB
 # tree bench/make-big-tree.sh makes in /var/tmp/standin-bench/big.
 # Needs: GNU time (apt-get install -y time), rsync, a release build.
@@ -92,6 +94,7 @@ run_standin() {
   /usr/bin/time -v -o "$work/time.tmp" "$standin" protect --target "127.0.0.1:$port" --identity "$work/src-id" \
     --trust "$(cat "$work/tgt.fpr")" --root "$src" --state-dir "$work/agent-state" --source-id bench --once --json > "$work/protect.json" 2>"$work/protect.err" \
     || { echo "standin $label failed:"; tail -20 "$work/protect.err"; cat "$work/protect.json"; exit 1; }
+  [ -n "${BENCH_LOG_DIR:-}" ] && { mkdir -p "$BENCH_LOG_DIR"; cp "$work/protect.err" "$BENCH_LOG_DIR/$label.$(date +%s%N).log"; cp "$work/time.tmp" "$BENCH_LOG_DIR/$label.$(date +%s%N).time"; }
   python3 - "$work/protect.json" "$work/time.tmp" >> "$work/$label.times" <<'PY'
 import json, re, sys
 d = json.load(open(sys.argv[1])); m = d["mirror"]
@@ -178,6 +181,7 @@ bench_tree() {
       run_rsync "$name-diff-rsync" "$src"
     done
   fi
+  [ -n "${BENCH_LOG_DIR:-}" ] && cp "$work/serve.log" "$BENCH_LOG_DIR/$name-serve.log"
   rm -rf "$src" "$work/rsync-dst" "$work/state"; mkdir -p "$work/rsync-dst"
   [[ " $kinds " == *" full "* ]] && report "$name" full
   [[ " $kinds " == *" diff "* ]] && report "$name" diff

@@ -1,13 +1,14 @@
 //! The source's digest cache: the sha256 of each regular file of the
 //! protected tree, remembered across agent runs in `digests.bin` in the
-//! agent's state directory (format and trust rule:
-//! [`standin_builder::digest_table`]). A difference mirror then reads only
-//! files whose stamp (device, inode, size, mtime, ctime) moved; an agent
-//! restart costs a metadata scan. `--verify-all` ignores the cache.
+//! agent's state directory, sorted in tree order and read alongside the
+//! scan (format and trust rule: [`standin_builder::digest_stream`]), so
+//! its memory does not grow with the tree. A difference mirror then reads
+//! only files whose stamp (device, inode, size, mtime, ctime) moved; an
+//! agent restart costs a metadata scan. `--verify-all` ignores the cache.
 
 use std::path::Path;
 
-use standin_builder::digest_table::DigestTable;
+use standin_builder::digest_stream::{Reader, Writer};
 
 /// The cache file's name in the agent's state directory.
 pub const FILE: &str = "digests.bin";
@@ -23,32 +24,44 @@ pub fn tree_id(root: &Path) -> String {
     }
 }
 
-/// Load the cache at `file` for `tree`; an untrusted file is logged and
+/// Open the cache at `file` for `tree`; an untrusted file is logged and
 /// ignored (everything is hashed).
-pub fn load(file: Option<&Path>, tree: &str) -> DigestTable {
+pub fn open(file: Option<&Path>, tree: &str) -> Reader {
     let Some(file) = file else {
-        return DigestTable::new();
+        return Reader::empty();
     };
-    match DigestTable::load(file, tree) {
-        Ok(t) => t,
+    match Reader::open(file, tree) {
+        Ok(r) => r,
         Err(why) => {
             tracing::warn!(
                 file = %file.display(),
                 "ignoring the digest cache: {why}; every file is hashed"
             );
-            DigestTable::new()
+            Reader::empty()
         }
     }
 }
 
-/// Save the table for `tree` to `file` (durably); a failure is logged (the
-/// next mirror hashes again).
-pub fn save(file: Option<&Path>, tree: &str, table: &DigestTable) {
-    if let Some(file) = file {
-        if let Some(dir) = file.parent() {
-            let _ = std::fs::create_dir_all(dir);
+/// Start writing the fresh cache to `file` (put in place by
+/// [`Writer::commit`]); a failure is logged (the next mirror hashes again).
+pub fn create(file: Option<&Path>, tree: &str) -> Option<Writer> {
+    let file = file?;
+    if let Some(dir) = file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match Writer::create(file, tree) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("{e:#}; the next mirror hashes every file");
+            None
         }
-        if let Err(e) = table.save(file, tree) {
+    }
+}
+
+/// Put the fresh cache in place; a failure is logged.
+pub fn commit(w: Option<Writer>) {
+    if let Some(w) = w {
+        if let Err(e) = w.commit() {
             tracing::warn!("{e:#}; the next mirror hashes every file");
         }
     }

@@ -198,10 +198,10 @@ pub async fn mirror(
     };
     if empty {
         drop(conn);
-        walk_empty(opts, &mut sink, progress.clone(), counting).await?;
         let tree = crate::digests::tree_id(&opts.root);
-        let fresh = sink.fresh.take().unwrap_or_default();
-        crate::digests::save(opts.digest_cache.as_deref(), &tree, &fresh);
+        sink.fresh = crate::digests::create(opts.digest_cache.as_deref(), &tree);
+        walk_empty(opts, &mut sink, progress.clone(), counting).await?;
+        crate::digests::commit(sink.fresh.take());
         let (root_digest, entries, bytes) = sink
             .digest
             .take()
@@ -454,15 +454,20 @@ impl Compare<'_> {
         let scan = tokio::task::spawn_blocking(move || {
             let t0 = Instant::now();
             let tree = crate::digests::tree_id(&root);
-            let cache = crate::digests::load(cache_file.as_deref(), &tree);
+            let cache = crate::digests::open(cache_file.as_deref(), &tree);
+            let fresh = crate::digests::create(cache_file.as_deref(), &tree);
             let mut batch = Vec::new();
             let mut blocks = 0u64;
-            let (summary, fresh, counts) = standin_builder::manifest::scan_tree_cached(
+            // Block digests are not taken during the scan: the blocks of a
+            // changed file are compared as its batch is answered (sets.rs).
+            let scanned = standin_builder::manifest::scan_tree_cached(
                 &root,
                 &scan_opts,
                 progress.as_ref(),
                 cache,
+                fresh,
                 trust,
+                None,
                 |e| {
                     blocks += e.size / standin_link::message::mirror_block_size(e.size, bs) + 1;
                     batch.push(e.clone());
@@ -479,8 +484,8 @@ impl Compare<'_> {
                 bail!("the comparison stopped");
             }
             tracing::debug!(ms = t0.elapsed().as_millis() as u64, "mirror: scanned");
-            crate::digests::save(cache_file.as_deref(), &tree, &fresh);
-            Ok((summary, counts))
+            crate::digests::commit(scanned.fresh);
+            Ok((scanned.summary, scanned.counts))
         });
         // Batches sent and not answered yet (the target answers in order), so
         // the target compares while the source scans and the link is never idle.

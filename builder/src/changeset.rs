@@ -324,7 +324,7 @@ impl ChangeSet {
         if version != VERSION_FILE_DIGEST {
             verify(body, &[], sum)?;
         }
-        let mut r = Reader { buf: body, pos: 5 };
+        let mut r = Reader::at(body, 5);
         r.take(3)?;
         let seq = r.u64()?;
         let created_unix_ms = r.u64()? as i64;
@@ -343,7 +343,7 @@ impl ChangeSet {
                 },
             })?;
             if let Record::File { data, .. } = &rec {
-                let end = r.pos - 32;
+                let end = r.pos() - 32;
                 skip.push((end - data.len(), end));
             }
             records.push(rec);

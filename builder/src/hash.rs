@@ -137,3 +137,34 @@ pub fn hash_file(
     }
     Ok((hex(&hasher.finalize()), read_total))
 }
+
+/// A file's sha256 and, in the same read, the first 16 bytes of the sha256
+/// of each `block_size`-byte block (the last may be shorter): what a
+/// checksum mirror compares, so a changed file is read once for both.
+pub fn hash_file_blocks(path: &Path, block_size: u64) -> io::Result<([u8; 32], Vec<[u8; 16]>)> {
+    let mut file = File::open(path)?;
+    let mut whole = Sha256::new();
+    let mut buf = vec![0u8; block_size.max(1) as usize];
+    let mut blocks = Vec::new();
+    loop {
+        let mut got = 0;
+        while got < buf.len() {
+            match file.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if got == 0 {
+            break;
+        }
+        whole.update(&buf[..got]);
+        let h = Sha256::digest(&buf[..got]);
+        blocks.push(h[..16].try_into().expect("16 bytes"));
+        if got < buf.len() {
+            break;
+        }
+    }
+    Ok((whole.finalize().into(), blocks))
+}

@@ -20,6 +20,7 @@ pub mod changeset;
 pub mod compare;
 pub mod count;
 pub mod demo;
+pub mod digest_stream;
 pub mod digest_table;
 pub mod disk;
 pub mod durable;
@@ -31,8 +32,10 @@ pub mod progress;
 pub mod recipe;
 pub mod restore;
 pub mod scan;
+mod scan_cached;
 pub mod tree;
 pub mod verify;
+pub mod wire;
 
 pub use entry::{Entry, Kind};
 pub use progress::{NoProgress, Progress};

@@ -34,14 +34,13 @@
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::digest_table::{DigestTable, Stamp};
+use crate::digest_table::Stamp;
 use crate::entry::{path_cmp, Entry, Kind};
 use crate::progress::Progress;
 use crate::scan::{ScanOptions, Scanned, Scanner};
@@ -98,62 +97,28 @@ impl RootDigest {
     /// Add the next entry (in tree order).
     pub fn add(&mut self, e: &Entry) {
         let h = &mut self.hasher;
-        let bytes = |h: &mut Sha256, b: &[u8]| {
-            h.update((b.len() as u64).to_le_bytes());
-            h.update(b);
-        };
-        bytes(h, &e.path);
-        h.update([kind_code(e.kind)]);
-        h.update(e.mode.to_le_bytes());
-        h.update(e.uid.to_le_bytes());
-        h.update(e.gid.to_le_bytes());
-        h.update(e.mtime_ns.to_le_bytes());
-        h.update(e.size.to_le_bytes());
-        h.update((e.xattrs.len() as u64).to_le_bytes());
-        for (k, v) in &e.xattrs {
-            bytes(h, &k.0);
-            bytes(h, &v.0);
-        }
-        for opt in [&e.target, &e.link] {
-            match opt {
-                None => h.update([0]),
-                Some(b) => {
-                    h.update([1]);
-                    bytes(h, b);
-                }
-            }
-        }
-        match e.rdev {
-            None => h.update([0]),
-            Some((ma, mi)) => {
-                h.update([1]);
-                h.update(ma.to_le_bytes());
-                h.update(mi.to_le_bytes());
-            }
-        }
-        match &e.sparse {
-            None => h.update([0]),
-            Some(ext) => {
-                h.update([1]);
-                h.update((ext.len() as u64).to_le_bytes());
-                for (o, l) in ext {
-                    h.update(o.to_le_bytes());
-                    h.update(l.to_le_bytes());
-                }
-            }
-        }
-        match &e.sha256 {
-            None => h.update([0]),
-            Some(hexd) => {
-                h.update([1]);
-                let raw = hex::decode(hexd).unwrap_or_else(|_| hexd.as_bytes().to_vec());
-                h.update(raw);
-            }
-        }
+        feed(e, &mut |b: &[u8]| h.update(b));
         self.count += 1;
         if e.kind == Kind::File && e.link.is_none() {
             self.total_bytes += e.size;
         }
+    }
+
+    /// The bytes [`RootDigest::add`] hashes for `e` (its canonical
+    /// encoding), to add later with [`RootDigest::add_canonical`].
+    pub fn canonical(e: &Entry) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96 + e.path.len());
+        feed(e, &mut |b: &[u8]| out.extend_from_slice(b));
+        out
+    }
+
+    /// Add an entry by its [`RootDigest::canonical`] bytes; `file_bytes`
+    /// is its size when it is a regular file that is not a hard link to
+    /// an earlier path, else 0. Same result as [`RootDigest::add`].
+    pub fn add_canonical(&mut self, bytes: &[u8], file_bytes: u64) {
+        self.hasher.update(bytes);
+        self.count += 1;
+        self.total_bytes += file_bytes;
     }
 
     /// Entries added so far.
@@ -166,6 +131,62 @@ impl RootDigest {
         let mut h = self.hasher;
         h.update(self.count.to_le_bytes());
         (hex::encode(h.finalize()), self.count, self.total_bytes)
+    }
+}
+
+/// Feed `e`'s canonical encoding (module docs) to `h`.
+fn feed(e: &Entry, h: &mut dyn FnMut(&[u8])) {
+    let bytes = |h: &mut dyn FnMut(&[u8]), b: &[u8]| {
+        h(&(b.len() as u64).to_le_bytes());
+        h(b);
+    };
+    bytes(h, &e.path);
+    h(&[kind_code(e.kind)]);
+    h(&e.mode.to_le_bytes());
+    h(&e.uid.to_le_bytes());
+    h(&e.gid.to_le_bytes());
+    h(&e.mtime_ns.to_le_bytes());
+    h(&e.size.to_le_bytes());
+    h(&(e.xattrs.len() as u64).to_le_bytes());
+    for (k, v) in &e.xattrs {
+        bytes(h, &k.0);
+        bytes(h, &v.0);
+    }
+    for opt in [&e.target, &e.link] {
+        match opt {
+            None => h(&[0]),
+            Some(b) => {
+                h(&[1]);
+                bytes(h, b);
+            }
+        }
+    }
+    match e.rdev {
+        None => h(&[0]),
+        Some((ma, mi)) => {
+            h(&[1]);
+            h(&ma.to_le_bytes());
+            h(&mi.to_le_bytes());
+        }
+    }
+    match &e.sparse {
+        None => h(&[0]),
+        Some(ext) => {
+            h(&[1]);
+            h(&(ext.len() as u64).to_le_bytes());
+            for (o, l) in ext {
+                h(&o.to_le_bytes());
+                h(&l.to_le_bytes());
+            }
+        }
+    }
+    match &e.sha256 {
+        None => h(&[0]),
+        Some(hexd) => {
+            h(&[1]);
+            let raw = hex::decode(hexd).unwrap_or_else(|_| hexd.as_bytes().to_vec());
+            h(&raw);
+        }
     }
 }
 
@@ -272,84 +293,30 @@ pub fn scan_tree_known(
             .with_context(|| format!("hashing {}", s.abs.display()))?;
         Ok(h)
     };
-    scan_tree_with(root, opts, progress, &digest_of, each)
+    let mut each = each;
+    scan_tree_with(
+        root,
+        opts,
+        progress,
+        &mut |_| Ok(()),
+        &digest_of,
+        &mut |s| each(&s.entry),
+    )
 }
 
-/// [`scan_tree`] with a digest cache (see [`crate::digest_table`]): a
-/// regular file whose stamp (device, inode, size, mtime, ctime) is in
-/// `cache` is not read when `trust` is set; every file's digest, with the
-/// stamp taken before it was read, goes into the returned table (so it
-/// holds exactly this tree's files; entries move from `cache` to it, so
-/// memory holds about one table). `trust = false` hashes everything
-/// (`--verify-all`) and still returns the fresh table.
-pub fn scan_tree_cached(
+pub use crate::scan_cached::{scan_tree_cached, CacheCounts, CachedScan};
+
+/// The scan loop: `prepare` sees each batch first, in tree order, on the
+/// calling thread (it may fill in `sha256`); `digest_of` gives the sha256
+/// (hex) of each regular file still without one, in parallel; `each` gets
+/// every finished entry in tree order.
+pub(crate) fn scan_tree_with(
     root: &Path,
     opts: &ScanOptions,
     progress: &dyn Progress,
-    cache: DigestTable,
-    trust: bool,
-    each: impl FnMut(&Entry) -> Result<()>,
-) -> Result<(ManifestSummary, DigestTable, CacheCounts)> {
-    let cache = Mutex::new(cache);
-    let fresh = Mutex::new(DigestTable::new());
-    let hits = std::sync::atomic::AtomicU64::new(0);
-    let hashed = std::sync::atomic::AtomicU64::new(0);
-    let digest_of = |s: &Scanned| -> Result<String> {
-        let stamp = s.stamp;
-        if let Some(st) = stamp.filter(|st| st.size == s.entry.size) {
-            if trust {
-                let hit = cache.lock().unwrap_or_else(|e| e.into_inner()).take(&st);
-                if let Some(d) = hit {
-                    hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    fresh
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(st, d);
-                    return Ok(crate::hash::hex(&d));
-                }
-            }
-        }
-        let (h, _) = crate::hash::hash_file(&s.abs, s.entry.size, s.entry.sparse.as_deref())
-            .with_context(|| format!("hashing {}", s.abs.display()))?;
-        hashed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let (Some(st), Ok(d)) = (stamp, hex::decode(&h)) {
-            if let Ok(d) = <[u8; 32]>::try_from(d.as_slice()) {
-                fresh
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(st, d);
-            }
-        }
-        Ok(h)
-    };
-    let summary = scan_tree_with(root, opts, progress, &digest_of, each)?;
-    let counts = CacheCounts {
-        reused: hits.into_inner(),
-        hashed: hashed.into_inner(),
-    };
-    Ok((
-        summary,
-        fresh.into_inner().unwrap_or_else(|e| e.into_inner()),
-        counts,
-    ))
-}
-
-/// How a cached scan got its digests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct CacheCounts {
-    /// Files whose remembered digest was used.
-    pub reused: u64,
-    /// Files read and hashed.
-    pub hashed: u64,
-}
-
-/// The scan loop: `digest_of` gives each regular file's sha256 (hex).
-fn scan_tree_with(
-    root: &Path,
-    opts: &ScanOptions,
-    progress: &dyn Progress,
+    prepare: &mut dyn FnMut(&mut [Scanned]) -> Result<()>,
     digest_of: &(dyn Fn(&Scanned) -> Result<String> + Sync),
-    mut each: impl FnMut(&Entry) -> Result<()>,
+    each: &mut dyn FnMut(&Scanned) -> Result<()>,
 ) -> Result<ManifestSummary> {
     const MAX_ITEMS: usize = 2048;
     const MAX_BYTES: u64 = 256 << 20;
@@ -358,11 +325,14 @@ fn scan_tree_with(
     let mut batch: Vec<Scanned> = Vec::with_capacity(MAX_ITEMS);
     let mut batch_bytes = 0u64;
     let mut flush = |batch: &mut Vec<Scanned>, digest: &mut RootDigest| -> Result<()> {
+        prepare(batch)?;
         batch
             .par_iter_mut()
             .filter(|s| s.entry.kind == Kind::File && s.entry.link.is_none())
             .try_for_each(|s| -> Result<()> {
-                s.entry.sha256 = Some(digest_of(s)?);
+                if s.entry.sha256.is_none() {
+                    s.entry.sha256 = Some(digest_of(s)?);
+                }
                 progress.advance(s.entry.size, 1);
                 Ok(())
             })?;
@@ -371,7 +341,7 @@ fn scan_tree_with(
                 progress.advance(0, 1);
             }
             digest.add(&s.entry);
-            each(&s.entry)?;
+            each(&s)?;
         }
         Ok(())
     };

@@ -62,21 +62,78 @@ pub struct Scanned {
     pub stamp: Option<Stamp>,
 }
 
+/// Paths the walk hands to the parallel `lstat` + xattr step at a time.
+pub const WALK_BATCH: usize = 512;
+
 /// Streaming scanner; an iterator of [`Scanned`] in tree order.
+///
+/// The directory walk (readdir, excludes, mount points) runs on the
+/// calling thread; the per-entry `lstat`, xattrs, symlink targets and
+/// sparse extents of each batch of [`WALK_BATCH`] paths run on the rayon
+/// pool, and hardlink groups are then assigned in tree order, so the
+/// result is exactly the serial walk's ([`Scanner::with_batch`] with 1).
+/// With batches, the walk runs on its own thread a few batches ahead of
+/// the metadata reads. Memory: a few batches.
 pub struct Scanner<'p> {
+    /// The walk, until it moves to its thread.
+    walker: Option<Walker>,
+    /// Batches from the walking thread.
+    rx: Option<std::sync::mpsc::Receiver<Vec<Walked>>>,
+    links: HashMap<(u64, u64), Vec<u8>>,
+    progress: &'p dyn Progress,
+    batch: usize,
+    ready: std::collections::VecDeque<Result<Scanned>>,
+    walk_done: bool,
+}
+
+/// Batches the walking thread keeps ready.
+const WALK_AHEAD: usize = 2;
+
+/// The directory walk: paths in tree order, excludes applied.
+struct Walker {
     root: PathBuf,
     walk: walkdir::IntoIter,
     excludes: GlobSet,
     keep_empty: Vec<Vec<u8>>,
-    links: HashMap<(u64, u64), Vec<u8>>,
-    progress: &'p dyn Progress,
     root_dev: u64,
     one_file_system: bool,
+}
+
+/// One path from the walk, the walk's error, or a note, in tree order.
+enum Walked {
+    Path(PathBuf, Vec<u8>),
+    Failed(anyhow::Error),
+    Note(String),
+}
+
+/// An entry's metadata read in parallel, before its hardlink group is known.
+enum Statted {
+    Entry {
+        entry: Box<Entry>,
+        stamp: Option<Stamp>,
+        key: Option<(u64, u64)>,
+        abs: PathBuf,
+    },
+    Socket(PathBuf),
+    Vanished(PathBuf),
+    Failed(anyhow::Error),
+    Note(String),
 }
 
 impl<'p> Scanner<'p> {
     /// Start scanning `root`.
     pub fn new(root: &Path, opts: &ScanOptions, progress: &'p dyn Progress) -> Result<Self> {
+        Self::with_batch(root, opts, progress, WALK_BATCH)
+    }
+
+    /// [`Scanner::new`] reading `batch` entries' metadata at a time in
+    /// parallel (1: serially, on the calling thread).
+    pub fn with_batch(
+        root: &Path,
+        opts: &ScanOptions,
+        progress: &'p dyn Progress,
+        batch: usize,
+    ) -> Result<Self> {
         let meta = std::fs::symlink_metadata(root)
             .with_context(|| format!("reading root {}", root.display()))?;
         if !meta.is_dir() {
@@ -114,17 +171,25 @@ impl<'p> Scanner<'p> {
             .sort_by_file_name()
             .into_iter();
         Ok(Self {
-            root: root.to_path_buf(),
-            walk,
-            excludes,
-            keep_empty,
+            walker: Some(Walker {
+                root: root.to_path_buf(),
+                walk,
+                excludes,
+                keep_empty,
+                root_dev: meta.dev(),
+                one_file_system: opts.one_file_system,
+            }),
+            rx: None,
             links: HashMap::new(),
             progress,
-            root_dev: meta.dev(),
-            one_file_system: opts.one_file_system,
+            batch: batch.max(1),
+            ready: Default::default(),
+            walk_done: false,
         })
     }
+}
 
+impl Walker {
     /// Skip the descendants of a directory entry just yielded by walkdir.
     /// walkdir only descends into (pushes) directories on the root's
     /// filesystem when `one_file_system` is set, and `skip_current_dir`
@@ -150,12 +215,9 @@ impl<'p> Scanner<'p> {
             .map(|r| r.as_os_str().as_bytes().to_vec())
             .unwrap_or_default()
     }
-}
 
-impl Iterator for Scanner<'_> {
-    type Item = Result<Scanned>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The next path of the walk (excludes applied), `None` at the end.
+    fn walk_next(&mut self) -> Option<Walked> {
         loop {
             let dent = match self.walk.next()? {
                 Ok(d) => d,
@@ -165,12 +227,12 @@ impl Iterator for Scanner<'_> {
                         .map(|p| p.display().to_string())
                         .unwrap_or_default();
                     if e.io_error().map(|io| io.kind()) == Some(io::ErrorKind::NotFound) {
-                        self.progress
-                            .note(&format!("{path} vanished while scanning; left out"));
-                        continue;
+                        return Some(Walked::Note(format!(
+                            "{path} vanished while scanning; left out"
+                        )));
                     }
-                    return Some(Err(
-                        anyhow::Error::new(e).context(format!("scanning {path}"))
+                    return Some(Walked::Failed(
+                        anyhow::Error::new(e).context(format!("scanning {path}")),
                     ));
                 }
             };
@@ -187,33 +249,167 @@ impl Iterator for Scanner<'_> {
                     continue;
                 }
             }
-            let abs = dent.path().to_path_buf();
-            let keep_empty = dent.file_type().is_dir() && self.keep_empty.contains(&rel);
-            let res = stat_entry_stamped(&abs, rel, &mut self.links);
-            if keep_empty {
+            if dent.file_type().is_dir() && self.keep_empty.contains(&rel) {
                 self.skip_children(&dent);
             }
-            match res {
-                Ok(Some((entry, stamp))) => return Some(Ok(Scanned { entry, abs, stamp })),
-                Ok(None) => {
+            return Some(Walked::Path(dent.into_path(), rel));
+        }
+    }
+
+    /// Up to `n` paths (fewer at the end or after an error); `None` when
+    /// the walk is over.
+    fn next_batch(&mut self, n: usize) -> Option<Vec<Walked>> {
+        let mut batch = Vec::with_capacity(n);
+        while batch.len() < n {
+            match self.walk_next() {
+                Some(w) => {
+                    let failed = matches!(w, Walked::Failed(_));
+                    batch.push(w);
+                    if failed {
+                        break;
+                    }
+                }
+                None if batch.is_empty() => return None,
+                None => break,
+            }
+        }
+        Some(batch)
+    }
+}
+
+impl Scanner<'_> {
+    /// The next batch of the walk: from the walking thread (started on
+    /// the first call), or walked here when batches are of one path.
+    fn walk_batch(&mut self) -> Option<Vec<Walked>> {
+        if self.batch == 1 {
+            return self.walker.as_mut()?.next_batch(1);
+        }
+        if self.rx.is_none() {
+            let mut walker = self.walker.take()?;
+            let (tx, rx) = std::sync::mpsc::sync_channel(WALK_AHEAD);
+            let n = self.batch;
+            let spawned = std::thread::Builder::new()
+                .name("standin-walk".into())
+                .spawn(move || {
+                    while let Some(b) = walker.next_batch(n) {
+                        if tx.send(b).is_err() {
+                            return;
+                        }
+                    }
+                    // The end: an empty batch (a closed channel without it
+                    // means the thread failed).
+                    let _ = tx.send(Vec::new());
+                });
+            if let Err(e) = spawned {
+                let e = anyhow::Error::new(e).context("starting the scan's walking thread");
+                return Some(vec![Walked::Failed(e)]);
+            }
+            self.rx = Some(rx);
+        }
+        match self.rx.as_ref()?.recv() {
+            Ok(b) if b.is_empty() => None,
+            Ok(b) => Some(b),
+            Err(_) => {
+                self.rx = None;
+                let e = anyhow::anyhow!("the scan's walking thread stopped");
+                Some(vec![Walked::Failed(e)])
+            }
+        }
+    }
+
+    /// Walk the next batch, read its metadata (in parallel) and queue the
+    /// results in tree order.
+    fn fill(&mut self) {
+        let Some(batch) = self.walk_batch() else {
+            self.walk_done = true;
+            return;
+        };
+        let statted: Vec<Statted> = if batch.len() == 1 || self.batch == 1 {
+            batch.into_iter().map(stat_walked).collect()
+        } else {
+            use rayon::prelude::*;
+            batch.into_par_iter().map(stat_walked).collect()
+        };
+        for st in statted {
+            let item = match st {
+                Statted::Entry {
+                    mut entry,
+                    stamp,
+                    key,
+                    abs,
+                } => {
+                    if let Some(key) = key {
+                        if let Some(first) = self.links.get(&key) {
+                            entry.link = Some(first.clone());
+                            entry.sparse = None;
+                        } else {
+                            self.links.insert(key, entry.path.clone());
+                        }
+                    }
+                    Ok(Scanned {
+                        entry: *entry,
+                        abs,
+                        stamp,
+                    })
+                }
+                Statted::Socket(abs) => {
                     self.progress
                         .note(&format!("{} is a socket; left out", abs.display()));
                     continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Statted::Vanished(abs) => {
                     self.progress.note(&format!(
                         "{} vanished while scanning; left out",
                         abs.display()
                     ));
                     continue;
                 }
-                Err(e) => {
-                    return Some(Err(
-                        anyhow::Error::new(e).context(format!("reading {}", abs.display()))
-                    ))
+                Statted::Failed(e) => Err(e),
+                Statted::Note(n) => {
+                    self.progress.note(&n);
+                    continue;
                 }
+            };
+            self.ready.push_back(item);
+        }
+    }
+}
+
+/// The parallel step: one path's metadata, hardlink group left open.
+fn stat_walked(w: Walked) -> Statted {
+    let (abs, rel) = match w {
+        Walked::Path(abs, rel) => (abs, rel),
+        Walked::Failed(e) => return Statted::Failed(e),
+        Walked::Note(n) => return Statted::Note(n),
+    };
+    let mut none = HashMap::new();
+    match stat_entry_meta(&abs, rel, &mut none) {
+        Ok(Some((entry, md))) => {
+            let key = (entry.kind != Kind::Dir && md.nlink() > 1).then(|| (md.dev(), md.ino()));
+            Statted::Entry {
+                entry: Box::new(entry),
+                stamp: Stamp::of_metadata(&md),
+                key,
+                abs,
             }
         }
+        Ok(None) => Statted::Socket(abs),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Statted::Vanished(abs),
+        Err(e) => {
+            let ctx = format!("reading {}", abs.display());
+            Statted::Failed(anyhow::Error::new(e).context(ctx))
+        }
+    }
+}
+
+impl Iterator for Scanner<'_> {
+    type Item = Result<Scanned>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.ready.is_empty() && !self.walk_done {
+            self.fill();
+        }
+        self.ready.pop_front()
     }
 }
 
@@ -234,8 +430,20 @@ pub fn stat_entry_stamped(
     rel: Vec<u8>,
     links: &mut HashMap<(u64, u64), Vec<u8>>,
 ) -> io::Result<Option<(Entry, Option<Stamp>)>> {
+    Ok(stat_entry_meta(abs, rel, links)?.map(|(e, md)| {
+        let stamp = Stamp::of_metadata(&md);
+        (e, stamp)
+    }))
+}
+
+/// [`stat_entry`], plus the `lstat` metadata it was read from (inode and
+/// change time for callers that detect later changes).
+pub fn stat_entry_meta(
+    abs: &Path,
+    rel: Vec<u8>,
+    links: &mut HashMap<(u64, u64), Vec<u8>>,
+) -> io::Result<Option<(Entry, std::fs::Metadata)>> {
     let md = std::fs::symlink_metadata(abs)?;
-    let stamp = Stamp::of_metadata(&md);
     let Some(kind) = Kind::of(md.file_type()) else {
         return Ok(None);
     };
@@ -280,7 +488,7 @@ pub fn stat_entry_stamped(
         }
         _ => {}
     }
-    Ok(Some((entry, stamp)))
+    Ok(Some((entry, md)))
 }
 
 /// All xattrs of a path (not following symlinks).
@@ -431,5 +639,79 @@ mod tests {
         assert_eq!(es[1].link, None);
         assert_eq!(es[2].link.as_deref(), Some(&b"a"[..]));
         assert_eq!(es[3].sparse, Some(vec![(4 << 20, 4096)]));
+    }
+
+    #[test]
+    fn parallel_walk_equals_the_serial_walk_in_tree_order() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        // More than a few batches, with hardlink groups spanning batches,
+        // sparse files, symlinks, a fifo, a socket, excludes and a kept-empty dir.
+        for d in 0..30 {
+            let dir = r.join(format!("d{d:02}/sub"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in 0..50 {
+                std::fs::write(dir.join(format!("f{f}")), format!("{d}/{f}")).unwrap();
+            }
+            if d > 0 {
+                std::fs::hard_link(dir.join("f0"), r.join(format!("d{:02}/link-to-{d}", d - 1)))
+                    .unwrap();
+            }
+            symlink(format!("sub/f{d}"), r.join(format!("d{d:02}/sym"))).unwrap();
+        }
+        let f = std::fs::File::create(r.join("d05/sparse")).unwrap();
+        f.set_len(16 << 20).unwrap();
+        drop(f);
+        std::fs::hard_link(r.join("d05/sparse"), r.join("d29/sparse-link")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            r.join("d10/fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(r.join("d11/sock")).unwrap();
+        std::fs::create_dir_all(r.join("tmp/inner")).unwrap();
+        let opts = ScanOptions {
+            excludes: vec!["/d03/**".into(), "*.skip".into()],
+            always_system_excludes: true,
+            ..Default::default()
+        };
+        std::fs::write(r.join("d04/x.skip"), "x").unwrap();
+        let scan = |batch: usize| -> Vec<Entry> {
+            Scanner::with_batch(r, &opts, &NoProgress, batch)
+                .unwrap()
+                .map(|s| s.unwrap().entry)
+                .collect()
+        };
+        let serial = scan(1);
+        assert!(serial.len() > 3 * WALK_BATCH, "{} entries", serial.len());
+        for batch in [WALK_BATCH, 7, 64] {
+            let par = scan(batch);
+            assert_eq!(par.len(), serial.len());
+            for (a, b) in par.iter().zip(&serial) {
+                assert_eq!(a, b, "batch {batch}");
+            }
+        }
+        for w in serial.windows(2) {
+            assert_eq!(
+                crate::entry::path_cmp(&w[0].path, &w[1].path),
+                std::cmp::Ordering::Less
+            );
+        }
+        let find = |p: &str| serial.iter().find(|e| e.path == p.as_bytes()).cloned();
+        assert!(find("d03/sub").is_none() && find("d04/x.skip").is_none());
+        assert!(find("d11/sock").is_none() && find("tmp/inner").is_none());
+        assert!(find("tmp").is_some() && find("d10/fifo").is_some());
+        assert_eq!(find("d05/sparse").unwrap().sparse, Some(vec![]));
+        let l = find("d29/sparse-link").unwrap();
+        assert_eq!(l.link.as_deref(), Some(&b"d05/sparse"[..]));
+        assert_eq!(l.sparse, None);
+        assert_eq!(
+            find("d01/sub/f0").unwrap().link.as_deref(),
+            Some(&b"d00/link-to-1"[..])
+        );
     }
 }

@@ -13,6 +13,7 @@ use standin_builder::changeset::{
     check_path, MAX_EXTENTS, MAX_PATH, MAX_TARGET, MAX_XATTRS, MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
 use standin_builder::entry::{Entry, Kind, Xattr};
+use standin_builder::wire::{WireError, WireReader};
 
 use crate::message::{DiffItem, MirrorDiff, MirrorEntries};
 
@@ -170,79 +171,42 @@ pub fn encode_diff(m: &MirrorDiff) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// A cursor over a payload with bounded reads.
-struct Rd<'a> {
-    b: &'a [u8],
-    pos: usize,
+/// A cursor over a payload: builder's one bounded reader
+/// ([`standin_builder::wire`]), its errors as text.
+struct Rd<'a>(WireReader<'a>);
+
+fn why(e: WireError) -> String {
+    e.to_string()
 }
 
 impl<'a> Rd<'a> {
-    fn left(&self) -> usize {
-        self.b.len() - self.pos
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], String> {
+        self.0.take(n, what).map_err(why)
     }
 
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], String> {
-        if n > self.left() {
-            return Err(format!(
-                "{what}: {n} bytes needed, {} left (truncated)",
-                self.left()
-            ));
-        }
-        let s = &self.b[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
+    fn u8(&mut self, what: &'static str) -> Result<u8, String> {
+        self.0.u8(what).map_err(why)
     }
 
-    fn u8(&mut self, what: &str) -> Result<u8, String> {
-        Ok(self.take(1, what)?[0])
+    fn var(&mut self, what: &'static str) -> Result<u64, String> {
+        self.0.var(what).map_err(why)
     }
 
-    fn var(&mut self, what: &str) -> Result<u64, String> {
-        let mut v = 0u64;
-        for i in 0..10 {
-            let b = self.u8(what)?;
-            if i == 9 && b > 1 {
-                return Err(format!("{what}: varint overflows 64 bits"));
-            }
-            v |= ((b & 0x7f) as u64) << (7 * i);
-            if b & 0x80 == 0 {
-                if i > 0 && b == 0 {
-                    return Err(format!("{what}: overlong varint"));
-                }
-                return Ok(v);
-            }
-        }
-        Err(format!("{what}: varint longer than 10 bytes"))
+    fn var32(&mut self, what: &'static str) -> Result<u32, String> {
+        self.0.var32(what).map_err(why)
     }
 
-    fn var32(&mut self, what: &str) -> Result<u32, String> {
-        let v = self.var(what)?;
-        u32::try_from(v).map_err(|_| format!("{what} {v} does not fit 32 bits"))
-    }
-
-    fn vari(&mut self, what: &str) -> Result<i64, String> {
-        let u = self.var(what)?;
-        Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
+    fn vari(&mut self, what: &'static str) -> Result<i64, String> {
+        self.0.vari(what).map_err(why)
     }
 
     /// A count, at most `max` and at most one per `min_each` bytes left.
-    fn count(&mut self, what: &str, max: usize, min_each: usize) -> Result<usize, String> {
-        let n = self.var(what)?;
-        if n > max as u64 {
-            return Err(format!("{what} {n} is more than the limit {max}"));
-        }
-        if n.saturating_mul(min_each as u64) > self.left() as u64 {
-            return Err(format!(
-                "{what} {n} is more than the {} bytes left can hold",
-                self.left()
-            ));
-        }
-        Ok(n as usize)
+    fn count(&mut self, what: &'static str, max: usize, min_each: usize) -> Result<usize, String> {
+        self.0.count(what, max, min_each).map_err(why)
     }
 
-    fn bytes(&mut self, what: &str, max: usize) -> Result<Vec<u8>, String> {
-        let n = self.count(what, max, 1)?;
-        Ok(self.take(n, what)?.to_vec())
+    fn bytes(&mut self, what: &'static str, max: usize) -> Result<Vec<u8>, String> {
+        Ok(self.0.bytes_var(what, max).map_err(why)?.to_vec())
     }
 
     fn path(&mut self, prev: &[u8]) -> Result<Vec<u8>, String> {
@@ -273,10 +237,7 @@ impl<'a> Rd<'a> {
     }
 
     fn end(&self) -> Result<(), String> {
-        if self.left() > 0 {
-            return Err(format!("{} trailing bytes", self.left()));
-        }
-        Ok(())
+        self.0.end().map_err(why)
     }
 }
 
@@ -295,7 +256,7 @@ fn kind_of(b: u8) -> Result<Kind, String> {
 /// Decode a batch of entries; `Err` says what is wrong. An entry's
 /// `sha256` holds the 32 hex digits of the digest prefix.
 pub fn decode_entries(b: &[u8]) -> Result<MirrorEntries, String> {
-    let mut r = Rd { b, pos: 0 };
+    let mut r = Rd(WireReader::new(b));
     r.header(ENTRIES_MAGIC)?;
     let batch = r.var("batch")?;
     let block_size = r.var32("block size")?;
@@ -390,7 +351,7 @@ pub fn decode_entries(b: &[u8]) -> Result<MirrorEntries, String> {
 
 /// Decode the target's answer; `Err` says what is wrong.
 pub fn decode_diff(b: &[u8]) -> Result<MirrorDiff, String> {
-    let mut r = Rd { b, pos: 0 };
+    let mut r = Rd(WireReader::new(b));
     r.header(DIFF_MAGIC)?;
     let batch = r.var("batch")?;
     let n = r.count("item count", MAX_BATCH, 3)?;

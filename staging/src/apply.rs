@@ -391,6 +391,15 @@ impl DirTarget {
         }
         rustix::fs::utimensat(&dir, n, &timestamps(e.mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|x| io_err("setting the time of", &e.path, x))?;
+        // Only metadata changed: a digest known for the content still holds
+        // (so the root digest check does not read the file again).
+        if let Some(before) = crate::digest_cache::stamp_of_stat(&st) {
+            if let Ok(Some(now)) = lstat(&dir, name) {
+                if let Some(after) = crate::digest_cache::stamp_of_stat(&now) {
+                    crate::digest_cache::carry_over(&before, &after);
+                }
+            }
+        }
         self.verify_metadata(e, &dir, name)
     }
 

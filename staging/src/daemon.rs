@@ -105,6 +105,8 @@ struct Shared {
     beats: Mutex<Beats>,
     /// Bumped by every recorded heartbeat; the flusher writes when it moved.
     beats_version: AtomicU64,
+    /// The target's profile, served from memory.
+    profile: crate::profile::ProfileCache,
 }
 
 impl Shared {
@@ -223,6 +225,7 @@ pub async fn serve_until(
         warn!("writing {}: {e}", crate::heartbeat::HEARTBEAT_FILE);
     }
     ready(addr);
+    let profile = crate::profile::ProfileCache::new(&cfg.target_root, &cfg.state_dir);
     let shared = Arc::new(Shared {
         cfg,
         store: Mutex::new(store),
@@ -230,7 +233,17 @@ pub async fn serve_until(
         beats: Mutex::new(beats),
         // The flusher writes when a heartbeat moves this.
         beats_version: AtomicU64::new(0),
+        profile,
     });
+    {
+        // Collect the profile now, so the first validation gets it at once.
+        let sh = shared.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = sh.profile.get() {
+                tracing::warn!("collecting the target's profile: {e:#}");
+            }
+        });
+    }
     let hb_listen = match &second {
         Some(l) => Some(l.local_addr()?.to_string()),
         None => None,
@@ -643,11 +656,10 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
                 Message::StatusResponse(Box::new(status))
             }
             Message::ProfileRequest => {
-                let (root, sd) = (cfg.target_root.clone(), cfg.state_dir.clone());
-                let p =
-                    tokio::task::spawn_blocking(move || crate::profile::local_profile(&root, &sd))
-                        .await
-                        .context("profile task")?;
+                let sh = shared.clone();
+                let p = tokio::task::spawn_blocking(move || sh.profile.get())
+                    .await
+                    .context("profile task")?;
                 match p {
                     Ok(v) => Message::ProfileResponse(v),
                     Err(e) => {
@@ -661,11 +673,10 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
                 }
             }
             Message::FixRequest(fixes) if !agent => {
-                let sd = cfg.state_dir.clone();
-                let r =
-                    tokio::task::spawn_blocking(move || crate::profile::apply_fixes(&sd, fixes))
-                        .await
-                        .context("fix task")?;
+                let sh = shared.clone();
+                let r = tokio::task::spawn_blocking(move || sh.profile.apply_fixes(fixes))
+                    .await
+                    .context("fix task")?;
                 match r {
                     Ok(v) => Message::FixResponse(v),
                     Err(e) => {

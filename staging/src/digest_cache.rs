@@ -49,6 +49,23 @@ fn of_stat(st: &Stat) -> Option<Stamp> {
     })
 }
 
+/// The stamp in a regular file's `stat` (`None` for anything else).
+pub fn stamp_of_stat(st: &Stat) -> Option<Stamp> {
+    of_stat(st)
+}
+
+/// Keep the digest remembered under `before` for the same file stamped
+/// `after`, when only its metadata changed in between (same inode and
+/// size; the caller changed nothing but owner, mode, xattrs or times).
+pub fn carry_over(before: &Stamp, after: &Stamp) {
+    if before.dev != after.dev || before.ino != after.ino || before.size != after.size {
+        return;
+    }
+    if let Some(d) = lookup_stamp(before) {
+        remember(*after, d);
+    }
+}
+
 /// The stamp of an open regular file (`None` for anything else).
 pub fn stamp_of_fd(fd: impl AsFd) -> Option<Stamp> {
     of_stat(&rustix::fs::fstat(fd).ok()?)
@@ -148,6 +165,22 @@ mod tests {
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         assert_eq!(lookup(&p, 3), None);
         assert_eq!(lookup(&t.path().join("absent"), 0), None);
+        // A metadata change made by the apply carries the digest over.
+        let before = stamp_of_path(&p).unwrap();
+        remember(before, [9; 32]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let after = stamp_of_path(&p).unwrap();
+        assert_eq!(lookup(&p, 3), None);
+        carry_over(&before, &after);
+        assert_eq!(lookup(&p, 3), Some([9; 32]));
+        let grown = Stamp {
+            size: 4,
+            ctime_ns: after.ctime_ns + 1,
+            ..after
+        };
+        carry_over(&after, &grown);
+        assert_eq!(lookup_stamp(&grown), None, "not across a size change");
         assert_eq!(stamp_of_path(t.path()), None, "directories are not stamped");
     }
 }

@@ -24,31 +24,46 @@
 //!   topmost such path is listed (Delete is recursive).
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use rayon::prelude::*;
-use rustix::fs::{Mode, OFlags, ResolveFlags};
 use sha2::{Digest, Sha256};
 use standin_builder::digest_table::Stamp;
-use standin_builder::entry::{Entry, Kind};
+use standin_builder::entry::{path_cmp, Entry, Kind};
 use standin_builder::progress::NoProgress;
-use standin_builder::scan::{stat_entry_stamped, ScanOptions};
+use standin_builder::scan::ScanOptions;
 use standin_link::message::{DiffItem, MirrorDiff, MirrorEntries};
+
+mod beneath;
+pub mod ledger;
+use beneath::Beneath;
 
 /// One source's difference mirror on one connection.
 pub struct DiffSession {
-    root: PathBuf,
-    root_fd: Option<OwnedFd>,
-    /// The last parent directory opened by [`DiffSession::stat`] (entries
-    /// come in tree order, so neighbours share it).
-    last_dir: Option<(Vec<u8>, OwnedFd)>,
-    seen: HashSet<Vec<u8>>,
+    replica: Beneath,
+    /// The replica's directories the listing is inside of (tree order),
+    /// each with the names in it the source has not listed yet.
+    open_dirs: Vec<(Vec<u8>, HashSet<Vec<u8>>)>,
+    /// Topmost replica paths the source did not list, found so far.
+    extras: Vec<Vec<u8>>,
+    /// The last path listed (entries must come in tree order).
+    last_path: Option<Vec<u8>>,
     links: HashMap<(u64, u64), Vec<u8>>,
+    /// What the comparison learnt, for the root digest check at the end
+    /// (see [`ledger`]); `None` when it cannot be written.
+    ledger: Option<ledger::Writer>,
+}
+
+/// A replica entry, its `lstat`, and a directory's names.
+type Statted = (Option<(Entry, std::fs::Metadata)>, Option<Vec<Vec<u8>>>);
+
+fn parent_of(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => &path[..i],
+        None => b"",
+    }
 }
 
 enum Pending {
@@ -63,91 +78,200 @@ enum Pending {
 }
 
 impl DiffSession {
-    /// Start comparing against the replica at `root` (which may not exist yet).
+    /// Start comparing against the replica at `root` (which may not exist
+    /// yet). The comparison's ledger goes next to it ([`ledger::path_for`]).
     pub fn new(root: &Path) -> Result<DiffSession> {
-        let root_fd = match rustix::fs::open(
-            root,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
-            Ok(fd) => Some(fd),
-            Err(rustix::io::Errno::NOENT) => None,
-            Err(e) => return Err(e).with_context(|| format!("opening {}", root.display())),
+        let path = ledger::path_for(root);
+        let ledger = match root.parent().map(std::fs::create_dir_all) {
+            Some(Ok(())) => match ledger::Writer::create(&path) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("{e:#}; the mirror's end walks the whole replica");
+                    None
+                }
+            },
+            _ => None,
         };
         Ok(DiffSession {
-            root: root.to_path_buf(),
-            root_fd,
-            last_dir: None,
-            seen: HashSet::new(),
+            replica: Beneath::new(root)?,
+            open_dirs: Vec::new(),
+            extras: Vec::new(),
+            last_path: None,
             links: HashMap::new(),
+            ledger,
         })
     }
 
-    /// The replica's parent directory of `path` and the last component.
-    fn parent<'p>(&self, path: &'p [u8]) -> Option<(OwnedFd, &'p [u8])> {
-        let root = self.root_fd.as_ref()?;
-        let (dir, name) = match path.iter().rposition(|&b| b == b'/') {
-            Some(i) => (&path[..i], &path[i + 1..]),
-            None if path.is_empty() => (&b"."[..], &b"."[..]),
-            None => (&b"."[..], path),
+    /// Follow the listing through the replica's directories: `path` is
+    /// listed (so not extra); a directory's names not listed by the time
+    /// the listing leaves it are extra.
+    fn track(&mut self, path: &[u8], children: Option<Vec<Vec<u8>>>) {
+        let inside = |dir: &[u8]| {
+            (dir.is_empty() && !path.is_empty())
+                || (path.starts_with(dir) && path.get(dir.len()) == Some(&b'/'))
         };
-        let fd = rustix::fs::openat2(
-            root,
-            OsStr::from_bytes(dir),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        )
-        .ok()?;
-        Some((fd, name))
-    }
-
-    fn proc_path(fd: &OwnedFd, name: &[u8]) -> PathBuf {
-        let mut p = format!("/proc/self/fd/{}/", fd.as_raw_fd()).into_bytes();
-        p.extend_from_slice(name);
-        PathBuf::from(OsStr::from_bytes(&p))
-    }
-
-    /// The replica's entry at `path` (no sha256) and a regular file's
-    /// stamp, `None` when absent or unreachable.
-    fn stat(&mut self, path: &[u8]) -> Option<(Entry, Option<Stamp>)> {
-        let dir = match path.iter().rposition(|&b| b == b'/') {
-            Some(i) => &path[..i],
-            None => b"",
-        };
-        let reuse = matches!(&self.last_dir, Some((d, _)) if d == dir) && !path.is_empty();
-        if !reuse {
-            self.last_dir = None;
-            let (fd, _) = self.parent(path)?;
-            self.last_dir = Some((dir.to_vec(), fd));
+        while let Some((top, _)) = self.open_dirs.last() {
+            if inside(top) {
+                break;
+            }
+            self.close_dir();
         }
-        let (_, fd) = self.last_dir.as_ref()?;
-        let name = if path.is_empty() {
-            &b"."[..]
-        } else {
-            &path[dir.len() + usize::from(!dir.is_empty())..]
+        if let Some((top, names)) = self.open_dirs.last_mut() {
+            if parent_of(path) == top.as_slice() {
+                names.remove(&path[top.len() + usize::from(!top.is_empty())..]);
+            }
+        }
+        if let Some(c) = children {
+            self.open_dirs
+                .push((path.to_vec(), c.into_iter().collect()));
+        }
+    }
+
+    /// The listing left the innermost open directory: what it holds that
+    /// was not listed is extra.
+    fn close_dir(&mut self) {
+        if let Some((dir, names)) = self.open_dirs.pop() {
+            let mut names: Vec<Vec<u8>> = names.into_iter().collect();
+            names.sort();
+            for n in names {
+                let mut p = dir.clone();
+                if !p.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(&n);
+                self.extras.push(p);
+            }
+        }
+    }
+
+    /// Record the entries of a batch in the ledger (a failure drops the
+    /// ledger: the end then walks the replica).
+    fn record(
+        &mut self,
+        entries: &[Entry],
+        got: Vec<Option<(Entry, std::fs::Metadata)>>,
+        items: &[DiffItem],
+    ) {
+        let Some(w) = self.ledger.as_mut() else {
+            return;
         };
-        stat_entry_stamped(&Self::proc_path(fd, name), path.to_vec(), &mut self.links)
-            .ok()
-            .flatten()
+        let mut differs = items.iter().map(|i| &i.path).peekable();
+        let write = || -> Result<()> {
+            for (e, g) in entries.iter().zip(got) {
+                let same = differs.peek().is_none_or(|p| **p != e.path);
+                if !same {
+                    differs.next();
+                }
+                let trusted = match g {
+                    Some((mut g, md)) if same => {
+                        let needs_sha = g.kind == Kind::File && g.link.is_none();
+                        let sha = beneath::stamp(&md)
+                            .as_ref()
+                            .and_then(crate::digest_cache::lookup_stamp);
+                        match (needs_sha, sha) {
+                            (false, _) => Some((g, md)),
+                            (true, Some(d)) => {
+                                g.sha256 = Some(hex::encode(d));
+                                Some((g, md))
+                            }
+                            (true, None) => None,
+                        }
+                    }
+                    _ => None,
+                };
+                match trusted {
+                    Some((g, md)) => w.trusted(&g, &md)?,
+                    None => w.recheck(&e.path)?,
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::warn!(
+                "writing the mirror ledger: {e:#}; the mirror's end walks the whole replica"
+            );
+            self.ledger = None;
+        }
+    }
+
+    /// The replica's entries at the paths of `entries` (no sha256) with
+    /// their `lstat`: read in parallel (runs of neighbours share their
+    /// parent directory), hardlink groups then assigned in order, as the
+    /// scan does.
+    /// A replica directory's names come along (to find extra paths).
+    fn stat_all(&mut self, entries: &[Entry]) -> Vec<Statted> {
+        use std::os::unix::fs::MetadataExt;
+        let replica = &self.replica;
+        let chunks: Vec<Vec<Statted>> = entries
+            .par_chunks(64)
+            .map(|chunk| {
+                let mut r = replica.fork();
+                chunk
+                    .iter()
+                    .map(|e| {
+                        let got = r.stat(&e.path, &mut HashMap::new());
+                        let children = match &got {
+                            Some((g, _)) if g.kind == Kind::Dir => r.child_names(&e.path),
+                            _ => None,
+                        };
+                        (got, children)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut out: Vec<Statted> = chunks.into_iter().flatten().collect();
+        for (g, md) in out.iter_mut().filter_map(|s| s.0.as_mut()) {
+            if g.kind != Kind::Dir && md.nlink() > 1 {
+                let key = (md.dev(), md.ino());
+                if let Some(first) = self.links.get(&key) {
+                    g.link = Some(first.clone());
+                    g.sparse = None;
+                } else {
+                    self.links.insert(key, g.path.clone());
+                }
+            }
+        }
+        out
     }
 
     /// Answer one batch. A batch with no entries ends the mirror's entries:
     /// the answer lists the extra paths.
     pub fn diff(&mut self, m: &MirrorEntries) -> Result<MirrorDiff> {
+        let t0 = std::time::Instant::now();
         if m.entries.is_empty() {
-            return self.extras(m.batch);
+            let r = self.extras(m.batch);
+            tracing::debug!(
+                ms = t0.elapsed().as_millis() as u64,
+                "mirror comparison: extra paths listed"
+            );
+            return r;
         }
-        let mut pending = Vec::with_capacity(m.entries.len());
         for e in &m.entries {
             standin_builder::changeset::check_path(&e.path, true)
                 .map_err(|r| anyhow::anyhow!("mirror entry refused: {r}"))?;
-            self.seen.insert(e.path.clone());
-            let got = self.stat(&e.path);
+            // Extra paths are found by following the listing through the
+            // replica's directories, which needs the tree order.
+            if let Some(prev) = &self.last_path {
+                if path_cmp(prev, &e.path) != std::cmp::Ordering::Less {
+                    anyhow::bail!(
+                        "mirror entry refused: {} is not after {} in tree order",
+                        e.display_path(),
+                        standin_builder::entry::display_path(prev)
+                    );
+                }
+            }
+            self.last_path = Some(e.path.clone());
+        }
+        let statted = self.stat_all(&m.entries);
+        let mut pending = Vec::with_capacity(m.entries.len());
+        let mut gots = Vec::with_capacity(m.entries.len());
+        for (e, (got, children)) in m.entries.iter().zip(statted) {
+            self.track(&e.path, children);
             let mut p = classify(e, got.as_ref().map(|g| &g.0), m.block_size);
             // A digest the target computed under the file's current stamp
             // decides without reading the file.
-            if let (Pending::Hash { meta_same, .. }, Some((_, Some(st)))) = (&p, &got) {
+            let st = got.as_ref().and_then(|g| beneath::stamp(&g.1));
+            if let (Pending::Hash { meta_same, .. }, Some(st)) = (&p, &st) {
                 if let Some(d) = crate::digest_cache::lookup_stamp(st) {
                     p = if same_digest(&hex::encode(d), e.sha256.as_deref()) {
                         Pending::Done(if *meta_same { "same" } else { "metadata" })
@@ -157,6 +281,7 @@ impl DiffSession {
                 }
             }
             pending.push(p);
+            gots.push(got);
         }
         let max_bs = m.block_size;
         let items: Vec<DiffItem> = m
@@ -172,8 +297,8 @@ impl DiffSession {
                 let (state, blocks) = match p {
                     Pending::Done(s) => (s, Vec::new()),
                     Pending::Blocks => ("content", self.blocks(&e.path, bs)),
-                    Pending::Hash { size, meta_same } => match self.hash(&e.path, size) {
-                        Some(h) if same_digest(&h, e.sha256.as_deref()) => {
+                    Pending::Hash { size, meta_same } => match self.replica.hash(&e.path, size) {
+                        Some(h) if same_digest(&hex::encode(h), e.sha256.as_deref()) => {
                             (if meta_same { "same" } else { "metadata" }, Vec::new())
                         }
                         Some(_) => ("content", self.blocks(&e.path, bs)),
@@ -187,45 +312,20 @@ impl DiffSession {
                 }
             })
             .collect();
+        let items: Vec<DiffItem> = items.into_iter().filter(|i| i.state != "same").collect();
+        let t1 = std::time::Instant::now();
+        self.record(&m.entries, gots, &items);
+        tracing::debug!(
+            batch = m.batch,
+            entries = m.entries.len(),
+            ms = t0.elapsed().as_millis() as u64,
+            ledger_ms = t1.elapsed().as_millis() as u64,
+            "mirror comparison: batch answered"
+        );
         Ok(MirrorDiff {
             batch: m.batch,
-            items: items.into_iter().filter(|i| i.state != "same").collect(),
+            items,
         })
-    }
-
-    fn open_file(&self, path: &[u8]) -> Option<std::fs::File> {
-        let (dir, name) = self.parent(path)?;
-        let fd = rustix::fs::openat(
-            &dir,
-            OsStr::from_bytes(name),
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
-            Mode::empty(),
-        )
-        .ok()?;
-        Some(std::fs::File::from(fd))
-    }
-
-    fn hash(&self, path: &[u8], size: u64) -> Option<String> {
-        let mut f = self.open_file(path)?;
-        let stamp = crate::digest_cache::stamp_of_fd(&f);
-        if let Some(d) = stamp.as_ref().and_then(crate::digest_cache::lookup_stamp) {
-            return Some(hex::encode(d));
-        }
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; (1 << 20).min(size.max(4096) as usize)];
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => h.update(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return None,
-            }
-        }
-        let d: [u8; 32] = h.finalize().into();
-        if let Some(stamp) = stamp {
-            crate::digest_cache::remember(stamp, d);
-        }
-        Some(hex::encode(d))
     }
 
     /// Digest of each `bs`-byte block of the replica's file (empty in
@@ -234,7 +334,7 @@ impl DiffSession {
         if bs == 0 {
             return Vec::new();
         }
-        let Some(mut f) = self.open_file(path) else {
+        let Some(mut f) = self.replica.open_file(path) else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -264,36 +364,30 @@ impl DiffSession {
         out
     }
 
-    /// The topmost replica paths the source did not list.
+    /// The topmost replica paths the source did not list (found while
+    /// the listing went through the replica's directories: no second walk).
     fn extras(&mut self, batch: u64) -> Result<MirrorDiff> {
-        let mut items = Vec::new();
-        if self.root_fd.is_some() {
-            let mut walk = walkdir::WalkDir::new(&self.root)
-                .follow_links(false)
-                .same_file_system(false)
-                .min_depth(1)
-                .sort_by(|a, b| a.file_name().cmp(b.file_name()))
-                .into_iter();
-            while let Some(item) = walk.next() {
-                let item =
-                    item.with_context(|| format!("listing the replica {}", self.root.display()))?;
-                let rel = item
-                    .path()
-                    .strip_prefix(&self.root)
-                    .expect("beneath the root")
-                    .as_os_str()
-                    .as_bytes()
-                    .to_vec();
-                if !self.seen.contains(&rel) {
-                    if item.file_type().is_dir() {
-                        walk.skip_current_dir();
-                    }
-                    items.push(DiffItem {
-                        path: rel,
-                        state: "extra".into(),
-                        blocks: Vec::new(),
-                    });
-                }
+        while !self.open_dirs.is_empty() {
+            self.close_dir();
+        }
+        let items: Vec<DiffItem> = std::mem::take(&mut self.extras)
+            .into_iter()
+            .map(|path| DiffItem {
+                path,
+                state: "extra".into(),
+                blocks: Vec::new(),
+            })
+            .collect();
+        if let Some(mut w) = self.ledger.take() {
+            for i in &items {
+                let parent = match i.path.iter().rposition(|&b| b == b'/') {
+                    Some(k) => &i.path[..k],
+                    None => b"",
+                };
+                w.count_dir(parent);
+            }
+            if let Err(e) = w.finish() {
+                tracing::warn!("{e:#}; the mirror's end walks the whole replica");
             }
         }
         Ok(MirrorDiff { batch, items })
@@ -364,6 +458,42 @@ pub fn replica_digest(root: &Path) -> Result<String> {
     Ok(s.root_digest)
 }
 
+/// Set to force the full walk of the replica for the root digest check
+/// at the end of every mirror (the ledger is not used).
+pub const FULL_CHECK_ENV: &str = "STANDIN_FULL_REPLICA_CHECK";
+
+/// The replica's root digest for the check at the end of a mirror: from
+/// the comparison's [`ledger`] when there is one (no second walk), else,
+/// or when that gives another digest than `want`, or with
+/// [`FULL_CHECK_ENV`] set, by the full walk ([`replica_digest`]).
+pub fn checked_digest(root: &Path, want: &str) -> Result<String> {
+    let ledger = ledger::path_for(root);
+    let full = std::env::var_os(FULL_CHECK_ENV).is_some_and(|v| !v.is_empty() && v != "0");
+    if !full {
+        let t0 = std::time::Instant::now();
+        let got = ledger::digest(root, &ledger)?;
+        tracing::debug!(
+            ms = t0.elapsed().as_millis() as u64,
+            "mirror end: root digest from the ledger"
+        );
+        match got {
+            Some(ledger::Outcome::Digest { digest, .. }) if digest == want => return Ok(digest),
+            Some(ledger::Outcome::Digest { digest: d, .. }) => {
+                tracing::info!(
+                    ledger = d,
+                    want,
+                    "the mirror ledger's digest differs; walking the replica"
+                )
+            }
+            Some(ledger::Outcome::Unsure(why)) => {
+                tracing::info!("{why}; walking the replica")
+            }
+            None => {}
+        }
+    }
+    replica_digest(root)
+}
+
 /// End a mirror: when the source sent its root digest and the mirror's
 /// last change set is applied, the replica's digest must match before the
 /// mirror counts as complete ("verify before visible").
@@ -372,10 +502,11 @@ pub fn end(
     source_id: &str,
     m: &standin_link::message::MirrorEnd,
 ) -> Result<standin_link::message::MirrorDone> {
+    let root = store.staging_root(source_id);
     if let Some(want) = &m.root_digest {
         if store.state().last_applied_seq >= m.last_seq {
-            let root = store.staging_root(source_id);
-            let got = replica_digest(&root)?;
+            let got = checked_digest(&root, want)?;
+            let _ = std::fs::remove_file(ledger::path_for(&root));
             if &got != want {
                 tracing::warn!(
                     mirror = m.mirror_id,
@@ -396,7 +527,6 @@ pub fn end(
     let done = store.mirror_end(m)?;
     // Keep what the comparison and the check hashed for the next mirror,
     // also across a daemon restart.
-    let root = store.staging_root(source_id);
     if let Err(e) = crate::digest_cache::save(store.dir(), &crate::digest_cache::tree_id(&root)) {
         tracing::warn!("{e:#}; the next mirror hashes the replica again");
     }
@@ -416,6 +546,7 @@ pub fn load_digest_cache(store: &crate::Store) {
 mod tests {
     use super::*;
     use standin_builder::scan::Scanner;
+    use std::os::unix::ffi::OsStrExt;
 
     fn entries(root: &Path) -> Vec<Entry> {
         let mut out = Vec::new();
@@ -423,7 +554,7 @@ mod tests {
             let mut e = s.unwrap().entry;
             if e.kind == Kind::File && e.link.is_none() {
                 let (h, _) = standin_builder::hash::hash_file(
-                    &root.join(OsStr::from_bytes(&e.path)),
+                    &root.join(std::ffi::OsStr::from_bytes(&e.path)),
                     e.size,
                     None,
                 )
@@ -509,8 +640,8 @@ mod tests {
             .unwrap();
         assert!(d2.items.iter().all(|i| i.blocks.is_empty()));
         // The empty batch lists the topmost paths the source did not list.
-        let mut listed = es.clone();
-        listed.push(entries(&src).into_iter().find(|e| e.path == b"d").unwrap());
+        // (The whole listing, in tree order, as the source sends it.)
+        let listed = entries(&src);
         let mut s3 = DiffSession::new(&rep).unwrap();
         s3.diff(&MirrorEntries {
             batch: 1,
@@ -543,5 +674,15 @@ mod tests {
                 block_size: 4096
             })
             .is_err());
+        // So are entries out of tree order (extra paths depend on it).
+        let mut s4 = DiffSession::new(&rep).unwrap();
+        let err = s4
+            .diff(&MirrorEntries {
+                batch: 1,
+                entries: vec![es[1].clone(), es[0].clone()],
+                block_size: 4096,
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("tree order"), "{err}");
     }
 }

@@ -19,7 +19,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use standin_builder::changeset::Record;
-use standin_builder::digest_table::{DigestTable, Stamp};
+use standin_builder::digest_stream::Writer as DigestWriter;
+use standin_builder::digest_table::Stamp;
 use standin_builder::entry::{Entry, Kind};
 use standin_builder::manifest::RootDigest;
 
@@ -57,7 +58,7 @@ pub(super) struct Sink<'a> {
     /// (empty replica): built from the digests read for the records.
     pub digest: Option<RootDigest>,
     /// Digests read for the records, by scan stamp (empty replica).
-    pub fresh: Option<DigestTable>,
+    pub fresh: Option<DigestWriter>,
     /// Entries created, rewritten, patched or re-stamped.
     pub changed: u64,
     /// Paths deleted.
@@ -89,7 +90,7 @@ impl<'a> Sink<'a> {
             recreated: HashSet::new(),
             track_links,
             digest: hash.then(RootDigest::new),
-            fresh: hash.then(DigestTable::new),
+            fresh: None,
             changed: 0,
             deleted: 0,
             files_read: 0,
@@ -256,10 +257,15 @@ impl<'a> Sink<'a> {
                 let sha = read_sha.context("a file of an empty-replica mirror was not read")?;
                 self.files_read += 1;
                 e.sha256 = Some(hex::encode(sha));
-                if let (Some(st), Some(fresh)) = (stamp, self.fresh.as_mut()) {
-                    if st.size == e.size {
-                        fresh.insert(st, sha);
+                let failed = match (stamp, self.fresh.as_mut()) {
+                    (Some(st), Some(fresh)) if st.size == e.size => {
+                        fresh.add(&e.path, &st, &sha).err()
                     }
+                    _ => None,
+                };
+                if let Some(err) = failed {
+                    tracing::warn!("{err:#}; the next mirror hashes every file");
+                    self.fresh = None;
                 }
             }
             digest.add(&e);

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::entry::Xattr;
+use crate::wire::{WireError, WireReader};
 
 pub(super) fn limit(what: &'static str, len: usize, max: usize) -> Result<(), ChangeSetError> {
     if len > max {
@@ -201,39 +202,48 @@ pub(super) fn encode_record(w: &mut Vec<u8>, r: &Record) -> Result<(), ChangeSet
     Ok(())
 }
 
-pub(super) struct Reader<'a> {
-    pub(super) buf: &'a [u8],
-    pub(super) pos: usize,
+/// The change set's reader: the one bounded reader of [`crate::wire`].
+pub(super) struct Reader<'a>(WireReader<'a>);
+
+const FIELD: &str = "a field runs past the end";
+
+impl From<WireError> for ChangeSetError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::TooLong { what, len, max } => ChangeSetError::TooLong { what, len, max },
+            _ => ChangeSetError::Truncated(FIELD),
+        }
+    }
 }
 
 impl<'a> Reader<'a> {
+    /// Read `buf` from `pos`.
+    pub(super) fn at(buf: &'a [u8], pos: usize) -> Self {
+        Reader(WireReader::at(buf, pos))
+    }
+
+    pub(super) fn pos(&self) -> usize {
+        self.0.pos()
+    }
+
     pub(super) fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        self.0.left()
     }
 
     pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], ChangeSetError> {
-        if n > self.remaining() {
-            return Err(ChangeSetError::Truncated("a field runs past the end"));
-        }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
+        Ok(self.0.take(n, FIELD)?)
     }
 
     pub(super) fn u8(&mut self) -> Result<u8, ChangeSetError> {
-        Ok(self.take(1)?[0])
+        Ok(self.0.u8(FIELD)?)
     }
 
     pub(super) fn u32(&mut self) -> Result<u32, ChangeSetError> {
-        Ok(u32::from_be_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
+        Ok(self.0.u32_be(FIELD)?)
     }
 
     pub(super) fn u64(&mut self) -> Result<u64, ChangeSetError> {
-        Ok(u64::from_be_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
+        Ok(self.0.u64_be(FIELD)?)
     }
 
     pub(super) fn digest(&mut self) -> Result<Digest32, ChangeSetError> {
@@ -253,9 +263,7 @@ impl<'a> Reader<'a> {
         what: &'static str,
         max: usize,
     ) -> Result<Vec<u8>, ChangeSetError> {
-        let len = self.u32()? as usize;
-        limit(what, len, max)?;
-        Ok(self.take(len)?.to_vec())
+        Ok(self.0.bytes_u32(what, max)?.to_vec())
     }
 
     pub(super) fn flag(&mut self) -> Result<bool, ChangeSetError> {

@@ -1,0 +1,194 @@
+//! Reading the replica by paths from the network: every path is reached
+//! through its parent opened with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)` beneath the staging root, and the last component
+//! is never followed.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use sha2::{Digest, Sha256};
+use standin_builder::digest_table::Stamp;
+use standin_builder::entry::Entry;
+use standin_builder::scan::stat_entry_meta;
+
+/// The replica at a root, read beneath it.
+pub struct Beneath {
+    root_fd: Option<Arc<OwnedFd>>,
+    /// The last parent directory opened (entries come in tree order, so
+    /// neighbours share it).
+    last_dir: Option<(Vec<u8>, OwnedFd)>,
+}
+
+fn split(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None if path.is_empty() => (&b"."[..], &b"."[..]),
+        None => (&b""[..], path),
+    }
+}
+
+impl Beneath {
+    /// Open the replica at `root` (which may not exist yet: then nothing is found).
+    pub fn new(root: &Path) -> Result<Beneath> {
+        let root_fd = match rustix::fs::open(
+            root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => Some(Arc::new(fd)),
+            Err(rustix::io::Errno::NOENT) => None,
+            Err(e) => return Err(e).with_context(|| format!("opening {}", root.display())),
+        };
+        Ok(Beneath {
+            root_fd,
+            last_dir: None,
+        })
+    }
+
+    /// Another reader of the same replica (for another thread).
+    pub fn fork(&self) -> Beneath {
+        Beneath {
+            root_fd: self.root_fd.clone(),
+            last_dir: None,
+        }
+    }
+
+    fn open_dir(&self, dir: &[u8], flags: OFlags) -> Option<OwnedFd> {
+        let root = self.root_fd.as_deref()?;
+        let dir = if dir.is_empty() { &b"."[..] } else { dir };
+        rustix::fs::openat2(
+            root,
+            OsStr::from_bytes(dir),
+            flags | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .ok()
+    }
+
+    /// The (cached) parent directory of `path` and its last component.
+    fn parent_cached<'p>(&mut self, path: &'p [u8]) -> Option<(&OwnedFd, &'p [u8])> {
+        let (dir, name) = split(path);
+        let dir = if path.is_empty() { &b""[..] } else { dir };
+        let reuse = matches!(&self.last_dir, Some((d, _)) if d == dir);
+        if !reuse {
+            self.last_dir = None;
+            let fd = self.open_dir(dir, OFlags::PATH)?;
+            self.last_dir = Some((dir.to_vec(), fd));
+        }
+        let (_, fd) = self.last_dir.as_ref()?;
+        Some((fd, name))
+    }
+
+    fn proc_path(fd: &OwnedFd, name: &[u8]) -> PathBuf {
+        let mut p = format!("/proc/self/fd/{}/", fd.as_raw_fd()).into_bytes();
+        p.extend_from_slice(name);
+        PathBuf::from(OsStr::from_bytes(&p))
+    }
+
+    /// The replica's entry at `path` (no sha256) and its `lstat`, `None`
+    /// when absent, a socket or unreachable. `links` tracks hardlink groups.
+    pub fn stat(
+        &mut self,
+        path: &[u8],
+        links: &mut HashMap<(u64, u64), Vec<u8>>,
+    ) -> Option<(Entry, std::fs::Metadata)> {
+        let (fd, name) = self.parent_cached(path)?;
+        stat_entry_meta(&Self::proc_path(fd, name), path.to_vec(), links)
+            .ok()
+            .flatten()
+    }
+
+    /// Only `lstat` of `path`: `(inode, change time in ns)`.
+    pub fn change_stamp(&mut self, path: &[u8]) -> Option<(u64, i64)> {
+        let (fd, name) = self.parent_cached(path)?;
+        let st = rustix::fs::statat(fd, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        #[allow(clippy::unnecessary_cast)]
+        Some((
+            st.st_ino as u64,
+            st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
+        ))
+    }
+
+    /// Entries in the directory at `path`, sockets left out (as the scan does).
+    pub fn count_children(&self, path: &[u8]) -> Option<u64> {
+        let fd = self.open_dir(path, OFlags::RDONLY)?;
+        let mut dir = rustix::fs::Dir::read_from(&fd).ok()?;
+        let mut n = 0;
+        while let Some(d) = dir.read() {
+            let d = d.ok()?;
+            let name = d.file_name().to_bytes();
+            if name == b"." || name == b".." || d.file_type() == rustix::fs::FileType::Socket {
+                continue;
+            }
+            n += 1;
+        }
+        Some(n)
+    }
+
+    /// Names in the directory at `path` (without `.` and `..`).
+    pub fn child_names(&self, path: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let fd = self.open_dir(path, OFlags::RDONLY)?;
+        let mut dir = rustix::fs::Dir::read_from(&fd).ok()?;
+        let mut out = Vec::new();
+        while let Some(d) = dir.read() {
+            let d = d.ok()?;
+            let name = d.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                out.push(name.to_vec());
+            }
+        }
+        Some(out)
+    }
+
+    /// Open the regular file at `path` for reading (no symlink followed).
+    pub fn open_file(&self, path: &[u8]) -> Option<std::fs::File> {
+        let (dir, name) = split(path);
+        let dir = self.open_dir(dir, OFlags::PATH)?;
+        let fd = rustix::fs::openat(
+            &dir,
+            OsStr::from_bytes(name),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .ok()?;
+        Some(std::fs::File::from(fd))
+    }
+
+    /// The sha256 of the file at `path`, from the digest cache when its
+    /// stamp is unchanged, else read (and remembered).
+    pub fn hash(&self, path: &[u8], size: u64) -> Option<[u8; 32]> {
+        let mut f = self.open_file(path)?;
+        let stamp = crate::digest_cache::stamp_of_fd(&f);
+        if let Some(d) = stamp.as_ref().and_then(crate::digest_cache::lookup_stamp) {
+            return Some(d);
+        }
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; (1 << 20).min(size.max(4096) as usize)];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => h.update(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+        let d: [u8; 32] = h.finalize().into();
+        if let Some(stamp) = stamp {
+            crate::digest_cache::remember(stamp, d);
+        }
+        Some(d)
+    }
+}
+
+/// A regular file's stamp from its metadata.
+pub fn stamp(md: &std::fs::Metadata) -> Option<Stamp> {
+    Stamp::of_metadata(md)
+}

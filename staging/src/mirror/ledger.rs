@@ -1,0 +1,488 @@
+//! The mirror ledger: what the comparison of a difference mirror learnt
+//! about the replica, so the root digest check at `MirrorEnd` needs no
+//! second walk of the replica.
+//!
+//! While comparing, the target writes one record per entry the source
+//! listed, in the source's tree order, to `mirror-ledger.bin` next to the
+//! replica. An entry found equal to the source's is *trusted*: its record
+//! holds the replica's canonical root-digest bytes (with the full sha256)
+//! and its inode and change time. Any other entry is to be *rechecked*.
+//!
+//! At `MirrorEnd` the root digest is the fold of the records: a trusted
+//! entry whose inode and change time are unchanged (one `lstat`; any
+//! write, chmod, chown, utimes, xattr or link change moves the change
+//! time) adds its recorded bytes; anything else is read again (`lstat`,
+//! xattrs, sha256 from the digest cache or read). Directories read again,
+//! and those that held extra paths at comparison time, have their entries
+//! counted, so a path nobody listed is noticed. A result that differs
+//! from the source's is recomputed by the full walk before the mirror is
+//! refused, so the ledger can only save time, never fail a good replica.
+//!
+//! ```text
+//! "SILG" | version u8 = 1
+//! records: tag u8 (0 recheck, 1 trusted) | bytes(path)
+//!   trusted: u64 ino | i64 ctime_ns | u8 dir | u64 link dev+1 (0: not a
+//!   hard link candidate) | u64 file_bytes | bytes(canonical)
+//!   tag 2: bytes(path) of a directory whose entries are counted
+//! end: tag 255 | "SILE"
+//! ```
+//! `bytes(x)` is a u32 length then x; integers are little endian.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use standin_builder::entry::{path_cmp, Entry, Kind};
+use standin_builder::manifest::RootDigest;
+
+use super::beneath::Beneath;
+
+const MAGIC: &[u8; 4] = b"SILG";
+const END: &[u8; 4] = b"SILE";
+const VERSION: u8 = 1;
+const MAX_PATH: usize = 64 << 10;
+const MAX_CANON: usize = 16 << 20;
+
+/// The ledger of the replica whose root is `staging_root`.
+pub fn path_for(staging_root: &Path) -> PathBuf {
+    staging_root.with_file_name("mirror-ledger.bin")
+}
+
+fn put_bytes(w: &mut Vec<u8>, b: &[u8]) {
+    w.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    w.extend_from_slice(b);
+}
+
+/// Writes a ledger while a comparison runs (to a temporary name, renamed
+/// into place when the comparison ends).
+pub struct Writer {
+    tmp: PathBuf,
+    path: PathBuf,
+    out: BufWriter<File>,
+    buf: Vec<u8>,
+    count_dirs: Vec<Vec<u8>>,
+}
+
+impl Writer {
+    /// Start a ledger at `path` (an earlier one is removed: it no longer
+    /// describes the mirror in progress).
+    pub fn create(path: &Path) -> Result<Writer> {
+        let _ = std::fs::remove_file(path);
+        let tmp = path.with_extension("tmp");
+        let mut out = BufWriter::with_capacity(
+            1 << 16,
+            File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        );
+        out.write_all(MAGIC)?;
+        out.write_all(&[VERSION])?;
+        Ok(Writer {
+            tmp,
+            path: path.to_path_buf(),
+            out,
+            buf: Vec::with_capacity(4096),
+            count_dirs: Vec::new(),
+        })
+    }
+
+    /// An entry to read again at the end.
+    pub fn recheck(&mut self, path: &[u8]) -> Result<()> {
+        self.buf.clear();
+        self.buf.push(0);
+        put_bytes(&mut self.buf, path);
+        self.out.write_all(&self.buf)?;
+        Ok(())
+    }
+
+    /// An entry of the replica equal to the source's: `e` as the replica
+    /// holds it (with its full sha256 when a regular file), `md` its `lstat`.
+    pub fn trusted(&mut self, e: &Entry, md: &std::fs::Metadata) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let b = &mut self.buf;
+        b.clear();
+        b.push(1);
+        put_bytes(b, &e.path);
+        b.extend_from_slice(&md.ino().to_le_bytes());
+        let ctime = md.ctime() * 1_000_000_000 + md.ctime_nsec();
+        b.extend_from_slice(&ctime.to_le_bytes());
+        b.push(u8::from(e.kind == Kind::Dir));
+        let link_dev = if e.kind != Kind::Dir && md.nlink() > 1 {
+            md.dev().wrapping_add(1)
+        } else {
+            0
+        };
+        b.extend_from_slice(&link_dev.to_le_bytes());
+        let file_bytes = if e.kind == Kind::File && e.link.is_none() {
+            e.size
+        } else {
+            0
+        };
+        b.extend_from_slice(&file_bytes.to_le_bytes());
+        put_bytes(b, &RootDigest::canonical(e));
+        self.out.write_all(b)?;
+        Ok(())
+    }
+
+    /// A directory whose entries are counted at the end (it held extra
+    /// paths at comparison time).
+    pub fn count_dir(&mut self, path: &[u8]) {
+        self.count_dirs.push(path.to_vec());
+    }
+
+    /// Finish and put the ledger in place.
+    pub fn finish(mut self) -> Result<()> {
+        for d in std::mem::take(&mut self.count_dirs) {
+            self.buf.clear();
+            self.buf.push(2);
+            put_bytes(&mut self.buf, &d);
+            self.out.write_all(&self.buf)?;
+        }
+        self.out.write_all(&[255])?;
+        self.out.write_all(END)?;
+        self.out.flush()?;
+        std::fs::rename(&self.tmp, &self.path)
+            .with_context(|| format!("renaming {} into place", self.tmp.display()))
+    }
+}
+
+struct Rd<R: Read>(R);
+
+impl<R: Read> Rd<R> {
+    fn u8(&mut self) -> std::io::Result<u8> {
+        let mut b = [0u8; 1];
+        self.0.read_exact(&mut b)?;
+        Ok(b[0])
+    }
+    fn u64(&mut self) -> std::io::Result<u64> {
+        let mut b = [0u8; 8];
+        self.0.read_exact(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+    fn bytes(&mut self, max: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let mut b = [0u8; 4];
+        self.0.read_exact(&mut b)?;
+        let n = u32::from_le_bytes(b) as usize;
+        if n > max {
+            return Err(std::io::Error::other("length over the limit"));
+        }
+        out.resize(n, 0);
+        self.0.read_exact(out)
+    }
+}
+
+/// What the ledger gave at `MirrorEnd`.
+pub enum Outcome {
+    /// The replica's root digest, with how many entries were taken from
+    /// the ledger and how many read again.
+    Digest {
+        digest: String,
+        reused: u64,
+        reread: u64,
+    },
+    /// The ledger says the replica differs (or is unusable); why.
+    Unsure(String),
+}
+
+fn parent_of(path: &[u8]) -> Option<&[u8]> {
+    if path.is_empty() {
+        return None;
+    }
+    Some(match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => &path[..i],
+        None => b"",
+    })
+}
+
+/// The root digest of the replica at `root` from the ledger at `ledger`
+/// (see the module docs). `Ok(None)` when there is no ledger.
+pub fn digest(root: &Path, ledger: &Path) -> Result<Option<Outcome>> {
+    let f = match File::open(ledger) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", ledger.display())),
+    };
+    // The directories to count are at the end; read them first.
+    let count_dirs = match trailer(ledger) {
+        Ok(d) => d,
+        Err(why) => return Ok(Some(Outcome::Unsure(format!("ledger unusable: {why}")))),
+    };
+    let mut r = Rd(BufReader::with_capacity(1 << 16, f));
+    match fold(root, &mut r, &count_dirs) {
+        Ok(o) => Ok(Some(o)),
+        Err(e) => Ok(Some(Outcome::Unsure(format!("ledger unusable: {e}")))),
+    }
+}
+
+/// The directories listed after the records (tag 2), checking the end marker.
+fn trailer(ledger: &Path) -> std::io::Result<HashSet<Vec<u8>>> {
+    let mut r = Rd(BufReader::with_capacity(1 << 16, File::open(ledger)?));
+    let mut head = [0u8; 5];
+    r.0.read_exact(&mut head)?;
+    if &head[..4] != MAGIC || head[4] != VERSION {
+        return Err(std::io::Error::other("not a version 1 ledger"));
+    }
+    let mut out = HashSet::new();
+    let mut path = Vec::new();
+    let mut canon = Vec::new();
+    loop {
+        match r.u8()? {
+            0 => r.bytes(MAX_PATH, &mut path)?,
+            1 => {
+                r.bytes(MAX_PATH, &mut path)?;
+                let mut fixed = [0u8; 33];
+                r.0.read_exact(&mut fixed)?;
+                r.bytes(MAX_CANON, &mut canon)?;
+            }
+            2 => {
+                r.bytes(MAX_PATH, &mut path)?;
+                out.insert(path.clone());
+            }
+            255 => {
+                let mut end = [0u8; 4];
+                r.0.read_exact(&mut end)?;
+                if &end != END {
+                    return Err(std::io::Error::other("bad end marker"));
+                }
+                return Ok(out);
+            }
+            t => return Err(std::io::Error::other(format!("unknown record {t}"))),
+        }
+    }
+}
+
+fn fold<R: Read>(
+    root: &Path,
+    r: &mut Rd<R>,
+    count_dirs: &HashSet<Vec<u8>>,
+) -> std::io::Result<Outcome> {
+    let mut head = [0u8; 5];
+    r.0.read_exact(&mut head)?;
+    let mut replica = Beneath::new(root).map_err(std::io::Error::other)?;
+    let mut rd = RootDigest::new();
+    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    // Directories whose entries are counted: (on disk, listed).
+    let mut counted: HashMap<Vec<u8>, (u64, u64)> = HashMap::new();
+    let mut prev: Option<Vec<u8>> = None;
+    let mut path = Vec::new();
+    let mut canon = Vec::new();
+    let (mut reused, mut reread) = (0u64, 0u64);
+    loop {
+        let tag = r.u8()?;
+        if tag == 2 || tag == 255 {
+            break;
+        }
+        r.bytes(MAX_PATH, &mut path)?;
+        if let Some(p) = &prev {
+            if path_cmp(p, &path) != std::cmp::Ordering::Less {
+                return Ok(Outcome::Unsure("ledger out of tree order".into()));
+            }
+        }
+        if let Some(c) = parent_of(&path).and_then(|p| counted.get_mut(p)) {
+            c.1 += 1;
+        }
+        let mut trusted = false;
+        let mut is_dir = false;
+        if tag == 1 {
+            let ino = r.u64()?;
+            let ctime = r.u64()? as i64;
+            is_dir = r.u8()? != 0;
+            let link_dev = r.u64()?;
+            let file_bytes = r.u64()?;
+            r.bytes(MAX_CANON, &mut canon)?;
+            if replica.change_stamp(&path) == Some((ino, ctime)) {
+                trusted = true;
+                rd.add_canonical(&canon, file_bytes);
+                if link_dev != 0 {
+                    links
+                        .entry((link_dev - 1, ino))
+                        .or_insert_with(|| path.clone());
+                }
+                reused += 1;
+            }
+        } else if tag != 0 {
+            return Err(std::io::Error::other(format!("unknown record {tag}")));
+        }
+        if !trusted {
+            reread += 1;
+            if let Some((mut e, _)) = replica.stat(&path, &mut links) {
+                if e.kind == Kind::File && e.link.is_none() {
+                    match replica.hash(&path, e.size) {
+                        Some(d) => e.sha256 = Some(hex::encode(d)),
+                        None => {
+                            return Ok(Outcome::Unsure(format!("cannot read {}", e.display_path())))
+                        }
+                    }
+                }
+                is_dir = e.kind == Kind::Dir;
+                rd.add(&e);
+            }
+        }
+        if is_dir && (!trusted || count_dirs.contains(&path)) {
+            let n = replica.count_children(&path).unwrap_or(u64::MAX);
+            counted.insert(path.clone(), (n, 0));
+        }
+        prev = Some(std::mem::take(&mut path));
+    }
+    for (dir, (disk, listed)) in &counted {
+        if disk != listed {
+            return Ok(Outcome::Unsure(format!(
+                "{} holds {disk} entries, {listed} listed",
+                standin_builder::entry::display_path(dir)
+            )));
+        }
+    }
+    tracing::debug!(reused, reread, "replica root digest from the mirror ledger");
+    Ok(Outcome::Digest {
+        digest: rd.finish().0,
+        reused,
+        reread,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::{replica_digest, DiffSession};
+    use standin_builder::progress::NoProgress;
+    use standin_builder::scan::ScanOptions;
+    use standin_link::message::MirrorEntries;
+
+    fn sh(cmd: &str) {
+        let ok = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{cmd}");
+    }
+
+    fn scan(root: &Path) -> (Vec<Entry>, String) {
+        let mut out = Vec::new();
+        let s =
+            standin_builder::manifest::scan_tree(root, &ScanOptions::default(), &NoProgress, |e| {
+                out.push(e.clone());
+                Ok(())
+            })
+            .unwrap();
+        (out, s.root_digest)
+    }
+
+    fn compare(rep: &Path, entries: &[Entry]) {
+        let mut s = DiffSession::new(rep).unwrap();
+        for (i, chunk) in entries.chunks(3).enumerate() {
+            s.diff(&MirrorEntries {
+                batch: i as u64 + 1,
+                entries: chunk.to_vec(),
+                block_size: 4096,
+            })
+            .unwrap();
+        }
+        s.diff(&MirrorEntries {
+            batch: 99,
+            entries: vec![],
+            block_size: 4096,
+        })
+        .unwrap();
+    }
+
+    fn ledger_digest(rep: &Path) -> (String, u64, u64) {
+        match digest(rep, &path_for(rep)).unwrap().expect("a ledger") {
+            Outcome::Digest {
+                digest,
+                reused,
+                reread,
+            } => (digest, reused, reread),
+            Outcome::Unsure(why) => panic!("{why}"),
+        }
+    }
+
+    #[test]
+    fn ledger_digest_equals_the_full_walk_and_catches_tampering() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, rep) = (t.path().join("src"), t.path().join("rep"));
+        std::fs::create_dir_all(src.join("d/sub")).unwrap();
+        std::fs::create_dir_all(src.join("e")).unwrap();
+        for i in 0..20 {
+            std::fs::write(src.join(format!("d/f{i}")), format!("file {i}")).unwrap();
+        }
+        std::fs::write(src.join("d/sub/big"), vec![7u8; 300_000]).unwrap();
+        std::fs::hard_link(src.join("d/f1"), src.join("e/link")).unwrap();
+        std::os::unix::fs::symlink("../d/f2", src.join("e/sym")).unwrap();
+        sh(&format!("cp -a {0} {1}", src.display(), rep.display()));
+        // The source moves on; the replica has an extra path.
+        std::fs::write(src.join("d/f3"), "changed content").unwrap();
+        std::fs::write(src.join("d/new"), "new").unwrap();
+        std::fs::write(rep.join("e/extra"), "extra").unwrap();
+        let (entries, want) = scan(&src);
+        compare(&rep, &entries);
+        // What the mirror does.
+        sh(&format!(
+            "rm {r}/e/extra && cp -a {s}/d/f3 {s}/d/new {r}/d/ && touch -r {s}/d {r}/d && touch -r {s}/e {r}/e",
+            s = src.display(),
+            r = rep.display()
+        ));
+        let full = replica_digest(&rep).unwrap();
+        assert_eq!(full, want, "the mirror made the replica equal");
+        let (got, reused, reread) = ledger_digest(&rep);
+        assert_eq!(got, full, "the ledger gives the full walk's digest");
+        assert!(
+            reused > reread && reread >= 4,
+            "most entries come from the ledger ({reused} reused, {reread} read again)"
+        );
+        assert_eq!(crate::mirror::checked_digest(&rep, &want).unwrap(), want);
+
+        // Same-size content change with the mtime put back: caught.
+        sh(&format!(
+            "printf 'FILE 9' > {r}/d/f9 && touch -r {s}/d/f9 {r}/d/f9",
+            s = src.display(),
+            r = rep.display()
+        ));
+        assert_ne!(ledger_digest(&rep).0, want, "a tampered file is caught");
+        assert_ne!(crate::mirror::checked_digest(&rep, &want).unwrap(), want);
+        sh(&format!(
+            "cp -a {s}/d/f9 {r}/d/f9",
+            s = src.display(),
+            r = rep.display()
+        ));
+        assert_eq!(
+            ledger_digest(&rep).0,
+            want,
+            "the repaired file is read again"
+        );
+
+        // A path nobody listed, its directory's mtime put back: caught.
+        sh(&format!(
+            "echo x > {r}/d/sub/sneaky && touch -r {s}/d/sub {r}/d/sub",
+            s = src.display(),
+            r = rep.display()
+        ));
+        match digest(&rep, &path_for(&rep)).unwrap().unwrap() {
+            Outcome::Unsure(why) => assert!(why.contains("entries"), "{why}"),
+            Outcome::Digest { digest, .. } => assert_ne!(digest, want),
+        }
+        assert_ne!(crate::mirror::checked_digest(&rep, &want).unwrap(), want);
+        std::fs::remove_file(rep.join("d/sub/sneaky")).unwrap();
+
+        // A damaged ledger is not used; the full walk decides.
+        let lp = path_for(&rep);
+        let len = std::fs::metadata(&lp).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&lp)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        assert!(matches!(
+            digest(&rep, &lp).unwrap(),
+            Some(Outcome::Unsure(_))
+        ));
+        sh(&format!(
+            "touch -r {s}/d/sub {r}/d/sub",
+            s = src.display(),
+            r = rep.display()
+        ));
+        assert_eq!(crate::mirror::checked_digest(&rep, &want).unwrap(), want);
+    }
+}

@@ -742,6 +742,10 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
                 )
             }
             Message::MirrorEntries(m) if agent => {
+                // A batch with no entries ends a listing; the next batch
+                // starts another one (the source's empty-replica probe lists
+                // the root alone, then the whole tree).
+                let ends = m.entries.is_empty();
                 let mut session = match diff.take() {
                     Some(d) => d,
                     None => crate::mirror::DiffSession::new(
@@ -757,7 +761,7 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
                 })
                 .await
                 .context("mirror diff task")?;
-                diff = Some(session);
+                diff = (!ends).then_some(session);
                 match r {
                     Ok(d) => Message::MirrorDiff(d),
                     Err(e) => return Err(refuse(s, format!("{e:#}"), false).await),

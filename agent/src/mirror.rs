@@ -300,11 +300,13 @@ impl Counting {
         Counting { rx, stop, start }
     }
 
-    /// When the count is done: the bar's totals, and the target's.
-    async fn poll(&mut self, sink: &mut Sink<'_>, progress: &dyn Progress) -> Result<bool> {
-        let Ok(t) = self.rx.try_recv() else {
-            return Ok(false);
-        };
+    /// The count is done: the bar's totals, and the target's.
+    async fn send(
+        &self,
+        t: standin_builder::count::Totals,
+        sink: &mut Sink<'_>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
         progress.totals(Some(t.bytes), Some(t.entries));
         let mut m = self.start.clone();
         m.total_entries = t.entries;
@@ -313,8 +315,7 @@ impl Counting {
             .sender
             .mirror_start(m)
             .await
-            .context("sending the mirror's totals to the target")?;
-        Ok(true)
+            .context("sending the mirror's totals to the target")
     }
 }
 
@@ -357,19 +358,42 @@ async fn walk_empty(
         }
         Ok(())
     });
-    while let Some(items) = rx.recv().await {
+    enum Next {
+        Items(Option<Vec<Item>>),
+        Counted(Option<standin_builder::count::Totals>),
+    }
+    loop {
+        let next = match counting.as_mut() {
+            Some(c) => tokio::select! {
+                t = &mut c.rx => Next::Counted(t.ok()),
+                items = rx.recv() => Next::Items(items),
+            },
+            None => Next::Items(rx.recv().await),
+        };
+        let items = match next {
+            Next::Counted(t) => {
+                if let (Some(t), Some(c)) = (t, counting.take()) {
+                    c.send(t, sink, bar.as_ref()).await?;
+                }
+                continue;
+            }
+            Next::Items(None) => break,
+            Next::Items(Some(items)) => items,
+        };
         let n = items.first().map(|i| i.batch).unwrap_or(0);
         for item in items {
             sink.push(item);
         }
         sink.drain_before(n).await?;
-        if let Some(c) = counting.as_mut() {
-            if c.poll(sink, bar.as_ref()).await? {
-                counting = None;
-            }
-        }
     }
     walk.await.context("walk task")??;
+    // The walk is over, so the count of the same tree is about to be: the
+    // last sets still draw a bar with a percent.
+    if let Some(mut c) = counting.take() {
+        if let Ok(t) = (&mut c.rx).await {
+            c.send(t, sink, bar.as_ref()).await?;
+        }
+    }
     sink.finish(Vec::new()).await
 }
 

@@ -1,7 +1,7 @@
 //! `standin protect` without `--once`: after the mirror, changes made on
 //! the source (new file, rename across directories, a write inside a large
 //! file, chmod, delete) reach the replica; SIGTERM stops it cleanly (exit
-//! 0). Over loopback; needs root.
+//! 0); SIGTERM during the mirror stops it too. Over loopback; needs root.
 
 mod protect_support;
 
@@ -121,4 +121,75 @@ fn protect_replicates_changes_after_the_mirror_until_stopped() {
         "{v:#}"
     );
     assert_same_tree(&src, &replica);
+}
+
+/// SIGTERM while the mirror is still running (a bandwidth limit keeps it
+/// going) stops protect with a message that says what happens next,
+/// instead of being ignored until the mirror ends.
+#[test]
+fn sigterm_during_the_mirror_stops_protect() {
+    require_root();
+    let d = tempdir();
+    let src = d.path().join("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
+    std::fs::write(src.join("etc/hostname"), "web1\n").unwrap();
+    // 64 MiB at 1 MiB/s: the mirror would take about a minute.
+    std::fs::write(src.join("big"), vec![7u8; 64 << 20]).unwrap();
+    let (Sides { sid, tf, state, .. }, daemon) = loopback(d.path(), &src, true);
+    let mut agent = standin()
+        .args(["protect", "--target", &daemon.addr, "--identity"])
+        .arg(&sid)
+        .args(["--trust", &tf, "--root"])
+        .arg(&src)
+        .args(["--source-id", "web1", "--bwlimit", "1M", "--compress", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the mirror is under way (the target has seen it start).
+    let mut started = false;
+    for _ in 0..150 {
+        if std::fs::read_to_string(state.join("state.json"))
+            .map(|s| s.contains("\"mirror_id\""))
+            .unwrap_or(false)
+        {
+            started = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    if !started {
+        let _ = agent.kill();
+        panic!("the mirror never started");
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(agent.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    // Bounded wait for the exit; a protect that ignores the signal is killed
+    // and fails the test.
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(s) = agent.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    if status.is_none() {
+        let _ = agent.kill();
+    }
+    let out = agent.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        status.is_some(),
+        "protect ignored SIGTERM during the mirror:\n{err}"
+    );
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("stopped by a signal before replication began"),
+        "{err}"
+    );
 }

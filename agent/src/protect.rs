@@ -205,11 +205,45 @@ pub async fn replicate_until_stopped(
     Ok(report)
 }
 
+/// How long a stopped replication may take to drain before protect gives
+/// up on it (the drain itself waits at most 30 s).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(35);
+
 /// Validate, then mirror, then (unless `once`) replicate until stopped.
+///
+/// SIGINT or SIGTERM stops it at any point: during replication the queue
+/// drains first (at most [`STOP_GRACE`]); before that (validation, the
+/// link coming up, the mirror) it stops at once, and the next protect
+/// resumes with a difference mirror.
 pub async fn protect(
     opts: &ProtectOptions,
     progress: Arc<dyn Progress>,
     on_tick: &(dyn Fn(&SenderStats) + Sync),
+) -> Result<ProtectOutcome> {
+    let replicating = std::sync::atomic::AtomicBool::new(false);
+    let work = protect_phases(opts, progress, on_tick, &replicating);
+    tokio::pin!(work);
+    tokio::select! {
+        r = &mut work => return r,
+        _ = stop_signal() => {}
+    }
+    if replicating.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Ok(r) = tokio::time::timeout(STOP_GRACE, &mut work).await {
+            return r;
+        }
+        bail!(
+            "stopped by a signal; the queue did not drain within {} s (the next protect resumes with a difference mirror)",
+            STOP_GRACE.as_secs()
+        );
+    }
+    bail!("stopped by a signal before replication began; the next protect resumes with a difference mirror")
+}
+
+async fn protect_phases(
+    opts: &ProtectOptions,
+    progress: Arc<dyn Progress>,
+    on_tick: &(dyn Fn(&SenderStats) + Sync),
+    replicating: &std::sync::atomic::AtomicBool,
 ) -> Result<ProtectOutcome> {
     let t0 = std::time::Instant::now();
     let validation = validate_remote(&opts.link, &opts.mirror.root, opts.fix_all, &opts.validate)
@@ -260,6 +294,7 @@ pub async fn protect(
                 tmp.path().to_path_buf()
             }
         };
+        replicating.store(true, std::sync::atomic::Ordering::Relaxed);
         replication = Some(
             replicate_until_stopped(opts, watcher, &index_dir, mirror_started, &sender, on_tick)
                 .await?,

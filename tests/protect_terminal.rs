@@ -94,6 +94,16 @@ fn protect_args(addr: &str, sid: &Path, tf: &str, src: &Path) -> Vec<String> {
     .collect()
 }
 
+/// A child leading its own process group, killed with its group when
+/// dropped: also when a check panics, so no `protect` outlives the test.
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        stop_group(&mut self.0);
+    }
+}
+
 fn stop_group(child: &mut Child) {
     // The child leads its own process group (script and protect under it).
     let _ = Command::new("kill")
@@ -138,17 +148,19 @@ fn bar_then_live_status_line_on_a_terminal_plain_lines_on_a_pipe() {
         .chain(args.iter().cloned())
         .map(|a| format!("'{a}'"))
         .collect();
-    let mut pty = Command::new("script")
-        .args(["-q", "-f", "-e", "-c", &line.join(" "), "/dev/null"])
-        .env("TERM", "xterm")
-        .env("STANDIN_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let screen = Capture::start(pty.stdout.take().unwrap());
+    let mut pty = Group(
+        Command::new("script")
+            .args(["-q", "-f", "-e", "-c", &line.join(" "), "/dev/null"])
+            .env("TERM", "xterm")
+            .env("STANDIN_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let screen = Capture::start(pty.0.stdout.take().unwrap());
     wait_for("the mirror's bar", 600, &screen, |t| {
         t.split(['\r', '\n']).any(is_bar)
     });
@@ -163,7 +175,7 @@ fn bar_then_live_status_line_on_a_terminal_plain_lines_on_a_pipe() {
         &screen,
         |t| status_seqs(t).last().is_some_and(|&s| s > first),
     );
-    stop_group(&mut pty);
+    drop(pty);
     let text = screen.text();
     let mut bar_at = None;
     let mut pos = 0;
@@ -193,20 +205,22 @@ fn bar_then_live_status_line_on_a_terminal_plain_lines_on_a_pipe() {
     );
 
     // On a pipe: plain lines.
-    let mut piped = Command::new(bin())
-        .args(&args)
-        .env("STANDIN_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let log = Capture::start(piped.stderr.take().unwrap());
+    let mut piped = Group(
+        Command::new(bin())
+            .args(&args)
+            .env("STANDIN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let log = Capture::start(piped.0.stderr.take().unwrap());
     wait_for("a plain status line", 600, &log, |t| {
         t.lines().any(|l| !status_seqs(l).is_empty())
     });
-    stop_group(&mut piped);
+    drop(piped);
     let text = log.text();
     assert!(!text.contains('\x1b'), "escape codes on a pipe:\n{text}");
     assert!(!text.contains('\r'), "carriage returns on a pipe:\n{text}");

@@ -96,9 +96,18 @@ impl SetWriter<'_> {
             }
             _ => 96,
         };
-        if let Record::WriteExtent { data, .. } | Record::File { data, .. } = &r {
-            self.data += data.len() as u64;
-            self.progress.advance(data.len() as u64, 0);
+        // Bytes of file data, and entries created (the bar's "files").
+        match &r {
+            Record::File { data, .. } => {
+                self.data += data.len() as u64;
+                self.progress.advance(data.len() as u64, 1);
+            }
+            Record::WriteExtent { data, .. } => {
+                self.data += data.len() as u64;
+                self.progress.advance(data.len() as u64, 0);
+            }
+            Record::Create(_) => self.progress.advance(0, 1),
+            _ => {}
         }
         if self.bytes + len > SET_BYTES || self.records.len() >= SET_RECORDS {
             self.flush().await?;

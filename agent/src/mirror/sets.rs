@@ -3,7 +3,6 @@
 //! (whole in extents, or only the blocks that differ).
 
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -26,37 +25,17 @@ const EXTENT: u64 = 4 << 20;
 /// waits: enough for the target to apply one set while it reads the next.
 const QUEUE_HIGH: u64 = 16 << 20;
 
-/// Which of the source file's blocks differ from the target's; the file's sha256.
+/// Which of the source file's blocks differ from the target's; the file's
+/// sha256 (one read for both: builder's `hash_file_blocks`).
 pub(super) fn diff_blocks(abs: &Path, bs: u64, target: &[[u8; 16]]) -> Result<Action> {
-    let mut f = File::open(abs)?;
-    let mut whole = Sha256::new();
-    let mut buf = vec![0u8; bs as usize];
-    let mut differ = Vec::new();
-    let mut i = 0u64;
-    loop {
-        let mut got = 0;
-        while got < buf.len() {
-            match f.read(&mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if got == 0 {
-            break;
-        }
-        whole.update(&buf[..got]);
-        let h = Sha256::digest(&buf[..got]);
-        if target.get(i as usize).map(|t| &t[..]) != Some(&h[..16]) {
-            differ.push(i);
-        }
-        i += 1;
-        if got < buf.len() {
-            break;
-        }
-    }
-    Ok(Action::Blocks(differ, whole.finalize().into()))
+    let (sha, blocks) = standin_builder::hash::hash_file_blocks(abs, bs)?;
+    let differ = blocks
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| target.get(*i) != Some(*b))
+        .map(|(i, _)| i as u64)
+        .collect();
+    Ok(Action::Blocks(differ, sha))
 }
 
 /// Cuts records into change sets and hands them to the sender, with flow

@@ -87,8 +87,19 @@ struct Setup {
     hook_out: PathBuf,
     dlog: PathBuf,
     alog: PathBuf,
-    agent: Child,
+    agent: Agent,
     _daemon: Daemon,
+}
+
+/// The agent's process, killed when the test ends (also when it panics),
+/// so no `protect` outlives the test with its fanotify mark.
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 impl Setup {
@@ -165,7 +176,7 @@ impl Setup {
             hook_out,
             dlog,
             alog,
-            agent,
+            agent: Agent(agent),
             _daemon: daemon,
         }
     }
@@ -330,8 +341,8 @@ fn cut_link_grows_queue_and_lag_second_path_holds_off_the_condition() {
     );
 
     // The source dies and both paths go quiet: the condition, the hook once.
-    let _ = t.agent.kill();
-    let _ = t.agent.wait();
+    let _ = t.agent.0.kill();
+    let _ = t.agent.0.wait();
     t.ns.set_link(false);
     t.ns.set_second_link(false);
     wait_for("the failover condition", 150, &logs, || {

@@ -430,23 +430,7 @@ impl DirTarget {
         if matches!(e.kind, Kind::Char | Kind::Block) {
             got.rdev = Some((rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev)));
         }
-        if metadata_digest(&got) != metadata_digest(e) {
-            return Err(ApplyError::Mismatch(format!(
-                "metadata of {} differs after apply (mode {:o}/{:o}, uid {}/{}, gid {}/{}, mtime {}/{}, {} / {} xattrs)",
-                display_path(&e.path),
-                got.mode,
-                e.mode,
-                got.uid,
-                e.uid,
-                got.gid,
-                e.gid,
-                got.mtime_ns,
-                e.mtime_ns,
-                got.xattrs.len(),
-                e.xattrs.len()
-            )));
-        }
-        Ok(())
+        check_read_back(&got, e, None)
     }
 
     fn link(&mut self, existing: &[u8], new: &[u8]) -> Result<(), ApplyError> {
@@ -597,6 +581,29 @@ impl ApplyTarget for DirTarget {
         let inodes = (st.f_files > 0).then_some(st.f_favail);
         Ok((st.f_bavail.saturating_mul(st.f_frsize), inodes))
     }
+}
+
+/// Refuse an apply whose metadata, read back into `got` (and, for a file
+/// written through its descriptor, its `size`), differs from the record's.
+fn check_read_back(got: &Entry, e: &Entry, size: Option<u64>) -> Result<(), ApplyError> {
+    if metadata_digest(got) == metadata_digest(e) && size.is_none_or(|s| s == e.size) {
+        return Ok(());
+    }
+    let size_note = size.map_or(String::new(), |s| format!(", size {s}/{}", e.size));
+    Err(ApplyError::Mismatch(format!(
+        "metadata of {} differs after apply (mode {:o}/{:o}, uid {}/{}, gid {}/{}, mtime {}/{}, {} / {} xattrs{size_note})",
+        display_path(&e.path),
+        got.mode,
+        e.mode,
+        got.uid,
+        e.uid,
+        got.gid,
+        e.gid,
+        got.mtime_ns,
+        e.mtime_ns,
+        got.xattrs.len(),
+        e.xattrs.len()
+    )))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::os::unix::ffi::OsStrExt;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, XattrFlags};
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
-use standin_builder::changeset::{check_path, metadata_digest, Digest32};
+use standin_builder::changeset::{check_path, Digest32};
 use standin_builder::entry::{display_path, Entry, Kind, Xattr};
 
 use super::fsops::{kind_of, lstat, remove_at};
@@ -193,25 +193,7 @@ impl DirTarget {
             got.mtime_ns = st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64;
         }
         got.xattrs = fd_xattrs(fd).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
-        if metadata_digest(&got) != metadata_digest(e) || st.st_size as u64 != e.size {
-            return Err(ApplyError::Mismatch(format!(
-                "metadata of {} differs after apply (mode {:o}/{:o}, uid {}/{}, gid {}/{}, mtime {}/{}, {} / {} xattrs, size {}/{})",
-                display_path(&e.path),
-                got.mode,
-                e.mode,
-                got.uid,
-                e.uid,
-                got.gid,
-                e.gid,
-                got.mtime_ns,
-                e.mtime_ns,
-                got.xattrs.len(),
-                e.xattrs.len(),
-                st.st_size,
-                e.size
-            )));
-        }
-        Ok(())
+        super::check_read_back(&got, e, Some(st.st_size as u64))
     }
 }
 

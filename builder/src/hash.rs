@@ -138,18 +138,18 @@ pub fn hash_file(
     Ok((hex(&hasher.finalize()), read_total))
 }
 
-/// A file's sha256 and, in the same read, the first 16 bytes of the sha256
-/// of each `block_size`-byte block (the last may be shorter): what a
-/// checksum mirror compares, so a changed file is read once for both.
-pub fn hash_file_blocks(path: &Path, block_size: u64) -> io::Result<([u8; 32], Vec<[u8; 16]>)> {
-    let mut file = File::open(path)?;
-    let mut whole = Sha256::new();
+/// Read `r` in `block_size`-byte blocks (the last may be shorter; nothing
+/// for an empty input) and hand each to `each`.
+pub fn read_blocks(
+    r: &mut impl Read,
+    block_size: u64,
+    mut each: impl FnMut(&[u8]),
+) -> io::Result<()> {
     let mut buf = vec![0u8; block_size.max(1) as usize];
-    let mut blocks = Vec::new();
     loop {
         let mut got = 0;
         while got < buf.len() {
-            match file.read(&mut buf[got..]) {
+            match r.read(&mut buf[got..]) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -157,14 +157,29 @@ pub fn hash_file_blocks(path: &Path, block_size: u64) -> io::Result<([u8; 32], V
             }
         }
         if got == 0 {
-            break;
+            return Ok(());
         }
-        whole.update(&buf[..got]);
-        let h = Sha256::digest(&buf[..got]);
-        blocks.push(h[..16].try_into().expect("16 bytes"));
+        each(&buf[..got]);
         if got < buf.len() {
-            break;
+            return Ok(());
         }
     }
+}
+
+/// The first 16 bytes of a block's sha256: what a checksum mirror compares.
+pub fn block_digest(block: &[u8]) -> [u8; 16] {
+    Sha256::digest(block)[..16].try_into().expect("16 bytes")
+}
+
+/// A file's sha256 and, in the same read, the [`block_digest`] of each
+/// `block_size`-byte block: so a changed file is read once for both.
+pub fn hash_file_blocks(path: &Path, block_size: u64) -> io::Result<([u8; 32], Vec<[u8; 16]>)> {
+    let mut file = File::open(path)?;
+    let mut whole = Sha256::new();
+    let mut blocks = Vec::new();
+    read_blocks(&mut file, block_size, |b| {
+        whole.update(b);
+        blocks.push(block_digest(b));
+    })?;
     Ok((whole.finalize().into(), blocks))
 }

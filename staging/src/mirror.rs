@@ -24,12 +24,10 @@
 //!   topmost such path is listed (Delete is recursive).
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 use standin_builder::digest_table::Stamp;
 use standin_builder::entry::{path_cmp, Entry, Kind};
 use standin_builder::progress::NoProgress;
@@ -338,30 +336,12 @@ impl DiffSession {
             return Vec::new();
         };
         let mut out = Vec::new();
-        let mut buf = vec![0u8; bs as usize];
-        loop {
-            let mut got = 0;
-            while got < buf.len() {
-                match f.read(&mut buf[got..]) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => return Vec::new(),
-                }
-            }
-            if got == 0 {
-                break;
-            }
-            out.push(
-                Sha256::digest(&buf[..got])[..16]
-                    .try_into()
-                    .expect("16 bytes"),
-            );
-            if got < buf.len() {
-                break;
-            }
+        match standin_builder::hash::read_blocks(&mut f, bs, |b| {
+            out.push(standin_builder::hash::block_digest(b))
+        }) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
         }
-        out
     }
 
     /// The topmost replica paths the source did not list (found while

@@ -44,33 +44,42 @@ command -v rsync >/dev/null || { echo "rsync is missing; install it with: apt-ge
 bench/make-big-tree.sh "$big" >/dev/null
 cargo build --release --quiet
 standin=$PWD/target/release/standin
-# Both tools write to a fresh ext4 filesystem made with mkfs.ext4's defaults
-# (journal on), loop-mounted: what a server's disk has. Without a journal,
-# ext4 skips every inode freed in the last minute when it allocates one
-# (fs/ext4/ialloc.c, recently_deleted), so on a journal-less scratch
-# filesystem each run pays for the trees the runs before it deleted: `cp -a`
-# of the Debian tree took 0.7-1.9 s there against a steady 0.25 s here.
-# BENCH_FS=host runs on the filesystem that holds BENCH_WORK instead.
-fs_img= fs_mnt=
+# Both tools read from one fresh ext4 filesystem and write to another, made
+# with mkfs.ext4's defaults (journal on) and loop-mounted: two disks, as on
+# two machines, and the source tree is its filesystem's root, as `/` is on a
+# server (validation then reads used space from statvfs instead of walking
+# the tree). Without a journal, ext4 skips every inode freed in the last
+# minute when it allocates one (fs/ext4/ialloc.c, recently_deleted), so on a
+# journal-less scratch filesystem each run pays for the trees the runs before
+# it deleted: `cp -a` of the Debian tree took 0.7-1.9 s there against a steady
+# 0.25 s here. BENCH_FS=host runs in BENCH_WORK on its own filesystem instead.
+mounts=()
+make_fs() { # make_fs MOUNT_POINT SIZE: a fresh journaled ext4 there
+  local mnt=$1 img=$1.img
+  mountpoint -q "$mnt" && umount "$mnt"
+  rm -f "$img"; mkdir -p "$mnt"
+  truncate -s "$2" "$img" && mkfs.ext4 -q -F "$img" && mount -o loop "$img" "$mnt" \
+    || { echo "could not make the benchmark filesystem $img (BENCH_FS=host skips it)"; exit 1; }
+  mounts+=("$mnt")
+}
+loopfs=
 if [ "${BENCH_FS:-loop}" = loop ]; then
   command -v mkfs.ext4 >/dev/null || { echo "mkfs.ext4 is missing; install it with: apt-get install -y e2fsprogs"; exit 1; }
-  fs_img=$work.img fs_mnt=$work.fs
-  mountpoint -q "$fs_mnt" && umount "$fs_mnt"
-  rm -f "$fs_img"; mkdir -p "$(dirname "$fs_img")" "$fs_mnt"
-  truncate -s 32G "$fs_img" && mkfs.ext4 -q -F "$fs_img" && mount -o loop "$fs_img" "$fs_mnt" \
-    || { echo "could not make the benchmark filesystem $fs_img (BENCH_FS=host skips it)"; exit 1; }
-  work=$fs_mnt/mirror
+  loopfs=$work
+  mkdir -p "$(dirname "$work")"
+  make_fs "$work.fs" 32G
+  work=$work.fs/mirror
 fi
 rm -rf "$work"; mkdir -p "$work"
 port=$((20000 + RANDOM % 20000)); rport=$((port + 1))
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  if [ -n "$fs_mnt" ]; then
-    wait 2>/dev/null || true
-    umount "$fs_mnt" 2>/dev/null || umount -l "$fs_mnt" 2>/dev/null || true
-    rm -f "$fs_img"
-  fi
+  wait 2>/dev/null || true
+  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do
+    umount "${mounts[i]}" 2>/dev/null || umount -l "${mounts[i]}" 2>/dev/null || true
+    rm -f "${mounts[i]}.img"; rmdir "${mounts[i]}" 2>/dev/null || true
+  done
   [ -n "${acct:-}" ] && [ -d "$acct" ] && { for t in $(cat "$acct/tasks" 2>/dev/null); do echo "$t" > /sys/fs/cgroup/cpuacct/tasks; done; rmdir "$acct" 2>/dev/null || true; }
 }
 trap cleanup EXIT
@@ -192,7 +201,14 @@ report() {
 
 bench_tree() {
   local name=$1 tree=$2 src=$work/src-$1
-  cp -a "$tree" "$src"
+  if [ -n "$loopfs" ]; then
+    src=$loopfs.src-$name
+    make_fs "$src" 16G
+    rmdir "$src/lost+found"
+    cp -a "$tree/." "$src/"
+  else
+    cp -a "$tree" "$src"
+  fi
   mkdir -p "$src/etc"; [ -f "$src/etc/os-release" ] || cp "$troot/etc/os-release" "$src/etc/os-release"
   local files bytes
   files=$(find "$src" -type f | wc -l); bytes=$(du -sb "$src" | cut -f1)
@@ -213,7 +229,8 @@ bench_tree() {
     done
   fi
   [ -n "${BENCH_LOG_DIR:-}" ] && cp "$work/serve.log" "$BENCH_LOG_DIR/$name-serve.log"
-  rm -rf "$src" "$work/rsync-dst" "$work/state"; mkdir -p "$work/rsync-dst"
+  if [ -n "$loopfs" ]; then umount "$src" && rm -f "$src.img" && rmdir "$src"; else rm -rf "$src"; fi
+  rm -rf "$work/rsync-dst" "$work/state"; mkdir -p "$work/rsync-dst"
   [[ " $kinds " == *" full "* ]] && report "$name" full
   [[ " $kinds " == *" diff "* ]] && report "$name" diff
   return 0

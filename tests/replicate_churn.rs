@@ -173,7 +173,16 @@ fn run(links: bool) {
         eprintln!(
             "churn seed {seed} (links: {links}); re-run: STANDIN_CHURN_SEED={seed} cargo test --test replicate_churn"
         );
-        let mut h = Harness::start(|_| {}, ReplicateOptions::default());
+        let delay = std::env::var("STANDIN_CHURN_READ_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(std::time::Duration::from_millis)
+            .unwrap_or_default();
+        let mut h = Harness::start_with(
+            |_| {},
+            ReplicateOptions::default(),
+            |c, _| c.read_delay = delay,
+        );
         for round in 0..4u64 {
             churn(&h.src, seed + round, 150, links);
             h.converge();

@@ -263,6 +263,36 @@ impl Watches {
         self.watch_entry(shared, parent, name)
     }
 
+    /// A write or metadata change through the non-directory `name` in the
+    /// watched directory `parent`: inotify does not say which inode, so it
+    /// is looked up now. A hard-linked inode's other names changed too
+    /// (reported by inode); when the name is gone already, which inode it
+    /// was is unknown and the batch says so.
+    fn identify(&self, shared: &Shared, parent: i32, name: &[u8]) {
+        let st = {
+            let by_wd = self.by_wd.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(p) = by_wd.get(&parent) else {
+                return;
+            };
+            rustix::fs::statat(
+                p,
+                OsStr::from_bytes(name),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )
+        };
+        match st {
+            Ok(st) => {
+                if st.st_nlink > 1
+                    && rustix::fs::FileType::from_raw_mode(st.st_mode)
+                        == rustix::fs::FileType::RegularFile
+                {
+                    shared.note_inode((st.st_dev, st.st_ino));
+                }
+            }
+            Err(_) => shared.note_links_unknown(),
+        }
+    }
+
     /// A directory created or moved in as `name` in the watched directory
     /// `parent`: watched and scanned when it is new to the watches, else
     /// reported as appeared there.
@@ -357,7 +387,19 @@ fn handle_events(shared: &Shared, w: &mut Watches, events: Vec<Event>) {
     // Each watch's directory path, resolved once until a directory moves
     // or goes away (as fanotify's reader resolves a directory's handle).
     let mut cache: HashMap<i32, Option<PathBuf>> = HashMap::new();
-    for (wd, flags, name) in events {
+    // Where each name last changed its object in this read: a write
+    // through a name before that went to an inode the name may no longer
+    // hold by now.
+    let renamed =
+        ReadFlags::CREATE | ReadFlags::DELETE | ReadFlags::MOVED_FROM | ReadFlags::MOVED_TO;
+    let mut last_change: HashMap<(i32, &[u8]), usize> = HashMap::new();
+    for (i, (wd, flags, name)) in events.iter().enumerate() {
+        if let Some(n) = name.as_deref().filter(|_| flags.intersects(renamed)) {
+            last_change.insert((*wd, n), i);
+        }
+    }
+    for (i, (wd, flags, name)) in events.iter().enumerate() {
+        let (wd, flags) = (*wd, *flags);
         if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
             shared.overflow("inotify queue overflow");
             continue;
@@ -394,6 +436,17 @@ fn handle_events(shared: &Shared, w: &mut Watches, events: Vec<Event>) {
         let content = !(flags & !(ReadFlags::ATTRIB | ReadFlags::ISDIR)).is_empty();
         let moved = flags.intersects(ReadFlags::MOVED_FROM | ReadFlags::MOVED_TO);
         shared.note_abs_object(&path, content, moved, None);
+        if !flags.contains(ReadFlags::ISDIR)
+            && flags.intersects(ReadFlags::MODIFY | ReadFlags::CLOSE_WRITE | ReadFlags::ATTRIB)
+        {
+            if let Some(n) = name.as_deref().filter(|n| !n.is_empty()) {
+                if last_change.get(&(wd, n)).is_some_and(|&j| j > i) {
+                    shared.note_links_unknown();
+                } else {
+                    w.identify(shared, wd, n);
+                }
+            }
+        }
         if flags.contains(ReadFlags::ISDIR) {
             if flags.intersects(ReadFlags::MOVED_FROM | ReadFlags::MOVED_TO | ReadFlags::DELETE) {
                 cache.clear();

@@ -125,12 +125,17 @@ pub struct Batch {
     /// removed directory's inode number may be reused by a new one at the
     /// same name).
     pub appeared: HashSet<Handle>,
+    /// A content or metadata event was about a name gone by the time it
+    /// was read, so which inode it changed is unknown (inotify only: it
+    /// gives no file identity). If it was a hard link, the inode's other
+    /// names changed too: every known hard-linked name is compared.
+    pub links_unknown: bool,
 }
 
 impl Batch {
     /// Nothing in it.
     pub fn is_empty(&self) -> bool {
-        self.paths.is_empty() && self.inodes.is_empty() && !self.rescan
+        self.paths.is_empty() && self.inodes.is_empty() && !self.rescan && !self.links_unknown
     }
 }
 
@@ -141,6 +146,7 @@ struct Dirty {
     inodes: HashSet<(u64, u64)>,
     dirs: HashMap<Handle, BTreeSet<Vec<u8>>>,
     appeared: HashSet<Handle>,
+    links_unknown: bool,
     rescan: bool,
     last_event: Option<Instant>,
     first_event: Option<Instant>,
@@ -197,6 +203,15 @@ impl Shared {
         }
     }
 
+    /// An event was about a name gone when it was read (inotify): its
+    /// inode is unknown.
+    pub(crate) fn note_links_unknown(&self) {
+        let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        if !d.rescan {
+            d.links_unknown = true;
+        }
+    }
+
     /// An event about a live non-directory inode without a usable name.
     pub(crate) fn note_inode(&self, ino: (u64, u64)) {
         let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
@@ -218,6 +233,7 @@ impl Shared {
             d.inodes.clear();
             d.dirs.clear();
             d.appeared.clear();
+            d.links_unknown = false;
             d.rescan = true;
         }
         self.cv.notify_all();
@@ -261,6 +277,7 @@ impl Shared {
             d.inodes.clear();
             d.dirs.clear();
             d.appeared.clear();
+            d.links_unknown = false;
             d.rescan = true;
         }
         self.cv.notify_all();
@@ -277,6 +294,7 @@ impl Shared {
         d.inodes.clear();
         d.dirs.clear();
         d.appeared.clear();
+        d.links_unknown = false;
         let now = Instant::now();
         d.last_event = Some(now);
         d.first_event.get_or_insert(now);
@@ -415,6 +433,7 @@ impl Watcher {
         d.inodes.clear();
         d.dirs.clear();
         d.appeared.clear();
+        d.links_unknown = false;
         d.last_event = Some(Instant::now());
         d.first_event.get_or_insert(Instant::now());
         self.shared.cv.notify_all();
@@ -440,7 +459,7 @@ impl Watcher {
     ) -> Option<Batch> {
         let deadline = Instant::now() + wait;
         let mut d = self.shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        while d.paths.is_empty() && d.inodes.is_empty() && !d.rescan {
+        while d.paths.is_empty() && d.inodes.is_empty() && !d.rescan && !d.links_unknown {
             let now = Instant::now();
             if now >= deadline {
                 return None;
@@ -478,6 +497,7 @@ impl Watcher {
         let inodes = std::mem::take(&mut d.inodes);
         let dirs = std::mem::take(&mut d.dirs);
         let appeared = std::mem::take(&mut d.appeared);
+        let links_unknown = std::mem::take(&mut d.links_unknown);
         let rescan = std::mem::take(&mut d.rescan);
         d.first_event = None;
         Some(Batch {
@@ -487,6 +507,7 @@ impl Watcher {
             inodes,
             dirs,
             appeared,
+            links_unknown,
         })
     }
 }

@@ -227,12 +227,14 @@ fn rapid_random_churn_with_hard_links_converges() {
     run(true, Backend::Auto, env_delay(), &seeds());
 }
 
-/// The same churn with the inotify fallback (no file identity in its
-/// events; directories known by the descriptor each watch holds).
+/// The churn without hard links with the inotify fallback (directories
+/// known by the descriptor each watch holds). With hard links inotify is
+/// not exact: its events carry no file identity, so a write through a link
+/// made and removed before the reader sees it cannot be placed (see
+/// docs/replication.md, known problems).
 #[test]
 fn rapid_random_churn_converges_with_the_inotify_fallback() {
     run(false, Backend::Inotify, env_delay(), &seeds());
-    run(true, Backend::Inotify, env_delay(), &seeds());
 }
 
 /// Seeds that failed with the inotify fallback on a loaded machine, run
@@ -241,18 +243,15 @@ fn rapid_random_churn_converges_with_the_inotify_fallback() {
 /// was renamed and replaced by a new one at its old name before the
 /// reader saw its creation were lost (the reader watched by path and
 /// replayed the rename on the wrong watch), or a watch went with an
-/// unpaired move. With hard links: a write through a link that was gone
-/// (or held another inode) by the time its event was read.
+/// unpaired move, or a stale content.
 #[test]
 fn inotify_churn_with_a_lagging_reader_converges_on_the_seeds_that_failed() {
-    let delay = Duration::from_millis(20);
     run(
         false,
         Backend::Inotify,
-        delay,
+        Duration::from_millis(20),
         &[313317315, 811315143, 137160003, 212524399],
     );
-    run(true, Backend::Inotify, delay, &[958003036]);
 }
 
 /// The sequences the churn found, shrunk (the diff's unit tests replay them

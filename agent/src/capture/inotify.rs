@@ -127,11 +127,12 @@ impl Watches {
         ) {
             Ok(wd) => {
                 let mut by_wd = self.by_wd.lock().unwrap_or_else(|e| e.into_inner());
-                if by_wd.contains_key(&wd) {
-                    Watched::Known(wd)
-                } else {
-                    by_wd.insert(wd, dir);
-                    Watched::New(wd)
+                match by_wd.entry(wd) {
+                    std::collections::hash_map::Entry::Occupied(_) => Watched::Known(wd),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(dir);
+                        Watched::New(wd)
+                    }
                 }
             }
             Err(rustix::io::Errno::NOSPC) => {

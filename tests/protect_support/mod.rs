@@ -152,28 +152,46 @@ pub fn small_source(base: &Path) -> PathBuf {
 }
 
 /// `cmd` (the binary, or a wrapper that runs it) given the arguments of
-/// `standin protect` against `target` for `root` as source `web1`, with
-/// the second heartbeat path to `hb_addr` every 0.3 s.
-pub fn protect_with_second_path(
+/// `standin protect` against `target` with `identity`, trusting `trust`,
+/// for `root`.
+pub fn protect_args(
     mut cmd: Command,
+    target: &str,
+    identity: &Path,
+    trust: &str,
+    root: &Path,
+) -> Command {
+    cmd.args(["protect", "--target", target, "--identity"])
+        .arg(identity)
+        .args(["--trust", trust, "--root"])
+        .arg(root);
+    cmd
+}
+
+/// [`protect_args`] for the binary.
+pub fn protect_cmd(target: &str, identity: &Path, trust: &str, root: &Path) -> Command {
+    protect_args(common::standin(), target, identity, trust, root)
+}
+
+/// [`protect_args`] as source `web1`, with the second heartbeat path to
+/// `hb_addr` every 0.3 s.
+pub fn protect_with_second_path(
+    cmd: Command,
     target: &str,
     identity: &Path,
     trust: &str,
     root: &Path,
     hb_addr: &str,
 ) -> Command {
-    cmd.args(["protect", "--target", target, "--identity"])
-        .arg(identity)
-        .args(["--trust", trust, "--root"])
-        .arg(root)
-        .args([
-            "--source-id",
-            "web1",
-            "--heartbeat-target",
-            hb_addr,
-            "--heartbeat-interval",
-            "0.3",
-        ]);
+    let mut cmd = protect_args(cmd, target, identity, trust, root);
+    cmd.args([
+        "--source-id",
+        "web1",
+        "--heartbeat-target",
+        hb_addr,
+        "--heartbeat-interval",
+        "0.3",
+    ]);
     cmd
 }
 

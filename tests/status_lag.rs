@@ -53,7 +53,7 @@ fn is_lag(w: &str) -> bool {
 fn lag_above_the_threshold_is_a_warning_until_it_drains() {
     require_root();
     let d = tempdir();
-    let src = small_source(d.path());
+    let src = status_source(d.path());
     let troot = target_root(d.path(), &src, true);
     let (tid, tf) = keys(d.path(), "target");
     let (sid, sf) = keys(d.path(), "source");

@@ -88,7 +88,7 @@ impl Setup {
         require_root();
         require_tool("ip", "iproute2");
         let d = tempdir();
-        let src = small_source(d.path());
+        let src = status_source(d.path());
         let troot = target_root(d.path(), &src, true);
         let (tid, tf) = keys(d.path(), "target");
         let (sid, sf) = keys(d.path(), "source");

@@ -142,7 +142,7 @@ pub fn wait_for<P: AsRef<Path>>(what: &str, tries: u32, logs: &[P], mut f: impl 
 
 /// The status tests' source system under `base`: `etc/os-release`
 /// (Debian 12), `etc/hostname` (web1) and an empty `data/`.
-pub fn small_source(base: &Path) -> PathBuf {
+pub fn status_source(base: &Path) -> PathBuf {
     let src = base.join("src");
     std::fs::create_dir_all(src.join("etc")).unwrap();
     std::fs::create_dir_all(src.join("data")).unwrap();

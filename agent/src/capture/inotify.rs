@@ -420,8 +420,17 @@ fn handle_events(shared: &Shared, w: &mut Watches, events: Vec<Event>) {
                 dir_path(by_wd.get(&wd)?).map(|(p, _)| p)
             })
             .clone();
-        // Removed since: its removal is its parent's event.
-        let Some(dir) = dir else { continue };
+        let Some(dir) = dir else {
+            // Removed since: its removal is its parent's event. A write or
+            // metadata change through a name in it went to an inode that
+            // may have other names elsewhere: which one is unknown now.
+            if !flags.contains(ReadFlags::ISDIR)
+                && flags.intersects(ReadFlags::MODIFY | ReadFlags::CLOSE_WRITE | ReadFlags::ATTRIB)
+            {
+                shared.note_links_unknown();
+            }
+            continue;
+        };
         if shared.relative(&dir).is_none() {
             // Moved out of the tree (or into an ignored one): its events
             // are not ours; its watch goes, with those below it as their

@@ -207,9 +207,15 @@ impl Shared {
     /// inode is unknown.
     pub(crate) fn note_links_unknown(&self) {
         let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        if !d.rescan {
-            d.links_unknown = true;
+        if d.rescan || d.links_unknown {
+            return;
         }
+        d.links_unknown = true;
+        d.events += 1;
+        let now = Instant::now();
+        d.last_event = Some(now);
+        d.first_event.get_or_insert(now);
+        self.cv.notify_all();
     }
 
     /// An event about a live non-directory inode without a usable name.

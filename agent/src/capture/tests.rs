@@ -256,3 +256,37 @@ fn inotify_batch_says_when_a_written_name_is_gone() {
         "the batch did not say the written inode is unknown"
     );
 }
+
+/// A write and a chmod through a hard link whose directory is removed
+/// before the events are read: the events cannot be named, but the batch
+/// says that an inode was changed through a name that is gone (its other
+/// names, elsewhere, changed too).
+#[test]
+fn inotify_batch_says_when_a_written_name_went_with_its_directory() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    std::fs::create_dir_all(root.join("d")).unwrap();
+    std::fs::write(root.join("f"), "f").unwrap();
+    std::fs::hard_link(root.join("f"), root.join("d/l")).unwrap();
+    let w = lagging_inotify(&root);
+    std::fs::write(root.join("d/l"), "through the link").unwrap();
+    std::fs::set_permissions(root.join("d/l"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_dir_all(root.join("d")).unwrap();
+    let mut unknown = false;
+    for _ in 0..20 {
+        if let Some(b) = w.take_batch(
+            Duration::from_millis(200),
+            Duration::from_millis(5),
+            Duration::from_millis(50),
+        ) {
+            unknown |= b.links_unknown;
+        }
+        if unknown {
+            break;
+        }
+    }
+    assert!(
+        unknown,
+        "the batch did not say the written inode is unknown"
+    );
+}

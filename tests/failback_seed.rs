@@ -33,6 +33,22 @@ fn seed(state: &Path, from: &Path, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `standin target seed` as source `id` that must fail (exit 1): its stderr.
+fn refused(id: &str, state: &Path, from: &Path, extra: &[&str]) -> String {
+    let out = run_code(
+        standin()
+            .args(["target", "seed", "--source-id", id])
+            .args(extra)
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--from-root")
+            .arg(from),
+        1,
+        None,
+    );
+    stderr(&out)
+}
+
 fn staged(state: &Path) -> PathBuf {
     state.join("staging/web-01/root")
 }
@@ -106,64 +122,20 @@ fn refusals_name_the_reason() {
     std::fs::create_dir(&live).unwrap();
     std::fs::write(live.join("f"), "x").unwrap();
     let state = tmp.path().join("state");
-    let bad = run_code(
-        standin()
-            .args(["target", "seed", "--source-id", "../x", "--state-dir"])
-            .arg(&state)
-            .arg("--from-root")
-            .arg(&live),
-        1,
-        None,
-    );
-    assert!(stderr(&bad).contains("source id"), "{}", stderr(&bad));
+    let bad = refused("../x", &state, &live, &[]);
+    assert!(bad.contains("source id"), "{bad}");
     seed(&state, &live, &[]);
-    let again = run_code(
-        standin()
-            .args(["target", "seed", "--source-id", "web-01", "--state-dir"])
-            .arg(&state)
-            .arg("--from-root")
-            .arg(&live),
-        1,
-        None,
-    );
+    let again = refused("web-01", &state, &live, &[]);
     assert!(
-        stderr(&again).contains("not empty") && stderr(&again).contains("--force"),
-        "{}",
-        stderr(&again)
+        again.contains("not empty") && again.contains("--force"),
+        "{again}"
     );
     let r = seed(&state, &live, &["--force"]);
     assert_eq!(r["replaced"], true, "{r:#}");
-    let other = run_code(
-        standin()
-            .args(["target", "seed", "--source-id", "db-02", "--state-dir"])
-            .arg(&state)
-            .arg("--from-root")
-            .arg(&live),
-        1,
-        None,
-    );
-    assert!(
-        stderr(&other).contains("stages source \"web-01\""),
-        "{}",
-        stderr(&other)
-    );
-    let missing = run_code(
-        standin()
-            .args([
-                "target",
-                "seed",
-                "--source-id",
-                "web-01",
-                "--force",
-                "--state-dir",
-            ])
-            .arg(&state)
-            .arg("--from-root")
-            .arg(tmp.path().join("nope")),
-        1,
-        None,
-    );
-    assert!(stderr(&missing).contains("nope"), "{}", stderr(&missing));
+    let other = refused("db-02", &state, &live, &[]);
+    assert!(other.contains("stages source \"web-01\""), "{other}");
+    let missing = refused("web-01", &state, &tmp.path().join("nope"), &["--force"]);
+    assert!(missing.contains("nope"), "{missing}");
     assert!(staged(&state).join("f").exists(), "nothing lost");
 
     // Not while `standin target serve` uses the state directory.
@@ -178,27 +150,11 @@ fn refusals_name_the_reason() {
         &extra,
         &tmp.path().join("daemon.log"),
     );
-    let busy = run_code(
-        standin()
-            .args([
-                "target",
-                "seed",
-                "--source-id",
-                "web-01",
-                "--force",
-                "--state-dir",
-            ])
-            .arg(&state)
-            .arg("--from-root")
-            .arg(&live),
-        1,
-        None,
-    );
+    let busy = refused("web-01", &state, &live, &["--force"]);
     d.stop();
     assert!(
-        stderr(&busy).contains("target serve") && stderr(&busy).contains("stop it first"),
-        "{}",
-        stderr(&busy)
+        busy.contains("target serve") && busy.contains("stop it first"),
+        "{busy}"
     );
     assert!(staged(&state).join("f").exists(), "nothing lost");
 }

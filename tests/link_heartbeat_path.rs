@@ -27,12 +27,10 @@ fn state_json(
 #[test]
 fn heartbeat_connections_are_recorded_as_the_second_path() {
     let d = tempdir();
-    let (tid, tf) = keys(d.path(), "target");
-    let (aid, af) = keys(d.path(), "agent");
-    let state = d.path().join("state");
-    let daemon = Daemon::start(&state, &tid, &[af], "127.0.0.1:0", &d.path().join("d.log"));
+    let Loopback {
+        daemon, cfg, state, ..
+    } = Loopback::start(d.path());
     let rt = runtime();
-    let cfg = agent_config(&daemon.addr, &aid, tf);
     rt.block_on(async {
         // The agent binds the source.
         let mut agent = connect(&cfg, Role::Agent).await.unwrap();
@@ -118,12 +116,10 @@ fn heartbeat_connections_are_recorded_as_the_second_path() {
 #[test]
 fn a_format_1_heartbeat_from_an_older_agent_is_read() {
     let d = tempdir();
-    let (tid, tf) = keys(d.path(), "target");
-    let (aid, af) = keys(d.path(), "agent");
-    let state = d.path().join("state");
-    let daemon = Daemon::start(&state, &tid, &[af], "127.0.0.1:0", &d.path().join("d.log"));
+    let Loopback {
+        daemon, cfg, state, ..
+    } = Loopback::start(d.path());
     let rt = runtime();
-    let cfg = agent_config(&daemon.addr, &aid, tf);
     rt.block_on(async {
         let mut agent = connect(&cfg, Role::Agent).await.unwrap();
         // Exactly what format 1 put on the wire.

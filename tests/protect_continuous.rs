@@ -9,7 +9,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 
-use protect_support::common::{require_root, standin, tempdir};
+use protect_support::common::{require_root, tempdir};
 use protect_support::*;
 
 #[test]
@@ -30,11 +30,7 @@ fn protect_replicates_changes_after_the_mirror_until_stopped() {
     // their first change replaces them whole; the directories holding them
     // must still get the source's mtime (they once kept the target's).
     let (Sides { sid, tf, state, .. }, daemon) = loopback(d.path(), &src, true);
-    let mut agent = standin()
-        .args(["protect", "--target", &daemon.addr, "--identity"])
-        .arg(&sid)
-        .args(["--trust", &tf, "--root"])
-        .arg(&src)
+    let mut agent = protect_cmd(&daemon.addr, &sid, &tf, &src)
         .arg("--state-dir")
         .arg(d.path().join("agent"))
         .args(["--source-id", "web1", "--json"])
@@ -137,11 +133,7 @@ fn sigterm_during_the_mirror_stops_protect() {
     // 64 MiB at 1 MiB/s: the mirror would take about a minute.
     std::fs::write(src.join("big"), vec![7u8; 64 << 20]).unwrap();
     let (Sides { sid, tf, state, .. }, daemon) = loopback(d.path(), &src, true);
-    let mut agent = standin()
-        .args(["protect", "--target", &daemon.addr, "--identity"])
-        .arg(&sid)
-        .args(["--trust", &tf, "--root"])
-        .arg(&src)
+    let mut agent = protect_cmd(&daemon.addr, &sid, &tf, &src)
         .args(["--source-id", "web1", "--bwlimit", "1M", "--compress", "0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

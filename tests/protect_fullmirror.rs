@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
 
-use protect_support::common::{require_root, require_tool, run_ok, standin, tempdir};
+use protect_support::common::{require_root, require_tool, run_ok, tempdir};
 use protect_support::*;
 
 /// A source with every kind of entry and `files` small files of varied size.
@@ -155,19 +155,21 @@ fn full_mirror_survives_kill_dash_nine_of_the_target_without_torn_files() {
     let d = tempdir();
     let src = d.path().join("src");
     make_source(&src, 3000);
-    let troot = target_root(d.path(), &src, true);
-    let (tid, tf) = keys(d.path(), "target");
-    let (sid, sf) = keys(d.path(), "source");
-    let state = d.path().join("state");
+    let (
+        Sides {
+            troot,
+            tid,
+            tf,
+            sid,
+            sf,
+            state,
+        },
+        daemon,
+    ) = loopback(d.path(), &src, true);
     let log = d.path().join("d.log");
-    let daemon = Daemon::start(None, &state, &tid, &sf, "127.0.0.1:0", &troot, &log);
     let addr = daemon.addr.clone();
     // Slowed down so that the kill lands in the middle of the data.
-    let agent = standin()
-        .args(["protect", "--target", &addr, "--identity"])
-        .arg(&sid)
-        .args(["--trust", &tf, "--root"])
-        .arg(&src)
+    let agent = protect_cmd(&addr, &sid, &tf, &src)
         .arg("--state-dir")
         .arg(d.path().join("agent"))
         .args([

@@ -6,7 +6,7 @@ mod protect_support;
 
 use std::process::Stdio;
 
-use protect_support::common::{require_root, standin, tempdir};
+use protect_support::common::{require_root, tempdir};
 use protect_support::*;
 
 #[test]
@@ -24,11 +24,7 @@ fn status_shows_synchronizing_with_percent_then_protected() {
         std::fs::write(src.join(format!("etc/f{i}")), data).unwrap();
     }
     let (Sides { sid, tf, state, .. }, daemon) = loopback(d.path(), &src, true);
-    let mut agent = standin()
-        .args(["protect", "--target", &daemon.addr, "--identity"])
-        .arg(&sid)
-        .args(["--trust", &tf, "--root"])
-        .arg(&src)
+    let mut agent = protect_cmd(&daemon.addr, &sid, &tf, &src)
         .args([
             "--source-id",
             "web1",

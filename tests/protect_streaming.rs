@@ -12,7 +12,7 @@ mod protect_support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use protect_support::common::{require_root, run_ok, standin, tempdir};
+use protect_support::common::{require_root, run_ok, tempdir};
 use protect_support::*;
 use standin_builder::progress::NoProgress;
 use standin_builder::scan::ScanOptions;
@@ -61,11 +61,7 @@ fn protect(
     extra: &[&str],
 ) -> serde_json::Value {
     let out = run_ok(
-        standin()
-            .args(["protect", "--target", &daemon.addr, "--identity"])
-            .arg(sid)
-            .args(["--trust", tf, "--root"])
-            .arg(src)
+        protect_cmd(&daemon.addr, sid, tf, src)
             .arg("--state-dir")
             .arg(d.join("agent"))
             .args(["--source-id", "web1", "--once", "--json"])
@@ -97,12 +93,7 @@ fn streaming_mirror_empty_replica_then_difference_then_full() {
     let d = tempdir();
     let src = d.path().join("src");
     make_source(&src, 4500);
-    let troot = target_root(d.path(), &src, true);
-    let (tid, tf) = keys(d.path(), "target");
-    let (sid, sf) = keys(d.path(), "source");
-    let state = d.path().join("state");
-    let log = d.path().join("d.log");
-    let daemon = Daemon::start(None, &state, &tid, &sf, "127.0.0.1:0", &troot, &log);
+    let (Sides { tf, sid, state, .. }, daemon) = loopback(d.path(), &src, true);
     let replica = replica(&state, "web1");
 
     // Empty replica: nothing compared, each file hashed once.

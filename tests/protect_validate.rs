@@ -24,13 +24,10 @@ fn small_source(base: &Path) -> std::path::PathBuf {
     src
 }
 
-fn protect_cmd(addr: &str, id: &Path, trust: &str, root: &Path) -> std::process::Command {
-    let mut c = protect_support::common::standin();
-    c.args(["protect", "--target", addr, "--identity"])
-        .arg(id)
-        .args(["--trust", trust, "--root"])
-        .arg(root)
-        .args(["--source-id", "web1", "--once"]);
+/// [`protect_cmd`] once, as source `web1`.
+fn protect_once(addr: &str, id: &Path, trust: &str, root: &Path) -> std::process::Command {
+    let mut c = protect_cmd(addr, id, trust, root);
+    c.args(["--source-id", "web1", "--once"]);
     c
 }
 
@@ -52,13 +49,13 @@ fn validation_errors_refuse_protect_and_fix_all_fixes_them() {
     std::fs::create_dir_all(state).unwrap();
     {
         let daemon = sides.serve(&d.path().join("d1.log"));
-        let out = run_code(&mut protect_cmd(&daemon.addr, sid, tf, &src), 3, None);
+        let out = run_code(&mut protect_once(&daemon.addr, sid, tf, &src), 3, None);
         let text = protect_support::common::stdout(&out);
         assert!(text.contains("boot.loader"), "{text}");
         assert!(text.contains("nothing was mirrored"), "{text}");
         // --fix-all cannot fix it either.
         let out = run_code(
-            protect_cmd(&daemon.addr, sid, tf, &src).args(["--fix-all", "--json"]),
+            protect_once(&daemon.addr, sid, tf, &src).args(["--fix-all", "--json"]),
             3,
             None,
         );
@@ -116,7 +113,7 @@ fn validation_errors_refuse_protect_and_fix_all_fixes_them() {
         &d.path().join("d2.log"),
     );
     let out = run_code(
-        protect_cmd(&daemon.addr, sid, tf, &src).arg("--json"),
+        protect_once(&daemon.addr, sid, tf, &src).arg("--json"),
         3,
         None,
     );
@@ -131,7 +128,7 @@ fn validation_errors_refuse_protect_and_fix_all_fixes_them() {
     assert_eq!(errors, ["staging.same-fs"], "{v:#}");
     assert!(!replica(state, "web1").exists());
 
-    let out = run(protect_cmd(&daemon.addr, sid, tf, &src).args(["--fix-all", "--json"]));
+    let out = run(protect_once(&daemon.addr, sid, tf, &src).args(["--fix-all", "--json"]));
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -179,7 +176,7 @@ fn wrong_trust_is_refused_before_data_moves() {
         daemon,
     ) = loopback(d.path(), &src, true);
     let (_other, of) = keys(d.path(), "impostor");
-    let out = run_code(&mut protect_cmd(&daemon.addr, &sid, &of, &src), 1, None);
+    let out = run_code(&mut protect_once(&daemon.addr, &sid, &of, &src), 1, None);
     let err = stderr(&out);
     assert!(
         err.contains("certificate") || err.contains("fingerprint"),
@@ -206,7 +203,7 @@ fn wrong_trust_is_refused_before_data_moves() {
     .trim()
     .to_string();
     let out = run_code(
-        &mut protect_cmd(&daemon.addr, &stranger, &target_fpr, &src),
+        &mut protect_once(&daemon.addr, &stranger, &target_fpr, &src),
         1,
         None,
     );

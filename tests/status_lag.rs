@@ -9,29 +9,9 @@ mod protect_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use protect_support::common::{bin, require_root, run_ok, standin, tempdir};
 use protect_support::*;
-
-/// Poll `f` every 200 ms, at most `tries` times; panic with `what` and the logs.
-fn wait_for(what: &str, tries: u32, logs: &[&Path], mut f: impl FnMut() -> bool) {
-    for _ in 0..tries {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let mut text = String::new();
-    for l in logs {
-        text.push_str(&format!(
-            "--- {}\n{}\n",
-            l.display(),
-            std::fs::read_to_string(l).unwrap_or_default()
-        ));
-    }
-    panic!("timed out waiting for {what}\n{text}");
-}
 
 fn status_dir(state: &Path) -> serde_json::Value {
     let out = run_ok(
@@ -73,11 +53,7 @@ fn is_lag(w: &str) -> bool {
 fn lag_above_the_threshold_is_a_warning_until_it_drains() {
     require_root();
     let d = tempdir();
-    let src = d.path().join("src");
-    std::fs::create_dir_all(src.join("etc")).unwrap();
-    std::fs::create_dir_all(src.join("data")).unwrap();
-    std::fs::write(src.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
-    std::fs::write(src.join("etc/hostname"), "web1\n").unwrap();
+    let src = status_source(d.path());
     let troot = target_root(d.path(), &src, true);
     let (tid, tf) = keys(d.path(), "target");
     let (sid, sf) = keys(d.path(), "source");
@@ -100,19 +76,7 @@ fn lag_above_the_threshold_is_a_warning_until_it_drains() {
             .map(|a| hb_addr = a)
             .is_some_and(|_| !hb_addr.ends_with(":0"))
     });
-    let mut agent = standin()
-        .args(["protect", "--target", &daemon.addr, "--identity"])
-        .arg(&sid)
-        .args(["--trust", &tf, "--root"])
-        .arg(&src)
-        .args([
-            "--source-id",
-            "web1",
-            "--heartbeat-target",
-            &hb_addr,
-            "--heartbeat-interval",
-            "0.3",
-        ])
+    let mut agent = protect_with_second_path(standin(), &daemon.addr, &sid, &tf, &src, &hb_addr)
         .env("STANDIN_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&alog).unwrap())

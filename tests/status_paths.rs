@@ -57,25 +57,6 @@ fn path<'a>(st: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Val
         .find(|p| p["name"] == name)
 }
 
-/// Poll `f` every 200 ms, at most `tries` times; panic with `what` and the logs.
-fn wait_for(what: &str, tries: u32, logs: &[PathBuf], mut f: impl FnMut() -> bool) {
-    for _ in 0..tries {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let mut text = String::new();
-    for l in logs {
-        text.push_str(&format!(
-            "--- {}\n{}\n",
-            l.display(),
-            std::fs::read_to_string(l).unwrap_or_default()
-        ));
-    }
-    panic!("timed out waiting for {what}\n{text}");
-}
-
 /// Source and target namespaces with both paths, a daemon with a short
 /// silence and a hook, and `standin protect` (with `extra` options) running
 /// until Protected with both heartbeat paths heard.
@@ -107,11 +88,7 @@ impl Setup {
         require_root();
         require_tool("ip", "iproute2");
         let d = tempdir();
-        let src = d.path().join("src");
-        std::fs::create_dir_all(src.join("etc")).unwrap();
-        std::fs::create_dir_all(src.join("data")).unwrap();
-        std::fs::write(src.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
-        std::fs::write(src.join("etc/hostname"), "web1\n").unwrap();
+        let src = status_source(d.path());
         let troot = target_root(d.path(), &src, true);
         let (tid, tf) = keys(d.path(), "target");
         let (sid, sf) = keys(d.path(), "source");
@@ -133,25 +110,14 @@ impl Setup {
             .env("HOOK_OUT", &hook_out);
         let daemon = Daemon::start_cmd(cmd, &state, &tid, &sf, "198.18.0.2:6320", &troot, &dlog);
         let alog = d.path().join("agent.log");
-        let mut agent = Netns::exec(&ns.src)
-            .args(["protect", "--target", "198.18.0.2", "--identity"])
-            .arg(&sid)
-            .args(["--trust", &tf, "--root"])
-            .arg(&src)
-            .args([
-                "--source-id",
-                "web1",
-                "--heartbeat-target",
-                hb_addr,
-                "--heartbeat-interval",
-                "0.3",
-            ])
-            .args(extra)
-            .env("STANDIN_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&alog).unwrap())
-            .spawn()
-            .unwrap();
+        let mut agent =
+            protect_with_second_path(Netns::exec(&ns.src), "198.18.0.2", &sid, &tf, &src, hb_addr)
+                .args(extra)
+                .env("STANDIN_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&alog).unwrap())
+                .spawn()
+                .unwrap();
         wait_for(
             "Protected with both heartbeat paths",
             300,

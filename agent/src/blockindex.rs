@@ -178,6 +178,11 @@ impl BlockIndex {
         names.into_iter().collect()
     }
 
+    /// Every hard-linked inode with known names.
+    pub fn linked_inodes(&self) -> Vec<Ino> {
+        self.links.keys().copied().collect()
+    }
+
     fn unlink_name(&mut self, ino: Ino, path: &[u8]) {
         if let Some(names) = self.links.get_mut(&ino) {
             names.remove(path);

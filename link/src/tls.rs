@@ -54,53 +54,91 @@ impl std::fmt::Debug for Untrusted {
     }
 }
 
-/// The trust list and the signature algorithms both verifiers share.
-#[derive(Debug)]
-struct Pins {
-    trusted: Vec<Fingerprint>,
-    provider: Arc<CryptoProvider>,
+/// Which peer a [`Pinned`] verifier checks (its name in the log).
+pub trait Peer: std::fmt::Debug + Send + Sync + 'static {
+    /// The peer's role, as logged: `target` or `source`.
+    const ROLE: &'static str;
 }
 
-impl Pins {
+/// The target, as its clients (agent, status) see it.
+#[derive(Debug)]
+pub struct TargetPeer;
+
+impl Peer for TargetPeer {
+    const ROLE: &'static str = "target";
+}
+
+/// The source (agent), as the target sees it.
+#[derive(Debug)]
+pub struct SourcePeer;
+
+impl Peer for SourcePeer {
+    const ROLE: &'static str = "source";
+}
+
+/// A verifier that trusts a peer's certificate by fingerprint only, and
+/// verifies its handshake signatures with the provider's algorithms. One
+/// type for both sides: `P` names the peer it checks.
+#[derive(Debug)]
+pub struct Pinned<P: Peer> {
+    trusted: Vec<Fingerprint>,
+    provider: Arc<CryptoProvider>,
+    peer: std::marker::PhantomData<P>,
+}
+
+/// Verifies the server certificate by fingerprint (used by clients).
+pub type PinnedServerVerifier = Pinned<TargetPeer>;
+
+/// Verifies the client certificate by fingerprint (used by the target).
+pub type PinnedClientVerifier = Pinned<SourcePeer>;
+
+impl<P: Peer> Pinned<P> {
     fn new(trusted: &[Fingerprint], provider: &Arc<CryptoProvider>) -> Self {
         Self {
             trusted: trusted.to_vec(),
             provider: provider.clone(),
+            peer: std::marker::PhantomData,
         }
     }
 
-    fn tls12(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
-        verify_tls12_signature(message, cert, dss, algorithms)
-    }
-
-    fn tls13(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        let algorithms = &self.provider.signature_verification_algorithms;
-        verify_tls13_signature(message, cert, dss, algorithms)
-    }
-
-    fn schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+    fn check(&self, cert: &CertificateDer<'_>) -> Result<(), Error> {
+        check_pin(P::ROLE, &self.trusted, cert)
     }
 }
 
-/// Verifies the server certificate by fingerprint (used by clients).
-#[derive(Debug)]
-pub struct PinnedServerVerifier(Pins);
+/// The handshake-signature methods, the same in rustls's server- and
+/// client-certificate verifier traits.
+macro_rules! pinned_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            let algorithms = &self.provider.signature_verification_algorithms;
+            verify_tls12_signature(message, cert, dss, algorithms)
+        }
 
-impl ServerCertVerifier for PinnedServerVerifier {
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            let algorithms = &self.provider.signature_verification_algorithms;
+            verify_tls13_signature(message, cert, dss, algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
+}
+
+impl ServerCertVerifier for Pinned<TargetPeer> {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -109,37 +147,14 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        check_pin("target", &self.0.trusted, end_entity).map(|_| ServerCertVerified::assertion())
+        self.check(end_entity)
+            .map(|_| ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.0.tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.0.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.schemes()
-    }
+    pinned_signatures!();
 }
 
-/// Verifies the client certificate by fingerprint (used by the target).
-#[derive(Debug)]
-pub struct PinnedClientVerifier(Pins);
-
-impl ClientCertVerifier for PinnedClientVerifier {
+impl ClientCertVerifier for Pinned<SourcePeer> {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
     }
@@ -150,30 +165,11 @@ impl ClientCertVerifier for PinnedClientVerifier {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        check_pin("source", &self.0.trusted, end_entity).map(|_| ClientCertVerified::assertion())
+        self.check(end_entity)
+            .map(|_| ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.0.tls12(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        self.0.tls13(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.schemes()
-    }
+    pinned_signatures!();
 
     fn client_auth_mandatory(&self) -> bool {
         true
@@ -186,7 +182,7 @@ pub fn server_config(
     trusted: &[Fingerprint],
 ) -> Result<Arc<rustls::ServerConfig>> {
     let provider = provider();
-    let verifier = Arc::new(PinnedClientVerifier(Pins::new(trusted, &provider)));
+    let verifier = Arc::new(PinnedClientVerifier::new(trusted, &provider));
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("selecting TLS 1.3")?
@@ -202,7 +198,7 @@ pub fn client_config(
     trusted: &[Fingerprint],
 ) -> Result<Arc<rustls::ClientConfig>> {
     let provider = provider();
-    let verifier = Arc::new(PinnedServerVerifier(Pins::new(trusted, &provider)));
+    let verifier = Arc::new(PinnedServerVerifier::new(trusted, &provider));
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("selecting TLS 1.3")?

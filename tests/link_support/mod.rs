@@ -55,6 +55,35 @@ impl Daemon {
     }
 }
 
+/// A target daemon on loopback (state `base/state`, log
+/// `base/daemon.log`) that trusts one agent, and that agent's link
+/// configuration.
+pub struct Loopback {
+    pub daemon: Daemon,
+    pub cfg: LinkConfig,
+    /// The target's fingerprint (for other agents' configurations).
+    pub tf: Fingerprint,
+    /// The target's state directory.
+    pub state: PathBuf,
+}
+
+impl Loopback {
+    /// Set it up in `base`.
+    pub fn start(base: &Path) -> Loopback {
+        let (tid, tf) = keys(base, "target");
+        let (aid, af) = keys(base, "agent");
+        let state = base.join("state");
+        let daemon = Daemon::start(&state, &tid, &[af], "127.0.0.1:0", &base.join("daemon.log"));
+        let cfg = agent_config(&daemon.addr, &aid, tf);
+        Loopback {
+            daemon,
+            cfg,
+            tf,
+            state,
+        }
+    }
+}
+
 /// The set-up of a hostile-input test in `base`: a target daemon on
 /// loopback (state `base/state`, log `base/daemon.log`) that trusts an
 /// agent, that agent's link configuration, and `base/outside/victim`, a
@@ -72,14 +101,15 @@ pub struct Hostile {
 impl Hostile {
     /// Set it up in `base`.
     pub fn start(base: &Path) -> Hostile {
-        let (tid, tf) = keys(base, "target");
-        let (aid, af) = keys(base, "agent");
         let outside = base.join("outside");
         std::fs::create_dir(&outside).unwrap();
         std::fs::write(outside.join("victim"), b"precious").unwrap();
-        let state = base.join("state");
-        let daemon = Daemon::start(&state, &tid, &[af], "127.0.0.1:0", &base.join("daemon.log"));
-        let cfg = agent_config(&daemon.addr, &aid, tf);
+        let Loopback {
+            daemon,
+            cfg,
+            tf,
+            state,
+        } = Loopback::start(base);
         Hostile {
             daemon,
             cfg,

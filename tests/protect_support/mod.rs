@@ -120,6 +120,81 @@ pub fn loopback(base: &Path, src: &Path, boot_loader: bool) -> (Sides, Daemon) {
     (s, daemon)
 }
 
+/// Poll `f` every 200 ms, at most `tries` times; panic with `what` and the logs.
+pub fn wait_for<P: AsRef<Path>>(what: &str, tries: u32, logs: &[P], mut f: impl FnMut() -> bool) {
+    for _ in 0..tries {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let mut text = String::new();
+    for l in logs {
+        let l = l.as_ref();
+        text.push_str(&format!(
+            "--- {}\n{}\n",
+            l.display(),
+            std::fs::read_to_string(l).unwrap_or_default()
+        ));
+    }
+    panic!("timed out waiting for {what}\n{text}");
+}
+
+/// The status tests' source system under `base`: `etc/os-release`
+/// (Debian 12), `etc/hostname` (web1) and an empty `data/`.
+pub fn status_source(base: &Path) -> PathBuf {
+    let src = base.join("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::create_dir_all(src.join("data")).unwrap();
+    std::fs::write(src.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
+    std::fs::write(src.join("etc/hostname"), "web1\n").unwrap();
+    src
+}
+
+/// `cmd` (the binary, or a wrapper that runs it) given the arguments of
+/// `standin protect` against `target` with `identity`, trusting `trust`,
+/// for `root`.
+pub fn protect_args(
+    mut cmd: Command,
+    target: &str,
+    identity: &Path,
+    trust: &str,
+    root: &Path,
+) -> Command {
+    cmd.args(["protect", "--target", target, "--identity"])
+        .arg(identity)
+        .args(["--trust", trust, "--root"])
+        .arg(root);
+    cmd
+}
+
+/// [`protect_args`] for the binary.
+pub fn protect_cmd(target: &str, identity: &Path, trust: &str, root: &Path) -> Command {
+    protect_args(common::standin(), target, identity, trust, root)
+}
+
+/// [`protect_args`] as source `web1`, with the second heartbeat path to
+/// `hb_addr` every 0.3 s.
+pub fn protect_with_second_path(
+    cmd: Command,
+    target: &str,
+    identity: &Path,
+    trust: &str,
+    root: &Path,
+    hb_addr: &str,
+) -> Command {
+    let mut cmd = protect_args(cmd, target, identity, trust, root);
+    cmd.args([
+        "--source-id",
+        "web1",
+        "--heartbeat-target",
+        hb_addr,
+        "--heartbeat-interval",
+        "0.3",
+    ]);
+    cmd
+}
+
 /// `cp -a` (keeps owners, modes, times, xattrs, hard links).
 pub fn copy_tree(from: &Path, to: &Path) {
     common::run_ok(Command::new("cp").arg("-a").arg(from).arg(to), None);

@@ -83,6 +83,7 @@ fn read_loop(shared: Arc<Shared>, fd: OwnedFd, mount: OwnedFd) {
                 return;
             }
         }
+        shared.before_read();
         let n = match file.read(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,

@@ -50,6 +50,10 @@ pub struct CaptureOptions {
     /// Absolute paths whose events are ignored (the agent's state directory,
     /// excluded trees).
     pub ignore: Vec<PathBuf>,
+    /// Wait this long before each read of the kernel's events (zero by
+    /// default): tests use it to let events pile up as on a busy machine,
+    /// where the reader lags behind the tree.
+    pub read_delay: Duration,
 }
 
 impl Default for CaptureOptions {
@@ -60,6 +64,7 @@ impl Default for CaptureOptions {
             max_delay: Duration::from_millis(100),
             max_dirty: 1 << 20,
             ignore: Vec::new(),
+            read_delay: Duration::ZERO,
         }
     }
 }
@@ -120,12 +125,17 @@ pub struct Batch {
     /// removed directory's inode number may be reused by a new one at the
     /// same name).
     pub appeared: HashSet<Handle>,
+    /// A content or metadata event was about a name gone by the time it
+    /// was read, so which inode it changed is unknown (inotify only: it
+    /// gives no file identity). If it was a hard link, the inode's other
+    /// names changed too: every known hard-linked name is compared.
+    pub links_unknown: bool,
 }
 
 impl Batch {
     /// Nothing in it.
     pub fn is_empty(&self) -> bool {
-        self.paths.is_empty() && self.inodes.is_empty() && !self.rescan
+        self.paths.is_empty() && self.inodes.is_empty() && !self.rescan && !self.links_unknown
     }
 }
 
@@ -136,6 +146,7 @@ struct Dirty {
     inodes: HashSet<(u64, u64)>,
     dirs: HashMap<Handle, BTreeSet<Vec<u8>>>,
     appeared: HashSet<Handle>,
+    links_unknown: bool,
     rescan: bool,
     last_event: Option<Instant>,
     first_event: Option<Instant>,
@@ -148,22 +159,16 @@ pub(crate) struct Shared {
     root: PathBuf,
     ignore: Vec<PathBuf>,
     max_dirty: usize,
+    read_delay: Duration,
     dirty: Mutex<Dirty>,
     cv: Condvar,
     stop: AtomicBool,
 }
 
 impl Shared {
-    /// Record an event for an absolute path; ignored outside the root.
-    pub(crate) fn note_abs(&self, abs: &Path, content: bool) {
-        let Some(rel) = self.relative(abs) else {
-            return;
-        };
-        self.note_rel(rel, content, false, None);
-    }
-
-    /// [`Shared::note_abs`] of a rename's name (`moved`) and with the
-    /// handle of the (non-directory) object.
+    /// Record an event for an absolute path (ignored outside the root):
+    /// `moved` for a rename's name, with the handle of the (non-directory)
+    /// object.
     pub(crate) fn note_abs_object(
         &self,
         abs: &Path,
@@ -198,6 +203,21 @@ impl Shared {
         }
     }
 
+    /// An event was about a name gone when it was read (inotify): its
+    /// inode is unknown.
+    pub(crate) fn note_links_unknown(&self) {
+        let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
+        if d.rescan || d.links_unknown {
+            return;
+        }
+        d.links_unknown = true;
+        d.events += 1;
+        let now = Instant::now();
+        d.last_event = Some(now);
+        d.first_event.get_or_insert(now);
+        self.cv.notify_all();
+    }
+
     /// An event about a live non-directory inode without a usable name.
     pub(crate) fn note_inode(&self, ino: (u64, u64)) {
         let mut d = self.dirty.lock().unwrap_or_else(|e| e.into_inner());
@@ -219,6 +239,7 @@ impl Shared {
             d.inodes.clear();
             d.dirs.clear();
             d.appeared.clear();
+            d.links_unknown = false;
             d.rescan = true;
         }
         self.cv.notify_all();
@@ -262,6 +283,7 @@ impl Shared {
             d.inodes.clear();
             d.dirs.clear();
             d.appeared.clear();
+            d.links_unknown = false;
             d.rescan = true;
         }
         self.cv.notify_all();
@@ -278,6 +300,7 @@ impl Shared {
         d.inodes.clear();
         d.dirs.clear();
         d.appeared.clear();
+        d.links_unknown = false;
         let now = Instant::now();
         d.last_event = Some(now);
         d.first_event.get_or_insert(now);
@@ -286,6 +309,13 @@ impl Shared {
 
     pub(crate) fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Before a read of events: the configured delay, if any.
+    pub(crate) fn before_read(&self) {
+        if !self.read_delay.is_zero() {
+            std::thread::sleep(self.read_delay);
+        }
     }
 }
 
@@ -302,8 +332,8 @@ pub struct CaptureStats {
 pub struct Watcher {
     shared: Arc<Shared>,
     backend: Backend,
-    /// inotify: each watch descriptor's directory path as the reader knows it.
-    wd_paths: Option<inotify::WdPaths>,
+    /// inotify: each watch descriptor's directory (an `O_PATH` descriptor).
+    wd_dirs: Option<inotify::WdDirs>,
     /// The root, for `open_by_handle_at` (fanotify only).
     mount: Option<std::os::fd::OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -324,6 +354,7 @@ impl Watcher {
             root: root.clone(),
             ignore,
             max_dirty: opts.max_dirty,
+            read_delay: opts.read_delay,
             dirty: Mutex::new(Dirty::default()),
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -334,10 +365,10 @@ impl Watcher {
         {
             backend = Backend::Inotify;
         }
-        let mut wd_paths = None;
+        let mut wd_dirs = None;
         let mut start_inotify = |shared: &Arc<Shared>| -> Result<std::thread::JoinHandle<()>> {
-            let (t, paths) = inotify::spawn(shared.clone())?;
-            wd_paths = Some(paths);
+            let (t, dirs) = inotify::spawn(shared.clone())?;
+            wd_dirs = Some(dirs);
             Ok(t)
         };
         let (backend, thread) = match backend {
@@ -362,7 +393,7 @@ impl Watcher {
         Ok(Watcher {
             shared,
             backend,
-            wd_paths,
+            wd_dirs,
             mount,
             thread: Some(thread),
         })
@@ -386,18 +417,13 @@ impl Watcher {
 
     /// Where the object `h` is now: its path relative to the root (one of
     /// its names) and its inode, while it still has a link under the root.
-    /// With inotify, only a directory's watch is located: by the path the
-    /// reader knows for it now.
+    /// With inotify, only a directory's watch is located: by the
+    /// descriptor of the directory the watch holds.
     pub fn locate(&self, h: &Handle) -> Option<(Vec<u8>, (u64, u64))> {
-        if let Some(paths) = &self.wd_paths {
-            let abs = inotify::path_of(paths, h)?;
-            let md = std::fs::symlink_metadata(&abs).ok()?;
-            if !md.is_dir() {
-                return None;
-            }
+        if let Some(dirs) = &self.wd_dirs {
+            let (abs, ino) = inotify::path_of(dirs, h)?;
             let rel = self.shared.relative(&abs)?;
-            use std::os::unix::fs::MetadataExt;
-            return Some((rel, (md.dev(), md.ino())));
+            return Some((rel, ino));
         }
         let (abs, ino) = fanotify::locate(self.mount.as_ref()?, h)?;
         let rel = self.shared.relative(&abs)?;
@@ -413,6 +439,7 @@ impl Watcher {
         d.inodes.clear();
         d.dirs.clear();
         d.appeared.clear();
+        d.links_unknown = false;
         d.last_event = Some(Instant::now());
         d.first_event.get_or_insert(Instant::now());
         self.shared.cv.notify_all();
@@ -438,7 +465,7 @@ impl Watcher {
     ) -> Option<Batch> {
         let deadline = Instant::now() + wait;
         let mut d = self.shared.dirty.lock().unwrap_or_else(|e| e.into_inner());
-        while d.paths.is_empty() && d.inodes.is_empty() && !d.rescan {
+        while d.paths.is_empty() && d.inodes.is_empty() && !d.rescan && !d.links_unknown {
             let now = Instant::now();
             if now >= deadline {
                 return None;
@@ -476,6 +503,7 @@ impl Watcher {
         let inodes = std::mem::take(&mut d.inodes);
         let dirs = std::mem::take(&mut d.dirs);
         let appeared = std::mem::take(&mut d.appeared);
+        let links_unknown = std::mem::take(&mut d.links_unknown);
         let rescan = std::mem::take(&mut d.rescan);
         d.first_event = None;
         Some(Batch {
@@ -485,6 +513,7 @@ impl Watcher {
             inodes,
             dirs,
             appeared,
+            links_unknown,
         })
     }
 }

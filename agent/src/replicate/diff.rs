@@ -277,6 +277,28 @@ impl Worker {
             moved.extend(more);
         }
         self.check_moved_dirs(&moved, &mut paths);
+        if b.links_unknown {
+            // A write or metadata change through a name gone before its
+            // event was read (inotify): if it was a hard link, its other
+            // names changed. Each known hard-linked name is compared with
+            // the index (its content is read only when its size or mtime
+            // differs).
+            let extra = self
+                .index
+                .linked_inodes()
+                .into_iter()
+                .flat_map(|ino| self.index.link_names(ino))
+                .map(|p| {
+                    let c = Change {
+                        content: false,
+                        metadata: true,
+                        moved: false,
+                    };
+                    (p, c)
+                })
+                .collect();
+            merge_paths(&mut paths, extra);
+        }
         self.add_orphaned_links(&mut paths, &b.handles, &b.inodes, watcher);
         for (p, c) in &paths {
             if let Err(e) = self.sync_path(p, *c, false) {

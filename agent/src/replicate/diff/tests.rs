@@ -475,3 +475,32 @@ fn a_write_named_by_an_intermediate_name_reaches_the_file() {
     f.run(e.take());
     f.assert_converged();
 }
+
+/// A write through a hard link that is created, written through and
+/// removed before inotify's events are read: the reader cannot say which
+/// inode the write went to (`links_unknown`), so every known hard-linked
+/// name is compared and the inode's other names get the new content.
+#[test]
+fn a_write_through_a_link_gone_before_it_was_read_reaches_the_other_names() {
+    let mut f = Fixture::new();
+    std::fs::create_dir(f.p("d")).unwrap();
+    std::fs::write(f.p("d/f"), b"old").unwrap();
+    std::fs::hard_link(f.p("d/f"), f.p("g")).unwrap();
+    f.sync_all();
+
+    std::fs::hard_link(f.p("d/f"), f.p("l")).unwrap();
+    std::fs::write(f.p("l"), b"through the link").unwrap();
+    std::fs::remove_file(f.p("l")).unwrap();
+    let mut e = Events::default();
+    e.0.paths.insert(
+        b"l".to_vec(),
+        Change {
+            content: true,
+            metadata: false,
+            moved: false,
+        },
+    );
+    e.0.links_unknown = true;
+    f.run(e.take());
+    f.assert_converged();
+}

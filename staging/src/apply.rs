@@ -149,6 +149,9 @@ pub struct DirTarget {
     /// The parent directory of the last file record (path, descriptor),
     /// reused while consecutive file records name the same directory.
     parent_cache: Option<(Vec<u8>, OwnedFd)>,
+    /// Link new unnamed files by descriptor (`AT_EMPTY_PATH`); cleared
+    /// when that is not permitted, then `/proc/self/fd` is used.
+    link_by_fd: bool,
 }
 
 impl DirTarget {
@@ -166,6 +169,7 @@ impl DirTarget {
             preserve_owner: rustix::process::geteuid().is_root(),
             cow: None,
             parent_cache: None,
+            link_by_fd: true,
         })
     }
 

@@ -113,27 +113,66 @@ impl DirTarget {
             Err(x) => return Err(io_err("creating", &e.path, x)),
         };
         write_all(&fd, data).map_err(|x| io_err("writing", &e.path, x))?;
-        let meta = self.set_fd_metadata(&fd, e);
+        // Metadata set and read back (the check) before the file gets its
+        // name; a mismatch is reported after linking (the content is right).
+        let meta = self
+            .set_fd_metadata(&fd, e)
+            .and_then(|()| self.verify_fd_metadata(&fd, e));
         if let Err(err @ (ApplyError::NoSpace(_) | ApplyError::Io(_))) = meta {
             return Err(err);
         }
         if !named {
-            self.remove_existing(dir, name, &e.path)?;
-            let from = format!("/proc/self/fd/{}", fd.as_raw_fd());
-            rustix::fs::linkat(
-                rustix::fs::CWD,
-                from.as_str(),
-                dir,
-                n,
-                AtFlags::SYMLINK_FOLLOW,
-            )
-            .map_err(|x| io_err("linking the new file into place at", &e.path, x))?;
+            self.link_into_place(&fd, dir, name, &e.path)?;
         }
+        // Stamped after the link, which moves the change time.
         if let Some(stamp) = crate::digest_cache::stamp_of_fd(&fd) {
             crate::digest_cache::remember(stamp, *sha);
         }
-        meta?;
-        self.verify_fd_metadata(&fd, e)
+        meta
+    }
+
+    /// Give the unnamed file `fd` the name `name` in `dir`, replacing what
+    /// is there. The link is tried first and what is in the way removed
+    /// only when it fails with `EEXIST` (a full mirror writes into an empty
+    /// tree). `linkat(fd, "", AT_EMPTY_PATH)` needs `CAP_DAC_READ_SEARCH`;
+    /// without it (`ENOENT`/`EPERM`) the link goes through
+    /// `/proc/self/fd/N`, and later files go that way at once.
+    pub(super) fn link_into_place(
+        &mut self,
+        fd: &OwnedFd,
+        dir: &OwnedFd,
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<(), ApplyError> {
+        let n = OsStr::from_bytes(name);
+        let mut removed = false;
+        loop {
+            let r = if self.link_by_fd {
+                match rustix::fs::linkat(fd, "", dir, n, AtFlags::EMPTY_PATH) {
+                    Err(Errno::NOENT | Errno::PERM) => {
+                        self.link_by_fd = false;
+                        continue;
+                    }
+                    r => r,
+                }
+            } else {
+                let from = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    from.as_str(),
+                    dir,
+                    n,
+                    AtFlags::SYMLINK_FOLLOW,
+                )
+            };
+            match r {
+                Err(Errno::EXIST) if !removed => {
+                    remove_at(dir, name, 0).map_err(|x| io_err("removing", path, x))?;
+                    removed = true;
+                }
+                r => return r.map_err(|x| io_err("linking the new file into place at", path, x)),
+            }
+        }
     }
 
     fn remove_existing(&self, dir: &OwnedFd, name: &[u8], path: &[u8]) -> Result<(), ApplyError> {
@@ -158,28 +197,31 @@ impl DirTarget {
         }
         rustix::fs::fchmod(fd, Mode::from_raw_mode(e.mode & 0o7777))
             .map_err(|x| io_err("changing the mode of", &e.path, x))?;
-        // A new file may inherit a default ACL from its directory.
-        let have = fd_xattrs(fd).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
-        for k in have.keys() {
-            if !e.xattrs.contains_key(k) {
-                match rustix::fs::fremovexattr(fd, OsStr::from_bytes(&k.0)) {
-                    Ok(()) | Err(Errno::NODATA) => {}
-                    Err(x) => return Err(io_err("removing an xattr of", &e.path, x)),
-                }
-            }
-        }
+        // Set without listing first: a new file holds no xattr but what it
+        // inherits (a default ACL, a security label), which the read-back
+        // check finds and removes (`verify_fd_metadata`).
         for (k, v) in &e.xattrs {
-            if have.get(k) != Some(v) {
-                rustix::fs::fsetxattr(fd, OsStr::from_bytes(&k.0), &v.0, XattrFlags::empty())
-                    .map_err(|x| super::xattr_error(&k.0, &e.path, x))?;
-            }
+            rustix::fs::fsetxattr(fd, OsStr::from_bytes(&k.0), &v.0, XattrFlags::empty())
+                .map_err(|x| super::xattr_error(&k.0, &e.path, x))?;
         }
         rustix::fs::futimens(fd, &standin_builder::tree::timestamps(e.mtime_ns))
             .map_err(|x| io_err("setting the time of", &e.path, x))
     }
 
     /// Read the metadata back through the descriptor and compare digests.
+    /// Xattrs the new file inherited (a default ACL of its directory) are
+    /// removed first.
     fn verify_fd_metadata(&self, fd: &OwnedFd, e: &Entry) -> Result<(), ApplyError> {
+        let mut xattrs = fd_xattrs(fd).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
+        if xattrs.keys().any(|k| !e.xattrs.contains_key(k)) {
+            for k in xattrs.keys().filter(|k| !e.xattrs.contains_key(*k)) {
+                match rustix::fs::fremovexattr(fd, OsStr::from_bytes(&k.0)) {
+                    Ok(()) | Err(Errno::NODATA) => {}
+                    Err(x) => return Err(io_err("removing an xattr of", &e.path, x)),
+                }
+            }
+            xattrs = fd_xattrs(fd).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
+        }
         let st = rustix::fs::fstat(fd).map_err(|x| io_err("reading", &e.path, x))?;
         let mut got = e.clone();
         got.kind = kind_of(FileType::from_raw_mode(st.st_mode)).unwrap_or(Kind::Fifo);
@@ -192,7 +234,7 @@ impl DirTarget {
         {
             got.mtime_ns = st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64;
         }
-        got.xattrs = fd_xattrs(fd).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
+        got.xattrs = xattrs;
         super::check_read_back(&got, e, Some(st.st_size as u64))
     }
 }

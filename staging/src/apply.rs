@@ -61,6 +61,18 @@ pub enum ApplyError {
 pub trait ApplyTarget: Send {
     /// Apply one record (not yet durable).
     fn apply(&mut self, record: &Record) -> Result<(), ApplyError>;
+    /// [`ApplyTarget::apply`], given the sha256 of a `File` record's data
+    /// computed beforehand from the record itself (`None`: not computed).
+    /// A target compares it with the record's digest instead of hashing the
+    /// data again. The default ignores it.
+    fn apply_hashed(
+        &mut self,
+        record: &Record,
+        data_sha256: Option<&Digest32>,
+    ) -> Result<(), ApplyError> {
+        let _ = data_sha256;
+        self.apply(record)
+    }
     /// sha256 of the regular file at `path`, `None` if it is missing.
     fn content_digest(&mut self, path: &[u8]) -> Result<Option<Digest32>, ApplyError>;
     /// Make everything applied so far durable.
@@ -494,6 +506,14 @@ impl DirTarget {
 
 impl ApplyTarget for DirTarget {
     fn apply(&mut self, record: &Record) -> Result<(), ApplyError> {
+        self.apply_hashed(record, None)
+    }
+
+    fn apply_hashed(
+        &mut self,
+        record: &Record,
+        data_sha256: Option<&Digest32>,
+    ) -> Result<(), ApplyError> {
         match record {
             // Records that cannot move or replace a directory keep the
             // cached parent of file records; all others drop it.
@@ -506,7 +526,7 @@ impl ApplyTarget for DirTarget {
                 entry,
                 data,
                 content_sha256,
-            } => self.write_file(entry, data, content_sha256),
+            } => self.write_file(entry, data, content_sha256, data_sha256),
             Record::Create(e) => self.create(e),
             Record::SetMetadata(e) => self.set_metadata(e),
             Record::WriteExtent {

@@ -567,13 +567,18 @@ async fn handle(
     r
 }
 
-/// A frame read and decoded ahead of the request loop.
-type Incoming = Result<(Vec<u8>, Result<Message, String>), FrameError>;
+/// A frame read and decoded ahead of the request loop: its payload, the
+/// message, and for a change set the sha256 of each `File` record's data.
+type Incoming = Result<(Vec<u8>, Result<Message, String>, FileDigests), FrameError>;
+
+/// [`crate::store::file_data_digests`] of a change set (empty otherwise).
+type FileDigests = Vec<Option<standin_builder::changeset::Digest32>>;
 
 /// Read and decode frames on their own task, one frame ahead of the
 /// request loop: while a change set applies on a blocking thread, the next
 /// one is decrypted, decompressed and checked (its checksum, limits and
-/// paths). At most one decoded frame waits, so memory stays bounded.
+/// paths), and its files' data hashed (the apply compares these digests
+/// with the records' before writing, see [`Store::receive_hashed`]). At most one decoded frame waits, so memory stays bounded.
 /// The task ends with the connection or after the first error. Payload
 /// buffers come from `pool`; the request loop gives them back.
 fn read_ahead<R: AsyncRead + Unpin + Send + 'static>(
@@ -595,10 +600,16 @@ fn read_ahead<R: AsyncRead + Unpin + Send + 'static>(
                     let kind = f.kind;
                     let decode = move || {
                         let m = Message::decode(kind, &payload).map_err(|e| e.to_string());
-                        (payload, m)
+                        // Hashed here, while the previous set applies.
+                        let digests = match &m {
+                            Ok(Message::ChangeSet(cs)) => crate::store::file_data_digests(cs),
+                            _ => Vec::new(),
+                        };
+                        (payload, m, digests)
                     };
                     if large {
-                        // Decoding a large change set hashes it: off the runtime's threads.
+                        // Decoding a large change set hashes it (its checksum and
+                        // its files' data): off the runtime's threads.
                         tokio::task::spawn_blocking(decode)
                             .await
                             .map_err(|e| FrameError::Io(std::io::Error::other(e)))
@@ -635,7 +646,7 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
     };
     let mut diff: Option<crate::mirror::DiffSession> = None;
     loop {
-        let (payload, decoded) = match frames.recv().await {
+        let (payload, decoded, digests) = match frames.recv().await {
             Some(Ok(f)) => f,
             None | Some(Err(FrameError::Closed)) => {
                 debug!(source = hello.source_id, "peer closed the connection");
@@ -724,7 +735,7 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
                 let pool = pool.clone();
                 match with_store(shared, move |store| {
                     hold_apply(hold.as_deref(), seq);
-                    let r = store.receive(&raw, &cs);
+                    let r = store.receive_hashed(&raw, &cs, &digests);
                     // The next frames reuse the buffer (no fresh pages).
                     pool.give(raw);
                     r

@@ -266,7 +266,7 @@ impl Store {
                 continue;
             }
             info!(seq, "replaying journaled change set after a restart");
-            match self.apply_journaled(&cs, raw.len() as u64) {
+            match self.apply_journaled(&cs, raw.len() as u64, &[]) {
                 Ok(_) => {}
                 Err(ReceiveError::Paused(m)) => {
                     warn!(seq, "replay paused: {m}");
@@ -296,6 +296,20 @@ impl Store {
 
     /// Journal, apply and record one change set (`raw` is its encoding).
     pub fn receive(&mut self, raw: &[u8], cs: &ChangeSet) -> Result<Received, ReceiveError> {
+        self.receive_hashed(raw, cs, &[])
+    }
+
+    /// [`Store::receive`] with the sha256 of each `File` record's data
+    /// already computed (`data_sha256[i]` for record `i`; see
+    /// [`file_data_digests`]), e.g. on another thread while the previous
+    /// set applied: the apply then compares instead of hashing again.
+    /// Records beyond the slice (or `None`) are hashed during the apply.
+    pub fn receive_hashed(
+        &mut self,
+        raw: &[u8],
+        cs: &ChangeSet,
+        data_sha256: &[Option<Digest32>],
+    ) -> Result<Received, ReceiveError> {
         let expected = self.state.last_applied_seq + 1;
         if cs.seq < expected {
             return Ok(Received::Duplicate { seq: cs.seq });
@@ -308,7 +322,7 @@ impl Store {
         }
         let path = self.journal().join(journal_name(cs.seq, "cs"));
         if self.unjournaled(cs) && !path.exists() {
-            return self.apply_journaled(cs, raw.len() as u64);
+            return self.apply_journaled(cs, raw.len() as u64, data_sha256);
         }
         let same = std::fs::read(&path).map(|b| b == raw).unwrap_or(false);
         if !same {
@@ -320,7 +334,7 @@ impl Store {
                 self.pause(format!("{what}journaling change set {}: {e}", cs.seq))
             })?;
         }
-        self.apply_journaled(cs, raw.len() as u64)
+        self.apply_journaled(cs, raw.len() as u64, data_sha256)
     }
 
     /// Whether `cs` is applied without being journaled first: a set of a
@@ -377,7 +391,12 @@ impl Store {
         ReceiveError::Paused(reason)
     }
 
-    fn apply_journaled(&mut self, cs: &ChangeSet, raw_len: u64) -> Result<Received, ReceiveError> {
+    fn apply_journaled(
+        &mut self,
+        cs: &ChangeSet,
+        raw_len: u64,
+        data_sha256: &[Option<Digest32>],
+    ) -> Result<Received, ReceiveError> {
         let progress_path = self.journal().join(journal_name(cs.seq, "progress"));
         let start: usize = std::fs::read_to_string(&progress_path)
             .ok()
@@ -420,7 +439,8 @@ impl Store {
                 if i < start {
                     continue;
                 }
-                match target.apply(r) {
+                let hashed = data_sha256.get(i).and_then(Option::as_ref);
+                match target.apply_hashed(r, hashed) {
                     Ok(()) => {}
                     Err(
                         e @ (ApplyError::Refused(_)
@@ -596,6 +616,19 @@ impl Store {
         info!(mirror = m.mirror_id, seq = m.last_seq, "mirror complete");
         Ok(done(true, None))
     }
+}
+
+/// The sha256 of each `File` record's data (`None` for other records), for
+/// [`Store::receive_hashed`].
+pub fn file_data_digests(cs: &ChangeSet) -> Vec<Option<Digest32>> {
+    use sha2::{Digest, Sha256};
+    cs.records
+        .iter()
+        .map(|r| match r {
+            Record::File { data, .. } => Some(Sha256::digest(data).into()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn under(p: &[u8], base: &[u8]) -> bool {

@@ -43,14 +43,20 @@ impl DirTarget {
         Ok((self.open_beneath(dir, path)?, name))
     }
 
-    /// Apply a [`Record::File`](standin_builder::changeset::Record::File).
+    /// Apply a [`Record::File`](standin_builder::changeset::Record::File);
+    /// `hashed` is the sha256 of `data` if the caller computed it already.
     pub(super) fn write_file(
         &mut self,
         e: &Entry,
         data: &[u8],
         sha: &Digest32,
+        hashed: Option<&Digest32>,
     ) -> Result<(), ApplyError> {
-        let got: Digest32 = Sha256::digest(data).into();
+        // Hashed beforehand (on another thread) or now: before anything is written.
+        let got: Digest32 = match hashed {
+            Some(d) => *d,
+            None => Sha256::digest(data).into(),
+        };
         if got != *sha {
             return Err(ApplyError::Refused(format!(
                 "file record {}: its data has sha256 {}, the record says {}; nothing written",

@@ -328,3 +328,25 @@ fn the_same_mirror_started_again_only_updates_its_totals() {
     let m = s.state().mirror.clone().unwrap();
     assert_eq!((m.mirror_id.as_str(), m.bytes_applied), ("n", 0));
 }
+
+#[test]
+fn file_digests_hashed_ahead_are_checked_record_by_record() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = open(d.path());
+    let (c, raw) = cs(1, vec![whole("a", b"1"), whole("b", b"22")]);
+    let mut digests = crate::store::file_data_digests(&c);
+    assert_eq!(digests.len(), 2);
+    assert_eq!(digests[1], Some(Sha256::digest(b"22").into()));
+    // A digest that does not match its record refuses that record only.
+    digests[0] = Some([7; 32]);
+    match s.receive_hashed(&raw, &c, &digests).unwrap() {
+        Received::Applied { seq: 1, problems } => {
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].contains("record 0"), "{problems:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let root = s.staging_root("src");
+    assert!(!root.join("a").exists());
+    assert_eq!(std::fs::read(root.join("b")).unwrap(), b"22");
+}

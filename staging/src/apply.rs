@@ -164,6 +164,8 @@ pub struct DirTarget {
     /// Link new unnamed files by descriptor (`AT_EMPTY_PATH`); cleared
     /// when that is not permitted, then `/proc/self/fd` is used.
     link_by_fd: bool,
+    /// This process's effective user and group (the owner of a new file).
+    own_ids: (u32, u32),
 }
 
 impl DirTarget {
@@ -182,6 +184,10 @@ impl DirTarget {
             cow: None,
             parent_cache: None,
             link_by_fd: true,
+            own_ids: (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ),
         })
     }
 

@@ -92,11 +92,15 @@ impl DirTarget {
         sha: &Digest32,
     ) -> Result<(), ApplyError> {
         let n = OsStr::from_bytes(name);
+        // The unnamed file is made with its final mode and owned by this
+        // process; when that is what the entry says, no fchmod or fchown
+        // is needed (the read-back check confirms it, else they are done).
+        let fits = self.fresh_file_fits(e);
         let tmp = rustix::fs::openat(
             dir,
             ".",
             OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
+            Mode::from_raw_mode(if fits { e.mode & 0o777 } else { 0o600 }),
         );
         let (fd, named) = match tmp {
             Ok(fd) => (fd, false),
@@ -121,9 +125,17 @@ impl DirTarget {
         write_all(&fd, data).map_err(|x| io_err("writing", &e.path, x))?;
         // Metadata set and read back (the check) before the file gets its
         // name; a mismatch is reported after linking (the content is right).
-        let meta = self
-            .set_fd_metadata(&fd, e)
+        let fits = fits && !named;
+        let mut meta = self
+            .set_fd_metadata(&fd, e, fits)
             .and_then(|()| self.verify_fd_metadata(&fd, e));
+        if fits && matches!(meta, Err(ApplyError::Mismatch(_))) {
+            // Not as expected (a setgid directory's group, an inherited
+            // ACL's mode): set everything.
+            meta = self
+                .set_fd_metadata(&fd, e, false)
+                .and_then(|()| self.verify_fd_metadata(&fd, e));
+        }
         if let Err(err @ (ApplyError::NoSpace(_) | ApplyError::Io(_))) = meta {
             return Err(err);
         }
@@ -191,9 +203,23 @@ impl DirTarget {
         Ok(())
     }
 
-    /// Owner, mode, xattrs and mtime through the descriptor.
-    fn set_fd_metadata(&self, fd: &OwnedFd, e: &Entry) -> Result<(), ApplyError> {
-        if self.preserve_owner {
+    /// Whether a file this process creates with mode `e.mode & 0o777`
+    /// gets `e`'s owner and mode as it is: no setuid/setgid/sticky bit, no
+    /// permission the umask takes away, and (when owners are kept) this
+    /// process's user and group.
+    fn fresh_file_fits(&self, e: &Entry) -> bool {
+        let Some(umask) = umask() else {
+            return false;
+        };
+        e.mode & !0o777 == 0
+            && e.mode & umask == 0
+            && (!self.preserve_owner || (e.uid, e.gid) == self.own_ids)
+    }
+
+    /// Owner, mode, xattrs and mtime through the descriptor (owner and
+    /// mode left as they are when `fresh`: see [`Self::fresh_file_fits`]).
+    fn set_fd_metadata(&self, fd: &OwnedFd, e: &Entry, fresh: bool) -> Result<(), ApplyError> {
+        if !fresh && self.preserve_owner {
             rustix::fs::fchown(
                 fd,
                 Some(rustix::fs::Uid::from_raw(e.uid)),
@@ -201,8 +227,10 @@ impl DirTarget {
             )
             .map_err(|x| io_err("changing the owner of", &e.path, x))?;
         }
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(e.mode & 0o7777))
-            .map_err(|x| io_err("changing the mode of", &e.path, x))?;
+        if !fresh {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(e.mode & 0o7777))
+                .map_err(|x| io_err("changing the mode of", &e.path, x))?;
+        }
         // Set without listing first: a new file holds no xattr but what it
         // inherits (a default ACL, a security label), which the read-back
         // check finds and removes (`verify_fd_metadata`).
@@ -229,20 +257,43 @@ impl DirTarget {
             xattrs = fd_xattrs(fd).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
         }
         let st = rustix::fs::fstat(fd).map_err(|x| io_err("reading", &e.path, x))?;
+        #[allow(clippy::unnecessary_cast)]
+        let mtime_ns = st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64;
+        let owner = (st.st_uid, st.st_gid);
+        // The fields metadata_digest covers, compared directly (a File
+        // record's entry has no symlink target or device numbers).
+        if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && st.st_mode & 0o7777 == e.mode
+            && (!self.preserve_owner || owner == (e.uid, e.gid))
+            && mtime_ns == e.mtime_ns
+            && st.st_size as u64 == e.size
+            && xattrs == e.xattrs
+            && e.target.is_none()
+            && e.rdev.is_none()
+        {
+            return Ok(());
+        }
         let mut got = e.clone();
         got.kind = kind_of(FileType::from_raw_mode(st.st_mode)).unwrap_or(Kind::Fifo);
         got.mode = st.st_mode & 0o7777;
         if self.preserve_owner {
-            got.uid = st.st_uid;
-            got.gid = st.st_gid;
+            (got.uid, got.gid) = owner;
         }
-        #[allow(clippy::unnecessary_cast)]
-        {
-            got.mtime_ns = st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64;
-        }
+        got.mtime_ns = mtime_ns;
         got.xattrs = xattrs;
         super::check_read_back(&got, e, Some(st.st_size as u64))
     }
+}
+
+/// This process's umask, read once from `/proc/self/status` (`None` if
+/// it cannot be read: then every file gets its mode set explicitly).
+fn umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let s = std::fs::read_to_string("/proc/self/status").ok()?;
+        let v = s.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(v.trim(), 8).ok()
+    })
 }
 
 fn write_all(fd: &OwnedFd, data: &[u8]) -> Result<(), Errno> {

@@ -287,3 +287,38 @@ fn an_inherited_default_acl_is_removed_before_the_file_gets_its_name() {
         0o644
     );
 }
+
+#[test]
+fn modes_the_umask_would_change_and_a_setgid_directory_still_come_out_right() {
+    let (d, mut t) = target();
+    let root = d.path().join("root");
+    // 0o666 and 0o777 lose bits to a usual umask; 0o4755 has setuid.
+    for (name, mode) in [("a", 0o666), ("b", 0o600), ("c", 0o4755), ("d", 0o777)] {
+        t.apply(&rec(&file_entry(name, mode, b"x"), b"x")).unwrap();
+        let m = std::fs::symlink_metadata(root.join(name)).unwrap();
+        assert_eq!(m.mode() & 0o7777, mode, "{name}");
+    }
+    if !t.preserve_owner {
+        return; // owners are kept only as root (as in CI)
+    }
+    // A setgid directory hands its group to new files: the entry's own
+    // group (this process's) must still win.
+    std::fs::create_dir(root.join("sg")).unwrap();
+    rustix::fs::chown(
+        &root.join("sg"),
+        None,
+        Some(rustix::fs::Gid::from_raw(4321)),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        root.join("sg"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o2775),
+    )
+    .unwrap();
+    let mut e = file_entry("sg/f", 0o644, b"y");
+    (e.uid, e.gid) = t.own_ids;
+    t.apply(&rec(&e, b"y")).unwrap();
+    let m = std::fs::symlink_metadata(root.join("sg/f")).unwrap();
+    assert_eq!((m.uid(), m.gid()), t.own_ids);
+    assert_eq!(m.mode() & 0o7777, 0o644);
+}

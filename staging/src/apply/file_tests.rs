@@ -304,12 +304,7 @@ fn modes_the_umask_would_change_and_a_setgid_directory_still_come_out_right() {
     // A setgid directory hands its group to new files: the entry's own
     // group (this process's) must still win.
     std::fs::create_dir(root.join("sg")).unwrap();
-    rustix::fs::chown(
-        &root.join("sg"),
-        None,
-        Some(rustix::fs::Gid::from_raw(4321)),
-    )
-    .unwrap();
+    rustix::fs::chown(root.join("sg"), None, Some(rustix::fs::Gid::from_raw(4321))).unwrap();
     std::fs::set_permissions(
         root.join("sg"),
         std::os::unix::fs::PermissionsExt::from_mode(0o2775),

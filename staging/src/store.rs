@@ -72,7 +72,23 @@ pub struct Store {
     /// The caller holds the apply lock for the store's whole life
     /// ([`replay_locked`]); applies do not take it again.
     lock_held: bool,
+    /// When `state.json` was last written durably after a set of an open
+    /// mirror that skipped the journal (see [`LAZY_SAVE_EVERY`]).
+    lazy_saved_at: Option<std::time::Instant>,
+    /// [`LAZY_SAVE_EVERY`] (tests set another).
+    pub lazy_save_every: std::time::Duration,
 }
+
+/// How often `state.json` is written durably while the sets of an open
+/// mirror skip the journal. Each durable write is an fsync, which forces a
+/// filesystem journal commit of everything the mirror created since the
+/// last one; per set (every 8 MiB) that stalls the apply. The state on
+/// disk may then lag the sets applied (and acknowledged) by up to this
+/// interval: after a crash the target reports the older number, the agent
+/// finds itself ahead of it and runs a difference mirror, which is what a
+/// crash in the middle of a mirror needs anyway (those sets' files were
+/// not synced either; the mirror completes only after one sync at its end).
+pub const LAZY_SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The replica as a directory tree (copy-on-write aware for snapshots).
 fn default_factory(dir: &Path) -> TargetFactory {
@@ -132,6 +148,8 @@ impl Store {
             target: None,
             factory,
             lock_held: false,
+            lazy_saved_at: None,
+            lazy_save_every: LAZY_SAVE_EVERY,
         };
         if !dir.join(crate::state::STATE_FILE).exists() {
             store
@@ -519,8 +537,15 @@ impl Store {
                 problems.len()
             ));
         }
-        if let Err(e) = self.save() {
-            return Err(self.pause(format!("recording change set {seq} in state.json: {e}")));
+        let defer = lazy
+            && self
+                .lazy_saved_at
+                .is_some_and(|t| t.elapsed() < self.lazy_save_every);
+        if !defer {
+            if let Err(e) = self.save() {
+                return Err(self.pause(format!("recording change set {seq} in state.json: {e}")));
+            }
+            self.lazy_saved_at = lazy.then(std::time::Instant::now);
         }
         self.drop_entry(seq).map_err(ReceiveError::Fatal)?;
         Ok(Received::Applied { seq, problems })

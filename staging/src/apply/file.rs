@@ -29,7 +29,11 @@ use super::{io_err, ApplyError, DirTarget};
 impl DirTarget {
     /// The parent directory of `path` (cached while consecutive records
     /// name the same one) and the last component.
-    fn cached_parent<'p>(&mut self, path: &'p [u8]) -> Result<(OwnedFd, &'p [u8]), ApplyError> {
+    /// Also returns the parent's path, to put back into the cache.
+    fn cached_parent<'p>(
+        &mut self,
+        path: &'p [u8],
+    ) -> Result<(Vec<u8>, OwnedFd, &'p [u8]), ApplyError> {
         check_path(path, false).map_err(ApplyError::Refused)?;
         let (dir, name) = match path.iter().rposition(|&b| b == b'/') {
             Some(i) => (&path[..i], &path[i + 1..]),
@@ -37,10 +41,10 @@ impl DirTarget {
         };
         if let Some((cached, fd)) = self.parent_cache.take() {
             if cached == dir {
-                return Ok((fd, name));
+                return Ok((cached, fd, name));
             }
         }
-        Ok((self.open_beneath(dir, path)?, name))
+        Ok((dir.to_vec(), self.open_beneath(dir, path)?, name))
     }
 
     /// Apply a [`Record::File`](standin_builder::changeset::Record::File);
@@ -72,13 +76,9 @@ impl DirTarget {
                 data.len()
             )));
         }
-        let (dir, name) = self.cached_parent(&e.path)?;
+        let (parent, dir, name) = self.cached_parent(&e.path)?;
         let r = self.write_file_in(&dir, name, e, data, sha);
         // A directory replaced by this file does not invalidate its parent.
-        let parent = match e.path.iter().rposition(|&b| b == b'/') {
-            Some(i) => e.path[..i].to_vec(),
-            None => b".".to_vec(),
-        };
         self.parent_cache = Some((parent, dir));
         r
     }
@@ -163,25 +163,33 @@ impl DirTarget {
         path: &[u8],
     ) -> Result<(), ApplyError> {
         let n = OsStr::from_bytes(name);
+        let by_proc = || {
+            let from = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                from.as_str(),
+                dir,
+                n,
+                AtFlags::SYMLINK_FOLLOW,
+            )
+        };
         let mut removed = false;
         loop {
             let r = if self.link_by_fd {
                 match rustix::fs::linkat(fd, "", dir, n, AtFlags::EMPTY_PATH) {
                     Err(Errno::NOENT | Errno::PERM) => {
-                        self.link_by_fd = false;
-                        continue;
+                        let r = by_proc();
+                        // Not permitted by descriptor, but through /proc:
+                        // take that way from now on.
+                        if r.is_ok() {
+                            self.link_by_fd = false;
+                        }
+                        r
                     }
                     r => r,
                 }
             } else {
-                let from = format!("/proc/self/fd/{}", fd.as_raw_fd());
-                rustix::fs::linkat(
-                    rustix::fs::CWD,
-                    from.as_str(),
-                    dir,
-                    n,
-                    AtFlags::SYMLINK_FOLLOW,
-                )
+                by_proc()
             };
             match r {
                 Err(Errno::EXIST) if !removed => {

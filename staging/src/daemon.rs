@@ -578,9 +578,10 @@ type FileDigests = Vec<Option<standin_builder::changeset::Digest32>>;
 /// request loop: while a change set applies on a blocking thread, the next
 /// one is decrypted, decompressed and checked (its checksum, limits and
 /// paths), and its files' data hashed (the apply compares these digests
-/// with the records' before writing, see [`Store::receive_hashed`]). At most one decoded frame waits, so memory stays bounded.
-/// The task ends with the connection or after the first error. Payload
-/// buffers come from `pool`; the request loop gives them back.
+/// with the records' before writing, see [`Store::receive_hashed`]). At
+/// most one decoded frame waits, so memory stays bounded. The task ends
+/// with the connection or after the first error. Payload buffers come
+/// from `pool`; the request loop gives them back.
 fn read_ahead<R: AsyncRead + Unpin + Send + 'static>(
     mut rd: R,
     max_frame: u32,

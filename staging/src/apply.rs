@@ -166,7 +166,12 @@ pub struct DirTarget {
     link_by_fd: bool,
     /// This process's effective user and group (the owner of a new file).
     own_ids: (u32, u32),
+    /// The buffer [`ApplyTarget::content_digest`] reads through.
+    read_buf: Vec<u8>,
 }
+
+/// Size of [`DirTarget`]'s read buffer.
+const READ_BUF: usize = 1 << 20;
 
 impl DirTarget {
     /// Open `root` (which must exist) as the replica.
@@ -188,6 +193,7 @@ impl DirTarget {
                 rustix::process::geteuid().as_raw(),
                 rustix::process::getegid().as_raw(),
             ),
+            read_buf: Vec::new(),
         })
     }
 
@@ -580,10 +586,15 @@ impl ApplyTarget for DirTarget {
         let stamp = crate::digest_cache::stamp_of_fd(&fd);
         let mut f = std::fs::File::from(fd);
         let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
+        // One buffer for every file checked (a fresh zeroed MiB per file
+        // cost more than hashing a small one).
+        if self.read_buf.len() < READ_BUF {
+            self.read_buf.resize(READ_BUF, 0);
+        }
+        let buf = &mut self.read_buf[..];
         loop {
             let n = f
-                .read(&mut buf)
+                .read(buf)
                 .map_err(|x| ApplyError::Io(format!("reading {}: {x}", display_path(path))))?;
             if n == 0 {
                 break;

@@ -317,3 +317,27 @@ fn modes_the_umask_would_change_and_a_setgid_directory_still_come_out_right() {
     assert_eq!((m.uid(), m.gid()), t.own_ids);
     assert_eq!(m.mode() & 0o7777, 0o644);
 }
+
+#[test]
+fn content_digests_of_files_read_one_after_another_through_one_buffer() {
+    let (d, mut t) = target();
+    let root = d.path().join("root");
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(root.join("big"), &big).unwrap();
+    std::fs::write(root.join("small"), b"small").unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    for (name, data) in [
+        ("big", &big[..]),
+        ("small", b"small"),
+        ("empty", b""),
+        ("big", &big[..]),
+    ] {
+        let want: Digest32 = Sha256::digest(data).into();
+        assert_eq!(
+            t.content_digest(name.as_bytes()).unwrap(),
+            Some(want),
+            "{name}"
+        );
+    }
+    assert_eq!(t.content_digest(b"missing").unwrap(), None);
+}

@@ -361,19 +361,24 @@ impl DirTarget {
                 r.map_err(|x| io_err("creating", &e.path, x))?;
             }
         }
-        self.set_metadata(e)
+        self.set_metadata_in(&dir, name, e)
     }
 
     fn set_metadata(&mut self, e: &Entry) -> Result<(), ApplyError> {
         let (dir, name) = self.parent(&e.path, true)?;
+        self.set_metadata_in(&dir, name, e)
+    }
+
+    /// [`Self::set_metadata`] of `name` in the already opened parent `dir`.
+    fn set_metadata_in(&mut self, dir: &OwnedFd, name: &[u8], e: &Entry) -> Result<(), ApplyError> {
         let n = OsStr::from_bytes(name);
-        let st = lstat(&dir, name)
+        let st = lstat(dir, name)
             .map_err(|x| io_err("reading", &e.path, x))?
             .ok_or_else(|| {
                 ApplyError::Inconsistent(format!("{} is missing", display_path(&e.path)))
             })?;
         let have = Kind::from_mode(st.st_mode);
-        self.guard(&dir, name, &e.path)?;
+        self.guard(dir, name, &e.path)?;
         if have != Some(e.kind) {
             return Err(ApplyError::Inconsistent(format!(
                 "{} is a {:?} on the target, the source says {:?}",
@@ -384,7 +389,7 @@ impl DirTarget {
         }
         if self.preserve_owner {
             rustix::fs::chownat(
-                &dir,
+                dir,
                 n,
                 Some(rustix::fs::Uid::from_raw(e.uid)),
                 Some(rustix::fs::Gid::from_raw(e.gid)),
@@ -394,45 +399,54 @@ impl DirTarget {
         }
         if e.kind != Kind::Symlink {
             rustix::fs::chmodat(
-                &dir,
+                dir,
                 n,
                 Mode::from_raw_mode(e.mode & 0o7777),
                 AtFlags::empty(),
             )
             .map_err(|x| io_err("changing the mode of", &e.path, x))?;
         }
-        let xpath = proc_path(&dir, name);
-        let have_x = list_xattrs(&xpath).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
-        for (k, _) in have_x.iter() {
-            if !e.xattrs.contains_key(k) {
-                match rustix::fs::lremovexattr(&xpath, OsStr::from_bytes(&k.0)) {
+        // Set without listing first; the read-back below lists them once
+        // and removes any the entry does not have.
+        let xpath = proc_path(dir, name);
+        for (k, v) in &e.xattrs {
+            rustix::fs::lsetxattr(&xpath, OsStr::from_bytes(&k.0), &v.0, XattrFlags::empty())
+                .map_err(|x| xattr_error(&k.0, &e.path, x))?;
+        }
+        rustix::fs::utimensat(dir, n, &timestamps(e.mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|x| io_err("setting the time of", &e.path, x))?;
+        let (now, checked) = self.verify_metadata(e, dir, name, &xpath)?;
+        // Only metadata changed: a digest known for the content still holds
+        // (so the root digest check does not read the file again).
+        if let Some(before) = crate::digest_cache::stamp_of_stat(&st) {
+            if let Some(after) = crate::digest_cache::stamp_of_stat(&now) {
+                crate::digest_cache::carry_over(&before, &after);
+            }
+        }
+        checked
+    }
+
+    /// Read the path back and compare its metadata digest with the entry's;
+    /// xattrs the entry does not have (left from before, or inherited from
+    /// a default ACL) are removed first. Returns the `lstat` read and the
+    /// verdict.
+    fn verify_metadata(
+        &self,
+        e: &Entry,
+        dir: &OwnedFd,
+        name: &[u8],
+        xpath: &Path,
+    ) -> Result<(rustix::fs::Stat, Result<(), ApplyError>), ApplyError> {
+        let mut xattrs = list_xattrs(xpath).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
+        if xattrs.keys().any(|k| !e.xattrs.contains_key(k)) {
+            for k in xattrs.keys().filter(|k| !e.xattrs.contains_key(*k)) {
+                match rustix::fs::lremovexattr(xpath, OsStr::from_bytes(&k.0)) {
                     Ok(()) | Err(Errno::NODATA) => {}
                     Err(x) => return Err(io_err("removing an xattr of", &e.path, x)),
                 }
             }
+            xattrs = list_xattrs(xpath).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
         }
-        for (k, v) in &e.xattrs {
-            if have_x.get(k) != Some(v) {
-                rustix::fs::lsetxattr(&xpath, OsStr::from_bytes(&k.0), &v.0, XattrFlags::empty())
-                    .map_err(|x| xattr_error(&k.0, &e.path, x))?;
-            }
-        }
-        rustix::fs::utimensat(&dir, n, &timestamps(e.mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|x| io_err("setting the time of", &e.path, x))?;
-        // Only metadata changed: a digest known for the content still holds
-        // (so the root digest check does not read the file again).
-        if let Some(before) = crate::digest_cache::stamp_of_stat(&st) {
-            if let Ok(Some(now)) = lstat(&dir, name) {
-                if let Some(after) = crate::digest_cache::stamp_of_stat(&now) {
-                    crate::digest_cache::carry_over(&before, &after);
-                }
-            }
-        }
-        self.verify_metadata(e, &dir, name)
-    }
-
-    /// Read the path back and compare its metadata digest with the entry's.
-    fn verify_metadata(&self, e: &Entry, dir: &OwnedFd, name: &[u8]) -> Result<(), ApplyError> {
         let st = lstat(dir, name)
             .map_err(|x| io_err("reading", &e.path, x))?
             .ok_or_else(|| ApplyError::Mismatch(format!("{} vanished", display_path(&e.path))))?;
@@ -446,8 +460,7 @@ impl DirTarget {
             got.gid = st.st_gid;
         }
         got.mtime_ns = st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64;
-        got.xattrs = list_xattrs(&proc_path(dir, name))
-            .map_err(|x| io_err("listing xattrs of", &e.path, x))?;
+        got.xattrs = xattrs;
         if e.kind == Kind::Symlink {
             got.target = Some(
                 rustix::fs::readlinkat(dir, OsStr::from_bytes(name), Vec::new())
@@ -458,7 +471,7 @@ impl DirTarget {
         if matches!(e.kind, Kind::Char | Kind::Block) {
             got.rdev = Some((rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev)));
         }
-        check_read_back(&got, e, None)
+        Ok((st, check_read_back(&got, e, None)))
     }
 
     fn link(&mut self, existing: &[u8], new: &[u8]) -> Result<(), ApplyError> {

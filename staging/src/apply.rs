@@ -61,6 +61,18 @@ pub enum ApplyError {
 pub trait ApplyTarget: Send {
     /// Apply one record (not yet durable).
     fn apply(&mut self, record: &Record) -> Result<(), ApplyError>;
+    /// [`ApplyTarget::apply`], given the sha256 of a `File` record's data
+    /// computed beforehand from the record itself (`None`: not computed).
+    /// A target compares it with the record's digest instead of hashing the
+    /// data again. The default ignores it.
+    fn apply_hashed(
+        &mut self,
+        record: &Record,
+        data_sha256: Option<&Digest32>,
+    ) -> Result<(), ApplyError> {
+        let _ = data_sha256;
+        self.apply(record)
+    }
     /// sha256 of the regular file at `path`, `None` if it is missing.
     fn content_digest(&mut self, path: &[u8]) -> Result<Option<Digest32>, ApplyError>;
     /// Make everything applied so far durable.
@@ -149,7 +161,17 @@ pub struct DirTarget {
     /// The parent directory of the last file record (path, descriptor),
     /// reused while consecutive file records name the same directory.
     parent_cache: Option<(Vec<u8>, OwnedFd)>,
+    /// Link new unnamed files by descriptor (`AT_EMPTY_PATH`); cleared
+    /// when that is not permitted, then `/proc/self/fd` is used.
+    link_by_fd: bool,
+    /// This process's effective user and group (the owner of a new file).
+    own_ids: (u32, u32),
+    /// The buffer [`ApplyTarget::content_digest`] reads through.
+    read_buf: Vec<u8>,
 }
+
+/// Size of [`DirTarget`]'s read buffer.
+const READ_BUF: usize = 1 << 20;
 
 impl DirTarget {
     /// Open `root` (which must exist) as the replica.
@@ -166,6 +188,12 @@ impl DirTarget {
             preserve_owner: rustix::process::geteuid().is_root(),
             cow: None,
             parent_cache: None,
+            link_by_fd: true,
+            own_ids: (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ),
+            read_buf: Vec::new(),
         })
     }
 
@@ -333,19 +361,24 @@ impl DirTarget {
                 r.map_err(|x| io_err("creating", &e.path, x))?;
             }
         }
-        self.set_metadata(e)
+        self.set_metadata_in(&dir, name, e)
     }
 
     fn set_metadata(&mut self, e: &Entry) -> Result<(), ApplyError> {
         let (dir, name) = self.parent(&e.path, true)?;
+        self.set_metadata_in(&dir, name, e)
+    }
+
+    /// [`Self::set_metadata`] of `name` in the already opened parent `dir`.
+    fn set_metadata_in(&mut self, dir: &OwnedFd, name: &[u8], e: &Entry) -> Result<(), ApplyError> {
         let n = OsStr::from_bytes(name);
-        let st = lstat(&dir, name)
+        let st = lstat(dir, name)
             .map_err(|x| io_err("reading", &e.path, x))?
             .ok_or_else(|| {
                 ApplyError::Inconsistent(format!("{} is missing", display_path(&e.path)))
             })?;
         let have = Kind::from_mode(st.st_mode);
-        self.guard(&dir, name, &e.path)?;
+        self.guard(dir, name, &e.path)?;
         if have != Some(e.kind) {
             return Err(ApplyError::Inconsistent(format!(
                 "{} is a {:?} on the target, the source says {:?}",
@@ -356,7 +389,7 @@ impl DirTarget {
         }
         if self.preserve_owner {
             rustix::fs::chownat(
-                &dir,
+                dir,
                 n,
                 Some(rustix::fs::Uid::from_raw(e.uid)),
                 Some(rustix::fs::Gid::from_raw(e.gid)),
@@ -366,45 +399,54 @@ impl DirTarget {
         }
         if e.kind != Kind::Symlink {
             rustix::fs::chmodat(
-                &dir,
+                dir,
                 n,
                 Mode::from_raw_mode(e.mode & 0o7777),
                 AtFlags::empty(),
             )
             .map_err(|x| io_err("changing the mode of", &e.path, x))?;
         }
-        let xpath = proc_path(&dir, name);
-        let have_x = list_xattrs(&xpath).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
-        for (k, _) in have_x.iter() {
-            if !e.xattrs.contains_key(k) {
-                match rustix::fs::lremovexattr(&xpath, OsStr::from_bytes(&k.0)) {
+        // Set without listing first; the read-back below lists them once
+        // and removes any the entry does not have.
+        let xpath = proc_path(dir, name);
+        for (k, v) in &e.xattrs {
+            rustix::fs::lsetxattr(&xpath, OsStr::from_bytes(&k.0), &v.0, XattrFlags::empty())
+                .map_err(|x| xattr_error(&k.0, &e.path, x))?;
+        }
+        rustix::fs::utimensat(dir, n, &timestamps(e.mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|x| io_err("setting the time of", &e.path, x))?;
+        let (now, checked) = self.verify_metadata(e, dir, name, &xpath)?;
+        // Only metadata changed: a digest known for the content still holds
+        // (so the root digest check does not read the file again).
+        if let Some(before) = crate::digest_cache::stamp_of_stat(&st) {
+            if let Some(after) = crate::digest_cache::stamp_of_stat(&now) {
+                crate::digest_cache::carry_over(&before, &after);
+            }
+        }
+        checked
+    }
+
+    /// Read the path back and compare its metadata digest with the entry's;
+    /// xattrs the entry does not have (left from before, or inherited from
+    /// a default ACL) are removed first. Returns the `lstat` read and the
+    /// verdict.
+    fn verify_metadata(
+        &self,
+        e: &Entry,
+        dir: &OwnedFd,
+        name: &[u8],
+        xpath: &Path,
+    ) -> Result<(rustix::fs::Stat, Result<(), ApplyError>), ApplyError> {
+        let mut xattrs = list_xattrs(xpath).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
+        if xattrs.keys().any(|k| !e.xattrs.contains_key(k)) {
+            for k in xattrs.keys().filter(|k| !e.xattrs.contains_key(*k)) {
+                match rustix::fs::lremovexattr(xpath, OsStr::from_bytes(&k.0)) {
                     Ok(()) | Err(Errno::NODATA) => {}
                     Err(x) => return Err(io_err("removing an xattr of", &e.path, x)),
                 }
             }
+            xattrs = list_xattrs(xpath).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
         }
-        for (k, v) in &e.xattrs {
-            if have_x.get(k) != Some(v) {
-                rustix::fs::lsetxattr(&xpath, OsStr::from_bytes(&k.0), &v.0, XattrFlags::empty())
-                    .map_err(|x| xattr_error(&k.0, &e.path, x))?;
-            }
-        }
-        rustix::fs::utimensat(&dir, n, &timestamps(e.mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|x| io_err("setting the time of", &e.path, x))?;
-        // Only metadata changed: a digest known for the content still holds
-        // (so the root digest check does not read the file again).
-        if let Some(before) = crate::digest_cache::stamp_of_stat(&st) {
-            if let Ok(Some(now)) = lstat(&dir, name) {
-                if let Some(after) = crate::digest_cache::stamp_of_stat(&now) {
-                    crate::digest_cache::carry_over(&before, &after);
-                }
-            }
-        }
-        self.verify_metadata(e, &dir, name)
-    }
-
-    /// Read the path back and compare its metadata digest with the entry's.
-    fn verify_metadata(&self, e: &Entry, dir: &OwnedFd, name: &[u8]) -> Result<(), ApplyError> {
         let st = lstat(dir, name)
             .map_err(|x| io_err("reading", &e.path, x))?
             .ok_or_else(|| ApplyError::Mismatch(format!("{} vanished", display_path(&e.path))))?;
@@ -418,8 +460,7 @@ impl DirTarget {
             got.gid = st.st_gid;
         }
         got.mtime_ns = st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64;
-        got.xattrs = list_xattrs(&proc_path(dir, name))
-            .map_err(|x| io_err("listing xattrs of", &e.path, x))?;
+        got.xattrs = xattrs;
         if e.kind == Kind::Symlink {
             got.target = Some(
                 rustix::fs::readlinkat(dir, OsStr::from_bytes(name), Vec::new())
@@ -430,7 +471,7 @@ impl DirTarget {
         if matches!(e.kind, Kind::Char | Kind::Block) {
             got.rdev = Some((rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev)));
         }
-        check_read_back(&got, e, None)
+        Ok((st, check_read_back(&got, e, None)))
     }
 
     fn link(&mut self, existing: &[u8], new: &[u8]) -> Result<(), ApplyError> {
@@ -490,6 +531,14 @@ impl DirTarget {
 
 impl ApplyTarget for DirTarget {
     fn apply(&mut self, record: &Record) -> Result<(), ApplyError> {
+        self.apply_hashed(record, None)
+    }
+
+    fn apply_hashed(
+        &mut self,
+        record: &Record,
+        data_sha256: Option<&Digest32>,
+    ) -> Result<(), ApplyError> {
         match record {
             // Records that cannot move or replace a directory keep the
             // cached parent of file records; all others drop it.
@@ -502,7 +551,7 @@ impl ApplyTarget for DirTarget {
                 entry,
                 data,
                 content_sha256,
-            } => self.write_file(entry, data, content_sha256),
+            } => self.write_file(entry, data, content_sha256, data_sha256),
             Record::Create(e) => self.create(e),
             Record::SetMetadata(e) => self.set_metadata(e),
             Record::WriteExtent {
@@ -550,10 +599,15 @@ impl ApplyTarget for DirTarget {
         let stamp = crate::digest_cache::stamp_of_fd(&fd);
         let mut f = std::fs::File::from(fd);
         let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
+        // One buffer for every file checked (a fresh zeroed MiB per file
+        // cost more than hashing a small one).
+        if self.read_buf.len() < READ_BUF {
+            self.read_buf.resize(READ_BUF, 0);
+        }
+        let buf = &mut self.read_buf[..];
         loop {
             let n = f
-                .read(&mut buf)
+                .read(buf)
                 .map_err(|x| ApplyError::Io(format!("reading {}: {x}", display_path(path))))?;
             if n == 0 {
                 break;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use standin_link::frame::{read_frame, write_frame, FrameError, DEFAULT_MAX_FRAME};
+use standin_link::frame::{read_frame, write_frame, FrameError, FrameReader, DEFAULT_MAX_FRAME};
 use standin_link::message::{check_source_id, ErrorMsg, Hello, Message, Role, Welcome};
 use standin_link::{tls, Fingerprint, Identity, PROTOCOL_VERSION, STANDIN_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -559,42 +559,58 @@ async fn handle(
     };
     send(&mut tls, &Message::Welcome(welcome), 0).await?;
     let (rd, mut wr) = tokio::io::split(tls);
-    let (frames, reader) = read_ahead(rd, cfg.max_frame);
-    let r = serve_requests(frames, &mut wr, &hello, peer, &shared).await;
+    let pool = standin_link::frame::BufferPool::default();
+    let (frames, reader) = read_ahead(rd, cfg.max_frame, pool.clone());
+    let r = serve_requests(frames, &mut wr, &hello, peer, &shared, &pool).await;
     // The reader holds the read half: stop it so the connection closes now.
     reader.abort();
     r
 }
 
-/// A frame read and decoded ahead of the request loop.
-type Incoming = Result<(Vec<u8>, Result<Message, String>), FrameError>;
+/// A frame read and decoded ahead of the request loop: its payload, the
+/// message, and for a change set the sha256 of each `File` record's data.
+type Incoming = Result<(Vec<u8>, Result<Message, String>, FileDigests), FrameError>;
+
+/// [`crate::store::file_data_digests`] of a change set (empty otherwise).
+type FileDigests = Vec<Option<standin_builder::changeset::Digest32>>;
 
 /// Read and decode frames on their own task, one frame ahead of the
 /// request loop: while a change set applies on a blocking thread, the next
 /// one is decrypted, decompressed and checked (its checksum, limits and
-/// paths). At most one decoded frame waits, so memory stays bounded.
-/// The task ends with the connection or after the first error.
+/// paths), and its files' data hashed (the apply compares these digests
+/// with the records' before writing, see [`Store::receive_hashed`]). At
+/// most one decoded frame waits, so memory stays bounded. The task ends
+/// with the connection or after the first error. Payload buffers come
+/// from `pool`; the request loop gives them back.
 fn read_ahead<R: AsyncRead + Unpin + Send + 'static>(
     mut rd: R,
     max_frame: u32,
+    pool: standin_link::frame::BufferPool,
 ) -> (
     tokio::sync::mpsc::Receiver<Incoming>,
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel::<Incoming>(1);
     let task = tokio::spawn(async move {
+        let mut reader = FrameReader::new(pool);
         loop {
-            let item = match read_frame(&mut rd, max_frame).await {
+            let item = match reader.read(&mut rd, max_frame).await {
                 Ok(f) => {
                     let large = f.payload.len() >= 64 << 10;
                     let payload = f.payload;
                     let kind = f.kind;
                     let decode = move || {
                         let m = Message::decode(kind, &payload).map_err(|e| e.to_string());
-                        (payload, m)
+                        // Hashed here, while the previous set applies.
+                        let digests = match &m {
+                            Ok(Message::ChangeSet(cs)) => crate::store::file_data_digests(cs),
+                            _ => Vec::new(),
+                        };
+                        (payload, m, digests)
                     };
                     if large {
-                        // Decoding a large change set hashes it: off the runtime's threads.
+                        // Decoding a large change set hashes it (its checksum and
+                        // its files' data): off the runtime's threads.
                         tokio::task::spawn_blocking(decode)
                             .await
                             .map_err(|e| FrameError::Io(std::io::Error::other(e)))
@@ -619,6 +635,7 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
     hello: &Hello,
     peer: SocketAddr,
     shared: &Arc<Shared>,
+    pool: &standin_link::frame::BufferPool,
 ) -> Result<()> {
     let cfg = &shared.cfg;
     let agent = hello.role == Role::Agent;
@@ -630,7 +647,7 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
     };
     let mut diff: Option<crate::mirror::DiffSession> = None;
     loop {
-        let (payload, decoded) = match frames.recv().await {
+        let (payload, decoded, digests) = match frames.recv().await {
             Some(Ok(f)) => f,
             None | Some(Err(FrameError::Closed)) => {
                 debug!(source = hello.source_id, "peer closed the connection");
@@ -641,6 +658,13 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
         let msg = match decoded {
             Ok(m) => m,
             Err(e) => return Err(refuse(s, e, false).await),
+        };
+        // Only a change set's encoding is kept (it may be journaled).
+        let payload = if matches!(msg, Message::ChangeSet(_)) {
+            payload
+        } else {
+            pool.give(payload);
+            Vec::new()
         };
         let reply = match msg {
             Message::StatusRequest => {
@@ -709,9 +733,13 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
                 let raw = payload;
                 let seq = cs.seq;
                 let hold = cfg.hold_apply_while.clone();
+                let pool = pool.clone();
                 match with_store(shared, move |store| {
                     hold_apply(hold.as_deref(), seq);
-                    store.receive(&raw, &cs)
+                    let r = store.receive_hashed(&raw, &cs, &digests);
+                    // The next frames reuse the buffer (no fresh pages).
+                    pool.give(raw);
+                    r
                 })
                 .await?
                 {

@@ -72,7 +72,23 @@ pub struct Store {
     /// The caller holds the apply lock for the store's whole life
     /// ([`replay_locked`]); applies do not take it again.
     lock_held: bool,
+    /// When `state.json` was last written durably after a set of an open
+    /// mirror that skipped the journal (see [`LAZY_SAVE_EVERY`]).
+    lazy_saved_at: Option<std::time::Instant>,
+    /// [`LAZY_SAVE_EVERY`] (tests set another).
+    pub lazy_save_every: std::time::Duration,
 }
+
+/// How often `state.json` is written durably while the sets of an open
+/// mirror skip the journal. Each durable write is an fsync, which forces a
+/// filesystem journal commit of everything the mirror created since the
+/// last one; per set (every 8 MiB) that stalls the apply. The state on
+/// disk may then lag the sets applied (and acknowledged) by up to this
+/// interval: after a crash the target reports the older number, the agent
+/// finds itself ahead of it and runs a difference mirror, which is what a
+/// crash in the middle of a mirror needs anyway (those sets' files were
+/// not synced either; the mirror completes only after one sync at its end).
+pub const LAZY_SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The replica as a directory tree (copy-on-write aware for snapshots).
 fn default_factory(dir: &Path) -> TargetFactory {
@@ -132,6 +148,8 @@ impl Store {
             target: None,
             factory,
             lock_held: false,
+            lazy_saved_at: None,
+            lazy_save_every: LAZY_SAVE_EVERY,
         };
         if !dir.join(crate::state::STATE_FILE).exists() {
             store
@@ -266,7 +284,7 @@ impl Store {
                 continue;
             }
             info!(seq, "replaying journaled change set after a restart");
-            match self.apply_journaled(&cs, raw.len() as u64) {
+            match self.apply_journaled(&cs, raw.len() as u64, &[]) {
                 Ok(_) => {}
                 Err(ReceiveError::Paused(m)) => {
                     warn!(seq, "replay paused: {m}");
@@ -296,6 +314,20 @@ impl Store {
 
     /// Journal, apply and record one change set (`raw` is its encoding).
     pub fn receive(&mut self, raw: &[u8], cs: &ChangeSet) -> Result<Received, ReceiveError> {
+        self.receive_hashed(raw, cs, &[])
+    }
+
+    /// [`Store::receive`] with the sha256 of each `File` record's data
+    /// already computed (`data_sha256[i]` for record `i`; see
+    /// [`file_data_digests`]), e.g. on another thread while the previous
+    /// set applied: the apply then compares instead of hashing again.
+    /// Records beyond the slice (or `None`) are hashed during the apply.
+    pub fn receive_hashed(
+        &mut self,
+        raw: &[u8],
+        cs: &ChangeSet,
+        data_sha256: &[Option<Digest32>],
+    ) -> Result<Received, ReceiveError> {
         let expected = self.state.last_applied_seq + 1;
         if cs.seq < expected {
             return Ok(Received::Duplicate { seq: cs.seq });
@@ -308,7 +340,7 @@ impl Store {
         }
         let path = self.journal().join(journal_name(cs.seq, "cs"));
         if self.unjournaled(cs) && !path.exists() {
-            return self.apply_journaled(cs, raw.len() as u64);
+            return self.apply_journaled(cs, raw.len() as u64, data_sha256);
         }
         let same = std::fs::read(&path).map(|b| b == raw).unwrap_or(false);
         if !same {
@@ -320,7 +352,7 @@ impl Store {
                 self.pause(format!("{what}journaling change set {}: {e}", cs.seq))
             })?;
         }
-        self.apply_journaled(cs, raw.len() as u64)
+        self.apply_journaled(cs, raw.len() as u64, data_sha256)
     }
 
     /// Whether `cs` is applied without being journaled first: a set of a
@@ -377,7 +409,12 @@ impl Store {
         ReceiveError::Paused(reason)
     }
 
-    fn apply_journaled(&mut self, cs: &ChangeSet, raw_len: u64) -> Result<Received, ReceiveError> {
+    fn apply_journaled(
+        &mut self,
+        cs: &ChangeSet,
+        raw_len: u64,
+        data_sha256: &[Option<Digest32>],
+    ) -> Result<Received, ReceiveError> {
         let progress_path = self.journal().join(journal_name(cs.seq, "progress"));
         let start: usize = std::fs::read_to_string(&progress_path)
             .ok()
@@ -420,7 +457,8 @@ impl Store {
                 if i < start {
                     continue;
                 }
-                match target.apply(r) {
+                let hashed = data_sha256.get(i).and_then(Option::as_ref);
+                match target.apply_hashed(r, hashed) {
                     Ok(()) => {}
                     Err(
                         e @ (ApplyError::Refused(_)
@@ -499,8 +537,15 @@ impl Store {
                 problems.len()
             ));
         }
-        if let Err(e) = self.save() {
-            return Err(self.pause(format!("recording change set {seq} in state.json: {e}")));
+        let defer = lazy
+            && self
+                .lazy_saved_at
+                .is_some_and(|t| t.elapsed() < self.lazy_save_every);
+        if !defer {
+            if let Err(e) = self.save() {
+                return Err(self.pause(format!("recording change set {seq} in state.json: {e}")));
+            }
+            self.lazy_saved_at = lazy.then(std::time::Instant::now);
         }
         self.drop_entry(seq).map_err(ReceiveError::Fatal)?;
         Ok(Received::Applied { seq, problems })
@@ -596,6 +641,19 @@ impl Store {
         info!(mirror = m.mirror_id, seq = m.last_seq, "mirror complete");
         Ok(done(true, None))
     }
+}
+
+/// The sha256 of each `File` record's data (`None` for other records), for
+/// [`Store::receive_hashed`].
+pub fn file_data_digests(cs: &ChangeSet) -> Vec<Option<Digest32>> {
+    use sha2::{Digest, Sha256};
+    cs.records
+        .iter()
+        .map(|r| match r {
+            Record::File { data, .. } => Some(Sha256::digest(data).into()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn under(p: &[u8], base: &[u8]) -> bool {

@@ -29,7 +29,11 @@ use super::{io_err, ApplyError, DirTarget};
 impl DirTarget {
     /// The parent directory of `path` (cached while consecutive records
     /// name the same one) and the last component.
-    fn cached_parent<'p>(&mut self, path: &'p [u8]) -> Result<(OwnedFd, &'p [u8]), ApplyError> {
+    /// Also returns the parent's path, to put back into the cache.
+    fn cached_parent<'p>(
+        &mut self,
+        path: &'p [u8],
+    ) -> Result<(Vec<u8>, OwnedFd, &'p [u8]), ApplyError> {
         check_path(path, false).map_err(ApplyError::Refused)?;
         let (dir, name) = match path.iter().rposition(|&b| b == b'/') {
             Some(i) => (&path[..i], &path[i + 1..]),
@@ -37,20 +41,26 @@ impl DirTarget {
         };
         if let Some((cached, fd)) = self.parent_cache.take() {
             if cached == dir {
-                return Ok((fd, name));
+                return Ok((cached, fd, name));
             }
         }
-        Ok((self.open_beneath(dir, path)?, name))
+        Ok((dir.to_vec(), self.open_beneath(dir, path)?, name))
     }
 
-    /// Apply a [`Record::File`](standin_builder::changeset::Record::File).
+    /// Apply a [`Record::File`](standin_builder::changeset::Record::File);
+    /// `hashed` is the sha256 of `data` if the caller computed it already.
     pub(super) fn write_file(
         &mut self,
         e: &Entry,
         data: &[u8],
         sha: &Digest32,
+        hashed: Option<&Digest32>,
     ) -> Result<(), ApplyError> {
-        let got: Digest32 = Sha256::digest(data).into();
+        // Hashed beforehand (on another thread) or now: before anything is written.
+        let got: Digest32 = match hashed {
+            Some(d) => *d,
+            None => Sha256::digest(data).into(),
+        };
         if got != *sha {
             return Err(ApplyError::Refused(format!(
                 "file record {}: its data has sha256 {}, the record says {}; nothing written",
@@ -66,13 +76,9 @@ impl DirTarget {
                 data.len()
             )));
         }
-        let (dir, name) = self.cached_parent(&e.path)?;
+        let (parent, dir, name) = self.cached_parent(&e.path)?;
         let r = self.write_file_in(&dir, name, e, data, sha);
         // A directory replaced by this file does not invalidate its parent.
-        let parent = match e.path.iter().rposition(|&b| b == b'/') {
-            Some(i) => e.path[..i].to_vec(),
-            None => b".".to_vec(),
-        };
         self.parent_cache = Some((parent, dir));
         r
     }
@@ -86,11 +92,15 @@ impl DirTarget {
         sha: &Digest32,
     ) -> Result<(), ApplyError> {
         let n = OsStr::from_bytes(name);
+        // The unnamed file is made with its final mode and owned by this
+        // process; when that is what the entry says, no fchmod or fchown
+        // is needed (the read-back check confirms it, else they are done).
+        let fits = self.fresh_file_fits(e);
         let tmp = rustix::fs::openat(
             dir,
             ".",
             OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
+            Mode::from_raw_mode(if fits { e.mode & 0o777 } else { 0o600 }),
         );
         let (fd, named) = match tmp {
             Ok(fd) => (fd, false),
@@ -113,12 +123,47 @@ impl DirTarget {
             Err(x) => return Err(io_err("creating", &e.path, x)),
         };
         write_all(&fd, data).map_err(|x| io_err("writing", &e.path, x))?;
-        let meta = self.set_fd_metadata(&fd, e);
+        // Metadata set and read back (the check) before the file gets its
+        // name; a mismatch is reported after linking (the content is right).
+        let fits = fits && !named;
+        let mut meta = self
+            .set_fd_metadata(&fd, e, fits)
+            .and_then(|()| self.verify_fd_metadata(&fd, e));
+        if fits && matches!(meta, Err(ApplyError::Mismatch(_))) {
+            // Not as expected (a setgid directory's group, an inherited
+            // ACL's mode): set everything.
+            meta = self
+                .set_fd_metadata(&fd, e, false)
+                .and_then(|()| self.verify_fd_metadata(&fd, e));
+        }
         if let Err(err @ (ApplyError::NoSpace(_) | ApplyError::Io(_))) = meta {
             return Err(err);
         }
         if !named {
-            self.remove_existing(dir, name, &e.path)?;
+            self.link_into_place(&fd, dir, name, &e.path)?;
+        }
+        // Stamped after the link, which moves the change time.
+        if let Some(stamp) = crate::digest_cache::stamp_of_fd(&fd) {
+            crate::digest_cache::remember(stamp, *sha);
+        }
+        meta
+    }
+
+    /// Give the unnamed file `fd` the name `name` in `dir`, replacing what
+    /// is there. The link is tried first and what is in the way removed
+    /// only when it fails with `EEXIST` (a full mirror writes into an empty
+    /// tree). `linkat(fd, "", AT_EMPTY_PATH)` needs `CAP_DAC_READ_SEARCH`;
+    /// without it (`ENOENT`/`EPERM`) the link goes through
+    /// `/proc/self/fd/N`, and later files go that way at once.
+    pub(super) fn link_into_place(
+        &mut self,
+        fd: &OwnedFd,
+        dir: &OwnedFd,
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<(), ApplyError> {
+        let n = OsStr::from_bytes(name);
+        let by_proc = || {
             let from = format!("/proc/self/fd/{}", fd.as_raw_fd());
             rustix::fs::linkat(
                 rustix::fs::CWD,
@@ -127,13 +172,33 @@ impl DirTarget {
                 n,
                 AtFlags::SYMLINK_FOLLOW,
             )
-            .map_err(|x| io_err("linking the new file into place at", &e.path, x))?;
+        };
+        let mut removed = false;
+        loop {
+            let r = if self.link_by_fd {
+                match rustix::fs::linkat(fd, "", dir, n, AtFlags::EMPTY_PATH) {
+                    Err(Errno::NOENT | Errno::PERM) => {
+                        let r = by_proc();
+                        // Not permitted by descriptor, but through /proc:
+                        // take that way from now on.
+                        if r.is_ok() {
+                            self.link_by_fd = false;
+                        }
+                        r
+                    }
+                    r => r,
+                }
+            } else {
+                by_proc()
+            };
+            match r {
+                Err(Errno::EXIST) if !removed => {
+                    remove_at(dir, name, 0).map_err(|x| io_err("removing", path, x))?;
+                    removed = true;
+                }
+                r => return r.map_err(|x| io_err("linking the new file into place at", path, x)),
+            }
         }
-        if let Some(stamp) = crate::digest_cache::stamp_of_fd(&fd) {
-            crate::digest_cache::remember(stamp, *sha);
-        }
-        meta?;
-        self.verify_fd_metadata(&fd, e)
     }
 
     fn remove_existing(&self, dir: &OwnedFd, name: &[u8], path: &[u8]) -> Result<(), ApplyError> {
@@ -146,9 +211,23 @@ impl DirTarget {
         Ok(())
     }
 
-    /// Owner, mode, xattrs and mtime through the descriptor.
-    fn set_fd_metadata(&self, fd: &OwnedFd, e: &Entry) -> Result<(), ApplyError> {
-        if self.preserve_owner {
+    /// Whether a file this process creates with mode `e.mode & 0o777`
+    /// gets `e`'s owner and mode as it is: no setuid/setgid/sticky bit, no
+    /// permission the umask takes away, and (when owners are kept) this
+    /// process's user and group.
+    fn fresh_file_fits(&self, e: &Entry) -> bool {
+        let Some(umask) = umask() else {
+            return false;
+        };
+        e.mode & !0o777 == 0
+            && e.mode & umask == 0
+            && (!self.preserve_owner || (e.uid, e.gid) == self.own_ids)
+    }
+
+    /// Owner, mode, xattrs and mtime through the descriptor (owner and
+    /// mode left as they are when `fresh`: see [`Self::fresh_file_fits`]).
+    fn set_fd_metadata(&self, fd: &OwnedFd, e: &Entry, fresh: bool) -> Result<(), ApplyError> {
+        if !fresh && self.preserve_owner {
             rustix::fs::fchown(
                 fd,
                 Some(rustix::fs::Uid::from_raw(e.uid)),
@@ -156,45 +235,73 @@ impl DirTarget {
             )
             .map_err(|x| io_err("changing the owner of", &e.path, x))?;
         }
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(e.mode & 0o7777))
-            .map_err(|x| io_err("changing the mode of", &e.path, x))?;
-        // A new file may inherit a default ACL from its directory.
-        let have = fd_xattrs(fd).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
-        for k in have.keys() {
-            if !e.xattrs.contains_key(k) {
-                match rustix::fs::fremovexattr(fd, OsStr::from_bytes(&k.0)) {
-                    Ok(()) | Err(Errno::NODATA) => {}
-                    Err(x) => return Err(io_err("removing an xattr of", &e.path, x)),
-                }
-            }
+        if !fresh {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(e.mode & 0o7777))
+                .map_err(|x| io_err("changing the mode of", &e.path, x))?;
         }
+        // Set without listing first: a new file holds no xattr but what it
+        // inherits (a default ACL, a security label), which the read-back
+        // check finds and removes (`verify_fd_metadata`).
         for (k, v) in &e.xattrs {
-            if have.get(k) != Some(v) {
-                rustix::fs::fsetxattr(fd, OsStr::from_bytes(&k.0), &v.0, XattrFlags::empty())
-                    .map_err(|x| super::xattr_error(&k.0, &e.path, x))?;
-            }
+            rustix::fs::fsetxattr(fd, OsStr::from_bytes(&k.0), &v.0, XattrFlags::empty())
+                .map_err(|x| super::xattr_error(&k.0, &e.path, x))?;
         }
         rustix::fs::futimens(fd, &standin_builder::tree::timestamps(e.mtime_ns))
             .map_err(|x| io_err("setting the time of", &e.path, x))
     }
 
     /// Read the metadata back through the descriptor and compare digests.
+    /// Xattrs the new file inherited (a default ACL of its directory) are
+    /// removed first.
     fn verify_fd_metadata(&self, fd: &OwnedFd, e: &Entry) -> Result<(), ApplyError> {
+        let mut xattrs = fd_xattrs(fd).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
+        if xattrs.keys().any(|k| !e.xattrs.contains_key(k)) {
+            for k in xattrs.keys().filter(|k| !e.xattrs.contains_key(*k)) {
+                match rustix::fs::fremovexattr(fd, OsStr::from_bytes(&k.0)) {
+                    Ok(()) | Err(Errno::NODATA) => {}
+                    Err(x) => return Err(io_err("removing an xattr of", &e.path, x)),
+                }
+            }
+            xattrs = fd_xattrs(fd).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
+        }
         let st = rustix::fs::fstat(fd).map_err(|x| io_err("reading", &e.path, x))?;
+        #[allow(clippy::unnecessary_cast)]
+        let mtime_ns = st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64;
+        let owner = (st.st_uid, st.st_gid);
+        // The fields metadata_digest covers, compared directly (a File
+        // record's entry has no symlink target or device numbers).
+        if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && st.st_mode & 0o7777 == e.mode
+            && (!self.preserve_owner || owner == (e.uid, e.gid))
+            && mtime_ns == e.mtime_ns
+            && st.st_size as u64 == e.size
+            && xattrs == e.xattrs
+            && e.target.is_none()
+            && e.rdev.is_none()
+        {
+            return Ok(());
+        }
         let mut got = e.clone();
         got.kind = kind_of(FileType::from_raw_mode(st.st_mode)).unwrap_or(Kind::Fifo);
         got.mode = st.st_mode & 0o7777;
         if self.preserve_owner {
-            got.uid = st.st_uid;
-            got.gid = st.st_gid;
+            (got.uid, got.gid) = owner;
         }
-        #[allow(clippy::unnecessary_cast)]
-        {
-            got.mtime_ns = st.st_mtime as i64 * 1_000_000_000 + st.st_mtime_nsec as i64;
-        }
-        got.xattrs = fd_xattrs(fd).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
+        got.mtime_ns = mtime_ns;
+        got.xattrs = xattrs;
         super::check_read_back(&got, e, Some(st.st_size as u64))
     }
+}
+
+/// This process's umask, read once from `/proc/self/status` (`None` if
+/// it cannot be read: then every file gets its mode set explicitly).
+fn umask() -> Option<u32> {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let s = std::fs::read_to_string("/proc/self/status").ok()?;
+        let v = s.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(v.trim(), 8).ok()
+    })
 }
 
 fn write_all(fd: &OwnedFd, data: &[u8]) -> Result<(), Errno> {

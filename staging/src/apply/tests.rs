@@ -193,3 +193,57 @@ fn records_that_do_not_fit_are_divergence_not_a_pause() {
         .unwrap_err();
     assert!(matches!(e, ApplyError::Inconsistent(_)), "{e}");
 }
+
+#[test]
+fn set_metadata_leaves_exactly_the_entrys_xattrs_also_inherited_ones() {
+    let (d, mut t) = target();
+    let root = d.path().join("root");
+    let get = |p: &str, name: &str| {
+        let mut buf = vec![0u8; 4096];
+        rustix::fs::lgetxattr(root.join(p), name, &mut buf[..])
+            .ok()
+            .map(|n| buf[..n].to_vec())
+    };
+    // An existing file with an xattr the source no longer has, and one
+    // whose value changed.
+    std::fs::write(root.join("f"), b"x").unwrap();
+    rustix::fs::lsetxattr(root.join("f"), "user.old", b"1", XattrFlags::empty()).unwrap();
+    rustix::fs::lsetxattr(root.join("f"), "user.keep", b"a", XattrFlags::empty()).unwrap();
+    let mut e = entry("f", Kind::File, 0o640);
+    e.size = 1;
+    e.xattrs
+        .insert(Xattr(b"user.keep".to_vec()), Xattr(b"b".to_vec()));
+    t.apply(&Record::SetMetadata(e.clone())).unwrap();
+    assert_eq!(get("f", "user.old"), None);
+    assert_eq!(get("f", "user.keep"), Some(b"b".to_vec()));
+    // Applying it again changes nothing and still verifies.
+    t.apply(&Record::SetMetadata(e)).unwrap();
+    // A directory made inside one with a default ACL inherits an access
+    // and a default ACL; the source's directory has neither.
+    std::fs::create_dir(root.join("acl")).unwrap();
+    let acl = [
+        2u8, 0, 0, 0, // version
+        1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, // USER_OBJ rwx
+        2, 0, 7, 0, 0xe8, 3, 0, 0, // USER 1000 rwx
+        4, 0, 5, 0, 0xff, 0xff, 0xff, 0xff, // GROUP_OBJ r-x
+        0x10, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, // MASK rwx
+        0x20, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, // OTHER ---
+    ];
+    rustix::fs::lsetxattr(
+        root.join("acl"),
+        "system.posix_acl_default",
+        &acl,
+        XattrFlags::empty(),
+    )
+    .expect("setting a default ACL (the temp dir's filesystem must support ACLs, as ext4 does)");
+    let mut sub = entry("acl/sub", Kind::Dir, 0o755);
+    sub.size = 0;
+    t.apply(&Record::Create(sub)).unwrap();
+    assert_eq!(get("acl/sub", "system.posix_acl_default"), None);
+    assert_eq!(get("acl/sub", "system.posix_acl_access"), None);
+    let m = std::fs::symlink_metadata(root.join("acl/sub")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777,
+        0o755
+    );
+}

@@ -65,6 +65,8 @@ pub fn replay_locked(dir: &Path, _lock: &ApplyLock) -> Result<u64> {
         target: None,
         factory: default_factory(dir),
         lock_held: true,
+        lazy_saved_at: None,
+        lazy_save_every: super::LAZY_SAVE_EVERY,
     };
     store
         .recover()

@@ -328,3 +328,73 @@ fn the_same_mirror_started_again_only_updates_its_totals() {
     let m = s.state().mirror.clone().unwrap();
     assert_eq!((m.mirror_id.as_str(), m.bytes_applied), ("n", 0));
 }
+
+#[test]
+fn file_digests_hashed_ahead_are_checked_record_by_record() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = open(d.path());
+    let (c, raw) = cs(1, vec![whole("a", b"1"), whole("b", b"22")]);
+    let mut digests = crate::store::file_data_digests(&c);
+    assert_eq!(digests.len(), 2);
+    assert_eq!(digests[1], Some(Sha256::digest(b"22").into()));
+    // A digest that does not match its record refuses that record only.
+    digests[0] = Some([7; 32]);
+    match s.receive_hashed(&raw, &c, &digests).unwrap() {
+        Received::Applied { seq: 1, problems } => {
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].contains("record 0"), "{problems:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let root = s.staging_root("src");
+    assert!(!root.join("a").exists());
+    assert_eq!(std::fs::read(root.join("b")).unwrap(), b"22");
+}
+
+#[test]
+fn an_open_mirror_writes_its_state_durably_at_most_once_per_interval() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = open(d.path());
+    s.lazy_save_every = std::time::Duration::from_secs(3600);
+    s.mirror_start(&MirrorStart {
+        mirror_id: "m".into(),
+        mode: standin_link::message::MirrorMode::Full,
+        total_entries: 3,
+        total_bytes: 3,
+        first_seq: 1,
+    })
+    .unwrap();
+    let on_disk = || {
+        crate::state::TargetState::load(d.path())
+            .unwrap()
+            .last_applied_seq
+    };
+    for seq in 1..=3 {
+        let (c, raw) = cs(seq, vec![whole(&format!("f{seq}"), b"x")]);
+        assert!(s.unjournaled(&c));
+        assert!(matches!(
+            s.receive(&raw, &c).unwrap(),
+            Received::Applied { .. }
+        ));
+    }
+    // The first set was written; the next two only in memory.
+    assert_eq!(s.state().last_applied_seq, 3);
+    assert_eq!(on_disk(), 1);
+    // A crash now: the target says 1, the agent (acked up to 3) sees it is
+    // ahead and runs a difference mirror; the files are whole.
+    let root = s.staging_root("src");
+    assert_eq!(std::fs::read(root.join("f3")).unwrap(), b"x");
+    // The mirror's end writes everything.
+    s.mirror_end(&MirrorEnd {
+        mirror_id: "m".into(),
+        last_seq: 3,
+        root_digest: None,
+    })
+    .unwrap();
+    assert_eq!(on_disk(), 3);
+    // After the mirror every set is written at once.
+    let (c, raw) = cs(4, vec![whole("g", b"y")]);
+    assert!(!s.unjournaled(&c));
+    s.receive(&raw, &c).unwrap();
+    assert_eq!(on_disk(), 4);
+}

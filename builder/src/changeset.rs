@@ -26,8 +26,8 @@ use crate::entry::{Entry, Kind};
 
 mod codec;
 mod encoder;
+use codec::{decode_record, kind_tag, limit, put_bytes, put_opt, Reader};
 pub use encoder::SetEncoder;
-use codec::{decode_record, encode_record, kind_tag, limit, put_bytes, put_opt, Reader};
 
 const MAGIC: &[u8; 4] = b"SICS";
 /// Version written when a set holds only version-1 records (older targets

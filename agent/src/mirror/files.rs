@@ -34,54 +34,56 @@ pub fn whole_file(e: &Entry) -> bool {
 /// [`FILE_RECORD_MAX`] since the scan (then it travels in extents).
 pub type ReadResult = std::io::Result<Option<Record>>;
 
-/// Bytes read ahead (and whether the consumer is gone).
+/// Files (or bytes) the reader hands over at once: one wake-up of the
+/// mirror loop per batch, not per file.
+const BATCH_FILES: usize = 32;
+const BATCH_BYTES: u64 = 512 << 10;
+
+/// Bytes read ahead, and the two sides' states.
 struct Budget {
-    used: Mutex<(u64, bool)>,
+    used: Mutex<Used>,
     freed: Condvar,
 }
+
+#[derive(Default)]
+struct Used {
+    bytes: u64,
+    /// The consumer is gone: the reader stops.
+    stop: bool,
+    /// The reader waits for room (the consumer wakes it).
+    waiting: bool,
+}
+
+type Batch = Vec<(ReadResult, u64)>;
 
 /// The reader thread: its input (files to read, in order) and its output
 /// (their records, in the same order).
 pub struct ReadAhead {
     input: Option<std::sync::mpsc::Sender<(PathBuf, Entry)>>,
-    rx: mpsc::UnboundedReceiver<(ReadResult, u64)>,
+    rx: mpsc::UnboundedReceiver<Batch>,
+    ready: std::collections::VecDeque<ReadResult>,
     budget: Arc<Budget>,
 }
 
 impl ReadAhead {
     /// Start the reader thread; give it files with [`ReadAhead::push`].
-    pub fn start() -> ReadAhead {
+    /// It reads into buffers from `pool` (the consumer gives them back).
+    pub fn start(pool: Arc<Pool>) -> ReadAhead {
         let (input, files) = std::sync::mpsc::channel::<(PathBuf, Entry)>();
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Budget {
-            used: Mutex::new((0, false)),
+            used: Mutex::new(Used::default()),
             freed: Condvar::new(),
         });
         let b = budget.clone();
         std::thread::Builder::new()
             .name("mirror-read".into())
-            .spawn(move || {
-                for (abs, e) in files {
-                    let want = e.size.min(READ_AHEAD);
-                    {
-                        let mut used = b.used.lock().unwrap_or_else(|x| x.into_inner());
-                        while !used.1 && used.0 > 0 && used.0 + want > READ_AHEAD {
-                            used = b.freed.wait(used).unwrap_or_else(|x| x.into_inner());
-                        }
-                        if used.1 {
-                            return;
-                        }
-                        used.0 += want;
-                    }
-                    if tx.send((read_file(&abs, e), want)).is_err() {
-                        return;
-                    }
-                }
-            })
+            .spawn(move || read_loop(files, tx, &b, &pool))
             .expect("spawning the mirror reader thread");
         ReadAhead {
             input: Some(input),
             rx,
+            ready: Default::default(),
             budget,
         }
     }
@@ -94,13 +96,19 @@ impl ReadAhead {
         }
     }
 
-    /// The next file's record (in the order given to [`ReadAhead::start`]).
+    /// The next file's record (in the order given to [`ReadAhead::push`]).
     pub async fn next(&mut self) -> Option<ReadResult> {
-        let (r, want) = self.rx.recv().await?;
-        let mut used = self.budget.used.lock().unwrap_or_else(|x| x.into_inner());
-        used.0 = used.0.saturating_sub(want);
-        self.budget.freed.notify_all();
-        Some(r)
+        if self.ready.is_empty() {
+            let batch = self.rx.recv().await?;
+            let bytes: u64 = batch.iter().map(|(_, w)| w).sum();
+            self.ready.extend(batch.into_iter().map(|(r, _)| r));
+            let mut used = self.budget.used.lock().unwrap_or_else(|x| x.into_inner());
+            used.bytes = used.bytes.saturating_sub(bytes);
+            if used.waiting {
+                self.budget.freed.notify_all();
+            }
+        }
+        self.ready.pop_front()
     }
 }
 
@@ -109,16 +117,133 @@ impl Drop for ReadAhead {
         self.input = None;
         // Wake the reader so that it stops instead of waiting for room.
         let mut used = self.budget.used.lock().unwrap_or_else(|x| x.into_inner());
-        used.1 = true;
+        used.stop = true;
         self.budget.freed.notify_all();
     }
 }
 
-fn read_file(abs: &std::path::Path, mut e: Entry) -> ReadResult {
+/// The reader thread: read files in order, hand them over in batches,
+/// never more than [`READ_AHEAD`] bytes ahead of the consumer.
+fn read_loop(
+    files: std::sync::mpsc::Receiver<(PathBuf, Entry)>,
+    tx: mpsc::UnboundedSender<Batch>,
+    b: &Budget,
+    pool: &Pool,
+) {
+    let mut batch: Batch = Vec::new();
+    let mut batch_bytes = 0u64;
+    // Hand the batch over; false when the consumer is gone.
+    let flush = |batch: &mut Batch, bytes: &mut u64| -> bool {
+        *bytes = 0;
+        batch.is_empty() || tx.send(std::mem::take(batch)).is_ok()
+    };
+    loop {
+        let next = match files.try_recv() {
+            Ok(f) => Some(f),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                // Nothing more to read for now: hand over what was read.
+                if !flush(&mut batch, &mut batch_bytes) {
+                    return;
+                }
+                files.recv().ok()
+            }
+        };
+        let Some((abs, e)) = next else {
+            flush(&mut batch, &mut batch_bytes);
+            return;
+        };
+        let want = e.size.min(READ_AHEAD);
+        let mut used = b.used.lock().unwrap_or_else(|x| x.into_inner());
+        if used.bytes > 0 && used.bytes + want > READ_AHEAD && !batch.is_empty() {
+            // Room comes only from what the consumer has: hand it over.
+            drop(used);
+            if !flush(&mut batch, &mut batch_bytes) {
+                return;
+            }
+            used = b.used.lock().unwrap_or_else(|x| x.into_inner());
+        }
+        while !used.stop && used.bytes > 0 && used.bytes + want > READ_AHEAD {
+            used.waiting = true;
+            used = b.freed.wait(used).unwrap_or_else(|x| x.into_inner());
+        }
+        used.waiting = false;
+        if used.stop {
+            return;
+        }
+        used.bytes += want;
+        drop(used);
+        batch.push((read_file(&abs, e, pool), want));
+        batch_bytes += want;
+        if (batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES)
+            && !flush(&mut batch, &mut batch_bytes)
+        {
+            return;
+        }
+    }
+}
+
+/// Buffers of file data whose records were encoded, for the reader to
+/// read the next files into: no fresh (zeroed, faulted-in) pages per file.
+/// A buffer is cleared before it is handed out again, and only handed out
+/// for a file it fits without growing, at most twice the file's size, so
+/// what the read-ahead holds stays within twice [`READ_AHEAD`].
+#[derive(Default)]
+pub struct Pool {
+    bufs: Mutex<(Vec<Vec<u8>>, usize)>,
+}
+
+/// Buffers below this come from the allocator's free lists anyway.
+const POOL_MIN: usize = 64 << 10;
+/// Most bytes (capacity) the pool keeps.
+const POOL_MAX: usize = 32 << 20;
+
+impl Pool {
+    /// An empty buffer with room for `want` bytes.
+    pub fn take(&self, want: usize) -> Vec<u8> {
+        if want >= POOL_MIN / 2 {
+            let mut g = self.bufs.lock().unwrap_or_else(|x| x.into_inner());
+            let (bufs, total) = &mut *g;
+            let best = bufs
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= want && b.capacity() <= 2 * want.max(POOL_MIN))
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            if let Some(i) = best {
+                let b = bufs.swap_remove(i);
+                *total -= b.capacity();
+                debug_assert!(b.is_empty());
+                return b;
+            }
+        }
+        Vec::with_capacity(want)
+    }
+
+    /// Give back a buffer whose bytes were used (they are cleared here).
+    pub fn give(&self, mut b: Vec<u8>) {
+        if b.capacity() < POOL_MIN {
+            return;
+        }
+        b.clear();
+        let mut g = self.bufs.lock().unwrap_or_else(|x| x.into_inner());
+        let (bufs, total) = &mut *g;
+        if *total + b.capacity() <= POOL_MAX {
+            *total += b.capacity();
+            bufs.push(b);
+        }
+    }
+}
+
+fn read_file(abs: &std::path::Path, mut e: Entry, pool: &Pool) -> ReadResult {
     let f = File::open(abs)?;
-    let mut data = Vec::with_capacity(e.size as usize);
-    f.take(FILE_RECORD_MAX + 1).read_to_end(&mut data)?;
+    let mut data = pool.take(e.size as usize);
+    if let Err(err) = (&f).take(FILE_RECORD_MAX + 1).read_to_end(&mut data) {
+        pool.give(data);
+        return Err(err);
+    }
     if data.len() as u64 > FILE_RECORD_MAX {
+        pool.give(data);
         return Ok(None);
     }
     // The file may have changed since the scan: send what was read (change

@@ -80,11 +80,12 @@ impl<'a> Sink<'a> {
         hash: bool,
         track_links: bool,
     ) -> Sink<'a> {
+        let ahead = ReadAhead::start(out.pool.clone());
         Sink {
             out,
             root,
             block_size,
-            ahead: ReadAhead::start(),
+            ahead,
             pending: VecDeque::new(),
             dirs: Vec::new(),
             recreated: HashSet::new(),

@@ -397,7 +397,8 @@ fn set_encoder_writes_the_documented_layout() {
 #[test]
 fn set_encoder_reuses_a_dirty_buffer_and_matches_encode() {
     let mut cs = sample();
-    cs.records.push(file_record("dir/whole", b"whole file data"));
+    cs.records
+        .push(file_record("dir/whole", b"whole file data"));
     let fresh = cs.encode().unwrap();
     // A buffer that held another, larger set: nothing of it may survive.
     let mut dirty = vec![0xa5u8; fresh.len() * 3];

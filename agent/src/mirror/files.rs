@@ -257,3 +257,123 @@ fn read_file(abs: &std::path::Path, mut e: Entry, pool: &Pool) -> ReadResult {
         content_sha256,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use standin_builder::entry::Kind;
+
+    fn entry(path: &str, size: u64) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            size,
+            xattrs: Default::default(),
+            target: None,
+            link: None,
+            rdev: None,
+            sparse: None,
+            sha256: None,
+        }
+    }
+
+    fn data_of(r: ReadResult) -> Vec<u8> {
+        match r.unwrap() {
+            Some(Record::File {
+                data,
+                content_sha256,
+                entry,
+            }) => {
+                assert_eq!(content_sha256, <[u8; 32]>::from(Sha256::digest(&data)));
+                assert_eq!(entry.size, data.len() as u64);
+                data
+            }
+            other => panic!("not a file record: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reused_buffer_holds_only_its_own_files_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let pool = Pool::default();
+        let big = vec![0xaau8; 300 << 10];
+        std::fs::write(d.path().join("big"), &big).unwrap();
+        let small: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(d.path().join("small"), &small).unwrap();
+        std::fs::write(d.path().join("empty"), b"").unwrap();
+
+        let a = data_of(read_file(&d.path().join("big"), entry("big", 300 << 10), &pool));
+        assert_eq!(a, big);
+        let cap = a.capacity();
+        pool.give(a);
+        // The 300 KiB buffer fits the 200 000-byte file: it is reused, and
+        // holds that file's bytes only.
+        let b = data_of(read_file(&d.path().join("small"), entry("small", 200_000), &pool));
+        assert_eq!(b.capacity(), cap, "the pooled buffer was reused");
+        assert_eq!(b, small);
+        pool.give(b);
+        // A file that shrank since the scan (entry says 250 000 bytes).
+        std::fs::write(d.path().join("small"), &small[..1000]).unwrap();
+        let c = data_of(read_file(&d.path().join("small"), entry("small", 250_000), &pool));
+        assert_eq!(c, &small[..1000]);
+        pool.give(c);
+        let e = data_of(read_file(&d.path().join("empty"), entry("empty", 0), &pool));
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn the_pool_never_hands_out_far_too_big_or_dirty_buffers_and_stays_bounded() {
+        let pool = Pool::default();
+        pool.give(vec![9u8; 4 << 20]);
+        // A 100 KiB file does not get the 4 MiB buffer (twice its size at most).
+        let b = pool.take(100 << 10);
+        assert!(b.capacity() < 4 << 20);
+        assert!(b.is_empty());
+        // A 3 MiB file does, emptied.
+        let b = pool.take(3 << 20);
+        assert_eq!(b.capacity(), 4 << 20);
+        assert!(b.is_empty());
+        // Small buffers are not kept; the total kept is bounded.
+        pool.give(Vec::with_capacity(1000));
+        for _ in 0..20 {
+            pool.give(Vec::with_capacity(4 << 20));
+        }
+        let g = pool.bufs.lock().unwrap();
+        assert!(g.1 <= POOL_MAX);
+        assert_eq!(g.1, g.0.iter().map(|b| b.capacity()).sum::<usize>());
+        assert!(g.0.iter().all(|b| b.capacity() >= POOL_MIN));
+    }
+
+    #[test]
+    fn read_ahead_returns_every_file_in_order_within_the_budget() {
+        let d = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let pool = Arc::new(Pool::default());
+        let mut ra = ReadAhead::start(pool.clone());
+        // More files and bytes than one batch and than the read-ahead.
+        let n = 300usize;
+        for i in 0..n {
+            let size = if i % 50 == 0 { 1 << 20 } else { 100 + i * 37 };
+            let p = d.path().join(format!("f{i}"));
+            std::fs::write(&p, vec![(i % 256) as u8; size]).unwrap();
+            ra.push(p, entry(&format!("f{i}"), size as u64));
+        }
+        rt.block_on(async {
+            for i in 0..n {
+                let data = data_of(ra.next().await.unwrap());
+                let size = if i % 50 == 0 { 1 << 20 } else { 100 + i * 37 };
+                assert_eq!(data.len(), size, "file {i}");
+                assert!(data.iter().all(|&b| b == (i % 256) as u8), "file {i}");
+                let used = ra.budget.used.lock().unwrap().bytes;
+                assert!(used <= READ_AHEAD, "read ahead {used} bytes");
+                pool.give(data);
+            }
+        });
+    }
+}

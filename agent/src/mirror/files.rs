@@ -9,9 +9,14 @@
 //! to the change-set writer are bounded by [`READ_AHEAD`], so the agent's
 //! memory stays flat however large the tree is.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+
+use rustix::fs::{Mode, OFlags};
 use std::sync::{Arc, Condvar, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -59,17 +64,18 @@ type Batch = Vec<(ReadResult, u64)>;
 /// The reader thread: its input (files to read, in order) and its output
 /// (their records, in the same order).
 pub struct ReadAhead {
-    input: Option<std::sync::mpsc::Sender<(PathBuf, Entry)>>,
+    input: Option<std::sync::mpsc::Sender<Entry>>,
     rx: mpsc::UnboundedReceiver<Batch>,
     ready: std::collections::VecDeque<ReadResult>,
     budget: Arc<Budget>,
 }
 
 impl ReadAhead {
-    /// Start the reader thread; give it files with [`ReadAhead::push`].
-    /// It reads into buffers from `pool` (the consumer gives them back).
-    pub fn start(pool: Arc<Pool>) -> ReadAhead {
-        let (input, files) = std::sync::mpsc::channel::<(PathBuf, Entry)>();
+    /// Start the reader thread for the tree at `root`; give it files with
+    /// [`ReadAhead::push`]. It reads into buffers from `pool` (the
+    /// consumer gives them back).
+    pub fn start(root: PathBuf, pool: Arc<Pool>) -> ReadAhead {
+        let (input, files) = std::sync::mpsc::channel::<Entry>();
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Budget {
             used: Mutex::new(Used::default()),
@@ -78,7 +84,7 @@ impl ReadAhead {
         let b = budget.clone();
         std::thread::Builder::new()
             .name("mirror-read".into())
-            .spawn(move || read_loop(files, tx, &b, &pool))
+            .spawn(move || read_loop(Dirs::new(root), files, tx, &b, &pool))
             .expect("spawning the mirror reader thread");
         ReadAhead {
             input: Some(input),
@@ -88,11 +94,12 @@ impl ReadAhead {
         }
     }
 
-    /// Queue one file (absolute path, entry) to be read after the others.
-    pub fn push(&mut self, abs: PathBuf, e: Entry) {
+    /// Queue one file (its entry, path relative to the root) to be read
+    /// after the others.
+    pub fn push(&mut self, e: Entry) {
         if let Some(i) = &self.input {
             // A stopped reader shows up in `next`.
-            let _ = i.send((abs, e));
+            let _ = i.send(e);
         }
     }
 
@@ -125,7 +132,8 @@ impl Drop for ReadAhead {
 /// The reader thread: read files in order, hand them over in batches,
 /// never more than [`READ_AHEAD`] bytes ahead of the consumer.
 fn read_loop(
-    files: std::sync::mpsc::Receiver<(PathBuf, Entry)>,
+    mut dirs: Dirs,
+    files: std::sync::mpsc::Receiver<Entry>,
     tx: mpsc::UnboundedSender<Batch>,
     b: &Budget,
     pool: &Pool,
@@ -149,7 +157,7 @@ fn read_loop(
                 files.recv().ok()
             }
         };
-        let Some((abs, e)) = next else {
+        let Some(e) = next else {
             flush(&mut batch, &mut batch_bytes);
             return;
         };
@@ -173,7 +181,8 @@ fn read_loop(
         }
         used.bytes += want;
         drop(used);
-        batch.push((read_file(&abs, e, pool), want));
+        let read = dirs.open(&e.path).and_then(|f| read_file(f, e, pool));
+        batch.push((read, want));
         batch_bytes += want;
         if (batch.len() >= BATCH_FILES || batch_bytes >= BATCH_BYTES)
             && !flush(&mut batch, &mut batch_bytes)
@@ -235,8 +244,48 @@ impl Pool {
     }
 }
 
-fn read_file(abs: &std::path::Path, mut e: Entry, pool: &Pool) -> ReadResult {
-    let f = File::open(abs)?;
+/// Opens files of the tree relative to their directory, kept open while
+/// the files come from it (tree order): one path lookup per directory
+/// instead of one per file.
+struct Dirs {
+    root: PathBuf,
+    /// The last directory (path relative to the root) and its descriptor.
+    last: Option<(Vec<u8>, OwnedFd)>,
+}
+
+impl Dirs {
+    fn new(root: PathBuf) -> Dirs {
+        Dirs { root, last: None }
+    }
+
+    /// Open `rel` for reading (symlinks followed as by [`File::open`] on
+    /// the root joined with `rel`).
+    fn open(&mut self, rel: &[u8]) -> std::io::Result<File> {
+        let (parent, name) = match rel.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&rel[..i], &rel[i + 1..]),
+            None => (&b""[..], rel),
+        };
+        if self.last.as_ref().is_none_or(|(p, _)| p != parent) {
+            self.last = None;
+            let dir = if parent.is_empty() {
+                self.root.clone()
+            } else {
+                self.root.join(OsStr::from_bytes(parent))
+            };
+            let fd = rustix::fs::open(
+                &dir,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            self.last = Some((parent.to_vec(), fd));
+        }
+        let (_, dir) = self.last.as_ref().expect("opened above");
+        let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(File::from(fd))
+    }
+}
+
+fn read_file(f: File, mut e: Entry, pool: &Pool) -> ReadResult {
     let mut data = pool.take(e.size as usize);
     if let Err(err) = (&f).take(FILE_RECORD_MAX + 1).read_to_end(&mut data) {
         pool.give(data);
@@ -281,6 +330,10 @@ mod tests {
         }
     }
 
+    fn open(p: &std::path::Path) -> File {
+        File::open(p).unwrap()
+    }
+
     fn data_of(r: ReadResult) -> Vec<u8> {
         match r.unwrap() {
             Some(Record::File {
@@ -306,22 +359,38 @@ mod tests {
         std::fs::write(d.path().join("small"), &small).unwrap();
         std::fs::write(d.path().join("empty"), b"").unwrap();
 
-        let a = data_of(read_file(&d.path().join("big"), entry("big", 300 << 10), &pool));
+        let a = data_of(read_file(
+            open(&d.path().join("big")),
+            entry("big", 300 << 10),
+            &pool,
+        ));
         assert_eq!(a, big);
         let cap = a.capacity();
         pool.give(a);
         // The 300 KiB buffer fits the 200 000-byte file: it is reused, and
         // holds that file's bytes only.
-        let b = data_of(read_file(&d.path().join("small"), entry("small", 200_000), &pool));
+        let b = data_of(read_file(
+            open(&d.path().join("small")),
+            entry("small", 200_000),
+            &pool,
+        ));
         assert_eq!(b.capacity(), cap, "the pooled buffer was reused");
         assert_eq!(b, small);
         pool.give(b);
         // A file that shrank since the scan (entry says 250 000 bytes).
         std::fs::write(d.path().join("small"), &small[..1000]).unwrap();
-        let c = data_of(read_file(&d.path().join("small"), entry("small", 250_000), &pool));
+        let c = data_of(read_file(
+            open(&d.path().join("small")),
+            entry("small", 250_000),
+            &pool,
+        ));
         assert_eq!(c, &small[..1000]);
         pool.give(c);
-        let e = data_of(read_file(&d.path().join("empty"), entry("empty", 0), &pool));
+        let e = data_of(read_file(
+            open(&d.path().join("empty")),
+            entry("empty", 0),
+            &pool,
+        ));
         assert!(e.is_empty());
     }
 
@@ -355,18 +424,31 @@ mod tests {
             .build()
             .unwrap();
         let pool = Arc::new(Pool::default());
-        let mut ra = ReadAhead::start(pool.clone());
-        // More files and bytes than one batch and than the read-ahead.
+        let mut ra = ReadAhead::start(d.path().to_path_buf(), pool.clone());
+        // More files and bytes than one batch and than the read-ahead, in
+        // the root and in directories (one left and entered again).
         let n = 300usize;
+        for dir in ["a", "a/b", "c"] {
+            std::fs::create_dir_all(d.path().join(dir)).unwrap();
+        }
+        let rel = |i: usize| match i % 7 {
+            0..=2 => format!("f{i}"),
+            3 | 4 => format!("a/b/f{i}"),
+            5 => format!("a/f{i}"),
+            _ => format!("c/f{i}"),
+        };
         for i in 0..n {
             let size = if i % 50 == 0 { 1 << 20 } else { 100 + i * 37 };
-            let p = d.path().join(format!("f{i}"));
-            std::fs::write(&p, vec![(i % 256) as u8; size]).unwrap();
-            ra.push(p, entry(&format!("f{i}"), size as u64));
+            std::fs::write(d.path().join(rel(i)), vec![(i % 256) as u8; size]).unwrap();
+            ra.push(entry(&rel(i), size as u64));
         }
         rt.block_on(async {
             for i in 0..n {
                 let data = data_of(ra.next().await.unwrap());
+                assert_eq!(
+                    data.len(),
+                    std::fs::metadata(d.path().join(rel(i))).unwrap().len() as usize
+                );
                 let size = if i % 50 == 0 { 1 << 20 } else { 100 + i * 37 };
                 assert_eq!(data.len(), size, "file {i}");
                 assert!(data.iter().all(|&b| b == (i % 256) as u8), "file {i}");

@@ -3,7 +3,7 @@
 //! (whole in extents, or only the blocks that differ).
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -164,19 +164,13 @@ fn set_buffer(sender: &Sender) -> Vec<u8> {
     b
 }
 
+/// `len` bytes of `f` at `off` (fewer at its end), into a buffer from
+/// `pool`: read into its spare room, not zeroed first.
 fn read_at(f: &File, off: u64, len: u64, pool: &Pool) -> std::io::Result<Vec<u8>> {
     let mut buf = pool.take(len as usize);
-    buf.resize(len as usize, 0);
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read_at(&mut buf[got..], off + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(got);
+    let mut r = f;
+    r.seek(SeekFrom::Start(off))?;
+    r.take(len).read_to_end(&mut buf)?;
     Ok(buf)
 }
 

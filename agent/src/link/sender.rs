@@ -712,3 +712,44 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use standin_link::frame::{read_frame, DEFAULT_MAX_FRAME};
+
+    #[test]
+    fn change_set_frames_are_read_back_whole_at_every_level() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let compressible = vec![7u8; 300_000];
+        let random: Vec<u8> = (0..300_000u64)
+            .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8)
+            .collect();
+        let tiny = b"short".to_vec();
+        let mut z = Zbuf::default();
+        rt.block_on(async {
+            // One compressor reused across sets and levels, as a session does.
+            for level in [0, 1, 3, 1, 0] {
+                for payload in [&compressible, &random, &tiny] {
+                    let body = frame_body(&mut z, payload, level).unwrap();
+                    let flags = body.0;
+                    let mut wire = Vec::new();
+                    let n = write_change_set(&mut wire, body).await.unwrap();
+                    assert_eq!(n, wire.len());
+                    if level > 0 && payload == &compressible {
+                        assert_eq!(flags, FLAG_ZSTD);
+                        assert!(n < 10_000, "compressed to {n} bytes");
+                    }
+                    if level == 0 || payload == &tiny {
+                        assert_eq!(flags, 0);
+                    }
+                    let f = read_frame(&mut &wire[..], DEFAULT_MAX_FRAME).await.unwrap();
+                    assert_eq!(f.kind, standin_link::message::kind::CHANGE_SET);
+                    assert_eq!(&f.payload, payload, "level {level}");
+                }
+            }
+        });
+    }
+}

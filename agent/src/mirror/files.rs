@@ -205,7 +205,7 @@ pub struct Pool {
 /// Buffers below this come from the allocator's free lists anyway.
 const POOL_MIN: usize = 64 << 10;
 /// Most bytes (capacity) the pool keeps.
-const POOL_MAX: usize = 32 << 20;
+const POOL_MAX: usize = 2 * READ_AHEAD as usize;
 
 impl Pool {
     /// An empty buffer with room for `want` bytes.

@@ -178,15 +178,12 @@ pub async fn mirror(
         .context("starting the mirror on the target")?;
     let counting = empty.then(|| Counting::start(opts, start));
     progress.phase("mirroring", None, None);
-    let out = SetWriter {
+    let out = SetWriter::new(
         sender,
-        records: Vec::new(),
-        bytes: 0,
-        bucket: Bucket::new(opts.bwlimit),
-        last_seq: first_seq.saturating_sub(1),
-        data: 0,
-        progress: progress.clone(),
-    };
+        Bucket::new(opts.bwlimit),
+        first_seq.saturating_sub(1),
+        progress.clone(),
+    );
     let track_links = !empty && opts.mode != MirrorMode::Full;
     let mut sink = Sink::new(out, opts.root.clone(), opts.block_size, empty, track_links);
     let mut report = MirrorReport {

@@ -25,7 +25,9 @@ use sha2::{Digest, Sha256};
 use crate::entry::{Entry, Kind};
 
 mod codec;
-use codec::{decode_record, encode_record, kind_tag, limit, put_bytes, put_opt, Reader};
+mod encoder;
+use codec::{decode_record, kind_tag, limit, put_bytes, put_opt, Reader};
+pub use encoder::SetEncoder;
 
 const MAGIC: &[u8; 4] = b"SICS";
 /// Version written when a set holds only version-1 records (older targets
@@ -271,36 +273,17 @@ impl ChangeSet {
         self.records.iter().map(Record::data_len).sum()
     }
 
-    /// Binary encoding with the trailing checksum.
+    /// Binary encoding with the trailing checksum (see [`SetEncoder`] to
+    /// encode records as they come).
     pub fn encode(&self) -> Result<Vec<u8>, ChangeSetError> {
-        let mut w = Vec::with_capacity(HEADER + 64 + self.data_len() as usize);
-        w.extend_from_slice(MAGIC);
-        let version = if self
-            .records
-            .iter()
-            .any(|r| matches!(r, Record::File { .. }))
-        {
-            VERSION_FILE_DIGEST
-        } else {
-            VERSION
-        };
-        w.extend_from_slice(&[version, 0, 0, 0]);
-        w.extend_from_slice(&self.seq.to_be_bytes());
-        w.extend_from_slice(&self.created_unix_ms.to_be_bytes());
         limit("record count", self.records.len(), MAX_RECORDS)?;
-        w.extend_from_slice(&(self.records.len() as u32).to_be_bytes());
-        let mut skip = Vec::new();
+        let mut enc = SetEncoder::with_buffer(Vec::with_capacity(
+            HEADER + 32 + self.data_len() as usize + 256 * self.records.len(),
+        ));
         for r in &self.records {
-            encode_record(&mut w, r)?;
-            if let Record::File { data, .. } = r {
-                // The data sits right before the record's 32-byte digest.
-                let end = w.len() - 32;
-                skip.push((end - data.len(), end));
-            }
+            enc.push(r)?;
         }
-        let sum = checksum(&w, &skip);
-        w.extend_from_slice(&sum);
-        Ok(w)
+        Ok(enc.finish(self.seq, self.created_unix_ms))
     }
 
     /// Decode and verify a change set (checksum, limits, tags, paths).

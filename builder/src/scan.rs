@@ -139,32 +139,7 @@ impl<'p> Scanner<'p> {
         if !meta.is_dir() {
             anyhow::bail!("root {} is not a directory", root.display());
         }
-        let mut gs = GlobSetBuilder::new();
-        for g in &opts.excludes {
-            let pat = if g.starts_with('/') || g.starts_with('*') {
-                g.clone()
-            } else {
-                format!("/{g}")
-            };
-            gs.add(Glob::new(&pat).with_context(|| format!("parsing exclude pattern {g:?}"))?);
-        }
-        let excludes = gs.build().context("building exclude patterns")?;
-        let is_slash = std::fs::canonicalize(root)
-            .map(|p| p == Path::new("/"))
-            .unwrap_or(false);
-        let keep_empty = if is_slash || opts.always_system_excludes {
-            opts.system_excludes
-                .iter()
-                .map(|s| {
-                    s.trim_start_matches('/')
-                        .trim_end_matches('/')
-                        .as_bytes()
-                        .to_vec()
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let (excludes, keep_empty) = filters(root, opts)?;
         let walk = walkdir::WalkDir::new(root)
             .follow_links(false)
             .same_file_system(opts.one_file_system)
@@ -187,6 +162,39 @@ impl<'p> Scanner<'p> {
             walk_done: false,
         })
     }
+}
+
+/// The scan's filters for `root`: the exclude globs (matched against the
+/// relative path with a leading `/`) and the directories kept empty
+/// (relative paths). Shared with [`crate::count`] so both leave out the same.
+pub(crate) fn filters(root: &Path, opts: &ScanOptions) -> Result<(GlobSet, Vec<Vec<u8>>)> {
+    let mut gs = GlobSetBuilder::new();
+    for g in &opts.excludes {
+        let pat = if g.starts_with('/') || g.starts_with('*') {
+            g.clone()
+        } else {
+            format!("/{g}")
+        };
+        gs.add(Glob::new(&pat).with_context(|| format!("parsing exclude pattern {g:?}"))?);
+    }
+    let excludes = gs.build().context("building exclude patterns")?;
+    let is_slash = std::fs::canonicalize(root)
+        .map(|p| p == Path::new("/"))
+        .unwrap_or(false);
+    let keep_empty = if is_slash || opts.always_system_excludes {
+        opts.system_excludes
+            .iter()
+            .map(|s| {
+                s.trim_start_matches('/')
+                    .trim_end_matches('/')
+                    .as_bytes()
+                    .to_vec()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok((excludes, keep_empty))
 }
 
 impl Walker {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use standin_builder::changeset::{ChangeSet, Record};
+use standin_builder::changeset::Record;
 use standin_link::frame::{read_frame, write_frame, FrameError, DEFAULT_MAX_FRAME};
 use standin_link::message::{
     Ack, ErrorMsg, Heartbeat, Hello, Message, MirrorDone, MirrorEnd, MirrorStart, Role, Welcome,

@@ -2,7 +2,9 @@
 
 use super::adapt::{Level, START_LEVEL};
 use super::*;
-use standin_link::frame::encode_frame;
+use standin_builder::changeset::SetEncoder;
+use standin_link::frame::FLAG_ZSTD;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::io::AsyncWriteExt;
 
 struct Queued {
@@ -97,7 +99,17 @@ pub(super) struct Shared {
     acked: watch::Sender<u64>,
     /// Replication's counters, once it runs (carried in heartbeats).
     counters: Mutex<Option<Arc<crate::replicate::ReplicateCounters>>>,
+    /// Buffers of acknowledged in-memory sets, for the next ones, while
+    /// `keep_buffers` is set.
+    buffers: Mutex<Vec<Vec<u8>>>,
+    keep_buffers: AtomicBool,
 }
+
+/// Most set buffers kept for reuse (the mirror keeps about three sets
+/// unacknowledged; replication's sets are small).
+const BUFFERS_KEPT: usize = 4;
+/// Largest buffer kept for reuse (a mirror's set, with room to spare).
+const BUFFER_KEPT_MAX: usize = 24 << 20;
 
 impl Shared {
     pub(super) fn stats_mut(&self) -> std::sync::MutexGuard<'_, SenderStats> {
@@ -191,6 +203,8 @@ impl Sender {
             wake: Notify::new(),
             acked,
             counters: Mutex::new(None),
+            buffers: Mutex::new(Vec::new()),
+            keep_buffers: AtomicBool::new(false),
         });
         let (control, rx) = mpsc::channel(8);
         let task = tokio::spawn(drive(shared.clone(), conn, rx));
@@ -208,23 +222,55 @@ impl Sender {
 
     /// Cut the next change set from `records` and queue it. Returns its sequence number.
     pub fn send(&self, records: Vec<Record>) -> Result<u64, SendError> {
+        let data: u64 = records.iter().map(Record::data_len).sum();
+        let mut enc = SetEncoder::with_buffer(Vec::with_capacity(
+            64 + 32 + data as usize + 256 * records.len(),
+        ));
+        for r in &records {
+            enc.push(r).map_err(|e| SendError::Other(e.into()))?;
+        }
+        self.send_encoded(enc)
+    }
+
+    /// Whether buffers of acknowledged sets are kept for [`Sender::buffer`]
+    /// (while a mirror sends big sets); `false` frees the kept ones.
+    pub fn keep_buffers(&self, keep: bool) {
+        self.shared.keep_buffers.store(keep, Ordering::Relaxed);
+        if !keep {
+            self.shared
+                .buffers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
+    }
+
+    /// An empty buffer for [`SetEncoder::with_buffer`]: one of an
+    /// acknowledged set when there is one (no fresh pages to fault in).
+    pub fn buffer(&self) -> Vec<u8> {
+        self.shared
+            .buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Cut the next change set from the records encoded in `enc` and queue
+    /// it. Returns its sequence number.
+    pub fn send_encoded(&self, enc: SetEncoder) -> Result<u64, SendError> {
+        let max_frame = self.shared.cfg.max_frame as usize;
+        if enc.len() + 32 + 2 > max_frame {
+            return Err(SendError::Other(anyhow::anyhow!(
+                "a change set of {} bytes is larger than the frame limit {max_frame}; split it",
+                enc.len() + 32
+            )));
+        }
         let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         let seq = q.next_seq;
         let created = now_ms();
-        let cs = ChangeSet {
-            seq,
-            created_unix_ms: created,
-            records,
-        };
-        let payload = cs.encode().map_err(|e| SendError::Other(e.into()))?;
+        let payload = enc.finish(seq, created);
         let len = payload.len() as u64;
-        let max_frame = self.shared.cfg.max_frame as usize;
-        if payload.len() + 2 > max_frame {
-            return Err(SendError::Other(anyhow::anyhow!(
-                "change set {seq} is {} bytes, larger than the frame limit {max_frame}; split it",
-                payload.len()
-            )));
-        }
         let cfg = &self.shared.cfg;
         let in_memory = q.bytes - q.spilled_bytes;
         let body = if in_memory + len <= cfg.queue_max_bytes
@@ -444,20 +490,33 @@ async fn wait_while_down(control: &mut mpsc::Receiver<Control>, wait: Duration) 
 
 fn on_ack(shared: &Shared, seq: u64) {
     let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+    let mut freed = Vec::new();
     while q.items.front().is_some_and(|i| i.seq <= seq) {
         let i = q.items.pop_front().expect("checked");
         q.bytes -= i.len;
-        if let Body::Disk(path) = &i.body {
-            q.spilled_sets -= 1;
-            q.spilled_bytes -= i.len;
-            if let Err(e) = std::fs::remove_file(path) {
-                warn!("removing spilled change set {}: {e}", path.display());
+        match i.body {
+            Body::Disk(path) => {
+                q.spilled_sets -= 1;
+                q.spilled_bytes -= i.len;
+                if let Err(e) = std::fs::remove_file(&path) {
+                    warn!("removing spilled change set {}: {e}", path.display());
+                }
             }
+            // Still being written by a session: it drops its copy.
+            Body::Memory(p) => freed.extend(Arc::try_unwrap(p).ok()),
         }
     }
     q.acked = q.acked.max(seq);
     let a = q.acked;
     drop(q);
+    if !freed.is_empty() && shared.keep_buffers.load(Ordering::Relaxed) {
+        let mut pool = shared.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        for b in freed {
+            if pool.len() < BUFFERS_KEPT && b.capacity() <= BUFFER_KEPT_MAX {
+                pool.push(b);
+            }
+        }
+    }
     shared.acked.send_replace(a);
 }
 
@@ -508,6 +567,8 @@ async fn session(
     let mut tick = tokio::time::interval(shared.cfg.heartbeat);
     let mut last_rx = tokio::time::Instant::now();
     let mut pending_end: VecDeque<oneshot::Sender<Result<MirrorDone>>> = VecDeque::new();
+    // The compressed frame body, reused from set to set.
+    let mut zbuf = Zbuf::default();
     loop {
         // Send everything queued beyond what this connection sent.
         loop {
@@ -531,22 +592,13 @@ async fn session(
                 }
             };
             let t0 = std::time::Instant::now();
-            let frame = encode_frame(
-                standin_link::message::kind::CHANGE_SET,
-                &payload,
-                level.get(),
-            )
-            .with_context(|| format!("compressing change set {seq}"))?;
+            let body = frame_body(&mut zbuf, &payload, level.get())
+                .with_context(|| format!("compressing change set {seq}"))?;
             let t1 = std::time::Instant::now();
-            wr.write_all(&frame)
-                .await
-                .with_context(|| format!("sending change set {seq}"))?;
-            wr.flush()
+            let n = write_change_set(&mut wr, body)
                 .await
                 .with_context(|| format!("sending change set {seq}"))?;
             level.record(payload.len() as u64, t1 - t0, t1.elapsed());
-            let n = frame.len();
-            drop(frame);
             sent_upto = seq;
             let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
             st.bytes_sent += n as u64;
@@ -597,10 +649,107 @@ async fn session(
     }
 }
 
+/// Frame payloads shorter than this are sent as they are.
+const MIN_COMPRESS: usize = 128;
+
+/// A change set's frame body and flags: compressed with zstd at `level`
+/// into `zbuf` when that helps, else the payload itself (not copied).
+fn frame_body<'a>(
+    z: &'a mut Zbuf,
+    payload: &'a [u8],
+    level: i32,
+) -> std::io::Result<(u8, &'a [u8])> {
+    if level > 0 && payload.len() >= MIN_COMPRESS {
+        let c = match &mut z.cctx {
+            Some((c, l)) if *l == level => c,
+            slot => {
+                let (c, _) = slot.insert((zstd::bulk::Compressor::new(level)?, level));
+                c
+            }
+        };
+        z.out.clear();
+        z.out
+            .reserve(zstd::zstd_safe::compress_bound(payload.len()));
+        let n = c.compress_to_buffer(payload, &mut z.out)?;
+        if n < payload.len() {
+            return Ok((FLAG_ZSTD, &z.out[..]));
+        }
+    }
+    Ok((0, payload))
+}
+
+/// The compressor of a session and its output buffer, kept from set to
+/// set (a fresh context and buffer per set cost page faults).
+#[derive(Default)]
+struct Zbuf {
+    cctx: Option<(zstd::bulk::Compressor<'static>, i32)>,
+    out: Vec<u8>,
+}
+
+/// Write one change-set frame (the layout of `standin_link::frame`) from
+/// its body without copying it into a frame buffer first. Returns the
+/// bytes put on the wire.
+async fn write_change_set<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    (flags, body): (u8, &[u8]),
+) -> std::io::Result<usize> {
+    let len = u32::try_from(body.len() + 2)
+        .map_err(|_| std::io::Error::other("frame larger than 4 GiB"))?;
+    let mut head = [0u8; 6];
+    head[..4].copy_from_slice(&len.to_be_bytes());
+    head[4] = standin_link::message::kind::CHANGE_SET;
+    head[5] = flags;
+    w.write_all(&head).await?;
+    w.write_all(body).await?;
+    w.flush().await?;
+    Ok(body.len() + 6)
+}
+
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use standin_link::frame::{read_frame, DEFAULT_MAX_FRAME};
+
+    #[test]
+    fn change_set_frames_are_read_back_whole_at_every_level() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let compressible = vec![7u8; 300_000];
+        let random: Vec<u8> = (0..300_000u64)
+            .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8)
+            .collect();
+        let tiny = b"short".to_vec();
+        let mut z = Zbuf::default();
+        rt.block_on(async {
+            // One compressor reused across sets and levels, as a session does.
+            for level in [0, 1, 3, 1, 0] {
+                for payload in [&compressible, &random, &tiny] {
+                    let body = frame_body(&mut z, payload, level).unwrap();
+                    let flags = body.0;
+                    let mut wire = Vec::new();
+                    let n = write_change_set(&mut wire, body).await.unwrap();
+                    assert_eq!(n, wire.len());
+                    if level > 0 && payload == &compressible {
+                        assert_eq!(flags, FLAG_ZSTD);
+                        assert!(n < 10_000, "compressed to {n} bytes");
+                    }
+                    if level == 0 || payload == &tiny {
+                        assert_eq!(flags, 0);
+                    }
+                    let f = read_frame(&mut &wire[..], DEFAULT_MAX_FRAME).await.unwrap();
+                    assert_eq!(f.kind, standin_link::message::kind::CHANGE_SET);
+                    assert_eq!(&f.payload, payload, "level {level}");
+                }
+            }
+        });
     }
 }

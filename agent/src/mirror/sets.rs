@@ -3,16 +3,17 @@
 //! (whole in extents, or only the blocks that differ).
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
-use standin_builder::changeset::Record;
+use standin_builder::changeset::{Record, SetEncoder};
 use standin_builder::entry::Entry;
 use standin_builder::progress::Progress;
 
+use super::files::Pool;
 use super::{abs_path, Action};
 use crate::bwlimit::Bucket;
 use crate::link::Sender;
@@ -39,20 +40,43 @@ pub(super) fn diff_blocks(abs: &Path, bs: u64, target: &[[u8; 16]]) -> Result<Ac
 }
 
 /// Cuts records into change sets and hands them to the sender, with flow
-/// control (bounded queue) and the bandwidth limit.
+/// control (bounded queue) and the bandwidth limit. Records are encoded
+/// into the set's buffer as they come, and the buffers of their data go
+/// back to [`SetWriter::pool`] for the next files.
 pub(super) struct SetWriter<'a> {
     pub sender: &'a Sender,
-    pub records: Vec<Record>,
-    pub bytes: usize,
+    /// The set being filled (its buffer is one of an acknowledged set).
+    enc: SetEncoder,
     pub bucket: Bucket,
     /// Sequence number of the last set handed to the sender.
     pub last_seq: u64,
     /// File data put into change sets.
     pub data: u64,
     pub progress: Arc<dyn Progress>,
+    /// Data buffers of encoded records, for the reader to fill again.
+    pub pool: Arc<Pool>,
 }
 
-impl SetWriter<'_> {
+impl<'a> SetWriter<'a> {
+    /// A writer whose first set gets the number after `last_seq`.
+    pub fn new(
+        sender: &'a Sender,
+        bucket: Bucket,
+        last_seq: u64,
+        progress: Arc<dyn Progress>,
+    ) -> SetWriter<'a> {
+        sender.keep_buffers(true);
+        SetWriter {
+            enc: SetEncoder::with_buffer(set_buffer(sender)),
+            sender,
+            bucket,
+            last_seq,
+            data: 0,
+            progress,
+            pool: Arc::new(Pool::default()),
+        }
+    }
+
     pub async fn push(&mut self, r: Record) -> Result<()> {
         let len = match &r {
             Record::WriteExtent { data, .. } => data.len() + 64,
@@ -88,16 +112,23 @@ impl SetWriter<'_> {
             Record::Create(_) => self.progress.advance(0, 1),
             _ => {}
         }
-        if self.bytes + len > SET_BYTES || self.records.len() >= SET_RECORDS {
+        if !self.enc.is_empty()
+            && (self.enc.len() + len > SET_BYTES || self.enc.records() >= SET_RECORDS)
+        {
             self.flush().await?;
         }
-        self.records.push(r);
-        self.bytes += len;
+        self.enc
+            .push(&r)
+            .with_context(|| format!("encoding a {} record", r.name()))?;
+        match r {
+            Record::File { data, .. } | Record::WriteExtent { data, .. } => self.pool.give(data),
+            _ => {}
+        }
         Ok(())
     }
 
     pub async fn flush(&mut self) -> Result<()> {
-        if self.records.is_empty() {
+        if self.enc.is_empty() {
             return Ok(());
         }
         loop {
@@ -107,29 +138,39 @@ impl SetWriter<'_> {
             }
             self.sender.wait_acked(st.last_acked + 1).await?;
         }
-        self.bucket.take(self.bytes as u64).await;
-        let records = std::mem::take(&mut self.records);
-        self.bytes = 0;
+        self.bucket.take(self.enc.len() as u64).await;
+        let next = SetEncoder::with_buffer(set_buffer(self.sender));
+        let enc = std::mem::replace(&mut self.enc, next);
         self.last_seq = self
             .sender
-            .send(records)
+            .send_encoded(enc)
             .map_err(|e| anyhow::anyhow!("queueing a mirror change set: {e}"))?;
         Ok(())
     }
 }
 
-fn read_at(f: &File, off: u64, len: u64) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len as usize];
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read_at(&mut buf[got..], off + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+impl Drop for SetWriter<'_> {
+    fn drop(&mut self) {
+        // Replication's sets are small: no 8 MiB buffers kept for them.
+        self.sender.keep_buffers(false);
     }
-    buf.truncate(got);
+}
+
+/// A buffer for a mirror's set: an acknowledged set's, or a new one with
+/// room for a whole set (no doubling and copying while it fills).
+fn set_buffer(sender: &Sender) -> Vec<u8> {
+    let mut b = sender.buffer();
+    b.reserve(SET_BYTES + (256 << 10));
+    b
+}
+
+/// `len` bytes of `f` at `off` (fewer at its end), into a buffer from
+/// `pool`: read into its spare room, not zeroed first.
+fn read_at(f: &File, off: u64, len: u64, pool: &Pool) -> std::io::Result<Vec<u8>> {
+    let mut buf = pool.take(len as usize);
+    let mut r = f;
+    r.seek(SeekFrom::Start(off))?;
+    r.take(len).read_to_end(&mut buf)?;
     Ok(buf)
 }
 
@@ -152,7 +193,8 @@ pub(super) async fn send_whole(
         let mut o = off;
         while o < off + len {
             let n = EXTENT.min(off + len - o);
-            let data = read_at(&f, o, n).with_context(|| format!("reading {}", abs.display()))?;
+            let data = read_at(&f, o, n, &out.pool)
+                .with_context(|| format!("reading {}", abs.display()))?;
             if data.is_empty() {
                 break;
             }
@@ -225,7 +267,7 @@ pub(super) async fn send_blocks(
             j += 1;
         }
         let off = blocks[i] * bs;
-        let data = read_at(&f, off, (j - i) as u64 * bs)
+        let data = read_at(&f, off, (j - i) as u64 * bs, &out.pool)
             .with_context(|| format!("reading {}", abs.display()))?;
         if !data.is_empty() {
             out.push(Record::WriteExtent {

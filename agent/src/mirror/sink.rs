@@ -80,11 +80,12 @@ impl<'a> Sink<'a> {
         hash: bool,
         track_links: bool,
     ) -> Sink<'a> {
+        let ahead = ReadAhead::start(root.clone(), out.pool.clone());
         Sink {
             out,
             root,
             block_size,
-            ahead: ReadAhead::start(),
+            ahead,
             pending: VecDeque::new(),
             dirs: Vec::new(),
             recreated: HashSet::new(),
@@ -102,8 +103,7 @@ impl<'a> Sink<'a> {
     /// read at once.
     pub fn push(&mut self, item: Item) {
         if matches!(item.action, Action::Create) && whole_file(&item.entry) {
-            self.ahead
-                .push(abs_path(&self.root, &item.entry.path), item.entry.clone());
+            self.ahead.push(item.entry.clone());
         }
         self.pending.push_back(item);
         self.max_pending = self.max_pending.max(self.pending.len());

@@ -373,3 +373,63 @@ fn hostile_file_records_are_refused() {
     }]);
     assert!(too_big.encode().is_err());
 }
+
+#[test]
+fn set_encoder_writes_the_documented_layout() {
+    // Built by hand from the layout in the module docs, not by the encoder.
+    let mut body = b"SICS\x01\0\0\0".to_vec();
+    body.extend_from_slice(&9u64.to_be_bytes());
+    body.extend_from_slice(&1234i64.to_be_bytes());
+    body.extend_from_slice(&1u32.to_be_bytes());
+    body.push(7);
+    body.extend_from_slice(&3u32.to_be_bytes());
+    body.extend_from_slice(b"a/b");
+    let mut enc = SetEncoder::default();
+    enc.push(&Record::Delete {
+        path: b"a/b".to_vec(),
+    })
+    .unwrap();
+    assert_eq!(enc.records(), 1);
+    assert_eq!(enc.len(), body.len());
+    assert_eq!(enc.finish(9, 1234), seal(&body));
+}
+
+#[test]
+fn set_encoder_reuses_a_dirty_buffer_and_matches_encode() {
+    let mut cs = sample();
+    cs.records
+        .push(file_record("dir/whole", b"whole file data"));
+    let fresh = cs.encode().unwrap();
+    // A buffer that held another, larger set: nothing of it may survive.
+    let mut dirty = vec![0xa5u8; fresh.len() * 3];
+    dirty.truncate(fresh.len() * 2);
+    let mut enc = SetEncoder::with_buffer(dirty);
+    for r in &cs.records {
+        enc.push(r).unwrap();
+    }
+    let bytes = enc.finish(cs.seq, cs.created_unix_ms);
+    assert_eq!(bytes, fresh);
+    assert_eq!(ChangeSet::decode(&bytes).unwrap(), cs);
+}
+
+#[test]
+fn set_encoder_drops_a_refused_record_whole() {
+    let mut enc = SetEncoder::default();
+    enc.push(&Record::Delete {
+        path: b"ok".to_vec(),
+    })
+    .unwrap();
+    let before = enc.len();
+    let long = Record::Delete {
+        path: vec![b'x'; MAX_PATH + 1],
+    };
+    assert!(enc.push(&long).is_err());
+    assert_eq!((enc.len(), enc.records()), (before, 1));
+    let cs = ChangeSet::decode(&enc.finish(1, 2)).unwrap();
+    assert_eq!(
+        cs.records,
+        vec![Record::Delete {
+            path: b"ok".to_vec()
+        }]
+    );
+}

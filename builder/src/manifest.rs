@@ -304,7 +304,7 @@ pub fn scan_tree_known(
     )
 }
 
-pub use crate::scan_cached::{scan_tree_cached, CacheCounts, CachedScan};
+pub use crate::scan_cached::{scan_tree_cached, CacheCounts, CachedScan, FileBlocks};
 
 /// The scan loop: `prepare` sees each batch first, in tree order, on the
 /// calling thread (it may fill in `sha256`); `digest_of` gives the sha256

@@ -117,6 +117,22 @@ impl Beneath {
         ))
     }
 
+    /// Only `lstat` of `path`, by its parent's descriptor: `(inode, change
+    /// time in ns, link count, is a directory)`.
+    pub fn quick_stat(&mut self, path: &[u8]) -> Option<(u64, i64, u64, bool)> {
+        let (fd, name) = self.parent_cached(path)?;
+        let st = rustix::fs::statat(fd, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        let dir =
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory;
+        #[allow(clippy::unnecessary_cast)]
+        Some((
+            st.st_ino as u64,
+            st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
+            st.st_nlink as u64,
+            dir,
+        ))
+    }
+
     /// Entries in the directory at `path`, sockets left out (as the scan does).
     pub fn count_children(&self, path: &[u8]) -> Option<u64> {
         let fd = self.open_dir(path, OFlags::RDONLY)?;

@@ -50,6 +50,12 @@ pub fn path_for(staging_root: &Path) -> PathBuf {
     staging_root.with_file_name("mirror-ledger.bin")
 }
 
+/// The ledger of the last mirror whose end it proved (its fold gave the
+/// source's root digest), kept for the next comparison ([`Prev`]).
+pub fn prev_path_for(staging_root: &Path) -> PathBuf {
+    staging_root.with_file_name("mirror-ledger.prev")
+}
+
 fn put_bytes(w: &mut Vec<u8>, b: &[u8]) {
     w.extend_from_slice(&(b.len() as u32).to_le_bytes());
     w.extend_from_slice(b);
@@ -124,6 +130,23 @@ impl Writer {
         Ok(())
     }
 
+    /// A trusted entry carried over from the last mirror's ledger
+    /// unchanged (its inode and change time were found again).
+    pub fn trusted_record(&mut self, path: &[u8], r: &Record) -> Result<()> {
+        let b = &mut self.buf;
+        b.clear();
+        b.push(1);
+        put_bytes(b, path);
+        b.extend_from_slice(&r.ino.to_le_bytes());
+        b.extend_from_slice(&r.ctime.to_le_bytes());
+        b.push(u8::from(r.dir));
+        b.extend_from_slice(&r.link_dev.to_le_bytes());
+        b.extend_from_slice(&r.file_bytes.to_le_bytes());
+        put_bytes(b, &r.canonical);
+        self.out.write_all(b)?;
+        Ok(())
+    }
+
     /// A directory whose entries are counted at the end (it held extra
     /// paths at comparison time).
     pub fn count_dir(&mut self, path: &[u8]) {
@@ -168,6 +191,143 @@ impl<R: Read> Rd<R> {
         }
         out.resize(n, 0);
         self.0.read_exact(out)
+    }
+}
+
+/// A trusted record of a ledger: the replica's entry at a path as it was
+/// when its inode had this number and change time.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub ino: u64,
+    pub ctime: i64,
+    pub dir: bool,
+    /// Device + 1 of a hard link candidate (link count > 1), else 0.
+    pub link_dev: u64,
+    pub file_bytes: u64,
+    /// The entry's root-digest bytes ([`RootDigest::canonical`]).
+    pub canonical: Vec<u8>,
+}
+
+impl Record {
+    /// Whether the source's entry `e` (its sha256 possibly a prefix of at
+    /// least 16 bytes) is this record's entry: every field of the root
+    /// digest equal, content by the sha256.
+    pub fn matches(&self, e: &Entry) -> bool {
+        let plain_file = e.kind == Kind::File && e.link.is_none();
+        if !plain_file {
+            return e.sha256.is_none() && RootDigest::canonical(e) == self.canonical;
+        }
+        let Some(sha) = e
+            .sha256
+            .as_deref()
+            .filter(|s| s.len() >= 32 && s.len() <= 64)
+        else {
+            return false;
+        };
+        let Ok(prefix) = hex::decode(sha) else {
+            return false;
+        };
+        let c = &self.canonical;
+        if c.len() < 33 || c[c.len() - 33] != 1 || !c[c.len() - 32..].starts_with(&prefix) {
+            return false;
+        }
+        let mut bare = e.clone();
+        bare.sha256 = None;
+        let b = RootDigest::canonical(&bare);
+        // `bare` ends with the 0 of "no sha256" where the record has 1 + sha256.
+        b.len() == c.len() - 32 && b[..b.len() - 1] == c[..c.len() - 33] && b[b.len() - 1] == 0
+    }
+}
+
+/// The last proven ledger ([`prev_path_for`]) read alongside the
+/// comparison's listing, both in tree order: memory is one record.
+pub struct Prev {
+    r: Rd<BufReader<File>>,
+    /// The next record not yet passed: its path and, when trusted, itself.
+    next: Option<(Vec<u8>, Option<Record>)>,
+    done: bool,
+}
+
+impl Prev {
+    /// Open the ledger at `path`; `None` when absent or not a ledger of
+    /// this version (the comparison then reads every entry).
+    pub fn open(path: &Path) -> Option<Prev> {
+        let f = File::open(path).ok()?;
+        let mut r = Rd(BufReader::with_capacity(1 << 16, f));
+        let mut head = [0u8; 5];
+        r.0.read_exact(&mut head).ok()?;
+        if &head[..4] != MAGIC || head[4] != VERSION {
+            return None;
+        }
+        Some(Prev {
+            r,
+            next: None,
+            done: false,
+        })
+    }
+
+    fn read_next(&mut self) -> std::io::Result<Option<(Vec<u8>, Option<Record>)>> {
+        let tag = self.r.u8()?;
+        if tag == 2 || tag == 255 {
+            return Ok(None);
+        }
+        let mut path = Vec::new();
+        self.r.bytes(MAX_PATH, &mut path)?;
+        match tag {
+            0 => Ok(Some((path, None))),
+            1 => {
+                let ino = self.r.u64()?;
+                let ctime = self.r.u64()? as i64;
+                let dir = self.r.u8()? != 0;
+                let link_dev = self.r.u64()?;
+                let file_bytes = self.r.u64()?;
+                let mut canonical = Vec::new();
+                self.r.bytes(MAX_CANON, &mut canonical)?;
+                Ok(Some((
+                    path,
+                    Some(Record {
+                        ino,
+                        ctime,
+                        dir,
+                        link_dev,
+                        file_bytes,
+                        canonical,
+                    }),
+                )))
+            }
+            t => Err(std::io::Error::other(format!("unknown record {t}"))),
+        }
+    }
+
+    /// The trusted record of `path`; paths must be asked in tree order
+    /// (records before `path` are passed over). A damaged ledger gives
+    /// nothing more.
+    pub fn take(&mut self, path: &[u8]) -> Option<Record> {
+        loop {
+            if self.next.is_none() {
+                if self.done {
+                    return None;
+                }
+                match self.read_next() {
+                    Ok(Some(n)) => self.next = Some(n),
+                    Ok(None) => {
+                        self.done = true;
+                        return None;
+                    }
+                    Err(e) => {
+                        tracing::debug!("last mirror ledger unusable: {e}");
+                        self.done = true;
+                        return None;
+                    }
+                }
+            }
+            let (p, _) = self.next.as_ref()?;
+            match path_cmp(p, path) {
+                std::cmp::Ordering::Less => self.next = None,
+                std::cmp::Ordering::Equal => return self.next.take()?.1,
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
     }
 }
 

@@ -239,14 +239,7 @@ impl DiffSession {
                     .zip(recs)
                     .map(|(e, rec)| {
                         let known = rec.filter(|rec| {
-                            r.quick_stat(&e.path)
-                                .is_some_and(|(ino, ctime, nlink, dir)| {
-                                    ino == rec.ino
-                                        && ctime == rec.ctime
-                                        && dir == rec.dir
-                                        && (dir || (nlink > 1) == (rec.link_dev != 0))
-                                })
-                                && rec.matches(e)
+                            r.quick_stat(&e.path).is_some_and(|q| rec.still(&q)) && rec.matches(e)
                         });
                         let seen = match known {
                             Some(rec) => Seen::Known(rec),

@@ -37,7 +37,7 @@ use anyhow::{Context, Result};
 use standin_builder::entry::{path_cmp, Entry, Kind};
 use standin_builder::manifest::RootDigest;
 
-use super::beneath::Beneath;
+use super::beneath::{Beneath, Quick};
 
 const MAGIC: &[u8; 4] = b"SILG";
 const END: &[u8; 4] = b"SILE";
@@ -76,7 +76,9 @@ impl Writer {
     /// describes the mirror in progress).
     pub fn create(path: &Path) -> Result<Writer> {
         let _ = std::fs::remove_file(path);
-        let tmp = path.with_extension("tmp");
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
         let mut out = BufWriter::with_capacity(
             1 << 16,
             File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
@@ -209,6 +211,16 @@ pub struct Record {
 }
 
 impl Record {
+    /// Whether the replica's entry `q` is still the recorded one: same
+    /// inode and change time (any write, chmod, chown, utimes, xattr,
+    /// rename or link change moves it), type and hard-link candidacy.
+    pub fn still(&self, q: &Quick) -> bool {
+        q.ino == self.ino
+            && q.ctime == self.ctime
+            && q.dir == self.dir
+            && (q.dir || (q.nlink > 1) == (self.link_dev != 0))
+    }
+
     /// Whether the source's entry `e` (its sha256 possibly a prefix of at
     /// least 16 bytes) is this record's entry: every field of the root
     /// digest equal, content by the sha256.
@@ -299,6 +311,50 @@ impl Prev {
         }
     }
 
+    /// For each record, whether it still holds for the replica at `root`
+    /// (`None` when the ledger is damaged).
+    fn holding(mut self, root: &Path) -> Option<Vec<bool>> {
+        let mut replica = Beneath::new(root).ok()?;
+        let mut out = Vec::new();
+        while let Some((path, rec)) = self.read_next().ok()? {
+            out.push(rec.is_some_and(|r| replica.quick_stat(&path).is_some_and(|q| r.still(&q))));
+        }
+        Some(out)
+    }
+
+    /// Rewrite the ledger (read by `self`) at `path`: records that held
+    /// before the snapshot (`holding`) take the entry's inode change time
+    /// and link count now; the others are to be read again. How many were
+    /// carried over.
+    fn restamp(mut self, root: &Path, path: &Path, holding: &[bool]) -> Result<u64> {
+        let mut replica = Beneath::new(root)?;
+        let mut w = Writer::create(path)?;
+        let mut n = 0;
+        let mut i = 0;
+        while let Some((p, rec)) = self.read_next()? {
+            let held = holding.get(i).copied().unwrap_or(false);
+            i += 1;
+            match (rec, held, replica.quick_stat(&p)) {
+                (Some(mut r), true, Some(q)) if q.ino == r.ino && q.dir == r.dir => {
+                    r.ctime = q.ctime;
+                    r.link_dev = if !q.dir && q.nlink > 1 {
+                        q.dev.wrapping_add(1)
+                    } else {
+                        0
+                    };
+                    w.trusted_record(&p, &r)?;
+                    n += 1;
+                }
+                _ => w.recheck(&p)?,
+            }
+        }
+        if i != holding.len() {
+            anyhow::bail!("the last mirror ledger changed during the snapshot");
+        }
+        w.finish()?;
+        Ok(n)
+    }
+
     /// The trusted record of `path`; paths must be asked in tree order
     /// (records before `path` are passed over). A damaged ledger gives
     /// nothing more.
@@ -329,6 +385,37 @@ impl Prev {
             }
         }
     }
+}
+
+/// Run `snapshot` (taking a snapshot and pruning old ones; the caller
+/// holds the store, so no change set is applied meanwhile) and carry the
+/// last proven ledger ([`prev_path_for`]) of the replica at `root` across
+/// it. Hard links a snapshot adds or removes move the change time of the
+/// replica's files, which would leave no record trusted: each record still
+/// holding right before is given its entry's change time and link count
+/// right after (a snapshot changes nothing else of the replica).
+pub fn across_snapshot<T>(root: &Path, snapshot: impl FnOnce() -> Result<T>) -> Result<T> {
+    let prev = prev_path_for(root);
+    let t0 = std::time::Instant::now();
+    let holding = Prev::open(&prev).and_then(|p| p.holding(root));
+    let out = snapshot();
+    if let Some(holding) = holding {
+        let restamped = Prev::open(&prev)
+            .ok_or_else(|| anyhow::anyhow!("the last mirror ledger vanished"))
+            .and_then(|p| p.restamp(root, &prev, &holding));
+        match restamped {
+            Ok(n) => tracing::debug!(
+                restamped = n,
+                ms = t0.elapsed().as_millis() as u64,
+                "last mirror ledger carried across the snapshot"
+            ),
+            Err(e) => {
+                tracing::warn!("carrying the last mirror ledger across a snapshot: {e:#}");
+                let _ = std::fs::remove_file(&prev);
+            }
+        }
+    }
+    out
 }
 
 /// What the ledger gave at `MirrorEnd`.

@@ -60,6 +60,29 @@ pub struct Scanned {
     pub abs: PathBuf,
     /// A regular file's stamp from the same `lstat` (for digest caches).
     pub stamp: Option<Stamp>,
+    /// The entry's inode from the same `lstat` (any entry).
+    pub inode: Inode,
+}
+
+/// Where an entry lives and when its inode last changed, from its `lstat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Inode {
+    pub dev: u64,
+    pub ino: u64,
+    pub ctime_ns: i64,
+    pub nlink: u64,
+}
+
+impl Inode {
+    /// The inode of `md`.
+    pub fn of(md: &std::fs::Metadata) -> Inode {
+        Inode {
+            dev: md.dev(),
+            ino: md.ino(),
+            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+            nlink: md.nlink(),
+        }
+    }
 }
 
 /// Paths the walk hands to the parallel `lstat` + xattr step at a time.
@@ -111,6 +134,7 @@ enum Statted {
     Entry {
         entry: Box<Entry>,
         stamp: Option<Stamp>,
+        inode: Inode,
         key: Option<(u64, u64)>,
         abs: PathBuf,
     },
@@ -335,6 +359,7 @@ impl Scanner<'_> {
                 Statted::Entry {
                     mut entry,
                     stamp,
+                    inode,
                     key,
                     abs,
                 } => {
@@ -350,6 +375,7 @@ impl Scanner<'_> {
                         entry: *entry,
                         abs,
                         stamp,
+                        inode,
                     })
                 }
                 Statted::Socket(abs) => {
@@ -389,6 +415,7 @@ fn stat_walked(w: Walked) -> Statted {
             Statted::Entry {
                 entry: Box::new(entry),
                 stamp: Stamp::of_metadata(&md),
+                inode: Inode::of(&md),
                 key,
                 abs,
             }

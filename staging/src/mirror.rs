@@ -494,6 +494,20 @@ fn classify(e: &Entry, got: Option<&Entry>, block_size: u32) -> Pending {
 /// computed and that have not changed since (see [`crate::digest_cache`])
 /// are not read again.
 pub fn replica_digest(root: &Path) -> Result<String> {
+    Ok(replica_digest_recorded(root, None)?.0)
+}
+
+/// [`replica_digest`]; with `ledger`, every entry the walk read is written
+/// there as a trusted record (see [`ledger`]), so the next comparison can
+/// start from it. Whether the ledger was written.
+fn replica_digest_recorded(root: &Path, ledger: Option<&Path>) -> Result<(String, bool)> {
+    let mut w = ledger.and_then(|p| match ledger::Writer::create(p) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::debug!("{e:#}; the walk of the replica writes no ledger");
+            None
+        }
+    });
     let opts = ScanOptions {
         excludes: Vec::new(),
         one_file_system: true,
@@ -502,14 +516,22 @@ pub fn replica_digest(root: &Path) -> Result<String> {
     };
     let known = |st: &Stamp| crate::digest_cache::lookup_stamp(st);
     let s =
-        standin_builder::manifest::scan_tree_known(root, &opts, &NoProgress, &known, |_| Ok(()))
-            .with_context(|| {
-                format!(
-                    "computing the root digest of the replica {}",
-                    root.display()
-                )
-            })?;
-    Ok(s.root_digest)
+        standin_builder::manifest::scan_tree_known_scanned(root, &opts, &NoProgress, &known, |s| {
+            if let Some(wr) = w.as_mut() {
+                if wr.trusted_inode(&s.entry, &s.inode).is_err() {
+                    w = None;
+                }
+            }
+            Ok(())
+        })
+        .with_context(|| {
+            format!(
+                "computing the root digest of the replica {}",
+                root.display()
+            )
+        })?;
+    let written = w.is_some_and(|w| w.finish().is_ok());
+    Ok((s.root_digest, written))
 }
 
 /// Set to force the full walk of the replica for the root digest check
@@ -553,7 +575,9 @@ fn checked_digest_by(root: &Path, want: &str) -> Result<(String, bool)> {
             None => {}
         }
     }
-    Ok((replica_digest(root)?, false))
+    // The walk's records replace the comparison's ledger: they describe
+    // the replica as it is now.
+    replica_digest_recorded(root, Some(&ledger))
 }
 
 /// The root digest check at a mirror's end ([`checked_digest`]); a ledger
@@ -834,6 +858,33 @@ mod tests {
         let (states, known, read) = compare_all(&rep, &es);
         assert!(states.is_empty(), "{states:?}");
         assert_eq!((known, read), (es.len() as u64, 0));
+        assert_eq!(check_and_keep(&rep, &want).unwrap(), want);
+
+        // A snapshot's hard links move every file's change time; the ledger
+        // is carried across it, except for an entry changed before it.
+        let snap = t.path().join("snap");
+        sh(&format!("chmod 640 {}/d/f6", rep.display()));
+        ledger::across_snapshot(&rep, || {
+            sh(&format!("cp -al {} {}", rep.display(), snap.display()));
+            Ok(())
+        })
+        .unwrap();
+        let (states, known, read) = compare_all(&rep, &es);
+        assert_eq!(states.get("d/f6").map(String::as_str), Some("metadata"));
+        assert_eq!(states.len(), 1, "{states:?}");
+        assert_eq!(
+            read, 1,
+            "only the entry changed before the snapshot is read"
+        );
+        assert_eq!(known, es.len() as u64 - 1);
+        sh(&format!("chmod 644 {}/d/f6", rep.display()));
+        sh(&format!("rm -rf {}", snap.display()));
+        // The full walk (no comparison ledger) records the replica too.
+        std::fs::remove_file(ledger::path_for(&rep)).ok();
+        assert_eq!(check_and_keep(&rep, &want).unwrap(), want);
+        let (states, known, _) = compare_all(&rep, &es);
+        assert!(states.is_empty(), "{states:?}");
+        assert_eq!(known, es.len() as u64, "the walk's records are used");
         assert_eq!(check_and_keep(&rep, &want).unwrap(), want);
 
         // Changes behind standin's back on the replica, and on the source:

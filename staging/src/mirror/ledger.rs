@@ -36,6 +36,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use standin_builder::entry::{path_cmp, Entry, Kind};
 use standin_builder::manifest::RootDigest;
+use standin_builder::scan::Inode;
 
 use super::beneath::{Beneath, Quick};
 
@@ -106,17 +107,20 @@ impl Writer {
     /// An entry of the replica equal to the source's: `e` as the replica
     /// holds it (with its full sha256 when a regular file), `md` its `lstat`.
     pub fn trusted(&mut self, e: &Entry, md: &std::fs::Metadata) -> Result<()> {
-        use std::os::unix::fs::MetadataExt;
+        self.trusted_inode(e, &Inode::of(md))
+    }
+
+    /// [`Writer::trusted`] with the entry's inode.
+    pub fn trusted_inode(&mut self, e: &Entry, inode: &Inode) -> Result<()> {
         let b = &mut self.buf;
         b.clear();
         b.push(1);
         put_bytes(b, &e.path);
-        b.extend_from_slice(&md.ino().to_le_bytes());
-        let ctime = md.ctime() * 1_000_000_000 + md.ctime_nsec();
-        b.extend_from_slice(&ctime.to_le_bytes());
+        b.extend_from_slice(&inode.ino.to_le_bytes());
+        b.extend_from_slice(&inode.ctime_ns.to_le_bytes());
         b.push(u8::from(e.kind == Kind::Dir));
-        let link_dev = if e.kind != Kind::Dir && md.nlink() > 1 {
-            md.dev().wrapping_add(1)
+        let link_dev = if e.kind != Kind::Dir && inode.nlink > 1 {
+            inode.dev.wrapping_add(1)
         } else {
             0
         };

@@ -61,7 +61,9 @@ pub struct DiffSession {
     read: u64,
 }
 
-/// What the comparison knows of a replica entry.
+/// What the comparison knows of a replica entry (held a batch at a time,
+/// so the variants' sizes do not matter).
+#[allow(clippy::large_enum_variant)]
 enum Seen {
     /// Read: the entry (no sha256) and its `lstat`; `None` when absent.
     Read(Option<(Entry, std::fs::Metadata)>),

@@ -502,78 +502,141 @@ fn trailer(ledger: &Path) -> std::io::Result<HashSet<Vec<u8>>> {
     }
 }
 
+/// One record of a ledger being folded, with what the replica says now.
+struct Folded {
+    path: Vec<u8>,
+    /// A trusted record: (inode, change time, dir, link dev + 1, file bytes, canonical).
+    rec: Option<(u64, i64, bool, u64, u64, Vec<u8>)>,
+    /// The record still holds (inode and change time unchanged).
+    holds: bool,
+    /// Otherwise the entry read again (sha256 of a regular file filled in
+    /// unless unreadable) and its `lstat`.
+    read: Option<(Entry, std::fs::Metadata, bool)>,
+    /// Entries of a directory to count.
+    children: Option<u64>,
+}
+
+/// Records folded at a time: their `lstat`s (and the reads of changed
+/// entries) run in parallel, the fold itself in order.
+const FOLD_CHUNK: usize = 4096;
+
 fn fold<R: Read>(
     root: &Path,
     r: &mut Rd<R>,
     count_dirs: &HashSet<Vec<u8>>,
 ) -> std::io::Result<Outcome> {
+    use rayon::prelude::*;
+    use std::os::unix::fs::MetadataExt;
     let mut head = [0u8; 5];
     r.0.read_exact(&mut head)?;
-    let mut replica = Beneath::new(root).map_err(std::io::Error::other)?;
+    let replica = Beneath::new(root).map_err(std::io::Error::other)?;
     let mut rd = RootDigest::new();
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     // Directories whose entries are counted: (on disk, listed).
     let mut counted: HashMap<Vec<u8>, (u64, u64)> = HashMap::new();
     let mut prev: Option<Vec<u8>> = None;
-    let mut path = Vec::new();
-    let mut canon = Vec::new();
     let (mut reused, mut reread) = (0u64, 0u64);
-    loop {
-        let tag = r.u8()?;
-        if tag == 2 || tag == 255 {
-            break;
-        }
-        r.bytes(MAX_PATH, &mut path)?;
-        if let Some(p) = &prev {
-            if path_cmp(p, &path) != std::cmp::Ordering::Less {
-                return Ok(Outcome::Unsure("ledger out of tree order".into()));
+    let mut ended = false;
+    while !ended {
+        let mut chunk = Vec::with_capacity(FOLD_CHUNK);
+        while chunk.len() < FOLD_CHUNK {
+            let tag = r.u8()?;
+            if tag == 2 || tag == 255 {
+                ended = true;
+                break;
             }
-        }
-        if let Some(c) = parent_of(&path).and_then(|p| counted.get_mut(p)) {
-            c.1 += 1;
-        }
-        let mut trusted = false;
-        let mut is_dir = false;
-        if tag == 1 {
-            let ino = r.u64()?;
-            let ctime = r.u64()? as i64;
-            is_dir = r.u8()? != 0;
-            let link_dev = r.u64()?;
-            let file_bytes = r.u64()?;
-            r.bytes(MAX_CANON, &mut canon)?;
-            if replica.change_stamp(&path) == Some((ino, ctime)) {
-                trusted = true;
-                rd.add_canonical(&canon, file_bytes);
-                if link_dev != 0 {
-                    links
-                        .entry((link_dev - 1, ino))
-                        .or_insert_with(|| path.clone());
+            let mut path = Vec::new();
+            r.bytes(MAX_PATH, &mut path)?;
+            let rec = match tag {
+                0 => None,
+                1 => {
+                    let ino = r.u64()?;
+                    let ctime = r.u64()? as i64;
+                    let is_dir = r.u8()? != 0;
+                    let link_dev = r.u64()?;
+                    let file_bytes = r.u64()?;
+                    let mut canon = Vec::new();
+                    r.bytes(MAX_CANON, &mut canon)?;
+                    Some((ino, ctime, is_dir, link_dev, file_bytes, canon))
                 }
-                reused += 1;
-            }
-        } else if tag != 0 {
-            return Err(std::io::Error::other(format!("unknown record {tag}")));
+                t => return Err(std::io::Error::other(format!("unknown record {t}"))),
+            };
+            chunk.push(Folded {
+                path,
+                rec,
+                holds: false,
+                read: None,
+                children: None,
+            });
         }
-        if !trusted {
-            reread += 1;
-            if let Some((mut e, _)) = replica.stat(&path, &mut links) {
-                if e.kind == Kind::File && e.link.is_none() {
-                    match replica.hash(&path, e.size) {
-                        Some(d) => e.sha256 = Some(hex::encode(d)),
-                        None => {
-                            return Ok(Outcome::Unsure(format!("cannot read {}", e.display_path())))
+        chunk.par_chunks_mut(64).for_each(|part| {
+            let mut rep = replica.fork();
+            for f in part {
+                f.holds = f.rec.as_ref().is_some_and(|(ino, ctime, ..)| {
+                    rep.change_stamp(&f.path) == Some((*ino, *ctime))
+                });
+                let mut is_dir = f.holds && f.rec.as_ref().is_some_and(|r| r.2);
+                if !f.holds {
+                    if let Some((mut e, md)) = rep.stat(&f.path, &mut HashMap::new()) {
+                        let mut readable = true;
+                        if e.kind == Kind::File && e.link.is_none() {
+                            match rep.hash(&f.path, e.size) {
+                                Some(d) => e.sha256 = Some(hex::encode(d)),
+                                None => readable = false,
+                            }
                         }
+                        is_dir = e.kind == Kind::Dir;
+                        f.read = Some((e, md, readable));
                     }
                 }
-                is_dir = e.kind == Kind::Dir;
-                rd.add(&e);
+                if is_dir && (!f.holds || count_dirs.contains(&f.path)) {
+                    f.children = Some(rep.count_children(&f.path).unwrap_or(u64::MAX));
+                }
             }
+        });
+        for f in chunk {
+            if let Some(p) = &prev {
+                if path_cmp(p, &f.path) != std::cmp::Ordering::Less {
+                    return Ok(Outcome::Unsure("ledger out of tree order".into()));
+                }
+            }
+            if let Some(c) = parent_of(&f.path).and_then(|p| counted.get_mut(p)) {
+                c.1 += 1;
+            }
+            if f.holds {
+                let (ino, _, _, link_dev, file_bytes, canon) =
+                    f.rec.as_ref().expect("a record that holds");
+                rd.add_canonical(canon, *file_bytes);
+                if *link_dev != 0 {
+                    links
+                        .entry((link_dev - 1, *ino))
+                        .or_insert_with(|| f.path.clone());
+                }
+                reused += 1;
+            } else {
+                reread += 1;
+                if let Some((mut e, md, readable)) = f.read {
+                    if e.kind != Kind::Dir && md.nlink() > 1 {
+                        let key = (md.dev(), md.ino());
+                        if let Some(first) = links.get(&key) {
+                            e.link = Some(first.clone());
+                            e.sparse = None;
+                            e.sha256 = None;
+                        } else {
+                            links.insert(key, e.path.clone());
+                        }
+                    }
+                    if e.kind == Kind::File && e.link.is_none() && !readable {
+                        return Ok(Outcome::Unsure(format!("cannot read {}", e.display_path())));
+                    }
+                    rd.add(&e);
+                }
+            }
+            if let Some(n) = f.children {
+                counted.insert(f.path.clone(), (n, 0));
+            }
+            prev = Some(f.path);
         }
-        if is_dir && (!trusted || count_dirs.contains(&path)) {
-            let n = replica.count_children(&path).unwrap_or(u64::MAX);
-            counted.insert(path.clone(), (n, 0));
-        }
-        prev = Some(std::mem::take(&mut path));
     }
     for (dir, (disk, listed)) in &counted {
         if disk != listed {

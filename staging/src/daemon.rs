@@ -420,9 +420,15 @@ async fn monitor_loop(shared: Arc<Shared>) {
                             )?;
                             anyhow::Ok((meta, gone))
                         };
-                        match replica {
-                            Some(root) => crate::mirror::ledger::across_snapshot(&root, snapshot),
-                            None => snapshot(),
+                        // A change set left half applied is finished first,
+                        // so the snapshot changes nothing but links.
+                        let replayed = crate::lock::for_apply(&dir2)
+                            .and_then(|lock| crate::store::replay_locked(&dir2, &lock));
+                        match (replica, replayed) {
+                            (Some(root), Ok(_)) => {
+                                crate::mirror::ledger::across_snapshot(&root, snapshot)
+                            }
+                            _ => snapshot(),
                         }
                     })
                     .await;

@@ -392,18 +392,20 @@ impl Prev {
 }
 
 /// Run `snapshot` (taking a snapshot and pruning old ones; the caller
-/// holds the store, so no change set is applied meanwhile) and carry the
-/// last proven ledger ([`prev_path_for`]) of the replica at `root` across
-/// it. Hard links a snapshot adds or removes move the change time of the
-/// replica's files, which would leave no record trusted: each record still
-/// holding right before is given its entry's change time and link count
-/// right after (a snapshot changes nothing else of the replica).
+/// holds the store, so no change set is applied meanwhile, and has
+/// finished any change set left half applied, so the snapshot's own replay
+/// changes nothing) and carry the last proven ledger ([`prev_path_for`]) of
+/// the replica at `root` across it. Hard links a snapshot adds or removes
+/// move the change time of the replica's files, which would leave no
+/// record trusted: each record still holding right before is given its
+/// entry's change time and link count right after (a snapshot changes
+/// nothing else of the replica). A failed snapshot carries nothing.
 pub fn across_snapshot<T>(root: &Path, snapshot: impl FnOnce() -> Result<T>) -> Result<T> {
     let prev = prev_path_for(root);
     let t0 = std::time::Instant::now();
     let holding = Prev::open(&prev).and_then(|p| p.holding(root));
     let out = snapshot();
-    if let Some(holding) = holding {
+    if let (Some(holding), true) = (holding, out.is_ok()) {
         let restamped = Prev::open(&prev)
             .ok_or_else(|| anyhow::anyhow!("the last mirror ledger vanished"))
             .and_then(|p| p.restamp(root, &prev, &holding));

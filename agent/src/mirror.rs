@@ -61,6 +61,10 @@ pub const BATCH_ENTRIES: usize = 1000;
 /// Manifest batches sent ahead of the target's answers.
 const PIPELINE: usize = 4;
 const BATCH_BLOCKS: u64 = 64 << 10;
+/// A difference mirror's changes wait at most this long for more before
+/// they leave as a change set, so the target applies them while the
+/// comparison goes on (instead of one set after the whole comparison).
+const SET_AGE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// How to mirror.
 #[derive(Debug, Clone)]
@@ -527,6 +531,7 @@ impl Compare<'_> {
         let mut inflight: std::collections::VecDeque<(u64, Vec<Entry>, Vec<FileBlocks>)> =
             Default::default();
         let mut scan_done = false;
+        let mut last_set = Instant::now();
         let extras = loop {
             // Send what the scan has ready (at most PIPELINE ahead); wait for
             // the scan only when nothing is in flight.
@@ -559,6 +564,12 @@ impl Compare<'_> {
             }
             // Write the batch before this one while this one is read.
             sink.drain_before(b).await?;
+            if sink.out.records.is_empty() {
+                last_set = Instant::now();
+            } else if last_set.elapsed() >= SET_AGE {
+                sink.out.flush().await?;
+                last_set = Instant::now();
+            }
         };
         let (summary, counts) = scan.await.context("scan task")??;
         sink.finish(extras).await?;

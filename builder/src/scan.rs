@@ -235,6 +235,22 @@ impl Walker {
     }
 
     fn rel(&self, p: &Path) -> Vec<u8> {
+        // The walk's paths are the root's bytes joined with names: cut them
+        // off as bytes (no component parsing); anything else the slow way.
+        let (pb, rb) = (p.as_os_str().as_bytes(), self.root.as_os_str().as_bytes());
+        if let Some(rest) = pb.strip_prefix(rb) {
+            if rest.is_empty() {
+                return Vec::new();
+            }
+            if let Some(rest) = rest
+                .strip_prefix(b"/")
+                .or(rb.ends_with(b"/").then_some(rest))
+            {
+                if !rest.is_empty() && !rest.starts_with(b"/") && !rest.ends_with(b"/") {
+                    return rest.to_vec();
+                }
+            }
+        }
         p.strip_prefix(&self.root)
             .map(|r| r.as_os_str().as_bytes().to_vec())
             .unwrap_or_default()
@@ -520,16 +536,33 @@ pub fn stat_entry_meta(
 
 /// All xattrs of a path (not following symlinks).
 pub fn read_xattrs(path: &Path) -> io::Result<BTreeMap<Xattr, Xattr>> {
+    // Most entries have no xattrs: one reused buffer per thread for the
+    // names, nothing allocated unless there are some.
+    thread_local! {
+        static NAMES: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 1024]);
+    }
+    NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        read_xattrs_with(path, &mut names)
+    })
+}
+
+fn read_xattrs_with(path: &Path, names: &mut Vec<u8>) -> io::Result<BTreeMap<Xattr, Xattr>> {
     let mut out = BTreeMap::new();
-    let mut names = vec![0u8; 1024];
     let n = loop {
         match rustix::fs::llistxattr(path, &mut names[..]) {
             Ok(n) => break n,
-            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
+            Err(rustix::io::Errno::RANGE) => {
+                let len = names.len() * 4;
+                names.resize(len, 0)
+            }
             Err(rustix::io::Errno::NOTSUP) => return Ok(out),
             Err(e) => return Err(e.into()),
         }
     };
+    if n == 0 {
+        return Ok(out);
+    }
     let mut value = vec![0u8; 256];
     for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let cname = std::ffi::OsStr::from_bytes(name);

@@ -121,6 +121,28 @@ fn streaming_mirror_empty_replica_then_difference_then_full() {
     assert!(v["mirror"]["deleted"].as_u64().unwrap() >= 3, "{v:#}");
     assert!(v["mirror"]["changed"].as_u64().unwrap() >= 4, "{v:#}");
 
+    // Behind standin's back, a same-size rewrite on the replica with its
+    // mtime put back: the next difference mirror starts from the last
+    // proven ledger, yet finds and repairs it (the inode's change time moved).
+    let tampered = replica.join("data/d03/sub0/f3");
+    std::fs::write(&tampered, "REWRITTEN\n").unwrap();
+    let ok = std::process::Command::new("touch")
+        .arg("-r")
+        .arg(src.join("data/d03/sub0/f3"))
+        .arg(&tampered)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "touch -r");
+    let v = protect(&src, d.path(), &daemon, &tf, &sid, &[]);
+    check(&v, &src, &replica, false);
+    assert!(v["mirror"]["changed"].as_u64().unwrap() >= 1, "{v:#}");
+    assert_eq!(
+        std::fs::read(&tampered).unwrap(),
+        b"rewritten\n",
+        "the tampered file was repaired"
+    );
+
     // --mirror full onto a complete replica sends everything again.
     std::fs::write(replica.join("junk2"), "extra\n").unwrap();
     let v = protect(&src, d.path(), &daemon, &tf, &sid, &["--mirror", "full"]);

@@ -37,6 +37,7 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 use standin_builder::entry::{Entry, Kind};
+use standin_builder::manifest::FileBlocks;
 use standin_builder::progress::Progress;
 use standin_builder::scan::{ScanOptions, Scanner};
 use standin_link::message::{
@@ -60,6 +61,10 @@ pub const BATCH_ENTRIES: usize = 1000;
 /// Manifest batches sent ahead of the target's answers.
 const PIPELINE: usize = 4;
 const BATCH_BLOCKS: u64 = 64 << 10;
+/// A difference mirror's changes wait at most this long for more before
+/// they leave as a change set, so the target applies them while the
+/// comparison goes on (instead of one set after the whole comparison).
+const SET_AGE: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// How to mirror.
 #[derive(Debug, Clone)]
@@ -466,21 +471,26 @@ impl Compare<'_> {
         standin_builder::manifest::ManifestSummary,
         standin_builder::manifest::CacheCounts,
     )> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Entry>>(4);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<Entry>, Vec<FileBlocks>)>(4);
         let root = opts.root.clone();
         let scan_opts = opts.scan.clone();
         let bs = opts.block_size.max(1);
         let cache_file = opts.digest_cache.clone();
         let trust = !opts.verify_all;
+        let checksum = opts.mode == MirrorMode::Checksum;
         let scan = tokio::task::spawn_blocking(move || {
             let t0 = Instant::now();
             let tree = crate::digests::tree_id(&root);
             let cache = crate::digests::open(cache_file.as_deref(), &tree);
             let fresh = crate::digests::create(cache_file.as_deref(), &tree);
             let mut batch = Vec::new();
+            let mut batch_blocks: Vec<FileBlocks> = Vec::new();
             let mut blocks = 0u64;
-            // Block digests are not taken during the scan: the blocks of a
-            // changed file are compared as its batch is answered (sets.rs).
+            // A file that changed since the digest cache remembered it
+            // gets its block digests from the scan's read (checksum mode),
+            // so its blocks are compared without reading it again when its
+            // batch is answered.
+            let block_size = move |size: u64| standin_link::message::mirror_block_size(size, bs);
             let scanned = standin_builder::manifest::scan_tree_cached(
                 &root,
                 &scan_opts,
@@ -488,20 +498,25 @@ impl Compare<'_> {
                 cache,
                 fresh,
                 trust,
-                None,
-                |e| {
+                checksum.then_some(&block_size as &(dyn Fn(u64) -> u64 + Sync)),
+                |e, b| {
                     blocks += e.size / standin_link::message::mirror_block_size(e.size, bs) + 1;
                     batch.push(e.clone());
+                    batch_blocks.push(b.take());
                     if batch.len() >= BATCH_ENTRIES || blocks >= BATCH_BLOCKS {
                         blocks = 0;
-                        if tx.blocking_send(std::mem::take(&mut batch)).is_err() {
+                        let out = (
+                            std::mem::take(&mut batch),
+                            std::mem::take(&mut batch_blocks),
+                        );
+                        if tx.blocking_send(out).is_err() {
                             bail!("the comparison stopped");
                         }
                     }
                     Ok(())
                 },
             )?;
-            if !batch.is_empty() && tx.blocking_send(batch).is_err() {
+            if !batch.is_empty() && tx.blocking_send((batch, batch_blocks)).is_err() {
                 bail!("the comparison stopped");
             }
             tracing::debug!(ms = t0.elapsed().as_millis() as u64, "mirror: scanned");
@@ -510,8 +525,10 @@ impl Compare<'_> {
         });
         // Batches sent and not answered yet (the target answers in order), so
         // the target compares while the source scans and the link is never idle.
-        let mut inflight: std::collections::VecDeque<(u64, Vec<Entry>)> = Default::default();
+        let mut inflight: std::collections::VecDeque<(u64, Vec<Entry>, Vec<FileBlocks>)> =
+            Default::default();
         let mut scan_done = false;
+        let mut last_set = Instant::now();
         let extras = loop {
             // Send what the scan has ready (at most PIPELINE ahead); wait for
             // the scan only when nothing is in flight.
@@ -523,26 +540,33 @@ impl Compare<'_> {
                         Ok(b) => Some(b),
                         Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
                         Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                            Some(Vec::new())
+                            Some(Default::default())
                         }
                     }
                 };
-                let Some(entries) = next else { break };
+                let Some((entries, blocks)) = next else { break };
                 scan_done = entries.is_empty();
-                inflight.push_back(self.send(entries).await?);
+                let (b, entries) = self.send(entries).await?;
+                inflight.push_back((b, entries, blocks));
             }
-            let (b, entries) = inflight.pop_front().expect("a batch is in flight");
+            let (b, entries, blocks) = inflight.pop_front().expect("a batch is in flight");
             let last = entries.is_empty();
             let diff = self.answer(b).await?;
             if last {
                 break diff.items.into_iter().map(|i| i.path).collect();
             }
-            let items = plan_batch(opts, b, entries, diff.items).await?;
+            let items = plan_batch(opts, b, entries, blocks, diff.items).await?;
             for item in items {
                 sink.push(item);
             }
             // Write the batch before this one while this one is read.
             sink.drain_before(b).await?;
+            if sink.out.records.is_empty() {
+                last_set = Instant::now();
+            } else if last_set.elapsed() >= SET_AGE {
+                sink.out.flush().await?;
+                last_set = Instant::now();
+            }
         };
         let (summary, counts) = scan.await.context("scan task")??;
         sink.finish(extras).await?;
@@ -551,18 +575,22 @@ impl Compare<'_> {
 }
 
 /// What to send for the entries of one answered batch; for files whose
-/// content differs in checksum mode, which blocks.
+/// content differs in checksum mode, which blocks (compared with the
+/// scan's block digests `scanned` when it took them, else read).
 async fn plan_batch(
     opts: &MirrorOptions,
     batch: u64,
     entries: Vec<Entry>,
+    scanned: Vec<FileBlocks>,
     answer: Vec<DiffItem>,
 ) -> Result<Vec<Item>> {
     let mut by_path: HashMap<Vec<u8>, DiffItem> =
         answer.into_iter().map(|i| (i.path.clone(), i)).collect();
     let mut items = Vec::new();
     let mut blocks = Vec::new();
+    let mut scanned = scanned.into_iter();
     for e in entries {
+        let theirs = scanned.next().flatten();
         let item = by_path.remove(&e.path);
         let state = item.as_ref().map(|i| i.state.as_str()).unwrap_or("same");
         let action = match (opts.mode, state) {
@@ -570,7 +598,20 @@ async fn plan_batch(
             (_, "missing") => Action::Create,
             (_, "metadata") => Action::Metadata,
             (MirrorMode::Checksum, "content") if e.sparse.is_none() => {
-                Action::Blocks(Vec::new(), [0; 32])
+                let target = item.as_ref().map(|i| i.blocks.as_slice()).unwrap_or(&[]);
+                match scanned_blocks(&e, theirs, opts.block_size, target) {
+                    Some(action) => {
+                        items.push(Item {
+                            entry: e,
+                            action,
+                            batch,
+                            stamp: None,
+                        });
+                        blocks.push(Vec::new());
+                        continue;
+                    }
+                    None => Action::Blocks(Vec::new(), [0; 32]),
+                }
             }
             (_, "content") => Action::Create,
             (_, "same") if e.kind == Kind::Dir || e.link.is_some() => Action::Keep,
@@ -591,7 +632,10 @@ async fn plan_batch(
             stamp: None,
         });
     }
-    if !items.iter().any(|i| matches!(i.action, Action::Blocks(..))) {
+    if !items
+        .iter()
+        .any(|i| matches!(&i.action, Action::Blocks(_, sha) if *sha == [0; 32]))
+    {
         return Ok(items);
     }
     let root = opts.root.clone();
@@ -600,7 +644,7 @@ async fn plan_batch(
         items
             .par_iter_mut()
             .zip(blocks.par_iter())
-            .filter(|(i, _)| matches!(i.action, Action::Blocks(..)))
+            .filter(|(i, _)| matches!(&i.action, Action::Blocks(_, sha) if *sha == [0; 32]))
             .try_for_each(|(i, target)| -> Result<()> {
                 let abs = abs_path(&root, &i.entry.path);
                 let bs = standin_link::message::mirror_block_size(i.entry.size, block_size);
@@ -612,4 +656,33 @@ async fn plan_batch(
     })
     .await
     .context("block comparison task")?
+}
+
+/// The blocks of `e` that differ from the target's `target` block digests,
+/// from the scan's block digests `scanned` of the same read that gave
+/// `e`'s sha256; `None` when the scan did not take them (or with another
+/// block size or count): then the file is read.
+fn scanned_blocks(
+    e: &Entry,
+    scanned: FileBlocks,
+    max_block: u32,
+    target: &[[u8; 16]],
+) -> Option<Action> {
+    let (bs, ours) = scanned?;
+    if bs != standin_link::message::mirror_block_size(e.size, max_block)
+        || ours.len() as u64 != e.size.div_ceil(bs)
+    {
+        return None;
+    }
+    let sha: [u8; 32] = hex::decode(e.sha256.as_deref()?).ok()?.try_into().ok()?;
+    if sha == [0; 32] {
+        return None;
+    }
+    let differ = ours
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| target.get(*i) != Some(*b))
+        .map(|(i, _)| i as u64)
+        .collect();
+    Some(Action::Blocks(differ, sha))
 }

@@ -283,7 +283,19 @@ pub fn scan_tree_known(
     opts: &ScanOptions,
     progress: &dyn Progress,
     known: &(dyn Fn(&Stamp) -> Option<[u8; 32]> + Sync),
-    each: impl FnMut(&Entry) -> Result<()>,
+    mut each: impl FnMut(&Entry) -> Result<()>,
+) -> Result<ManifestSummary> {
+    scan_tree_known_scanned(root, opts, progress, known, |s| each(&s.entry))
+}
+
+/// [`scan_tree_known`], giving `each` the whole [`Scanned`] (with the
+/// entry's inode).
+pub fn scan_tree_known_scanned(
+    root: &Path,
+    opts: &ScanOptions,
+    progress: &dyn Progress,
+    known: &(dyn Fn(&Stamp) -> Option<[u8; 32]> + Sync),
+    each: impl FnMut(&Scanned) -> Result<()>,
 ) -> Result<ManifestSummary> {
     let digest_of = |s: &Scanned| -> Result<String> {
         if let Some(h) = s.stamp.as_ref().and_then(known) {
@@ -300,11 +312,11 @@ pub fn scan_tree_known(
         progress,
         &mut |_| Ok(()),
         &digest_of,
-        &mut |s| each(&s.entry),
+        &mut |s| each(s),
     )
 }
 
-pub use crate::scan_cached::{scan_tree_cached, CacheCounts, CachedScan};
+pub use crate::scan_cached::{scan_tree_cached, CacheCounts, CachedScan, FileBlocks};
 
 /// The scan loop: `prepare` sees each batch first, in tree order, on the
 /// calling thread (it may fill in `sha256`); `digest_of` gives the sha256

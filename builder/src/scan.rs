@@ -60,6 +60,29 @@ pub struct Scanned {
     pub abs: PathBuf,
     /// A regular file's stamp from the same `lstat` (for digest caches).
     pub stamp: Option<Stamp>,
+    /// The entry's inode from the same `lstat` (any entry).
+    pub inode: Inode,
+}
+
+/// Where an entry lives and when its inode last changed, from its `lstat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Inode {
+    pub dev: u64,
+    pub ino: u64,
+    pub ctime_ns: i64,
+    pub nlink: u64,
+}
+
+impl Inode {
+    /// The inode of `md`.
+    pub fn of(md: &std::fs::Metadata) -> Inode {
+        Inode {
+            dev: md.dev(),
+            ino: md.ino(),
+            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+            nlink: md.nlink(),
+        }
+    }
 }
 
 /// Paths the walk hands to the parallel `lstat` + xattr step at a time.
@@ -111,6 +134,7 @@ enum Statted {
     Entry {
         entry: Box<Entry>,
         stamp: Option<Stamp>,
+        inode: Inode,
         key: Option<(u64, u64)>,
         abs: PathBuf,
     },
@@ -219,6 +243,22 @@ impl Walker {
     }
 
     fn rel(&self, p: &Path) -> Vec<u8> {
+        // The walk's paths are the root's bytes joined with names: cut them
+        // off as bytes (no component parsing); anything else the slow way.
+        let (pb, rb) = (p.as_os_str().as_bytes(), self.root.as_os_str().as_bytes());
+        if let Some(rest) = pb.strip_prefix(rb) {
+            if rest.is_empty() {
+                return Vec::new();
+            }
+            if let Some(rest) = rest
+                .strip_prefix(b"/")
+                .or(rb.ends_with(b"/").then_some(rest))
+            {
+                if !rest.is_empty() && !rest.starts_with(b"/") && !rest.ends_with(b"/") {
+                    return rest.to_vec();
+                }
+            }
+        }
         p.strip_prefix(&self.root)
             .map(|r| r.as_os_str().as_bytes().to_vec())
             .unwrap_or_default()
@@ -343,6 +383,7 @@ impl Scanner<'_> {
                 Statted::Entry {
                     mut entry,
                     stamp,
+                    inode,
                     key,
                     abs,
                 } => {
@@ -358,6 +399,7 @@ impl Scanner<'_> {
                         entry: *entry,
                         abs,
                         stamp,
+                        inode,
                     })
                 }
                 Statted::Socket(abs) => {
@@ -397,6 +439,7 @@ fn stat_walked(w: Walked) -> Statted {
             Statted::Entry {
                 entry: Box::new(entry),
                 stamp: Stamp::of_metadata(&md),
+                inode: Inode::of(&md),
                 key,
                 abs,
             }
@@ -501,16 +544,33 @@ pub fn stat_entry_meta(
 
 /// All xattrs of a path (not following symlinks).
 pub fn read_xattrs(path: &Path) -> io::Result<BTreeMap<Xattr, Xattr>> {
+    // Most entries have no xattrs: one reused buffer per thread for the
+    // names, nothing allocated unless there are some.
+    thread_local! {
+        static NAMES: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 1024]);
+    }
+    NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        read_xattrs_with(path, &mut names)
+    })
+}
+
+fn read_xattrs_with(path: &Path, names: &mut Vec<u8>) -> io::Result<BTreeMap<Xattr, Xattr>> {
     let mut out = BTreeMap::new();
-    let mut names = vec![0u8; 1024];
     let n = loop {
         match rustix::fs::llistxattr(path, &mut names[..]) {
             Ok(n) => break n,
-            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
+            Err(rustix::io::Errno::RANGE) => {
+                let len = names.len() * 4;
+                names.resize(len, 0)
+            }
             Err(rustix::io::Errno::NOTSUP) => return Ok(out),
             Err(e) => return Err(e.into()),
         }
     };
+    if n == 0 {
+        return Ok(out);
+    }
     let mut value = vec![0u8; 256];
     for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let cname = std::ffi::OsStr::from_bytes(name);

@@ -33,6 +33,9 @@ pub struct CacheCounts {
 /// Block digests by path, with the block size used.
 pub type BlockDigests = HashMap<Vec<u8>, (u64, Vec<[u8; 16]>)>;
 
+/// One file's block digests with the block size used.
+pub type FileBlocks = Option<(u64, Vec<[u8; 16]>)>;
+
 /// What [`scan_tree_cached`] gives back.
 pub struct CachedScan {
     pub summary: ManifestSummary,
@@ -51,7 +54,8 @@ pub struct CachedScan {
 /// `trust` is set. Every file's digest goes to `fresh` in tree order.
 /// `block_size(size)` (checksum mirrors) is the block size for a file of
 /// `size` bytes: a changed file of at least two blocks gets its block
-/// digests in [`CachedScan::blocks`] from the same read.
+/// digests from the same read: `each` gets them with the entry and may
+/// take them; those it leaves end in [`CachedScan::blocks`].
 #[allow(clippy::too_many_arguments)]
 pub fn scan_tree_cached(
     root: &Path,
@@ -61,7 +65,7 @@ pub fn scan_tree_cached(
     mut fresh: Option<Writer>,
     trust: bool,
     block_size: Option<&(dyn Fn(u64) -> u64 + Sync)>,
-    mut each: impl FnMut(&Entry) -> Result<()>,
+    mut each: impl FnMut(&Entry, &mut FileBlocks) -> Result<()>,
 ) -> Result<CachedScan> {
     let hits = AtomicU64::new(0);
     let hashed = AtomicU64::new(0);
@@ -131,7 +135,21 @@ pub fn scan_tree_cached(
                 }
             }
         }
-        each(&s.entry)
+        let mut slot = None;
+        if kept.load(Ordering::Relaxed) > 0 && s.entry.kind == Kind::File {
+            slot = blocks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&s.entry.path);
+        }
+        each(&s.entry, &mut slot)?;
+        if let Some(b) = slot {
+            blocks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(s.entry.path.clone(), b);
+        }
+        Ok(())
     };
     let summary = scan_tree_with(
         root,
@@ -170,7 +188,7 @@ mod tests {
             Some(writer),
             trust,
             Some(&bs),
-            |_| Ok(()),
+            |_, _| Ok(()),
         )
         .unwrap();
         s.fresh.take().unwrap().commit().unwrap();

@@ -399,18 +399,37 @@ async fn monitor_loop(shared: Arc<Shared>) {
                 }
                 Action::Snapshot => {
                     let dir2 = dir.clone();
-                    let r = with_store(&shared, move |_store| {
-                        let meta = crate::snapshot::take(
-                            &dir2,
-                            None,
-                            &standin_builder::progress::NoProgress,
-                        )?;
-                        let gone = crate::snapshot::retention::prune(
-                            &dir2,
-                            crate::state::now_ms(),
-                            &Default::default(),
-                        )?;
-                        anyhow::Ok((meta, gone))
+                    let r = with_store(&shared, move |store| {
+                        // The last mirror's ledger stays usable (the next
+                        // difference mirror compares from it).
+                        let replica = store
+                            .state()
+                            .source_id
+                            .clone()
+                            .map(|id| store.staging_root(&id));
+                        let snapshot = || {
+                            let meta = crate::snapshot::take(
+                                &dir2,
+                                None,
+                                &standin_builder::progress::NoProgress,
+                            )?;
+                            let gone = crate::snapshot::retention::prune(
+                                &dir2,
+                                crate::state::now_ms(),
+                                &Default::default(),
+                            )?;
+                            anyhow::Ok((meta, gone))
+                        };
+                        // A change set left half applied is finished first,
+                        // so the snapshot changes nothing but links.
+                        let replayed = crate::lock::for_apply(&dir2)
+                            .and_then(|lock| crate::store::replay_locked(&dir2, &lock));
+                        match (replica, replayed) {
+                            (Some(root), Ok(_)) => {
+                                crate::mirror::ledger::across_snapshot(&root, snapshot)
+                            }
+                            _ => snapshot(),
+                        }
                     })
                     .await;
                     match r {

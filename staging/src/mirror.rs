@@ -52,10 +52,28 @@ pub struct DiffSession {
     /// What the comparison learnt, for the root digest check at the end
     /// (see [`ledger`]); `None` when it cannot be written.
     ledger: Option<ledger::Writer>,
+    /// The last proven mirror's ledger, read alongside the listing: an
+    /// entry whose inode and change time are still the recorded ones is
+    /// compared with its record, without reading its xattrs or content.
+    prev: Option<ledger::Prev>,
+    /// Entries decided from `prev` and entries read, in this session.
+    known: u64,
+    read: u64,
 }
 
-/// A replica entry, its `lstat`, and a directory's names.
-type Statted = (Option<(Entry, std::fs::Metadata)>, Option<Vec<Vec<u8>>>);
+/// What the comparison knows of a replica entry (held a batch at a time,
+/// so the variants' sizes do not matter).
+#[allow(clippy::large_enum_variant)]
+enum Seen {
+    /// Read: the entry (no sha256) and its `lstat`; `None` when absent.
+    Read(Option<(Entry, std::fs::Metadata)>),
+    /// Unchanged since the last proven mirror recorded it, and equal to
+    /// the source's entry.
+    Known(ledger::Record),
+}
+
+/// A replica entry and a directory's names.
+type Statted = (Seen, Option<Vec<Vec<u8>>>);
 
 fn parent_of(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&b| b == b'/') {
@@ -97,6 +115,9 @@ impl DiffSession {
             last_path: None,
             links: HashMap::new(),
             ledger,
+            prev: ledger::Prev::open(&ledger::prev_path_for(root)),
+            known: 0,
+            read: 0,
         })
     }
 
@@ -144,12 +165,7 @@ impl DiffSession {
 
     /// Record the entries of a batch in the ledger (a failure drops the
     /// ledger: the end then walks the replica).
-    fn record(
-        &mut self,
-        entries: &[Entry],
-        got: Vec<Option<(Entry, std::fs::Metadata)>>,
-        items: &[DiffItem],
-    ) {
+    fn record(&mut self, entries: &[Entry], got: Vec<Seen>, items: &[DiffItem]) {
         let Some(w) = self.ledger.as_mut() else {
             return;
         };
@@ -160,6 +176,13 @@ impl DiffSession {
                 if !same {
                     differs.next();
                 }
+                let g = match g {
+                    Seen::Known(r) => {
+                        w.trusted_record(&e.path, &r)?;
+                        continue;
+                    }
+                    Seen::Read(g) => g,
+                };
                 let trusted = match g {
                     Some((mut g, md)) if same => {
                         let needs_sha = g.kind == Kind::File && g.link.is_none();
@@ -195,30 +218,71 @@ impl DiffSession {
     /// The replica's entries at the paths of `entries` (no sha256) with
     /// their `lstat`: read in parallel (runs of neighbours share their
     /// parent directory), hardlink groups then assigned in order, as the
-    /// scan does.
+    /// scan does. An entry the last proven mirror recorded is only
+    /// `lstat`ed: when its inode and change time are the recorded ones
+    /// (any write, chmod, chown, utimes, xattr, rename or link change moves
+    /// the change time), is not a hard link, and the record equals the
+    /// source's entry, it is [`Seen::Known`].
     /// A replica directory's names come along (to find extra paths).
     fn stat_all(&mut self, entries: &[Entry]) -> Vec<Statted> {
         use std::os::unix::fs::MetadataExt;
+        let recs: Vec<Option<ledger::Record>> = match self.prev.as_mut() {
+            Some(p) => entries.iter().map(|e| p.take(&e.path)).collect(),
+            None => vec![None; entries.len()],
+        };
         let replica = &self.replica;
         let chunks: Vec<Vec<Statted>> = entries
             .par_chunks(64)
-            .map(|chunk| {
+            .zip(recs.into_par_iter().chunks(64))
+            .map(|(chunk, recs)| {
                 let mut r = replica.fork();
                 chunk
                     .iter()
-                    .map(|e| {
-                        let got = r.stat(&e.path, &mut HashMap::new());
-                        let children = match &got {
-                            Some((g, _)) if g.kind == Kind::Dir => r.child_names(&e.path),
+                    .zip(recs)
+                    .map(|(e, rec)| {
+                        let known = rec.filter(|rec| {
+                            r.quick_stat(&e.path).is_some_and(|q| rec.still(&q)) && rec.matches(e)
+                        });
+                        let seen = match known {
+                            Some(rec) => Seen::Known(rec),
+                            None => Seen::Read(r.stat(&e.path, &mut HashMap::new())),
+                        };
+                        let children = match &seen {
+                            Seen::Read(Some((g, _))) if g.kind == Kind::Dir => {
+                                r.child_names(&e.path)
+                            }
+                            Seen::Known(rec) if rec.dir => r.child_names(&e.path),
                             _ => None,
                         };
-                        (got, children)
+                        (seen, children)
                     })
                     .collect()
             })
             .collect();
         let mut out: Vec<Statted> = chunks.into_iter().flatten().collect();
-        for (g, md) in out.iter_mut().filter_map(|s| s.0.as_mut()) {
+        for (e, s) in entries.iter().zip(out.iter_mut()) {
+            // A known member of a hard-link group: its record holds the
+            // group as it was; it still holds when the group's first path
+            // is the same now (else the entry is read).
+            if let Seen::Known(rec) = &s.0 {
+                if rec.link_dev != 0 {
+                    let key = (rec.link_dev - 1, rec.ino);
+                    let holds = match (&e.link, self.links.get(&key)) {
+                        (None, None) => {
+                            self.links.insert(key, e.path.clone());
+                            true
+                        }
+                        (Some(want), Some(first)) => want == first,
+                        _ => false,
+                    };
+                    if !holds {
+                        s.0 = Seen::Read(self.replica.stat(&e.path, &mut HashMap::new()));
+                    }
+                }
+            }
+            let Seen::Read(Some((g, md))) = &mut s.0 else {
+                continue;
+            };
             if g.kind != Kind::Dir && md.nlink() > 1 {
                 let key = (md.dev(), md.ino());
                 if let Some(first) = self.links.get(&key) {
@@ -239,6 +303,8 @@ impl DiffSession {
         if m.entries.is_empty() {
             let r = self.extras(m.batch);
             tracing::debug!(
+                known = self.known,
+                read = self.read,
                 ms = t0.elapsed().as_millis() as u64,
                 "mirror comparison: extra paths listed"
             );
@@ -263,8 +329,18 @@ impl DiffSession {
         let statted = self.stat_all(&m.entries);
         let mut pending = Vec::with_capacity(m.entries.len());
         let mut gots = Vec::with_capacity(m.entries.len());
-        for (e, (got, children)) in m.entries.iter().zip(statted) {
+        for (e, (seen, children)) in m.entries.iter().zip(statted) {
             self.track(&e.path, children);
+            let got = match seen {
+                Seen::Known(r) => {
+                    self.known += 1;
+                    pending.push(Pending::Done("same"));
+                    gots.push(Seen::Known(r));
+                    continue;
+                }
+                Seen::Read(got) => got,
+            };
+            self.read += 1;
             let mut p = classify(e, got.as_ref().map(|g| &g.0), m.block_size);
             // A digest the target computed under the file's current stamp
             // decides without reading the file.
@@ -279,7 +355,7 @@ impl DiffSession {
                 }
             }
             pending.push(p);
-            gots.push(got);
+            gots.push(Seen::Read(got));
         }
         let max_bs = m.block_size;
         let items: Vec<DiffItem> = m
@@ -420,6 +496,20 @@ fn classify(e: &Entry, got: Option<&Entry>, block_size: u32) -> Pending {
 /// computed and that have not changed since (see [`crate::digest_cache`])
 /// are not read again.
 pub fn replica_digest(root: &Path) -> Result<String> {
+    Ok(replica_digest_recorded(root, None)?.0)
+}
+
+/// [`replica_digest`]; with `ledger`, every entry the walk read is written
+/// there as a trusted record (see [`ledger`]), so the next comparison can
+/// start from it. Whether the ledger was written.
+fn replica_digest_recorded(root: &Path, ledger: Option<&Path>) -> Result<(String, bool)> {
+    let mut w = ledger.and_then(|p| match ledger::Writer::create(p) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::debug!("{e:#}; the walk of the replica writes no ledger");
+            None
+        }
+    });
     let opts = ScanOptions {
         excludes: Vec::new(),
         one_file_system: true,
@@ -428,14 +518,22 @@ pub fn replica_digest(root: &Path) -> Result<String> {
     };
     let known = |st: &Stamp| crate::digest_cache::lookup_stamp(st);
     let s =
-        standin_builder::manifest::scan_tree_known(root, &opts, &NoProgress, &known, |_| Ok(()))
-            .with_context(|| {
-                format!(
-                    "computing the root digest of the replica {}",
-                    root.display()
-                )
-            })?;
-    Ok(s.root_digest)
+        standin_builder::manifest::scan_tree_known_scanned(root, &opts, &NoProgress, &known, |s| {
+            if let Some(wr) = w.as_mut() {
+                if wr.trusted_inode(&s.entry, &s.inode).is_err() {
+                    w = None;
+                }
+            }
+            Ok(())
+        })
+        .with_context(|| {
+            format!(
+                "computing the root digest of the replica {}",
+                root.display()
+            )
+        })?;
+    let written = w.is_some_and(|w| w.finish().is_ok());
+    Ok((s.root_digest, written))
 }
 
 /// Set to force the full walk of the replica for the root digest check
@@ -447,6 +545,12 @@ pub const FULL_CHECK_ENV: &str = "STANDIN_FULL_REPLICA_CHECK";
 /// or when that gives another digest than `want`, or with
 /// [`FULL_CHECK_ENV`] set, by the full walk ([`replica_digest`]).
 pub fn checked_digest(root: &Path, want: &str) -> Result<String> {
+    Ok(checked_digest_by(root, want)?.0)
+}
+
+/// [`checked_digest`], and whether the ledger alone gave `want` (then it
+/// describes the replica as the mirror left it).
+fn checked_digest_by(root: &Path, want: &str) -> Result<(String, bool)> {
     let ledger = ledger::path_for(root);
     let full = std::env::var_os(FULL_CHECK_ENV).is_some_and(|v| !v.is_empty() && v != "0");
     if !full {
@@ -457,7 +561,9 @@ pub fn checked_digest(root: &Path, want: &str) -> Result<String> {
             "mirror end: root digest from the ledger"
         );
         match got {
-            Some(ledger::Outcome::Digest { digest, .. }) if digest == want => return Ok(digest),
+            Some(ledger::Outcome::Digest { digest, .. }) if digest == want => {
+                return Ok((digest, true))
+            }
             Some(ledger::Outcome::Digest { digest: d, .. }) => {
                 tracing::info!(
                     ledger = d,
@@ -471,7 +577,23 @@ pub fn checked_digest(root: &Path, want: &str) -> Result<String> {
             None => {}
         }
     }
-    replica_digest(root)
+    // The walk's records replace the comparison's ledger: they describe
+    // the replica as it is now.
+    replica_digest_recorded(root, Some(&ledger))
+}
+
+/// The root digest check at a mirror's end ([`checked_digest`]); a ledger
+/// that proved the replica's digest is kept as the next comparison's
+/// starting point ([`ledger::prev_path_for`]); any other is dropped, and
+/// so is an older one.
+pub fn check_and_keep(root: &Path, want: &str) -> Result<String> {
+    let (got, proven) = checked_digest_by(root, want)?;
+    let (ledger, prev) = (ledger::path_for(root), ledger::prev_path_for(root));
+    if !(proven && got == want && std::fs::rename(&ledger, &prev).is_ok()) {
+        let _ = std::fs::remove_file(&ledger);
+        let _ = std::fs::remove_file(&prev);
+    }
+    Ok(got)
 }
 
 /// End a mirror: when the source sent its root digest and the mirror's
@@ -485,8 +607,7 @@ pub fn end(
     let root = store.staging_root(source_id);
     if let Some(want) = &m.root_digest {
         if store.state().last_applied_seq >= m.last_seq {
-            let got = checked_digest(&root, want)?;
-            let _ = std::fs::remove_file(ledger::path_for(&root));
+            let got = check_and_keep(&root, want)?;
             if &got != want {
                 tracing::warn!(
                     mirror = m.mirror_id,
@@ -664,5 +785,144 @@ mod tests {
             })
             .unwrap_err();
         assert!(err.to_string().contains("tree order"), "{err}");
+    }
+
+    fn sh(cmd: &str) {
+        let ok = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "{cmd}");
+    }
+
+    /// Compare the whole listing in batches of 5; the answers' states by path.
+    fn compare_all(rep: &Path, es: &[Entry]) -> (HashMap<String, String>, u64, u64) {
+        let mut s = DiffSession::new(rep).unwrap();
+        let mut states = HashMap::new();
+        for (i, chunk) in es.chunks(5).enumerate() {
+            let d = s
+                .diff(&MirrorEntries {
+                    batch: i as u64 + 1,
+                    entries: chunk.to_vec(),
+                    block_size: 4096,
+                })
+                .unwrap();
+            for it in d.items {
+                states.insert(String::from_utf8_lossy(&it.path).into_owned(), it.state);
+            }
+        }
+        let d = s
+            .diff(&MirrorEntries {
+                batch: 999,
+                entries: vec![],
+                block_size: 4096,
+            })
+            .unwrap();
+        for it in d.items {
+            states.insert(String::from_utf8_lossy(&it.path).into_owned(), it.state);
+        }
+        (states, s.known, s.read)
+    }
+
+    #[test]
+    fn the_last_proven_ledger_decides_unchanged_entries_and_never_hides_a_change() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, rep) = (t.path().join("src"), t.path().join("rep"));
+        std::fs::create_dir_all(src.join("d/sub")).unwrap();
+        for i in 0..30 {
+            std::fs::write(src.join(format!("d/f{i}")), format!("file {i}")).unwrap();
+        }
+        std::fs::write(src.join("d/sub/big"), vec![7u8; 50_000]).unwrap();
+        std::fs::hard_link(src.join("d/f1"), src.join("d/sub/link")).unwrap();
+        std::os::unix::fs::symlink("../f2", src.join("d/sub/sym")).unwrap();
+        sh(&format!("cp -a {} {}", src.display(), rep.display()));
+        sh(&format!(
+            "setfattr -n user.k -v v {}/d/f4 {}/d/f4",
+            src.display(),
+            rep.display()
+        ));
+        let es = entries(&src);
+        let want = replica_digest(&src).unwrap();
+
+        // No proven ledger yet: every entry is read.
+        let (states, known, read) = compare_all(&rep, &es);
+        assert!(states.is_empty(), "{states:?}");
+        assert_eq!((known, read), (0, es.len() as u64));
+        assert_eq!(check_and_keep(&rep, &want).unwrap(), want);
+        assert!(
+            ledger::prev_path_for(&rep).exists(),
+            "the proven ledger is kept"
+        );
+
+        // Nothing changed: every entry is decided from the ledger.
+        let (states, known, read) = compare_all(&rep, &es);
+        assert!(states.is_empty(), "{states:?}");
+        assert_eq!((known, read), (es.len() as u64, 0));
+        assert_eq!(check_and_keep(&rep, &want).unwrap(), want);
+
+        // A snapshot's hard links move every file's change time; the ledger
+        // is carried across it, except for an entry changed before it.
+        let snap = t.path().join("snap");
+        sh(&format!("chmod 640 {}/d/f6", rep.display()));
+        ledger::across_snapshot(&rep, || {
+            sh(&format!("cp -al {} {}", rep.display(), snap.display()));
+            Ok(())
+        })
+        .unwrap();
+        let (states, known, read) = compare_all(&rep, &es);
+        assert_eq!(states.get("d/f6").map(String::as_str), Some("metadata"));
+        assert_eq!(states.len(), 1, "{states:?}");
+        assert_eq!(
+            read, 1,
+            "only the entry changed before the snapshot is read"
+        );
+        assert_eq!(known, es.len() as u64 - 1);
+        sh(&format!("chmod 644 {}/d/f6", rep.display()));
+        sh(&format!("rm -rf {}", snap.display()));
+        // The full walk (no comparison ledger) records the replica too.
+        std::fs::remove_file(ledger::path_for(&rep)).ok();
+        assert_eq!(check_and_keep(&rep, &want).unwrap(), want);
+        let (states, known, _) = compare_all(&rep, &es);
+        assert!(states.is_empty(), "{states:?}");
+        assert_eq!(known, es.len() as u64, "the walk's records are used");
+        assert_eq!(check_and_keep(&rep, &want).unwrap(), want);
+
+        // Changes behind standin's back on the replica, and on the source:
+        // none of them is taken from the ledger.
+        sh(&format!(
+            "printf 'FILE 9' > {r}/d/f9 && touch -r {s}/d/f9 {r}/d/f9 && \
+             chmod 600 {r}/d/f5 && touch -r {s}/d/f5 {r}/d/f5 && \
+             setfattr -n user.k -v w {r}/d/f4 && \
+             echo extra > {r}/d/sub/extra && touch -r {s}/d/sub {r}/d/sub && \
+             printf 'changed' > {s}/d/f7 && touch -r {r}/d/f7 {s}/d/f7",
+            s = src.display(),
+            r = rep.display()
+        ));
+        let es = entries(&src);
+        let (states, known, read) = compare_all(&rep, &es);
+        let state = |p: &str| states.get(p).map(String::as_str).unwrap_or("same");
+        assert_eq!(
+            state("d/f9"),
+            "content",
+            "a same-size rewrite with the mtime put back"
+        );
+        assert_eq!(state("d/f5"), "metadata", "a chmod");
+        assert_eq!(state("d/f4"), "metadata", "an xattr change");
+        assert_eq!(state("d/sub/extra"), "extra", "an unlisted path");
+        assert_eq!(state("d/f7"), "content", "the source's change");
+        assert_eq!(
+            state("d/sub/link"),
+            "same",
+            "the hard link group still holds"
+        );
+        assert!(read >= 5 && known > read, "{known} known, {read} read");
+        assert_eq!(known + read, es.len() as u64);
+        // The replica differs, so its ledger proves nothing and is not kept.
+        assert_ne!(check_and_keep(&rep, &want).unwrap(), want);
+        assert!(!ledger::prev_path_for(&rep).exists());
+        let (_, known, _) = compare_all(&rep, &es);
+        assert_eq!(known, 0, "without a proven ledger everything is read");
     }
 }

@@ -18,6 +18,17 @@ use standin_builder::digest_table::Stamp;
 use standin_builder::entry::Entry;
 use standin_builder::scan::stat_entry_meta;
 
+/// What [`Beneath::quick_stat`] tells of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quick {
+    pub dev: u64,
+    pub ino: u64,
+    /// Change time in ns.
+    pub ctime: i64,
+    pub nlink: u64,
+    pub dir: bool,
+}
+
 /// The replica at a root, read beneath it.
 pub struct Beneath {
     root_fd: Option<Arc<OwnedFd>>,
@@ -115,6 +126,22 @@ impl Beneath {
             st.st_ino as u64,
             st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
         ))
+    }
+
+    /// Only `lstat` of `path`, by its parent's descriptor.
+    pub fn quick_stat(&mut self, path: &[u8]) -> Option<Quick> {
+        let (fd, name) = self.parent_cached(path)?;
+        let st = rustix::fs::statat(fd, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        let dir =
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory;
+        #[allow(clippy::unnecessary_cast)]
+        Some(Quick {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            ctime: st.st_ctime as i64 * 1_000_000_000 + st.st_ctime_nsec as i64,
+            nlink: st.st_nlink as u64,
+            dir,
+        })
     }
 
     /// Entries in the directory at `path`, sockets left out (as the scan does).

@@ -36,8 +36,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use standin_builder::entry::{path_cmp, Entry, Kind};
 use standin_builder::manifest::RootDigest;
+use standin_builder::scan::Inode;
 
-use super::beneath::Beneath;
+use super::beneath::{Beneath, Quick};
 
 const MAGIC: &[u8; 4] = b"SILG";
 const END: &[u8; 4] = b"SILE";
@@ -48,6 +49,12 @@ const MAX_CANON: usize = 16 << 20;
 /// The ledger of the replica whose root is `staging_root`.
 pub fn path_for(staging_root: &Path) -> PathBuf {
     staging_root.with_file_name("mirror-ledger.bin")
+}
+
+/// The ledger of the last mirror whose end it proved (its fold gave the
+/// source's root digest), kept for the next comparison ([`Prev`]).
+pub fn prev_path_for(staging_root: &Path) -> PathBuf {
+    staging_root.with_file_name("mirror-ledger.prev")
 }
 
 fn put_bytes(w: &mut Vec<u8>, b: &[u8]) {
@@ -70,7 +77,9 @@ impl Writer {
     /// describes the mirror in progress).
     pub fn create(path: &Path) -> Result<Writer> {
         let _ = std::fs::remove_file(path);
-        let tmp = path.with_extension("tmp");
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
         let mut out = BufWriter::with_capacity(
             1 << 16,
             File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
@@ -98,17 +107,20 @@ impl Writer {
     /// An entry of the replica equal to the source's: `e` as the replica
     /// holds it (with its full sha256 when a regular file), `md` its `lstat`.
     pub fn trusted(&mut self, e: &Entry, md: &std::fs::Metadata) -> Result<()> {
-        use std::os::unix::fs::MetadataExt;
+        self.trusted_inode(e, &Inode::of(md))
+    }
+
+    /// [`Writer::trusted`] with the entry's inode.
+    pub fn trusted_inode(&mut self, e: &Entry, inode: &Inode) -> Result<()> {
         let b = &mut self.buf;
         b.clear();
         b.push(1);
         put_bytes(b, &e.path);
-        b.extend_from_slice(&md.ino().to_le_bytes());
-        let ctime = md.ctime() * 1_000_000_000 + md.ctime_nsec();
-        b.extend_from_slice(&ctime.to_le_bytes());
+        b.extend_from_slice(&inode.ino.to_le_bytes());
+        b.extend_from_slice(&inode.ctime_ns.to_le_bytes());
         b.push(u8::from(e.kind == Kind::Dir));
-        let link_dev = if e.kind != Kind::Dir && md.nlink() > 1 {
-            md.dev().wrapping_add(1)
+        let link_dev = if e.kind != Kind::Dir && inode.nlink > 1 {
+            inode.dev.wrapping_add(1)
         } else {
             0
         };
@@ -120,6 +132,23 @@ impl Writer {
         };
         b.extend_from_slice(&file_bytes.to_le_bytes());
         put_bytes(b, &RootDigest::canonical(e));
+        self.out.write_all(b)?;
+        Ok(())
+    }
+
+    /// A trusted entry carried over from the last mirror's ledger
+    /// unchanged (its inode and change time were found again).
+    pub fn trusted_record(&mut self, path: &[u8], r: &Record) -> Result<()> {
+        let b = &mut self.buf;
+        b.clear();
+        b.push(1);
+        put_bytes(b, path);
+        b.extend_from_slice(&r.ino.to_le_bytes());
+        b.extend_from_slice(&r.ctime.to_le_bytes());
+        b.push(u8::from(r.dir));
+        b.extend_from_slice(&r.link_dev.to_le_bytes());
+        b.extend_from_slice(&r.file_bytes.to_le_bytes());
+        put_bytes(b, &r.canonical);
         self.out.write_all(b)?;
         Ok(())
     }
@@ -169,6 +198,230 @@ impl<R: Read> Rd<R> {
         out.resize(n, 0);
         self.0.read_exact(out)
     }
+}
+
+/// A trusted record of a ledger: the replica's entry at a path as it was
+/// when its inode had this number and change time.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub ino: u64,
+    pub ctime: i64,
+    pub dir: bool,
+    /// Device + 1 of a hard link candidate (link count > 1), else 0.
+    pub link_dev: u64,
+    pub file_bytes: u64,
+    /// The entry's root-digest bytes ([`RootDigest::canonical`]).
+    pub canonical: Vec<u8>,
+}
+
+impl Record {
+    /// Whether the replica's entry `q` is still the recorded one: same
+    /// inode and change time (any write, chmod, chown, utimes, xattr,
+    /// rename or link change moves it), type and hard-link candidacy.
+    pub fn still(&self, q: &Quick) -> bool {
+        q.ino == self.ino
+            && q.ctime == self.ctime
+            && q.dir == self.dir
+            && (q.dir || (q.nlink > 1) == (self.link_dev != 0))
+    }
+
+    /// Whether the source's entry `e` (its sha256 possibly a prefix of at
+    /// least 16 bytes) is this record's entry: every field of the root
+    /// digest equal, content by the sha256.
+    pub fn matches(&self, e: &Entry) -> bool {
+        let plain_file = e.kind == Kind::File && e.link.is_none();
+        if !plain_file {
+            return e.sha256.is_none() && RootDigest::canonical(e) == self.canonical;
+        }
+        let Some(sha) = e
+            .sha256
+            .as_deref()
+            .filter(|s| s.len() >= 32 && s.len() <= 64)
+        else {
+            return false;
+        };
+        let Ok(prefix) = hex::decode(sha) else {
+            return false;
+        };
+        let c = &self.canonical;
+        if c.len() < 33 || c[c.len() - 33] != 1 || !c[c.len() - 32..].starts_with(&prefix) {
+            return false;
+        }
+        let mut bare = e.clone();
+        bare.sha256 = None;
+        let b = RootDigest::canonical(&bare);
+        // `bare` ends with the 0 of "no sha256" where the record has 1 + sha256.
+        b.len() == c.len() - 32 && b[..b.len() - 1] == c[..c.len() - 33] && b[b.len() - 1] == 0
+    }
+}
+
+/// The last proven ledger ([`prev_path_for`]) read alongside the
+/// comparison's listing, both in tree order: memory is one record.
+pub struct Prev {
+    r: Rd<BufReader<File>>,
+    /// The next record not yet passed: its path and, when trusted, itself.
+    next: Option<(Vec<u8>, Option<Record>)>,
+    done: bool,
+}
+
+impl Prev {
+    /// Open the ledger at `path`; `None` when absent or not a ledger of
+    /// this version (the comparison then reads every entry).
+    pub fn open(path: &Path) -> Option<Prev> {
+        let f = File::open(path).ok()?;
+        let mut r = Rd(BufReader::with_capacity(1 << 16, f));
+        let mut head = [0u8; 5];
+        r.0.read_exact(&mut head).ok()?;
+        if &head[..4] != MAGIC || head[4] != VERSION {
+            return None;
+        }
+        Some(Prev {
+            r,
+            next: None,
+            done: false,
+        })
+    }
+
+    fn read_next(&mut self) -> std::io::Result<Option<(Vec<u8>, Option<Record>)>> {
+        let tag = self.r.u8()?;
+        if tag == 2 || tag == 255 {
+            return Ok(None);
+        }
+        let mut path = Vec::new();
+        self.r.bytes(MAX_PATH, &mut path)?;
+        match tag {
+            0 => Ok(Some((path, None))),
+            1 => {
+                let ino = self.r.u64()?;
+                let ctime = self.r.u64()? as i64;
+                let dir = self.r.u8()? != 0;
+                let link_dev = self.r.u64()?;
+                let file_bytes = self.r.u64()?;
+                let mut canonical = Vec::new();
+                self.r.bytes(MAX_CANON, &mut canonical)?;
+                Ok(Some((
+                    path,
+                    Some(Record {
+                        ino,
+                        ctime,
+                        dir,
+                        link_dev,
+                        file_bytes,
+                        canonical,
+                    }),
+                )))
+            }
+            t => Err(std::io::Error::other(format!("unknown record {t}"))),
+        }
+    }
+
+    /// For each record, whether it still holds for the replica at `root`
+    /// (`None` when the ledger is damaged).
+    fn holding(mut self, root: &Path) -> Option<Vec<bool>> {
+        let mut replica = Beneath::new(root).ok()?;
+        let mut out = Vec::new();
+        while let Some((path, rec)) = self.read_next().ok()? {
+            out.push(rec.is_some_and(|r| replica.quick_stat(&path).is_some_and(|q| r.still(&q))));
+        }
+        Some(out)
+    }
+
+    /// Rewrite the ledger (read by `self`) at `path`: records that held
+    /// before the snapshot (`holding`) take the entry's inode change time
+    /// and link count now; the others are to be read again. How many were
+    /// carried over.
+    fn restamp(mut self, root: &Path, path: &Path, holding: &[bool]) -> Result<u64> {
+        let mut replica = Beneath::new(root)?;
+        let mut w = Writer::create(path)?;
+        let mut n = 0;
+        let mut i = 0;
+        while let Some((p, rec)) = self.read_next()? {
+            let held = holding.get(i).copied().unwrap_or(false);
+            i += 1;
+            match (rec, held, replica.quick_stat(&p)) {
+                (Some(mut r), true, Some(q)) if q.ino == r.ino && q.dir == r.dir => {
+                    r.ctime = q.ctime;
+                    r.link_dev = if !q.dir && q.nlink > 1 {
+                        q.dev.wrapping_add(1)
+                    } else {
+                        0
+                    };
+                    w.trusted_record(&p, &r)?;
+                    n += 1;
+                }
+                _ => w.recheck(&p)?,
+            }
+        }
+        if i != holding.len() {
+            anyhow::bail!("the last mirror ledger changed during the snapshot");
+        }
+        w.finish()?;
+        Ok(n)
+    }
+
+    /// The trusted record of `path`; paths must be asked in tree order
+    /// (records before `path` are passed over). A damaged ledger gives
+    /// nothing more.
+    pub fn take(&mut self, path: &[u8]) -> Option<Record> {
+        loop {
+            if self.next.is_none() {
+                if self.done {
+                    return None;
+                }
+                match self.read_next() {
+                    Ok(Some(n)) => self.next = Some(n),
+                    Ok(None) => {
+                        self.done = true;
+                        return None;
+                    }
+                    Err(e) => {
+                        tracing::debug!("last mirror ledger unusable: {e}");
+                        self.done = true;
+                        return None;
+                    }
+                }
+            }
+            let (p, _) = self.next.as_ref()?;
+            match path_cmp(p, path) {
+                std::cmp::Ordering::Less => self.next = None,
+                std::cmp::Ordering::Equal => return self.next.take()?.1,
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+    }
+}
+
+/// Run `snapshot` (taking a snapshot and pruning old ones; the caller
+/// holds the store, so no change set is applied meanwhile, and has
+/// finished any change set left half applied, so the snapshot's own replay
+/// changes nothing) and carry the last proven ledger ([`prev_path_for`]) of
+/// the replica at `root` across it. Hard links a snapshot adds or removes
+/// move the change time of the replica's files, which would leave no
+/// record trusted: each record still holding right before is given its
+/// entry's change time and link count right after (a snapshot changes
+/// nothing else of the replica). A failed snapshot carries nothing.
+pub fn across_snapshot<T>(root: &Path, snapshot: impl FnOnce() -> Result<T>) -> Result<T> {
+    let prev = prev_path_for(root);
+    let t0 = std::time::Instant::now();
+    let holding = Prev::open(&prev).and_then(|p| p.holding(root));
+    let out = snapshot();
+    if let (Some(holding), true) = (holding, out.is_ok()) {
+        let restamped = Prev::open(&prev)
+            .ok_or_else(|| anyhow::anyhow!("the last mirror ledger vanished"))
+            .and_then(|p| p.restamp(root, &prev, &holding));
+        match restamped {
+            Ok(n) => tracing::debug!(
+                restamped = n,
+                ms = t0.elapsed().as_millis() as u64,
+                "last mirror ledger carried across the snapshot"
+            ),
+            Err(e) => {
+                tracing::warn!("carrying the last mirror ledger across a snapshot: {e:#}");
+                let _ = std::fs::remove_file(&prev);
+            }
+        }
+    }
+    out
 }
 
 /// What the ledger gave at `MirrorEnd`.
@@ -251,78 +504,141 @@ fn trailer(ledger: &Path) -> std::io::Result<HashSet<Vec<u8>>> {
     }
 }
 
+/// One record of a ledger being folded, with what the replica says now.
+struct Folded {
+    path: Vec<u8>,
+    /// A trusted record: (inode, change time, dir, link dev + 1, file bytes, canonical).
+    rec: Option<(u64, i64, bool, u64, u64, Vec<u8>)>,
+    /// The record still holds (inode and change time unchanged).
+    holds: bool,
+    /// Otherwise the entry read again (sha256 of a regular file filled in
+    /// unless unreadable) and its `lstat`.
+    read: Option<(Entry, std::fs::Metadata, bool)>,
+    /// Entries of a directory to count.
+    children: Option<u64>,
+}
+
+/// Records folded at a time: their `lstat`s (and the reads of changed
+/// entries) run in parallel, the fold itself in order.
+const FOLD_CHUNK: usize = 4096;
+
 fn fold<R: Read>(
     root: &Path,
     r: &mut Rd<R>,
     count_dirs: &HashSet<Vec<u8>>,
 ) -> std::io::Result<Outcome> {
+    use rayon::prelude::*;
+    use std::os::unix::fs::MetadataExt;
     let mut head = [0u8; 5];
     r.0.read_exact(&mut head)?;
-    let mut replica = Beneath::new(root).map_err(std::io::Error::other)?;
+    let replica = Beneath::new(root).map_err(std::io::Error::other)?;
     let mut rd = RootDigest::new();
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     // Directories whose entries are counted: (on disk, listed).
     let mut counted: HashMap<Vec<u8>, (u64, u64)> = HashMap::new();
     let mut prev: Option<Vec<u8>> = None;
-    let mut path = Vec::new();
-    let mut canon = Vec::new();
     let (mut reused, mut reread) = (0u64, 0u64);
-    loop {
-        let tag = r.u8()?;
-        if tag == 2 || tag == 255 {
-            break;
-        }
-        r.bytes(MAX_PATH, &mut path)?;
-        if let Some(p) = &prev {
-            if path_cmp(p, &path) != std::cmp::Ordering::Less {
-                return Ok(Outcome::Unsure("ledger out of tree order".into()));
+    let mut ended = false;
+    while !ended {
+        let mut chunk = Vec::with_capacity(FOLD_CHUNK);
+        while chunk.len() < FOLD_CHUNK {
+            let tag = r.u8()?;
+            if tag == 2 || tag == 255 {
+                ended = true;
+                break;
             }
-        }
-        if let Some(c) = parent_of(&path).and_then(|p| counted.get_mut(p)) {
-            c.1 += 1;
-        }
-        let mut trusted = false;
-        let mut is_dir = false;
-        if tag == 1 {
-            let ino = r.u64()?;
-            let ctime = r.u64()? as i64;
-            is_dir = r.u8()? != 0;
-            let link_dev = r.u64()?;
-            let file_bytes = r.u64()?;
-            r.bytes(MAX_CANON, &mut canon)?;
-            if replica.change_stamp(&path) == Some((ino, ctime)) {
-                trusted = true;
-                rd.add_canonical(&canon, file_bytes);
-                if link_dev != 0 {
-                    links
-                        .entry((link_dev - 1, ino))
-                        .or_insert_with(|| path.clone());
+            let mut path = Vec::new();
+            r.bytes(MAX_PATH, &mut path)?;
+            let rec = match tag {
+                0 => None,
+                1 => {
+                    let ino = r.u64()?;
+                    let ctime = r.u64()? as i64;
+                    let is_dir = r.u8()? != 0;
+                    let link_dev = r.u64()?;
+                    let file_bytes = r.u64()?;
+                    let mut canon = Vec::new();
+                    r.bytes(MAX_CANON, &mut canon)?;
+                    Some((ino, ctime, is_dir, link_dev, file_bytes, canon))
                 }
-                reused += 1;
-            }
-        } else if tag != 0 {
-            return Err(std::io::Error::other(format!("unknown record {tag}")));
+                t => return Err(std::io::Error::other(format!("unknown record {t}"))),
+            };
+            chunk.push(Folded {
+                path,
+                rec,
+                holds: false,
+                read: None,
+                children: None,
+            });
         }
-        if !trusted {
-            reread += 1;
-            if let Some((mut e, _)) = replica.stat(&path, &mut links) {
-                if e.kind == Kind::File && e.link.is_none() {
-                    match replica.hash(&path, e.size) {
-                        Some(d) => e.sha256 = Some(hex::encode(d)),
-                        None => {
-                            return Ok(Outcome::Unsure(format!("cannot read {}", e.display_path())))
+        chunk.par_chunks_mut(64).for_each(|part| {
+            let mut rep = replica.fork();
+            for f in part {
+                f.holds = f.rec.as_ref().is_some_and(|(ino, ctime, ..)| {
+                    rep.change_stamp(&f.path) == Some((*ino, *ctime))
+                });
+                let mut is_dir = f.holds && f.rec.as_ref().is_some_and(|r| r.2);
+                if !f.holds {
+                    if let Some((mut e, md)) = rep.stat(&f.path, &mut HashMap::new()) {
+                        let mut readable = true;
+                        if e.kind == Kind::File && e.link.is_none() {
+                            match rep.hash(&f.path, e.size) {
+                                Some(d) => e.sha256 = Some(hex::encode(d)),
+                                None => readable = false,
+                            }
                         }
+                        is_dir = e.kind == Kind::Dir;
+                        f.read = Some((e, md, readable));
                     }
                 }
-                is_dir = e.kind == Kind::Dir;
-                rd.add(&e);
+                if is_dir && (!f.holds || count_dirs.contains(&f.path)) {
+                    f.children = Some(rep.count_children(&f.path).unwrap_or(u64::MAX));
+                }
             }
+        });
+        for f in chunk {
+            if let Some(p) = &prev {
+                if path_cmp(p, &f.path) != std::cmp::Ordering::Less {
+                    return Ok(Outcome::Unsure("ledger out of tree order".into()));
+                }
+            }
+            if let Some(c) = parent_of(&f.path).and_then(|p| counted.get_mut(p)) {
+                c.1 += 1;
+            }
+            if f.holds {
+                let (ino, _, _, link_dev, file_bytes, canon) =
+                    f.rec.as_ref().expect("a record that holds");
+                rd.add_canonical(canon, *file_bytes);
+                if *link_dev != 0 {
+                    links
+                        .entry((link_dev - 1, *ino))
+                        .or_insert_with(|| f.path.clone());
+                }
+                reused += 1;
+            } else {
+                reread += 1;
+                if let Some((mut e, md, readable)) = f.read {
+                    if e.kind != Kind::Dir && md.nlink() > 1 {
+                        let key = (md.dev(), md.ino());
+                        if let Some(first) = links.get(&key) {
+                            e.link = Some(first.clone());
+                            e.sparse = None;
+                            e.sha256 = None;
+                        } else {
+                            links.insert(key, e.path.clone());
+                        }
+                    }
+                    if e.kind == Kind::File && e.link.is_none() && !readable {
+                        return Ok(Outcome::Unsure(format!("cannot read {}", e.display_path())));
+                    }
+                    rd.add(&e);
+                }
+            }
+            if let Some(n) = f.children {
+                counted.insert(f.path.clone(), (n, 0));
+            }
+            prev = Some(f.path);
         }
-        if is_dir && (!trusted || count_dirs.contains(&path)) {
-            let n = replica.count_children(&path).unwrap_or(u64::MAX);
-            counted.insert(path.clone(), (n, 0));
-        }
-        prev = Some(std::mem::take(&mut path));
     }
     for (dir, (disk, listed)) in &counted {
         if disk != listed {

@@ -561,7 +561,7 @@ impl Compare<'_> {
             }
             // Write the batch before this one while this one is read.
             sink.drain_before(b).await?;
-            if sink.out.records.is_empty() {
+            if sink.out.is_empty() {
                 last_set = Instant::now();
             } else if last_set.elapsed() >= SET_AGE {
                 sink.out.flush().await?;

@@ -366,13 +366,7 @@ impl Store {
     /// complete, so status and failover say files are missing, and the
     /// agent, which keeps every unacknowledged set, sends it again.
     pub fn unjournaled(&self, cs: &ChangeSet) -> bool {
-        let mirroring = !self.state.mirror_complete
-            && self
-                .state
-                .mirror
-                .as_ref()
-                .is_some_and(|m| cs.seq >= m.first_seq);
-        mirroring
+        self.in_open_mirror(cs)
             && cs.records.iter().all(|r| match r {
                 Record::File { .. } | Record::SetMetadata(_) | Record::Delete { .. } => true,
                 Record::Create(e) => {
@@ -381,6 +375,19 @@ impl Store {
                 }
                 _ => false,
             })
+    }
+
+    /// Whether `cs` belongs to a mirror that has not completed: such a set
+    /// is not synced by itself (the mirror's end syncs the replica once,
+    /// before the mirror is recorded complete) and `state.json` is saved
+    /// durably after it at most once a second.
+    pub fn in_open_mirror(&self, cs: &ChangeSet) -> bool {
+        !self.state.mirror_complete
+            && self
+                .state
+                .mirror
+                .as_ref()
+                .is_some_and(|m| cs.seq >= m.first_seq)
     }
 
     /// Retry a paused apply from the journal. Returns whether it is no longer paused.
@@ -430,9 +437,11 @@ impl Store {
                 Err(e) => return Err(self.pause(format!("{e:#}"))),
             }
         };
-        // A mirror set that skipped the journal is not synced by itself:
-        // the mirror completes only after one sync at its end.
-        let lazy = self.unjournaled(cs);
+        // A set of a mirror that has not completed is not synced by itself,
+        // journaled or not: the mirror completes only after one sync at its
+        // end (a `syncfs` here wrote out every file the mirror had made so
+        // far, and stalled both sides for a second or more each time).
+        let lazy = self.in_open_mirror(cs);
         let mut problems = Vec::new();
         let mut pending: BTreeMap<Vec<u8>, Digest32> = BTreeMap::new();
         let result: Result<(), ApplyError> = (|| {

@@ -190,8 +190,9 @@ impl<'p> Scanner<'p> {
 
 /// The scan's filters for `root`: the exclude globs (matched against the
 /// relative path with a leading `/`) and the directories kept empty
-/// (relative paths). Shared with [`crate::count`] so both leave out the same.
-pub(crate) fn filters(root: &Path, opts: &ScanOptions) -> Result<(GlobSet, Vec<Vec<u8>>)> {
+/// (relative paths). Shared with [`crate::count`] and the agent's
+/// replication filter so all of them leave out the same.
+pub fn filters(root: &Path, opts: &ScanOptions) -> Result<(GlobSet, Vec<Vec<u8>>)> {
     let mut gs = GlobSetBuilder::new();
     for g in &opts.excludes {
         let pat = if g.starts_with('/') || g.starts_with('*') {

@@ -6,8 +6,8 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use anyhow::Result;
+use globset::GlobSet;
 use standin_builder::scan::ScanOptions;
 
 /// See the module documentation.
@@ -19,30 +19,8 @@ pub struct Excluder {
 impl Excluder {
     /// Build from the mirror's scan options for `root`.
     pub fn new(root: &Path, opts: &ScanOptions) -> Result<Excluder> {
-        let mut gs = GlobSetBuilder::new();
-        for g in &opts.excludes {
-            let pat = if g.starts_with('/') || g.starts_with('*') {
-                g.clone()
-            } else {
-                format!("/{g}")
-            };
-            gs.add(Glob::new(&pat).with_context(|| format!("parsing exclude pattern {g:?}"))?);
-        }
-        let is_slash = std::fs::canonicalize(root)
-            .map(|p| p == Path::new("/"))
-            .unwrap_or(false);
-        let keep_empty = if is_slash || opts.always_system_excludes {
-            opts.system_excludes
-                .iter()
-                .map(|s| s.trim_matches('/').as_bytes().to_vec())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        Ok(Excluder {
-            globs: gs.build().context("building exclude patterns")?,
-            keep_empty,
-        })
+        let (globs, keep_empty) = standin_builder::scan::filters(root, opts)?;
+        Ok(Excluder { globs, keep_empty })
     }
 
     /// Whether `rel` is left out.

@@ -1,5 +1,6 @@
 //! The bulk file record: every metadata kind, replacement, hostile input.
 
+use super::tests::set_default_acl;
 use super::*;
 use standin_builder::entry::Xattr;
 use std::collections::BTreeMap;
@@ -259,22 +260,7 @@ fn an_inherited_default_acl_is_removed_before_the_file_gets_its_name() {
     let (d, mut t) = target();
     let root = d.path().join("root");
     std::fs::create_dir(root.join("acl")).unwrap();
-    // default ACL: user::rwx, user:1000:rwx, group::r-x, mask::rwx, other::---
-    let acl = [
-        2u8, 0, 0, 0, // version
-        1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, // USER_OBJ rwx
-        2, 0, 7, 0, 0xe8, 3, 0, 0, // USER 1000 rwx
-        4, 0, 5, 0, 0xff, 0xff, 0xff, 0xff, // GROUP_OBJ r-x
-        0x10, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, // MASK rwx
-        0x20, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, // OTHER ---
-    ];
-    rustix::fs::lsetxattr(
-        root.join("acl"),
-        "system.posix_acl_default",
-        &acl,
-        XattrFlags::empty(),
-    )
-    .expect("setting a default ACL (the temp dir's filesystem must support ACLs, as ext4 does)");
+    set_default_acl(&root.join("acl"));
     // A file made there the plain way inherits it.
     std::fs::write(root.join("acl/plain"), b"").unwrap();
     assert!(xattr_of(&root.join("acl/plain"), "system.posix_acl_access").is_some());

@@ -221,21 +221,7 @@ fn set_metadata_leaves_exactly_the_entrys_xattrs_also_inherited_ones() {
     // A directory made inside one with a default ACL inherits an access
     // and a default ACL; the source's directory has neither.
     std::fs::create_dir(root.join("acl")).unwrap();
-    let acl = [
-        2u8, 0, 0, 0, // version
-        1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, // USER_OBJ rwx
-        2, 0, 7, 0, 0xe8, 3, 0, 0, // USER 1000 rwx
-        4, 0, 5, 0, 0xff, 0xff, 0xff, 0xff, // GROUP_OBJ r-x
-        0x10, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, // MASK rwx
-        0x20, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, // OTHER ---
-    ];
-    rustix::fs::lsetxattr(
-        root.join("acl"),
-        "system.posix_acl_default",
-        &acl,
-        XattrFlags::empty(),
-    )
-    .expect("setting a default ACL (the temp dir's filesystem must support ACLs, as ext4 does)");
+    set_default_acl(&root.join("acl"));
     let mut sub = entry("acl/sub", Kind::Dir, 0o755);
     sub.size = 0;
     t.apply(&Record::Create(sub)).unwrap();
@@ -245,5 +231,21 @@ fn set_metadata_leaves_exactly_the_entrys_xattrs_also_inherited_ones() {
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777,
         0o755
+    );
+}
+
+/// Give `dir` a default ACL (user::rwx, user:1000:rwx, group::r-x,
+/// mask::rwx, other::---), which what is made inside it inherits.
+pub(super) fn set_default_acl(dir: &std::path::Path) {
+    let acl = [
+        2u8, 0, 0, 0, // version
+        1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, // USER_OBJ rwx
+        2, 0, 7, 0, 0xe8, 3, 0, 0, // USER 1000 rwx
+        4, 0, 5, 0, 0xff, 0xff, 0xff, 0xff, // GROUP_OBJ r-x
+        0x10, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, // MASK rwx
+        0x20, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, // OTHER ---
+    ];
+    rustix::fs::lsetxattr(dir, "system.posix_acl_default", &acl, XattrFlags::empty()).expect(
+        "setting a default ACL (the temp dir's filesystem must support ACLs, as ext4 does)",
     );
 }

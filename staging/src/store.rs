@@ -442,6 +442,9 @@ impl Store {
         // end (a `syncfs` here wrote out every file the mirror had made so
         // far, and stalled both sides for a second or more each time).
         let lazy = self.in_open_mirror(cs);
+        // Only sets that skipped the journal defer their state save (see
+        // [`LAZY_SAVE_EVERY`]); a journaled one records its number at once.
+        let lazy_save = self.unjournaled(cs);
         let mut problems = Vec::new();
         let mut pending: BTreeMap<Vec<u8>, Digest32> = BTreeMap::new();
         let result: Result<(), ApplyError> = (|| {
@@ -546,7 +549,7 @@ impl Store {
                 problems.len()
             ));
         }
-        let defer = lazy
+        let defer = lazy_save
             && self
                 .lazy_saved_at
                 .is_some_and(|t| t.elapsed() < self.lazy_save_every);
@@ -554,7 +557,7 @@ impl Store {
             if let Err(e) = self.save() {
                 return Err(self.pause(format!("recording change set {seq} in state.json: {e}")));
             }
-            self.lazy_saved_at = lazy.then(std::time::Instant::now);
+            self.lazy_saved_at = lazy_save.then(std::time::Instant::now);
         }
         self.drop_entry(seq).map_err(ReceiveError::Fatal)?;
         Ok(Received::Applied { seq, problems })

@@ -379,8 +379,9 @@ impl Store {
 
     /// Whether `cs` belongs to a mirror that has not completed: such a set
     /// is not synced by itself (the mirror's end syncs the replica once,
-    /// before the mirror is recorded complete) and `state.json` is saved
-    /// durably after it at most once a second.
+    /// before the mirror is recorded complete). Of those, the ones that
+    /// skip the journal ([`Store::unjournaled`]) also save `state.json`
+    /// durably at most once a second ([`LAZY_SAVE_EVERY`]).
     pub fn in_open_mirror(&self, cs: &ChangeSet) -> bool {
         !self.state.mirror_complete
             && self

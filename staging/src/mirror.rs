@@ -787,7 +787,8 @@ mod tests {
         assert!(err.to_string().contains("tree order"), "{err}");
     }
 
-    fn sh(cmd: &str) {
+    /// Run `cmd` with `sh -c`; it must succeed.
+    pub(super) fn sh(cmd: &str) {
         let ok = std::process::Command::new("sh")
             .arg("-c")
             .arg(cmd)

@@ -659,20 +659,11 @@ fn fold<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mirror::tests::sh;
     use crate::mirror::{replica_digest, DiffSession};
     use standin_builder::progress::NoProgress;
     use standin_builder::scan::ScanOptions;
     use standin_link::message::MirrorEntries;
-
-    fn sh(cmd: &str) {
-        let ok = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "{cmd}");
-    }
 
     fn scan(root: &Path) -> (Vec<Entry>, String) {
         let mut out = Vec::new();

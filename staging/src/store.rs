@@ -635,9 +635,14 @@ impl Store {
         // Sets of the mirror that skipped the journal were not synced one
         // by one (`apply_journaled`): the replica is durable before the
         // mirror is recorded complete.
+        let t0 = std::time::Instant::now();
         let synced = self
             .target()
             .and_then(|t| t.sync().map_err(|e| anyhow::anyhow!("{e}")));
+        tracing::debug!(
+            ms = t0.elapsed().as_millis() as u64,
+            "mirror end: replica synced"
+        );
         if let Err(e) = synced {
             return Ok(done(
                 false,

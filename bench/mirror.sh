@@ -53,12 +53,14 @@ standin=$PWD/target/release/standin
 # journal-less scratch filesystem each run pays for the trees the runs before
 # it deleted: `cp -a` of the Debian tree took 0.7-1.9 s there against a steady
 # 0.25 s here. BENCH_FS=host runs in BENCH_WORK on its own filesystem instead.
+# The inode tables and journal are initialised at mkfs time (lazy init off):
+# otherwise ext4lazyinit writes them in the background during the first runs.
 mounts=()
 make_fs() { # make_fs MOUNT_POINT SIZE: a fresh journaled ext4 there
   local mnt=$1 img=$1.img
   mountpoint -q "$mnt" && umount "$mnt"
   rm -f "$img"; mkdir -p "$mnt"
-  truncate -s "$2" "$img" && mkfs.ext4 -q -F "$img" && mount -o loop "$img" "$mnt" \
+  truncate -s "$2" "$img" && mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$img" && mount -o loop "$img" "$mnt" \
     || { echo "could not make the benchmark filesystem $img (BENCH_FS=host skips it)"; exit 1; }
   mounts+=("$mnt")
 }
@@ -157,12 +159,30 @@ run_rsync() {
   /usr/bin/time -f "%e %M %U %S" -o "$work/time.tmp" rsync -aHAX --numeric-ids --delete --stats "$src/" \
     "rsync://127.0.0.1:$rport/dst/" > "$work/rsync.out" 2>"$work/rsync.err" \
     || { echo "rsync $label failed:"; cat "$work/rsync.err"; exit 1; }
+  # rsync does not sync; standin's mirror ends with one syncfs of the
+  # replica. What that would cost rsync, for the record (not in its time).
+  local t0 t1; t0=$(date +%s.%N); sync -f "$work/rsync-dst"; t1=$(date +%s.%N)
+  echo "$t0 $t1" | awk '{printf "%.3f\n", $2 - $1}' >> "$work/$label.sync"
   local s r
   s=$(grep 'Total bytes sent' "$work/rsync.out" | tr -dc 0-9)
   r=$(grep 'Total bytes received' "$work/rsync.out" | tr -dc 0-9)
   local e m u y; read -r e m u y < "$work/time.tmp"
   # columns: seconds maxrss wire - - client_cpu server_cpu (as standin's)
   echo "$e $m $((s + r)) - - $(awk -v a="$u" -v b="$y" 'BEGIN {printf "%.3f", a + b}') $(awk -v a="$(cpu_rsyncd)" -v b="$rd0" 'BEGIN {printf "%.3f", a - b}')" >> "$work/$label.times"
+}
+
+# The floor of any copy with a sender and a receiver on this machine: a local
+# `tar -c | tar -x` pipe between the same two filesystems (no network, no
+# checksums, no sync). rsync/floor is the most a networked tool could be
+# faster than rsync here.
+run_floor() {
+  local label=$1 src=$2 t0 t1
+  rm -rf "$work/floor-dst"; mkdir -p "$work/floor-dst"
+  t0=$(date +%s.%N)
+  tar -C "$src" --xattrs --xattrs-include='*' --acls -cf - . | tar -C "$work/floor-dst" --xattrs --xattrs-include='*' --acls --numeric-owner -xpf -
+  t1=$(date +%s.%N)
+  echo "$t0 $t1" | awk '{printf "%.3f\n", $2 - $1}' >> "$work/$label.times"
+  rm -rf "$work/floor-dst"
 }
 
 mutate() { # 1% of regular files (a different 1% each round) + 3 x 4 KiB in the 3 largest
@@ -195,6 +215,13 @@ report() {
   printf "%-7s %-10s standin %7.2fs (agent peak %4d MiB, %10s B on the wire, %s B comparing) | rsync -aHAX %7.2fs (%10s B) | speed rsync/standin %5s | bytes standin/rsync %s\n" \
     "$name" "$kind" "$s" "$((sm / 1024))" "$sw" "$sc" "$r" "$rw" \
     "$(awk -v a="$r" -v b="$s" 'BEGIN {printf "%.2f", a/b}')" "$(awk -v a="$sw" -v b="$rw" 'BEGIN {printf "%.2f", a/b}')"
+  if [ -s "$work/$name-$kind-floor.times" ]; then
+    local f rs
+    f=$(median < "$work/$name-$kind-floor.times")
+    rs=$(median < "$work/$name-$kind-rsync.sync")
+    printf "%-7s %-10s floor: local tar -c | tar -x %.2fs (rsync/floor %s: the most any sender-receiver copy can beat rsync by here) | rsync + sync -f %.2fs\n" \
+      "$name" "$kind" "$f" "$(awk -v a="$r" -v b="$f" 'BEGIN {printf "%.2f", a/b}')" "$(awk -v a="$r" -v b="$rs" 'BEGIN {printf "%.2f", a+b}')"
+  fi
   printf "%-7s %-10s CPU user+sys: standin agent %ss + target daemon %ss | rsync client %ss + rsync daemon %ss; load %s\n" \
     "$name" "$kind" "$sa" "$st" "$ra" "$rt" "$(cut -d' ' -f1-3 /proc/loadavg)"
 }
@@ -220,6 +247,7 @@ bench_tree() {
     run_standin "$name-full-standin" "$src"
     rm -rf "$work/rsync-dst"; mkdir -p "$work/rsync-dst"
     run_rsync "$name-full-rsync" "$src"
+    run_floor "$name-full-floor" "$src"
   done
   if [[ " $kinds " == *" diff "* ]]; then
     for i in $(seq 1 "$runs"); do

@@ -212,7 +212,7 @@ const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(35);
 /// Validate, then mirror, then (unless `once`) replicate until stopped.
 ///
 /// SIGINT or SIGTERM stops it at any point: during replication the queue
-/// drains first (at most [`STOP_GRACE`]); before that (validation, the
+/// drains first (at most 35 s, `STOP_GRACE`); before that (validation, the
 /// link coming up, the mirror) it stops at once, and the next protect
 /// resumes with a difference mirror.
 pub async fn protect(

@@ -83,7 +83,7 @@ pub struct Args {
     /// while the link is the bottleneck.
     #[arg(long, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub compress: Option<i32>,
-    /// Bandwidth limit RATE[@HH:MM-HH:MM], e.g. 10M or 500k@08:00-18:00.
+    /// Bandwidth limit `RATE[@HH:MM-HH:MM]`, e.g. 10M or 500k@08:00-18:00.
     #[arg(long)]
     pub bwlimit: Option<BwLimit>,
     /// Hash every file for the mirror, ignoring the digests remembered in

@@ -16,7 +16,7 @@ pub const BLOCK: u64 = 4096;
 /// counted) and inodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TreeUsage {
-    /// Bytes of data blocks the tree needs (rounded up to [`BLOCK`]).
+    /// Bytes of data blocks the tree needs (rounded up to whole 4 KiB blocks).
     pub data_bytes: u64,
     /// Number of inodes (files, directories, links, devices).
     pub inodes: u64,

@@ -11,7 +11,7 @@
 //! - **hardlink** (ext4, tmpfs): regular files of the staging area are hard
 //!   links to the live system's inodes, listed in
 //!   `staging/<id>/seed-inodes.json` (inode → staging paths). Before the
-//!   apply path changes such an inode in place, [`guard::copy_out`] gives
+//!   apply path changes such an inode in place, [`guard::Seeds::before_modify`] gives
 //!   the staging area its own copy (renamed over the staging paths that
 //!   hold it), so applying change sets never changes a file of the live
 //!   system.

@@ -75,7 +75,7 @@ tar -C "$b" -cf - . | cat >/dev/null
 
 for i in $(seq 1 "$runs"); do
   # standin: seed A's staging area, serve, protect back from B.
-  rm -rf "$work/state"
+  rm -rf "$work/state" "$work/serve.out"   # no stale "listening" line
   t0=$(now)
   "$standin" target seed --state-dir "$work/state" --source-id web-01 --from-root "$a" --json > "$work/seed.json"
   t1=$(now)

@@ -23,6 +23,13 @@
 #   TREES="debian big" (default) picks the trees, KINDS="full diff" (default)
 #   the rows: `KINDS=full TREES=debian bench/mirror.sh 1` is a quick check.
 #   FULL_RUNS=N   full-mirror runs (default RUNS; the difference runs need one)
+#   LINK=RATE (e.g. LINK=1gbit or LINK=200mbit) runs both tools over a shaped
+#   link instead of loopback: two network namespaces the script makes, joined
+#   by a veth pair (198.18.0.1 -> 198.18.0.2, no default route), a tc token
+#   bucket (tbf) at RATE on both ends (this kernel has no netem, so no delay); the clients run in the source namespace, the
+#   daemons in the target one. rsync then also runs with -z (zstd), as a user
+#   on a slow link would, and the ratios use the faster rsync.
+#   STANDIN_ARGS="--compress 3" passes more options to `standin protect`.
 #   BENCH_LOG_DIR=DIR keeps each standin run's log (STANDIN_LOG=standin_agent=debug
 #   shows the mirror's phases) and /usr/bin/time -v output there
 # Trees: a copy of the cached Debian root (tests make it) and of the >= 1 GiB
@@ -75,6 +82,7 @@ fi
 rm -rf "$work"; mkdir -p "$work"
 port=$((20000 + RANDOM % 20000)); rport=$((port + 1))
 pids=()
+addr=127.0.0.1 in_src=() in_tgt=() netns=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -82,9 +90,26 @@ cleanup() {
     umount "${mounts[i]}" 2>/dev/null || umount -l "${mounts[i]}" 2>/dev/null || true
     rm -f "${mounts[i]}.img"; rmdir "${mounts[i]}" 2>/dev/null || true
   done
+  for ns in "${netns[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
   [ -n "${acct:-}" ] && [ -d "$acct" ] && { for t in $(cat "$acct/tasks" 2>/dev/null); do echo "$t" > /sys/fs/cgroup/cpuacct/tasks; done; rmdir "$acct" 2>/dev/null || true; }
 }
 trap cleanup EXIT
+if [ -n "${LINK:-}" ]; then
+  command -v tc >/dev/null || { echo "tc is missing; install it with: apt-get install -y iproute2"; exit 1; }
+  ns_s=sbench-s$$ ns_t=sbench-t$$ veth=sbv$$
+  netns=("$ns_s" "$ns_t")
+  ip netns add "$ns_s" && ip netns add "$ns_t"
+  ip link add "${veth}a" type veth peer name "${veth}b"
+  ip link set "${veth}a" netns "$ns_s"; ip link set "${veth}b" netns "$ns_t"
+  ip -n "$ns_s" addr add 198.18.0.1/24 dev "${veth}a"; ip -n "$ns_t" addr add 198.18.0.2/24 dev "${veth}b"
+  for nd in "$ns_s ${veth}a" "$ns_t ${veth}b"; do
+    set -- $nd
+    ip -n "$1" link set lo up; ip -n "$1" link set "$2" up
+    ip netns exec "$1" tc qdisc add dev "$2" root tbf rate "$LINK" burst 1mb latency 50ms \
+      || { echo "could not shape the link to $LINK (tc tbf)"; exit 1; }
+  done
+  addr=198.18.0.2 in_src=(ip netns exec "$ns_s") in_tgt=(ip netns exec "$ns_t")
+fi
 
 # CPU seconds (user+sys) of a process, and of its waited-for children.
 cpu_of() { awk -v t="$(getconf CLK_TCK)" '{printf "%.3f\n", ($14 + $15) / t}' "/proc/$1/stat"; }
@@ -111,9 +136,12 @@ gid = root
 [dst]
     path = $work/rsync-dst
     read only = false
+[dstz]
+    path = $work/rsync-dstz
+    read only = false
 CONF
-mkdir -p "$work/rsync-dst"
-rsync --daemon --no-detach --address=127.0.0.1 --port="$rport" --config="$work/rsyncd.conf" &
+mkdir -p "$work/rsync-dst" "$work/rsync-dstz"
+${in_tgt[@]+"${in_tgt[@]}"} rsync --daemon --no-detach --address="$addr" --port="$rport" --config="$work/rsyncd.conf" &
 rsyncd_pid=$!; pids+=("$rsyncd_pid")
 if mkdir "$acct" 2>/dev/null; then echo "$rsyncd_pid" > "$acct/tasks"
 else echo "(no cpuacct cgroup at $acct: the rsync daemon's CPU shows as 0)"; fi
@@ -121,8 +149,10 @@ else echo "(no cpuacct cgroup at $acct: the rsync daemon's CPU shows as 0)"; fi
 daemon_pid=
 start_target() { # fresh state dir
   [ -n "$daemon_pid" ] && { kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; }
-  rm -rf "$work/state"
-  "$standin" target serve --listen "127.0.0.1:$port" --state-dir "$work/state" --identity "$work/tgt-id" \
+  # The old "listening" line must not be read before the new daemon's
+  # redirection empties the file (a "Connection refused" flake).
+  rm -rf "$work/state" "$work/serve.out"
+  ${in_tgt[@]+"${in_tgt[@]}"} "$standin" target serve --listen "$addr:$port" --state-dir "$work/state" --identity "$work/tgt-id" \
     --trust "$(cat "$work/src.fpr")" --target-root "$troot" > "$work/serve.out" 2>>"$work/serve.log" &
   daemon_pid=$!; pids+=("$daemon_pid")
   for _ in $(seq 1 100); do grep -q listening "$work/serve.out" 2>/dev/null && return; sleep 0.1; done
@@ -133,8 +163,8 @@ start_target() { # fresh state dir
 run_standin() {
   local label=$1 src=$2
   daemon_cpu0=$(cpu_of "$daemon_pid")
-  /usr/bin/time -v -o "$work/time.tmp" "$standin" protect --target "127.0.0.1:$port" --identity "$work/src-id" \
-    --trust "$(cat "$work/tgt.fpr")" --root "$src" --state-dir "$work/agent-state" --source-id bench --once --json > "$work/protect.json" 2>"$work/protect.err" \
+  /usr/bin/time -v -o "$work/time.tmp" ${in_src[@]+"${in_src[@]}"} "$standin" protect --target "$addr:$port" --identity "$work/src-id" \
+    --trust "$(cat "$work/tgt.fpr")" --root "$src" --state-dir "$work/agent-state" --source-id bench --once --json ${STANDIN_ARGS:-} > "$work/protect.json" 2>"$work/protect.err" \
     || { echo "standin $label failed:"; tail -20 "$work/protect.err"; cat "$work/protect.json"; exit 1; }
   [ -n "${BENCH_LOG_DIR:-}" ] && { mkdir -p "$BENCH_LOG_DIR"; cp "$work/protect.err" "$BENCH_LOG_DIR/$label.$(date +%s%N).log"; cp "$work/time.tmp" "$BENCH_LOG_DIR/$label.$(date +%s%N).time"; }
   python3 - "$work/protect.json" "$work/time.tmp" >> "$work/$label.times" <<'PY'
@@ -153,15 +183,15 @@ PY
   echo "$(awk -v a="$(cpu_of "$daemon_pid")" -v b="$daemon_cpu0" 'BEGIN {printf "%.3f", a - b}')" >> "$work/$label.times"
 }
 
-run_rsync() {
-  local label=$1 src=$2
+run_rsync() { # run_rsync LABEL SRC [MODULE [EXTRA_OPTION]]
+  local label=$1 src=$2 module=${3:-dst}
   local rd0; rd0=$(cpu_rsyncd)
-  /usr/bin/time -f "%e %M %U %S" -o "$work/time.tmp" rsync -aHAX --numeric-ids --delete --stats "$src/" \
-    "rsync://127.0.0.1:$rport/dst/" > "$work/rsync.out" 2>"$work/rsync.err" \
+  /usr/bin/time -f "%e %M %U %S" -o "$work/time.tmp" ${in_src[@]+"${in_src[@]}"} rsync -aHAX ${4:-} --numeric-ids --delete --stats "$src/" \
+    "rsync://$addr:$rport/$module/" > "$work/rsync.out" 2>"$work/rsync.err" \
     || { echo "rsync $label failed:"; cat "$work/rsync.err"; exit 1; }
   # rsync does not sync; standin's mirror ends with one syncfs of the
   # replica. What that would cost rsync, for the record (not in its time).
-  local t0 t1; t0=$(date +%s.%N); sync -f "$work/rsync-dst"; t1=$(date +%s.%N)
+  local t0 t1; t0=$(date +%s.%N); sync -f "$work/rsync-$module"; t1=$(date +%s.%N)
   echo "$t0 $t1" | awk '{printf "%.3f\n", $2 - $1}' >> "$work/$label.sync"
   local s r
   s=$(grep 'Total bytes sent' "$work/rsync.out" | tr -dc 0-9)
@@ -215,6 +245,14 @@ report() {
   printf "%-7s %-10s standin %7.2fs (agent peak %4d MiB, %10s B on the wire, %s B comparing) | rsync -aHAX %7.2fs (%10s B) | speed rsync/standin %5s | bytes standin/rsync %s\n" \
     "$name" "$kind" "$s" "$((sm / 1024))" "$sw" "$sc" "$r" "$rw" \
     "$(awk -v a="$r" -v b="$s" 'BEGIN {printf "%.2f", a/b}')" "$(awk -v a="$sw" -v b="$rw" 'BEGIN {printf "%.2f", a/b}')"
+  if [ -s "$work/$name-$kind-rsyncz.times" ]; then
+    local z zw
+    z=$(cut -d' ' -f1 "$work/$name-$kind-rsyncz.times" | median)
+    zw=$(cut -d' ' -f3 "$work/$name-$kind-rsyncz.times" | median)
+    printf "%-7s %-10s rsync -aHAXz (zstd) %7.2fs (%10s B) | speed rsync-z/standin %5s | bytes standin/rsync-z %s | faster rsync/standin %s\n" \
+      "$name" "$kind" "$z" "$zw" "$(awk -v a="$z" -v b="$s" 'BEGIN {printf "%.2f", a/b}')" \
+      "$(awk -v a="$sw" -v b="$zw" 'BEGIN {printf "%.2f", a/b}')" "$(awk -v a="$r" -v z="$z" -v b="$s" 'BEGIN {m = a < z ? a : z; printf "%.2f", m/b}')"
+  fi
   if [ -s "$work/$name-$kind-floor.times" ]; then
     local f rs
     f=$(median < "$work/$name-$kind-floor.times")
@@ -247,24 +285,29 @@ bench_tree() {
     run_standin "$name-full-standin" "$src"
     rm -rf "$work/rsync-dst"; mkdir -p "$work/rsync-dst"
     run_rsync "$name-full-rsync" "$src"
-    run_floor "$name-full-floor" "$src"
+    if [ -n "${LINK:-}" ]; then
+      rm -rf "$work/rsync-dstz"; mkdir -p "$work/rsync-dstz"
+      run_rsync "$name-full-rsyncz" "$src" dstz -z
+    fi
+    if [ -z "${LINK:-}" ]; then run_floor "$name-full-floor" "$src"; fi
   done
   if [[ " $kinds " == *" diff "* ]]; then
     for i in $(seq 1 "$runs"); do
       mutate "$src" "$i"
       run_standin "$name-diff-standin" "$src"
       run_rsync "$name-diff-rsync" "$src"
+      if [ -n "${LINK:-}" ]; then run_rsync "$name-diff-rsyncz" "$src" dstz -z; fi
     done
   fi
   [ -n "${BENCH_LOG_DIR:-}" ] && cp "$work/serve.log" "$BENCH_LOG_DIR/$name-serve.log"
   if [ -n "$loopfs" ]; then umount "$src" && rm -f "$src.img" && rmdir "$src"; else rm -rf "$src"; fi
-  rm -rf "$work/rsync-dst" "$work/state"; mkdir -p "$work/rsync-dst"
+  rm -rf "$work/rsync-dst" "$work/rsync-dstz" "$work/state"; mkdir -p "$work/rsync-dst" "$work/rsync-dstz"
   [[ " $kinds " == *" full "* ]] && report "$name" full
   [[ " $kinds " == *" diff "* ]] && report "$name" diff
   return 0
 }
 
-echo "standin protect --once vs rsync -aHAX to an rsync daemon on 127.0.0.1; $runs runs, medians; $(nproc) CPUs"
+echo "standin protect --once vs rsync -aHAX to an rsync daemon on $addr${LINK:+ over a link shaped to $LINK}; $runs runs, medians; $(nproc) CPUs"
 for t in $trees; do
   case $t in
     debian) bench_tree debian "$debian" ;;

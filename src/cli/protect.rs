@@ -79,8 +79,8 @@ pub struct Args {
     #[arg(long)]
     pub exclude: Vec<String>,
     /// zstd level on the link (0 = off). Without it the level adapts: it
-    /// goes down to none while compressing is slower than the link and up
-    /// while the link is the bottleneck.
+    /// keeps the level that sends fastest, trying the levels next to it
+    /// now and then (none on loopback or a LAN, higher on slower links).
     #[arg(long, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub compress: Option<i32>,
     /// Bandwidth limit `RATE[@HH:MM-HH:MM]`, e.g. 10M or 500k@08:00-18:00.

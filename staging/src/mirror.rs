@@ -554,13 +554,14 @@ pub fn checked_digest(root: &Path, want: &str) -> Result<String> {
 /// [`checked_digest`], and whether the ledger alone gave `want` (then it
 /// describes the replica as the mirror left it).
 fn checked_digest_by(root: &Path, want: &str) -> Result<(String, bool)> {
-    let (digest, check) = checked(root, want)?;
-    Ok((digest, check.by == "ledger"))
+    let (digest, proven, _) = checked(root, want)?;
+    Ok((digest, proven))
 }
 
-/// [`checked_digest`] and how it went (`by` is `ledger` when the ledger
-/// alone gave `want`).
-fn checked(root: &Path, want: &str) -> Result<(String, RootCheck)> {
+/// [`checked_digest_by`] and how it went (`by` is `ledger` when the ledger
+/// alone gave `want`, else `walk`; a walk that wrote its records into
+/// the ledger proves it too).
+fn checked(root: &Path, want: &str) -> Result<(String, bool, RootCheck)> {
     let t0 = std::time::Instant::now();
     let ledger = ledger::path_for(root);
     let full = std::env::var_os(FULL_CHECK_ENV).is_some_and(|v| !v.is_empty() && v != "0");
@@ -582,7 +583,7 @@ fn checked(root: &Path, want: &str) -> Result<(String, RootCheck)> {
                     reread,
                     ms: t0.elapsed().as_millis() as u64,
                 };
-                return Ok((digest, check));
+                return Ok((digest, true, check));
             }
             Some(ledger::Outcome::Digest { digest: d, .. }) => {
                 tracing::info!(
@@ -599,7 +600,7 @@ fn checked(root: &Path, want: &str) -> Result<(String, RootCheck)> {
     }
     // The walk's records replace the comparison's ledger: they describe
     // the replica as it is now.
-    let (digest, _) = replica_digest_recorded(root, Some(&ledger))?;
+    let (digest, written) = replica_digest_recorded(root, Some(&ledger))?;
     tracing::debug!(
         ms = t0.elapsed().as_millis() as u64,
         "mirror end: root digest from the walk"
@@ -610,7 +611,7 @@ fn checked(root: &Path, want: &str) -> Result<(String, RootCheck)> {
         reread: 0,
         ms: t0.elapsed().as_millis() as u64,
     };
-    Ok((digest, check))
+    Ok((digest, written, check))
 }
 
 /// The root digest check at a mirror's end ([`checked_digest`]); a ledger
@@ -623,8 +624,7 @@ pub fn check_and_keep(root: &Path, want: &str) -> Result<String> {
 
 /// [`check_and_keep`] and how the check went.
 pub fn check_and_keep_by(root: &Path, want: &str) -> Result<(String, RootCheck)> {
-    let (got, check) = checked(root, want)?;
-    let proven = check.by == "ledger";
+    let (got, proven, check) = checked(root, want)?;
     let (ledger, prev) = (ledger::path_for(root), ledger::prev_path_for(root));
     if !(proven && got == want && std::fs::rename(&ledger, &prev).is_ok()) {
         let _ = std::fs::remove_file(&ledger);

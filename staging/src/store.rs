@@ -655,6 +655,12 @@ impl Store {
         self.root_check = Some(check);
     }
 
+    /// How the root digest check of the mirror being ended went, until
+    /// the mirror completes (then it is in the state's mirror).
+    pub fn root_check(&self) -> Option<&crate::state::RootCheck> {
+        self.root_check.as_ref()
+    }
+
     /// A mirror ended: complete once its last change set is applied.
     pub fn mirror_end(&mut self, m: &MirrorEnd) -> Result<MirrorDone> {
         let done = |complete, reason: Option<String>| MirrorDone {

@@ -265,3 +265,6 @@ pub fn merge(root: &Path, applied: &Path) -> Result<u64> {
         .with_context(|| format!("renaming {} into place", merged.display()))?;
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests;

@@ -645,9 +645,10 @@ pub fn end(
     // What the mirror's sets applied, merged into the comparison's ledger
     // (see [`applied`]); used only when every set was recorded.
     if let Some(log) = store.take_applied(m) {
+        let file = log.path.clone();
         if m.root_digest.is_some() && store.state().last_applied_seq >= m.last_seq {
             let t0 = std::time::Instant::now();
-            match applied::merge(&root, &log) {
+            match applied::merge(&root, log) {
                 Ok(n) => tracing::debug!(
                     records = n,
                     ms = t0.elapsed().as_millis() as u64,
@@ -656,7 +657,7 @@ pub fn end(
                 Err(e) => tracing::info!("{e:#}; the apply ledger is not used"),
             }
         }
-        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(&file);
     }
     if let Some(want) = &m.root_digest {
         if store.state().last_applied_seq >= m.last_seq {

@@ -645,7 +645,7 @@ impl Store {
     /// The apply ledger of mirror `m` ([`crate::mirror::applied`]) when
     /// every one of its sets was applied and recorded by this store, in
     /// order; recording stops either way.
-    pub fn take_applied(&mut self, m: &MirrorEnd) -> Option<PathBuf> {
+    pub fn take_applied(&mut self, m: &MirrorEnd) -> Option<crate::mirror::applied::Recorded> {
         self.applied.take()?.finish(&m.mirror_id, m.last_seq)
     }
 

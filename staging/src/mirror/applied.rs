@@ -9,12 +9,14 @@
 //! from the cache: 0.7–1.4 s for 104k entries). Yet the target made every
 //! entry itself and read each one back. While a mirror is open, each set
 //! applied in order appends those records to `mirror-applied.bin` (a
-//! ledger file, in the order the records came: tree order, except that a
-//! directory's metadata comes when the source's walk leaves it, and a
-//! later record of a path replaces an earlier one). At `MirrorEnd`,
-//! [`merge`] puts them into tree order and merges them with the
-//! comparison's ledger (an applied record replaces the comparison's: it
-//! is newer) and the result replaces that ledger.
+//! ledger file in tree order). The records come in tree order except that
+//! a directory's metadata comes again when the source's walk leaves it
+//! (and a file's after its content came in pieces): such a late record
+//! replaces the earlier one of its path and is kept in memory (one per
+//! directory). At `MirrorEnd`, [`merge`] merges the file, with the late
+//! records in place, into the comparison's ledger (an applied record
+//! replaces the comparison's: it is newer), and the result replaces that
+//! ledger.
 //!
 //! The fold then checks every trusted record as before (inode and change
 //! time unchanged, else the entry is read again), counts the entries of
@@ -49,6 +51,17 @@ pub struct Log {
     /// Why the records are not used (`None` while they are).
     why_not: Option<String>,
     records: u64,
+    /// The greatest path written so far, and the records of paths that
+    /// came again or out of tree order (kept here, not written).
+    last: Option<Vec<u8>>,
+    late: HashMap<Vec<u8>, Option<Record>>,
+}
+
+/// A finished apply ledger: its file (tree order) and the records that
+/// replace some of it ([`Log`]).
+pub struct Recorded {
+    pub path: PathBuf,
+    pub late: HashMap<Vec<u8>, Option<Record>>,
 }
 
 impl Log {
@@ -66,6 +79,8 @@ impl Log {
             writer,
             why_not,
             records: 0,
+            last: None,
+            late: HashMap::new(),
         }
     }
 
@@ -100,7 +115,22 @@ impl Log {
         };
         let w = self.writer.as_mut().expect("a log in use has a writer");
         let mut written = Ok(());
-        for a in &applied {
+        for a in applied.iter() {
+            if a.count {
+                w.count_dir(&a.path);
+            }
+            // A record that does not come after every one before it (a
+            // directory's metadata, set when the source's walk left it; a
+            // file's metadata after its content came in pieces) replaces
+            // the record of its path.
+            let after = self
+                .last
+                .as_ref()
+                .is_none_or(|l| path_cmp(&a.path, l) == std::cmp::Ordering::Greater);
+            if !after {
+                self.late.insert(a.path.clone(), a.record.clone());
+                continue;
+            }
             written = match &a.record {
                 Some(r) => w.trusted_record(&a.path, r),
                 None => w.recheck(&a.path),
@@ -108,9 +138,7 @@ impl Log {
             if written.is_err() {
                 break;
             }
-            if a.count {
-                w.count_dir(&a.path);
-            }
+            self.last = Some(a.path.clone());
         }
         match written {
             Ok(()) => {
@@ -123,7 +151,7 @@ impl Log {
 
     /// Finish the log of mirror `mirror_id`, whose last set is `last_seq`:
     /// its path when every set of the mirror was recorded.
-    pub fn finish(mut self, mirror_id: &str, last_seq: u64) -> Option<PathBuf> {
+    pub fn finish(mut self, mirror_id: &str, last_seq: u64) -> Option<Recorded> {
         if mirror_id != self.mirror_id {
             self.give_up(format!("mirror {mirror_id} is not the one recorded"));
         } else if self.next_seq != last_seq + 1 {
@@ -135,8 +163,15 @@ impl Log {
         let w = self.writer.take()?;
         match w.finish() {
             Ok(()) => {
-                tracing::debug!(records = self.records, "mirror apply ledger written");
-                Some(self.path.clone())
+                tracing::debug!(
+                    records = self.records,
+                    late = self.late.len(),
+                    "mirror apply ledger written"
+                );
+                Some(Recorded {
+                    path: self.path.clone(),
+                    late: std::mem::take(&mut self.late),
+                })
             }
             Err(e) => {
                 self.give_up(format!("{e:#}"));
@@ -146,77 +181,49 @@ impl Log {
     }
 }
 
-/// One ledger's records in order, with the next one looked at.
+/// One ledger's records in tree order, with the next one looked at.
 struct Stream {
     prev: Option<Prev>,
     head: Option<(Vec<u8>, Option<Record>)>,
-    /// Skip records that do not come after the last one given (the apply
-    /// ledger's late records, handled as replacements).
-    in_order_only: bool,
-    last: Option<Vec<u8>>,
 }
 
 impl Stream {
-    fn open(path: &Path, in_order_only: bool) -> Result<Stream> {
+    fn open(path: &Path) -> Result<Stream> {
         let mut s = Stream {
             prev: Prev::open(path),
             head: None,
-            in_order_only,
-            last: None,
         };
         s.advance()?;
         Ok(s)
     }
 
     fn advance(&mut self) -> Result<()> {
-        self.head = None;
-        let Some(p) = self.prev.as_mut() else {
-            return Ok(());
+        let next = match self.prev.as_mut() {
+            Some(p) => p.next_entry()?,
+            None => None,
         };
-        while let Some((path, rec)) = p.next_entry()? {
-            let after = self
-                .last
-                .as_ref()
-                .is_none_or(|l| path_cmp(&path, l) == std::cmp::Ordering::Greater);
-            if after {
-                self.last = Some(path.clone());
-                self.head = Some((path, rec));
-                return Ok(());
-            }
-            if !self.in_order_only {
+        if let (Some((old, _)), Some((new, _))) = (&self.head, &next) {
+            if path_cmp(new, old) != std::cmp::Ordering::Greater {
                 bail!("ledger out of tree order");
             }
         }
+        self.head = next;
         Ok(())
     }
 }
 
-/// Merge the apply ledger at `applied` into the comparison's ledger of the
+/// Merge the apply ledger `applied` into the comparison's ledger of the
 /// replica at `root` ([`ledger::path_for`]; absent: none), replacing it.
 /// How many records the merged ledger holds. On error the comparison's
 /// ledger is left as it was.
-pub fn merge(root: &Path, applied: &Path) -> Result<u64> {
+pub fn merge(root: &Path, applied: Recorded) -> Result<u64> {
     let comparison = ledger::path_for(root);
-    // Records that do not come after every record before them replace the
-    // record of their path (a directory's metadata, set when the source's
-    // walk left it; a file's metadata after its content came in pieces).
-    let mut late: HashMap<Vec<u8>, Option<Record>> = HashMap::new();
-    {
-        let mut p = Prev::open(applied).context("the apply ledger is unreadable")?;
-        let mut last: Option<Vec<u8>> = None;
-        while let Some((path, rec)) = p.next_entry()? {
-            if last
-                .as_ref()
-                .is_some_and(|l| path_cmp(&path, l) != std::cmp::Ordering::Greater)
-            {
-                late.insert(path, rec);
-            } else {
-                last = Some(path);
-            }
-        }
+    let Recorded { path, mut late } = applied;
+    let mut a = Stream::open(&path)?;
+    if a.prev.is_none() {
+        bail!("the apply ledger {} is unreadable", path.display());
     }
-    let mut a = Stream::open(applied, true)?;
-    let mut c = Stream::open(&comparison, false)?;
+    let mut c = Stream::open(&comparison)?;
     let merged = root.with_file_name("mirror-ledger.merged");
     let mut w = Writer::create(&merged)?;
     let mut n = 0u64;
@@ -231,17 +238,21 @@ pub fn merge(root: &Path, applied: &Path) -> Result<u64> {
             // The apply's record is newer than the comparison's.
             c.advance()?;
         }
-        let take_a = order != std::cmp::Ordering::Greater;
-        let s = if take_a { &mut a } else { &mut c };
-        let (path, rec) = s.head.take().expect("checked");
+        let s = if order != std::cmp::Ordering::Greater {
+            &mut a
+        } else {
+            &mut c
+        };
+        let (p, rec) = s.head.take().expect("checked");
+        s.head = Some((p.clone(), None));
         s.advance()?;
-        let rec = match late.remove(&path) {
+        let rec = match late.remove(&p) {
             Some(r) => r,
             None => rec,
         };
         match rec {
-            Some(r) => w.trusted_record(&path, &r)?,
-            None => w.recheck(&path)?,
+            Some(r) => w.trusted_record(&p, &r)?,
+            None => w.recheck(&p)?,
         }
         n += 1;
     }
@@ -251,7 +262,7 @@ pub fn merge(root: &Path, applied: &Path) -> Result<u64> {
             standin_builder::entry::display_path(p)
         );
     }
-    let mut counted: HashSet<Vec<u8>> = ledger::count_dirs(applied)?;
+    let mut counted: HashSet<Vec<u8>> = ledger::count_dirs(&path)?;
     if comparison.exists() {
         counted.extend(ledger::count_dirs(&comparison)?);
     }

@@ -113,8 +113,8 @@ fn records(src: &Path, entries: &[Entry]) -> Vec<Record> {
 }
 
 /// A store that has received the full mirror of `src` (the source's
-/// empty-replica probe, then sets of 4 records) but not its end yet.
-fn mirrored(state: &Path, src: &Path) -> (Store, MirrorEnd) {
+/// empty-replica probe, then sets of `per_set` records) but not its end yet.
+fn mirrored(state: &Path, src: &Path, per_set: usize) -> (Store, MirrorEnd) {
     let (entries, want) = scan(src);
     let mut s = Store::open(state).unwrap();
     s.bind_source("src", Fingerprint([0; 32])).unwrap();
@@ -139,7 +139,7 @@ fn mirrored(state: &Path, src: &Path) -> (Store, MirrorEnd) {
             .unwrap();
     }
     let mut seq = 0;
-    for chunk in records(src, &entries).chunks(4) {
+    for chunk in records(src, &entries).chunks(per_set) {
         seq += 1;
         let cs = ChangeSet {
             seq,
@@ -165,7 +165,8 @@ fn a_full_mirror_ends_by_folding_what_it_applied_without_a_walk() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     source(&src);
-    let (mut s, end) = mirrored(&t.path().join("state"), &src);
+    // Large sets: the run of files in etc/ is written on two threads.
+    let (mut s, end) = mirrored(&t.path().join("state"), &src, 64);
     let root = s.staging_root("src");
     let entries = scan(&src).0.len() as u64;
     let done = crate::mirror::end(&mut s, "src", &end).unwrap();
@@ -204,7 +205,7 @@ fn a_replica_changed_between_apply_and_end_is_caught() {
         "rm {r}/etc/conf.d/a.conf && touch -r {s}/etc/conf.d {r}/etc/conf.d",
     ];
     for (i, cmd) in tamper.iter().enumerate() {
-        let (mut s, end) = mirrored(&t.path().join(format!("state{i}")), &src);
+        let (mut s, end) = mirrored(&t.path().join(format!("state{i}")), &src, 4);
         let root = s.staging_root("src");
         sh(&cmd
             .replace("{r}", &root.display().to_string())

@@ -642,9 +642,9 @@ impl ApplyTarget for DirTarget {
                     }
                     done += n;
                 }
-                if self.writeback_on {
-                    self.writeback.submit(fd, *offset, data.len() as u64);
-                }
+                // Its writeback starts once its last piece is checked
+                // (`content_digest`): started now, it would drop the pages
+                // that check reads.
                 Ok(())
             }
             Record::Truncate { path, size, .. } => {
@@ -696,6 +696,11 @@ impl ApplyTarget for DirTarget {
         let d: Digest32 = h.finalize().into();
         if let Some(stamp) = stamp {
             crate::digest_cache::remember(stamp, d);
+        }
+        if self.writeback_on {
+            // A file written in pieces during a mirror, now complete.
+            let len = stamp.map_or(0, |s| s.size);
+            self.writeback.submit(f.into(), 0, len);
         }
         Ok(Some(d))
     }

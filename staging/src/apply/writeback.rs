@@ -9,7 +9,9 @@
 //! it all: 2–4 s for 1.26 GiB on the benchmark's machine.
 //!
 //! [`Writeback`] hands the descriptor of each file written during an open
-//! mirror to a thread of its own, which starts its writeback without
+//! mirror (a whole-file record once linked into place; a file sent in
+//! pieces once its last piece is checked, which reads it back) to a
+//! thread of its own, which starts its writeback without
 //! waiting for it and without a journal commit (`posix_fadvise
 //! (POSIX_FADV_DONTNEED)`, which first starts writeback of the range —
 //! what `sync_file_range(SYNC_FILE_RANGE_WRITE)` does, for which there is

@@ -97,29 +97,6 @@ pub trait ApplyTarget: Send {
     fn mirror_writeback(&mut self, on: bool) {
         let _ = on;
     }
-    /// Apply a run of [`Record::File`] records (`data_sha256[k]` for
-    /// `records[k]`, as in [`ApplyTarget::apply_hashed`]): one result per
-    /// record, in order. A target may write them in parallel (they name
-    /// distinct paths whose parents exist). After an error that pauses the
-    /// apply (no space, I/O) the records after it may or may not be
-    /// applied: whole-file records are idempotent, and the set is applied
-    /// again. The default applies them one by one.
-    fn apply_files(
-        &mut self,
-        records: &[Record],
-        data_sha256: &[Option<Digest32>],
-    ) -> Vec<Result<(), ApplyError>> {
-        let mut out = Vec::with_capacity(records.len());
-        for (k, r) in records.iter().enumerate() {
-            let res = self.apply_hashed(r, data_sha256.get(k).and_then(Option::as_ref));
-            let stop = matches!(res, Err(ApplyError::NoSpace(_) | ApplyError::Io(_)));
-            out.push(res);
-            if stop {
-                break;
-            }
-        }
-        out
-    }
     /// Start (or stop) recording, for the mirror's ledger, each entry the
     /// records applied from now on make, as read back after the apply
     /// ([`applied`]). Drops what was recorded before. The default records
@@ -203,9 +180,12 @@ pub struct DirTarget {
     pub preserve_owner: bool,
     /// Copies inodes shared with hardlink snapshots out before they change.
     pub cow: Option<crate::snapshot::cow::Guard>,
-    /// The parent directory of the last file record, how new files are
-    /// linked, what was applied (when recording).
-    files: file::FileCtx,
+    /// The parent directory of the last file record (path, descriptor),
+    /// reused while consecutive file records name the same directory.
+    parent_cache: Option<(Vec<u8>, OwnedFd)>,
+    /// Link new unnamed files by descriptor (`AT_EMPTY_PATH`); cleared
+    /// when that is not permitted, then `/proc/self/fd` is used.
+    link_by_fd: bool,
     /// This process's effective user and group (the owner of a new file).
     own_ids: (u32, u32),
     /// The buffer [`ApplyTarget::content_digest`] reads through.
@@ -216,6 +196,7 @@ pub struct DirTarget {
     /// Recording what is applied ([`ApplyTarget::record_applied`]), the
     /// records so far, and whether they describe everything applied.
     recording: bool,
+    applied: Vec<applied::Applied>,
     applied_whole: bool,
 }
 
@@ -240,10 +221,8 @@ impl DirTarget {
             root_path: root.to_path_buf(),
             preserve_owner: rustix::process::geteuid().is_root(),
             cow: None,
-            files: file::FileCtx {
-                link_by_fd: true,
-                ..Default::default()
-            },
+            parent_cache: None,
+            link_by_fd: true,
             own_ids: (
                 rustix::process::geteuid().as_raw(),
                 rustix::process::getegid().as_raw(),
@@ -252,6 +231,7 @@ impl DirTarget {
             writeback_on: false,
             writeback: writeback::Writeback::default(),
             recording: false,
+            applied: Vec::new(),
             applied_whole: true,
         })
     }
@@ -371,7 +351,7 @@ impl DirTarget {
             (Kind::Dir, Some(FileType::Directory)) => {
                 // It may hold entries no record made: count them at the end.
                 let r = self.set_metadata_in(&dir, name, e);
-                if let Some(a) = self.files.applied.last_mut().filter(|a| a.path == e.path) {
+                if let Some(a) = self.applied.last_mut().filter(|a| a.path == e.path) {
                     a.count = true;
                 }
                 return r;
@@ -483,7 +463,7 @@ impl DirTarget {
             .map_err(|x| io_err("setting the time of", &e.path, x))?;
         let (now, checked) = self.verify_metadata(e, dir, name, &xpath)?;
         if self.recording && checked.is_ok() {
-            self.files.applied.push(applied::of(e, &now, None));
+            self.applied.push(applied::of(e, &now, None));
         }
         // Only metadata changed: a digest known for the content still holds
         // (so the root digest check does not read the file again).
@@ -613,7 +593,7 @@ impl ApplyTarget for DirTarget {
             // cached parent of file records; all others drop it.
             Record::File { .. } | Record::SetMetadata(_) | Record::WriteExtent { .. } => {}
             Record::Create(e) if e.kind == Kind::Dir => {}
-            _ => self.files.parent_cache = None,
+            _ => self.parent_cache = None,
         }
         match record {
             Record::File {
@@ -723,23 +703,15 @@ impl ApplyTarget for DirTarget {
         self.prepare_cow(records)
     }
 
-    fn apply_files(
-        &mut self,
-        records: &[Record],
-        data_sha256: &[Option<Digest32>],
-    ) -> Vec<Result<(), ApplyError>> {
-        self.write_files_parallel(records, data_sha256)
-    }
-
     fn record_applied(&mut self, on: bool) {
         self.recording = on;
-        self.files.applied.clear();
+        self.applied.clear();
         self.applied_whole = true;
     }
 
     fn take_applied(&mut self) -> Option<Vec<applied::Applied>> {
         let whole = std::mem::replace(&mut self.applied_whole, true);
-        let recs = std::mem::take(&mut self.files.applied);
+        let recs = std::mem::take(&mut self.applied);
         (self.recording && whole).then_some(recs)
     }
 

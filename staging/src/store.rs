@@ -483,34 +483,13 @@ impl Store {
             }
             target.mirror_writeback(lazy);
             target.prepare(cs.records.get(start..).unwrap_or_default())?;
-            let is_file = |r: &Record| matches!(r, Record::File { .. });
-            // Runs of whole-file records (from the first record to apply
-            // on) go to the target together, which may write them on two
-            // threads; everything else one record at a time, in order.
-            let mut results: std::collections::VecDeque<Result<(), ApplyError>> =
-                Default::default();
             for (i, r) in cs.records.iter().enumerate() {
                 track(&mut pending, r);
                 if i < start {
                     continue;
                 }
-                let res = if is_file(r) {
-                    if results.is_empty() {
-                        let run = cs.records[i..].iter().take_while(|r| is_file(r)).count();
-                        let hashes = data_sha256.get(i..).unwrap_or_default();
-                        let hashes = &hashes[..run.min(hashes.len())];
-                        results.extend(target.apply_files(&cs.records[i..i + run], hashes));
-                    }
-                    results.pop_front().unwrap_or_else(|| {
-                        Err(ApplyError::Io(format!(
-                            "change set {seq} record {i}: no result from the target"
-                        )))
-                    })
-                } else {
-                    let hashed = data_sha256.get(i).and_then(Option::as_ref);
-                    target.apply_hashed(r, hashed)
-                };
-                match res {
+                let hashed = data_sha256.get(i).and_then(Option::as_ref);
+                match target.apply_hashed(r, hashed) {
                     Ok(()) => {}
                     Err(
                         e @ (ApplyError::Refused(_)

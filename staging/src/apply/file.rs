@@ -20,36 +20,18 @@ use std::os::unix::ffi::OsStrExt;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, XattrFlags};
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
-use standin_builder::changeset::{check_path, Digest32, Record};
+use standin_builder::changeset::{check_path, Digest32};
 use standin_builder::entry::{display_path, Entry, Kind, Xattr};
 
 use super::fsops::{kind_of, lstat, remove_at};
 use super::{io_err, ApplyError, DirTarget};
-
-/// What writing whole files changes besides the replica, kept apart so
-/// that a run of file records can be written on two threads, each with
-/// its own ([`DirTarget::apply_files`](super::DirTarget)).
-#[derive(Default)]
-pub(super) struct FileCtx {
-    /// The parent directory of the last file record (path, descriptor),
-    /// reused while consecutive file records name the same directory.
-    pub(super) parent_cache: Option<(Vec<u8>, OwnedFd)>,
-    /// Link new unnamed files by descriptor (`AT_EMPTY_PATH`); cleared
-    /// when that is not permitted, then `/proc/self/fd` is used.
-    pub(super) link_by_fd: bool,
-    /// What was applied, when recording ([`super::applied`]).
-    pub(super) applied: Vec<super::applied::Applied>,
-    /// Files written, for the writeback thread: descriptor and size.
-    pub(super) written: Vec<(OwnedFd, u64)>,
-}
 
 impl DirTarget {
     /// The parent directory of `path` (cached while consecutive records
     /// name the same one) and the last component.
     /// Also returns the parent's path, to put back into the cache.
     fn cached_parent<'p>(
-        &self,
-        ctx: &mut FileCtx,
+        &mut self,
         path: &'p [u8],
     ) -> Result<(Vec<u8>, OwnedFd, &'p [u8]), ApplyError> {
         check_path(path, false).map_err(ApplyError::Refused)?;
@@ -57,7 +39,7 @@ impl DirTarget {
             Some(i) => (&path[..i], &path[i + 1..]),
             None => (&b"."[..], path),
         };
-        if let Some((cached, fd)) = ctx.parent_cache.take() {
+        if let Some((cached, fd)) = self.parent_cache.take() {
             if cached == dir {
                 return Ok((cached, fd, name));
             }
@@ -69,25 +51,6 @@ impl DirTarget {
     /// `hashed` is the sha256 of `data` if the caller computed it already.
     pub(super) fn write_file(
         &mut self,
-        e: &Entry,
-        data: &[u8],
-        sha: &Digest32,
-        hashed: Option<&Digest32>,
-    ) -> Result<(), ApplyError> {
-        let mut ctx = std::mem::take(&mut self.files);
-        let r = self.write_file_with(&mut ctx, e, data, sha, hashed);
-        for (fd, len) in ctx.written.drain(..) {
-            self.writeback.submit(fd, 0, len);
-        }
-        self.files = ctx;
-        r
-    }
-
-    /// [`Self::write_file`] with the state in `ctx` (the replica itself
-    /// is only read through `self`).
-    pub(super) fn write_file_with(
-        &self,
-        ctx: &mut FileCtx,
         e: &Entry,
         data: &[u8],
         sha: &Digest32,
@@ -113,113 +76,15 @@ impl DirTarget {
                 data.len()
             )));
         }
-        let (parent, dir, name) = self.cached_parent(ctx, &e.path)?;
-        let r = self.write_file_in(ctx, &dir, name, e, data, sha);
+        let (parent, dir, name) = self.cached_parent(&e.path)?;
+        let r = self.write_file_in(&dir, name, e, data, sha);
         // A directory replaced by this file does not invalidate its parent.
-        ctx.parent_cache = Some((parent, dir));
+        self.parent_cache = Some((parent, dir));
         r
     }
 
-    /// [`super::ApplyTarget::apply_files`]: a run of at least
-    /// [`PARALLEL_FILES`] file records is split in two halves of about
-    /// the same data (plus a fixed cost per file), written on this thread
-    /// and one more, each with its own [`FileCtx`]; what they applied is
-    /// then put together in the records' order.
-    pub(super) fn write_files_parallel(
-        &mut self,
-        records: &[Record],
-        hashes: &[Option<Digest32>],
-    ) -> Vec<Result<(), ApplyError>> {
-        let weight = |r: &Record| r.data_len() + PER_FILE_WEIGHT;
-        let total: u64 = records.iter().map(weight).sum();
-        let parallel = records.len() >= PARALLEL_FILES && one_apply_thread().is_none();
-        let mut split = records.len();
-        if parallel {
-            let mut acc = 0;
-            for (k, r) in records.iter().enumerate() {
-                acc += weight(r);
-                if acc * 2 >= total {
-                    split = (k + 1).min(records.len() - 1);
-                    break;
-                }
-            }
-        }
-        let (first, second) = records.split_at(split);
-        let (h1, h2) = hashes.split_at(split.min(hashes.len()));
-        let mut ctx1 = std::mem::take(&mut self.files);
-        let mut ctx2 = FileCtx {
-            link_by_fd: ctx1.link_by_fd,
-            ..Default::default()
-        };
-        let this = &*self;
-        let (mut r1, r2) = std::thread::scope(|sc| {
-            let other =
-                (!second.is_empty()).then(|| sc.spawn(|| this.write_files(&mut ctx2, second, h2)));
-            let r1 = this.write_files(&mut ctx1, first, h1);
-            let r2 = other
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .unwrap_or_default();
-            (r1, r2)
-        });
-        // The first half stopped at an error that pauses the apply: the
-        // caller stops there too, whatever the second half did.
-        if let Some(Err(e)) = r1.last().filter(|_| r1.len() < first.len()) {
-            let e = e.clone();
-            r1.resize(first.len(), Err(e));
-        }
-        r1.extend(r2);
-        ctx1.link_by_fd &= ctx2.link_by_fd;
-        ctx1.applied.append(&mut ctx2.applied);
-        ctx1.written.append(&mut ctx2.written);
-        if ctx2.parent_cache.is_some() {
-            ctx1.parent_cache = ctx2.parent_cache.take();
-        }
-        for (fd, len) in ctx1.written.drain(..) {
-            self.writeback.submit(fd, 0, len);
-        }
-        self.files = ctx1;
-        r1
-    }
-
-    /// Write the file records in order with `ctx`; stop after an error
-    /// that pauses the apply.
-    fn write_files(
-        &self,
-        ctx: &mut FileCtx,
-        records: &[Record],
-        hashes: &[Option<Digest32>],
-    ) -> Vec<Result<(), ApplyError>> {
-        let mut out = Vec::with_capacity(records.len());
-        for (k, r) in records.iter().enumerate() {
-            let res = match r {
-                Record::File {
-                    entry,
-                    data,
-                    content_sha256,
-                } => self.write_file_with(
-                    ctx,
-                    entry,
-                    data,
-                    content_sha256,
-                    hashes.get(k).and_then(Option::as_ref),
-                ),
-                other => Err(ApplyError::Io(format!(
-                    "a {} record among file records",
-                    other.name()
-                ))),
-            };
-            let stop = matches!(res, Err(ApplyError::NoSpace(_) | ApplyError::Io(_)));
-            out.push(res);
-            if stop {
-                break;
-            }
-        }
-        out
-    }
-
     fn write_file_in(
-        &self,
-        ctx: &mut FileCtx,
+        &mut self,
         dir: &OwnedFd,
         name: &[u8],
         e: &Entry,
@@ -275,7 +140,7 @@ impl DirTarget {
             return Err(err);
         }
         if !named {
-            self.link_into_place(&mut ctx.link_by_fd, &fd, dir, name, &e.path)?;
+            self.link_into_place(&fd, dir, name, &e.path)?;
         }
         // Stamped after the link, which moves the change time.
         if let Ok(st) = rustix::fs::fstat(&fd) {
@@ -283,11 +148,11 @@ impl DirTarget {
                 crate::digest_cache::remember(stamp, *sha);
             }
             if self.recording && meta.is_ok() {
-                ctx.applied.push(super::applied::of(e, &st, Some(sha)));
+                self.applied.push(super::applied::of(e, &st, Some(sha)));
             }
         }
         if self.writeback_on {
-            ctx.written.push((fd, e.size));
+            self.writeback.submit(fd, 0, e.size);
         }
         meta
     }
@@ -299,8 +164,7 @@ impl DirTarget {
     /// without it (`ENOENT`/`EPERM`) the link goes through
     /// `/proc/self/fd/N`, and later files go that way at once.
     pub(super) fn link_into_place(
-        &self,
-        link_by_fd: &mut bool,
+        &mut self,
         fd: &OwnedFd,
         dir: &OwnedFd,
         name: &[u8],
@@ -319,14 +183,14 @@ impl DirTarget {
         };
         let mut removed = false;
         loop {
-            let r = if *link_by_fd {
+            let r = if self.link_by_fd {
                 match rustix::fs::linkat(fd, "", dir, n, AtFlags::EMPTY_PATH) {
                     Err(Errno::NOENT | Errno::PERM) => {
                         let r = by_proc();
                         // Not permitted by descriptor, but through /proc:
                         // take that way from now on.
                         if r.is_ok() {
-                            *link_by_fd = false;
+                            self.link_by_fd = false;
                         }
                         r
                     }
@@ -435,21 +299,6 @@ impl DirTarget {
         got.xattrs = xattrs;
         super::check_read_back(&got, e, Some(st.st_size as u64))
     }
-}
-
-/// Runs of at least this many file records are written on two threads.
-const PARALLEL_FILES: usize = 8;
-/// A file's fixed cost in bytes of data, for splitting a run in halves.
-const PER_FILE_WEIGHT: u64 = 16 << 10;
-
-/// Set (to anything but empty) to write every file record on the apply
-/// thread alone (for measuring [`DirTarget::write_files_parallel`]).
-pub const ONE_APPLY_THREAD_ENV: &str = "STANDIN_ONE_APPLY_THREAD";
-
-fn one_apply_thread() -> Option<()> {
-    static ONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    ONE.get_or_init(|| std::env::var_os(ONE_APPLY_THREAD_ENV).is_some_and(|v| !v.is_empty()))
-        .then_some(())
 }
 
 /// This process's umask, read once from `/proc/self/status` (`None` if

@@ -329,7 +329,7 @@ fn content_digests_of_files_read_one_after_another_through_one_buffer() {
 }
 
 #[test]
-fn a_run_of_file_records_is_written_on_two_threads_and_recorded_in_order() {
+fn file_records_are_recorded_in_order_for_the_mirror_ledger() {
     let (d, mut t) = target();
     let root = d.path().join("root");
     std::fs::create_dir_all(root.join("a/b")).unwrap();
@@ -348,7 +348,7 @@ fn a_run_of_file_records_is_written_on_two_threads_and_recorded_in_order() {
         data[0] ^= 1;
     }
     t.record_applied(true);
-    let results = t.apply_files(&records, &[]);
+    let results: Vec<_> = records.iter().map(|r| t.apply(r)).collect();
     assert_eq!(results.len(), records.len());
     for (i, r) in results.iter().enumerate() {
         assert_eq!(r.is_err(), i == 30, "record {i}: {r:?}");

@@ -165,7 +165,7 @@ fn a_full_mirror_ends_by_folding_what_it_applied_without_a_walk() {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     source(&src);
-    // Large sets: the run of files in etc/ is written on two threads.
+    // Large sets (a directory's records in the same set as its files).
     let (mut s, end) = mirrored(&t.path().join("state"), &src, 64);
     let root = s.staging_root("src");
     let entries = scan(&src).0.len() as u64;

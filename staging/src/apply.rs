@@ -22,9 +22,11 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, XattrFlags};
 use rustix::io::Errno;
 
+pub mod applied;
 mod cow;
 mod file;
 mod fsops;
+pub mod writeback;
 use fsops::{list_xattrs, lstat, proc_path, remove_at};
 use sha2::{Digest, Sha256};
 use standin_builder::changeset::{check_path, metadata_digest, Digest32, Record};
@@ -88,6 +90,26 @@ pub trait ApplyTarget: Send {
     /// Bytes and inodes available to unprivileged writers on the replica's
     /// filesystem (`None` for inodes when the filesystem does not count them).
     fn available(&mut self) -> Result<(u64, Option<u64>), ApplyError>;
+    /// Whether the records applied next belong to a mirror that is synced
+    /// only at its end: a target may then start writing their data out
+    /// while the mirror goes on ([`writeback`]), so that final sync finds
+    /// less to do. Durability does not depend on it. The default does nothing.
+    fn mirror_writeback(&mut self, on: bool) {
+        let _ = on;
+    }
+    /// Start (or stop) recording, for the mirror's ledger, each entry the
+    /// records applied from now on make, as read back after the apply
+    /// ([`applied`]). Drops what was recorded before. The default records
+    /// nothing.
+    fn record_applied(&mut self, on: bool) {
+        let _ = on;
+    }
+    /// What was recorded since [`ApplyTarget::record_applied`]; `None`
+    /// when that does not describe everything applied (a rename or link
+    /// record, or a target that does not record).
+    fn take_applied(&mut self) -> Option<Vec<applied::Applied>> {
+        None
+    }
 }
 
 /// A generous estimate of the space a change set needs beyond what the
@@ -168,7 +190,19 @@ pub struct DirTarget {
     own_ids: (u32, u32),
     /// The buffer [`ApplyTarget::content_digest`] reads through.
     read_buf: Vec<u8>,
+    /// Start the writeback of each file written ([`ApplyTarget::mirror_writeback`]).
+    writeback_on: bool,
+    writeback: writeback::Writeback,
+    /// Recording what is applied ([`ApplyTarget::record_applied`]), the
+    /// records so far, and whether they describe everything applied.
+    recording: bool,
+    applied: Vec<applied::Applied>,
+    applied_whole: bool,
 }
+
+/// Set (to anything but empty) to leave all of an open mirror's writeback
+/// to its final sync (for measuring [`writeback`]).
+pub const NO_WRITEBACK_ENV: &str = "STANDIN_NO_WRITEBACK";
 
 /// Size of [`DirTarget`]'s read buffer.
 const READ_BUF: usize = 1 << 20;
@@ -194,6 +228,11 @@ impl DirTarget {
                 rustix::process::getegid().as_raw(),
             ),
             read_buf: Vec::new(),
+            writeback_on: false,
+            writeback: writeback::Writeback::default(),
+            recording: false,
+            applied: Vec::new(),
+            applied_whole: true,
         })
     }
 
@@ -309,7 +348,14 @@ impl DirTarget {
             return self.set_metadata(e);
         }
         match (e.kind, existing_type) {
-            (Kind::Dir, Some(FileType::Directory)) => {}
+            (Kind::Dir, Some(FileType::Directory)) => {
+                // It may hold entries no record made: count them at the end.
+                let r = self.set_metadata_in(&dir, name, e);
+                if let Some(a) = self.applied.last_mut().filter(|a| a.path == e.path) {
+                    a.count = true;
+                }
+                return r;
+            }
             // Everything else, including an existing regular file, is
             // replaced by a new inode (truncating in place would also empty
             // the file's other hard links).
@@ -416,6 +462,9 @@ impl DirTarget {
         rustix::fs::utimensat(dir, n, &timestamps(e.mtime_ns), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|x| io_err("setting the time of", &e.path, x))?;
         let (now, checked) = self.verify_metadata(e, dir, name, &xpath)?;
+        if self.recording && checked.is_ok() {
+            self.applied.push(applied::of(e, &now, None));
+        }
         // Only metadata changed: a digest known for the content still holds
         // (so the root digest check does not read the file again).
         if let Some(before) = crate::digest_cache::stamp_of_stat(&st) {
@@ -573,6 +622,9 @@ impl ApplyTarget for DirTarget {
                     }
                     done += n;
                 }
+                // Its writeback starts once its last piece is checked
+                // (`content_digest`): started now, it would drop the pages
+                // that check reads.
                 Ok(())
             }
             Record::Truncate { path, size, .. } => {
@@ -582,8 +634,15 @@ impl ApplyTarget for DirTarget {
                 })?;
                 rustix::fs::ftruncate(&fd, *size).map_err(|x| io_err("truncating", path, x))
             }
-            Record::Rename { from, to } => self.rename(from, to),
-            Record::Link { existing, new } => self.link(existing, new),
+            // Moves or adds a name no record describes.
+            Record::Rename { from, to } => {
+                self.applied_whole = false;
+                self.rename(from, to)
+            }
+            Record::Link { existing, new } => {
+                self.applied_whole = false;
+                self.link(existing, new)
+            }
             Record::Delete { path } => {
                 let (dir, name) = self.parent(path, false)?;
                 remove_at(&dir, name, 0).map_err(|x| io_err("removing", path, x))
@@ -618,15 +677,47 @@ impl ApplyTarget for DirTarget {
         if let Some(stamp) = stamp {
             crate::digest_cache::remember(stamp, d);
         }
+        if self.writeback_on {
+            // A file written in pieces during a mirror, now complete.
+            let len = stamp.map_or(0, |s| s.size);
+            self.writeback.submit(f.into(), 0, len);
+        }
         Ok(Some(d))
     }
 
     fn sync(&mut self) -> Result<(), ApplyError> {
+        self.writeback.flush();
+        let c = &self.writeback.counters;
+        if c.started.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            tracing::debug!(
+                started = c.started.load(std::sync::atomic::Ordering::Relaxed),
+                bytes = c.bytes.load(std::sync::atomic::Ordering::Relaxed),
+                skipped = c.skipped.load(std::sync::atomic::Ordering::Relaxed),
+                "writeback started ahead of this sync (since the daemon started)"
+            );
+        }
         rustix::fs::syncfs(&self.root).map_err(|x| io_err("syncing", b"", x))
     }
 
     fn prepare(&mut self, records: &[Record]) -> Result<(), ApplyError> {
         self.prepare_cow(records)
+    }
+
+    fn record_applied(&mut self, on: bool) {
+        self.recording = on;
+        self.applied.clear();
+        self.applied_whole = true;
+    }
+
+    fn take_applied(&mut self) -> Option<Vec<applied::Applied>> {
+        let whole = std::mem::replace(&mut self.applied_whole, true);
+        let recs = std::mem::take(&mut self.applied);
+        (self.recording && whole).then_some(recs)
+    }
+
+    fn mirror_writeback(&mut self, on: bool) {
+        self.writeback.flush();
+        self.writeback_on = on && std::env::var_os(NO_WRITEBACK_ENV).is_none_or(|v| v.is_empty());
     }
 
     fn available(&mut self) -> Result<(u64, Option<u64>), ApplyError> {

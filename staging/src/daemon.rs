@@ -666,6 +666,7 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
     };
     let mut diff: Option<crate::mirror::DiffSession> = None;
     loop {
+        let waiting = std::time::Instant::now();
         let (payload, decoded, digests) = match frames.recv().await {
             Some(Ok(f)) => f,
             None | Some(Err(FrameError::Closed)) => {
@@ -753,6 +754,10 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
                 let seq = cs.seq;
                 let hold = cfg.hold_apply_while.clone();
                 let pool = pool.clone();
+                // How long the loop waited for this set, and its apply took
+                // (which of the two sides is the bottleneck).
+                let wait_ms = waiting.elapsed().as_millis() as u64;
+                let t0 = std::time::Instant::now();
                 match with_store(shared, move |store| {
                     hold_apply(hold.as_deref(), seq);
                     let r = store.receive_hashed(&raw, &cs, &digests);
@@ -764,7 +769,8 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
                 {
                     Ok(Received::Applied { seq, problems }) => {
                         if problems.is_empty() {
-                            debug!(seq, "change set applied");
+                            let apply_ms = t0.elapsed().as_millis() as u64;
+                            debug!(seq, wait_ms, apply_ms, "change set applied");
                         }
                         Message::Ack(standin_link::message::Ack { seq })
                     }

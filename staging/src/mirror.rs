@@ -34,6 +34,9 @@ use standin_builder::progress::NoProgress;
 use standin_builder::scan::ScanOptions;
 use standin_link::message::{DiffItem, MirrorDiff, MirrorEntries};
 
+use crate::state::RootCheck;
+
+pub mod applied;
 mod beneath;
 pub mod ledger;
 use beneath::Beneath;
@@ -551,18 +554,36 @@ pub fn checked_digest(root: &Path, want: &str) -> Result<String> {
 /// [`checked_digest`], and whether the ledger alone gave `want` (then it
 /// describes the replica as the mirror left it).
 fn checked_digest_by(root: &Path, want: &str) -> Result<(String, bool)> {
+    let (digest, proven, _) = checked(root, want)?;
+    Ok((digest, proven))
+}
+
+/// [`checked_digest_by`] and how it went (`by` is `ledger` when the ledger
+/// alone gave `want`, else `walk`; a walk that wrote its records into
+/// the ledger proves it too).
+fn checked(root: &Path, want: &str) -> Result<(String, bool, RootCheck)> {
+    let t0 = std::time::Instant::now();
     let ledger = ledger::path_for(root);
     let full = std::env::var_os(FULL_CHECK_ENV).is_some_and(|v| !v.is_empty() && v != "0");
     if !full {
-        let t0 = std::time::Instant::now();
         let got = ledger::digest(root, &ledger)?;
         tracing::debug!(
             ms = t0.elapsed().as_millis() as u64,
             "mirror end: root digest from the ledger"
         );
         match got {
-            Some(ledger::Outcome::Digest { digest, .. }) if digest == want => {
-                return Ok((digest, true))
+            Some(ledger::Outcome::Digest {
+                digest,
+                reused,
+                reread,
+            }) if digest == want => {
+                let check = RootCheck {
+                    by: "ledger".into(),
+                    reused,
+                    reread,
+                    ms: t0.elapsed().as_millis() as u64,
+                };
+                return Ok((digest, true, check));
             }
             Some(ledger::Outcome::Digest { digest: d, .. }) => {
                 tracing::info!(
@@ -579,7 +600,18 @@ fn checked_digest_by(root: &Path, want: &str) -> Result<(String, bool)> {
     }
     // The walk's records replace the comparison's ledger: they describe
     // the replica as it is now.
-    replica_digest_recorded(root, Some(&ledger))
+    let (digest, written) = replica_digest_recorded(root, Some(&ledger))?;
+    tracing::debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        "mirror end: root digest from the walk"
+    );
+    let check = RootCheck {
+        by: "walk".into(),
+        reused: 0,
+        reread: 0,
+        ms: t0.elapsed().as_millis() as u64,
+    };
+    Ok((digest, written, check))
 }
 
 /// The root digest check at a mirror's end ([`checked_digest`]); a ledger
@@ -587,13 +619,18 @@ fn checked_digest_by(root: &Path, want: &str) -> Result<(String, bool)> {
 /// starting point ([`ledger::prev_path_for`]); any other is dropped, and
 /// so is an older one.
 pub fn check_and_keep(root: &Path, want: &str) -> Result<String> {
-    let (got, proven) = checked_digest_by(root, want)?;
+    Ok(check_and_keep_by(root, want)?.0)
+}
+
+/// [`check_and_keep`] and how the check went.
+pub fn check_and_keep_by(root: &Path, want: &str) -> Result<(String, RootCheck)> {
+    let (got, proven, check) = checked(root, want)?;
     let (ledger, prev) = (ledger::path_for(root), ledger::prev_path_for(root));
     if !(proven && got == want && std::fs::rename(&ledger, &prev).is_ok()) {
         let _ = std::fs::remove_file(&ledger);
         let _ = std::fs::remove_file(&prev);
     }
-    Ok(got)
+    Ok((got, check))
 }
 
 /// End a mirror: when the source sent its root digest and the mirror's
@@ -605,9 +642,27 @@ pub fn end(
     m: &standin_link::message::MirrorEnd,
 ) -> Result<standin_link::message::MirrorDone> {
     let root = store.staging_root(source_id);
+    // What the mirror's sets applied, merged into the comparison's ledger
+    // (see [`applied`]); used only when every set was recorded.
+    if let Some(log) = store.take_applied(m) {
+        let file = log.path.clone();
+        if m.root_digest.is_some() && store.state().last_applied_seq >= m.last_seq {
+            let t0 = std::time::Instant::now();
+            match applied::merge(&root, log) {
+                Ok(n) => tracing::debug!(
+                    records = n,
+                    ms = t0.elapsed().as_millis() as u64,
+                    "mirror end: apply ledger merged into the mirror ledger"
+                ),
+                Err(e) => tracing::info!("{e:#}; the apply ledger is not used"),
+            }
+        }
+        let _ = std::fs::remove_file(&file);
+    }
     if let Some(want) = &m.root_digest {
         if store.state().last_applied_seq >= m.last_seq {
-            let got = check_and_keep(&root, want)?;
+            let (got, check) = check_and_keep_by(&root, want)?;
+            store.note_root_check(check);
             if &got != want {
                 tracing::warn!(
                     mirror = m.mirror_id,

@@ -70,6 +70,22 @@ pub struct MirrorState {
     /// Whether the replica's root digest was checked against it. The check
     /// needs builder's manifest code and is switched on when it is merged.
     pub root_verified: bool,
+    /// How the root digest check at the mirror's end went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_check: Option<RootCheck>,
+}
+
+/// How the replica's root digest was computed at a mirror's end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootCheck {
+    /// `ledger` (folded from the mirror's ledger) or `walk` (the whole
+    /// replica read).
+    pub by: String,
+    /// Entries taken from the ledger unchanged, and entries read again.
+    pub reused: u64,
+    pub reread: u64,
+    /// Milliseconds the check took.
+    pub ms: u64,
 }
 
 /// The last heartbeat and when it arrived.

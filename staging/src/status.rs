@@ -318,6 +318,7 @@ mod tests {
             last_seq: None,
             root_digest: None,
             root_verified: false,
+            root_check: None,
         }
     }
 

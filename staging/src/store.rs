@@ -77,6 +77,12 @@ pub struct Store {
     lazy_saved_at: Option<std::time::Instant>,
     /// [`LAZY_SAVE_EVERY`] (tests set another).
     pub lazy_save_every: std::time::Duration,
+    /// What the sets of the open mirror applied, for the root digest check
+    /// at its end ([`crate::mirror::applied`]).
+    applied: Option<crate::mirror::applied::Log>,
+    /// How the last mirror end's root digest check went, recorded in the
+    /// state when the mirror completes.
+    root_check: Option<crate::state::RootCheck>,
 }
 
 /// How often `state.json` is written durably while the sets of an open
@@ -150,6 +156,8 @@ impl Store {
             lock_held: false,
             lazy_saved_at: None,
             lazy_save_every: LAZY_SAVE_EVERY,
+            applied: None,
+            root_check: None,
         };
         if !dir.join(crate::state::STATE_FILE).exists() {
             store
@@ -446,12 +454,21 @@ impl Store {
         // Only sets that skipped the journal defer their state save (see
         // [`LAZY_SAVE_EVERY`]); a journaled one records its number at once.
         let lazy_save = self.unjournaled(cs);
+        // The open mirror's sets are recorded for its end, in order and
+        // from their first record.
+        let record = lazy && start == 0 && self.applied.as_ref().is_some_and(|l| l.wants(seq));
+        if lazy && !record {
+            if let Some(l) = self.applied.as_mut() {
+                l.give_up(format!("change set {seq} was not recorded from its start"));
+            }
+        }
         let mut problems = Vec::new();
         let mut pending: BTreeMap<Vec<u8>, Digest32> = BTreeMap::new();
         let result: Result<(), ApplyError> = (|| {
             let target = self
                 .target()
                 .map_err(|e| ApplyError::Io(format!("{e:#}")))?;
+            target.record_applied(record);
             if start == 0 {
                 // Pause before the first record rather than half way: the
                 // replica then stays exactly as of `seq - 1` while paused.
@@ -464,6 +481,7 @@ impl Store {
                     )));
                 }
             }
+            target.mirror_writeback(lazy);
             target.prepare(cs.records.get(start..).unwrap_or_default())?;
             for (i, r) in cs.records.iter().enumerate() {
                 track(&mut pending, r);
@@ -530,6 +548,18 @@ impl Store {
                 target.sync()
             }
         })();
+        let recorded = self.target.as_mut().and_then(|t| {
+            let r = t.take_applied();
+            t.record_applied(false);
+            r
+        });
+        if let (true, Some(log)) = (record, self.applied.as_mut()) {
+            if result.is_ok() && problems.is_empty() {
+                log.add(seq, recorded);
+            } else {
+                log.give_up(format!("change set {seq} did not apply cleanly"));
+            }
+        }
         if let Err(e) = result {
             return Err(self.pause(format!("applying change set {seq}: {e}")));
         }
@@ -591,6 +621,10 @@ impl Store {
                 return self.save_ctx();
             }
         }
+        self.applied = self.state.source_id.clone().map(|src| {
+            crate::mirror::applied::Log::start(&self.staging_root(&src), &m.mirror_id, m.first_seq)
+        });
+        self.root_check = None;
         self.state.mirror = Some(MirrorState {
             mirror_id: m.mirror_id.clone(),
             mode: m.mode,
@@ -602,9 +636,29 @@ impl Store {
             last_seq: None,
             root_digest: None,
             root_verified: false,
+            root_check: None,
         });
         self.state.mirror_complete = false;
         self.save_ctx()
+    }
+
+    /// The apply ledger of mirror `m` ([`crate::mirror::applied`]) when
+    /// every one of its sets was applied and recorded by this store, in
+    /// order; recording stops either way.
+    pub fn take_applied(&mut self, m: &MirrorEnd) -> Option<crate::mirror::applied::Recorded> {
+        self.applied.take()?.finish(&m.mirror_id, m.last_seq)
+    }
+
+    /// How the root digest check at the end of the mirror being ended went
+    /// (kept in the state's mirror when it completes).
+    pub fn note_root_check(&mut self, check: crate::state::RootCheck) {
+        self.root_check = Some(check);
+    }
+
+    /// How the root digest check of the mirror being ended went, until
+    /// the mirror completes (then it is in the state's mirror).
+    pub fn root_check(&self) -> Option<&crate::state::RootCheck> {
+        self.root_check.as_ref()
     }
 
     /// A mirror ended: complete once its last change set is applied.
@@ -653,6 +707,7 @@ impl Store {
         ms.last_seq = Some(m.last_seq);
         ms.root_digest = m.root_digest.clone();
         ms.root_verified = false;
+        ms.root_check = self.root_check.take();
         self.state.mirror_complete = true;
         self.state.warning = None;
         self.save_ctx()?;

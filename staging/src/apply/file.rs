@@ -143,8 +143,16 @@ impl DirTarget {
             self.link_into_place(&fd, dir, name, &e.path)?;
         }
         // Stamped after the link, which moves the change time.
-        if let Some(stamp) = crate::digest_cache::stamp_of_fd(&fd) {
-            crate::digest_cache::remember(stamp, *sha);
+        if let Ok(st) = rustix::fs::fstat(&fd) {
+            if let Some(stamp) = crate::digest_cache::stamp_of_stat(&st) {
+                crate::digest_cache::remember(stamp, *sha);
+            }
+            if self.recording && meta.is_ok() {
+                self.applied.push(super::applied::of(e, &st, Some(sha)));
+            }
+        }
+        if self.writeback_on {
+            self.writeback.submit(fd, 0, e.size);
         }
         meta
     }

@@ -327,3 +327,52 @@ fn content_digests_of_files_read_one_after_another_through_one_buffer() {
     }
     assert_eq!(t.content_digest(b"missing").unwrap(), None);
 }
+
+#[test]
+fn file_records_are_recorded_in_order_for_the_mirror_ledger() {
+    let (d, mut t) = target();
+    let root = d.path().join("root");
+    std::fs::create_dir_all(root.join("a/b")).unwrap();
+    let mut records = Vec::new();
+    for i in 0..40 {
+        let dir = if i < 25 { "a" } else { "a/b" };
+        let data = vec![i as u8; 1 + i * 3000];
+        records.push(rec(
+            &file_entry(&format!("{dir}/f{i:02}"), 0o640, &data),
+            &data,
+        ));
+    }
+    // One of them is refused (its data does not match its digest): only
+    // that one is reported, the others land.
+    if let Record::File { data, .. } = &mut records[30] {
+        data[0] ^= 1;
+    }
+    t.record_applied(true);
+    let results: Vec<_> = records.iter().map(|r| t.apply(r)).collect();
+    assert_eq!(results.len(), records.len());
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r.is_err(), i == 30, "record {i}: {r:?}");
+    }
+    for (i, r) in records.iter().enumerate().filter(|(i, _)| *i != 30) {
+        let Record::File { entry, data, .. } = r else {
+            unreachable!()
+        };
+        let p = root.join(std::str::from_utf8(&entry.path).unwrap());
+        assert_eq!(&std::fs::read(&p).unwrap(), data, "record {i}");
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o640);
+    }
+    assert!(!root.join("a/b/f30").exists());
+    // What was applied is recorded in the records' order, refused one left out.
+    let applied = t.take_applied().expect("only file records");
+    let paths: Vec<&[u8]> = applied.iter().map(|a| a.path.as_slice()).collect();
+    let want: Vec<&[u8]> = records
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 30)
+        .map(|(_, r)| r.paths()[0])
+        .collect();
+    assert_eq!(paths, want);
+    assert!(applied
+        .iter()
+        .all(|a| a.record.is_some() || !rustix::process::geteuid().is_root()));
+}

@@ -359,6 +359,18 @@ impl Prev {
         Ok(n)
     }
 
+    /// The next record in the ledger's order: its path and, when trusted,
+    /// itself; `None` after the last one (for [`super::applied`], which
+    /// merges ledgers).
+    pub fn next_entry(&mut self) -> std::io::Result<Option<(Vec<u8>, Option<Record>)>> {
+        if self.done {
+            return Ok(None);
+        }
+        let n = self.read_next()?;
+        self.done = n.is_none();
+        Ok(n)
+    }
+
     /// The trusted record of `path`; paths must be asked in tree order
     /// (records before `path` are passed over). A damaged ledger gives
     /// nothing more.
@@ -465,6 +477,12 @@ pub fn digest(root: &Path, ledger: &Path) -> Result<Option<Outcome>> {
         Ok(o) => Ok(Some(o)),
         Err(e) => Ok(Some(Outcome::Unsure(format!("ledger unusable: {e}")))),
     }
+}
+
+/// The directories whose entries the ledger at `ledger` has counted at
+/// the end (for [`super::applied`], which merges ledgers).
+pub fn count_dirs(ledger: &Path) -> std::io::Result<HashSet<Vec<u8>>> {
+    trailer(ledger)
 }
 
 /// The directories listed after the records (tag 2), checking the end marker.

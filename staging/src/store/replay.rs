@@ -67,6 +67,8 @@ pub fn replay_locked(dir: &Path, _lock: &ApplyLock) -> Result<u64> {
         lock_held: true,
         lazy_saved_at: None,
         lazy_save_every: super::LAZY_SAVE_EVERY,
+        applied: None,
+        root_check: None,
     };
     store
         .recover()

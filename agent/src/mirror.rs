@@ -179,8 +179,16 @@ pub async fn mirror(
         "the sparse mirror did not complete ({why}); running a comparison mirror of the whole tree now"
     );
     let mut again = mirror_once(sender, link, opts, progress, false).await?;
+    // The report is the invocation's: what both mirrors did.
     again.sparse_retry = Some(why);
     again.seconds += first.seconds;
+    again.changed += first.changed;
+    again.deleted += first.deleted;
+    again.data_bytes += first.data_bytes;
+    again.bytes_sent += first.bytes_sent;
+    again.compare_bytes_sent += first.compare_bytes_sent;
+    again.compare_bytes_received += first.compare_bytes_received;
+    again.files_hashed += first.files_hashed;
     Ok(again)
 }
 
@@ -699,7 +707,7 @@ impl Compare<'_> {
                     entries: sum.entries,
                     total_bytes: sum.total_bytes,
                     counts: standin_builder::manifest::CacheCounts {
-                        reused: 0,
+                        reused: sum.digests_reused,
                         hashed: sum.hashed,
                     },
                     listed: sum.listed,

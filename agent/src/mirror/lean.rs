@@ -51,6 +51,8 @@ pub struct LeanSummary {
     pub gone: u64,
     /// Regular files read and hashed.
     pub hashed: u64,
+    /// Regular files whose remembered digest was used (taken from the index).
+    pub digests_reused: u64,
     /// The fresh index (commit it once the mirror is complete).
     pub fresh: Option<Writer>,
     /// Most index records held at once.
@@ -163,6 +165,7 @@ pub fn scan(
             reused: 0,
             gone: 0,
             hashed: 0,
+            digests_reused: 0,
             fresh: None,
             index_held_peak: 0,
         },
@@ -322,6 +325,9 @@ impl Lean<'_> {
         {
             let r = old.expect("checked");
             self.sum.reused += 1;
+            if r.sha256().is_some() {
+                self.sum.digests_reused += 1;
+            }
             if stamp.dir {
                 self.ancestors.push((rel, false));
             }

@@ -705,7 +705,7 @@ mod tests {
     use standin_builder::scan::Scanner;
     use std::os::unix::ffi::OsStrExt;
 
-    fn entries(root: &Path) -> Vec<Entry> {
+    pub(super) fn entries(root: &Path) -> Vec<Entry> {
         let mut out = Vec::new();
         for s in Scanner::new(root, &ScanOptions::default(), &NoProgress).unwrap() {
             let mut e = s.unwrap().entry;

@@ -16,10 +16,13 @@
 //!   | file_bytes u64 | canonical length u32 | canonical (RootDigest::canonical)
 //! | end: shared = 0xFFFF_FFFF | count u64
 //! | base: mirror id, root digest, target (each u16 length + bytes) | last_seq u64
-//! | sha256 of everything before (32)
+//! | base length u32 | sha256 of everything before (32)
 //! ```
-//! Integers big endian. [`Reader::open`] checks all of it (checksum, order,
-//! count, tree, target) before any record is used.
+//! Integers big endian. [`Reader::open`] checks the checksum of all of it,
+//! the tree and the target (the base is read from the end) before any
+//! record is used; order and count are checked as the records are read (a
+//! record out of order ends the index early: the entries after it are
+//! then listed as new, which costs time and never hides a change).
 
 use std::cmp::Ordering;
 use std::fs::File;
@@ -258,12 +261,15 @@ impl Writer {
     pub fn commit(mut self, base: &Base) -> Result<()> {
         let mut b = END.to_be_bytes().to_vec();
         b.extend_from_slice(&self.count.to_be_bytes());
+        let start = b.len();
         for s in [&base.mirror_id, &base.root_digest, &base.target] {
             let s = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
             b.extend_from_slice(&(s.len() as u16).to_be_bytes());
             b.extend_from_slice(s);
         }
         b.extend_from_slice(&base.last_seq.to_be_bytes());
+        let base_len = (b.len() - start) as u32;
+        b.extend_from_slice(&base_len.to_be_bytes());
         self.put_buf(&b)?;
         let sum = self.hasher.finalize_reset();
         self.out.write_all(&sum)?;
@@ -435,20 +441,53 @@ impl Reader {
         let Some(mut check) = open()? else {
             return Ok(None);
         };
-        check.hasher = Some(Sha256::new());
-        check.header(tree)?;
-        while check.next()?.is_some() {}
-        let base = check.base()?;
-        let want = check.hasher.take().expect("set").finalize();
+        // The checksum of everything before the last 32 bytes.
+        let len = check
+            .r
+            .get_ref()
+            .metadata()
+            .map_err(|e| format!("reading {}: {e}", path.display()))?
+            .len();
+        if len < 10 + 4 + 8 + 14 + 4 + 32 {
+            return Err(format!("truncated ({len} bytes)"));
+        }
+        let mut h = Sha256::new();
+        let mut left = len - 32;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut tail: Vec<u8> = Vec::new();
+        while left > 0 {
+            let n = (left as usize).min(buf.len());
+            check
+                .r
+                .read_exact(&mut buf[..n])
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            h.update(&buf[..n]);
+            // Keep the last bytes read: the base is among them.
+            tail.extend_from_slice(&buf[..n]);
+            let keep = tail.len().saturating_sub(3 * (u16::MAX as usize) + 64);
+            tail.drain(..keep);
+            left -= n as u64;
+        }
         let mut sum = [0u8; 32];
         check.read_into(&mut sum)?;
-        if want.as_slice() != sum {
+        if h.finalize().as_slice() != sum {
+            // Say "bad magic" or "another tree" when that is what it is.
+            if let Some(mut head) = open()? {
+                head.header(tree)?;
+            }
             return Err("checksum mismatch (truncated or corrupt)".into());
         }
-        let mut extra = [0u8; 1];
-        if check.r.read(&mut extra).map_err(|e| e.to_string())? != 0 {
-            return Err("trailing bytes".into());
+        let base_len = u32::from_be_bytes(tail[tail.len() - 4..].try_into().expect("4")) as usize;
+        if base_len + 4 > tail.len() {
+            return Err("bad base length".into());
         }
+        let mut rb = Records {
+            r: &tail[tail.len() - 4 - base_len..tail.len() - 4],
+            prev: Vec::new(),
+            hasher: None,
+            count: 0,
+        };
+        let base = rb.base()?;
         if base.target != target {
             return Err(format!(
                 "written for another target ({}, this is {target})",

@@ -18,15 +18,11 @@
 //! directory stack, one index record, and hard-link groups.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use globset::GlobSet;
 use rayon::prelude::*;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, StatxFlags};
+use rustix::fs::{Mode, OFlags};
 use standin_builder::entry::{path_cmp, Entry, Kind};
 use standin_builder::manifest::{FileBlocks, RootDigest};
 use standin_builder::progress::Progress;
@@ -79,10 +75,6 @@ enum Slot {
 
 struct Lean<'a> {
     root: PathBuf,
-    excludes: GlobSet,
-    keep_empty: Vec<Vec<u8>>,
-    root_dev: u64,
-    one_file_system: bool,
     index: Reader,
     fresh: Option<Writer>,
     digest: RootDigest,
@@ -140,10 +132,6 @@ pub fn scan(
     let (excludes, keep_empty) = standin_builder::scan::filters(root, opts)?;
     let mut lean = Lean {
         root: root.to_path_buf(),
-        excludes,
-        keep_empty,
-        root_dev: meta.dev(),
-        one_file_system: opts.one_file_system,
         index,
         fresh,
         digest: RootDigest::new(),
@@ -177,11 +165,38 @@ pub fn scan(
     )
     .with_context(|| format!("opening root {}", root.display()))?;
     lean.visit(Vec::new(), EntryStamp::of_metadata(&meta))?;
-    let keep = lean.keep_empty.iter().any(|k| k.is_empty());
-    if !keep {
-        lean.walk_dir(&dirfd, Vec::new())?;
-    }
-    lean.ancestors.pop();
+    // The walk runs on its own thread a few batches ahead.
+    let (tx, rx) = std::sync::mpsc::sync_channel(walk::AHEAD);
+    let mut w = walk::Walk {
+        root: root.to_path_buf(),
+        excludes,
+        keep_empty,
+        root_dev: meta.dev(),
+        one_file_system: opts.one_file_system,
+        tx,
+        batch: Vec::new(),
+    };
+    let walker = std::thread::Builder::new()
+        .name("standin-lean-walk".into())
+        .spawn(move || {
+            let _ = w.run(&dirfd);
+        })
+        .context("starting the lean scan's walking thread")?;
+    let merged = (|| -> Result<()> {
+        for batch in rx.iter() {
+            for item in batch {
+                match item {
+                    walk::Walked::Entry(rel, stamp) => lean.visit(rel, stamp)?,
+                    walk::Walked::Note(n) => lean.progress.note(&n),
+                    walk::Walked::Failed(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    })();
+    drop(rx);
+    let _ = walker.join();
+    merged?;
     lean.passed(None);
     lean.flush()?;
     let Lean {
@@ -204,89 +219,6 @@ pub fn scan(
 }
 
 impl Lean<'_> {
-    /// Walk the directory `dir` (open as `fd`) in name order.
-    fn walk_dir(&mut self, fd: &OwnedFd, dir: Vec<u8>) -> Result<()> {
-        let mut names: Vec<Vec<u8>> = Vec::new();
-        let abs = || super::abs_path(&self.root, &dir);
-        let rd = rustix::fs::Dir::read_from(fd)
-            .with_context(|| format!("reading directory {}", abs().display()))?;
-        for d in rd {
-            let d = d.with_context(|| format!("reading directory {}", abs().display()))?;
-            let n = d.file_name().to_bytes();
-            if n != b"." && n != b".." {
-                names.push(n.to_vec());
-            }
-        }
-        names.sort_unstable();
-        let mut slashed = Vec::new();
-        for name in names {
-            let rel = join(&dir, &name);
-            slashed.clear();
-            slashed.push(b'/');
-            slashed.extend_from_slice(&rel);
-            if self
-                .excludes
-                .is_match(Path::new(OsStr::from_bytes(&slashed)))
-            {
-                continue;
-            }
-            let st = match rustix::fs::statx(
-                fd,
-                OsStr::from_bytes(&name),
-                AtFlags::SYMLINK_NOFOLLOW,
-                StatxFlags::BASIC_STATS,
-            ) {
-                Ok(st) => st,
-                Err(rustix::io::Errno::NOENT) => {
-                    self.progress.note(&format!(
-                        "{} vanished while scanning; left out",
-                        super::abs_path(&self.root, &rel).display()
-                    ));
-                    continue;
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("reading {}", super::abs_path(&self.root, &rel).display())
-                    })
-                }
-            };
-            let ft = FileType::from_raw_mode(st.stx_mode as _);
-            if ft == FileType::Socket {
-                self.progress.note(&format!(
-                    "{} is a socket; left out",
-                    super::abs_path(&self.root, &rel).display()
-                ));
-                continue;
-            }
-            let stamp = EntryStamp::of_statx(&st);
-            self.visit(rel.clone(), stamp)?;
-            if ft != FileType::Directory {
-                continue;
-            }
-            let descend = !self.keep_empty.contains(&rel)
-                && (!self.one_file_system || stamp.dev == self.root_dev);
-            if descend {
-                let sub = rustix::fs::openat(
-                    fd,
-                    OsStr::from_bytes(&name),
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                );
-                match sub {
-                    Ok(sub) => self.walk_dir(&sub, rel)?,
-                    Err(rustix::io::Errno::NOENT) => {}
-                    Err(e) => {
-                        return Err(e).with_context(|| {
-                            format!("opening {}", super::abs_path(&self.root, &rel).display())
-                        })
-                    }
-                }
-            }
-            self.ancestors.pop();
-        }
-        Ok(())
-    }
-
     /// Index records before `path` (all for `None`) are gone from the source.
     fn passed(&mut self, path: Option<&[u8]>) {
         while let Some(r) = self.index.peek() {
@@ -311,8 +243,15 @@ impl Lean<'_> {
     }
 
     /// One walked entry: reused from the index or listed. A directory is
-    /// pushed on the ancestor stack (its caller pops it).
+    /// pushed on the ancestor stack (left when the walk leaves it).
     fn visit(&mut self, rel: Vec<u8>, stamp: EntryStamp) -> Result<()> {
+        while self
+            .ancestors
+            .last()
+            .is_some_and(|(a, _)| !beneath(a, &rel))
+        {
+            self.ancestors.pop();
+        }
         self.passed(Some(&rel));
         let old = match self.index.peek() {
             Some(r) if r.path == rel => self.index.take(),
@@ -480,3 +419,4 @@ impl Lean<'_> {
 
 #[cfg(test)]
 mod tests;
+mod walk;

@@ -75,3 +75,61 @@ pub fn accept(state: &TargetState, staging_root: &Path, b: &MirrorBase) -> Resul
         Err(_) => Err("the proven ledger is not tagged with its mirror".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::MirrorState;
+    use standin_link::message::MirrorMode;
+
+    #[test]
+    fn a_base_is_accepted_only_while_the_replica_is_what_it_left() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("staging/s/root");
+        std::fs::create_dir_all(&root).unwrap();
+        let b = MirrorBase {
+            mirror_id: "m1".into(),
+            root_digest: "d1".into(),
+            last_seq: 7,
+        };
+        let mut st = TargetState {
+            last_applied_seq: 7,
+            mirror_complete: true,
+            mirror: Some(MirrorState {
+                mirror_id: "m1".into(),
+                mode: MirrorMode::Checksum,
+                total_entries: 0,
+                total_bytes: 0,
+                first_seq: 1,
+                bytes_applied: 0,
+                started_unix_ms: 0,
+                last_seq: Some(7),
+                root_digest: Some("d1".into()),
+                root_verified: false,
+            }),
+            ..Default::default()
+        };
+        let why = |st: &TargetState| accept(st, &root, &b).unwrap_err();
+        assert!(why(&st).contains("no proven ledger"));
+        std::fs::write(super::super::ledger::prev_path_for(&root), b"SILG").unwrap();
+        assert!(why(&st).contains("not tagged"));
+        remember(&root, "m0", "d1");
+        assert!(why(&st).contains("another mirror"));
+        remember(&root, "m1", "d1");
+        assert_eq!(accept(&st, &root, &b), Ok(()));
+        st.last_applied_seq = 8;
+        assert!(why(&st).contains("applied since"));
+        st.last_applied_seq = 7;
+        st.mirror_complete = false;
+        assert!(why(&st).contains("not complete"));
+        st.mirror_complete = true;
+        st.mirror.as_mut().unwrap().root_digest = Some("d2".into());
+        assert!(why(&st).contains("another root digest"));
+        st.mirror.as_mut().unwrap().mirror_id = "m2".into();
+        assert!(why(&st).contains("the last mirror here is m2"));
+        st.mirror = None;
+        assert!(why(&st).contains("no mirror"));
+        forget(&root);
+        assert!(!tag_path(&root).exists());
+    }
+}

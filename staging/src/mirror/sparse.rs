@@ -116,3 +116,99 @@ impl Carry {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::tests::{entries, sh};
+    use crate::mirror::{check_and_keep, replica_digest, DiffSession};
+    use standin_link::message::MirrorEntries;
+
+    fn batch(n: u64, entries: Vec<Entry>, gone: &[&str]) -> MirrorEntries {
+        MirrorEntries {
+            batch: n,
+            entries,
+            block_size: 4096,
+            gone: gone.iter().map(|g| g.as_bytes().to_vec()).collect(),
+        }
+    }
+
+    fn fold(rep: &Path) -> String {
+        match ledger::digest(rep, &ledger::path_for(rep))
+            .unwrap()
+            .unwrap()
+        {
+            ledger::Outcome::Digest { digest, .. } => digest,
+            ledger::Outcome::Unsure(why) => format!("unsure: {why}"),
+        }
+    }
+
+    #[test]
+    fn unlisted_entries_are_carried_gone_ones_dropped_and_tampering_still_caught() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, rep) = (t.path().join("src"), t.path().join("rep"));
+        let (s, r) = (src.display(), rep.display());
+        sh(&format!(
+            "mkdir -p {s}/d {s}/gone/deep {s}/e && for i in 1 2 3 4 5 6; do echo $i > {s}/d/f$i; done && \
+             echo g > {s}/gone/deep/g && echo x > {s}/e/x && cp -a {s} {r}"
+        ));
+        // A complete mirror proved the replica: its ledger is kept.
+        let want = replica_digest(&src).unwrap();
+        let mut full = DiffSession::new(&rep).unwrap();
+        full.diff(&batch(1, entries(&src), &[])).unwrap();
+        full.diff(&batch(2, vec![], &[])).unwrap();
+        assert_eq!(check_and_keep(&rep, &want).unwrap(), want);
+
+        // The source changes; the mirror brings the replica along.
+        sh(&format!(
+            "echo changed > {s}/d/f2 && echo new > {s}/d/new && rm -r {s}/gone && \
+             cp -a {s}/d/f2 {s}/d/new {r}/d/ && rm -r {r}/gone && touch -r {s}/d {r}/d && touch -r {s} {r}"
+        ));
+        let want = replica_digest(&src).unwrap();
+        let all = entries(&src);
+        let listed: Vec<Entry> = all
+            .iter()
+            .filter(|e| ["", "d", "d/f2", "d/new"].contains(&&*String::from_utf8_lossy(&e.path)))
+            .cloned()
+            .collect();
+        assert_eq!(listed.len(), 4);
+        let mut sp = DiffSession::new_sparse(&rep).unwrap();
+        assert!(sp.is_sparse());
+        let d = sp.diff(&batch(1, listed[..2].to_vec(), &[])).unwrap();
+        assert!(d.items.is_empty(), "{:?}", d.items);
+        sp.diff(&batch(2, listed[2..].to_vec(), &[])).unwrap();
+        let end = sp.diff(&batch(3, vec![], &["gone"])).unwrap();
+        let extra: Vec<_> = end
+            .items
+            .iter()
+            .map(|i| (i.path.clone(), i.state.clone()))
+            .collect();
+        assert_eq!(extra, [(b"gone".to_vec(), "extra".to_string())]);
+        assert_eq!(
+            sp.sparse.as_ref().unwrap().carried,
+            all.len() as u64 - 4,
+            "every unlisted entry carried, the gone subtree dropped"
+        );
+        assert_eq!(
+            fold(&rep),
+            want,
+            "the carried ledger gives the replica's digest"
+        );
+        assert_eq!(check_and_keep(&rep, &want).unwrap(), want);
+
+        // Tampering with an entry nobody listed: the fold sees it.
+        let mut sp = DiffSession::new_sparse(&rep).unwrap();
+        sp.diff(&batch(1, vec![], &[])).unwrap();
+        sh(&format!(
+            "printf '9\\n' > {r}/d/f5 && touch -r {s}/d/f5 {r}/d/f5"
+        ));
+        assert_ne!(fold(&rep), want, "a tampered unlisted file is caught");
+        // Gone paths only in a sparse session, and in tree order.
+        let mut plain = DiffSession::new(&rep).unwrap();
+        assert!(plain.diff(&batch(1, vec![], &["d"])).is_err());
+        let mut sp = DiffSession::new_sparse(&rep).unwrap();
+        assert!(sp
+            .diff(&batch(1, listed[..1].to_vec(), &["e", "d"]))
+            .is_err());
+    }
+}

@@ -229,14 +229,18 @@ async fn mirror_once(
     let tree = crate::digests::tree_id(&opts.root);
     let target = target_identity(link);
     let index_path = opts.digest_cache.as_deref().map(index::path_beside);
-    let offered = if allow_base {
-        open_index(opts, &tree, &target)
-    } else {
-        None
-    };
+    // The index is checked (one pass over it) while the connection opens.
+    let opening = allow_base.then(|| {
+        let (opts, tree, target) = (opts.clone(), tree.clone(), target.clone());
+        tokio::task::spawn_blocking(move || open_index(&opts, &tree, &target))
+    });
     let mut conn = connect(link, Role::Agent)
         .await
         .context("opening the comparison connection")?;
+    let offered = match opening {
+        Some(t) => t.await.context("mirror index task")?,
+        None => None,
+    };
     let mut base = None;
     if let Some(r) = offered {
         match offer_base(&mut conn, &r.base).await? {
@@ -664,7 +668,10 @@ impl Compare<'_> {
         base: Option<index::Reader>,
         index: Option<index::Writer>,
     ) -> Result<Streamed> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<lean::Batch>(4);
+        // A lean scan's batches are small (what changed): it may run
+        // further ahead of the comparison, hashing while the target answers.
+        let ahead = if base.is_some() { 32 } else { 4 };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<lean::Batch>(ahead);
         let root = opts.root.clone();
         let scan_opts = opts.scan.clone();
         let bs = opts.block_size.max(1);

@@ -73,11 +73,12 @@ enum Slot {
     },
 }
 
+/// The merge of the walk with the index (on the calling thread).
 struct Lean<'a> {
     root: PathBuf,
     index: Reader,
-    fresh: Option<Writer>,
-    digest: RootDigest,
+    /// Chunks (and the gone paths found with them) to the fold.
+    tx: std::sync::mpsc::SyncSender<(Vec<Slot>, Vec<Vec<u8>>)>,
     slots: Vec<Slot>,
     listed_in_chunk: usize,
     /// Directories from the root down to the current entry; whether listed.
@@ -87,12 +88,28 @@ struct Lean<'a> {
     /// A listed non-directory: index records beneath it are dropped (they
     /// went with the directory it replaced).
     replaced: Option<Vec<u8>>,
-    out: Batch,
-    block_size: Option<&'a (dyn Fn(u64) -> u64 + Sync)>,
+    /// Gone paths found since the last chunk.
+    gone: Vec<Vec<u8>>,
     progress: &'a dyn Progress,
-    emit: &'a mut dyn FnMut(Batch) -> Result<()>,
     sum: LeanSummary,
 }
+
+/// The fold of the chunks in order, on its own thread: hashes what the
+/// listed files need (in parallel), adds every entry to the root digest
+/// and the fresh index, and hands out the listed batches.
+struct Fold<'a> {
+    root: PathBuf,
+    block_size: Option<&'a (dyn Fn(u64) -> u64 + Sync)>,
+    digest: RootDigest,
+    fresh: Option<Writer>,
+    out: Batch,
+    listed: u64,
+    hashed: u64,
+    emit: &'a mut (dyn FnMut(Batch) -> Result<()> + Send),
+}
+
+/// Chunks the merge runs ahead of the fold.
+const FOLD_AHEAD: usize = 2;
 
 fn beneath(dir: &[u8], path: &[u8]) -> bool {
     if dir.is_empty() {
@@ -121,30 +138,37 @@ pub fn scan(
     fresh: Option<Writer>,
     block_size: Option<&(dyn Fn(u64) -> u64 + Sync)>,
     progress: &dyn Progress,
-    emit: &mut dyn FnMut(Batch) -> Result<()>,
+    emit: &mut (dyn FnMut(Batch) -> Result<()> + Send),
 ) -> Result<(LeanSummary, Vec<Vec<u8>>)> {
-    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::symlink_metadata(root)
         .with_context(|| format!("reading root {}", root.display()))?;
     if !meta.is_dir() {
         anyhow::bail!("root {} is not a directory", root.display());
     }
     let (excludes, keep_empty) = standin_builder::scan::filters(root, opts)?;
+    let (fold_tx, fold_rx) = std::sync::mpsc::sync_channel(FOLD_AHEAD);
+    let mut fold = Fold {
+        root: root.to_path_buf(),
+        block_size,
+        digest: RootDigest::new(),
+        fresh,
+        out: Default::default(),
+        listed: 0,
+        hashed: 0,
+        emit,
+    };
     let mut lean = Lean {
         root: root.to_path_buf(),
         index,
-        fresh,
-        digest: RootDigest::new(),
+        tx: fold_tx,
         slots: Vec::with_capacity(CHUNK),
         listed_in_chunk: 0,
         ancestors: Vec::new(),
         links: HashMap::new(),
         last_gone: None,
         replaced: None,
-        out: Default::default(),
-        block_size,
+        gone: Vec::new(),
         progress,
-        emit,
         sum: LeanSummary {
             root_digest: String::new(),
             entries: 0,
@@ -164,61 +188,89 @@ pub fn scan(
         Mode::empty(),
     )
     .with_context(|| format!("opening root {}", root.display()))?;
-    lean.visit(Vec::new(), EntryStamp::of_metadata(&meta))?;
-    // The walk runs on its own thread a few batches ahead.
-    let (tx, rx) = std::sync::mpsc::sync_channel(walk::AHEAD);
-    let mut w = walk::Walk {
-        root: root.to_path_buf(),
-        excludes,
-        keep_empty,
-        root_dev: meta.dev(),
-        one_file_system: opts.one_file_system,
-        tx,
-        batch: Vec::new(),
-    };
-    let walker = std::thread::Builder::new()
-        .name("standin-lean-walk".into())
-        .spawn(move || {
-            let _ = w.run(&dirfd);
-        })
-        .context("starting the lean scan's walking thread")?;
-    let merged = (|| -> Result<()> {
-        for batch in rx.iter() {
-            for item in batch {
-                match item {
-                    walk::Walked::Entry(rel, stamp) => lean.visit(rel, stamp)?,
-                    walk::Walked::Note(n) => lean.progress.note(&n),
-                    walk::Walked::Failed(e) => return Err(e),
-                }
+    let (merged, folded) = std::thread::scope(|sc| {
+        let folding = sc.spawn(move || -> Result<Fold> {
+            for (slots, gone) in fold_rx.iter() {
+                fold.chunk(slots, gone)?;
             }
-        }
-        Ok(())
-    })();
-    drop(rx);
-    let _ = walker.join();
-    merged?;
-    lean.passed(None);
-    lean.flush()?;
-    let Lean {
-        digest,
-        mut sum,
-        out,
-        fresh,
-        index,
-        ..
-    } = lean;
+            Ok(fold)
+        });
+        let merged = lean.merge(root, &meta, excludes, keep_empty, opts, dirfd);
+        // Ends the fold's input (the rest of `lean` would only be dropped
+        // at the end of this scope, after the join).
+        let Lean { index, sum, tx, .. } = lean;
+        drop(tx);
+        let folded = folding
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the lean scan's fold panicked")));
+        (merged.map(|()| (index, sum)), folded)
+    });
+    // The fold's error says why the merge stopped, if it did.
+    let fold = folded?;
+    let (index, mut sum) = merged?;
     // Every listed entry left with its chunk; gone paths may remain.
-    let (_, _, gone) = out;
-    let (root_digest, count, bytes) = digest.finish();
+    let (_, _, gone) = fold.out;
+    let (root_digest, count, bytes) = fold.digest.finish();
     sum.root_digest = root_digest;
     sum.entries = count;
     sum.total_bytes = bytes;
-    sum.fresh = fresh;
+    sum.listed = fold.listed;
+    sum.hashed = fold.hashed;
+    sum.fresh = fold.fresh;
     sum.index_held_peak = index.held_peak;
     Ok((sum, gone))
 }
 
 impl Lean<'_> {
+    /// Walk (on its own thread) and merge every entry with the index,
+    /// then hand the last chunk to the fold.
+    fn merge(
+        &mut self,
+        root: &Path,
+        meta: &std::fs::Metadata,
+        excludes: globset::GlobSet,
+        keep_empty: Vec<Vec<u8>>,
+        opts: &ScanOptions,
+        dirfd: std::os::fd::OwnedFd,
+    ) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        self.visit(Vec::new(), EntryStamp::of_metadata(meta))?;
+        // The walk runs on its own thread a few batches ahead.
+        let (tx, rx) = std::sync::mpsc::sync_channel(walk::AHEAD);
+        let mut w = walk::Walk {
+            root: root.to_path_buf(),
+            excludes,
+            keep_empty,
+            root_dev: meta.dev(),
+            one_file_system: opts.one_file_system,
+            tx,
+            batch: Vec::new(),
+        };
+        let walker = std::thread::Builder::new()
+            .name("standin-lean-walk".into())
+            .spawn(move || {
+                let _ = w.run(&dirfd);
+            })
+            .context("starting the lean scan's walking thread")?;
+        let merged = (|| -> Result<()> {
+            for batch in rx.iter() {
+                for item in batch {
+                    match item {
+                        walk::Walked::Entry(rel, stamp) => self.visit(rel, stamp)?,
+                        walk::Walked::Note(n) => self.progress.note(&n),
+                        walk::Walked::Failed(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(())
+        })();
+        drop(rx);
+        let _ = walker.join();
+        merged?;
+        self.passed(None);
+        self.flush()
+    }
+
     /// Index records before `path` (all for `None`) are gone from the source.
     fn passed(&mut self, path: Option<&[u8]>) {
         while let Some(r) = self.index.peek() {
@@ -236,7 +288,7 @@ impl Lean<'_> {
                 .is_some_and(|g| beneath(g, &r.path));
             if !under_gone && !under_replaced {
                 self.sum.gone += 1;
-                self.out.2.push(r.path.clone());
+                self.gone.push(r.path.clone());
                 self.last_gone = Some(r.path);
             }
         }
@@ -334,13 +386,27 @@ impl Lean<'_> {
         Ok(())
     }
 
+    /// Hand the chunk to the fold.
+    fn flush(&mut self) -> Result<()> {
+        let slots = std::mem::replace(&mut self.slots, Vec::with_capacity(CHUNK));
+        self.listed_in_chunk = 0;
+        let gone = std::mem::take(&mut self.gone);
+        if self.tx.send((slots, gone)).is_err() {
+            anyhow::bail!("the lean scan's fold stopped");
+        }
+        Ok(())
+    }
+}
+
+impl Fold<'_> {
     /// Hash what the chunk's listed files need (in parallel), then fold the
     /// chunk in order: root digest, fresh index, listed batch.
-    fn flush(&mut self) -> Result<()> {
+    fn chunk(&mut self, mut slots: Vec<Slot>, gone: Vec<Vec<u8>>) -> Result<()> {
+        self.out.2.extend(gone);
         let root = &self.root;
         let bs = self.block_size;
         let hashed = std::sync::atomic::AtomicU64::new(0);
-        self.slots.par_iter_mut().try_for_each(|s| -> Result<()> {
+        slots.par_iter_mut().try_for_each(|s| -> Result<()> {
             let Slot::Listed {
                 entry,
                 blocks,
@@ -368,8 +434,8 @@ impl Lean<'_> {
             }
             Ok(())
         })?;
-        self.sum.hashed += hashed.into_inner();
-        for s in std::mem::take(&mut self.slots) {
+        self.hashed += hashed.into_inner();
+        for s in slots {
             match s {
                 Slot::Reused(r) => {
                     self.digest.add_canonical(&r.canonical, r.file_bytes);
@@ -402,13 +468,12 @@ impl Lean<'_> {
                             }
                         }
                     }
-                    self.sum.listed += 1;
+                    self.listed += 1;
                     self.out.0.push(*entry);
                     self.out.1.push(blocks);
                 }
             }
         }
-        self.listed_in_chunk = 0;
         if !self.out.0.is_empty() {
             let batch = std::mem::take(&mut self.out);
             (self.emit)(batch)?;

@@ -125,7 +125,11 @@ fn digest_caches_are_trusted_only_while_the_stamp_holds() {
     let r = protect(d.path(), &daemon, sid, tf, &src, &["--verify-all"]);
     assert_eq!((n(&r, "files_hashed"), n(&r, "digests_reused")), (files, 0));
 
-    // A truncated cache is ignored with a log line, never trusted.
+    // A truncated cache is ignored with a log line, never trusted. (Without
+    // the mirror index, which would make these sparse mirrors that read
+    // no digest cache at all: see tests/protect_sparse.rs.)
+    let index = d.path().join("agent/mirror-index.bin");
+    std::fs::remove_file(&index).unwrap();
     let cache = d.path().join("agent/digests.bin");
     let bytes = std::fs::read(&cache).unwrap();
     std::fs::write(&cache, &bytes[..bytes.len() / 2]).unwrap();
@@ -133,6 +137,7 @@ fn digest_caches_are_trusted_only_while_the_stamp_holds() {
     assert!(r.log.contains("ignoring the digest cache"), "{}", r.log);
     assert_eq!(n(&r, "files_hashed"), files);
     // A corrupt one (one flipped bit) too.
+    std::fs::remove_file(&index).unwrap();
     let mut bytes = std::fs::read(&cache).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;

@@ -56,6 +56,7 @@ fn hostile_mirror_batches_are_refused_and_the_daemon_keeps_serving() {
             batch: 1,
             entries: vec![e],
             block_size: 4096,
+            gone: Vec::new(),
         })
         .unwrap()
     };
@@ -118,6 +119,7 @@ fn hostile_mirror_batches_are_refused_and_the_daemon_keeps_serving() {
         batch: 1,
         entries: vec![good],
         block_size: 4096,
+        gone: Vec::new(),
     });
     match rt.block_on(c.request(&m)).unwrap() {
         Message::MirrorDiff(d) => {

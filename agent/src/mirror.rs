@@ -41,10 +41,13 @@ use standin_builder::manifest::FileBlocks;
 use standin_builder::progress::Progress;
 use standin_builder::scan::{ScanOptions, Scanner};
 use standin_link::message::{
-    DiffItem, Message, MirrorDiff, MirrorEnd, MirrorEntries, MirrorMode, MirrorStart, Role,
+    DiffItem, Message, MirrorBase, MirrorDiff, MirrorEnd, MirrorEntries, MirrorMode, MirrorStart,
+    Role,
 };
 
 mod files;
+pub mod index;
+pub mod lean;
 mod sets;
 mod sink;
 
@@ -121,6 +124,19 @@ pub struct MirrorReport {
     /// Most entries held at once between the comparison and the change
     /// sets (bounded by the pipeline: two batches, not the tree).
     pub max_plan_entries: u64,
+    /// The target accepted the last mirror as the base: only what changed
+    /// since was read and listed (a sparse mirror).
+    pub base_used: bool,
+    /// Entries listed to the target for comparison (all of them unless
+    /// the base was used).
+    pub entries_listed: u64,
+    /// Entries taken from the mirror index unread (sparse mirror).
+    pub entries_reused: u64,
+    /// Paths gone since the base (sparse mirror; topmost only).
+    pub entries_gone: u64,
+    /// Why a sparse mirror was not enough and an ordinary comparison ran
+    /// right after it (in this report), if it happened.
+    pub sparse_retry: Option<String>,
 }
 
 /// What to send for one entry.
@@ -139,17 +155,105 @@ enum Action {
 
 /// Run a mirror over `sender`'s link. The caller starts change capture
 /// before calling this, so nothing changed during the mirror is missed.
+///
+/// When the agent's mirror index describes the replica as the last
+/// completed mirror left it and the target confirms that base, only what
+/// changed since is read and listed (sparse mirror, [`lean`]); when that
+/// mirror's end finds the replica otherwise, an ordinary comparison mirror
+/// runs at once.
 pub async fn mirror(
     sender: &Sender,
     link: &LinkConfig,
     opts: &MirrorOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<MirrorReport> {
+    let first = mirror_once(sender, link, opts, progress.clone(), true).await?;
+    if !first.base_used || first.complete {
+        return Ok(first);
+    }
+    let why = first
+        .reason
+        .clone()
+        .unwrap_or_else(|| "the target did not complete it".into());
+    tracing::warn!(
+        "the sparse mirror did not complete ({why}); running a comparison mirror of the whole tree now"
+    );
+    let mut again = mirror_once(sender, link, opts, progress, false).await?;
+    // The report is the invocation's: what both mirrors did.
+    again.sparse_retry = Some(why);
+    again.seconds += first.seconds;
+    again.changed += first.changed;
+    again.deleted += first.deleted;
+    again.data_bytes += first.data_bytes;
+    again.bytes_sent += first.bytes_sent;
+    again.compare_bytes_sent += first.compare_bytes_sent;
+    again.compare_bytes_received += first.compare_bytes_received;
+    again.files_hashed += first.files_hashed;
+    Ok(again)
+}
+
+/// The target's identity as the index records it (the pinned fingerprints).
+fn target_identity(link: &LinkConfig) -> String {
+    let mut t: Vec<String> = link.trust.iter().map(|f| f.to_string()).collect();
+    t.sort();
+    t.join(",")
+}
+
+/// The mirror index to offer as the base, when there is a usable one.
+fn open_index(opts: &MirrorOptions, tree: &str, target: &str) -> Option<index::Reader> {
+    if opts.mode == MirrorMode::Full || opts.verify_all {
+        return None;
+    }
+    let path = index::path_beside(opts.digest_cache.as_deref()?);
+    match index::Reader::open(&path, tree, target) {
+        Ok(r) => r,
+        Err(why) => {
+            tracing::warn!(
+                file = %path.display(),
+                "ignoring the mirror index: {why}; the whole tree is compared"
+            );
+            None
+        }
+    }
+}
+
+async fn mirror_once(
+    sender: &Sender,
+    link: &LinkConfig,
+    opts: &MirrorOptions,
+    progress: Arc<dyn Progress>,
+    allow_base: bool,
+) -> Result<MirrorReport> {
     let started = Instant::now();
     let wire0 = sender.stats().bytes_sent;
+    let tree = crate::digests::tree_id(&opts.root);
+    let target = target_identity(link);
+    let index_path = opts.digest_cache.as_deref().map(index::path_beside);
+    // The index is checked (one pass over it) while the connection opens.
+    let opening = allow_base.then(|| {
+        let (opts, tree, target) = (opts.clone(), tree.clone(), target.clone());
+        tokio::task::spawn_blocking(move || open_index(&opts, &tree, &target))
+    });
     let mut conn = connect(link, Role::Agent)
         .await
         .context("opening the comparison connection")?;
+    let offered = match opening {
+        Some(t) => t.await.context("mirror index task")?,
+        None => None,
+    };
+    let mut base = None;
+    if let Some(r) = offered {
+        match offer_base(&mut conn, &r.base).await? {
+            Some(true) => base = Some(r),
+            Some(false) => {}
+            // An older target: it closed the connection; open another.
+            None => {
+                conn = connect(link, Role::Agent)
+                    .await
+                    .context("opening the comparison connection")?;
+            }
+        }
+    }
     let wire_block = if opts.mode == MirrorMode::Checksum {
         opts.block_size
     } else {
@@ -162,7 +266,13 @@ pub async fn mirror(
         batch: 0,
         wire_block,
     };
-    let empty = cmp.replica_is_empty(&opts.root).await?;
+    let sparse = base.is_some();
+    let empty = !sparse && cmp.replica_is_empty(&opts.root).await?;
+    let fresh_index = index_path.as_deref().and_then(|p| {
+        index::Writer::create(p, &tree)
+            .map_err(|e| tracing::warn!("{e:#}; the next mirror compares the whole tree"))
+            .ok()
+    });
     let mirror_id = uuid::Uuid::new_v4().to_string();
     let first_seq = sender.next_seq();
     // The totals are not known before the walk. Onto an empty replica
@@ -196,12 +306,13 @@ pub async fn mirror(
         mode: format!("{:?}", opts.mode).to_lowercase(),
         first_seq,
         empty_replica: empty,
+        base_used: sparse,
         ..Default::default()
     };
-    if empty {
+    let fresh_index = if empty {
         drop(conn);
-        let tree = crate::digests::tree_id(&opts.root);
         sink.fresh = crate::digests::create(opts.digest_cache.as_deref(), &tree);
+        sink.index = fresh_index;
         walk_empty(opts, &mut sink, progress.clone(), counting).await?;
         crate::digests::commit(sink.fresh.take());
         let (root_digest, entries, bytes) = sink
@@ -211,18 +322,26 @@ pub async fn mirror(
             .finish();
         report.root_digest = root_digest;
         report.entries = entries;
+        report.entries_listed = entries;
         report.tree_bytes = bytes;
         report.files_hashed = sink.files_read;
+        sink.index.take()
     } else {
-        let (summary, counts) = cmp.stream(opts, &mut sink, progress.clone()).await?;
+        let done = cmp
+            .stream(opts, &mut sink, progress.clone(), base, fresh_index)
+            .await?;
         report.compare_bytes_sent = cmp.sent;
         report.compare_bytes_received = cmp.received;
-        report.root_digest = summary.root_digest;
-        report.entries = summary.entry_count;
-        report.tree_bytes = summary.total_bytes;
-        report.digests_reused = counts.reused;
-        report.files_hashed = counts.hashed;
-    }
+        report.root_digest = done.root_digest;
+        report.entries = done.entries;
+        report.tree_bytes = done.total_bytes;
+        report.digests_reused = done.counts.reused;
+        report.files_hashed = done.counts.hashed;
+        report.entries_listed = done.listed;
+        report.entries_reused = done.reused;
+        report.entries_gone = done.gone;
+        done.fresh
+    };
     tracing::debug!(
         ms = started.elapsed().as_millis() as u64,
         "mirror: all sent"
@@ -247,7 +366,7 @@ pub async fn mirror(
     progress.phase("verifying the replica on the target", None, None);
     let done = sender
         .mirror_end(MirrorEnd {
-            mirror_id,
+            mirror_id: mirror_id.clone(),
             last_seq,
             root_digest: Some(report.root_digest.clone()),
         })
@@ -263,7 +382,61 @@ pub async fn mirror(
     report.reason = done.reason;
     report.bytes_sent = sender.stats().bytes_sent - wire0;
     report.seconds = started.elapsed().as_secs_f64();
+    // The index describes this mirror's replica only once it is complete.
+    match (fresh_index, report.complete) {
+        (Some(w), true) => {
+            let b = index::Base {
+                mirror_id,
+                root_digest: report.root_digest.clone(),
+                last_seq,
+                target,
+            };
+            if let Err(e) = w.commit(&b) {
+                tracing::warn!("{e:#}; the next mirror compares the whole tree");
+            }
+        }
+        _ => {
+            if let Some(p) = &index_path {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
     Ok(report)
+}
+
+/// Offer the index's base to the target: `Some(accepted)`, or `None` when
+/// the target does not know the message (it closed the connection).
+async fn offer_base(conn: &mut Connection, base: &index::Base) -> Result<Option<bool>> {
+    let msg = Message::MirrorBase(MirrorBase {
+        mirror_id: base.mirror_id.clone(),
+        root_digest: base.root_digest.clone(),
+        last_seq: base.last_seq,
+    });
+    conn.send(&msg).await?;
+    match conn.recv().await {
+        Ok(Message::MirrorBaseAnswer(a)) => {
+            match &a.reason {
+                Some(why) if !a.accepted => tracing::info!(
+                    "the target refused the last mirror as the base ({why}); the whole tree is compared"
+                ),
+                _ => tracing::debug!(accepted = a.accepted, "mirror base answered"),
+            }
+            Ok(Some(a.accepted))
+        }
+        Ok(other) => {
+            tracing::info!(
+                "the target answered the mirror base with {}; the whole tree is compared",
+                other.name()
+            );
+            Ok(None)
+        }
+        Err(e) => {
+            tracing::info!(
+                "the target did not answer the mirror base ({e:#}); the whole tree is compared"
+            );
+            Ok(None)
+        }
+    }
 }
 
 fn abs_path(root: &Path, rel: &[u8]) -> PathBuf {
@@ -342,11 +515,13 @@ async fn walk_empty(
         let mut n = 1u64;
         for s in Scanner::new(&root, &scan_opts, progress.as_ref())? {
             let s = s?;
+            let istamp = index::EntryStamp::of_scanned(&s.entry, &s.inode);
             batch.push(Item {
                 entry: s.entry,
                 action: Action::Create,
                 batch: n,
                 stamp: s.stamp,
+                istamp: Some(istamp),
             });
             if batch.len() >= BATCH_ENTRIES {
                 n += 1;
@@ -399,6 +574,18 @@ async fn walk_empty(
     sink.finish(Vec::new()).await
 }
 
+/// What the comparison's scan gave.
+struct Streamed {
+    root_digest: String,
+    entries: u64,
+    total_bytes: u64,
+    counts: standin_builder::manifest::CacheCounts,
+    listed: u64,
+    reused: u64,
+    gone: u64,
+    fresh: Option<index::Writer>,
+}
+
 /// The comparison connection.
 struct Compare<'c> {
     conn: &'c mut Connection,
@@ -412,11 +599,20 @@ struct Compare<'c> {
 
 impl Compare<'_> {
     async fn send(&mut self, entries: Vec<Entry>) -> Result<(u64, Vec<Entry>)> {
+        self.send_gone(entries, Vec::new()).await
+    }
+
+    async fn send_gone(
+        &mut self,
+        entries: Vec<Entry>,
+        gone: Vec<Vec<u8>>,
+    ) -> Result<(u64, Vec<Entry>)> {
         self.batch += 1;
         let msg = Message::MirrorEntries(MirrorEntries {
             batch: self.batch,
             entries,
             block_size: self.wire_block,
+            gone,
         });
         self.sent += self.conn.send(&msg).await? as u64;
         let Message::MirrorEntries(MirrorEntries { entries, .. }) = msg else {
@@ -462,35 +658,83 @@ impl Compare<'_> {
     }
 
     /// Scan and hash, stream the manifest, hand what differs to `sink`.
+    /// With `base` (accepted by the target) the scan is the lean one and
+    /// lists only what changed since. Every entry goes to `index`.
     async fn stream(
         &mut self,
         opts: &MirrorOptions,
         sink: &mut Sink<'_>,
         progress: Arc<dyn Progress>,
-    ) -> Result<(
-        standin_builder::manifest::ManifestSummary,
-        standin_builder::manifest::CacheCounts,
-    )> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<Entry>, Vec<FileBlocks>)>(4);
+        base: Option<index::Reader>,
+        index: Option<index::Writer>,
+    ) -> Result<Streamed> {
+        // A lean scan's batches are small (what changed): it may run
+        // further ahead of the comparison, hashing while the target answers.
+        let ahead = if base.is_some() { 32 } else { 4 };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<lean::Batch>(ahead);
         let root = opts.root.clone();
         let scan_opts = opts.scan.clone();
         let bs = opts.block_size.max(1);
         let cache_file = opts.digest_cache.clone();
         let trust = !opts.verify_all;
         let checksum = opts.mode == MirrorMode::Checksum;
-        let scan = tokio::task::spawn_blocking(move || {
+        let scan = tokio::task::spawn_blocking(move || -> Result<Streamed> {
             let t0 = Instant::now();
+            let block_size = move |size: u64| standin_link::message::mirror_block_size(size, bs);
+            if let Some(base) = base {
+                let mut emit = |b: lean::Batch| -> Result<()> {
+                    if tx.blocking_send(b).is_err() {
+                        bail!("the comparison stopped");
+                    }
+                    Ok(())
+                };
+                let (sum, gone) = lean::scan(
+                    &root,
+                    &scan_opts,
+                    base,
+                    index,
+                    checksum.then_some(&block_size as &(dyn Fn(u64) -> u64 + Sync)),
+                    progress.as_ref(),
+                    &mut emit,
+                )?;
+                tracing::debug!(
+                    ms = t0.elapsed().as_millis() as u64,
+                    listed = sum.listed,
+                    reused = sum.reused,
+                    gone = sum.gone,
+                    hashed = sum.hashed,
+                    "mirror: lean scan"
+                );
+                // The end of the listing carries the last gone paths.
+                if tx.blocking_send((Vec::new(), Vec::new(), gone)).is_err() {
+                    bail!("the comparison stopped");
+                }
+                return Ok(Streamed {
+                    root_digest: sum.root_digest,
+                    entries: sum.entries,
+                    total_bytes: sum.total_bytes,
+                    counts: standin_builder::manifest::CacheCounts {
+                        reused: sum.digests_reused,
+                        hashed: sum.hashed,
+                    },
+                    listed: sum.listed,
+                    reused: sum.reused,
+                    gone: sum.gone,
+                    fresh: sum.fresh,
+                });
+            }
             let tree = crate::digests::tree_id(&root);
             let cache = crate::digests::open(cache_file.as_deref(), &tree);
             let fresh = crate::digests::create(cache_file.as_deref(), &tree);
+            let mut index = index;
             let mut batch = Vec::new();
             let mut batch_blocks: Vec<FileBlocks> = Vec::new();
             let mut blocks = 0u64;
+            let mut listed = 0u64;
             // A file that changed since the digest cache remembered it
             // gets its block digests from the scan's read (checksum mode),
             // so its blocks are compared without reading it again when its
             // batch is answered.
-            let block_size = move |size: u64| standin_link::message::mirror_block_size(size, bs);
             let scanned = standin_builder::manifest::scan_tree_cached(
                 &root,
                 &scan_opts,
@@ -499,7 +743,14 @@ impl Compare<'_> {
                 fresh,
                 trust,
                 checksum.then_some(&block_size as &(dyn Fn(u64) -> u64 + Sync)),
-                |e, b| {
+                |e, inode, b| {
+                    if let Some(w) = index.as_mut() {
+                        if let Err(err) = w.add_scanned(e, inode) {
+                            tracing::warn!("{err:#}; the next mirror compares the whole tree");
+                            index = None;
+                        }
+                    }
+                    listed += 1;
                     blocks += e.size / standin_link::message::mirror_block_size(e.size, bs) + 1;
                     batch.push(e.clone());
                     batch_blocks.push(b.take());
@@ -508,6 +759,7 @@ impl Compare<'_> {
                         let out = (
                             std::mem::take(&mut batch),
                             std::mem::take(&mut batch_blocks),
+                            Vec::new(),
                         );
                         if tx.blocking_send(out).is_err() {
                             bail!("the comparison stopped");
@@ -516,12 +768,21 @@ impl Compare<'_> {
                     Ok(())
                 },
             )?;
-            if !batch.is_empty() && tx.blocking_send((batch, batch_blocks)).is_err() {
+            if !batch.is_empty() && tx.blocking_send((batch, batch_blocks, Vec::new())).is_err() {
                 bail!("the comparison stopped");
             }
             tracing::debug!(ms = t0.elapsed().as_millis() as u64, "mirror: scanned");
             crate::digests::commit(scanned.fresh);
-            Ok((scanned.summary, scanned.counts))
+            Ok(Streamed {
+                root_digest: scanned.summary.root_digest,
+                entries: scanned.summary.entry_count,
+                total_bytes: scanned.summary.total_bytes,
+                counts: scanned.counts,
+                listed,
+                reused: 0,
+                gone: 0,
+                fresh: index,
+            })
         });
         // Batches sent and not answered yet (the target answers in order), so
         // the target compares while the source scans and the link is never idle.
@@ -544,9 +805,11 @@ impl Compare<'_> {
                         }
                     }
                 };
-                let Some((entries, blocks)) = next else { break };
+                let Some((entries, blocks, gone)) = next else {
+                    break;
+                };
                 scan_done = entries.is_empty();
-                let (b, entries) = self.send(entries).await?;
+                let (b, entries) = self.send_gone(entries, gone).await?;
                 inflight.push_back((b, entries, blocks));
             }
             let (b, entries, blocks) = inflight.pop_front().expect("a batch is in flight");
@@ -568,9 +831,9 @@ impl Compare<'_> {
                 last_set = Instant::now();
             }
         };
-        let (summary, counts) = scan.await.context("scan task")??;
+        let streamed = scan.await.context("scan task")??;
         sink.finish(extras).await?;
-        Ok((summary, counts))
+        Ok(streamed)
     }
 }
 
@@ -606,6 +869,7 @@ async fn plan_batch(
                             action,
                             batch,
                             stamp: None,
+                            istamp: None,
                         });
                         blocks.push(Vec::new());
                         continue;
@@ -630,6 +894,7 @@ async fn plan_batch(
             action,
             batch,
             stamp: None,
+            istamp: None,
         });
     }
     if !items

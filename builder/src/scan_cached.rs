@@ -55,7 +55,8 @@ pub struct CachedScan {
 /// `block_size(size)` (checksum mirrors) is the block size for a file of
 /// `size` bytes: a changed file of at least two blocks gets its block
 /// digests from the same read: `each` gets them with the entry and may
-/// take them; those it leaves end in [`CachedScan::blocks`].
+/// take them; those it leaves end in [`CachedScan::blocks`]. `each` also
+/// gets the entry's inode (from the scan's `lstat`).
 #[allow(clippy::too_many_arguments)]
 pub fn scan_tree_cached(
     root: &Path,
@@ -65,7 +66,7 @@ pub fn scan_tree_cached(
     mut fresh: Option<Writer>,
     trust: bool,
     block_size: Option<&(dyn Fn(u64) -> u64 + Sync)>,
-    mut each: impl FnMut(&Entry, &mut FileBlocks) -> Result<()>,
+    mut each: impl FnMut(&Entry, &crate::scan::Inode, &mut FileBlocks) -> Result<()>,
 ) -> Result<CachedScan> {
     let hits = AtomicU64::new(0);
     let hashed = AtomicU64::new(0);
@@ -142,7 +143,7 @@ pub fn scan_tree_cached(
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&s.entry.path);
         }
-        each(&s.entry, &mut slot)?;
+        each(&s.entry, &s.inode, &mut slot)?;
         if let Some(b) = slot {
             blocks
                 .lock()
@@ -188,7 +189,7 @@ mod tests {
             Some(writer),
             trust,
             Some(&bs),
-            |_, _| Ok(()),
+            |_, _, _| Ok(()),
         )
         .unwrap();
         s.fresh.take().unwrap().commit().unwrap();

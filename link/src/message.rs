@@ -25,6 +25,8 @@ pub mod kind {
     pub const MIRROR_DIFF: u8 = 0x32;
     pub const MIRROR_END: u8 = 0x33;
     pub const MIRROR_DONE: u8 = 0x34;
+    pub const MIRROR_BASE: u8 = 0x35;
+    pub const MIRROR_BASE_ANSWER: u8 = 0x36;
     pub const CHANGE_SET: u8 = 0x40;
     pub const ACK: u8 = 0x41;
     pub const STATUS_REQUEST: u8 = 0x50;
@@ -106,6 +108,33 @@ pub struct MirrorEntries {
     pub entries: Vec<Entry>,
     /// Block size for the target's block digests in the answer.
     pub block_size: u32,
+    /// Sparse mirror only ([`MirrorBase`] accepted): topmost paths of the
+    /// base that the source no longer has, in tree order; the target
+    /// answers them as `extra` at the end of the listing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gone: Vec<Vec<u8>>,
+}
+
+/// Source → target, on the comparison connection before any
+/// [`MirrorEntries`]: the source remembers the replica as the mirror
+/// `mirror_id` left it (root digest, last change set). When the target's
+/// replica is still exactly that, the source lists only what changed since
+/// (a *sparse* mirror); see [`MirrorBaseAnswer`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorBase {
+    pub mirror_id: String,
+    pub root_digest: String,
+    pub last_seq: u64,
+}
+
+/// Target → source: whether the offered base holds; when it does, the
+/// listing that follows is sparse (unlisted entries are the base's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorBaseAnswer {
+    pub accepted: bool,
+    /// Why not, when refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Block size of one file in a checksum mirror, from the source's file
@@ -181,6 +210,8 @@ pub enum Message {
     MirrorDiff(MirrorDiff),
     MirrorEnd(MirrorEnd),
     MirrorDone(MirrorDone),
+    MirrorBase(MirrorBase),
+    MirrorBaseAnswer(MirrorBaseAnswer),
     ChangeSet(Box<ChangeSet>),
     Ack(Ack),
     StatusRequest,
@@ -235,6 +266,8 @@ impl Message {
             Message::MirrorDiff(_) => "mirror diff",
             Message::MirrorEnd(_) => "mirror end",
             Message::MirrorDone(_) => "mirror done",
+            Message::MirrorBase(_) => "mirror base",
+            Message::MirrorBaseAnswer(_) => "mirror base answer",
             Message::ChangeSet(_) => "change set",
             Message::Ack(_) => "ack",
             Message::StatusRequest => "status request",
@@ -259,6 +292,8 @@ impl Message {
             Message::MirrorDiff(m) => (MIRROR_DIFF, crate::mirror_wire::encode_diff(m)?),
             Message::MirrorEnd(m) => (MIRROR_END, json(m)),
             Message::MirrorDone(m) => (MIRROR_DONE, json(m)),
+            Message::MirrorBase(m) => (MIRROR_BASE, json(m)),
+            Message::MirrorBaseAnswer(m) => (MIRROR_BASE_ANSWER, json(m)),
             Message::ChangeSet(cs) => (CHANGE_SET, cs.encode()?),
             Message::Ack(m) => (ACK, json(m)),
             Message::StatusRequest => (STATUS_REQUEST, Vec::new()),
@@ -300,6 +335,8 @@ impl Message {
             }
             MIRROR_END => Message::MirrorEnd(parse("mirror end", p)?),
             MIRROR_DONE => Message::MirrorDone(parse("mirror done", p)?),
+            MIRROR_BASE => Message::MirrorBase(parse("mirror base", p)?),
+            MIRROR_BASE_ANSWER => Message::MirrorBaseAnswer(parse("mirror base answer", p)?),
             CHANGE_SET => Message::ChangeSet(Box::new(ChangeSet::decode(p).map_err(|e| {
                 MessageError::Malformed {
                     what: "change set",

@@ -141,6 +141,16 @@ pub fn encode_entries(m: &MirrorEntries) -> anyhow::Result<Vec<u8>> {
             out.extend_from_slice(&digest_prefix(h)?);
         }
     }
+    // Paths gone from the source since a sparse mirror's base (protocol
+    // addition: absent when empty, so older peers read the batch as before).
+    if !m.gone.is_empty() {
+        put(&mut out, m.gone.len() as u64);
+        let mut prev: &[u8] = b"";
+        for g in &m.gone {
+            put_path(&mut out, prev, g);
+            prev = g;
+        }
+    }
     Ok(out)
 }
 
@@ -341,11 +351,24 @@ pub fn decode_entries(b: &[u8]) -> Result<MirrorEntries, String> {
             sha256,
         });
     }
+    let mut gone: Vec<Vec<u8>> = Vec::new();
+    if r.0.left() > 0 {
+        let n = r.count("gone count", MAX_BATCH, 2)?;
+        if n == 0 {
+            return Err("trailing bytes after the entries".into());
+        }
+        for i in 0..n {
+            let prev: &[u8] = gone.last().map(|g| g.as_slice()).unwrap_or(b"");
+            let g = r.path(prev).map_err(|e| format!("gone path {i}: {e}"))?;
+            gone.push(g);
+        }
+    }
     r.end()?;
     Ok(MirrorEntries {
         batch,
         entries,
         block_size,
+        gone,
     })
 }
 
@@ -428,6 +451,7 @@ mod tests {
             batch: 7,
             entries: vec![entry("", Kind::Dir), f, s, h, d, sp],
             block_size: 128 << 10,
+            gone: vec![b"etc/old".to_vec(), b"etc/old.d".to_vec(), b"var".to_vec()],
         }
     }
 
@@ -459,9 +483,23 @@ mod tests {
         assert_eq!(back.entries[1].sha256.as_deref(), Some(&*"ab".repeat(16)));
     }
 
+    fn err_of(b: &[u8]) -> String {
+        decode_entries(b).unwrap_err()
+    }
+
     #[test]
     fn hostile_batches_are_refused_with_a_reason() {
-        let good = encode_entries(&sample()).unwrap();
+        // (Without gone paths: a batch cut right before them is whole.)
+        let mut plain = sample();
+        plain.gone.clear();
+        let good = encode_entries(&plain).unwrap();
+        // Gone paths are checked like entries' paths.
+        for p in ["../etc", "/etc", "a//b"] {
+            let mut m = sample();
+            m.gone[1] = p.as_bytes().to_vec();
+            let e = err_of(&encode_entries(&m).unwrap());
+            assert!(e.contains("gone path 1"), "{p}: {e}");
+        }
         let err = |b: &[u8]| decode_entries(b).unwrap_err();
         // Every truncation is refused, never a panic.
         for n in 0..good.len() {

@@ -794,6 +794,34 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
                         .await??,
                 )
             }
+            Message::MirrorBase(b) if agent => {
+                // The source offers its last mirror as the base of a sparse
+                // mirror: accepted only while the replica is what it left.
+                let source = hello.source_id.clone();
+                let (root, verdict) = with_store(shared, move |store| {
+                    let root = store.staging_root(&source);
+                    let v = crate::mirror::base::accept(store.state(), &root, &b);
+                    (root, v)
+                })
+                .await?;
+                match verdict {
+                    Ok(()) => {
+                        diff = Some(crate::mirror::DiffSession::new_sparse(&root)?);
+                        info!("sparse mirror: the source's base accepted");
+                        Message::MirrorBaseAnswer(standin_link::message::MirrorBaseAnswer {
+                            accepted: true,
+                            reason: None,
+                        })
+                    }
+                    Err(why) => {
+                        info!("sparse mirror refused: {why}; the source compares the whole tree");
+                        Message::MirrorBaseAnswer(standin_link::message::MirrorBaseAnswer {
+                            accepted: false,
+                            reason: Some(why),
+                        })
+                    }
+                }
+            }
             Message::MirrorEntries(m) if agent => {
                 // A batch with no entries ends a listing; the next batch
                 // starts another one (the source's empty-replica probe lists

@@ -37,8 +37,10 @@ use standin_link::message::{DiffItem, MirrorDiff, MirrorEntries};
 use crate::state::RootCheck;
 
 pub mod applied;
+pub mod base;
 mod beneath;
 pub mod ledger;
+pub mod sparse;
 use beneath::Beneath;
 
 /// One source's difference mirror on one connection.
@@ -62,6 +64,9 @@ pub struct DiffSession {
     /// Entries decided from `prev` and entries read, in this session.
     known: u64,
     read: u64,
+    /// A sparse mirror's comparison ([`sparse`]): only changed entries are
+    /// listed; the others are carried from the last proven ledger.
+    sparse: Option<sparse::Carry>,
 }
 
 /// What the comparison knows of a replica entry (held a batch at a time,
@@ -121,7 +126,23 @@ impl DiffSession {
             prev: ledger::Prev::open(&ledger::prev_path_for(root)),
             known: 0,
             read: 0,
+            sparse: None,
         })
+    }
+
+    /// [`DiffSession::new`] for a sparse mirror (the source's base was
+    /// accepted, see [`sparse`]). The carry opens the last proven ledger
+    /// before the new one is written.
+    pub fn new_sparse(root: &Path) -> Result<DiffSession> {
+        let carry = sparse::Carry::open(root);
+        let mut s = DiffSession::new(root)?;
+        s.sparse = Some(carry);
+        Ok(s)
+    }
+
+    /// Whether this session compares a sparse listing.
+    pub fn is_sparse(&self) -> bool {
+        self.sparse.is_some()
     }
 
     /// Follow the listing through the replica's directories: `path` is
@@ -173,8 +194,12 @@ impl DiffSession {
             return;
         };
         let mut differs = items.iter().map(|i| &i.path).peekable();
+        let sparse = &mut self.sparse;
         let write = || -> Result<()> {
             for (e, g) in entries.iter().zip(got) {
+                if let Some(c) = sparse.as_mut() {
+                    c.listed(w, e)?;
+                }
                 let same = differs.peek().is_none_or(|p| **p != e.path);
                 if !same {
                     differs.next();
@@ -234,6 +259,7 @@ impl DiffSession {
             None => vec![None; entries.len()],
         };
         let replica = &self.replica;
+        let dirs = self.sparse.is_none();
         let chunks: Vec<Vec<Statted>> = entries
             .par_chunks(64)
             .zip(recs.into_par_iter().chunks(64))
@@ -251,6 +277,7 @@ impl DiffSession {
                             None => Seen::Read(r.stat(&e.path, &mut HashMap::new())),
                         };
                         let children = match &seen {
+                            _ if !dirs => None,
                             Seen::Read(Some((g, _))) if g.kind == Kind::Dir => {
                                 r.child_names(&e.path)
                             }
@@ -303,6 +330,16 @@ impl DiffSession {
     /// the answer lists the extra paths.
     pub fn diff(&mut self, m: &MirrorEntries) -> Result<MirrorDiff> {
         let t0 = std::time::Instant::now();
+        if !m.gone.is_empty() {
+            let Some(c) = self.sparse.as_mut() else {
+                anyhow::bail!("mirror gone paths refused: no base was accepted on this connection");
+            };
+            for g in &m.gone {
+                standin_builder::changeset::check_path(g, false)
+                    .map_err(|r| anyhow::anyhow!("mirror gone path refused: {r}"))?;
+            }
+            c.add_gone(&m.gone)?;
+        }
         if m.entries.is_empty() {
             let r = self.extras(m.batch);
             tracing::debug!(
@@ -333,7 +370,9 @@ impl DiffSession {
         let mut pending = Vec::with_capacity(m.entries.len());
         let mut gots = Vec::with_capacity(m.entries.len());
         for (e, (seen, children)) in m.entries.iter().zip(statted) {
-            self.track(&e.path, children);
+            if self.sparse.is_none() {
+                self.track(&e.path, children);
+            }
             let got = match seen {
                 Seen::Known(r) => {
                     self.known += 1;
@@ -428,6 +467,18 @@ impl DiffSession {
     fn extras(&mut self, batch: u64) -> Result<MirrorDiff> {
         while !self.open_dirs.is_empty() {
             self.close_dir();
+        }
+        if let Some(c) = self.sparse.as_mut() {
+            if let Some(w) = self.ledger.as_mut() {
+                if let Err(e) = c.finish(w) {
+                    tracing::warn!(
+                        "writing the mirror ledger: {e:#}; the mirror's end walks the whole replica"
+                    );
+                    self.ledger = None;
+                }
+            }
+            self.extras.extend(c.take_gone());
+            tracing::debug!(carried = c.carried, "sparse mirror: records carried");
         }
         let items: Vec<DiffItem> = std::mem::take(&mut self.extras)
             .into_iter()
@@ -659,6 +710,8 @@ pub fn end(
         }
         let _ = std::fs::remove_file(&file);
     }
+    // The proven ledger is about to be replaced or dropped (see [`base`]).
+    base::forget(&root);
     if let Some(want) = &m.root_digest {
         if store.state().last_applied_seq >= m.last_seq {
             let (got, check) = check_and_keep_by(&root, want)?;
@@ -681,6 +734,9 @@ pub fn end(
         }
     }
     let done = store.mirror_end(m)?;
+    if let (true, Some(want)) = (done.complete, &m.root_digest) {
+        base::remember(&root, &m.mirror_id, want);
+    }
     // Keep what the comparison and the check hashed for the next mirror,
     // also across a daemon restart.
     if let Err(e) = crate::digest_cache::save(store.dir(), &crate::digest_cache::tree_id(&root)) {
@@ -704,7 +760,7 @@ mod tests {
     use standin_builder::scan::Scanner;
     use std::os::unix::ffi::OsStrExt;
 
-    fn entries(root: &Path) -> Vec<Entry> {
+    pub(super) fn entries(root: &Path) -> Vec<Entry> {
         let mut out = Vec::new();
         for s in Scanner::new(root, &ScanOptions::default(), &NoProgress).unwrap() {
             let mut e = s.unwrap().entry;
@@ -764,6 +820,7 @@ mod tests {
                 batch: 1,
                 entries: es.clone(),
                 block_size: 4096,
+                gone: Vec::new(),
             })
             .unwrap();
         let state = |p: &str| {
@@ -792,6 +849,7 @@ mod tests {
                 batch: 1,
                 entries: es.clone(),
                 block_size: 0,
+                gone: Vec::new(),
             })
             .unwrap();
         assert!(d2.items.iter().all(|i| i.blocks.is_empty()));
@@ -803,6 +861,7 @@ mod tests {
             batch: 1,
             entries: listed,
             block_size: 4096,
+            gone: Vec::new(),
         })
         .unwrap();
         let extras = s3
@@ -810,6 +869,7 @@ mod tests {
                 batch: 2,
                 entries: vec![],
                 block_size: 4096,
+                gone: Vec::new(),
             })
             .unwrap();
         let mut paths: Vec<_> = extras
@@ -827,7 +887,8 @@ mod tests {
             .diff(&MirrorEntries {
                 batch: 3,
                 entries: vec![bad],
-                block_size: 4096
+                block_size: 4096,
+                gone: Vec::new(),
             })
             .is_err());
         // So are entries out of tree order (extra paths depend on it).
@@ -837,6 +898,7 @@ mod tests {
                 batch: 1,
                 entries: vec![es[1].clone(), es[0].clone()],
                 block_size: 4096,
+                gone: Vec::new(),
             })
             .unwrap_err();
         assert!(err.to_string().contains("tree order"), "{err}");
@@ -863,6 +925,7 @@ mod tests {
                     batch: i as u64 + 1,
                     entries: chunk.to_vec(),
                     block_size: 4096,
+                    gone: Vec::new(),
                 })
                 .unwrap();
             for it in d.items {
@@ -874,6 +937,7 @@ mod tests {
                 batch: 999,
                 entries: vec![],
                 block_size: 4096,
+                gone: Vec::new(),
             })
             .unwrap();
         for it in d.items {

@@ -38,6 +38,8 @@ pub(super) struct Item {
     /// The scan's stamp of a regular file (empty-replica path: the digest
     /// read for the File record goes into the source's digest cache).
     pub stamp: Option<Stamp>,
+    /// The scan's stamp of the entry for the mirror index (empty replica).
+    pub istamp: Option<super::index::EntryStamp>,
 }
 
 /// Turns compared entries into records, in tree order.
@@ -59,6 +61,8 @@ pub(super) struct Sink<'a> {
     pub digest: Option<RootDigest>,
     /// Digests read for the records, by scan stamp (empty replica).
     pub fresh: Option<DigestWriter>,
+    /// The fresh mirror index (empty replica).
+    pub index: Option<super::index::Writer>,
     /// Entries created, rewritten, patched or re-stamped.
     pub changed: u64,
     /// Paths deleted.
@@ -92,6 +96,7 @@ impl<'a> Sink<'a> {
             track_links,
             digest: hash.then(RootDigest::new),
             fresh: None,
+            index: None,
             changed: 0,
             deleted: 0,
             files_read: 0,
@@ -194,6 +199,7 @@ impl<'a> Sink<'a> {
             entry: mut e,
             action,
             stamp,
+            istamp,
             ..
         } = item;
         self.leave_dirs(Some(&e.path)).await?;
@@ -269,6 +275,17 @@ impl<'a> Sink<'a> {
                 }
             }
             digest.add(&e);
+            if let (Some(w), Some(st)) = (self.index.as_mut(), istamp) {
+                let file_bytes = if e.kind == Kind::File && e.link.is_none() {
+                    e.size
+                } else {
+                    0
+                };
+                if let Err(err) = w.add(&e.path, &st, file_bytes, &RootDigest::canonical(&e)) {
+                    tracing::warn!("{err:#}; the next mirror compares the whole tree");
+                    self.index = None;
+                }
+            }
         }
         if e.kind == Kind::Dir {
             e.sha256 = None;

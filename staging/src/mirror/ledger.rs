@@ -255,6 +255,9 @@ impl Record {
     }
 }
 
+/// What [`Prev::carry`] hands each record to.
+pub type CarryFn<'a> = dyn FnMut(&[u8], Option<&Record>) -> Result<()> + 'a;
+
 /// The last proven ledger ([`prev_path_for`]) read alongside the
 /// comparison's listing, both in tree order: memory is one record.
 pub struct Prev {
@@ -369,6 +372,46 @@ impl Prev {
         let n = self.read_next()?;
         self.done = n.is_none();
         Ok(n)
+    }
+
+    /// Hand every record before `upto` (all of them for `None`) to `each`,
+    /// in tree order, and pass over the one at `upto` (a sparse mirror
+    /// carries the records of the entries the source did not list into the
+    /// new ledger). A damaged ledger gives nothing more.
+    pub fn carry(&mut self, upto: Option<&[u8]>, each: &mut CarryFn<'_>) -> Result<()> {
+        loop {
+            if self.next.is_none() {
+                if self.done {
+                    return Ok(());
+                }
+                match self.read_next() {
+                    Ok(Some(n)) => self.next = Some(n),
+                    Ok(None) => {
+                        self.done = true;
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::debug!("last mirror ledger unusable: {e}");
+                        self.done = true;
+                        return Ok(());
+                    }
+                }
+            }
+            let Some((p, rec)) = self.next.as_ref() else {
+                return Ok(());
+            };
+            match upto.map(|u| path_cmp(p, u)) {
+                None | Some(std::cmp::Ordering::Less) => {
+                    each(p, rec.as_ref())?;
+                    self.next = None;
+                }
+                Some(std::cmp::Ordering::Equal) => {
+                    self.next = None;
+                    return Ok(());
+                }
+                Some(std::cmp::Ordering::Greater) => return Ok(()),
+            }
+        }
     }
 
     /// The trusted record of `path`; paths must be asked in tree order
@@ -701,6 +744,7 @@ mod tests {
                 batch: i as u64 + 1,
                 entries: chunk.to_vec(),
                 block_size: 4096,
+                gone: Vec::new(),
             })
             .unwrap();
         }
@@ -708,6 +752,7 @@ mod tests {
             batch: 99,
             entries: vec![],
             block_size: 4096,
+            gone: Vec::new(),
         })
         .unwrap();
     }

@@ -135,6 +135,7 @@ fn mirrored(state: &Path, src: &Path, per_set: usize) -> (Store, MirrorEnd) {
                 batch,
                 entries: es,
                 block_size: 4096,
+                gone: Vec::new(),
             })
             .unwrap();
     }

@@ -1,0 +1,173 @@
+use super::*;
+use crate::mirror::index::Base;
+use standin_builder::digest_stream::Reader as DigestReader;
+use standin_builder::progress::NoProgress;
+
+fn sh(cmd: &str) {
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "{cmd}");
+}
+
+/// A full scan (builder's), writing the index as a mirror does: its root digest.
+fn full_scan(root: &Path, index: &Path) -> String {
+    let mut w = Writer::create(index, "t").unwrap();
+    let s = standin_builder::manifest::scan_tree_cached(
+        root,
+        &ScanOptions::default(),
+        &NoProgress,
+        DigestReader::empty(),
+        None,
+        false,
+        None,
+        |e, inode, _| w.add_scanned(e, inode),
+    )
+    .unwrap();
+    w.commit(&base()).unwrap();
+    s.summary.root_digest
+}
+
+fn base() -> Base {
+    Base {
+        mirror_id: "m".into(),
+        target: "t".into(),
+        ..Default::default()
+    }
+}
+
+struct Lean {
+    digest: String,
+    listed: Vec<String>,
+    gone: Vec<String>,
+    reused: u64,
+    held: usize,
+}
+
+/// The lean scan against the index; its fresh index replaces it.
+fn lean(root: &Path, index: &Path) -> Lean {
+    let r = Reader::open(index, "t", "t").unwrap().unwrap();
+    let fresh = Writer::create(index, "t").unwrap();
+    let mut listed = Vec::new();
+    let mut gone = Vec::new();
+    let mut emit = |b: Batch| -> Result<()> {
+        assert_eq!(b.0.len(), b.1.len());
+        for e in &b.0 {
+            if e.kind == Kind::File && e.link.is_none() {
+                assert_eq!(e.sha256.as_ref().map(String::len), Some(64));
+            }
+        }
+        listed.extend(
+            b.0.iter()
+                .map(|e| String::from_utf8_lossy(&e.path).into_owned()),
+        );
+        gone.extend(b.2.iter().map(|g| String::from_utf8_lossy(g).into_owned()));
+        Ok(())
+    };
+    let bs = |_: u64| 4096u64;
+    let (mut sum, rest) = scan(
+        root,
+        &ScanOptions::default(),
+        r,
+        Some(fresh),
+        Some(&bs),
+        &NoProgress,
+        &mut emit,
+    )
+    .unwrap();
+    gone.extend(rest.iter().map(|g| String::from_utf8_lossy(g).into_owned()));
+    sum.fresh.take().unwrap().commit(&base()).unwrap();
+    Lean {
+        digest: sum.root_digest,
+        listed,
+        gone,
+        reused: sum.reused,
+        held: sum.index_held_peak,
+    }
+}
+
+#[test]
+fn lean_scan_gives_the_full_scans_root_digest_and_lists_only_changes() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let index = t.path().join("state").join("mirror-index.bin");
+    let r = root.display().to_string();
+    // Every kind of entry: dirs, files (empty, big, sparse), symlinks, a
+    // fifo, a device node, hard links, xattrs, odd names.
+    sh(&format!(
+        "mkdir -p {r}/a/b/c {r}/d/e {r}/gone/deep/er {r}/x && \
+         echo one > {r}/a/f1 && : > {r}/a/empty && head -c 70000 /dev/urandom > {r}/a/b/big && \
+         truncate -s 1M {r}/a/sparse && printf x | dd of={r}/a/sparse bs=1 seek=500000 conv=notrunc 2>/dev/null && \
+         ln -s ../a/f1 {r}/d/sym && mkfifo {r}/d/fifo && mknod {r}/d/null c 1 3 && \
+         echo h > {r}/d/e/h1 && ln {r}/d/e/h1 {r}/x/h2 && ln {r}/d/e/h1 {r}/x/h3 && \
+         echo g > {r}/gone/deep/er/g && printf 'odd' > \"{r}/x/sp ace\\tname\" && \
+         echo k > {r}/x/k && echo m > {r}/x/m && setfattr -n user.k -v v {r}/a/f1 && \
+         echo l > {r}/x/linked && echo z > {r}/zz"
+    ));
+    let want = full_scan(&root, &index);
+    let first = lean(&root, &index);
+    assert_eq!(first.digest, want, "unchanged: the full scan's digest");
+    assert_eq!(
+        first.listed,
+        ["", "d", "d/e", "d/e/h1", "x", "x/h2", "x/h3"],
+        "only hard-link members (and the directories above them) are read"
+    );
+    assert!(first.gone.is_empty());
+    assert!(first.reused > 10);
+    assert_eq!(first.held, 1, "one index record held");
+
+    // Changes of every kind.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    sh(&format!(
+        "echo more >> {r}/a/b/big && \
+         printf 'ONE\\n' > {r}/a/f1.new && touch -r {r}/a/f1 {r}/a/f1.new && cat {r}/a/f1.new > {r}/a/f1 && touch -r {r}/a/f1.new {r}/a/f1 && rm {r}/a/f1.new && \
+         chmod 600 {r}/zz && setfattr -n user.k -v w {r}/x/k && \
+         mv {r}/x/m {r}/a/b/c/m && rm -r {r}/gone && mkdir {r}/newdir && \
+         ln -s /nowhere {r}/newdir/sym && ln {r}/x/linked {r}/a/hard && rm {r}/x/h3"
+    ));
+    let want =
+        standin_builder::manifest::scan_tree(&root, &ScanOptions::default(), &NoProgress, |_| {
+            Ok(())
+        })
+        .unwrap()
+        .root_digest;
+    let second = lean(&root, &index);
+    assert_eq!(second.digest, want, "changed: still the full scan's digest");
+    for p in [
+        "a/b/big",
+        "a/f1",
+        "zz",
+        "x/k",
+        "a/b/c/m",
+        "newdir",
+        "newdir/sym",
+        "a/hard",
+        "x/linked",
+    ] {
+        assert!(
+            second.listed.iter().any(|l| l == p),
+            "{p} listed: {:?}",
+            second.listed
+        );
+    }
+    for p in ["a/empty", "a/sparse", "d/sym", "d/fifo", "d/null"] {
+        assert!(!second.listed.iter().any(|l| l == p), "{p} not listed");
+    }
+    assert_eq!(second.gone, ["gone", "x/h3", "x/m"], "topmost gone paths");
+    // The fresh index is the base of the next one: nothing new to list
+    // but hard links.
+    let third = lean(&root, &index);
+    assert_eq!(third.digest, want);
+    assert!(third.gone.is_empty());
+    assert!(
+        third.listed.iter().all(|p| [
+            "", "a", "d", "d/e", "d/e/h1", "x", "x/h2", "x/linked", "a/hard"
+        ]
+        .contains(&p.as_str())),
+        "{:?}",
+        third.listed
+    );
+}

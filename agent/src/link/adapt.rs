@@ -14,8 +14,10 @@
 //!
 //! - **Settled** at a level, the sender measures its throughput over
 //!   windows of at least [`WINDOW_BYTES`]. After [`PROBE_EVERY`] windows it
-//!   tries a neighbouring level, up and down in turn; each probe that finds
-//!   nothing better doubles that wait (up to [`MAX_PROBE_EVERY`]).
+//!   tries a neighbouring level, up and down in turn, but up only while
+//!   the writes blocked for more than [`WRITE_BOUND`] of the time (the
+//!   link is the bottleneck); each probe that finds nothing better doubles
+//!   that wait (up to [`MAX_PROBE_EVERY`]).
 //! - **Probing**: [`PROBE_WINDOWS`] windows at the new level. Up is kept, and the climb
 //!   goes on, only when the throughput rose by more than [`TOLERANCE`]; a
 //!   step down is kept unless the throughput fell by more than that (the
@@ -50,6 +52,9 @@ pub const MAX_PROBE_EVERY: u32 = 64;
 pub const PROBE_WINDOWS: u32 = 2;
 /// Longest wait before a window's first set that still counts in its time.
 pub const MAX_GAP: Duration = Duration::from_secs(1);
+/// Share of a window's wall time in blocked writes above which the link
+/// counts as the bottleneck (only then is a higher level tried).
+pub const WRITE_BOUND: f64 = 0.5;
 /// Relative throughput change that counts as a change (one level more
 /// sends a few per cent fewer bytes on a slow link).
 pub const TOLERANCE: f64 = 0.02;
@@ -70,6 +75,8 @@ struct Tally {
     windows: u32,
     bytes: f64,
     secs: f64,
+    /// Of `secs`, the time spent in writes (blocked on the link).
+    write_secs: f64,
 }
 
 impl Tally {
@@ -153,6 +160,7 @@ impl Level {
         self.tally.windows += 1;
         self.tally.bytes += self.bytes as f64;
         self.tally.secs += wall.as_secs_f64();
+        self.tally.write_secs += self.write.as_secs_f64();
         self.decide();
         if self.level != before {
             tracing::debug!(
@@ -177,11 +185,21 @@ impl Level {
         match self.phase {
             Phase::Settled if t.windows < self.probe_every => return,
             Phase::Settled => {
+                // Up only while the writes block on the link for much of
+                // the time: when the sender waits for acknowledgements or
+                // for changes instead, fewer bytes cannot help (and the
+                // throughput of windows of different data misleads).
+                let link_bound = t.write_secs > WRITE_BOUND * t.secs;
                 let up = match self.level {
-                    l if l <= 0 => true,
                     l if l >= MAX_LEVEL => false,
+                    _ if !link_bound => false,
+                    l if l <= 0 => true,
                     _ => !self.probed_up,
                 };
+                if !up && self.level <= 0 {
+                    self.tally = Tally::default();
+                    return;
+                }
                 self.probed_up = up;
                 self.phase = Phase::Probing {
                     from: self.level,
@@ -319,6 +337,25 @@ mod tests {
             .collect();
         let at0 = share(&levels, |l| l == 0);
         assert!(at0 >= 0.85, "at level 0 {at0:.2} of the time: {levels:?}");
+    }
+
+    #[test]
+    fn changing_data_on_loopback_does_not_climb() {
+        // The mirror passes from small files to large ones and back: the
+        // wall time per window swings threefold whatever the level, and
+        // the sender waits for acknowledgements, not in its writes.
+        let mut l = Level::new(START_LEVEL, true);
+        let mut now = Instant::now();
+        let mut levels = Vec::new();
+        for i in 0..400u32 {
+            let at = l.get();
+            let wait = if (i / 3) % 2 == 0 { 120 } else { 40 };
+            let w = Duration::from_millis(2);
+            now += Duration::from_millis(wait);
+            l.record_at(8 << 20, Duration::ZERO, w, now);
+            levels.push(at);
+        }
+        assert!(levels.iter().all(|&l| l == 0), "{levels:?}");
     }
 
     #[test]

@@ -201,10 +201,9 @@ run_rsync() { # run_rsync LABEL SRC [MODULE [EXTRA_OPTION]]
   echo "$e $m $((s + r)) - - $(awk -v a="$u" -v b="$y" 'BEGIN {printf "%.3f", a + b}') $(awk -v a="$(cpu_rsyncd)" -v b="$rd0" 'BEGIN {printf "%.3f", a - b}')" >> "$work/$label.times"
 }
 
-# The floor of any copy with a sender and a receiver on this machine: a local
-# `tar -c | tar -x` pipe between the same two filesystems (no network, no
-# checksums, no sync). rsync/floor is the most a networked tool could be
-# faster than rsync here.
+# A reference for a copy with a sender and a receiver on this machine: a
+# local `tar -c | tar -x` pipe between the same two filesystems (no network,
+# no checksums, no sync).
 run_floor() {
   local label=$1 src=$2 t0 t1
   rm -rf "$work/floor-dst"; mkdir -p "$work/floor-dst"
@@ -257,7 +256,7 @@ report() {
     local f rs
     f=$(median < "$work/$name-$kind-floor.times")
     rs=$(median < "$work/$name-$kind-rsync.sync")
-    printf "%-7s %-10s floor: local tar -c | tar -x %.2fs (rsync/floor %s: the most any sender-receiver copy can beat rsync by here) | rsync + sync -f %.2fs\n" \
+    printf "%-7s %-10s reference: local tar -c | tar -x %.2fs (rsync/tar %s) | rsync + sync -f %.2fs\n" \
       "$name" "$kind" "$f" "$(awk -v a="$r" -v b="$f" 'BEGIN {printf "%.2f", a/b}')" "$(awk -v a="$r" -v b="$rs" 'BEGIN {printf "%.2f", a+b}')"
   fi
   printf "%-7s %-10s CPU user+sys: standin agent %ss + target daemon %ss | rsync client %ss + rsync daemon %ss; load %s\n" \

@@ -24,19 +24,20 @@
 
 use std::cmp::Ordering;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read};
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
+use anyhow::Result;
 
 use crate::digest_table::Stamp;
 use crate::entry::path_cmp;
+use crate::record_stream::{Framing, RecordReader, RecordWriter};
 
-const MAGIC: &[u8; 4] = b"SIDS";
-const VERSION: u8 = 1;
-const END: u32 = u32::MAX;
-const MAX_PATH: usize = 1 << 20;
+const FRAMING: Framing = Framing {
+    magic: b"SIDS",
+    version: 1,
+    what: "digest cache",
+};
 
 /// One remembered file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,87 +59,24 @@ pub enum Found {
 }
 
 /// Parses records from a stream.
-struct Records<R: Read> {
-    r: R,
-    prev: Vec<u8>,
-    hasher: Option<Sha256>,
-    count: u64,
-}
+struct Records<R: Read>(RecordReader<R>);
 
 impl<R: Read> Records<R> {
-    fn read(&mut self, n: usize) -> Result<Vec<u8>, String> {
-        let mut b = vec![0u8; n];
-        self.r
-            .read_exact(&mut b)
-            .map_err(|_| "truncated".to_string())?;
-        if let Some(h) = self.hasher.as_mut() {
-            h.update(&b);
-        }
-        Ok(b)
-    }
-
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_be_bytes(self.read(4)?.try_into().expect("4")))
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_be_bytes(self.read(8)?.try_into().expect("8")))
-    }
-
-    /// The header; checks magic, version and tree.
-    fn header(&mut self, tree: &str) -> Result<(), String> {
-        let head = self.read(10)?;
-        if &head[..4] != MAGIC {
-            return Err("not a standin digest table (bad magic)".into());
-        }
-        if head[4] != VERSION {
-            return Err(format!(
-                "format {}.{} (this standin reads SIDS.{VERSION})",
-                String::from_utf8_lossy(&head[..4]),
-                head[4]
-            ));
-        }
-        let tl = u16::from_be_bytes([head[8], head[9]]) as usize;
-        let tid = self.read(tl)?;
-        if tid != tree.as_bytes() {
-            return Err(format!(
-                "written for another tree ({:?}, this is {tree:?})",
-                String::from_utf8_lossy(&tid)
-            ));
-        }
-        Ok(())
-    }
-
     /// The next record, `None` at the end marker (the count is checked).
     fn next(&mut self) -> Result<Option<Record>, String> {
-        let shared = self.u32()?;
-        if shared == END {
-            let count = self.u64()?;
-            if count != self.count {
-                return Err(format!("count {count} but {} records", self.count));
-            }
+        let r = &mut self.0;
+        let Some(path) = r.next_path()? else {
             return Ok(None);
-        }
-        let len = self.u32()? as usize;
-        if shared as usize > self.prev.len() || shared as usize + len > MAX_PATH {
-            return Err("bad path length".into());
-        }
-        let suffix = self.read(len)?;
-        let mut path = self.prev[..shared as usize].to_vec();
-        path.extend_from_slice(&suffix);
-        if self.count > 0 && path_cmp(&self.prev, &path) != Ordering::Less {
-            return Err("records out of tree order".into());
-        }
-        let stamp = Stamp {
-            dev: self.u64()?,
-            ino: self.u64()?,
-            size: self.u64()?,
-            mtime_ns: self.u64()? as i64,
-            ctime_ns: self.u64()? as i64,
         };
-        let sha256 = self.read(32)?.try_into().expect("32");
-        self.prev.clone_from(&path);
-        self.count += 1;
+        let stamp = Stamp {
+            dev: r.u64()?,
+            ino: r.u64()?,
+            size: r.u64()?,
+            mtime_ns: r.u64()? as i64,
+            ctime_ns: r.u64()? as i64,
+        };
+        let sha256 = r.read(32)?.try_into().expect("32");
+        r.done(&path);
         Ok(Some(Record {
             path,
             stamp,
@@ -169,53 +107,15 @@ impl Reader {
     /// it in one streaming pass. A missing file reads as empty; an
     /// unreadable, corrupt, truncated or foreign one is `Err(reason)`.
     pub fn open(path: &Path, tree: &str) -> Result<Reader, String> {
-        let f = match File::open(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Reader::empty()),
-            Err(e) => return Err(format!("reading {}: {e}", path.display())),
-            Ok(f) => f,
-        };
-        let len = f
-            .metadata()
-            .map_err(|e| format!("reading {}: {e}", path.display()))?
-            .len();
-        if len < 10 + 4 + 8 + 32 {
-            return Err(format!("truncated ({len} bytes)"));
-        }
-        // Pass 1: the checksum over everything before the last 32 bytes.
-        let mut r = BufReader::with_capacity(1 << 16, f);
-        let mut h = Sha256::new();
-        let mut left = len - 32;
-        let mut buf = vec![0u8; 1 << 16];
-        while left > 0 {
-            let n = (left as usize).min(buf.len());
-            r.read_exact(&mut buf[..n])
-                .map_err(|e| format!("reading {}: {e}", path.display()))?;
-            h.update(&buf[..n]);
-            left -= n as u64;
-        }
-        let mut sum = [0u8; 32];
-        r.read_exact(&mut sum)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        if h.finalize().as_slice() != sum {
-            // Say "bad magic"/"another tree" when that is what it is.
-            let mut head = Records {
-                r: File::open(path).map_err(|e| e.to_string())?,
-                prev: Vec::new(),
-                hasher: None,
-                count: 0,
-            };
-            head.header(tree)?;
-            return Err("checksum mismatch (truncated or corrupt)".into());
+        // Pass 1: the checksum of all of it.
+        if crate::record_stream::verify(path, &FRAMING, tree, 10 + 4 + 8 + 32, 0)?.is_none() {
+            return Ok(Reader::empty());
         }
         // Pass 2: header, order and count.
         let open = || -> Result<Records<BufReader<File>>, String> {
-            let mut rec = Records {
-                r: BufReader::with_capacity(1 << 16, File::open(path).map_err(|e| e.to_string())?),
-                prev: Vec::new(),
-                hasher: None,
-                count: 0,
-            };
-            rec.header(tree)?;
+            let f = File::open(path).map_err(|e| e.to_string())?;
+            let mut rec = Records(RecordReader::new(BufReader::with_capacity(1 << 16, f)));
+            rec.0.header(&FRAMING, tree)?;
             Ok(rec)
         };
         let mut check = open()?;
@@ -254,53 +154,21 @@ impl Reader {
 
 /// Writes a cache file streaming, in tree order, then puts it in place
 /// durably (temp file, fsync, rename, fsync dir).
-pub struct Writer {
-    out: BufWriter<crate::durable::DurableFile>,
-    hasher: Sha256,
-    prev: Vec<u8>,
-    count: u64,
-}
+pub struct Writer(RecordWriter);
 
 impl Writer {
     /// Start a cache file at `path` for `tree`.
     pub fn create(path: &Path, tree: &str) -> Result<Writer> {
-        let f = crate::durable::DurableFile::create(path)
-            .with_context(|| format!("saving the digest cache {}", path.display()))?;
-        let mut w = Writer {
-            out: BufWriter::with_capacity(1 << 16, f),
-            hasher: Sha256::new(),
-            prev: Vec::new(),
-            count: 0,
-        };
-        let tree = &tree.as_bytes()[..tree.len().min(u16::MAX as usize)];
-        w.put(MAGIC)?;
-        w.put(&[VERSION, 0, 0, 0])?;
-        w.put(&(tree.len() as u16).to_be_bytes())?;
-        w.put(tree)?;
-        Ok(w)
-    }
-
-    fn put(&mut self, b: &[u8]) -> Result<()> {
-        self.hasher.update(b);
-        self.out.write_all(b).context("writing the digest cache")
+        Ok(Writer(RecordWriter::create(path, &FRAMING, tree)?))
     }
 
     /// Add the next file; paths must come in strictly increasing tree order
     /// (others are left out).
     pub fn add(&mut self, path: &[u8], stamp: &Stamp, sha256: &[u8; 32]) -> Result<()> {
-        if self.count > 0 && path_cmp(&self.prev, path) != Ordering::Less {
+        let mut b = Vec::with_capacity(8 + path.len() + 72);
+        if !self.0.begin(path, &mut b) {
             return Ok(());
         }
-        let shared = self
-            .prev
-            .iter()
-            .zip(path)
-            .take_while(|(a, b)| a == b)
-            .count();
-        let mut b = Vec::with_capacity(8 + path.len() - shared + 72);
-        b.extend_from_slice(&(shared as u32).to_be_bytes());
-        b.extend_from_slice(&((path.len() - shared) as u32).to_be_bytes());
-        b.extend_from_slice(&path[shared..]);
         for v in [stamp.dev, stamp.ino, stamp.size] {
             b.extend_from_slice(&v.to_be_bytes());
         }
@@ -308,30 +176,17 @@ impl Writer {
             b.extend_from_slice(&v.to_be_bytes());
         }
         b.extend_from_slice(sha256);
-        self.put(&b)?;
-        self.prev.clear();
-        self.prev.extend_from_slice(path);
-        self.count += 1;
-        Ok(())
+        self.0.put(path, &b)
     }
 
     /// Files written so far.
     pub fn count(&self) -> u64 {
-        self.count
+        self.0.count()
     }
 
     /// Finish the file and put it in place.
-    pub fn commit(mut self) -> Result<()> {
-        self.put(&END.to_be_bytes())?;
-        let count = self.count;
-        self.put(&count.to_be_bytes())?;
-        let sum = self.hasher.finalize_reset();
-        self.out.write_all(&sum)?;
-        let f = self
-            .out
-            .into_inner()
-            .map_err(|e| anyhow::anyhow!("writing the digest cache: {}", e.error()))?;
-        f.commit()
+    pub fn commit(self) -> Result<()> {
+        self.0.commit(&[])
     }
 }
 

@@ -30,6 +30,7 @@ pub mod manifest;
 mod manifest_read;
 pub mod progress;
 pub mod recipe;
+pub mod record_stream;
 pub mod restore;
 pub mod scan;
 mod scan_cached;

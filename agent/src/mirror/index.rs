@@ -24,21 +24,20 @@
 //! record out of order ends the index early: the entries after it are
 //! then listed as new, which costs time and never hides a change).
 
-use std::cmp::Ordering;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
-use standin_builder::durable::DurableFile;
-use standin_builder::entry::{path_cmp, Entry, Kind};
+use anyhow::Result;
+use standin_builder::entry::{Entry, Kind};
+use standin_builder::record_stream::{Framing, RecordReader, RecordWriter};
 use standin_builder::scan::Inode;
 
-const MAGIC: &[u8; 4] = b"SIMX";
-const VERSION: u8 = 1;
-const END: u32 = u32::MAX;
-const MAX_PATH: usize = 1 << 20;
+const FRAMING: Framing = Framing {
+    magic: b"SIMX",
+    version: 1,
+    what: "mirror index",
+};
 const MAX_CANON: usize = 16 << 20;
 const F_MULTI: u8 = 1;
 const F_DIR: u8 = 2;
@@ -152,10 +151,7 @@ pub struct Base {
 
 /// Writes an index streaming (temp file until [`Writer::commit`]).
 pub struct Writer {
-    out: BufWriter<DurableFile>,
-    hasher: Sha256,
-    prev: Vec<u8>,
-    count: u64,
+    w: RecordWriter,
     buf: Vec<u8>,
 }
 
@@ -165,27 +161,10 @@ impl Writer {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let f = DurableFile::create(path)
-            .with_context(|| format!("saving the mirror index {}", path.display()))?;
-        let mut w = Writer {
-            out: BufWriter::with_capacity(1 << 16, f),
-            hasher: Sha256::new(),
-            prev: Vec::new(),
-            count: 0,
+        Ok(Writer {
+            w: RecordWriter::create(path, &FRAMING, tree)?,
             buf: Vec::with_capacity(512),
-        };
-        let tree = &tree.as_bytes()[..tree.len().min(u16::MAX as usize)];
-        let mut head = MAGIC.to_vec();
-        head.extend_from_slice(&[VERSION, 0, 0, 0]);
-        head.extend_from_slice(&(tree.len() as u16).to_be_bytes());
-        head.extend_from_slice(tree);
-        w.put_buf(&head)?;
-        Ok(w)
-    }
-
-    fn put_buf(&mut self, b: &[u8]) -> Result<()> {
-        self.hasher.update(b);
-        self.out.write_all(b).context("writing the mirror index")
+        })
     }
 
     /// Add the next entry; paths must come in strictly increasing tree
@@ -197,20 +176,11 @@ impl Writer {
         file_bytes: u64,
         canonical: &[u8],
     ) -> Result<()> {
-        if self.count > 0 && path_cmp(&self.prev, path) != Ordering::Less {
+        let mut b = std::mem::take(&mut self.buf);
+        if !self.w.begin(path, &mut b) {
+            self.buf = b;
             return Ok(());
         }
-        let shared = self
-            .prev
-            .iter()
-            .zip(path)
-            .take_while(|(a, b)| a == b)
-            .count();
-        let mut b = std::mem::take(&mut self.buf);
-        b.clear();
-        b.extend_from_slice(&(shared as u32).to_be_bytes());
-        b.extend_from_slice(&((path.len() - shared) as u32).to_be_bytes());
-        b.extend_from_slice(&path[shared..]);
         for v in [stamp.dev, stamp.ino, stamp.size] {
             b.extend_from_slice(&v.to_be_bytes());
         }
@@ -222,13 +192,9 @@ impl Writer {
         b.extend_from_slice(&file_bytes.to_be_bytes());
         b.extend_from_slice(&(canonical.len() as u32).to_be_bytes());
         b.extend_from_slice(canonical);
-        let r = self.put_buf(&b);
+        let r = self.w.put(path, &b);
         self.buf = b;
-        r?;
-        self.prev.clear();
-        self.prev.extend_from_slice(path);
-        self.count += 1;
-        Ok(())
+        r
     }
 
     /// [`Writer::add`] of a scanned entry (full sha256) with its inode.
@@ -254,132 +220,50 @@ impl Writer {
 
     /// Entries written so far.
     pub fn count(&self) -> u64 {
-        self.count
+        self.w.count()
     }
 
     /// Finish with the base it describes and put it in place.
-    pub fn commit(mut self, base: &Base) -> Result<()> {
-        let mut b = END.to_be_bytes().to_vec();
-        b.extend_from_slice(&self.count.to_be_bytes());
-        let start = b.len();
+    pub fn commit(self, base: &Base) -> Result<()> {
+        let mut b = Vec::new();
         for s in [&base.mirror_id, &base.root_digest, &base.target] {
             let s = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
             b.extend_from_slice(&(s.len() as u16).to_be_bytes());
             b.extend_from_slice(s);
         }
         b.extend_from_slice(&base.last_seq.to_be_bytes());
-        let base_len = (b.len() - start) as u32;
+        let base_len = b.len() as u32;
         b.extend_from_slice(&base_len.to_be_bytes());
-        self.put_buf(&b)?;
-        let sum = self.hasher.finalize_reset();
-        self.out.write_all(&sum)?;
-        let f = self
-            .out
-            .into_inner()
-            .map_err(|e| anyhow::anyhow!("writing the mirror index: {}", e.error()))?;
-        f.commit()
+        self.w.commit(&b)
     }
 }
 
 /// Parses records from a stream.
-struct Records<R: Read> {
-    r: R,
-    prev: Vec<u8>,
-    hasher: Option<Sha256>,
-    count: u64,
-}
+struct Records<R: Read>(RecordReader<R>);
 
 impl<R: Read> Records<R> {
-    fn read_into(&mut self, b: &mut [u8]) -> Result<(), String> {
-        self.r.read_exact(b).map_err(|_| "truncated".to_string())?;
-        if let Some(h) = self.hasher.as_mut() {
-            h.update(&*b);
-        }
-        Ok(())
-    }
-
-    fn read(&mut self, n: usize) -> Result<Vec<u8>, String> {
-        let mut b = vec![0u8; n];
-        self.read_into(&mut b)?;
-        Ok(b)
-    }
-
-    fn u16(&mut self) -> Result<u16, String> {
-        let mut b = [0u8; 2];
-        self.read_into(&mut b)?;
-        Ok(u16::from_be_bytes(b))
-    }
-
-    fn u32(&mut self) -> Result<u32, String> {
-        let mut b = [0u8; 4];
-        self.read_into(&mut b)?;
-        Ok(u32::from_be_bytes(b))
-    }
-
-    fn u64(&mut self) -> Result<u64, String> {
-        let mut b = [0u8; 8];
-        self.read_into(&mut b)?;
-        Ok(u64::from_be_bytes(b))
-    }
-
     fn string(&mut self) -> Result<String, String> {
-        let n = self.u16()? as usize;
-        String::from_utf8(self.read(n)?).map_err(|_| "bad text in the trailer".to_string())
-    }
-
-    fn header(&mut self, tree: &str) -> Result<(), String> {
-        let head = self.read(10)?;
-        if &head[..4] != MAGIC {
-            return Err("not a standin mirror index (bad magic)".into());
-        }
-        if head[4] != VERSION {
-            return Err(format!(
-                "format version {} (this standin reads {VERSION})",
-                head[4]
-            ));
-        }
-        let tl = u16::from_be_bytes([head[8], head[9]]) as usize;
-        let tid = self.read(tl)?;
-        if tid != tree.as_bytes() {
-            return Err(format!(
-                "written for another tree ({:?}, this is {tree:?})",
-                String::from_utf8_lossy(&tid)
-            ));
-        }
-        Ok(())
+        let n = self.0.u16()? as usize;
+        String::from_utf8(self.0.read(n)?).map_err(|_| "bad text in the trailer".to_string())
     }
 
     /// The next record, `None` at the end marker (count checked).
     fn next(&mut self) -> Result<Option<Record>, String> {
-        let shared = self.u32()?;
-        if shared == END {
-            let count = self.u64()?;
-            if count != self.count {
-                return Err(format!("count {count} but {} records", self.count));
-            }
+        let r = &mut self.0;
+        let Some(path) = r.next_path()? else {
             return Ok(None);
-        }
-        let len = self.u32()? as usize;
-        if shared as usize > self.prev.len() || shared as usize + len > MAX_PATH {
-            return Err("bad path length".into());
-        }
-        let mut path = self.prev[..shared as usize].to_vec();
-        path.extend_from_slice(&self.read(len)?);
-        if self.count > 0 && path_cmp(&self.prev, &path) != Ordering::Less {
-            return Err("records out of tree order".into());
-        }
-        let (dev, ino, size) = (self.u64()?, self.u64()?, self.u64()?);
-        let (mtime_ns, ctime_ns) = (self.u64()? as i64, self.u64()? as i64);
+        };
+        let (dev, ino, size) = (r.u64()?, r.u64()?, r.u64()?);
+        let (mtime_ns, ctime_ns) = (r.u64()? as i64, r.u64()? as i64);
         let mut flags = [0u8];
-        self.read_into(&mut flags)?;
-        let file_bytes = self.u64()?;
-        let cl = self.u32()? as usize;
+        r.read_into(&mut flags)?;
+        let file_bytes = r.u64()?;
+        let cl = r.u32()? as usize;
         if cl > MAX_CANON {
             return Err("bad record length".into());
         }
-        let canonical = self.read(cl)?;
-        self.prev.clone_from(&path);
-        self.count += 1;
+        let canonical = r.read(cl)?;
+        r.done(&path);
         Ok(Some(Record {
             path,
             stamp: EntryStamp {
@@ -400,7 +284,7 @@ impl<R: Read> Records<R> {
         let mirror_id = self.string()?;
         let root_digest = self.string()?;
         let target = self.string()?;
-        let last_seq = self.u64()?;
+        let last_seq = self.0.u64()?;
         Ok(Base {
             mirror_id,
             root_digest,
@@ -425,68 +309,20 @@ impl Reader {
     /// `target`, after checking all of it in one pass. `Ok(None)` when
     /// there is none; `Err(why)` when it cannot be used.
     pub fn open(path: &Path, tree: &str, target: &str) -> Result<Option<Reader>, String> {
-        let open = || -> Result<Option<Records<BufReader<File>>>, String> {
-            let f = match File::open(path) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(format!("reading {}: {e}", path.display())),
-                Ok(f) => f,
-            };
-            Ok(Some(Records {
-                r: BufReader::with_capacity(1 << 16, f),
-                prev: Vec::new(),
-                hasher: None,
-                count: 0,
-            }))
-        };
-        let Some(mut check) = open()? else {
+        // The checksum of all of it; the base is among the last bytes.
+        let keep = 3 * (u16::MAX as usize) + 64;
+        let min = 10 + 4 + 8 + 14 + 4 + 32;
+        let Some(tail) = standin_builder::record_stream::verify(path, &FRAMING, tree, min, keep)?
+        else {
             return Ok(None);
         };
-        // The checksum of everything before the last 32 bytes.
-        let len = check
-            .r
-            .get_ref()
-            .metadata()
-            .map_err(|e| format!("reading {}: {e}", path.display()))?
-            .len();
-        if len < 10 + 4 + 8 + 14 + 4 + 32 {
-            return Err(format!("truncated ({len} bytes)"));
-        }
-        let mut h = Sha256::new();
-        let mut left = len - 32;
-        let mut buf = vec![0u8; 1 << 16];
-        let mut tail: Vec<u8> = Vec::new();
-        while left > 0 {
-            let n = (left as usize).min(buf.len());
-            check
-                .r
-                .read_exact(&mut buf[..n])
-                .map_err(|e| format!("reading {}: {e}", path.display()))?;
-            h.update(&buf[..n]);
-            // Keep the last bytes read: the base is among them.
-            tail.extend_from_slice(&buf[..n]);
-            let keep = tail.len().saturating_sub(3 * (u16::MAX as usize) + 64);
-            tail.drain(..keep);
-            left -= n as u64;
-        }
-        let mut sum = [0u8; 32];
-        check.read_into(&mut sum)?;
-        if h.finalize().as_slice() != sum {
-            // Say "bad magic" or "another tree" when that is what it is.
-            if let Some(mut head) = open()? {
-                head.header(tree)?;
-            }
-            return Err("checksum mismatch (truncated or corrupt)".into());
-        }
         let base_len = u32::from_be_bytes(tail[tail.len() - 4..].try_into().expect("4")) as usize;
         if base_len + 4 > tail.len() {
             return Err("bad base length".into());
         }
-        let mut rb = Records {
-            r: &tail[tail.len() - 4 - base_len..tail.len() - 4],
-            prev: Vec::new(),
-            hasher: None,
-            count: 0,
-        };
+        let mut rb = Records(RecordReader::new(
+            &tail[tail.len() - 4 - base_len..tail.len() - 4],
+        ));
         let base = rb.base()?;
         if base.target != target {
             return Err(format!(
@@ -494,8 +330,9 @@ impl Reader {
                 base.target
             ));
         }
-        let mut records = open()?.ok_or("the index vanished")?;
-        records.header(tree)?;
+        let f = File::open(path).map_err(|_| "the index vanished".to_string())?;
+        let mut records = Records(RecordReader::new(BufReader::with_capacity(1 << 16, f)));
+        records.0.header(&FRAMING, tree)?;
         let current = records.next()?;
         Ok(Some(Reader {
             held_peak: usize::from(current.is_some()),

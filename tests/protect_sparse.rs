@@ -50,8 +50,11 @@ fn sh(cmd: &str) {
 
 /// The target daemon without periodic snapshots: a snapshot's hard links
 /// restamp the last proven ledger, and one taken while this test writes
-/// into the replica behind the daemon's back would carry that write
-/// over unseen (a limit of `ledger::across_snapshot`, not of this mirror).
+/// into the replica behind the daemon's back would carry that write over
+/// unseen: `ledger::across_snapshot` re-reads each entry's metadata after
+/// the snapshot, but this test's tampering is a same-size rewrite with
+/// the mtime put back, which only reading the content would show (a limit
+/// of the snapshot's restamp, not of this mirror).
 fn serve(sides: &Sides, log: &Path) -> Daemon {
     let extra = [
         std::ffi::OsStr::new("--target-root"),

@@ -988,18 +988,44 @@ mod tests {
         sh(&format!("chmod 640 {}/d/f6", rep.display()));
         ledger::across_snapshot(&rep, || {
             sh(&format!("cp -al {} {}", rep.display(), snap.display()));
+            // Someone else writes while the snapshot runs: a chmod, and
+            // an append whose mtime is put back (the size still moves).
+            sh(&format!(
+                "chmod 600 {r}/d/f5 && printf x >> {r}/d/f3 && touch -r {s}/d/f3 {r}/d/f3",
+                r = rep.display(),
+                s = src.display()
+            ));
             Ok(())
         })
         .unwrap();
         let (states, known, read) = compare_all(&rep, &es);
         assert_eq!(states.get("d/f6").map(String::as_str), Some("metadata"));
-        assert_eq!(states.len(), 1, "{states:?}");
         assert_eq!(
-            read, 1,
-            "only the entry changed before the snapshot is read"
+            states.get("d/f5").map(String::as_str),
+            Some("metadata"),
+            "a chmod while the snapshot ran is not carried over: {states:?}"
         );
-        assert_eq!(known, es.len() as u64 - 1);
-        sh(&format!("chmod 644 {}/d/f6", rep.display()));
+        assert_eq!(
+            states.get("d/f3").map(String::as_str),
+            Some("content"),
+            "an append while the snapshot ran is not carried over: {states:?}"
+        );
+        assert_eq!(states.len(), 3, "{states:?}");
+        assert_eq!(
+            read, 3,
+            "only the entries changed before and during the snapshot are read"
+        );
+        assert_eq!(known, es.len() as u64 - 3);
+        sh(&format!(
+            "chmod 644 {}/d/f6 {}/d/f5",
+            rep.display(),
+            rep.display()
+        ));
+        sh(&format!(
+            "printf 'file 3' > {r}/d/f3 && touch -r {s}/d/f3 {r}/d/f3",
+            s = src.display(),
+            r = rep.display()
+        ));
         sh(&format!("rm -rf {}", snap.display()));
         // The full walk (no comparison ledger) records the replica too.
         std::fs::remove_file(ledger::path_for(&rep)).ok();

@@ -225,6 +225,32 @@ impl Record {
             && (q.dir || (q.nlink > 1) == (self.link_dev != 0))
     }
 
+    /// Whether the replica's entry at `path` still has the recorded type,
+    /// mode, owner, times, size, xattrs and link target (its content taken
+    /// as the recorded one): read after a snapshot moved every change time,
+    /// so a change made while the snapshot ran is not carried over unseen
+    /// (all but a same-size rewrite with the mtime put back, which the
+    /// checksum sweep finds).
+    /// `links`: the hard-link groups seen so far in tree order.
+    fn still_described(
+        &self,
+        replica: &mut Beneath,
+        path: &[u8],
+        links: &mut HashMap<(u64, u64), Vec<u8>>,
+    ) -> bool {
+        let Some((mut e, _)) = replica.stat(path, links) else {
+            return false;
+        };
+        if e.kind == Kind::File && e.link.is_none() {
+            let c = &self.canonical;
+            if c.len() < 33 || c[c.len() - 33] != 1 {
+                return false;
+            }
+            e.sha256 = Some(hex::encode(&c[c.len() - 32..]));
+        }
+        self.matches(&e)
+    }
+
     /// Whether the source's entry `e` (its sha256 possibly a prefix of at
     /// least 16 bytes) is this record's entry: every field of the root
     /// digest equal, content by the sha256.
@@ -338,11 +364,16 @@ impl Prev {
         let mut w = Writer::create(path)?;
         let mut n = 0;
         let mut i = 0;
+        let mut links = HashMap::new();
         while let Some((p, rec)) = self.read_next()? {
             let held = holding.get(i).copied().unwrap_or(false);
             i += 1;
             match (rec, held, replica.quick_stat(&p)) {
-                (Some(mut r), true, Some(q)) if q.ino == r.ino && q.dir == r.dir => {
+                (Some(mut r), true, Some(q))
+                    if q.ino == r.ino
+                        && q.dir == r.dir
+                        && r.still_described(&mut replica, &p, &mut links) =>
+                {
                     r.ctime = q.ctime;
                     r.link_dev = if !q.dir && q.nlink > 1 {
                         q.dev.wrapping_add(1)
@@ -452,9 +483,11 @@ impl Prev {
 /// changes nothing) and carry the last proven ledger ([`prev_path_for`]) of
 /// the replica at `root` across it. Hard links a snapshot adds or removes
 /// move the change time of the replica's files, which would leave no
-/// record trusted: each record still holding right before is given its
-/// entry's change time and link count right after (a snapshot changes
-/// nothing else of the replica). A failed snapshot carries nothing.
+/// record trusted: each record still holding right before, whose entry
+/// still has the recorded metadata right after ([`Record::still_described`]:
+/// a write by someone else while the snapshot ran is not carried), is
+/// given its entry's change time and link count right after (a snapshot
+/// changes nothing else of the replica). A failed snapshot carries nothing.
 pub fn across_snapshot<T>(root: &Path, snapshot: impl FnOnce() -> Result<T>) -> Result<T> {
     let prev = prev_path_for(root);
     let t0 = std::time::Instant::now();

@@ -40,8 +40,10 @@ pub enum Mode {
 
 Validates this machine against the target first and exits 3 while errors
 remain (--fix-all applies the target's automatic fixes and validates again).
-Then mirrors (by block checksums unless --mirror says otherwise) and
-replicates continuously until SIGINT/SIGTERM; --once stops after the mirror.
+Then mirrors (by block checksums unless --mirror says otherwise; only what
+changed since the last completed mirror while the target still holds it)
+and replicates continuously until SIGINT/SIGTERM; --once stops after the
+mirror.
 --bwlimit RATE[@HH:MM-HH:MM]: bytes per second (k, M, G suffixes), limited
 only inside the daily window (UTC) when one is given.
 --heartbeat-target sends the same heartbeats over a second connection to the
@@ -86,9 +88,9 @@ pub struct Args {
     /// Bandwidth limit `RATE[@HH:MM-HH:MM]`, e.g. 10M or 500k@08:00-18:00.
     #[arg(long)]
     pub bwlimit: Option<BwLimit>,
-    /// Hash every file for the mirror, ignoring the digests remembered in
-    /// --state-dir (a file counts as unchanged while its device, inode,
-    /// size, mtime and ctime are).
+    /// Hash and compare every file for the mirror, ignoring the digests and
+    /// the mirror index remembered in --state-dir (a file counts as
+    /// unchanged while its device, inode, size, mtime and ctime are).
     #[arg(long)]
     pub verify_all: bool,
     /// Mirror, then exit (no continuous replication).

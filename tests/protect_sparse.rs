@@ -48,31 +48,6 @@ fn sh(cmd: &str) {
     run_ok(std::process::Command::new("sh").arg("-c").arg(cmd), None);
 }
 
-/// The target daemon without periodic snapshots: a snapshot's hard links
-/// restamp the last proven ledger, and one taken while this test writes
-/// into the replica behind the daemon's back would carry that write over
-/// unseen: `ledger::across_snapshot` re-reads each entry's metadata after
-/// the snapshot, but this test's tampering is a same-size rewrite with
-/// the mtime put back, which only reading the content would show (a limit
-/// of the snapshot's restamp, not of this mirror).
-fn serve(sides: &Sides, log: &Path) -> Daemon {
-    let extra = [
-        std::ffi::OsStr::new("--target-root"),
-        sides.troot.as_os_str(),
-        std::ffi::OsStr::new("--snapshot-every"),
-        std::ffi::OsStr::new("0"),
-    ];
-    Daemon::serve(
-        protect_support::common::standin(),
-        "127.0.0.1:0",
-        &sides.state,
-        &sides.tid,
-        &[&sides.sf],
-        &extra,
-        log,
-    )
-}
-
 struct Run<'a> {
     d: &'a Path,
     tf: &'a str,
@@ -112,7 +87,7 @@ fn sparse_mirror_lists_only_changes_catches_tampering_and_refuses_bad_bases() {
     let src = d.path().join("src");
     make_source(&src);
     let sides = Sides::new(d.path(), &src, true);
-    let mut daemon = serve(&sides, &d.path().join("d.log"));
+    let mut daemon = sides.serve_without_snapshots(&d.path().join("d.log"));
     let replica = replica(&sides.state, "web1");
     let run = Run {
         d: d.path(),
@@ -206,7 +181,7 @@ fn sparse_mirror_lists_only_changes_catches_tampering_and_refuses_bad_bases() {
     let last = st["last_applied_seq"].as_u64().unwrap();
     st["last_applied_seq"] = (last + 1).into();
     std::fs::write(&state_file, serde_json::to_vec_pretty(&st).unwrap()).unwrap();
-    let daemon = serve(&sides, &d.path().join("d2.log"));
+    let daemon = sides.serve_without_snapshots(&d.path().join("d2.log"));
     sh(&format!("echo later >> {s}/data/d10/sub0/f10"));
     let v = run.protect(&src, &daemon, &[]);
     converged(&v, &src, &replica);
@@ -225,7 +200,7 @@ fn sparse_mirror_lists_only_changes_catches_tampering_and_refuses_bad_bases() {
 
     // Refused: a fresh target state directory (an empty replica).
     std::fs::remove_dir_all(&sides.state).unwrap();
-    let daemon = serve(&sides, &d.path().join("d3.log"));
+    let daemon = sides.serve_without_snapshots(&d.path().join("d3.log"));
     let v = run.protect(&src, &daemon, &[]);
     converged(&v, &src, &replica);
     assert_eq!(v["mirror"]["base_used"], false, "{v:#}");

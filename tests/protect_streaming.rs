@@ -93,7 +93,11 @@ fn streaming_mirror_empty_replica_then_difference_then_full() {
     let d = tempdir();
     let src = d.path().join("src");
     make_source(&src, 4500);
-    let (Sides { tf, sid, state, .. }, daemon) = loopback(d.path(), &src, true);
+    // No periodic snapshot: this test rewrites a replica file behind the
+    // daemon's back (see `Sides::serve_without_snapshots`).
+    let sides = Sides::new(d.path(), &src, true);
+    let daemon = sides.serve_without_snapshots(&d.path().join("d.log"));
+    let Sides { tf, sid, state, .. } = sides;
     let replica = replica(&state, "web1");
 
     // Empty replica: nothing compared, each file hashed once.

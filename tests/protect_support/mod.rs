@@ -113,6 +113,32 @@ impl Sides {
     }
 }
 
+impl Sides {
+    /// [`Sides::serve`] without periodic snapshots, for tests that write
+    /// into the replica behind the daemon's back: a snapshot restamps the
+    /// last proven ledger, and one taken while such a test makes a
+    /// same-size rewrite with the mtime put back would carry it over
+    /// unseen (a limit of `ledger::across_snapshot`: it re-reads each
+    /// entry's metadata after the snapshot, not its content).
+    pub fn serve_without_snapshots(&self, log: &Path) -> Daemon {
+        let extra = [
+            std::ffi::OsStr::new("--target-root"),
+            self.troot.as_os_str(),
+            std::ffi::OsStr::new("--snapshot-every"),
+            std::ffi::OsStr::new("0"),
+        ];
+        Daemon::serve(
+            common::standin(),
+            "127.0.0.1:0",
+            &self.state,
+            &self.tid,
+            &[&self.sf],
+            &extra,
+            log,
+        )
+    }
+}
+
 /// [`Sides::new`] and [`Sides::serve`] with the log `base/d.log`.
 pub fn loopback(base: &Path, src: &Path, boot_loader: bool) -> (Sides, Daemon) {
     let s = Sides::new(base, src, boot_loader);

@@ -278,21 +278,34 @@ mod tests {
             )
         }
 
-        /// Levels of `n` windows of 8 MiB sets, starting adaptive; `gap`
-        /// is idle time before each set (waiting for changes).
-        fn run(&self, n: usize, gap: Duration) -> Vec<i32> {
-            let mut l = Level::new(START_LEVEL, true);
-            let mut now = Instant::now();
-            (0..n)
-                .map(|_| {
-                    let at = l.get();
-                    let (c, w) = self.window(at, 8 << 20);
-                    now += gap + c + w;
-                    l.record_at(8 << 20, c, w, now);
-                    at
-                })
-                .collect()
+        /// Levels of `n` sets of 8 MiB, starting adaptive.
+        fn run(&self, n: usize) -> Vec<i32> {
+            simulate(n, |_, at| {
+                let (c, w) = self.window(at, 8 << 20);
+                (8 << 20, c, w, c + w)
+            })
         }
+    }
+
+    /// The level each of `n` sets was sent at by an adaptive link starting
+    /// at [`START_LEVEL`]; `set(i, level)` gives set `i`'s bytes, its
+    /// compress and write times, and the wall time it took (those and any
+    /// waiting).
+    fn simulate(
+        n: usize,
+        mut set: impl FnMut(usize, i32) -> (u64, Duration, Duration, Duration),
+    ) -> Vec<i32> {
+        let mut l = Level::new(START_LEVEL, true);
+        let mut now = Instant::now();
+        (0..n)
+            .map(|i| {
+                let at = l.get();
+                let (bytes, c, w, took) = set(i, at);
+                now += took;
+                l.record_at(bytes, c, w, now);
+                at
+            })
+            .collect()
     }
 
     fn share(levels: &[i32], ok: impl Fn(i32) -> bool) -> f64 {
@@ -308,7 +321,7 @@ mod tests {
             link: f64::INFINITY,
             receiver: 200e6,
         };
-        let levels = m.run(200, Duration::ZERO);
+        let levels = m.run(200);
         let at0 = share(&levels, |l| l == 0);
         assert!(at0 >= 0.85, "at level 0 {at0:.2} of the time: {levels:?}");
         assert!(levels[20..].iter().all(|&l| l <= 1), "{levels:?}");
@@ -319,22 +332,15 @@ mod tests {
         // Loopback to a slow target: the sender waits for acknowledgements
         // between sets (not in the write), 40 ms per 8 MiB set whatever
         // the level; compressing only adds its own time.
-        let mut l = Level::new(START_LEVEL, true);
-        let mut now = Instant::now();
-        let levels: Vec<i32> = (0..200)
-            .map(|_| {
-                let at = l.get();
-                let c = if at == 0 {
-                    Duration::ZERO
-                } else {
-                    Duration::from_secs_f64(8e6 / ZSTD[at as usize - 1].0)
-                };
-                let w = Duration::from_micros(500);
-                now += Duration::from_millis(40).max(c + w);
-                l.record_at(8 << 20, c, w, now);
-                at
-            })
-            .collect();
+        let levels = simulate(200, |_, at| {
+            let c = if at == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(8e6 / ZSTD[at as usize - 1].0)
+            };
+            let w = Duration::from_micros(500);
+            (8 << 20, c, w, Duration::from_millis(40).max(c + w))
+        });
         let at0 = share(&levels, |l| l == 0);
         assert!(at0 >= 0.85, "at level 0 {at0:.2} of the time: {levels:?}");
     }
@@ -344,17 +350,11 @@ mod tests {
         // The mirror passes from small files to large ones and back: the
         // wall time per window swings threefold whatever the level, and
         // the sender waits for acknowledgements, not in its writes.
-        let mut l = Level::new(START_LEVEL, true);
-        let mut now = Instant::now();
-        let mut levels = Vec::new();
-        for i in 0..400u32 {
-            let at = l.get();
+        let levels = simulate(400, |i, _| {
             let wait = if (i / 3) % 2 == 0 { 120 } else { 40 };
             let w = Duration::from_millis(2);
-            now += Duration::from_millis(wait);
-            l.record_at(8 << 20, Duration::ZERO, w, now);
-            levels.push(at);
-        }
+            (8 << 20, Duration::ZERO, w, Duration::from_millis(wait))
+        });
         assert!(levels.iter().all(|&l| l == 0), "{levels:?}");
     }
 
@@ -366,7 +366,7 @@ mod tests {
             link: 125e6,
             receiver: 1e9,
         };
-        let levels = m.run(200, Duration::ZERO);
+        let levels = m.run(200);
         let low = share(&levels, |l| (1..=2).contains(&l));
         assert!(low >= 0.8, "at levels 1-2 {low:.2} of the time: {levels:?}");
     }
@@ -378,7 +378,7 @@ mod tests {
             link: 12.5e6,
             receiver: 1e9,
         };
-        let levels = m.run(200, Duration::ZERO);
+        let levels = m.run(200);
         let high = share(&levels, |l| l >= 3);
         assert!(
             high >= 0.8,
@@ -395,17 +395,10 @@ mod tests {
             link: 125e6,
             receiver: 1e9,
         };
-        let mut l = Level::new(START_LEVEL, true);
-        let mut now = Instant::now();
-        let levels: Vec<i32> = (0..64 * 200)
-            .map(|_| {
-                let at = l.get();
-                let (c, w) = m.window(at, 64 << 10);
-                now += Duration::from_millis(50) + c + w;
-                l.record_at(64 << 10, c, w, now);
-                at
-            })
-            .collect();
+        let levels = simulate(64 * 200, |_, at| {
+            let (c, w) = m.window(at, 64 << 10);
+            (64 << 10, c, w, Duration::from_millis(50) + c + w)
+        });
         let at0 = share(&levels, |l| l == 0);
         assert!(at0 >= 0.85, "at level 0 {at0:.2} of the time");
     }

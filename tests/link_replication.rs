@@ -78,13 +78,17 @@ fn change_sets_apply_in_order_and_status_reports_protected() {
         "journal not emptied"
     );
 
-    // Heartbeats arrive; status over the network and from the state directory agree.
-    wait_until("a heartbeat", || {
+    // Heartbeats arrive and the replica is synced (the daemon records the
+    // mirror complete on disk only then); status over the network and from
+    // the state directory agree.
+    wait_until("a heartbeat and the mirror synced", || {
         // state.json with the heartbeat times of heartbeats.json.
         let v = serde_json::to_value(standin_staging::state::TargetState::load(&state).unwrap())
             .unwrap();
         let hb = &v["last_heartbeat"]["heartbeat"];
-        hb["source_seq"].as_u64() == Some(SETS) && hb["queue_sets"].as_u64() == Some(0)
+        hb["source_seq"].as_u64() == Some(SETS)
+            && hb["queue_sets"].as_u64() == Some(0)
+            && v["mirror_complete"] == true
     });
     let net = run_ok(
         standin()

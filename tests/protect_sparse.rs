@@ -173,7 +173,10 @@ fn sparse_mirror_lists_only_changes_catches_tampering_and_refuses_bad_bases() {
     assert_eq!(v["mirror"]["base_used"], true, "{v:#}");
 
     // Refused: a change set applied after the base (faked: the target's
-    // last applied number moved while it was down).
+    // last applied number moved while it was down). The kill comes after
+    // the replica of the last mirror is synced (before it, the mirror
+    // would be refused as incomplete, another case).
+    status_json(&sides.state);
     daemon.kill9();
     let state_file = sides.state.join("state.json");
     let mut st: serde_json::Value =

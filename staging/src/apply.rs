@@ -200,9 +200,12 @@ pub struct DirTarget {
     applied_whole: bool,
 }
 
-/// Set (to anything but empty) to leave all of an open mirror's writeback
-/// to its final sync (for measuring [`writeback`]).
-pub const NO_WRITEBACK_ENV: &str = "STANDIN_NO_WRITEBACK";
+/// Set (to anything but empty) to start an open mirror's writeback while
+/// it runs ([`writeback`]). Off by default: the mirror's end no longer
+/// waits for its sync (the replica is synced in the background, see
+/// [`crate::Store::mirror_flushed`]), and the early writeback only costs CPU
+/// while the mirror runs (page-cache drops, and on a loop device a copy per page).
+pub const WRITEBACK_ENV: &str = "STANDIN_WRITEBACK";
 
 /// Size of [`DirTarget`]'s read buffer.
 const READ_BUF: usize = 1 << 20;
@@ -717,7 +720,7 @@ impl ApplyTarget for DirTarget {
 
     fn mirror_writeback(&mut self, on: bool) {
         self.writeback.flush();
-        self.writeback_on = on && std::env::var_os(NO_WRITEBACK_ENV).is_none_or(|v| v.is_empty());
+        self.writeback_on = on && std::env::var_os(WRITEBACK_ENV).is_some_and(|v| !v.is_empty());
     }
 
     fn available(&mut self) -> Result<(u64, Option<u64>), ApplyError> {

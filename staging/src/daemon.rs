@@ -173,6 +173,28 @@ async fn with_store<T: Send + 'static>(
     .context("state task")
 }
 
+/// Sync the filesystem of the replica at `root` after mirror `mirror_id`
+/// completed, without the store's lock (change sets go on meanwhile: they
+/// are journaled), then record the mirror durable ([`Store::mirror_flushed`]).
+async fn flush_mirror(shared: Arc<Shared>, mirror_id: String, root: std::path::PathBuf) {
+    let t0 = std::time::Instant::now();
+    let synced = tokio::task::spawn_blocking(move || sync_fs_of(&root))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        "mirror end: replica synced"
+    );
+    match with_store(&shared, move |store| {
+        store.mirror_flushed(&mirror_id, synced)
+    })
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) | Err(e) => warn!("{e:#}"),
+    }
+}
+
 /// Run the daemon until SIGINT/SIGTERM. `ready` gets the bound address
 /// (after recovery, before the first connection is accepted).
 pub async fn serve(cfg: ServeConfig, ready: impl FnOnce(SocketAddr)) -> Result<()> {
@@ -288,6 +310,29 @@ pub async fn serve_until(
     let _ = flusher.await;
     let sh = shared.clone();
     let _ = tokio::task::spawn_blocking(move || sh.flush_beats(&mut 0)).await;
+    // A mirror that completed just before: sync its replica now, so that
+    // a daemon stopped on purpose keeps it complete (a kill leaves it
+    // incomplete; the next mirror compares it).
+    let synced = with_store(&shared, |store| {
+        let id = store.flush_pending()?;
+        let root = store.staging_root(store.state().source_id.as_deref()?);
+        Some((id, sync_fs_of(&root)))
+    })
+    .await;
+    if let Ok(Some((id, r))) = synced {
+        let _ = with_store(&shared, move |store| store.mirror_flushed(&id, r)).await;
+    }
+    Ok(())
+}
+
+/// `syncfs` of the filesystem that holds `dir`.
+fn sync_fs_of(dir: &std::path::Path) -> std::io::Result<()> {
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    rustix::fs::syncfs(&fd)?;
     Ok(())
 }
 
@@ -789,10 +834,16 @@ async fn serve_requests<S: AsyncWrite + Unpin>(
             }
             Message::MirrorEnd(m) if agent => {
                 let source = hello.source_id.clone();
-                Message::MirrorDone(
-                    with_store(shared, move |store| crate::mirror::end(store, &source, &m))
-                        .await??,
-                )
+                let (done, flush) = with_store(shared, move |store| {
+                    let done = crate::mirror::end(store, &source, &m)?;
+                    let root = store.staging_root(&source);
+                    anyhow::Ok((done, store.flush_pending().map(|id| (id, root))))
+                })
+                .await??;
+                if let Some((mirror_id, root)) = flush {
+                    tokio::spawn(flush_mirror(shared.clone(), mirror_id, root));
+                }
+                Message::MirrorDone(done)
             }
             Message::MirrorBase(b) if agent => {
                 // The source offers its last mirror as the base of a sparse

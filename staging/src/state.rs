@@ -32,6 +32,13 @@ pub struct TargetState {
     pub mirror: Option<MirrorState>,
     /// Whether a mirror completed (the replica is a whole system).
     pub mirror_complete: bool,
+    /// The mirror completed (its root digest matched) and the replica is
+    /// being written to disk: `state.json` says complete only once that
+    /// sync is done, so until then the file holds `mirror_complete: false`
+    /// with this set, and a daemon that restarts finds the mirror
+    /// incomplete (the next mirror compares and repairs the replica).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mirror_flushing: bool,
     /// The newest heartbeat on any path (the replication link or the
     /// second path), and when the last one on any path arrived.
     pub last_heartbeat: Option<HeartbeatState>,

@@ -97,7 +97,7 @@ pub fn compute(st: &TargetState, journal: &Journal, now_ms: i64, opts: &StatusOp
         .map(|h| (now_ms - h.received_unix_ms).max(0) as f64 / 1000.0);
     let hb = st.last_heartbeat.as_ref().map(|h| &h.heartbeat);
     let mirror_percent = st.mirror.as_ref().map(|m| {
-        if st.mirror_complete {
+        if st.mirror_complete || st.mirror_flushing {
             100.0
         } else if m.total_bytes == 0 {
             0.0
@@ -146,7 +146,9 @@ pub fn compute(st: &TargetState, journal: &Journal, now_ms: i64, opts: &StatusOp
         warnings.push(w.clone());
     }
     let hard = !warnings.is_empty();
-    let syncing = st.mirror.is_some() && !st.mirror_complete;
+    // A mirror whose replica is still being synced to disk is not yet
+    // durable: still synchronizing (at 100%).
+    let syncing = st.mirror.is_some() && (!st.mirror_complete || st.mirror_flushing);
     if st.mirror_complete && !syncing {
         if let Some(age) = met {
             let heard: Vec<_> = paths.iter().map(|p| path_label(&p.name)).collect();
@@ -231,6 +233,11 @@ pub fn compute(st: &TargetState, journal: &Journal, now_ms: i64, opts: &StatusOp
     }
     let (state, reason) = if hard || (st.mirror_complete && !syncing && !warnings.is_empty()) {
         (State::Warning, Some(warnings.join("; ")))
+    } else if syncing && st.mirror_flushing {
+        (
+            State::Synchronizing,
+            Some("the mirror is complete; its replica is being written to disk".into()),
+        )
     } else if syncing {
         (State::Synchronizing, None)
     } else if st.mirror_complete {
@@ -360,9 +367,27 @@ mod tests {
             (State::Synchronizing, Some(25.0))
         );
 
-        st.mirror_complete = true;
+        // Complete but its replica not yet synced: as the daemon holds it
+        // (complete) and as state.json holds it (not complete).
         st.last_applied_seq = 5;
         st.last_heartbeat = Some(hb(now - 1000, 5, None));
+        st.mirror_flushing = true;
+        for complete in [true, false] {
+            st.mirror_complete = complete;
+            let s = compute(&st, &j(0, 0, 0), now, &opts);
+            assert_eq!(
+                (s.state, s.mirror_percent),
+                (State::Synchronizing, Some(100.0)),
+                "{s:?}"
+            );
+            assert!(
+                s.reason.as_deref().unwrap().contains("written to disk"),
+                "{s:?}"
+            );
+        }
+        st.mirror_flushing = false;
+
+        st.mirror_complete = true;
         let s = compute(&st, &j(0, 0, 0), now, &opts);
         assert_eq!(
             (s.state, s.mirror_percent, s.lag_seconds),

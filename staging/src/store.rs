@@ -147,7 +147,14 @@ impl Store {
             std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
                 .with_context(|| format!("restricting {} to its owner", d.display()))?;
         }
-        let state = TargetState::load(dir)?;
+        let mut state = TargetState::load(dir)?;
+        if state.mirror_flushing {
+            // The daemon stopped before the replica of its last mirror was
+            // written to disk: that mirror stays incomplete.
+            info!("the last mirror's replica was not synced before the daemon stopped; the next mirror compares it");
+            state.mirror_flushing = false;
+            state.mirror_complete = false;
+        }
         let mut store = Store {
             dir: dir.to_path_buf(),
             state,
@@ -188,6 +195,13 @@ impl Store {
     }
 
     fn save(&self) -> std::io::Result<()> {
+        if self.state.mirror_flushing {
+            // What is on disk must not claim a mirror whose replica is not
+            // durable yet (see [`Store::mirror_flushed`]).
+            let mut durable = self.state.clone();
+            durable.mirror_complete = false;
+            return durable.save(&self.dir);
+        }
         self.state.save(&self.dir)
     }
 
@@ -639,6 +653,7 @@ impl Store {
             root_check: None,
         });
         self.state.mirror_complete = false;
+        self.state.mirror_flushing = false;
         self.save_ctx()
     }
 
@@ -687,32 +702,59 @@ impl Store {
             ));
         }
         // Sets of the mirror that skipped the journal were not synced one
-        // by one (`apply_journaled`): the replica is durable before the
-        // mirror is recorded complete.
-        let t0 = std::time::Instant::now();
-        let synced = self
-            .target()
-            .and_then(|t| t.sync().map_err(|e| anyhow::anyhow!("{e}")));
-        tracing::debug!(
-            ms = t0.elapsed().as_millis() as u64,
-            "mirror end: replica synced"
-        );
-        if let Err(e) = synced {
-            return Ok(done(
-                false,
-                Some(format!("syncing the replica: {e:#}; run the mirror again")),
-            ));
-        }
+        // by one (`apply_journaled`). The mirror is complete now (the
+        // source may go on), and durable once the replica is synced: until
+        // [`Store::mirror_flushed`] says so, `state.json` keeps it
+        // incomplete ([`Store::save`]).
         let ms = self.state.mirror.as_mut().expect("checked");
         ms.last_seq = Some(m.last_seq);
         ms.root_digest = m.root_digest.clone();
         ms.root_verified = false;
         ms.root_check = self.root_check.take();
         self.state.mirror_complete = true;
+        self.state.mirror_flushing = true;
         self.state.warning = None;
         self.save_ctx()?;
-        info!(mirror = m.mirror_id, seq = m.last_seq, "mirror complete");
+        info!(
+            mirror = m.mirror_id,
+            seq = m.last_seq,
+            "mirror complete; syncing the replica"
+        );
         Ok(done(true, None))
+    }
+
+    /// The mirror `mirror_id` whose end [`Store::mirror_end`] accepted
+    /// still waits for its replica to be synced: the caller syncs the
+    /// staging filesystem (without this store's lock) and reports with
+    /// [`Store::mirror_flushed`].
+    pub fn flush_pending(&self) -> Option<String> {
+        self.state
+            .mirror_flushing
+            .then(|| self.state.mirror.as_ref().map(|m| m.mirror_id.clone()))
+            .flatten()
+    }
+
+    /// The replica of mirror `mirror_id` was synced (`Ok`) or the sync
+    /// failed: record the mirror complete durably, or not complete with a
+    /// warning. Nothing happens when another mirror started meanwhile.
+    pub fn mirror_flushed(&mut self, mirror_id: &str, synced: std::io::Result<()>) -> Result<()> {
+        if self.flush_pending().as_deref() != Some(mirror_id) {
+            return Ok(());
+        }
+        self.state.mirror_flushing = false;
+        if let Err(e) = synced {
+            self.state.mirror_complete = false;
+            self.state.warning = Some(format!(
+                "syncing the replica of mirror {mirror_id}: {e}; the mirror is not complete, the source's next mirror repairs it (restart `standin protect`)"
+            ));
+            tracing::warn!(
+                mirror = mirror_id,
+                "syncing the replica: {e}; the mirror is not complete"
+            );
+        } else {
+            info!(mirror = mirror_id, "mirror complete and synced");
+        }
+        self.save_ctx()
     }
 }
 

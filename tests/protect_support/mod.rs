@@ -232,14 +232,35 @@ pub fn replica(state: &Path, source_id: &str) -> PathBuf {
 }
 
 /// `standin status --state-dir` as JSON.
+/// Once the daemon has synced the replica of a mirror that just completed
+/// (it records the mirror complete on disk only then: until that, status
+/// says Synchronizing, "being written to disk"; waits up to 60 s).
 pub fn status_json(state: &Path) -> serde_json::Value {
-    let out = common::run_ok(
-        common::standin()
-            .args(["status", "--json", "--state-dir"])
-            .arg(state),
-        None,
+    let read = || {
+        let out = common::run_ok(
+            common::standin()
+                .args(["status", "--json", "--state-dir"])
+                .arg(state),
+            None,
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("status --json is JSON")
+    };
+    let flushing = |v: &serde_json::Value| {
+        v["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("being written to disk"))
+    };
+    for _ in 0..600 {
+        let v = read();
+        if !flushing(&v) {
+            return v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!(
+        "the target did not finish syncing its replica in 60 s: {:#}",
+        read()
     );
-    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
 }
 
 /// The JSON `standin protect --json` printed.

@@ -398,3 +398,79 @@ fn an_open_mirror_writes_its_state_durably_at_most_once_per_interval() {
     s.receive(&raw, &c).unwrap();
     assert_eq!(on_disk(), 4);
 }
+
+#[test]
+fn a_mirror_is_recorded_complete_on_disk_only_once_its_replica_is_synced() {
+    let d = tempfile::tempdir().unwrap();
+    let start = |s: &mut Store, id: &str, first_seq| {
+        s.mirror_start(&MirrorStart {
+            mirror_id: id.into(),
+            mode: standin_link::message::MirrorMode::Full,
+            total_entries: 1,
+            total_bytes: 1,
+            first_seq,
+        })
+        .unwrap();
+    };
+    let end = |s: &mut Store, id: &str, last_seq| {
+        let done = s
+            .mirror_end(&MirrorEnd {
+                mirror_id: id.into(),
+                last_seq,
+                root_digest: None,
+            })
+            .unwrap();
+        assert!(done.complete, "{done:?}");
+    };
+    let on_disk = || crate::state::TargetState::load(d.path()).unwrap();
+    let mut s = open(d.path());
+    start(&mut s, "m1", 1);
+    let (c, raw) = cs(1, vec![whole("a", b"1")]);
+    s.receive(&raw, &c).unwrap();
+    end(&mut s, "m1", 1);
+    // Complete for the source and for status, not yet on disk.
+    assert!(s.state().mirror_complete);
+    assert_eq!(s.flush_pending().as_deref(), Some("m1"));
+    let st = on_disk();
+    assert!(!st.mirror_complete && st.mirror_flushing, "{st:?}");
+    // A change set applied meanwhile is saved without the claim either.
+    let (c, raw) = cs(2, vec![whole("b", b"2")]);
+    s.receive(&raw, &c).unwrap();
+    let st = on_disk();
+    assert_eq!(st.last_applied_seq, 2);
+    assert!(!st.mirror_complete, "{st:?}");
+    // A daemon that stops now finds the mirror incomplete.
+    drop(s);
+    let mut s = open(d.path());
+    assert!(!s.state().mirror_complete && !s.state().mirror_flushing);
+    assert_eq!(s.flush_pending(), None);
+
+    // The next mirror: synced -> complete on disk.
+    start(&mut s, "m2", 3);
+    let (c, raw) = cs(3, vec![whole("c", b"3")]);
+    s.receive(&raw, &c).unwrap();
+    end(&mut s, "m2", 3);
+    // A report about another mirror changes nothing.
+    s.mirror_flushed("m1", Ok(())).unwrap();
+    assert!(!on_disk().mirror_complete);
+    s.mirror_flushed("m2", Ok(())).unwrap();
+    let st = on_disk();
+    assert!(st.mirror_complete && !st.mirror_flushing, "{st:?}");
+    assert_eq!(s.flush_pending(), None);
+
+    // A failed sync: not complete, with a warning that says what to do.
+    start(&mut s, "m3", 4);
+    let (c, raw) = cs(4, vec![whole("d", b"4")]);
+    s.receive(&raw, &c).unwrap();
+    end(&mut s, "m3", 4);
+    s.mirror_flushed("m3", Err(std::io::Error::other("EIO")))
+        .unwrap();
+    assert!(!s.state().mirror_complete);
+    let st = on_disk();
+    assert!(!st.mirror_complete && !st.mirror_flushing, "{st:?}");
+    let w = st.warning.unwrap();
+    assert!(
+        w.contains("syncing the replica of mirror m3") && w.contains("EIO"),
+        "{w}"
+    );
+}

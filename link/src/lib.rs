@@ -30,7 +30,7 @@ pub use message::Message;
 pub const DEFAULT_PORT: u16 = 6320;
 
 /// Version of the wire protocol spoken by this build (see docs/protocol.md).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Version of standin, sent in Hello.
 pub const STANDIN_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -178,7 +178,7 @@ async fn with_store<T: Send + 'static>(
 /// are journaled), then record the mirror durable ([`Store::mirror_flushed`]).
 async fn flush_mirror(shared: Arc<Shared>, mirror_id: String, root: std::path::PathBuf) {
     let t0 = std::time::Instant::now();
-    let synced = tokio::task::spawn_blocking(move || sync_fs_of(&root))
+    let synced = tokio::task::spawn_blocking(move || crate::store::sync_filesystem(&root))
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
     debug!(
@@ -316,23 +316,12 @@ pub async fn serve_until(
     let synced = with_store(&shared, |store| {
         let id = store.flush_pending()?;
         let root = store.staging_root(store.state().source_id.as_deref()?);
-        Some((id, sync_fs_of(&root)))
+        Some((id, crate::store::sync_filesystem(&root)))
     })
     .await;
     if let Ok(Some((id, r))) = synced {
         let _ = with_store(&shared, move |store| store.mirror_flushed(&id, r)).await;
     }
-    Ok(())
-}
-
-/// `syncfs` of the filesystem that holds `dir`.
-fn sync_fs_of(dir: &std::path::Path) -> std::io::Result<()> {
-    let fd = rustix::fs::open(
-        dir,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )?;
-    rustix::fs::syncfs(&fd)?;
     Ok(())
 }
 

@@ -758,6 +758,18 @@ impl Store {
     }
 }
 
+/// `syncfs` of the filesystem that holds the directory `dir` (a replica
+/// whose mirror completed, see [`Store::mirror_flushed`]).
+pub(crate) fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    rustix::fs::syncfs(&fd)?;
+    Ok(())
+}
+
 /// The sha256 of each `File` record's data (`None` for other records), for
 /// [`Store::receive_hashed`].
 pub fn file_data_digests(cs: &ChangeSet) -> Vec<Option<Digest32>> {

@@ -17,7 +17,12 @@ pub fn data_state(opts: &FailoverOptions) -> Result<DataState> {
     let (image, staged_root, seq, complete) = match &opts.image {
         Image::Live => {
             let root = opts.state_dir.join("staging").join(&id).join("root");
-            if !st.mirror_complete {
+            // A mirror that completed while its replica is still being
+            // synced by the daemon (`mirror_flushing`): synced here too,
+            // it is complete.
+            let complete = st.mirror_complete
+                || (st.mirror_flushing && crate::store::sync_filesystem(&root).is_ok());
+            if !complete {
                 let pct = st
                     .mirror
                     .as_ref()
@@ -60,12 +65,7 @@ pub fn data_state(opts: &FailoverOptions) -> Result<DataState> {
                     some.join(", ")
                 ));
             }
-            (
-                "live".to_string(),
-                root,
-                st.last_applied_seq,
-                st.mirror_complete,
-            )
+            ("live".to_string(), root, st.last_applied_seq, complete)
         }
         Image::Snapshot(sid) => {
             let meta = crate::snapshot::load(&opts.state_dir, sid)?;
@@ -131,5 +131,38 @@ pub(super) fn drain(opts: &FailoverOptions, progress: &dyn Progress) -> Result<(
             );
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mirror_still_being_synced_counts_as_complete_once_synced_here() {
+        let d = tempfile::tempdir().unwrap();
+        let state_dir = d.path().join("state");
+        std::fs::create_dir_all(state_dir.join("staging/src1/root/etc")).unwrap();
+        let mut st = TargetState {
+            source_id: Some("src1".into()),
+            last_applied_seq: 7,
+            mirror_complete: false,
+            mirror_flushing: true,
+            ..Default::default()
+        };
+        st.save(&state_dir).unwrap();
+        let opts = FailoverOptions::new(state_dir.clone(), d.path().join("target"));
+        let ds = data_state(&opts).unwrap();
+        assert!(ds.mirror_complete, "{ds:?}");
+        assert!(ds.missing.is_empty(), "{ds:?}");
+        // Not complete and not being synced: incomplete, and said so.
+        st.mirror_flushing = false;
+        st.save(&state_dir).unwrap();
+        let ds = data_state(&opts).unwrap();
+        assert!(!ds.mirror_complete, "{ds:?}");
+        assert!(
+            ds.missing.iter().any(|m| m.contains("has not completed")),
+            "{ds:?}"
+        );
     }
 }

@@ -97,6 +97,17 @@ pub trait ApplyTarget: Send {
     fn mirror_writeback(&mut self, on: bool) {
         let _ = on;
     }
+    /// Whether the records applied next belong to a set that skipped the
+    /// journal (a set of an open mirror, [`crate::store::Store::unjournaled`]):
+    /// a target may then create a regular file that has no entry yet
+    /// directly under its name instead of unnamed and linked when
+    /// complete. A crash may then leave that one file torn under its name;
+    /// the mirror is not complete and the agent sends the set again, which
+    /// replaces it (docs/protect.md, "Crash consistency"). Off for every
+    /// other set. The default does nothing.
+    fn new_files_named(&mut self, on: bool) {
+        let _ = on;
+    }
     /// Start (or stop) recording, for the mirror's ledger, each entry the
     /// records applied from now on make, as read back after the apply
     /// ([`applied`]). Drops what was recorded before. The default records
@@ -193,6 +204,12 @@ pub struct DirTarget {
     /// Start the writeback of each file written ([`ApplyTarget::mirror_writeback`]).
     writeback_on: bool,
     writeback: writeback::Writeback,
+    /// Create a file record's file under its name when nothing is there
+    /// ([`ApplyTarget::new_files_named`]).
+    new_files_named: bool,
+    /// Files of file records created under their names and unnamed
+    /// (`O_TMPFILE`) so far ([`DirTarget::files_created`]).
+    created: (u64, u64),
     /// Recording what is applied ([`ApplyTarget::record_applied`]), the
     /// records so far, and whether they describe everything applied.
     recording: bool,
@@ -230,10 +247,18 @@ impl DirTarget {
             read_buf: Vec::new(),
             writeback_on: false,
             writeback: writeback::Writeback::default(),
+            new_files_named: false,
+            created: (0, 0),
             recording: false,
             applied: Vec::new(),
             applied_whole: true,
         })
+    }
+
+    /// How many files of file records this target created under their
+    /// names and how many unnamed (`O_TMPFILE`, linked when complete).
+    pub fn files_created(&self) -> (u64, u64) {
+        self.created
     }
 
     /// The root directory.
@@ -715,6 +740,10 @@ impl ApplyTarget for DirTarget {
         (self.recording && whole).then_some(recs)
     }
 
+    fn new_files_named(&mut self, on: bool) {
+        self.new_files_named = on;
+    }
+
     fn mirror_writeback(&mut self, on: bool) {
         self.writeback.flush();
         self.writeback_on = on && std::env::var_os(NO_WRITEBACK_ENV).is_none_or(|v| v.is_empty());
@@ -756,3 +785,6 @@ mod tests;
 
 #[cfg(test)]
 mod file_tests;
+
+#[cfg(test)]
+mod named_tests;

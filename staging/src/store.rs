@@ -454,6 +454,9 @@ impl Store {
         // Only sets that skipped the journal defer their state save (see
         // [`LAZY_SAVE_EVERY`]); a journaled one records its number at once.
         let lazy_save = self.unjournaled(cs);
+        // New files go in under their names only for a set that really
+        // skipped the journal (not one replayed from it).
+        let named = lazy_save && !self.journal().join(journal_name(seq, "cs")).exists();
         // The open mirror's sets are recorded for its end, in order and
         // from their first record.
         let record = lazy && start == 0 && self.applied.as_ref().is_some_and(|l| l.wants(seq));
@@ -469,6 +472,9 @@ impl Store {
                 .target()
                 .map_err(|e| ApplyError::Io(format!("{e:#}")))?;
             target.record_applied(record);
+            // Only a set that skipped the journal may leave a new file torn
+            // under its name in a crash (the agent sends it again whole).
+            target.new_files_named(named);
             if start == 0 {
                 // Pause before the first record rather than half way: the
                 // replica then stays exactly as of `seq - 1` while paused.
@@ -785,3 +791,6 @@ pub use replay::{replay_locked, replay_pending};
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod create_tests;

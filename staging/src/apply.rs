@@ -207,6 +207,8 @@ pub struct DirTarget {
     /// Create a file record's file under its name when nothing is there
     /// ([`ApplyTarget::new_files_named`]).
     new_files_named: bool,
+    /// False when [`NO_NAMED_CREATE_ENV`] is set.
+    named_allowed: bool,
     /// Files of file records created under their names and unnamed
     /// (`O_TMPFILE`) so far ([`DirTarget::files_created`]).
     created: (u64, u64),
@@ -220,6 +222,11 @@ pub struct DirTarget {
 /// Set (to anything but empty) to leave all of an open mirror's writeback
 /// to its final sync (for measuring [`writeback`]).
 pub const NO_WRITEBACK_ENV: &str = "STANDIN_NO_WRITEBACK";
+
+/// Set (to anything but empty) to create every file of a file record
+/// unnamed and link it when complete, also in an open mirror's sets that
+/// skipped the journal (for measuring [`ApplyTarget::new_files_named`]).
+pub const NO_NAMED_CREATE_ENV: &str = "STANDIN_NO_NAMED_CREATE";
 
 /// Size of [`DirTarget`]'s read buffer.
 const READ_BUF: usize = 1 << 20;
@@ -248,6 +255,7 @@ impl DirTarget {
             writeback_on: false,
             writeback: writeback::Writeback::default(),
             new_files_named: false,
+            named_allowed: std::env::var_os(NO_NAMED_CREATE_ENV).is_none_or(|v| v.is_empty()),
             created: (0, 0),
             recording: false,
             applied: Vec::new(),
@@ -741,7 +749,7 @@ impl ApplyTarget for DirTarget {
     }
 
     fn new_files_named(&mut self, on: bool) {
-        self.new_files_named = on;
+        self.new_files_named = on && self.named_allowed;
     }
 
     fn mirror_writeback(&mut self, on: bool) {

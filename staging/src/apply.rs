@@ -282,6 +282,20 @@ impl DirTarget {
         let Some(st) = lstat(dir, name).map_err(|x| io_err("reading", path, x))? else {
             return Ok(());
         };
+        self.guard_stat(dir, name, path, &st)
+    }
+
+    /// [`Self::guard`] with `name`'s `lstat` already read.
+    fn guard_stat(
+        &mut self,
+        dir: &OwnedFd,
+        name: &[u8],
+        path: &[u8],
+        st: &rustix::fs::Stat,
+    ) -> Result<(), ApplyError> {
+        if self.cow.is_none() {
+            return Ok(());
+        }
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink < 2 {
             return Ok(());
         }
@@ -457,7 +471,7 @@ impl DirTarget {
                 ApplyError::Inconsistent(format!("{} is missing", display_path(&e.path)))
             })?;
         let have = Kind::from_mode(st.st_mode);
-        self.guard(dir, name, &e.path)?;
+        self.guard_stat(dir, name, &e.path, &st)?;
         if have != Some(e.kind) {
             return Err(ApplyError::Inconsistent(format!(
                 "{} is a {:?} on the target, the source says {:?}",

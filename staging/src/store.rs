@@ -20,10 +20,11 @@
 //! mark; a torn entry (temp file, bad checksum) was never acknowledged and
 //! is discarded, so the agent sends it again.
 //!
-//! During a mirror that has not completed, a set of records that never
-//! leave a torn file and can be applied again from the start
-//! ([`Store::unjournaled`]) skips the journal: after a crash the agent
-//! sends it again (it keeps every unacknowledged set).
+//! During a mirror that has not completed, a set of records that can be
+//! applied again from the start and leave at most one file torn, marked
+//! unfinished by its mtime ([`Store::unjournaled`]), skips the journal:
+//! after a crash the agent sends it again (it keeps every unacknowledged
+//! set), which replaces that file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -364,15 +365,18 @@ impl Store {
     }
 
     /// Whether `cs` is applied without being journaled first: a set of a
-    /// mirror that has not completed yet, made only of records that never
-    /// leave a torn file and that the agent's resend re-applies from the
-    /// start ([`Record::File`] — unnamed until complete —, `Create` of
-    /// anything but a file with content or a hard link, `SetMetadata`,
-    /// `Delete`). Such a set costs its data once on disk instead of twice.
-    /// After a crash in the middle of it the replica holds part of it (whole
-    /// files only) while the state still says `seq - 1`; the mirror is not
-    /// complete, so status and failover say files are missing, and the
-    /// agent, which keeps every unacknowledged set, sends it again.
+    /// mirror that has not completed yet, made only of records that the
+    /// agent's resend re-applies from the start ([`Record::File`],
+    /// `Create` of anything but a file with content or a hard link,
+    /// `SetMetadata`, `Delete`). Such a set costs its data once on disk
+    /// instead of twice, and its new files are created under their names
+    /// ([`ApplyTarget::new_files_named`]). After a crash in the middle of it
+    /// the replica holds part of it (whole files, and at most the one new
+    /// file being written cut short, its mtime not yet the source's) while
+    /// the state still says `seq - 1`; the mirror is not complete, so
+    /// status and failover say files are missing, and the agent, which
+    /// keeps every unacknowledged set, sends it again, which replaces that
+    /// file whole.
     pub fn unjournaled(&self, cs: &ChangeSet) -> bool {
         self.in_open_mirror(cs)
             && cs.records.iter().all(|r| match r {

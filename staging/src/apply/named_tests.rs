@@ -218,3 +218,126 @@ fn outside_a_set_that_skipped_the_journal_every_file_is_made_unnamed() {
     fresh.apply(&rec(&e, b"y")).unwrap();
     assert_eq!(fresh.files_created(), (0, 1));
 }
+
+/// The parent directory kept open across records is dropped whenever a
+/// record replaces, removes or moves it or a directory above it: no file
+/// lands in a directory that left the tree.
+#[test]
+fn the_kept_parent_directory_never_outlives_its_place_in_the_tree() {
+    let (d, mut t) = named_target();
+    let root = d.path().join("root");
+    let ids = if t.preserve_owner { t.own_ids } else { (0, 0) };
+    let owned = move |mut e: Entry| {
+        (e.uid, e.gid) = ids;
+        e
+    };
+    let dir = |p: &str| Entry {
+        kind: Kind::Dir,
+        size: 0,
+        ..owned(file_entry(p, 0o755, b""))
+    };
+    let file = |p: &str, data: &[u8]| rec(&owned(file_entry(p, 0o644, data)), data);
+    let mut sym = owned(file_entry("a", 0o777, b""));
+    sym.kind = Kind::Symlink;
+    sym.target = Some(b"elsewhere".to_vec());
+    sym.size = 9;
+    for r in [
+        Record::Create(dir("a")),
+        Record::Create(dir("a/b")),
+        file("a/b/f1", b"1"),
+        // A symlink made next to it keeps it.
+        Record::Create(Entry {
+            path: b"a/b/s".to_vec(),
+            ..sym.clone()
+        }),
+        file("a/b/f2", b"2"),
+    ] {
+        t.apply(&r).unwrap();
+    }
+    assert_eq!(std::fs::read(root.join("a/b/f2")).unwrap(), b"2");
+    // "a" (above the kept "a/b") becomes a symlink: a file under it is
+    // refused, not written into the removed directory.
+    t.apply(&Record::Create(sym.clone())).unwrap();
+    assert!(matches!(
+        t.apply(&file("a/b/f3", b"3")),
+        Err(ApplyError::Refused(_) | ApplyError::Inconsistent(_))
+    ));
+    // Each of these removes or moves the directory the file record just
+    // before it was written into; the file after it must not land there.
+    let gone = |p: &str| Record::Delete {
+        path: p.as_bytes().to_vec(),
+    };
+    let cases: Vec<(Vec<Record>, Record)> = vec![
+        (vec![gone("a")], file("a/b/f3", b"3")),
+        (
+            vec![
+                Record::Create(dir("a")),
+                Record::Create(dir("a/b")),
+                file("a/b/f4", b"4"),
+                gone("a/b"),
+            ],
+            file("a/b/g", b"g"),
+        ),
+        (
+            vec![
+                Record::Create(dir("a/b")),
+                file("a/b/f5", b"5"),
+                Record::Rename {
+                    from: b"a/b".to_vec(),
+                    to: b"a/c".to_vec(),
+                },
+            ],
+            file("a/b/h", b"h"),
+        ),
+        (
+            vec![
+                Record::Create(dir("x")),
+                file("x/f6", b"6"),
+                Record::Link {
+                    existing: b"a/c/f5".to_vec(),
+                    new: b"x".to_vec(),
+                },
+            ],
+            file("x/i", b"i"),
+        ),
+    ];
+    for (before, after) in cases {
+        for r in &before {
+            t.apply(r).unwrap();
+        }
+        let res = t.apply(&after);
+        assert!(
+            matches!(
+                res,
+                Err(ApplyError::Inconsistent(_) | ApplyError::Refused(_))
+            ),
+            "{:?} after {:?}: {res:?}",
+            after.paths(),
+            before.last().map(|r| r.paths())
+        );
+    }
+    // The moved directory holds only what was written before the move.
+    for r in [
+        Record::Create(dir("a/b")),
+        file("a/b/f7", b"7"),
+        Record::SetMetadata(dir("a/b")),
+        file("a/b/f8", b"8"),
+    ] {
+        t.apply(&r).unwrap();
+    }
+    let list = |p: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(root.join(p))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(list("a"), ["b", "c"]);
+    assert_eq!(list("a/c"), ["f5"]);
+    assert_eq!(list("a/b"), ["f7", "f8"]);
+    assert_eq!(std::fs::read_to_string(root.join("x")).unwrap(), "5");
+    for (p, want) in [("a/c/f5", "5"), ("a/b/f7", "7"), ("a/b/f8", "8")] {
+        assert_eq!(std::fs::read_to_string(root.join(p)).unwrap(), want, "{p}");
+    }
+}

@@ -383,31 +383,21 @@ impl DirTarget {
     }
 
     fn create(&mut self, e: &Entry) -> Result<(), ApplyError> {
+        let (dir, name) = self.parent(&e.path, true)?;
+        let n = OsStr::from_bytes(name);
+        let existing = lstat(&dir, name).map_err(|x| io_err("reading", &e.path, x))?;
+        let existing_type = existing.map(|st| FileType::from_raw_mode(st.st_mode));
         if e.path.is_empty() {
-            check_path(&e.path, true).map_err(ApplyError::Refused)?;
             return self.set_metadata(e);
         }
         if let (Kind::File, Some(link)) = (e.kind, &e.link) {
             self.link(link, &e.path)?;
             return self.set_metadata(e);
         }
-        // The parent kept from the records before (see `apply_hashed` for
-        // when it is dropped), and kept for the records after.
-        let (parent, dir, name) = self.cached_parent(&e.path)?;
-        let r = self.create_in(&dir, name, e);
-        self.parent_cache = Some((parent, dir));
-        r
-    }
-
-    /// [`Self::create`] of `name` in the parent `dir` (not a hard link, not the root).
-    fn create_in(&mut self, dir: &OwnedFd, name: &[u8], e: &Entry) -> Result<(), ApplyError> {
-        let n = OsStr::from_bytes(name);
-        let existing = lstat(dir, name).map_err(|x| io_err("reading", &e.path, x))?;
-        let existing_type = existing.map(|st| FileType::from_raw_mode(st.st_mode));
         match (e.kind, existing_type) {
             (Kind::Dir, Some(FileType::Directory)) => {
                 // It may hold entries no record made: count them at the end.
-                let r = self.set_metadata_in(dir, name, e);
+                let r = self.set_metadata_in(&dir, name, e);
                 if let Some(a) = self.applied.last_mut().filter(|a| a.path == e.path) {
                     a.count = true;
                 }
@@ -421,9 +411,9 @@ impl DirTarget {
                     remove_at(&dir, name, 0).map_err(|x| io_err("removing", &e.path, x))?;
                 }
                 let r = match kind {
-                    Kind::Dir => rustix::fs::mkdirat(dir, n, Mode::from_raw_mode(0o700)),
+                    Kind::Dir => rustix::fs::mkdirat(&dir, n, Mode::from_raw_mode(0o700)),
                     Kind::File => rustix::fs::openat(
-                        dir,
+                        &dir,
                         n,
                         OFlags::WRONLY
                             | OFlags::CREATE
@@ -440,10 +430,10 @@ impl DirTarget {
                                 display_path(&e.path)
                             ))
                         })?;
-                        rustix::fs::symlinkat(OsStr::from_bytes(t), dir, n)
+                        rustix::fs::symlinkat(OsStr::from_bytes(t), &dir, n)
                     }
                     Kind::Fifo => {
-                        rustix::fs::mknodat(dir, n, FileType::Fifo, Mode::from_raw_mode(0o600), 0)
+                        rustix::fs::mknodat(&dir, n, FileType::Fifo, Mode::from_raw_mode(0o600), 0)
                     }
                     Kind::Char | Kind::Block => {
                         let (maj, min) = e.rdev.unwrap_or((0, 0));
@@ -453,7 +443,7 @@ impl DirTarget {
                             FileType::BlockDevice
                         };
                         rustix::fs::mknodat(
-                            dir,
+                            &dir,
                             n,
                             ft,
                             Mode::from_raw_mode(0o600),
@@ -464,32 +454,12 @@ impl DirTarget {
                 r.map_err(|x| io_err("creating", &e.path, x))?;
             }
         }
-        self.set_metadata_in(dir, name, e)
+        self.set_metadata_in(&dir, name, e)
     }
 
     fn set_metadata(&mut self, e: &Entry) -> Result<(), ApplyError> {
-        if e.path.is_empty() {
-            let (dir, name) = self.parent(&e.path, true)?;
-            return self.set_metadata_in(&dir, name, e);
-        }
-        let (parent, dir, name) = self.cached_parent(&e.path)?;
-        let r = self.set_metadata_in(&dir, name, e);
-        self.parent_cache = Some((parent, dir));
-        r
-    }
-
-    /// Drop the cached parent directory if `path` names it or one of the
-    /// directories above it (a record about to replace, remove or move
-    /// `path` would leave the cached descriptor on a directory that is no
-    /// longer in the tree).
-    fn forget_parent_under(&mut self, path: &[u8]) {
-        let stale = self.parent_cache.as_ref().is_some_and(|(cached, _)| {
-            cached.starts_with(path)
-                && (cached.len() == path.len() || cached.get(path.len()) == Some(&b'/'))
-        });
-        if stale {
-            self.parent_cache = None;
-        }
+        let (dir, name) = self.parent(&e.path, true)?;
+        self.set_metadata_in(&dir, name, e)
     }
 
     /// [`Self::set_metadata`] of `name` in the already opened parent `dir`.
@@ -666,21 +636,11 @@ impl ApplyTarget for DirTarget {
         data_sha256: Option<&Digest32>,
     ) -> Result<(), ApplyError> {
         match record {
-            // Records that cannot move, remove or replace a directory keep
-            // the cached parent; the others drop it when they touch it or
-            // a directory above it.
-            Record::File { .. }
-            | Record::SetMetadata(_)
-            | Record::WriteExtent { .. }
-            | Record::Truncate { .. } => {}
+            // Records that cannot move or replace a directory keep the
+            // cached parent of file records; all others drop it.
+            Record::File { .. } | Record::SetMetadata(_) | Record::WriteExtent { .. } => {}
             Record::Create(e) if e.kind == Kind::Dir => {}
-            Record::Create(e) => self.forget_parent_under(&e.path),
-            Record::Delete { path } => self.forget_parent_under(path),
-            Record::Rename { from, to } => {
-                self.forget_parent_under(from);
-                self.forget_parent_under(to);
-            }
-            Record::Link { new, .. } => self.forget_parent_under(new),
+            _ => self.parent_cache = None,
         }
         match record {
             Record::File {

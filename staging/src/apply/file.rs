@@ -39,7 +39,7 @@ impl DirTarget {
     /// The parent directory of `path` (cached while consecutive records
     /// name the same one) and the last component.
     /// Also returns the parent's path, to put back into the cache.
-    pub(super) fn cached_parent<'p>(
+    fn cached_parent<'p>(
         &mut self,
         path: &'p [u8],
     ) -> Result<(Vec<u8>, OwnedFd, &'p [u8]), ApplyError> {

@@ -192,7 +192,8 @@ pub enum ChangeSetError {
 /// Check that `path` is a plain relative path: not empty (unless `allow_root`),
 /// no leading `/`, no `.`/`..`/empty components, no NUL, at most [`MAX_PATH`].
 pub fn check_path(path: &[u8], allow_root: bool) -> Result<(), String> {
-    let shown = crate::entry::display_path(path);
+    // Made only for an error (every path of every set passes here).
+    let shown = || crate::entry::display_path(path);
     if path.is_empty() {
         return if allow_root {
             Ok(())
@@ -213,14 +214,15 @@ pub fn check_path(path: &[u8], allow_root: bool) -> Result<(), String> {
         ));
     }
     if path.contains(&0) {
-        return Err(format!("path {shown} contains a NUL byte"));
+        return Err(format!("path {} contains a NUL byte", shown()));
     }
     for c in path.split(|&b| b == b'/') {
         match c {
-            b"" => return Err(format!("path {shown} has an empty component")),
+            b"" => return Err(format!("path {} has an empty component", shown())),
             b"." | b".." => {
                 return Err(format!(
-                    "path {shown} contains {:?}",
+                    "path {} contains {:?}",
+                    shown(),
                     String::from_utf8_lossy(c)
                 ))
             }

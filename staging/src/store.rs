@@ -20,10 +20,11 @@
 //! mark; a torn entry (temp file, bad checksum) was never acknowledged and
 //! is discarded, so the agent sends it again.
 //!
-//! During a mirror that has not completed, a set of records that never
-//! leave a torn file and can be applied again from the start
-//! ([`Store::unjournaled`]) skips the journal: after a crash the agent
-//! sends it again (it keeps every unacknowledged set).
+//! During a mirror that has not completed, a set of records that can be
+//! applied again from the start and leave at most one file torn, marked
+//! unfinished by its mtime ([`Store::unjournaled`]), skips the journal:
+//! after a crash the agent sends it again (it keeps every unacknowledged
+//! set), which replaces that file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -378,15 +379,18 @@ impl Store {
     }
 
     /// Whether `cs` is applied without being journaled first: a set of a
-    /// mirror that has not completed yet, made only of records that never
-    /// leave a torn file and that the agent's resend re-applies from the
-    /// start ([`Record::File`] — unnamed until complete —, `Create` of
-    /// anything but a file with content or a hard link, `SetMetadata`,
-    /// `Delete`). Such a set costs its data once on disk instead of twice.
-    /// After a crash in the middle of it the replica holds part of it (whole
-    /// files only) while the state still says `seq - 1`; the mirror is not
-    /// complete, so status and failover say files are missing, and the
-    /// agent, which keeps every unacknowledged set, sends it again.
+    /// mirror that has not completed yet, made only of records that the
+    /// agent's resend re-applies from the start ([`Record::File`],
+    /// `Create` of anything but a file with content or a hard link,
+    /// `SetMetadata`, `Delete`). Such a set costs its data once on disk
+    /// instead of twice, and its new files are created under their names
+    /// ([`ApplyTarget::new_files_named`]). After a crash in the middle of it
+    /// the replica holds part of it (whole files, and at most the one new
+    /// file being written cut short, its mtime not yet the source's) while
+    /// the state still says `seq - 1`; the mirror is not complete, so
+    /// status and failover say files are missing, and the agent, which
+    /// keeps every unacknowledged set, sends it again, which replaces that
+    /// file whole.
     pub fn unjournaled(&self, cs: &ChangeSet) -> bool {
         self.in_open_mirror(cs)
             && cs.records.iter().all(|r| match r {
@@ -468,6 +472,9 @@ impl Store {
         // Only sets that skipped the journal defer their state save (see
         // [`LAZY_SAVE_EVERY`]); a journaled one records its number at once.
         let lazy_save = self.unjournaled(cs);
+        // New files go in under their names only for a set that really
+        // skipped the journal (not one replayed from it).
+        let named = lazy_save && !self.journal().join(journal_name(seq, "cs")).exists();
         // The open mirror's sets are recorded for its end, in order and
         // from their first record.
         let record = lazy && start == 0 && self.applied.as_ref().is_some_and(|l| l.wants(seq));
@@ -483,6 +490,9 @@ impl Store {
                 .target()
                 .map_err(|e| ApplyError::Io(format!("{e:#}")))?;
             target.record_applied(record);
+            // Only a set that skipped the journal may leave a new file torn
+            // under its name in a crash (the agent sends it again whole).
+            target.new_files_named(named);
             if start == 0 {
                 // Pause before the first record rather than half way: the
                 // replica then stays exactly as of `seq - 1` while paused.
@@ -839,3 +849,6 @@ pub use replay::{replay_locked, replay_pending};
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod create_tests;

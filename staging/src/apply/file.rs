@@ -12,6 +12,15 @@
 //! complete new file — never a torn one. The digest of what was written is
 //! remembered ([`crate::digest_cache`]), so the file is not read back.
 //! Filesystems without `O_TMPFILE` get the file created under its name.
+//!
+//! In a set that skipped the journal (an open mirror's,
+//! [`ApplyTarget::new_files_named`](super::ApplyTarget::new_files_named))
+//! a file with no entry at its path yet is created under its name
+//! (`O_CREAT | O_EXCL | O_NOFOLLOW`) and written there: no orphan-list
+//! handling of an unnamed inode, no `linkat`, one `fstat` less. Only a
+//! crash can then leave it torn, with the creation time as its mtime; the
+//! mirror is not complete and the set is sent again, which replaces it
+//! (docs/protect.md, "Crash consistency").
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -92,18 +101,37 @@ impl DirTarget {
         sha: &Digest32,
     ) -> Result<(), ApplyError> {
         let n = OsStr::from_bytes(name);
-        // The unnamed file is made with its final mode and owned by this
-        // process; when that is what the entry says, no fchmod or fchown
-        // is needed (the read-back check confirms it, else they are done).
+        // A new file is made with its final mode and owned by this process;
+        // when that is what the entry says, no fchmod or fchown is needed
+        // (the read-back check confirms it, else they are done).
         let fits = self.fresh_file_fits(e);
+        let mode = Mode::from_raw_mode(if fits { e.mode & 0o777 } else { 0o600 });
+        if self.new_files_named {
+            // A set of an open mirror that skipped the journal: a new file
+            // is created under its name (see `ApplyTarget::new_files_named`);
+            // an entry in the way is replaced atomically below.
+            match rustix::fs::openat(
+                dir,
+                n,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                mode,
+            ) {
+                Ok(fd) => return self.fill_named(fd, dir, name, e, data, sha, fits),
+                Err(Errno::EXIST) => {}
+                Err(x) => return Err(io_err("creating", &e.path, x)),
+            }
+        }
         let tmp = rustix::fs::openat(
             dir,
             ".",
             OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
-            Mode::from_raw_mode(if fits { e.mode & 0o777 } else { 0o600 }),
+            mode,
         );
         let (fd, named) = match tmp {
-            Ok(fd) => (fd, false),
+            Ok(fd) => {
+                self.created.1 += 1;
+                (fd, false)
+            }
             Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {
                 // No O_TMPFILE here: create it under its name.
                 self.remove_existing(dir, name, &e.path)?;
@@ -118,6 +146,7 @@ impl DirTarget {
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|x| io_err("creating", &e.path, x))?;
+                self.created.0 += 1;
                 (fd, true)
             }
             Err(x) => return Err(io_err("creating", &e.path, x)),
@@ -125,36 +154,100 @@ impl DirTarget {
         write_all(&fd, data).map_err(|x| io_err("writing", &e.path, x))?;
         // Metadata set and read back (the check) before the file gets its
         // name; a mismatch is reported after linking (the content is right).
-        let fits = fits && !named;
-        let mut meta = self
-            .set_fd_metadata(&fd, e, fits)
-            .and_then(|()| self.verify_fd_metadata(&fd, e));
-        if fits && matches!(meta, Err(ApplyError::Mismatch(_))) {
-            // Not as expected (a setgid directory's group, an inherited
-            // ACL's mode): set everything.
-            meta = self
-                .set_fd_metadata(&fd, e, false)
-                .and_then(|()| self.verify_fd_metadata(&fd, e));
-        }
-        if let Err(err @ (ApplyError::NoSpace(_) | ApplyError::Io(_))) = meta {
-            return Err(err);
-        }
+        let (_, meta) = self.set_and_verify(&fd, e, fits && !named)?;
         if !named {
             self.link_into_place(&fd, dir, name, &e.path)?;
         }
         // Stamped after the link, which moves the change time.
         if let Ok(st) = rustix::fs::fstat(&fd) {
-            if let Some(stamp) = crate::digest_cache::stamp_of_stat(&st) {
-                crate::digest_cache::remember(stamp, *sha);
+            self.written(fd, e, &st, sha, meta.is_ok());
+        }
+        meta
+    }
+
+    /// The rest of [`Self::write_file_in`] for a file just created under
+    /// its name (`O_EXCL`): write, set and check the metadata, remember.
+    /// A write that fails removes the name again, so no torn file is left
+    /// by an error (a crash may leave one: docs/protect.md, "Crash
+    /// consistency").
+    #[allow(clippy::too_many_arguments)]
+    fn fill_named(
+        &mut self,
+        fd: OwnedFd,
+        dir: &OwnedFd,
+        name: &[u8],
+        e: &Entry,
+        data: &[u8],
+        sha: &Digest32,
+        fits: bool,
+    ) -> Result<(), ApplyError> {
+        self.created.0 += 1;
+        let r = write_all(&fd, data)
+            .map_err(|x| io_err("writing", &e.path, x))
+            .and_then(|()| self.set_and_verify(&fd, e, fits));
+        let (st, meta) = match r {
+            Ok(v) => v,
+            Err(err) => {
+                let _ = remove_at(dir, name, 0);
+                return Err(err);
             }
-            if self.recording && meta.is_ok() {
-                self.applied.push(super::applied::of(e, &st, Some(sha)));
+        };
+        // Nothing changes the file after the read-back: its `fstat` is the stamp.
+        self.written(fd, e, &st, sha, meta.is_ok());
+        meta
+    }
+
+    /// Set the metadata through the descriptor and read it back; `fits`:
+    /// owner and mode may already be right ([`Self::fresh_file_fits`]).
+    /// Returns the read-back `fstat` and the verdict (a mismatch is
+    /// reported after the file is in place: its content is right); I/O
+    /// errors and a full disk are returned as errors.
+    fn set_and_verify(
+        &self,
+        fd: &OwnedFd,
+        e: &Entry,
+        fits: bool,
+    ) -> Result<(rustix::fs::Stat, Result<(), ApplyError>), ApplyError> {
+        let mut r = self
+            .set_fd_metadata(fd, e, fits)
+            .and_then(|()| self.verify_fd_metadata(fd, e));
+        if fits
+            && matches!(
+                r,
+                Ok((_, Err(ApplyError::Mismatch(_)))) | Err(ApplyError::Mismatch(_))
+            )
+        {
+            // Not as expected (a setgid directory's group, an inherited
+            // ACL's mode): set everything.
+            r = self
+                .set_fd_metadata(fd, e, false)
+                .and_then(|()| self.verify_fd_metadata(fd, e));
+        }
+        match r {
+            Err(err @ (ApplyError::NoSpace(_) | ApplyError::Io(_))) => Err(err),
+            Err(err) => {
+                // Setting failed for a reason retrying cannot fix (an
+                // xattr the filesystem cannot hold): report it, keep the file.
+                let st = rustix::fs::fstat(fd).map_err(|x| io_err("reading", &e.path, x))?;
+                Ok((st, Err(err)))
             }
+            Ok(v) => Ok(v),
+        }
+    }
+
+    /// A file is complete and in place: remember its digest under its
+    /// stamp `st`, record it for the ledger (when its metadata checked
+    /// out) and start its writeback.
+    fn written(&mut self, fd: OwnedFd, e: &Entry, st: &rustix::fs::Stat, sha: &Digest32, ok: bool) {
+        if let Some(stamp) = crate::digest_cache::stamp_of_stat(st) {
+            crate::digest_cache::remember(stamp, *sha);
+        }
+        if self.recording && ok {
+            self.applied.push(super::applied::of(e, st, Some(sha)));
         }
         if self.writeback_on {
             self.writeback.submit(fd, 0, e.size);
         }
-        meta
     }
 
     /// Give the unnamed file `fd` the name `name` in `dir`, replacing what
@@ -261,7 +354,12 @@ impl DirTarget {
     /// Read the metadata back through the descriptor and compare digests.
     /// Xattrs the new file inherited (a default ACL of its directory) are
     /// removed first.
-    fn verify_fd_metadata(&self, fd: &OwnedFd, e: &Entry) -> Result<(), ApplyError> {
+    /// Returns the `fstat` read and the verdict.
+    fn verify_fd_metadata(
+        &self,
+        fd: &OwnedFd,
+        e: &Entry,
+    ) -> Result<(rustix::fs::Stat, Result<(), ApplyError>), ApplyError> {
         let mut xattrs = fd_xattrs(fd).map_err(|x| io_err("listing xattrs of", &e.path, x))?;
         if xattrs.keys().any(|k| !e.xattrs.contains_key(k)) {
             for k in xattrs.keys().filter(|k| !e.xattrs.contains_key(*k)) {
@@ -287,7 +385,7 @@ impl DirTarget {
             && e.target.is_none()
             && e.rdev.is_none()
         {
-            return Ok(());
+            return Ok((st, Ok(())));
         }
         let mut got = e.clone();
         got.kind = kind_of(FileType::from_raw_mode(st.st_mode)).unwrap_or(Kind::Fifo);
@@ -297,7 +395,8 @@ impl DirTarget {
         }
         got.mtime_ns = mtime_ns;
         got.xattrs = xattrs;
-        super::check_read_back(&got, e, Some(st.st_size as u64))
+        let verdict = super::check_read_back(&got, e, Some(st.st_size as u64));
+        Ok((st, verdict))
     }
 }
 
@@ -329,16 +428,22 @@ fn write_all(fd: &OwnedFd, data: &[u8]) -> Result<(), Errno> {
 fn fd_xattrs(fd: impl AsFd) -> Result<std::collections::BTreeMap<Xattr, Xattr>, Errno> {
     let fd = fd.as_fd();
     let mut out = std::collections::BTreeMap::new();
-    let mut names = vec![0u8; 1024];
-    let n = loop {
-        match rustix::fs::flistxattr(fd, &mut names[..]) {
-            Ok(n) => break n,
-            Err(Errno::RANGE) if names.len() < (1 << 16) => names.resize(names.len() * 4, 0),
-            Err(Errno::NOTSUP) => return Ok(out),
-            Err(x) => return Err(x),
+    // One call into a buffer on the stack for the usual short list (a new
+    // file mostly has none); a longer one is asked for its size first.
+    let mut small = [0u8; 1024];
+    let mut large = Vec::new();
+    let names: &[u8] = match rustix::fs::flistxattr(fd, &mut small[..]) {
+        Ok(n) => &small[..n],
+        Err(Errno::NOTSUP) => return Ok(out),
+        Err(Errno::RANGE) => {
+            let size = rustix::fs::flistxattr_query(fd)?;
+            large.resize(size.min(1 << 16), 0);
+            let n = rustix::fs::flistxattr(fd, &mut large[..])?;
+            &large[..n]
         }
+        Err(x) => return Err(x),
     };
-    for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
+    for name in names.split(|&b| b == 0).filter(|s| !s.is_empty()) {
         let len = rustix::fs::fgetxattr_query(fd, OsStr::from_bytes(name))?;
         let mut v = vec![0u8; len.min(1 << 16)];
         let got = rustix::fs::fgetxattr(fd, OsStr::from_bytes(name), &mut v[..])?;

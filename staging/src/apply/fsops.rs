@@ -35,14 +35,22 @@ pub(super) fn proc_path(dir: &OwnedFd, name: &[u8]) -> PathBuf {
 
 pub(super) fn list_xattrs(path: &Path) -> Result<BTreeMap<Xattr, Xattr>, Errno> {
     let mut out = BTreeMap::new();
-    let size = match rustix::fs::llistxattr_query(path) {
-        Ok(n) => n,
+    // One call for the usual short list (most entries have none); a
+    // longer one is asked for its size first.
+    let mut small = [0u8; 1024];
+    let mut large = Vec::new();
+    let names: &[u8] = match rustix::fs::llistxattr(path, &mut small[..]) {
+        Ok(n) => &small[..n],
         Err(Errno::NOTSUP) => return Ok(out),
+        Err(Errno::RANGE) => {
+            let size = rustix::fs::llistxattr_query(path)?;
+            large.resize(size.min(1 << 16), 0);
+            let n = rustix::fs::llistxattr(path, &mut large[..])?;
+            &large[..n]
+        }
         Err(e) => return Err(e),
     };
-    let mut names = vec![0u8; size.min(1 << 16)];
-    let n = rustix::fs::llistxattr(path, &mut names[..])?;
-    for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
+    for name in names.split(|&b| b == 0).filter(|s| !s.is_empty()) {
         let len = rustix::fs::lgetxattr_query(path, OsStr::from_bytes(name))?;
         let mut v = vec![0u8; len.min(1 << 16)];
         let got = rustix::fs::lgetxattr(path, OsStr::from_bytes(name), &mut v[..])?;

@@ -65,18 +65,39 @@ pub struct DaemonLock {
     _file: std::fs::File,
 }
 
-/// Take the daemon lock of `state_dir` without waiting: refused while a
-/// `standin target serve` uses this state directory.
+/// How long [`daemon`] retries a held lock before it says a daemon runs.
+const DAEMON_LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Take the daemon lock of `state_dir`: refused while a `standin target
+/// serve` uses this state directory. A lock still held is tried again for
+/// up to [`DAEMON_LOCK_GRACE`]: a daemon killed a moment ago may leave it
+/// held for a few milliseconds by a child it had just forked (a profile
+/// command) until that child's `exec` closes the descriptor.
 pub fn daemon(state_dir: &Path) -> Result<DaemonLock> {
     let p = state_dir.join(DAEMON_LOCK_FILE);
     let file = open_lock_file(&p)?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(DaemonLock { _file: file }),
-        Err(rustix::io::Errno::WOULDBLOCK) => anyhow::bail!(
-            "a `standin target serve` is running with the state directory {}; stop it first",
-            state_dir.display()
-        ),
-        Err(e) => Err(e).with_context(|| format!("locking {}", p.display())),
+    let start = std::time::Instant::now();
+    loop {
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {
+                let waited = start.elapsed();
+                if waited.as_millis() > 0 {
+                    tracing::info!(
+                        ms = waited.as_millis() as u64,
+                        "the daemon lock was held a moment after the last daemon stopped"
+                    );
+                }
+                return Ok(DaemonLock { _file: file });
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) if start.elapsed() < DAEMON_LOCK_GRACE => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => anyhow::bail!(
+                "a `standin target serve` is running with the state directory {}; stop it first",
+                state_dir.display()
+            ),
+            Err(e) => return Err(e).with_context(|| format!("locking {}", p.display())),
+        }
     }
 }
 

@@ -212,6 +212,22 @@ impl Stream {
     }
 }
 
+/// Every path the apply ledger `applied` has a record of (the early check
+/// of a sparse mirror must not stand for them: [`super::precheck`]).
+pub fn paths(applied: &Recorded) -> Result<Vec<Vec<u8>>> {
+    let Some(mut p) = Prev::open(&applied.path) else {
+        bail!("the apply ledger {} is unreadable", applied.path.display());
+    };
+    let mut out: Vec<Vec<u8>> = applied.late.keys().cloned().collect();
+    while let Some((path, _)) = p
+        .next_entry()
+        .with_context(|| format!("reading {}", applied.path.display()))?
+    {
+        out.push(path);
+    }
+    Ok(out)
+}
+
 /// Merge the apply ledger `applied` into the comparison's ledger of the
 /// replica at `root` ([`ledger::path_for`]; absent: none), replacing it.
 /// How many records the merged ledger holds. On error the comparison's

@@ -291,13 +291,17 @@ pub struct Prev {
     /// The next record not yet passed: its path and, when trusted, itself.
     next: Option<(Vec<u8>, Option<Record>)>,
     done: bool,
+    /// The ledger file's (device, inode).
+    id: (u64, u64),
 }
 
 impl Prev {
     /// Open the ledger at `path`; `None` when absent or not a ledger of
     /// this version (the comparison then reads every entry).
     pub fn open(path: &Path) -> Option<Prev> {
+        use std::os::unix::fs::MetadataExt;
         let f = File::open(path).ok()?;
+        let md = f.metadata().ok()?;
         let mut r = Rd(BufReader::with_capacity(1 << 16, f));
         let mut head = [0u8; 5];
         r.0.read_exact(&mut head).ok()?;
@@ -308,7 +312,14 @@ impl Prev {
             r,
             next: None,
             done: false,
+            id: (md.dev(), md.ino()),
         })
+    }
+
+    /// The (device, inode) of the ledger file read (a ledger put in its
+    /// place since is another file).
+    pub fn file_id(&self) -> (u64, u64) {
+        self.id
     }
 
     fn read_next(&mut self) -> std::io::Result<Option<(Vec<u8>, Option<Record>)>> {
@@ -520,6 +531,9 @@ pub enum Outcome {
         digest: String,
         reused: u64,
         reread: u64,
+        /// Of the reused, those taken from the early check without an
+        /// `lstat` at the end ([`super::precheck`]).
+        prechecked: u64,
     },
     /// The ledger says the replica differs (or is unusable); why.
     Unsure(String),
@@ -538,6 +552,16 @@ fn parent_of(path: &[u8]) -> Option<&[u8]> {
 /// The root digest of the replica at `root` from the ledger at `ledger`
 /// (see the module docs). `Ok(None)` when there is no ledger.
 pub fn digest(root: &Path, ledger: &Path) -> Result<Option<Outcome>> {
+    digest_with(root, ledger, None)
+}
+
+/// [`digest`], taking the records `skip` trusts as holding without their
+/// `lstat` ([`super::precheck`]).
+pub fn digest_with(
+    root: &Path,
+    ledger: &Path,
+    skip: Option<&super::precheck::Skip>,
+) -> Result<Option<Outcome>> {
     let f = match File::open(ledger) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -549,7 +573,7 @@ pub fn digest(root: &Path, ledger: &Path) -> Result<Option<Outcome>> {
         Err(why) => return Ok(Some(Outcome::Unsure(format!("ledger unusable: {why}")))),
     };
     let mut r = Rd(BufReader::with_capacity(1 << 16, f));
-    match fold(root, &mut r, &count_dirs) {
+    match fold(root, &mut r, &count_dirs, skip) {
         Ok(o) => Ok(Some(o)),
         Err(e) => Ok(Some(Outcome::Unsure(format!("ledger unusable: {e}")))),
     }
@@ -620,6 +644,7 @@ fn fold<R: Read>(
     root: &Path,
     r: &mut Rd<R>,
     count_dirs: &HashSet<Vec<u8>>,
+    skip: Option<&super::precheck::Skip>,
 ) -> std::io::Result<Outcome> {
     use rayon::prelude::*;
     use std::os::unix::fs::MetadataExt;
@@ -632,6 +657,7 @@ fn fold<R: Read>(
     let mut counted: HashMap<Vec<u8>, (u64, u64)> = HashMap::new();
     let mut prev: Option<Vec<u8>> = None;
     let (mut reused, mut reread) = (0u64, 0u64);
+    let prechecked = std::sync::atomic::AtomicU64::new(0);
     let mut ended = false;
     while !ended {
         let mut chunk = Vec::with_capacity(FOLD_CHUNK);
@@ -667,10 +693,14 @@ fn fold<R: Read>(
         }
         chunk.par_chunks_mut(64).for_each(|part| {
             let mut rep = replica.fork();
+            let mut pre = 0;
             for f in part {
-                f.holds = f.rec.as_ref().is_some_and(|(ino, ctime, ..)| {
-                    rep.change_stamp(&f.path) == Some((*ino, *ctime))
-                });
+                let early = f.rec.is_some() && skip.is_some_and(|s| s.trusts(&f.path));
+                pre += u64::from(early);
+                f.holds = early
+                    || f.rec.as_ref().is_some_and(|(ino, ctime, ..)| {
+                        rep.change_stamp(&f.path) == Some((*ino, *ctime))
+                    });
                 let mut is_dir = f.holds && f.rec.as_ref().is_some_and(|r| r.2);
                 if !f.holds {
                     if let Some((mut e, md)) = rep.stat(&f.path, &mut HashMap::new()) {
@@ -689,6 +719,7 @@ fn fold<R: Read>(
                     f.children = Some(rep.count_children(&f.path).unwrap_or(u64::MAX));
                 }
             }
+            prechecked.fetch_add(pre, std::sync::atomic::Ordering::Relaxed);
         });
         for f in chunk {
             if let Some(p) = &prev {
@@ -742,11 +773,18 @@ fn fold<R: Read>(
             )));
         }
     }
-    tracing::debug!(reused, reread, "replica root digest from the mirror ledger");
+    let prechecked = prechecked.into_inner();
+    tracing::debug!(
+        reused,
+        reread,
+        prechecked,
+        "replica root digest from the mirror ledger"
+    );
     Ok(Outcome::Digest {
         digest: rd.finish().0,
         reused,
         reread,
+        prechecked,
     })
 }
 
@@ -796,6 +834,7 @@ mod tests {
                 digest,
                 reused,
                 reread,
+                ..
             } => (digest, reused, reread),
             Outcome::Unsure(why) => panic!("{why}"),
         }

@@ -653,12 +653,13 @@ fn checked(
                 digest,
                 reused,
                 reread,
-                ..
+                prechecked,
             }) if digest == want => {
                 let check = RootCheck {
                     by: "ledger".into(),
                     reused,
                     reread,
+                    prechecked,
                     ms: t0.elapsed().as_millis() as u64,
                 };
                 return Ok((digest, true, check));
@@ -687,6 +688,7 @@ fn checked(
         by: "walk".into(),
         reused: 0,
         reread: 0,
+        prechecked: 0,
         ms: t0.elapsed().as_millis() as u64,
     };
     Ok((digest, written, check))

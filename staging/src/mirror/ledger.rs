@@ -562,6 +562,56 @@ pub fn digest_with(
     ledger: &Path,
     skip: Option<&super::precheck::Skip>,
 ) -> Result<Option<Outcome>> {
+    digest_into(root, ledger, skip, None)
+}
+
+/// [`digest_with`]; with `out`, the fold also writes there a ledger of
+/// the replica as it found it (the records that held as they were, the
+/// entries read again as trusted records of what was read), so the entries
+/// read again at this end are not read again at the next one. `out` is
+/// removed when the fold does not finish.
+pub fn digest_into(
+    root: &Path,
+    ledger: &Path,
+    skip: Option<&super::precheck::Skip>,
+    out: Option<&Path>,
+) -> Result<Option<Outcome>> {
+    let mut w = out.and_then(|p| match Writer::create(p) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::debug!("{e:#}; the fold writes no ledger");
+            None
+        }
+    });
+    let got = digest_written(root, ledger, skip, &mut w);
+    match (w, &got) {
+        (Some(w), Ok(Some(Outcome::Digest { .. }))) => {
+            if let Err(e) = w.finish() {
+                tracing::debug!("{e:#}; the fold's ledger is not kept");
+                if let Some(p) = out {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        (w, _) => {
+            drop(w);
+            if let Some(p) = out {
+                let _ = std::fs::remove_file(p);
+                let mut tmp = p.as_os_str().to_owned();
+                tmp.push(".tmp");
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
+    }
+    got
+}
+
+fn digest_written(
+    root: &Path,
+    ledger: &Path,
+    skip: Option<&super::precheck::Skip>,
+    w: &mut Option<Writer>,
+) -> Result<Option<Outcome>> {
     let f = match File::open(ledger) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -573,7 +623,7 @@ pub fn digest_with(
         Err(why) => return Ok(Some(Outcome::Unsure(format!("ledger unusable: {why}")))),
     };
     let mut r = Rd(BufReader::with_capacity(1 << 16, f));
-    match fold(root, &mut r, &count_dirs, skip) {
+    match fold(root, &mut r, &count_dirs, skip, w) {
         Ok(o) => Ok(Some(o)),
         Err(e) => Ok(Some(Outcome::Unsure(format!("ledger unusable: {e}")))),
     }
@@ -645,6 +695,7 @@ fn fold<R: Read>(
     r: &mut Rd<R>,
     count_dirs: &HashSet<Vec<u8>>,
     skip: Option<&super::precheck::Skip>,
+    w: &mut Option<Writer>,
 ) -> std::io::Result<Outcome> {
     use rayon::prelude::*;
     use std::os::unix::fs::MetadataExt;
@@ -721,7 +772,7 @@ fn fold<R: Read>(
             }
             prechecked.fetch_add(pre, std::sync::atomic::Ordering::Relaxed);
         });
-        for f in chunk {
+        for mut f in chunk {
             if let Some(p) = &prev {
                 if path_cmp(p, &f.path) != std::cmp::Ordering::Less {
                     return Ok(Outcome::Unsure("ledger out of tree order".into()));
@@ -731,12 +782,25 @@ fn fold<R: Read>(
                 c.1 += 1;
             }
             if f.holds {
-                let (ino, _, _, link_dev, file_bytes, canon) =
-                    f.rec.as_ref().expect("a record that holds");
-                rd.add_canonical(canon, *file_bytes);
-                if *link_dev != 0 {
+                let (ino, ctime, dir, link_dev, file_bytes, canonical) =
+                    f.rec.take().expect("a record that holds");
+                rd.add_canonical(&canonical, file_bytes);
+                if let Some(out) = w.as_mut() {
+                    let r = Record {
+                        ino,
+                        ctime,
+                        dir,
+                        link_dev,
+                        file_bytes,
+                        canonical,
+                    };
+                    if out.trusted_record(&f.path, &r).is_err() {
+                        *w = None;
+                    }
+                }
+                if link_dev != 0 {
                     links
-                        .entry((link_dev - 1, *ino))
+                        .entry((link_dev - 1, ino))
                         .or_insert_with(|| f.path.clone());
                 }
                 reused += 1;
@@ -757,6 +821,11 @@ fn fold<R: Read>(
                         return Ok(Outcome::Unsure(format!("cannot read {}", e.display_path())));
                     }
                     rd.add(&e);
+                    if let Some(out) = w.as_mut() {
+                        if out.trusted(&e, &md).is_err() {
+                            *w = None;
+                        }
+                    }
                 }
             }
             if let Some(n) = f.children {

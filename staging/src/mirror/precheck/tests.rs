@@ -189,3 +189,50 @@ fn an_early_check_is_dropped_by_a_comparison_and_by_a_replaced_ledger() {
     std::fs::rename(&copy, &prev).unwrap();
     assert!(take(&rep).is_none());
 }
+
+#[test]
+fn entries_read_again_at_the_end_are_trusted_by_the_next_mirror() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, rep) = (t.path().join("src"), t.path().join("rep"));
+    let (s, r) = (src.display(), rep.display());
+    sh(&format!(
+        "mkdir -p {s}/d && for i in 1 2 3; do echo $i > {s}/d/f$i; done && cp -a {s} {r}"
+    ));
+    let want = replica_digest(&src).unwrap();
+    let all = entries(&src);
+    let mut full = DiffSession::new(&rep).unwrap();
+    full.diff(&batch(1, all.clone())).unwrap();
+    full.diff(&batch(2, vec![])).unwrap();
+    assert_eq!(check_and_keep(&rep, &want).unwrap(), want);
+
+    // The source's d/f1 changes; the sparse listing names it (it differs:
+    // its record is to be read again), then the mirror brings it over.
+    sh(&format!("echo changed > {s}/d/f1"));
+    let want = replica_digest(&src).unwrap();
+    let all = entries(&src);
+    let listed: Vec<Entry> = all
+        .iter()
+        .filter(|e| ["", "d", "d/f1"].contains(&&*String::from_utf8_lossy(&e.path)))
+        .cloned()
+        .collect();
+    let mut sp = DiffSession::new_sparse(&rep).unwrap();
+    let d = sp.diff(&batch(1, listed)).unwrap();
+    assert_eq!(d.items.len(), 1, "{:?}", d.items);
+    sp.diff(&batch(2, vec![])).unwrap();
+    sh(&format!("cp -a {s}/d/f1 {r}/d/f1 && touch -r {s}/d {r}/d"));
+    let skip = take(&rep).unwrap();
+    let (got, reread, _) = fold(&rep, &skip);
+    assert_eq!(got, want);
+    assert!(reread >= 1, "d/f1 is read again at this end");
+    assert_eq!(
+        check_and_keep_with(&rep, &want, Some(&skip)).unwrap().0,
+        want
+    );
+    // The next mirror (nothing changed) reads nothing again: the end's
+    // ledger recorded d/f1 as it read it.
+    let skip = sparse_listing(&rep, vec![]);
+    assert!(skip.failed.is_empty(), "{:?}", skip.failed);
+    let (got, reread, pre) = fold(&rep, &skip);
+    assert_eq!((got.as_str(), reread), (want.as_str(), 0));
+    assert_eq!(pre, all.len() as u64);
+}

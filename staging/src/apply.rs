@@ -198,6 +198,10 @@ pub struct DirTarget {
     recording: bool,
     applied: Vec<applied::Applied>,
     applied_whole: bool,
+    /// Regular files whose metadata record waits for their content's
+    /// digest (the content came in pieces and is checked at the set's
+    /// end): the record's index, the entry, and its `lstat` after.
+    awaiting: std::collections::HashMap<Vec<u8>, (usize, Entry, rustix::fs::Stat)>,
 }
 
 /// Set (to anything but empty) to leave all of an open mirror's writeback
@@ -233,6 +237,7 @@ impl DirTarget {
             recording: false,
             applied: Vec::new(),
             applied_whole: true,
+            awaiting: std::collections::HashMap::new(),
         })
     }
 
@@ -463,7 +468,13 @@ impl DirTarget {
             .map_err(|x| io_err("setting the time of", &e.path, x))?;
         let (now, checked) = self.verify_metadata(e, dir, name, &xpath)?;
         if self.recording && checked.is_ok() {
-            self.applied.push(applied::of(e, &now, None));
+            let a = applied::of(e, &now, None);
+            if a.record.is_none() && e.kind == Kind::File && e.link.is_none() && e.sparse.is_none()
+            {
+                self.awaiting
+                    .insert(e.path.clone(), (self.applied.len(), e.clone(), now));
+            }
+            self.applied.push(a);
         }
         // Only metadata changed: a digest known for the content still holds
         // (so the root digest check does not read the file again).
@@ -677,6 +688,18 @@ impl ApplyTarget for DirTarget {
         if let Some(stamp) = stamp {
             crate::digest_cache::remember(stamp, d);
         }
+        // A metadata record waiting for this content: the file read is the
+        // one its `lstat` saw (same stamp), so the record is trusted with
+        // the digest read (whether or not it is the source's: the check
+        // against the source's is the caller's).
+        if let Some((i, e, st)) = self.awaiting.remove(path) {
+            let same = stamp.is_some() && crate::digest_cache::stamp_of_stat(&st) == stamp;
+            if let (true, Some(a)) = (same, self.applied.get_mut(i)) {
+                if a.path == e.path {
+                    *a = applied::of(&e, &st, Some(&d));
+                }
+            }
+        }
         if self.writeback_on {
             // A file written in pieces during a mirror, now complete.
             let len = stamp.map_or(0, |s| s.size);
@@ -706,11 +729,13 @@ impl ApplyTarget for DirTarget {
     fn record_applied(&mut self, on: bool) {
         self.recording = on;
         self.applied.clear();
+        self.awaiting.clear();
         self.applied_whole = true;
     }
 
     fn take_applied(&mut self) -> Option<Vec<applied::Applied>> {
         let whole = std::mem::replace(&mut self.applied_whole, true);
+        self.awaiting.clear();
         let recs = std::mem::take(&mut self.applied);
         (self.recording && whole).then_some(recs)
     }

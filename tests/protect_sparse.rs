@@ -285,6 +285,25 @@ fn the_early_check_of_carried_records_catches_tampering_during_the_mirror() {
     let pre = prechecked(&sides.state);
     assert!(pre + 20 >= entries && pre > 0, "{pre} of {entries}");
 
+    // A patched large file whose unpatched part was corrupted on the
+    // target: the comparison's block digests of the replica's file find
+    // the corrupted block too (and the set's end reads the whole file).
+    let (s, r) = (src.display(), replica.display());
+    let stamp = d.path().join("big-mtime");
+    let t = stamp.display();
+    sh(&format!(
+        "dd if=/dev/urandom of={s}/data/big bs=4096 count=1 seek=10 conv=notrunc 2>/dev/null && \
+         touch -r {r}/data/big {t} && \
+         dd if=/dev/urandom of={r}/data/big bs=4096 count=1 seek=500 conv=notrunc 2>/dev/null && \
+         touch -r {t} {r}/data/big"
+    ));
+    let v = run.protect(&src, &daemon, &[]);
+    converged(&v, &src, &replica);
+    assert_eq!(
+        std::fs::read(src.join("data/big")).unwrap(),
+        std::fs::read(replica.join("data/big")).unwrap()
+    );
+
     // Held: the agent's walk and the transfer go on; the replica changes
     // behind standin's back once the base is accepted, then the check runs.
     std::fs::write(&hold, "").unwrap();
@@ -304,7 +323,6 @@ fn the_early_check_of_carried_records_catches_tampering_during_the_mirror() {
         std::thread::sleep(std::time::Duration::from_millis(100));
         waited += 1;
     }
-    let (s, r) = (src.display(), replica.display());
     let f9 = replica.join("data/d09/sub0/f9");
     let before9 = std::fs::read(&f9).unwrap();
     let mut evil = before9.clone();

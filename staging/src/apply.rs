@@ -30,6 +30,7 @@ pub mod writeback;
 use fsops::{list_xattrs, lstat, proc_path, remove_at};
 use sha2::{Digest, Sha256};
 use standin_builder::changeset::{check_path, metadata_digest, Digest32, Record};
+use standin_builder::digest_table::Stamp;
 use standin_builder::entry::{display_path, Entry, Kind};
 use standin_builder::tree::timestamps;
 
@@ -77,6 +78,12 @@ pub trait ApplyTarget: Send {
     }
     /// sha256 of the regular file at `path`, `None` if it is missing.
     fn content_digest(&mut self, path: &[u8]) -> Result<Option<Digest32>, ApplyError>;
+    /// [`ApplyTarget::content_digest`] of each of `paths`, in order (a
+    /// target may read them at the same time). The default reads one after
+    /// another.
+    fn content_digests(&mut self, paths: &[&[u8]]) -> Vec<Result<Option<Digest32>, ApplyError>> {
+        paths.iter().map(|p| self.content_digest(p)).collect()
+    }
     /// Make everything applied so far durable.
     fn sync(&mut self) -> Result<(), ApplyError>;
     /// Called once before `records` are applied, so a target can prepare
@@ -211,6 +218,37 @@ pub const NO_WRITEBACK_ENV: &str = "STANDIN_NO_WRITEBACK";
 /// Size of [`DirTarget`]'s read buffer.
 const READ_BUF: usize = 1 << 20;
 
+/// Files of at least this size, two or more in one set's check, are read
+/// in parallel ([`ApplyTarget::content_digests`]).
+const PARALLEL_DIGEST_BYTES: u64 = 8 << 20;
+
+/// A regular file opened for its digest, with its stamp before reading.
+type Opened = (std::fs::File, Option<Stamp>);
+
+thread_local! {
+    /// The read buffer of a pool thread checking a file's content.
+    static DIGEST_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The sha256 of what `f` holds from where it is, read through `buf`.
+fn hash_through(
+    mut f: &std::fs::File,
+    path: &[u8],
+    buf: &mut [u8],
+) -> Result<Digest32, ApplyError> {
+    let mut h = Sha256::new();
+    loop {
+        let n = f
+            .read(buf)
+            .map_err(|x| ApplyError::Io(format!("reading {}: {x}", display_path(path))))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
 impl DirTarget {
     /// Open `root` (which must exist) as the replica.
     pub fn open(root: &Path) -> anyhow::Result<DirTarget> {
@@ -239,6 +277,43 @@ impl DirTarget {
             applied_whole: true,
             awaiting: std::collections::HashMap::new(),
         })
+    }
+
+    /// The regular file at `path` opened for its digest, with its stamp
+    /// taken before reading (a change during the read moves the stamp);
+    /// `None` when missing.
+    fn open_for_digest(&self, path: &[u8]) -> Result<Option<Opened>, ApplyError> {
+        let Some(fd) = self.open_regular(path, OFlags::RDONLY)? else {
+            return Ok(None);
+        };
+        let stamp = crate::digest_cache::stamp_of_fd(&fd);
+        Ok(Some((std::fs::File::from(fd), stamp)))
+    }
+
+    /// What follows the digest `d` of `path` read through `f` (stamped
+    /// `stamp` before): remembered by stamp, given to a metadata record
+    /// waiting for it, and the file's writeback started.
+    fn digest_read(&mut self, path: &[u8], f: std::fs::File, stamp: Option<Stamp>, d: Digest32) {
+        if let Some(stamp) = stamp {
+            crate::digest_cache::remember(stamp, d);
+        }
+        // A metadata record waiting for this content: the file read is the
+        // one its `lstat` saw (same stamp), so the record is trusted with
+        // the digest read (whether or not it is the source's: the check
+        // against the source's is the caller's).
+        if let Some((i, e, st)) = self.awaiting.remove(path) {
+            let same = stamp.is_some() && crate::digest_cache::stamp_of_stat(&st) == stamp;
+            if let (true, Some(a)) = (same, self.applied.get_mut(i)) {
+                if a.path == e.path {
+                    *a = applied::of(&e, &st, Some(&d));
+                }
+            }
+        }
+        if self.writeback_on {
+            // A file written in pieces during a mirror, now complete.
+            let len = stamp.map_or(0, |s| s.size);
+            self.writeback.submit(f.into(), 0, len);
+        }
     }
 
     /// The root directory.
@@ -662,50 +737,71 @@ impl ApplyTarget for DirTarget {
     }
 
     fn content_digest(&mut self, path: &[u8]) -> Result<Option<Digest32>, ApplyError> {
-        let Some(fd) = self.open_regular(path, OFlags::RDONLY)? else {
+        let Some((f, stamp)) = self.open_for_digest(path)? else {
             return Ok(None);
         };
-        // Stamped before reading: a change during the read moves the stamp.
-        let stamp = crate::digest_cache::stamp_of_fd(&fd);
-        let mut f = std::fs::File::from(fd);
-        let mut h = Sha256::new();
         // One buffer for every file checked (a fresh zeroed MiB per file
         // cost more than hashing a small one).
         if self.read_buf.len() < READ_BUF {
             self.read_buf.resize(READ_BUF, 0);
         }
-        let buf = &mut self.read_buf[..];
-        loop {
-            let n = f
-                .read(buf)
-                .map_err(|x| ApplyError::Io(format!("reading {}: {x}", display_path(path))))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        let d: Digest32 = h.finalize().into();
-        if let Some(stamp) = stamp {
-            crate::digest_cache::remember(stamp, d);
-        }
-        // A metadata record waiting for this content: the file read is the
-        // one its `lstat` saw (same stamp), so the record is trusted with
-        // the digest read (whether or not it is the source's: the check
-        // against the source's is the caller's).
-        if let Some((i, e, st)) = self.awaiting.remove(path) {
-            let same = stamp.is_some() && crate::digest_cache::stamp_of_stat(&st) == stamp;
-            if let (true, Some(a)) = (same, self.applied.get_mut(i)) {
-                if a.path == e.path {
-                    *a = applied::of(&e, &st, Some(&d));
-                }
-            }
-        }
-        if self.writeback_on {
-            // A file written in pieces during a mirror, now complete.
-            let len = stamp.map_or(0, |s| s.size);
-            self.writeback.submit(f.into(), 0, len);
-        }
+        let d = hash_through(&f, path, &mut self.read_buf)?;
+        self.digest_read(path, f, stamp, d);
         Ok(Some(d))
+    }
+
+    fn content_digests(&mut self, paths: &[&[u8]]) -> Vec<Result<Option<Digest32>, ApplyError>> {
+        use rayon::prelude::*;
+        let opened: Vec<Result<Option<Opened>, ApplyError>> =
+            paths.iter().map(|p| self.open_for_digest(p)).collect();
+        let large = opened
+            .iter()
+            .filter(|o| matches!(o, Ok(Some((_, Some(s)))) if s.size >= PARALLEL_DIGEST_BYTES))
+            .count();
+        let digests: Vec<Option<Result<Digest32, ApplyError>>> = if large >= 2 {
+            // Two or more large files (patched in place): read on the
+            // pool's threads, each through its own reused buffer.
+            opened
+                .par_iter()
+                .zip(paths.par_iter())
+                .map(|(o, p)| match o {
+                    Ok(Some((f, _))) => Some(DIGEST_BUF.with(|b| {
+                        let mut b = b.borrow_mut();
+                        if b.len() < READ_BUF {
+                            b.resize(READ_BUF, 0);
+                        }
+                        hash_through(f, p, &mut b)
+                    })),
+                    _ => None,
+                })
+                .collect()
+        } else {
+            if self.read_buf.len() < READ_BUF {
+                self.read_buf.resize(READ_BUF, 0);
+            }
+            let buf = &mut self.read_buf;
+            opened
+                .iter()
+                .zip(paths)
+                .map(|(o, p)| match o {
+                    Ok(Some((f, _))) => Some(hash_through(f, p, buf)),
+                    _ => None,
+                })
+                .collect()
+        };
+        opened
+            .into_iter()
+            .zip(digests)
+            .zip(paths)
+            .map(|((o, d), p)| match (o?, d) {
+                (Some((f, stamp)), Some(d)) => {
+                    let d = d?;
+                    self.digest_read(p, f, stamp, d);
+                    Ok(Some(d))
+                }
+                _ => Ok(None),
+            })
+            .collect()
     }
 
     fn sync(&mut self) -> Result<(), ApplyError> {

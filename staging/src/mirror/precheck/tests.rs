@@ -236,3 +236,48 @@ fn entries_read_again_at_the_end_are_trusted_by_the_next_mirror() {
     assert_eq!((got.as_str(), reread), (want.as_str(), 0));
     assert_eq!(pre, all.len() as u64);
 }
+
+/// Timing of the end's fold alone on a synthetic ledger of the big tree's
+/// size, every record taken from the early check (no file system access):
+/// `cargo test --release -p standin-staging fold_timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn fold_timing() {
+    let t = tempfile::tempdir().unwrap();
+    let rep = t.path().join("rep");
+    std::fs::create_dir_all(&rep).unwrap();
+    let lp = ledger::path_for(&rep);
+    let mut w = ledger::Writer::create(&lp).unwrap();
+    let mut paths = Vec::new();
+    for d in 0..1000 {
+        paths.push(format!("usr/share/dir{d:04}"));
+        for f in 0..112 {
+            paths.push(format!("usr/share/dir{d:04}/some-file-name-{f:03}.txt"));
+        }
+    }
+    paths.sort_by(|a, b| standin_builder::entry::path_cmp(a.as_bytes(), b.as_bytes()));
+    for (i, p) in paths.iter().enumerate() {
+        let r = ledger::Record {
+            ino: i as u64,
+            ctime: 1,
+            dir: false,
+            link_dev: 0,
+            file_bytes: 100,
+            canonical: vec![7u8; 120],
+        };
+        w.trusted_record(p.as_bytes(), &r).unwrap();
+    }
+    w.finish().unwrap();
+    let skip = Skip::default();
+    for out in [false, true, false, true] {
+        let o = t.path().join("out");
+        let t0 = std::time::Instant::now();
+        let got = ledger::digest_into(&rep, &lp, Some(&skip), out.then_some(o.as_path())).unwrap();
+        assert!(matches!(got, Some(ledger::Outcome::Digest { .. })));
+        eprintln!(
+            "{} records, writing {out}: {} ms",
+            paths.len(),
+            t0.elapsed().as_millis()
+        );
+    }
+}

@@ -624,7 +624,7 @@ pub fn checked_digest(root: &Path, want: &str) -> Result<String> {
 /// [`checked_digest`], and whether the ledger alone gave `want` (then it
 /// describes the replica as the mirror left it).
 fn checked_digest_by(root: &Path, want: &str) -> Result<(String, bool)> {
-    let (digest, proven, _) = checked(root, want, None)?;
+    let (digest, proven, _) = checked(root, want, ledger::Hints::default())?;
     Ok((digest, proven))
 }
 
@@ -633,11 +633,7 @@ fn checked_digest_by(root: &Path, want: &str) -> Result<(String, bool)> {
 /// the ledger proves it too).
 /// With `skip`, records the early check trusts are not `lstat`ed again
 /// ([`precheck`]).
-fn checked(
-    root: &Path,
-    want: &str,
-    skip: Option<&precheck::Skip>,
-) -> Result<(String, bool, RootCheck)> {
+fn checked(root: &Path, want: &str, hints: ledger::Hints<'_>) -> Result<(String, bool, RootCheck)> {
     let t0 = std::time::Instant::now();
     let ledger = ledger::path_for(root);
     let full = std::env::var_os(FULL_CHECK_ENV).is_some_and(|v| !v.is_empty() && v != "0");
@@ -645,14 +641,14 @@ fn checked(
         // The fold's own ledger (entries read again recorded as read)
         // replaces the comparison's when it proves `want`.
         let folded = ledger.with_extension("folded");
-        let got = ledger::digest_into(root, &ledger, skip, Some(&folded))?;
+        let got = ledger::digest_into(root, &ledger, hints, Some(&folded))?;
         let proven = matches!(&got, Some(ledger::Outcome::Digest { digest, .. }) if digest == want);
         if !(proven && std::fs::rename(&folded, &ledger).is_ok()) {
             let _ = std::fs::remove_file(&folded);
         }
         tracing::debug!(
             ms = t0.elapsed().as_millis() as u64,
-            early = skip.is_some(),
+            early = hints.skip.is_some(),
             "mirror end: root digest from the ledger"
         );
         match got {
@@ -711,16 +707,17 @@ pub fn check_and_keep(root: &Path, want: &str) -> Result<String> {
 
 /// [`check_and_keep`] and how the check went.
 pub fn check_and_keep_by(root: &Path, want: &str) -> Result<(String, RootCheck)> {
-    check_and_keep_with(root, want, None)
+    check_and_keep_with(root, want, ledger::Hints::default())
 }
 
-/// [`check_and_keep_by`], taking what the early check found ([`precheck`]).
+/// [`check_and_keep_by`], taking what the early check found ([`precheck`])
+/// and the ledger's counted directories when known.
 pub fn check_and_keep_with(
     root: &Path,
     want: &str,
-    skip: Option<&precheck::Skip>,
+    hints: ledger::Hints<'_>,
 ) -> Result<(String, RootCheck)> {
-    let (got, proven, check) = checked(root, want, skip)?;
+    let (got, proven, check) = checked(root, want, hints)?;
     let (ledger, prev) = (ledger::path_for(root), ledger::prev_path_for(root));
     if !(proven && got == want && std::fs::rename(&ledger, &prev).is_ok()) {
         let _ = std::fs::remove_file(&ledger);
@@ -742,6 +739,7 @@ pub fn end(
     // [`precheck`]): used only with the apply ledger of every set.
     let mut skip = precheck::take(&root);
     let mut merged = false;
+    let mut count_dirs = None;
     // What the mirror's sets applied, merged into the comparison's ledger
     // (see [`applied`]); used only when every set was recorded.
     if let Some(log) = store.take_applied(m) {
@@ -757,9 +755,10 @@ pub fn end(
                     }
                 }
             }
-            match applied::merge(&root, log) {
-                Ok(n) => {
+            match applied::merge_counted(&root, log) {
+                Ok((n, counted)) => {
                     merged = true;
+                    count_dirs = Some(counted);
                     tracing::debug!(
                         records = n,
                         ms = t0.elapsed().as_millis() as u64,
@@ -778,7 +777,11 @@ pub fn end(
     base::forget(&root);
     if let Some(want) = &m.root_digest {
         if store.state().last_applied_seq >= m.last_seq {
-            let (got, check) = check_and_keep_with(&root, want, skip.as_ref())?;
+            let hints = ledger::Hints {
+                skip: skip.as_ref(),
+                count_dirs: count_dirs.as_ref(),
+            };
+            let (got, check) = check_and_keep_with(&root, want, hints)?;
             store.note_root_check(check);
             if &got != want {
                 tracing::warn!(

@@ -293,6 +293,8 @@ pub struct Prev {
     done: bool,
     /// The ledger file's (device, inode).
     id: (u64, u64),
+    /// The tag that ended the records (2: counted directories follow).
+    end_tag: Option<u8>,
 }
 
 impl Prev {
@@ -313,7 +315,37 @@ impl Prev {
             next: None,
             done: false,
             id: (md.dev(), md.ino()),
+            end_tag: None,
         })
+    }
+
+    /// After the last record ([`Prev::next_entry`] gave `None`): the
+    /// directories counted at the end, checking the end marker (no second
+    /// pass over the records).
+    pub fn counted_dirs(mut self) -> std::io::Result<HashSet<Vec<u8>>> {
+        let mut out = HashSet::new();
+        let mut tag = self
+            .end_tag
+            .ok_or_else(|| std::io::Error::other("the records were not all read"))?;
+        loop {
+            match tag {
+                2 => {
+                    let mut path = Vec::new();
+                    self.r.bytes(MAX_PATH, &mut path)?;
+                    out.insert(path);
+                }
+                255 => {
+                    let mut end = [0u8; 4];
+                    self.r.0.read_exact(&mut end)?;
+                    if &end != END {
+                        return Err(std::io::Error::other("bad end marker"));
+                    }
+                    return Ok(out);
+                }
+                t => return Err(std::io::Error::other(format!("unknown record {t}"))),
+            }
+            tag = self.r.u8()?;
+        }
     }
 
     /// The (device, inode) of the ledger file read (a ledger put in its
@@ -325,6 +357,7 @@ impl Prev {
     fn read_next(&mut self) -> std::io::Result<Option<(Vec<u8>, Option<Record>)>> {
         let tag = self.r.u8()?;
         if tag == 2 || tag == 255 {
+            self.end_tag = Some(tag);
             return Ok(None);
         }
         let mut path = Vec::new();
@@ -562,7 +595,35 @@ pub fn digest_with(
     ledger: &Path,
     skip: Option<&super::precheck::Skip>,
 ) -> Result<Option<Outcome>> {
-    digest_into(root, ledger, skip, None)
+    digest_into(
+        root,
+        ledger,
+        Hints {
+            skip,
+            count_dirs: None,
+        },
+        None,
+    )
+}
+
+/// What the caller of the fold at `MirrorEnd` already knows.
+#[derive(Default, Clone, Copy)]
+pub struct Hints<'a> {
+    /// The sparse mirror's early check ([`super::precheck`]).
+    pub skip: Option<&'a super::precheck::Skip>,
+    /// The ledger's counted directories, when the caller has just written
+    /// it ([`super::applied::merge_counted`]): no pass to its end first.
+    pub count_dirs: Option<&'a HashSet<Vec<u8>>>,
+}
+
+impl<'a> Hints<'a> {
+    /// Only the early check.
+    pub fn skip(skip: &'a super::precheck::Skip) -> Hints<'a> {
+        Hints {
+            skip: Some(skip),
+            count_dirs: None,
+        }
+    }
 }
 
 /// [`digest_with`]; with `out`, the fold also writes there a ledger of
@@ -573,7 +634,7 @@ pub fn digest_with(
 pub fn digest_into(
     root: &Path,
     ledger: &Path,
-    skip: Option<&super::precheck::Skip>,
+    hints: Hints<'_>,
     out: Option<&Path>,
 ) -> Result<Option<Outcome>> {
     let mut w = out.and_then(|p| match Writer::create(p) {
@@ -583,7 +644,7 @@ pub fn digest_into(
             None
         }
     });
-    let got = digest_written(root, ledger, skip, &mut w);
+    let got = digest_written(root, ledger, hints, &mut w);
     match (w, &got) {
         (Some(w), Ok(Some(Outcome::Digest { .. }))) => {
             if let Err(e) = w.finish() {
@@ -609,7 +670,7 @@ pub fn digest_into(
 fn digest_written(
     root: &Path,
     ledger: &Path,
-    skip: Option<&super::precheck::Skip>,
+    hints: Hints<'_>,
     w: &mut Option<Writer>,
 ) -> Result<Option<Outcome>> {
     let f = match File::open(ledger) {
@@ -617,13 +678,21 @@ fn digest_written(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("opening {}", ledger.display())),
     };
-    // The directories to count are at the end; read them first.
-    let count_dirs = match trailer(ledger) {
-        Ok(d) => d,
-        Err(why) => return Ok(Some(Outcome::Unsure(format!("ledger unusable: {why}")))),
+    // The directories to count are at the end; read them first (unless
+    // the caller knows them).
+    let read;
+    let count_dirs = match hints.count_dirs {
+        Some(d) => d,
+        None => match trailer(ledger) {
+            Ok(d) => {
+                read = d;
+                &read
+            }
+            Err(why) => return Ok(Some(Outcome::Unsure(format!("ledger unusable: {why}")))),
+        },
     };
     let mut r = Rd(BufReader::with_capacity(1 << 16, f));
-    match fold(root, &mut r, &count_dirs, skip, w) {
+    match fold(root, &mut r, count_dirs, hints.skip, w) {
         Ok(o) => Ok(Some(o)),
         Err(e) => Ok(Some(Outcome::Unsure(format!("ledger unusable: {e}")))),
     }

@@ -66,7 +66,9 @@ fn the_early_check_catches_changes_before_it_and_the_next_mirror_those_after() {
         (want.as_str(), 0, all.len() as u64)
     );
     assert_eq!(
-        check_and_keep_with(&rep, &want, Some(&skip)).unwrap().0,
+        check_and_keep_with(&rep, &want, ledger::Hints::skip(&skip))
+            .unwrap()
+            .0,
         want
     );
 
@@ -82,7 +84,9 @@ fn the_early_check_catches_changes_before_it_and_the_next_mirror_those_after() {
     }
     assert_ne!(fold(&rep, &skip).0, want, "the changes are caught");
     assert_ne!(
-        check_and_keep_with(&rep, &want, Some(&skip)).unwrap().0,
+        check_and_keep_with(&rep, &want, ledger::Hints::skip(&skip))
+            .unwrap()
+            .0,
         want
     );
     // Repaired (what the retried comparison mirror does), proven again.
@@ -100,7 +104,9 @@ fn the_early_check_catches_changes_before_it_and_the_next_mirror_those_after() {
     assert!(skip.failed.is_empty(), "{:?}", skip.failed);
     sh(&format!("chmod 600 {r}/d/f4"));
     assert_eq!(
-        check_and_keep_with(&rep, &want, Some(&skip)).unwrap().0,
+        check_and_keep_with(&rep, &want, ledger::Hints::skip(&skip))
+            .unwrap()
+            .0,
         want
     );
     // ... but its record keeps the old change time, so the next mirror's
@@ -108,7 +114,9 @@ fn the_early_check_catches_changes_before_it_and_the_next_mirror_those_after() {
     let skip = sparse_listing(&rep, vec![]);
     assert!(skip.failed.contains(&b"d/f4"[..]), "{:?}", skip.failed);
     assert_ne!(
-        check_and_keep_with(&rep, &want, Some(&skip)).unwrap().0,
+        check_and_keep_with(&rep, &want, ledger::Hints::skip(&skip))
+            .unwrap()
+            .0,
         want
     );
 }
@@ -225,7 +233,9 @@ fn entries_read_again_at_the_end_are_trusted_by_the_next_mirror() {
     assert_eq!(got, want);
     assert!(reread >= 1, "d/f1 is read again at this end");
     assert_eq!(
-        check_and_keep_with(&rep, &want, Some(&skip)).unwrap().0,
+        check_and_keep_with(&rep, &want, ledger::Hints::skip(&skip))
+            .unwrap()
+            .0,
         want
     );
     // The next mirror (nothing changed) reads nothing again: the end's
@@ -272,7 +282,13 @@ fn fold_timing() {
     for out in [false, true, false, true] {
         let o = t.path().join("out");
         let t0 = std::time::Instant::now();
-        let got = ledger::digest_into(&rep, &lp, Some(&skip), out.then_some(o.as_path())).unwrap();
+        let got = ledger::digest_into(
+            &rep,
+            &lp,
+            ledger::Hints::skip(&skip),
+            out.then_some(o.as_path()),
+        )
+        .unwrap();
         assert!(matches!(got, Some(ledger::Outcome::Digest { .. })));
         eprintln!(
             "{} records, writing {out}: {} ms",

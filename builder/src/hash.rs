@@ -173,13 +173,97 @@ pub fn block_digest(block: &[u8]) -> [u8; 16] {
 
 /// A file's sha256 and, in the same read, the [`block_digest`] of each
 /// `block_size`-byte block: so a changed file is read once for both.
+///
+/// A file of more than one read buffer (4 MiB) is read a buffer at a time,
+/// and each buffer's whole-file update and block digests are computed at
+/// the same time on two threads (`rayon::join`): the two hashes of a large
+/// changed file take about half the wall time when a CPU is free.
 pub fn hash_file_blocks(path: &Path, block_size: u64) -> io::Result<([u8; 32], Vec<[u8; 16]>)> {
     let mut file = File::open(path)?;
-    let mut whole = Sha256::new();
-    let mut blocks = Vec::new();
-    read_blocks(&mut file, block_size, |b| {
-        whole.update(b);
-        blocks.push(block_digest(b));
-    })?;
-    Ok((whole.finalize().into(), blocks))
+    let bs = block_size.max(1) as usize;
+    let size = file.metadata()?.len();
+    let per_read = (PAIR_READ / bs).max(1) * bs;
+    if size <= per_read as u64 {
+        let mut whole = Sha256::new();
+        let mut blocks = Vec::new();
+        read_blocks(&mut file, block_size, |b| {
+            whole.update(b);
+            blocks.push(block_digest(b));
+        })?;
+        return Ok((whole.finalize().into(), blocks));
+    }
+    PAIR_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        if buf.len() < per_read {
+            buf.resize(per_read, 0);
+        }
+        let buf = &mut buf[..per_read];
+        let mut whole = Sha256::new();
+        let mut blocks = Vec::with_capacity(size.div_ceil(bs as u64) as usize);
+        // Buffers of whole blocks: a block never spans two reads.
+        loop {
+            let mut got = 0;
+            while got < buf.len() {
+                match file.read(&mut buf[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let b = &buf[..got];
+            let mut part = Vec::new();
+            rayon::join(
+                || whole.update(b),
+                || part.extend(b.chunks(bs).map(block_digest)),
+            );
+            blocks.append(&mut part);
+            if got < buf.len() {
+                return Ok((whole.finalize().into(), blocks));
+            }
+        }
+    })
+}
+
+/// Read size of [`hash_file_blocks`] for a large file.
+const PAIR_READ: usize = 4 << 20;
+
+thread_local! {
+    /// [`hash_file_blocks`]'s read buffer, reused by each thread (a fresh
+    /// buffer per file costs its first-touch page faults every time).
+    static PAIR_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[cfg(test)]
+mod pair_tests {
+    use super::*;
+
+    /// The reference: one read, whole-file sha256 and each block's digest.
+    fn reference(data: &[u8], bs: usize) -> ([u8; 32], Vec<[u8; 16]>) {
+        (
+            Sha256::digest(data).into(),
+            data.chunks(bs).map(block_digest).collect(),
+        )
+    }
+
+    #[test]
+    fn hash_file_blocks_of_large_files_on_two_threads_equals_one_read() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("f");
+        for (size, bs) in [
+            (0usize, 4096usize),
+            (10_000, 4096),
+            (PAIR_READ, 4096),
+            (PAIR_READ + 1, 4096),
+            (3 * PAIR_READ - 7, 4096),
+            (9_000_001, 131_072),
+            (9_000_001, 3 << 20),
+            (2 * PAIR_READ + 5, 5 << 20),
+        ] {
+            let data: Vec<u8> = (0..size as u32).map(|i| (i % 251) as u8).collect();
+            std::fs::write(&p, &data).unwrap();
+            let got = hash_file_blocks(&p, bs as u64).unwrap();
+            assert!(got == reference(&data, bs), "size {size}, block {bs}");
+        }
+    }
 }

@@ -267,3 +267,39 @@ mod pair_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod pair_timing {
+    /// Wall time of `hash_file_blocks` on the files named in
+    /// `STANDIN_HASH_FILES` (space-separated), on two threads and as one
+    /// read: `cargo test --release -p standin-builder pair_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn pair_timing() {
+        use sha2::Digest;
+        let files = std::env::var("STANDIN_HASH_FILES").unwrap_or_default();
+        for round in 0..3 {
+            let t0 = std::time::Instant::now();
+            for f in files.split_whitespace() {
+                super::hash_file_blocks(std::path::Path::new(f), 131_072).unwrap();
+            }
+            let pair = t0.elapsed();
+            let t0 = std::time::Instant::now();
+            for f in files.split_whitespace() {
+                let mut file = std::fs::File::open(f).unwrap();
+                let mut whole = sha2::Sha256::new();
+                let mut blocks = Vec::new();
+                super::read_blocks(&mut file, 131_072, |b| {
+                    whole.update(b);
+                    blocks.push(super::block_digest(b));
+                })
+                .unwrap();
+            }
+            eprintln!(
+                "round {round}: two threads {} ms, one read {} ms",
+                pair.as_millis(),
+                t0.elapsed().as_millis()
+            );
+        }
+    }
+}

@@ -218,9 +218,10 @@ pub const NO_WRITEBACK_ENV: &str = "STANDIN_NO_WRITEBACK";
 /// Size of [`DirTarget`]'s read buffer.
 const READ_BUF: usize = 1 << 20;
 
-/// Files of at least this size, two or more in one set's check, are read
-/// in parallel ([`ApplyTarget::content_digests`]).
+/// Files of at least this size in one set's check are read in parallel
+/// ([`ApplyTarget::content_digests`]), up to this many held open at once.
 const PARALLEL_DIGEST_BYTES: u64 = 8 << 20;
+const PARALLEL_DIGEST_FILES: usize = 8;
 
 /// A regular file opened for its digest, with its stamp before reading.
 type Opened = (std::fs::File, Option<Stamp>);
@@ -752,55 +753,56 @@ impl ApplyTarget for DirTarget {
 
     fn content_digests(&mut self, paths: &[&[u8]]) -> Vec<Result<Option<Digest32>, ApplyError>> {
         use rayon::prelude::*;
-        let opened: Vec<Result<Option<Opened>, ApplyError>> =
-            paths.iter().map(|p| self.open_for_digest(p)).collect();
-        let large = opened
-            .iter()
-            .filter(|o| matches!(o, Ok(Some((_, Some(s)))) if s.size >= PARALLEL_DIGEST_BYTES))
-            .count();
-        let digests: Vec<Option<Result<Digest32, ApplyError>>> = if large >= 2 {
-            // Two or more large files (patched in place): read on the
-            // pool's threads, each through its own reused buffer.
-            opened
+        let mut out: Vec<Option<Result<Option<Digest32>, ApplyError>>> =
+            (0..paths.len()).map(|_| None).collect();
+        // Small files one at a time as they come; large ones held open
+        // (a few at a time: descriptors are bounded) and read together.
+        let mut large = Vec::new();
+        type Held = Vec<(usize, std::fs::File, Option<Stamp>)>;
+        type Answers = Vec<Option<Result<Option<Digest32>, ApplyError>>>;
+        let flush = |t: &mut Self, large: &mut Held, out: &mut Answers| {
+            let digests: Vec<Result<Digest32, ApplyError>> = large
                 .par_iter()
-                .zip(paths.par_iter())
-                .map(|(o, p)| match o {
-                    Ok(Some((f, _))) => Some(DIGEST_BUF.with(|b| {
+                .map(|(i, f, _)| {
+                    DIGEST_BUF.with(|b| {
                         let mut b = b.borrow_mut();
                         if b.len() < READ_BUF {
                             b.resize(READ_BUF, 0);
                         }
-                        hash_through(f, p, &mut b)
-                    })),
-                    _ => None,
+                        hash_through(f, paths[*i], &mut b)
+                    })
                 })
-                .collect()
-        } else {
-            if self.read_buf.len() < READ_BUF {
-                self.read_buf.resize(READ_BUF, 0);
+                .collect();
+            for ((i, f, stamp), d) in large.drain(..).zip(digests) {
+                out[i] = Some(d.map(|d| {
+                    t.digest_read(paths[i], f, stamp, d);
+                    Some(d)
+                }));
             }
-            let buf = &mut self.read_buf;
-            opened
-                .iter()
-                .zip(paths)
-                .map(|(o, p)| match o {
-                    Ok(Some((f, _))) => Some(hash_through(f, p, buf)),
-                    _ => None,
-                })
-                .collect()
         };
-        opened
-            .into_iter()
-            .zip(digests)
-            .zip(paths)
-            .map(|((o, d), p)| match (o?, d) {
-                (Some((f, stamp)), Some(d)) => {
-                    let d = d?;
-                    self.digest_read(p, f, stamp, d);
-                    Ok(Some(d))
+        for (i, p) in paths.iter().enumerate() {
+            match self.open_for_digest(p) {
+                Ok(Some((f, stamp))) if stamp.is_some_and(|s| s.size >= PARALLEL_DIGEST_BYTES) => {
+                    large.push((i, f, stamp));
+                    if large.len() >= PARALLEL_DIGEST_FILES {
+                        flush(self, &mut large, &mut out);
+                    }
                 }
-                _ => Ok(None),
-            })
+                Ok(Some((f, stamp))) => {
+                    if self.read_buf.len() < READ_BUF {
+                        self.read_buf.resize(READ_BUF, 0);
+                    }
+                    out[i] = Some(hash_through(&f, p, &mut self.read_buf).map(|d| {
+                        self.digest_read(p, f, stamp, d);
+                        Some(d)
+                    }));
+                }
+                other => out[i] = Some(other.map(|_| None)),
+            }
+        }
+        flush(self, &mut large, &mut out);
+        out.into_iter()
+            .map(|r| r.expect("every path answered"))
             .collect()
     }
 

@@ -231,3 +231,116 @@ fn sparse_mirror_lists_only_changes_catches_tampering_and_refuses_bad_bases() {
     let err = protect_support::common::stderr(&out);
     assert!(err.contains("another tree"), "{err}");
 }
+
+/// The prechecked count of the last mirror's root digest check (state.json).
+fn prechecked(state: &Path) -> u64 {
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+    st["mirror"]["root_check"]["prechecked"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{st:#}"))
+}
+
+/// The sparse mirror checks the carried records early (while the agent
+/// walks); a change to the replica made after the base was accepted and
+/// before that check runs (held by the test) is still caught and repaired
+/// in the same invocation.
+#[test]
+fn the_early_check_of_carried_records_catches_tampering_during_the_mirror() {
+    require_root();
+    let d = tempdir();
+    let src = d.path().join("src");
+    make_source(&src);
+    let sides = Sides::new(d.path(), &src, true);
+    let hold = d.path().join("hold-precheck");
+    let log = d.path().join("d.log");
+    let mut cmd = protect_support::common::standin();
+    cmd.env("STANDIN_TEST_PRECHECK_HOLD", &hold);
+    let extra = [
+        std::ffi::OsStr::new("--target-root"),
+        sides.troot.as_os_str(),
+        std::ffi::OsStr::new("--snapshot-every"),
+        std::ffi::OsStr::new("0"),
+    ];
+    let daemon = Daemon::serve(
+        cmd,
+        "127.0.0.1:0",
+        &sides.state,
+        &sides.tid,
+        &[&sides.sf],
+        &extra,
+        &log,
+    );
+    let replica = replica(&sides.state, "web1");
+    let run = Run {
+        d: d.path(),
+        tf: &sides.tf,
+        sid: &sides.sid,
+    };
+    let v = run.protect(&src, &daemon, &[]);
+    converged(&v, &src, &replica);
+
+    // Nothing changed: the end takes nearly every record from the early check.
+    let v = run.protect(&src, &daemon, &[]);
+    converged(&v, &src, &replica);
+    assert_eq!(v["mirror"]["base_used"], true, "{v:#}");
+    let entries = v["mirror"]["entries"].as_u64().unwrap();
+    let pre = prechecked(&sides.state);
+    assert!(pre + 20 >= entries && pre > 0, "{pre} of {entries}");
+
+    // A patched large file whose unpatched part was corrupted on the
+    // target: the comparison's block digests of the replica's file find
+    // the corrupted block too (and the set's end reads the whole file).
+    let (s, r) = (src.display(), replica.display());
+    let stamp = d.path().join("big-mtime");
+    let t = stamp.display();
+    sh(&format!(
+        "dd if=/dev/urandom of={s}/data/big bs=4096 count=1 seek=10 conv=notrunc 2>/dev/null && \
+         touch -r {r}/data/big {t} && \
+         dd if=/dev/urandom of={r}/data/big bs=4096 count=1 seek=500 conv=notrunc 2>/dev/null && \
+         touch -r {t} {r}/data/big"
+    ));
+    let v = run.protect(&src, &daemon, &[]);
+    converged(&v, &src, &replica);
+    assert_eq!(
+        std::fs::read(src.join("data/big")).unwrap(),
+        std::fs::read(replica.join("data/big")).unwrap()
+    );
+
+    // Held: the agent's walk and the transfer go on; the replica changes
+    // behind standin's back once the base is accepted, then the check runs.
+    std::fs::write(&hold, "").unwrap();
+    let accepted = |log: &str| log.matches("the source's base accepted").count();
+    let before = accepted(&daemon.log_text());
+    let child = protect_cmd(&daemon.addr, &sides.sid, &sides.tf, &src)
+        .arg("--state-dir")
+        .arg(d.path().join("agent"))
+        .args(["--source-id", "web1", "--once", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut waited = 0;
+    while accepted(&daemon.log_text()) == before {
+        assert!(waited < 600, "the base was never accepted");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        waited += 1;
+    }
+    let f9 = replica.join("data/d09/sub0/f9");
+    let before9 = std::fs::read(&f9).unwrap();
+    let mut evil = before9.clone();
+    evil[0] ^= 0x20;
+    std::fs::write(&f9, &evil).unwrap();
+    sh(&format!(
+        "chmod 600 {r}/data/d12/sub1/f32 && rm {r}/data/d13/sub2/f53 && \
+         touch -r {s}/data/d13/sub2 {r}/data/d13/sub2"
+    ));
+    std::fs::remove_file(&hold).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v = protect_json(&out);
+    converged(&v, &src, &replica);
+    assert!(v["mirror"]["sparse_retry"].is_string(), "{v:#}");
+    assert_eq!(std::fs::read(&f9).unwrap(), before9, "repaired");
+    assert!(replica.join("data/d13/sub2/f53").exists(), "restored");
+}

@@ -30,6 +30,7 @@ pub mod writeback;
 use fsops::{list_xattrs, lstat, proc_path, remove_at};
 use sha2::{Digest, Sha256};
 use standin_builder::changeset::{check_path, metadata_digest, Digest32, Record};
+use standin_builder::digest_table::Stamp;
 use standin_builder::entry::{display_path, Entry, Kind};
 use standin_builder::tree::timestamps;
 
@@ -77,6 +78,12 @@ pub trait ApplyTarget: Send {
     }
     /// sha256 of the regular file at `path`, `None` if it is missing.
     fn content_digest(&mut self, path: &[u8]) -> Result<Option<Digest32>, ApplyError>;
+    /// [`ApplyTarget::content_digest`] of each of `paths`, in order (a
+    /// target may read them at the same time). The default reads one after
+    /// another.
+    fn content_digests(&mut self, paths: &[&[u8]]) -> Vec<Result<Option<Digest32>, ApplyError>> {
+        paths.iter().map(|p| self.content_digest(p)).collect()
+    }
     /// Make everything applied so far durable.
     fn sync(&mut self) -> Result<(), ApplyError>;
     /// Called once before `records` are applied, so a target can prepare
@@ -217,6 +224,10 @@ pub struct DirTarget {
     recording: bool,
     applied: Vec<applied::Applied>,
     applied_whole: bool,
+    /// Regular files whose metadata record waits for their content's
+    /// digest (the content came in pieces and is checked at the set's
+    /// end): the record's index, the entry, and its `lstat` after.
+    awaiting: std::collections::HashMap<Vec<u8>, (usize, Entry, rustix::fs::Stat)>,
 }
 
 /// Set (to anything but empty) to start an open mirror's writeback while
@@ -236,6 +247,38 @@ pub const NAMED_CREATE_ENV: &str = "STANDIN_NAMED_CREATE";
 
 /// Size of [`DirTarget`]'s read buffer.
 const READ_BUF: usize = 1 << 20;
+
+/// Files of at least this size in one set's check are read in parallel
+/// ([`ApplyTarget::content_digests`]), up to this many held open at once.
+const PARALLEL_DIGEST_BYTES: u64 = 8 << 20;
+const PARALLEL_DIGEST_FILES: usize = 8;
+
+/// A regular file opened for its digest, with its stamp before reading.
+type Opened = (std::fs::File, Option<Stamp>);
+
+thread_local! {
+    /// The read buffer of a pool thread checking a file's content.
+    static DIGEST_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The sha256 of what `f` holds from where it is, read through `buf`.
+fn hash_through(
+    mut f: &std::fs::File,
+    path: &[u8],
+    buf: &mut [u8],
+) -> Result<Digest32, ApplyError> {
+    let mut h = Sha256::new();
+    loop {
+        let n = f
+            .read(buf)
+            .map_err(|x| ApplyError::Io(format!("reading {}: {x}", display_path(path))))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
 
 impl DirTarget {
     /// Open `root` (which must exist) as the replica.
@@ -266,6 +309,7 @@ impl DirTarget {
             recording: false,
             applied: Vec::new(),
             applied_whole: true,
+            awaiting: std::collections::HashMap::new(),
         })
     }
 
@@ -279,6 +323,43 @@ impl DirTarget {
     /// names and how many unnamed (`O_TMPFILE`, linked when complete).
     pub fn files_created(&self) -> (u64, u64) {
         self.created
+    }
+
+    /// The regular file at `path` opened for its digest, with its stamp
+    /// taken before reading (a change during the read moves the stamp);
+    /// `None` when missing.
+    fn open_for_digest(&self, path: &[u8]) -> Result<Option<Opened>, ApplyError> {
+        let Some(fd) = self.open_regular(path, OFlags::RDONLY)? else {
+            return Ok(None);
+        };
+        let stamp = crate::digest_cache::stamp_of_fd(&fd);
+        Ok(Some((std::fs::File::from(fd), stamp)))
+    }
+
+    /// What follows the digest `d` of `path` read through `f` (stamped
+    /// `stamp` before): remembered by stamp, given to a metadata record
+    /// waiting for it, and the file's writeback started.
+    fn digest_read(&mut self, path: &[u8], f: std::fs::File, stamp: Option<Stamp>, d: Digest32) {
+        if let Some(stamp) = stamp {
+            crate::digest_cache::remember(stamp, d);
+        }
+        // A metadata record waiting for this content: the file read is the
+        // one its `lstat` saw (same stamp), so the record is trusted with
+        // the digest read (whether or not it is the source's: the check
+        // against the source's is the caller's).
+        if let Some((i, e, st)) = self.awaiting.remove(path) {
+            let same = stamp.is_some() && crate::digest_cache::stamp_of_stat(&st) == stamp;
+            if let (true, Some(a)) = (same, self.applied.get_mut(i)) {
+                if a.path == e.path {
+                    *a = applied::of(&e, &st, Some(&d));
+                }
+            }
+        }
+        if self.writeback_on {
+            // A file written in pieces during a mirror, now complete.
+            let len = stamp.map_or(0, |s| s.size);
+            self.writeback.submit(f.into(), 0, len);
+        }
     }
 
     /// The root directory.
@@ -522,7 +603,13 @@ impl DirTarget {
             .map_err(|x| io_err("setting the time of", &e.path, x))?;
         let (now, checked) = self.verify_metadata(e, dir, name, &xpath)?;
         if self.recording && checked.is_ok() {
-            self.applied.push(applied::of(e, &now, None));
+            let a = applied::of(e, &now, None);
+            if a.record.is_none() && e.kind == Kind::File && e.link.is_none() && e.sparse.is_none()
+            {
+                self.awaiting
+                    .insert(e.path.clone(), (self.applied.len(), e.clone(), now));
+            }
+            self.applied.push(a);
         }
         // Only metadata changed: a digest known for the content still holds
         // (so the root digest check does not read the file again).
@@ -710,38 +797,72 @@ impl ApplyTarget for DirTarget {
     }
 
     fn content_digest(&mut self, path: &[u8]) -> Result<Option<Digest32>, ApplyError> {
-        let Some(fd) = self.open_regular(path, OFlags::RDONLY)? else {
+        let Some((f, stamp)) = self.open_for_digest(path)? else {
             return Ok(None);
         };
-        // Stamped before reading: a change during the read moves the stamp.
-        let stamp = crate::digest_cache::stamp_of_fd(&fd);
-        let mut f = std::fs::File::from(fd);
-        let mut h = Sha256::new();
         // One buffer for every file checked (a fresh zeroed MiB per file
         // cost more than hashing a small one).
         if self.read_buf.len() < READ_BUF {
             self.read_buf.resize(READ_BUF, 0);
         }
-        let buf = &mut self.read_buf[..];
-        loop {
-            let n = f
-                .read(buf)
-                .map_err(|x| ApplyError::Io(format!("reading {}: {x}", display_path(path))))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        let d: Digest32 = h.finalize().into();
-        if let Some(stamp) = stamp {
-            crate::digest_cache::remember(stamp, d);
-        }
-        if self.writeback_on {
-            // A file written in pieces during a mirror, now complete.
-            let len = stamp.map_or(0, |s| s.size);
-            self.writeback.submit(f.into(), 0, len);
-        }
+        let d = hash_through(&f, path, &mut self.read_buf)?;
+        self.digest_read(path, f, stamp, d);
         Ok(Some(d))
+    }
+
+    fn content_digests(&mut self, paths: &[&[u8]]) -> Vec<Result<Option<Digest32>, ApplyError>> {
+        use rayon::prelude::*;
+        let mut out: Vec<Option<Result<Option<Digest32>, ApplyError>>> =
+            (0..paths.len()).map(|_| None).collect();
+        // Small files one at a time as they come; large ones held open
+        // (a few at a time: descriptors are bounded) and read together.
+        let mut large = Vec::new();
+        type Held = Vec<(usize, std::fs::File, Option<Stamp>)>;
+        type Answers = Vec<Option<Result<Option<Digest32>, ApplyError>>>;
+        let flush = |t: &mut Self, large: &mut Held, out: &mut Answers| {
+            let digests: Vec<Result<Digest32, ApplyError>> = large
+                .par_iter()
+                .map(|(i, f, _)| {
+                    DIGEST_BUF.with(|b| {
+                        let mut b = b.borrow_mut();
+                        if b.len() < READ_BUF {
+                            b.resize(READ_BUF, 0);
+                        }
+                        hash_through(f, paths[*i], &mut b)
+                    })
+                })
+                .collect();
+            for ((i, f, stamp), d) in large.drain(..).zip(digests) {
+                out[i] = Some(d.map(|d| {
+                    t.digest_read(paths[i], f, stamp, d);
+                    Some(d)
+                }));
+            }
+        };
+        for (i, p) in paths.iter().enumerate() {
+            match self.open_for_digest(p) {
+                Ok(Some((f, stamp))) if stamp.is_some_and(|s| s.size >= PARALLEL_DIGEST_BYTES) => {
+                    large.push((i, f, stamp));
+                    if large.len() >= PARALLEL_DIGEST_FILES {
+                        flush(self, &mut large, &mut out);
+                    }
+                }
+                Ok(Some((f, stamp))) => {
+                    if self.read_buf.len() < READ_BUF {
+                        self.read_buf.resize(READ_BUF, 0);
+                    }
+                    out[i] = Some(hash_through(&f, p, &mut self.read_buf).map(|d| {
+                        self.digest_read(p, f, stamp, d);
+                        Some(d)
+                    }));
+                }
+                other => out[i] = Some(other.map(|_| None)),
+            }
+        }
+        flush(self, &mut large, &mut out);
+        out.into_iter()
+            .map(|r| r.expect("every path answered"))
+            .collect()
     }
 
     fn sync(&mut self) -> Result<(), ApplyError> {
@@ -765,11 +886,13 @@ impl ApplyTarget for DirTarget {
     fn record_applied(&mut self, on: bool) {
         self.recording = on;
         self.applied.clear();
+        self.awaiting.clear();
         self.applied_whole = true;
     }
 
     fn take_applied(&mut self) -> Option<Vec<applied::Applied>> {
         let whole = std::mem::replace(&mut self.applied_whole, true);
+        self.awaiting.clear();
         let recs = std::mem::take(&mut self.applied);
         (self.recording && whole).then_some(recs)
     }

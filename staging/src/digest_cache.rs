@@ -135,10 +135,29 @@ pub fn load(state_dir: &Path, tree: &str) -> usize {
 }
 
 /// Save the cache to `state_dir/digests.bin` for the replica `tree`
-/// (temp file, fsync, rename, fsync dir).
+/// (temp file, rename). Not synced: it is a cache, saved after the replica
+/// it describes was synced; a file torn by a crash fails its checksum and
+/// is ignored at load (the files are hashed again), and an fsync of its
+/// megabytes held up every mirror's end (the agent waits for it).
 pub fn save(state_dir: &Path, tree: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let t0 = std::time::Instant::now();
     let table = cache().lock().unwrap_or_else(|e| e.into_inner()).clone();
-    table.save(&state_dir.join(FILE), tree)
+    let path = state_dir.join(FILE);
+    let tmp = state_dir.join(format!("{FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(&tmp)?);
+        table.write_to(&mut w, tree)?;
+        w.flush()?;
+        std::fs::rename(&tmp, &path)
+    };
+    let r = write().with_context(|| format!("saving the digest cache {}", path.display()));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "digest cache saved");
+    r
 }
 
 #[cfg(test)]

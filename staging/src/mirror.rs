@@ -40,6 +40,7 @@ pub mod applied;
 pub mod base;
 mod beneath;
 pub mod ledger;
+pub mod precheck;
 pub mod sparse;
 use beneath::Beneath;
 
@@ -67,6 +68,8 @@ pub struct DiffSession {
     /// A sparse mirror's comparison ([`sparse`]): only changed entries are
     /// listed; the others are carried from the last proven ledger.
     sparse: Option<sparse::Carry>,
+    /// A sparse mirror's early check of the carried records ([`precheck`]).
+    precheck: Option<std::sync::Arc<precheck::Precheck>>,
 }
 
 /// What the comparison knows of a replica entry (held a batch at a time,
@@ -105,6 +108,8 @@ impl DiffSession {
     /// Start comparing against the replica at `root` (which may not exist
     /// yet). The comparison's ledger goes next to it ([`ledger::path_for`]).
     pub fn new(root: &Path) -> Result<DiffSession> {
+        // A comparison that is not sparse: no early check applies.
+        precheck::forget(root);
         let path = ledger::path_for(root);
         let ledger = match root.parent().map(std::fs::create_dir_all) {
             Some(Ok(())) => match ledger::Writer::create(&path) {
@@ -127,6 +132,7 @@ impl DiffSession {
             known: 0,
             read: 0,
             sparse: None,
+            precheck: None,
         })
     }
 
@@ -136,6 +142,8 @@ impl DiffSession {
     pub fn new_sparse(root: &Path) -> Result<DiffSession> {
         let carry = sparse::Carry::open(root);
         let mut s = DiffSession::new(root)?;
+        // The carried records are checked while the source walks its tree.
+        s.precheck = carry.prev_id().and_then(|id| precheck::start(root, id));
         s.sparse = Some(carry);
         Ok(s)
     }
@@ -339,6 +347,9 @@ impl DiffSession {
                     .map_err(|r| anyhow::anyhow!("mirror gone path refused: {r}"))?;
             }
             c.add_gone(&m.gone)?;
+            if let Some(p) = &self.precheck {
+                p.note(m.gone.iter().map(Vec::as_slice));
+            }
         }
         if m.entries.is_empty() {
             let r = self.extras(m.batch);
@@ -365,6 +376,9 @@ impl DiffSession {
                 }
             }
             self.last_path = Some(e.path.clone());
+        }
+        if let Some(p) = &self.precheck {
+            p.note(m.entries.iter().map(|e| e.path.as_slice()));
         }
         let statted = self.stat_all(&m.entries);
         let mut pending = Vec::with_capacity(m.entries.len());
@@ -496,8 +510,13 @@ impl DiffSession {
                 };
                 w.count_dir(parent);
             }
-            if let Err(e) = w.finish() {
-                tracing::warn!("{e:#}; the mirror's end walks the whole replica");
+            match w.finish() {
+                Ok(()) => {
+                    if let (Some(p), Some(_)) = (&self.precheck, &self.sparse) {
+                        p.seal();
+                    }
+                }
+                Err(e) => tracing::warn!("{e:#}; the mirror's end walks the whole replica"),
             }
         }
         Ok(MirrorDiff { batch, items })
@@ -605,21 +624,31 @@ pub fn checked_digest(root: &Path, want: &str) -> Result<String> {
 /// [`checked_digest`], and whether the ledger alone gave `want` (then it
 /// describes the replica as the mirror left it).
 fn checked_digest_by(root: &Path, want: &str) -> Result<(String, bool)> {
-    let (digest, proven, _) = checked(root, want)?;
+    let (digest, proven, _) = checked(root, want, ledger::Hints::default())?;
     Ok((digest, proven))
 }
 
 /// [`checked_digest_by`] and how it went (`by` is `ledger` when the ledger
 /// alone gave `want`, else `walk`; a walk that wrote its records into
 /// the ledger proves it too).
-fn checked(root: &Path, want: &str) -> Result<(String, bool, RootCheck)> {
+/// With `skip`, records the early check trusts are not `lstat`ed again
+/// ([`precheck`]).
+fn checked(root: &Path, want: &str, hints: ledger::Hints<'_>) -> Result<(String, bool, RootCheck)> {
     let t0 = std::time::Instant::now();
     let ledger = ledger::path_for(root);
     let full = std::env::var_os(FULL_CHECK_ENV).is_some_and(|v| !v.is_empty() && v != "0");
     if !full {
-        let got = ledger::digest(root, &ledger)?;
+        // The fold's own ledger (entries read again recorded as read)
+        // replaces the comparison's when it proves `want`.
+        let folded = ledger.with_extension("folded");
+        let got = ledger::digest_into(root, &ledger, hints, Some(&folded))?;
+        let proven = matches!(&got, Some(ledger::Outcome::Digest { digest, .. }) if digest == want);
+        if !(proven && std::fs::rename(&folded, &ledger).is_ok()) {
+            let _ = std::fs::remove_file(&folded);
+        }
         tracing::debug!(
             ms = t0.elapsed().as_millis() as u64,
+            early = hints.skip.is_some(),
             "mirror end: root digest from the ledger"
         );
         match got {
@@ -627,11 +656,13 @@ fn checked(root: &Path, want: &str) -> Result<(String, bool, RootCheck)> {
                 digest,
                 reused,
                 reread,
+                prechecked,
             }) if digest == want => {
                 let check = RootCheck {
                     by: "ledger".into(),
                     reused,
                     reread,
+                    prechecked,
                     ms: t0.elapsed().as_millis() as u64,
                 };
                 return Ok((digest, true, check));
@@ -660,6 +691,7 @@ fn checked(root: &Path, want: &str) -> Result<(String, bool, RootCheck)> {
         by: "walk".into(),
         reused: 0,
         reread: 0,
+        prechecked: 0,
         ms: t0.elapsed().as_millis() as u64,
     };
     Ok((digest, written, check))
@@ -675,7 +707,17 @@ pub fn check_and_keep(root: &Path, want: &str) -> Result<String> {
 
 /// [`check_and_keep`] and how the check went.
 pub fn check_and_keep_by(root: &Path, want: &str) -> Result<(String, RootCheck)> {
-    let (got, proven, check) = checked(root, want)?;
+    check_and_keep_with(root, want, ledger::Hints::default())
+}
+
+/// [`check_and_keep_by`], taking what the early check found ([`precheck`])
+/// and the ledger's counted directories when known.
+pub fn check_and_keep_with(
+    root: &Path,
+    want: &str,
+    hints: ledger::Hints<'_>,
+) -> Result<(String, RootCheck)> {
+    let (got, proven, check) = checked(root, want, hints)?;
     let (ledger, prev) = (ledger::path_for(root), ledger::prev_path_for(root));
     if !(proven && got == want && std::fs::rename(&ledger, &prev).is_ok()) {
         let _ = std::fs::remove_file(&ledger);
@@ -693,28 +735,53 @@ pub fn end(
     m: &standin_link::message::MirrorEnd,
 ) -> Result<standin_link::message::MirrorDone> {
     let root = store.staging_root(source_id);
+    // A sparse mirror's early check of the carried records (see
+    // [`precheck`]): used only with the apply ledger of every set.
+    let mut skip = precheck::take(&root);
+    let mut merged = false;
+    let mut count_dirs = None;
     // What the mirror's sets applied, merged into the comparison's ledger
     // (see [`applied`]); used only when every set was recorded.
     if let Some(log) = store.take_applied(m) {
         let file = log.path.clone();
         if m.root_digest.is_some() && store.state().last_applied_seq >= m.last_seq {
             let t0 = std::time::Instant::now();
-            match applied::merge(&root, log) {
-                Ok(n) => tracing::debug!(
-                    records = n,
-                    ms = t0.elapsed().as_millis() as u64,
-                    "mirror end: apply ledger merged into the mirror ledger"
-                ),
+            if let Some(s) = skip.as_mut() {
+                match applied::paths(&log) {
+                    Ok(paths) => paths.iter().for_each(|p| s.touch(p)),
+                    Err(e) => {
+                        tracing::info!("{e:#}; the early check is not used");
+                        skip = None;
+                    }
+                }
+            }
+            match applied::merge_counted(&root, log) {
+                Ok((n, counted)) => {
+                    merged = true;
+                    count_dirs = Some(counted);
+                    tracing::debug!(
+                        records = n,
+                        ms = t0.elapsed().as_millis() as u64,
+                        "mirror end: apply ledger merged into the mirror ledger"
+                    )
+                }
                 Err(e) => tracing::info!("{e:#}; the apply ledger is not used"),
             }
         }
         let _ = std::fs::remove_file(&file);
     }
+    if !merged {
+        skip = None;
+    }
     // The proven ledger is about to be replaced or dropped (see [`base`]).
     base::forget(&root);
     if let Some(want) = &m.root_digest {
         if store.state().last_applied_seq >= m.last_seq {
-            let (got, check) = check_and_keep_by(&root, want)?;
+            let hints = ledger::Hints {
+                skip: skip.as_ref(),
+                count_dirs: count_dirs.as_ref(),
+            };
+            let (got, check) = check_and_keep_with(&root, want, hints)?;
             store.note_root_check(check);
             if &got != want {
                 tracing::warn!(

@@ -91,6 +91,10 @@ pub struct RootCheck {
     /// Entries taken from the ledger unchanged, and entries read again.
     pub reused: u64,
     pub reread: u64,
+    /// Of the reused, entries taken as unchanged from the sparse mirror's
+    /// early check, without an `lstat` at the end (`mirror::precheck`).
+    #[serde(default)]
+    pub prechecked: u64,
     /// Milliseconds the check took.
     pub ms: u64,
 }

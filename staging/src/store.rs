@@ -536,8 +536,10 @@ impl Store {
                     )?;
                 }
             }
-            for (path, want) in &pending {
-                let got = match target.content_digest(path) {
+            let paths: Vec<&[u8]> = pending.keys().map(Vec::as_slice).collect();
+            let digests = target.content_digests(&paths);
+            for ((path, want), got) in pending.iter().zip(digests) {
+                let got = match got {
                     Ok(got) => got,
                     Err(
                         e @ (ApplyError::Refused(_)

@@ -329,6 +329,38 @@ fn content_digests_of_files_read_one_after_another_through_one_buffer() {
 }
 
 #[test]
+fn content_digests_of_several_large_files_are_read_in_parallel_with_the_same_results() {
+    let (d, mut t) = target();
+    let root = d.path().join("root");
+    let a: Vec<u8> = (0..9_000_000u32).map(|i| (i % 251) as u8).collect();
+    let b: Vec<u8> = (0..8_500_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(root.join("a"), &a).unwrap();
+    std::fs::write(root.join("b"), &b).unwrap();
+    std::fs::write(root.join("small"), b"small").unwrap();
+    std::fs::create_dir(root.join("dir")).unwrap();
+    let paths: [&[u8]; 5] = [b"a", b"missing", b"small", b"b", b"dir"];
+    let got = t.content_digests(&paths);
+    assert_eq!(got.len(), 5);
+    let digest = |x: &[u8]| -> Digest32 { Sha256::digest(x).into() };
+    assert_eq!(got[0].as_ref().unwrap(), &Some(digest(&a)));
+    assert_eq!(got[1].as_ref().unwrap(), &None);
+    assert_eq!(got[2].as_ref().unwrap(), &Some(digest(b"small")));
+    assert_eq!(got[3].as_ref().unwrap(), &Some(digest(&b)));
+    assert!(got[4].is_err(), "a directory is not a regular file");
+    // Remembered by stamp, as one at a time.
+    let st =
+        crate::digest_cache::stamp_of_stat(&rustix::fs::stat(root.join("b")).unwrap()).unwrap();
+    assert_eq!(crate::digest_cache::lookup_stamp(&st), Some(digest(&b)));
+    // The same answers one at a time.
+    for (p, g) in paths.iter().zip(&got) {
+        match g {
+            Ok(g) => assert_eq!(&t.content_digest(p).unwrap(), g),
+            Err(_) => assert!(t.content_digest(p).is_err()),
+        }
+    }
+}
+
+#[test]
 fn file_records_are_recorded_in_order_for_the_mirror_ledger() {
     let (d, mut t) = target();
     let root = d.path().join("root");

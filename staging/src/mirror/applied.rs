@@ -212,11 +212,32 @@ impl Stream {
     }
 }
 
+/// Every path the apply ledger `applied` has a record of (the early check
+/// of a sparse mirror must not stand for them: [`super::precheck`]).
+pub fn paths(applied: &Recorded) -> Result<Vec<Vec<u8>>> {
+    let Some(mut p) = Prev::open(&applied.path) else {
+        bail!("the apply ledger {} is unreadable", applied.path.display());
+    };
+    let mut out: Vec<Vec<u8>> = applied.late.keys().cloned().collect();
+    while let Some((path, _)) = p
+        .next_entry()
+        .with_context(|| format!("reading {}", applied.path.display()))?
+    {
+        out.push(path);
+    }
+    Ok(out)
+}
+
 /// Merge the apply ledger `applied` into the comparison's ledger of the
 /// replica at `root` ([`ledger::path_for`]; absent: none), replacing it.
 /// How many records the merged ledger holds. On error the comparison's
 /// ledger is left as it was.
 pub fn merge(root: &Path, applied: Recorded) -> Result<u64> {
+    Ok(merge_counted(root, applied)?.0)
+}
+
+/// [`merge`], and the merged ledger's counted directories.
+pub fn merge_counted(root: &Path, applied: Recorded) -> Result<(u64, HashSet<Vec<u8>>)> {
     let comparison = ledger::path_for(root);
     let Recorded { path, mut late } = applied;
     let mut a = Stream::open(&path)?;
@@ -262,9 +283,18 @@ pub fn merge(root: &Path, applied: Recorded) -> Result<u64> {
             standin_builder::entry::display_path(p)
         );
     }
-    let mut counted: HashSet<Vec<u8>> = ledger::count_dirs(&path)?;
-    if comparison.exists() {
-        counted.extend(ledger::count_dirs(&comparison)?);
+    // Both streams stand after their last record: their counted
+    // directories follow (no second pass over either ledger).
+    let mut counted: HashSet<Vec<u8>> = match a.prev.take() {
+        Some(p) => p.counted_dirs()?,
+        None => bail!("the apply ledger {} is unreadable", path.display()),
+    };
+    match c.prev.take() {
+        Some(p) => counted.extend(p.counted_dirs()?),
+        None if comparison.exists() => {
+            bail!("the mirror ledger {} is unreadable", comparison.display())
+        }
+        None => {}
     }
     // The root may hold what no record made.
     counted.insert(Vec::new());
@@ -274,7 +304,7 @@ pub fn merge(root: &Path, applied: Recorded) -> Result<u64> {
     w.finish()?;
     std::fs::rename(&merged, &comparison)
         .with_context(|| format!("renaming {} into place", merged.display()))?;
-    Ok(n)
+    Ok((n, counted))
 }
 
 #[cfg(test)]

@@ -291,13 +291,19 @@ pub struct Prev {
     /// The next record not yet passed: its path and, when trusted, itself.
     next: Option<(Vec<u8>, Option<Record>)>,
     done: bool,
+    /// The ledger file's (device, inode).
+    id: (u64, u64),
+    /// The tag that ended the records (2: counted directories follow).
+    end_tag: Option<u8>,
 }
 
 impl Prev {
     /// Open the ledger at `path`; `None` when absent or not a ledger of
     /// this version (the comparison then reads every entry).
     pub fn open(path: &Path) -> Option<Prev> {
+        use std::os::unix::fs::MetadataExt;
         let f = File::open(path).ok()?;
+        let md = f.metadata().ok()?;
         let mut r = Rd(BufReader::with_capacity(1 << 16, f));
         let mut head = [0u8; 5];
         r.0.read_exact(&mut head).ok()?;
@@ -308,12 +314,50 @@ impl Prev {
             r,
             next: None,
             done: false,
+            id: (md.dev(), md.ino()),
+            end_tag: None,
         })
+    }
+
+    /// After the last record ([`Prev::next_entry`] gave `None`): the
+    /// directories counted at the end, checking the end marker (no second
+    /// pass over the records).
+    pub fn counted_dirs(mut self) -> std::io::Result<HashSet<Vec<u8>>> {
+        let mut out = HashSet::new();
+        let mut tag = self
+            .end_tag
+            .ok_or_else(|| std::io::Error::other("the records were not all read"))?;
+        loop {
+            match tag {
+                2 => {
+                    let mut path = Vec::new();
+                    self.r.bytes(MAX_PATH, &mut path)?;
+                    out.insert(path);
+                }
+                255 => {
+                    let mut end = [0u8; 4];
+                    self.r.0.read_exact(&mut end)?;
+                    if &end != END {
+                        return Err(std::io::Error::other("bad end marker"));
+                    }
+                    return Ok(out);
+                }
+                t => return Err(std::io::Error::other(format!("unknown record {t}"))),
+            }
+            tag = self.r.u8()?;
+        }
+    }
+
+    /// The (device, inode) of the ledger file read (a ledger put in its
+    /// place since is another file).
+    pub fn file_id(&self) -> (u64, u64) {
+        self.id
     }
 
     fn read_next(&mut self) -> std::io::Result<Option<(Vec<u8>, Option<Record>)>> {
         let tag = self.r.u8()?;
         if tag == 2 || tag == 255 {
+            self.end_tag = Some(tag);
             return Ok(None);
         }
         let mut path = Vec::new();
@@ -520,6 +564,9 @@ pub enum Outcome {
         digest: String,
         reused: u64,
         reread: u64,
+        /// Of the reused, those taken from the early check without an
+        /// `lstat` at the end ([`super::precheck`]).
+        prechecked: u64,
     },
     /// The ledger says the replica differs (or is unusable); why.
     Unsure(String),
@@ -538,18 +585,114 @@ fn parent_of(path: &[u8]) -> Option<&[u8]> {
 /// The root digest of the replica at `root` from the ledger at `ledger`
 /// (see the module docs). `Ok(None)` when there is no ledger.
 pub fn digest(root: &Path, ledger: &Path) -> Result<Option<Outcome>> {
+    digest_with(root, ledger, None)
+}
+
+/// [`digest`], taking the records `skip` trusts as holding without their
+/// `lstat` ([`super::precheck`]).
+pub fn digest_with(
+    root: &Path,
+    ledger: &Path,
+    skip: Option<&super::precheck::Skip>,
+) -> Result<Option<Outcome>> {
+    digest_into(
+        root,
+        ledger,
+        Hints {
+            skip,
+            count_dirs: None,
+        },
+        None,
+    )
+}
+
+/// What the caller of the fold at `MirrorEnd` already knows.
+#[derive(Default, Clone, Copy)]
+pub struct Hints<'a> {
+    /// The sparse mirror's early check ([`super::precheck`]).
+    pub skip: Option<&'a super::precheck::Skip>,
+    /// The ledger's counted directories, when the caller has just written
+    /// it ([`super::applied::merge_counted`]): no pass to its end first.
+    pub count_dirs: Option<&'a HashSet<Vec<u8>>>,
+}
+
+impl<'a> Hints<'a> {
+    /// Only the early check.
+    pub fn skip(skip: &'a super::precheck::Skip) -> Hints<'a> {
+        Hints {
+            skip: Some(skip),
+            count_dirs: None,
+        }
+    }
+}
+
+/// [`digest_with`]; with `out`, the fold also writes there a ledger of
+/// the replica as it found it (the records that held as they were, the
+/// entries read again as trusted records of what was read), so the entries
+/// read again at this end are not read again at the next one. `out` is
+/// removed when the fold does not finish.
+pub fn digest_into(
+    root: &Path,
+    ledger: &Path,
+    hints: Hints<'_>,
+    out: Option<&Path>,
+) -> Result<Option<Outcome>> {
+    let mut w = out.and_then(|p| match Writer::create(p) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::debug!("{e:#}; the fold writes no ledger");
+            None
+        }
+    });
+    let got = digest_written(root, ledger, hints, &mut w);
+    match (w, &got) {
+        (Some(w), Ok(Some(Outcome::Digest { .. }))) => {
+            if let Err(e) = w.finish() {
+                tracing::debug!("{e:#}; the fold's ledger is not kept");
+                if let Some(p) = out {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        (w, _) => {
+            drop(w);
+            if let Some(p) = out {
+                let _ = std::fs::remove_file(p);
+                let mut tmp = p.as_os_str().to_owned();
+                tmp.push(".tmp");
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
+    }
+    got
+}
+
+fn digest_written(
+    root: &Path,
+    ledger: &Path,
+    hints: Hints<'_>,
+    w: &mut Option<Writer>,
+) -> Result<Option<Outcome>> {
     let f = match File::open(ledger) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("opening {}", ledger.display())),
     };
-    // The directories to count are at the end; read them first.
-    let count_dirs = match trailer(ledger) {
-        Ok(d) => d,
-        Err(why) => return Ok(Some(Outcome::Unsure(format!("ledger unusable: {why}")))),
+    // The directories to count are at the end; read them first (unless
+    // the caller knows them).
+    let read;
+    let count_dirs = match hints.count_dirs {
+        Some(d) => d,
+        None => match trailer(ledger) {
+            Ok(d) => {
+                read = d;
+                &read
+            }
+            Err(why) => return Ok(Some(Outcome::Unsure(format!("ledger unusable: {why}")))),
+        },
     };
     let mut r = Rd(BufReader::with_capacity(1 << 16, f));
-    match fold(root, &mut r, &count_dirs) {
+    match fold(root, &mut r, count_dirs, hints.skip, w) {
         Ok(o) => Ok(Some(o)),
         Err(e) => Ok(Some(Outcome::Unsure(format!("ledger unusable: {e}")))),
     }
@@ -620,6 +763,8 @@ fn fold<R: Read>(
     root: &Path,
     r: &mut Rd<R>,
     count_dirs: &HashSet<Vec<u8>>,
+    skip: Option<&super::precheck::Skip>,
+    w: &mut Option<Writer>,
 ) -> std::io::Result<Outcome> {
     use rayon::prelude::*;
     use std::os::unix::fs::MetadataExt;
@@ -632,6 +777,7 @@ fn fold<R: Read>(
     let mut counted: HashMap<Vec<u8>, (u64, u64)> = HashMap::new();
     let mut prev: Option<Vec<u8>> = None;
     let (mut reused, mut reread) = (0u64, 0u64);
+    let prechecked = std::sync::atomic::AtomicU64::new(0);
     let mut ended = false;
     while !ended {
         let mut chunk = Vec::with_capacity(FOLD_CHUNK);
@@ -667,10 +813,14 @@ fn fold<R: Read>(
         }
         chunk.par_chunks_mut(64).for_each(|part| {
             let mut rep = replica.fork();
+            let mut pre = 0;
             for f in part {
-                f.holds = f.rec.as_ref().is_some_and(|(ino, ctime, ..)| {
-                    rep.change_stamp(&f.path) == Some((*ino, *ctime))
-                });
+                let early = f.rec.is_some() && skip.is_some_and(|s| s.trusts(&f.path));
+                pre += u64::from(early);
+                f.holds = early
+                    || f.rec.as_ref().is_some_and(|(ino, ctime, ..)| {
+                        rep.change_stamp(&f.path) == Some((*ino, *ctime))
+                    });
                 let mut is_dir = f.holds && f.rec.as_ref().is_some_and(|r| r.2);
                 if !f.holds {
                     if let Some((mut e, md)) = rep.stat(&f.path, &mut HashMap::new()) {
@@ -689,8 +839,9 @@ fn fold<R: Read>(
                     f.children = Some(rep.count_children(&f.path).unwrap_or(u64::MAX));
                 }
             }
+            prechecked.fetch_add(pre, std::sync::atomic::Ordering::Relaxed);
         });
-        for f in chunk {
+        for mut f in chunk {
             if let Some(p) = &prev {
                 if path_cmp(p, &f.path) != std::cmp::Ordering::Less {
                     return Ok(Outcome::Unsure("ledger out of tree order".into()));
@@ -700,12 +851,25 @@ fn fold<R: Read>(
                 c.1 += 1;
             }
             if f.holds {
-                let (ino, _, _, link_dev, file_bytes, canon) =
-                    f.rec.as_ref().expect("a record that holds");
-                rd.add_canonical(canon, *file_bytes);
-                if *link_dev != 0 {
+                let (ino, ctime, dir, link_dev, file_bytes, canonical) =
+                    f.rec.take().expect("a record that holds");
+                rd.add_canonical(&canonical, file_bytes);
+                if let Some(out) = w.as_mut() {
+                    let r = Record {
+                        ino,
+                        ctime,
+                        dir,
+                        link_dev,
+                        file_bytes,
+                        canonical,
+                    };
+                    if out.trusted_record(&f.path, &r).is_err() {
+                        *w = None;
+                    }
+                }
+                if link_dev != 0 {
                     links
-                        .entry((link_dev - 1, *ino))
+                        .entry((link_dev - 1, ino))
                         .or_insert_with(|| f.path.clone());
                 }
                 reused += 1;
@@ -726,6 +890,11 @@ fn fold<R: Read>(
                         return Ok(Outcome::Unsure(format!("cannot read {}", e.display_path())));
                     }
                     rd.add(&e);
+                    if let Some(out) = w.as_mut() {
+                        if out.trusted(&e, &md).is_err() {
+                            *w = None;
+                        }
+                    }
                 }
             }
             if let Some(n) = f.children {
@@ -742,11 +911,18 @@ fn fold<R: Read>(
             )));
         }
     }
-    tracing::debug!(reused, reread, "replica root digest from the mirror ledger");
+    let prechecked = prechecked.into_inner();
+    tracing::debug!(
+        reused,
+        reread,
+        prechecked,
+        "replica root digest from the mirror ledger"
+    );
     Ok(Outcome::Digest {
         digest: rd.finish().0,
         reused,
         reread,
+        prechecked,
     })
 }
 
@@ -796,6 +972,7 @@ mod tests {
                 digest,
                 reused,
                 reread,
+                ..
             } => (digest, reused, reread),
             Outcome::Unsure(why) => panic!("{why}"),
         }

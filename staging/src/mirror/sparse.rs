@@ -49,6 +49,11 @@ impl Carry {
         }
     }
 
+    /// The (device, inode) of the last proven ledger carried, if any.
+    pub fn prev_id(&self) -> Option<(u64, u64)> {
+        self.prev.as_ref().map(|p| p.file_id())
+    }
+
     /// A batch's gone paths (they must continue the tree order).
     pub fn add_gone(&mut self, gone: &[Vec<u8>]) -> Result<()> {
         for g in gone {

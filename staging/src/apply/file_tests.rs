@@ -6,7 +6,7 @@ use standin_builder::entry::Xattr;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 
-fn file_entry(path: &str, mode: u32, data: &[u8]) -> Entry {
+pub(super) fn file_entry(path: &str, mode: u32, data: &[u8]) -> Entry {
     Entry {
         path: path.as_bytes().to_vec(),
         kind: Kind::File,
@@ -24,7 +24,7 @@ fn file_entry(path: &str, mode: u32, data: &[u8]) -> Entry {
     }
 }
 
-fn rec(e: &Entry, data: &[u8]) -> Record {
+pub(super) fn rec(e: &Entry, data: &[u8]) -> Record {
     Record::File {
         entry: e.clone(),
         data: data.to_vec(),

@@ -1,37 +1,11 @@
 //! File records of a set that skipped the journal: a new file is created
 //! under its name, an existing entry is still replaced atomically.
 
+use super::file_tests::{file_entry, rec};
 use super::tests::set_default_acl;
 use super::*;
 use standin_builder::entry::Xattr;
-use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
-
-fn file_entry(path: &str, mode: u32, data: &[u8]) -> Entry {
-    Entry {
-        path: path.as_bytes().to_vec(),
-        kind: Kind::File,
-        mode,
-        uid: 0,
-        gid: 0,
-        mtime_ns: 1_600_000_000_123_456_789,
-        size: data.len() as u64,
-        xattrs: BTreeMap::new(),
-        target: None,
-        link: None,
-        rdev: None,
-        sparse: None,
-        sha256: None,
-    }
-}
-
-fn rec(e: &Entry, data: &[u8]) -> Record {
-    Record::File {
-        entry: e.clone(),
-        data: data.to_vec(),
-        content_sha256: Sha256::digest(data).into(),
-    }
-}
 
 /// A target whose new files go in under their names, owners as this process's.
 fn named_target() -> (tempfile::TempDir, DirTarget) {

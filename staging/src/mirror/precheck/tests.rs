@@ -39,6 +39,19 @@ fn fold(rep: &Path, skip: &Skip) -> (String, u64, u64) {
     }
 }
 
+/// A full (not sparse) comparison of the replica `rep` with every entry
+/// `all`, then its end: the replica proven with the root digest `want`.
+fn prove(rep: &Path, all: &[Entry], want: &str) {
+    let mut full = DiffSession::new(rep).unwrap();
+    assert!(
+        full.precheck.is_none(),
+        "a full comparison checks nothing early"
+    );
+    full.diff(&batch(1, all.to_vec())).unwrap();
+    full.diff(&batch(2, vec![])).unwrap();
+    assert_eq!(check_and_keep(rep, want).unwrap(), want);
+}
+
 #[test]
 fn the_early_check_catches_changes_before_it_and_the_next_mirror_those_after() {
     let t = tempfile::tempdir().unwrap();
@@ -50,11 +63,7 @@ fn the_early_check_catches_changes_before_it_and_the_next_mirror_those_after() {
     ));
     let want = replica_digest(&src).unwrap();
     let all = entries(&src);
-    let mut full = DiffSession::new(&rep).unwrap();
-    assert!(full.precheck.is_none());
-    full.diff(&batch(1, all.clone())).unwrap();
-    full.diff(&batch(2, vec![])).unwrap();
-    assert_eq!(check_and_keep(&rep, &want).unwrap(), want);
+    prove(&rep, &all, &want);
 
     // Nothing changed: every carried record is taken from the early check.
     let skip = sparse_listing(&rep, vec![]);
@@ -93,10 +102,7 @@ fn the_early_check_catches_changes_before_it_and_the_next_mirror_those_after() {
     sh(&format!(
         "cp -a {s}/d/f1 {s}/d/f2 {s}/d/f3 {r}/d/ && touch -r {s}/d {r}/d"
     ));
-    let mut full = DiffSession::new(&rep).unwrap();
-    full.diff(&batch(1, all.clone())).unwrap();
-    full.diff(&batch(2, vec![])).unwrap();
-    assert_eq!(check_and_keep(&rep, &want).unwrap(), want);
+    prove(&rep, &all, &want);
 
     // Changed after the check and before the end: this mirror does not
     // see it (the documented race, as with a change during the fold)...
@@ -132,10 +138,7 @@ fn what_the_mirror_listed_or_applied_is_checked_at_the_end() {
     ));
     let want = replica_digest(&src).unwrap();
     let all = entries(&src);
-    let mut full = DiffSession::new(&rep).unwrap();
-    full.diff(&batch(1, all.clone())).unwrap();
-    full.diff(&batch(2, vec![])).unwrap();
-    assert_eq!(check_and_keep(&rep, &want).unwrap(), want);
+    prove(&rep, &all, &want);
 
     // The sparse listing names d/f2 (and its directories): they are not
     // taken from the early check, and neither is what the apply made.
@@ -173,10 +176,7 @@ fn an_early_check_is_dropped_by_a_comparison_and_by_a_replaced_ledger() {
     ));
     let want = replica_digest(&src).unwrap();
     let all = entries(&src);
-    let mut full = DiffSession::new(&rep).unwrap();
-    full.diff(&batch(1, all.clone())).unwrap();
-    full.diff(&batch(2, vec![])).unwrap();
-    assert_eq!(check_and_keep(&rep, &want).unwrap(), want);
+    prove(&rep, &all, &want);
 
     // Not sealed (the listing never ended): not used.
     let sp = DiffSession::new_sparse(&rep).unwrap();
@@ -208,10 +208,7 @@ fn entries_read_again_at_the_end_are_trusted_by_the_next_mirror() {
     ));
     let want = replica_digest(&src).unwrap();
     let all = entries(&src);
-    let mut full = DiffSession::new(&rep).unwrap();
-    full.diff(&batch(1, all.clone())).unwrap();
-    full.diff(&batch(2, vec![])).unwrap();
-    assert_eq!(check_and_keep(&rep, &want).unwrap(), want);
+    prove(&rep, &all, &want);
 
     // The source's d/f1 changes; the sparse listing names it (it differs:
     // its record is to be read again), then the mirror brings it over.

@@ -274,7 +274,7 @@ pub fn run(a: Args) -> Result<Exit> {
                 human_bytes(m.bytes_sent + m.compare_bytes_sent),
                 m.seconds,
                 if m.complete {
-                    "complete, the target is protected".to_string()
+                    "complete and checked; the target syncs it to disk, then it is protected (`standin status`)".to_string()
                 } else {
                     format!("NOT complete: {}", m.reason.as_deref().unwrap_or("unknown reason"))
                 }

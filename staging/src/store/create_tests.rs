@@ -4,46 +4,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use super::tests::{cs, file, whole};
 use super::*;
 use sha2::{Digest, Sha256};
-use standin_builder::entry::{Entry, Kind};
+use standin_builder::entry::Entry;
 use standin_link::message::MirrorMode;
-
-fn entry(path: &str, size: u64) -> Entry {
-    Entry {
-        path: path.as_bytes().to_vec(),
-        kind: Kind::File,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        mtime_ns: 0,
-        size,
-        xattrs: Default::default(),
-        target: None,
-        link: None,
-        rdev: None,
-        sparse: None,
-        sha256: None,
-    }
-}
-
-fn whole(path: &str, data: &[u8]) -> Record {
-    Record::File {
-        entry: entry(path, data.len() as u64),
-        data: data.to_vec(),
-        content_sha256: Sha256::digest(data).into(),
-    }
-}
-
-fn set(seq: u64, records: Vec<Record>) -> (ChangeSet, Vec<u8>) {
-    let c = ChangeSet {
-        seq,
-        created_unix_ms: 0,
-        records,
-    };
-    let raw = c.encode().unwrap();
-    (c, raw)
-}
 
 /// A [`DirTarget`] that reports how it created files.
 struct Counting {
@@ -110,17 +75,20 @@ fn only_sets_that_skipped_the_journal_create_new_files_under_their_names() {
     })
     .unwrap();
     // An open mirror's set of whole files: no journal, named.
-    let (c, raw) = set(1, vec![whole("a", b"1"), whole("b", b"2")]);
+    let (c, raw) = cs(1, vec![whole("a", b"1"), whole("b", b"2")]);
     assert!(s.unjournaled(&c));
     s.receive(&raw, &c).unwrap();
     assert_eq!(count(), (2, 0));
     // The same mirror's set with a file in pieces is journaled: unnamed.
     let piece = b"pieces";
-    let (c, raw) = set(
+    let (c, raw) = cs(
         2,
         vec![
             whole("c", b"3"),
-            Record::Create(entry("d", piece.len() as u64)),
+            Record::Create(Entry {
+                size: piece.len() as u64,
+                ..file("d")
+            }),
             Record::WriteExtent {
                 path: b"d".to_vec(),
                 offset: 0,
@@ -134,7 +102,7 @@ fn only_sets_that_skipped_the_journal_create_new_files_under_their_names() {
     assert_eq!(count(), (2, 1));
     // A set of whole files found in the journal after a crash (journaled
     // before, say) is replayed from there: unnamed.
-    let (c, raw) = set(3, vec![whole("e", b"5")]);
+    let (c, raw) = cs(3, vec![whole("e", b"5")]);
     assert!(s.unjournaled(&c));
     drop(s);
     std::fs::write(d.path().join("journal").join(journal_name(3, "cs")), &raw).unwrap();
@@ -148,7 +116,7 @@ fn only_sets_that_skipped_the_journal_create_new_files_under_their_names() {
         root_digest: None,
     })
     .unwrap();
-    let (c, raw) = set(4, vec![whole("f", b"6")]);
+    let (c, raw) = cs(4, vec![whole("f", b"6")]);
     assert!(!s.unjournaled(&c));
     s.receive(&raw, &c).unwrap();
     assert_eq!(count(), (0, 2));

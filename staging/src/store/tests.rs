@@ -2,7 +2,7 @@ use super::*;
 use sha2::{Digest, Sha256};
 use standin_builder::entry::{Entry, Kind};
 
-fn file(path: &str) -> Entry {
+pub(super) fn file(path: &str) -> Entry {
     Entry {
         path: path.as_bytes().to_vec(),
         kind: Kind::File,
@@ -32,7 +32,7 @@ fn write(path: &str, data: &[u8]) -> Vec<Record> {
     ]
 }
 
-fn cs(seq: u64, records: Vec<Record>) -> (ChangeSet, Vec<u8>) {
+pub(super) fn cs(seq: u64, records: Vec<Record>) -> (ChangeSet, Vec<u8>) {
     let c = ChangeSet {
         seq,
         created_unix_ms: 0,
@@ -237,7 +237,7 @@ fn a_file_sent_in_pieces_is_verified_once_at_its_last_piece() {
     );
 }
 
-fn whole(path: &str, data: &[u8]) -> Record {
+pub(super) fn whole(path: &str, data: &[u8]) -> Record {
     let mut e = file(path);
     e.size = data.len() as u64;
     Record::File {

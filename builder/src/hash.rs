@@ -153,16 +153,19 @@ pub fn read_blocks(
 /// Bytes read at a time by [`read_block_chunks`] (rounded to whole blocks).
 const BLOCK_CHUNK: usize = 1 << 20;
 
-/// Read `r` in chunks of whole `block_size`-byte blocks, about 1 MiB each
-/// (one block when blocks are larger); only the last chunk may end in a
-/// short block. Nothing for an empty input.
+/// Read `r` in chunks of whole `block_size`-byte blocks: the first chunk
+/// one block, the others about 1 MiB (one block when blocks are larger);
+/// only the last chunk may end in a short block. Nothing for an empty input.
 pub fn read_block_chunks(
     r: &mut impl Read,
     block_size: u64,
     mut each: impl FnMut(&[u8]),
 ) -> io::Result<()> {
     let bs = block_size.max(1) as usize;
-    let mut buf = vec![0u8; (BLOCK_CHUNK / bs).max(1) * bs];
+    let chunk = (BLOCK_CHUNK / bs).max(1) * bs;
+    // One block first: a small file (most of what a comparison reads)
+    // costs no 1 MiB buffer; a longer one gets it from its second read on.
+    let mut buf = vec![0u8; bs];
     loop {
         let mut got = 0;
         while got < buf.len() {
@@ -180,6 +183,7 @@ pub fn read_block_chunks(
         if got < buf.len() {
             return Ok(());
         }
+        buf.resize(chunk, 0);
     }
 }
 

@@ -313,14 +313,13 @@ pub async fn serve_until(
     // A mirror that completed just before: sync its replica now, so that
     // a daemon stopped on purpose keeps it complete (a kill leaves it
     // incomplete; the next mirror compares it).
-    let synced = with_store(&shared, |store| {
+    let pending = with_store(&shared, |store| {
         let id = store.flush_pending()?;
-        let root = store.staging_root(store.state().source_id.as_deref()?);
-        Some((id, crate::store::sync_filesystem(&root)))
+        Some((id, store.staging_root(store.state().source_id.as_deref()?)))
     })
     .await;
-    if let Ok(Some((id, r))) = synced {
-        let _ = with_store(&shared, move |store| store.mirror_flushed(&id, r)).await;
+    if let Ok(Some((id, root))) = pending {
+        flush_mirror(shared.clone(), id, root).await;
     }
     Ok(())
 }

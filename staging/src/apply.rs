@@ -336,6 +336,23 @@ impl DirTarget {
         Ok(Some((std::fs::File::from(fd), stamp)))
     }
 
+    /// The digest of `path`, opened as `f` (stamped `stamp`), read through
+    /// this target's one read buffer (a fresh zeroed MiB per file cost more
+    /// than hashing a small one), and what follows it ([`Self::digest_read`]).
+    fn digest_opened(
+        &mut self,
+        path: &[u8],
+        f: std::fs::File,
+        stamp: Option<Stamp>,
+    ) -> Result<Digest32, ApplyError> {
+        if self.read_buf.len() < READ_BUF {
+            self.read_buf.resize(READ_BUF, 0);
+        }
+        let d = hash_through(&f, path, &mut self.read_buf)?;
+        self.digest_read(path, f, stamp, d);
+        Ok(d)
+    }
+
     /// What follows the digest `d` of `path` read through `f` (stamped
     /// `stamp` before): remembered by stamp, given to a metadata record
     /// waiting for it, and the file's writeback started.
@@ -800,14 +817,7 @@ impl ApplyTarget for DirTarget {
         let Some((f, stamp)) = self.open_for_digest(path)? else {
             return Ok(None);
         };
-        // One buffer for every file checked (a fresh zeroed MiB per file
-        // cost more than hashing a small one).
-        if self.read_buf.len() < READ_BUF {
-            self.read_buf.resize(READ_BUF, 0);
-        }
-        let d = hash_through(&f, path, &mut self.read_buf)?;
-        self.digest_read(path, f, stamp, d);
-        Ok(Some(d))
+        self.digest_opened(path, f, stamp).map(Some)
     }
 
     fn content_digests(&mut self, paths: &[&[u8]]) -> Vec<Result<Option<Digest32>, ApplyError>> {
@@ -847,15 +857,7 @@ impl ApplyTarget for DirTarget {
                         flush(self, &mut large, &mut out);
                     }
                 }
-                Ok(Some((f, stamp))) => {
-                    if self.read_buf.len() < READ_BUF {
-                        self.read_buf.resize(READ_BUF, 0);
-                    }
-                    out[i] = Some(hash_through(&f, p, &mut self.read_buf).map(|d| {
-                        self.digest_read(p, f, stamp, d);
-                        Some(d)
-                    }));
-                }
+                Ok(Some((f, stamp))) => out[i] = Some(self.digest_opened(p, f, stamp).map(Some)),
                 other => out[i] = Some(other.map(|_| None)),
             }
         }

@@ -70,9 +70,10 @@ const DAEMON_LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(3)
 
 /// Take the daemon lock of `state_dir`: refused while a `standin target
 /// serve` uses this state directory. A lock still held is tried again for
-/// up to [`DAEMON_LOCK_GRACE`]: a daemon killed a moment ago may leave it
-/// held for a few milliseconds by a child it had just forked (a profile
-/// command) until that child's `exec` closes the descriptor.
+/// up to [`DAEMON_LOCK_GRACE`]: right after a daemon was killed and
+/// reaped, its lock was seen still held for 5–12 ms (while the profile
+/// commands it had started, lsblk and blkid, were still starting; the
+/// holder is not proven), and a test that restarted at once was refused.
 pub fn daemon(state_dir: &Path) -> Result<DaemonLock> {
     let p = state_dir.join(DAEMON_LOCK_FILE);
     let file = open_lock_file(&p)?;

@@ -4,6 +4,7 @@
 
 pub mod adapt;
 mod sender;
+pub mod tcpinfo;
 
 pub use sender::{SendError, Sender, SenderStats};
 
@@ -110,6 +111,9 @@ pub struct Connection {
     pub peer: Fingerprint,
     max_frame: u32,
     compress: i32,
+    /// The TCP socket (a duplicate descriptor), for its stall times
+    /// ([`tcpinfo`]); `None` if it could not be duplicated.
+    tcp: Option<std::os::fd::OwnedFd>,
 }
 
 /// Connect once: TCP, pinned mutual TLS, Hello, Welcome.
@@ -124,6 +128,7 @@ async fn connect_inner(cfg: &LinkConfig, role: Role) -> Result<Connection> {
         .await
         .with_context(|| format!("connecting to {}", cfg.target))?;
     let _ = tcp.set_nodelay(true);
+    let tcp_fd = std::os::fd::AsFd::as_fd(&tcp).try_clone_to_owned().ok();
     let connector =
         tokio_rustls::TlsConnector::from(tls::client_config(&cfg.identity, &cfg.trust)?);
     let stream = connector.connect(tls::server_name(), tcp).await.map_err(|e| {
@@ -149,6 +154,7 @@ async fn connect_inner(cfg: &LinkConfig, role: Role) -> Result<Connection> {
         peer,
         max_frame: cfg.max_frame,
         compress: cfg.compress,
+        tcp: tcp_fd,
     };
     c.send(&Message::Hello(Hello {
         protocol: PROTOCOL_VERSION,

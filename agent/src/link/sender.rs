@@ -544,6 +544,7 @@ async fn session(
         mut wr,
         max_frame,
         compress,
+        tcp,
         ..
     } = c;
     // Reading is not cancel-safe, so a task reads and hands messages over.
@@ -598,7 +599,10 @@ async fn session(
             let n = write_change_set(&mut wr, body)
                 .await
                 .with_context(|| format!("sending change set {seq}"))?;
-            level.record(payload.len() as u64, t1 - t0, t1.elapsed());
+            let stalls = tcp
+                .as_ref()
+                .and_then(|fd| super::tcpinfo::stalls(std::os::fd::AsFd::as_fd(fd)));
+            level.record(payload.len() as u64, t1 - t0, t1.elapsed(), stalls);
             sent_upto = seq;
             let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
             st.bytes_sent += n as u64;

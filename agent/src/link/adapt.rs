@@ -25,18 +25,24 @@
 //!   same speed for less CPU is better: the source is a production server).
 //!   Otherwise the level goes back and settles.
 //!
-//! Blocked writes alone do not tell a slow link from a slow receiver: a
-//! target that applies slower than the wire carries stops reading, its
-//! window closes, and the sender's writes block just as on a slow link.
-//! Sending fewer bytes then only adds the compressing (and, on the target,
-//! decompressing) to a machine that is already the bottleneck. So the
-//! sender asks its socket ([`super::tcpinfo`]): when for at least
-//! [`RECEIVER_BOUND`] of the time its writes were blocked the connection
-//! waited for the receiver's window, the link is not the bottleneck and
-//! no higher level is tried. (Measured on the big-tree full mirror over
-//! loopback: without this the level climbed to 1-2 for about a fifth of
-//! the mirror, zstd then took ~14% of the machine's CPU, and the target's
-//! apply slowed.)
+//! Blocked writes alone do not tell a slow link from a slow receiver or a
+//! busy machine: a target that applies slower than the wire carries stops
+//! reading and the sender's writes block just as on a slow link; on a
+//! loaded machine a write also takes long while the sender waits for a
+//! CPU. Sending fewer bytes then only adds the compressing (and, on the
+//! target, decompressing) to a machine that is already the bottleneck. So
+//! the sender also asks its socket ([`super::tcpinfo`]) after each set,
+//! and no higher level is tried when
+//! - for at least [`RECEIVER_BOUND`] of the time the writes blocked, the
+//!   connection waited for the receiver's window, or
+//! - in most windows the kernel's estimate of the link's delivery rate was
+//!   at least [`FAST_LINK`], faster than zstd compresses.
+//!
+//! (Measured on the big-tree full mirror over loopback, both ends on one
+//! 2-CPU machine: without this the level climbed to 1-2 for about a fifth
+//! of the mirror, zstd then took ~14% of the machine's CPU and the
+//! target's apply slowed. Loopback's delivery rate is 2-40 GB/s there, a
+//! 200 Mbit/s shaped link's 25 MB/s, where the level still climbs.)
 //!
 //! On loopback or a fast LAN, where the receiver and not the wire limits
 //! the rate, compressing never makes the sender faster, so the level sits
@@ -75,6 +81,12 @@ pub const WRITE_BOUND: f64 = 0.5;
 /// for the receiver's window, from which on the receiver (not the link)
 /// counts as the bottleneck.
 pub const RECEIVER_BOUND: f64 = 0.5;
+/// A link that delivers at least this many bytes per second (the kernel's
+/// estimate, `tcpi_delivery_rate`) is faster than zstd compresses on one
+/// core (about 400-500 MB/s at level 1), so compressing for it cannot
+/// make the sender faster: no higher level is tried on it. Loopback
+/// delivers 2-40 GB/s here, a 200 Mbit/s link 25 MB/s.
+pub const FAST_LINK: u64 = 500_000_000;
 /// Relative throughput change that counts as a change (one level more
 /// sends a few per cent fewer bytes on a slow link).
 pub const TOLERANCE: f64 = 0.02;
@@ -100,6 +112,14 @@ struct Tally {
     /// Of `secs`, the time the connection waited for the receiver's
     /// window (when the socket told).
     rwnd_secs: f64,
+    /// Of `secs`, the time the connection had data to send, and of that
+    /// the time it waited for room in the send buffer (when the socket told).
+    busy_secs: f64,
+    sndbuf_secs: f64,
+    /// Windows whose link rate the socket told, and of them those that
+    /// delivered at least [`FAST_LINK`].
+    rated: u32,
+    fast: u32,
 }
 
 impl Tally {
@@ -206,7 +226,14 @@ impl Level {
         self.tally.secs += wall.as_secs_f64();
         self.tally.write_secs += self.write.as_secs_f64();
         if let (Some(now), Some(base)) = (self.stalls_now, self.stalls_base) {
-            self.tally.rwnd_secs += now.since(&base).rwnd.as_secs_f64();
+            self.tally.rated += 1;
+            if now.delivery_rate >= FAST_LINK {
+                self.tally.fast += 1;
+            }
+            let d = now.since(&base);
+            self.tally.rwnd_secs += d.rwnd.as_secs_f64();
+            self.tally.busy_secs += d.busy.as_secs_f64();
+            self.tally.sndbuf_secs += d.sndbuf.as_secs_f64();
         }
         self.stalls_base = self.stalls_now;
         self.decide();
@@ -240,7 +267,22 @@ impl Level {
                 // A receiver that stopped reading blocks the writes too; fewer
                 // bytes do not help it.
                 let receiver_bound = t.rwnd_secs >= RECEIVER_BOUND * t.write_secs;
-                let link_bound = t.write_secs > WRITE_BOUND * t.secs && !receiver_bound;
+                // Most windows on a link faster than the compressor.
+                let fast_link = t.rated > 0 && 2 * t.fast > t.rated;
+                let link_bound =
+                    t.write_secs > WRITE_BOUND * t.secs && !receiver_bound && !fast_link;
+                tracing::debug!(
+                    level = self.level,
+                    secs = t.secs,
+                    write = t.write_secs,
+                    busy = t.busy_secs,
+                    rwnd = t.rwnd_secs,
+                    sndbuf = t.sndbuf_secs,
+                    fast = t.fast,
+                    rated = t.rated,
+                    link_bound,
+                    "compression: settled windows"
+                );
                 let up = match self.level {
                     l if l >= MAX_LEVEL => false,
                     _ if !link_bound => false,
@@ -364,11 +406,15 @@ mod tests {
     /// closed.
     fn simulate_stalls(
         n: usize,
+        rate: u64,
         mut set: impl FnMut(usize, i32) -> (u64, Duration, Duration, Duration, Duration),
     ) -> Vec<i32> {
         let mut l = Level::new(START_LEVEL, true);
         let mut now = Instant::now();
-        let mut stalls = Stalls::default();
+        let mut stalls = Stalls {
+            delivery_rate: rate,
+            ..Stalls::default()
+        };
         (0..n)
             .map(|i| {
                 let at = l.get();
@@ -392,9 +438,25 @@ mod tests {
             link: f64::INFINITY,
             receiver: 200e6,
         };
-        let levels = simulate_stalls(400, |_, at| {
+        let levels = simulate_stalls(400, 100_000_000, |_, at| {
             let (c, w) = m.window(at, 8 << 20);
             (8 << 20, c, w, c + w, w)
+        });
+        assert!(levels.iter().all(|&l| l == 0), "{levels:?}");
+    }
+
+    #[test]
+    fn a_link_faster_than_the_compressor_never_gets_compressed_data() {
+        // Loopback on a busy machine: the writes take long (the sender
+        // waits for a CPU, not for the receiver's window), but the kernel
+        // says the link delivers 4 GB/s.
+        let m = Model {
+            link: f64::INFINITY,
+            receiver: 200e6,
+        };
+        let levels = simulate_stalls(400, 4_000_000_000, |_, at| {
+            let (c, w) = m.window(at, 8 << 20);
+            (8 << 20, c, w, c + w, Duration::ZERO)
         });
         assert!(levels.iter().all(|&l| l == 0), "{levels:?}");
     }
@@ -408,7 +470,7 @@ mod tests {
             link: 12.5e6,
             receiver: 1e9,
         };
-        let levels = simulate_stalls(200, |_, at| {
+        let levels = simulate_stalls(200, 12_500_000, |_, at| {
             let (c, w) = m.window(at, 8 << 20);
             (8 << 20, c, w, c + w, Duration::ZERO)
         });

@@ -21,6 +21,9 @@ pub struct Stalls {
     pub rwnd: Duration,
     /// Of `busy`, time limited by the send buffer.
     pub sndbuf: Duration,
+    /// The kernel's latest estimate of the rate the link delivers, bytes
+    /// per second (not cumulative).
+    pub delivery_rate: u64,
 }
 
 impl Stalls {
@@ -31,6 +34,7 @@ impl Stalls {
             busy: self.busy.saturating_sub(earlier.busy),
             rwnd: self.rwnd.saturating_sub(earlier.rwnd),
             sndbuf: self.sndbuf.saturating_sub(earlier.sndbuf),
+            delivery_rate: self.delivery_rate,
         }
     }
 }
@@ -60,6 +64,7 @@ pub fn stalls(fd: BorrowedFd<'_>) -> Option<Stalls> {
         busy: Duration::from_micros(info.tcpi_busy_time),
         rwnd: Duration::from_micros(info.tcpi_rwnd_limited),
         sndbuf: Duration::from_micros(info.tcpi_sndbuf_limited),
+        delivery_rate: info.tcpi_delivery_rate,
     })
 }
 

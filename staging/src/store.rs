@@ -21,10 +21,10 @@
 //! is discarded, so the agent sends it again.
 //!
 //! During a mirror that has not completed, a set of records that can be
-//! applied again from the start and leave at most one file torn, marked
-//! unfinished by its mtime ([`Store::unjournaled`]), skips the journal:
-//! after a crash the agent sends it again (it keeps every unacknowledged
-//! set), which replaces that file.
+//! applied again from the start ([`Store::unjournaled`]: whole files, a
+//! large file's pieces, metadata, deletions) skips the journal: after a
+//! crash the agent sends it again (it keeps every unacknowledged set),
+//! which writes what the crash cut short again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -381,24 +381,32 @@ impl Store {
     /// Whether `cs` is applied without being journaled first: a set of a
     /// mirror that has not completed yet, made only of records that the
     /// agent's resend re-applies from the start ([`Record::File`],
-    /// `Create` of anything but a file with content or a hard link,
-    /// `SetMetadata`, `Delete`). Such a set costs its data once on disk
-    /// instead of twice, and its new files are created under their names
+    /// `Create` of anything but a hard link, `SetMetadata`, `Delete`, and a
+    /// large file's pieces, `WriteExtent` and `Truncate`: each writes the
+    /// same bytes at the same offsets, or sets the same length, however
+    /// often it is applied). Such a set costs its data once on disk instead
+    /// of twice, and its new files are created under their names
     /// ([`ApplyTarget::new_files_named`]). After a crash in the middle of it
-    /// the replica holds part of it (whole files, and at most the one new
-    /// file being written cut short, its mtime not yet the source's) while
-    /// the state still says `seq - 1`; the mirror is not complete, so
-    /// status and failover say files are missing, and the agent, which
-    /// keeps every unacknowledged set, sends it again, which replaces that
-    /// file whole.
+    /// the replica holds part of it (whole files; the large files it was
+    /// filling or patching part-written, as they also are between two of a
+    /// mirror's sets; at most the one new file being written cut short,
+    /// its mtime not yet the source's) while the state still says
+    /// `seq - 1`; the mirror is not complete, so status and failover say
+    /// files are missing, and the agent, which keeps every unacknowledged
+    /// set, sends it again, which writes those files again from the
+    /// set's first record. (An agent that is gone too leaves it to the next
+    /// mirror: the part-written files' ctimes are newer than any ledger
+    /// record, so it reads and repairs them.) `Rename` and `Link` are
+    /// journaled: applied again they would find their source moved.
     pub fn unjournaled(&self, cs: &ChangeSet) -> bool {
         self.in_open_mirror(cs)
             && cs.records.iter().all(|r| match r {
-                Record::File { .. } | Record::SetMetadata(_) | Record::Delete { .. } => true,
-                Record::Create(e) => {
-                    e.link.is_none()
-                        && !(e.kind == standin_builder::entry::Kind::File && e.size > 0)
-                }
+                Record::File { .. }
+                | Record::SetMetadata(_)
+                | Record::Delete { .. }
+                | Record::WriteExtent { .. }
+                | Record::Truncate { .. } => true,
+                Record::Create(e) => e.link.is_none(),
                 _ => false,
             })
     }

@@ -4,10 +4,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::tests::{cs, file, whole};
+use super::tests::{cs, whole};
 use super::*;
-use sha2::{Digest, Sha256};
-use standin_builder::entry::Entry;
 use standin_link::message::MirrorMode;
 
 /// A [`DirTarget`] that reports how it created files.
@@ -79,21 +77,14 @@ fn only_sets_that_skipped_the_journal_create_new_files_under_their_names() {
     assert!(s.unjournaled(&c));
     s.receive(&raw, &c).unwrap();
     assert_eq!(count(), (2, 0));
-    // The same mirror's set with a file in pieces is journaled: unnamed.
-    let piece = b"pieces";
+    // The same mirror's set with a hard link is journaled: unnamed.
     let (c, raw) = cs(
         2,
         vec![
             whole("c", b"3"),
-            Record::Create(Entry {
-                size: piece.len() as u64,
-                ..file("d")
-            }),
-            Record::WriteExtent {
-                path: b"d".to_vec(),
-                offset: 0,
-                data: piece.to_vec(),
-                content_sha256: Some(Sha256::digest(piece).into()),
+            Record::Link {
+                existing: b"a".to_vec(),
+                new: b"d".to_vec(),
             },
         ],
     );
@@ -125,7 +116,7 @@ fn only_sets_that_skipped_the_journal_create_new_files_under_their_names() {
         ("a", "1"),
         ("b", "2"),
         ("c", "3"),
-        ("d", "pieces"),
+        ("d", "1"),
         ("e", "5"),
         ("f", "6"),
     ] {

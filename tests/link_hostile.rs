@@ -28,7 +28,7 @@ fn file_with(path: &str, data: &[u8]) -> Vec<Record> {
             path: path.as_bytes().to_vec(),
             offset: 0,
             data: data.to_vec(),
-            content_sha256: Some(sha2::Sha256::digest(data).into()),
+            content_digest: Some(sha2::Sha256::digest(data).into()),
         },
     ]
 }

@@ -62,12 +62,12 @@ fn apply_changes(state: &Path, staged: &Path) {
             path: b"data/big".to_vec(),
             offset: 10,
             data: b"CHANGED".to_vec(),
-            content_sha256: Some(Sha256::digest(&big).into()),
+            content_digest: Some(Sha256::digest(&big).into()),
         },
         Record::Truncate {
             path: b"usr/bin/app".to_vec(),
             size: 3,
-            content_sha256: Some(Sha256::digest(app).into()),
+            content_digest: Some(Sha256::digest(app).into()),
         },
         Record::SetMetadata(db),
         Record::Delete {

@@ -356,7 +356,7 @@ impl BlockIndex {
             emit(Record::Truncate {
                 path: e.path.clone(),
                 size: 0,
-                content_sha256: None,
+                content_digest: None,
             })?;
         }
         let file =
@@ -386,7 +386,7 @@ impl BlockIndex {
                 path: path.clone(),
                 offset: ext_off,
                 data: std::mem::take(ext),
-                content_sha256: None,
+                content_digest: None,
             })
         };
         let mut next_data = next_data_at(&file, 0, size);
@@ -434,7 +434,7 @@ impl BlockIndex {
             emit(Record::Truncate {
                 path: e.path.clone(),
                 size,
-                content_sha256: Some(sha),
+                content_digest: Some(sha),
             })?;
         }
         let id = match prev {

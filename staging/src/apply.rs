@@ -71,9 +71,9 @@ pub trait ApplyTarget: Send {
     fn apply_hashed(
         &mut self,
         record: &Record,
-        data_sha256: Option<&Digest32>,
+        data_digest: Option<&Digest32>,
     ) -> Result<(), ApplyError> {
-        let _ = data_sha256;
+        let _ = data_digest;
         self.apply(record)
     }
     /// sha256 of the regular file at `path`, `None` if it is missing.
@@ -749,7 +749,7 @@ impl ApplyTarget for DirTarget {
     fn apply_hashed(
         &mut self,
         record: &Record,
-        data_sha256: Option<&Digest32>,
+        data_digest: Option<&Digest32>,
     ) -> Result<(), ApplyError> {
         match record {
             // Records that cannot move or replace a directory keep the
@@ -762,8 +762,8 @@ impl ApplyTarget for DirTarget {
             Record::File {
                 entry,
                 data,
-                content_sha256,
-            } => self.write_file(entry, data, content_sha256, data_sha256),
+                content_digest,
+            } => self.write_file(entry, data, content_digest, data_digest),
             Record::Create(e) => self.create(e),
             Record::SetMetadata(e) => self.set_metadata(e),
             Record::WriteExtent {

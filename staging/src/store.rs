@@ -341,7 +341,7 @@ impl Store {
     }
 
     /// [`Store::receive`] with the sha256 of each `File` record's data
-    /// already computed (`data_sha256[i]` for record `i`; see
+    /// already computed (`data_digest[i]` for record `i`; see
     /// [`file_data_digests`]), e.g. on another thread while the previous
     /// set applied: the apply then compares instead of hashing again.
     /// Records beyond the slice (or `None`) are hashed during the apply.
@@ -349,7 +349,7 @@ impl Store {
         &mut self,
         raw: &[u8],
         cs: &ChangeSet,
-        data_sha256: &[Option<Digest32>],
+        data_digest: &[Option<Digest32>],
     ) -> Result<Received, ReceiveError> {
         let expected = self.state.last_applied_seq + 1;
         if cs.seq < expected {
@@ -363,7 +363,7 @@ impl Store {
         }
         let path = self.journal().join(journal_name(cs.seq, "cs"));
         if self.unjournaled(cs) && !path.exists() {
-            return self.apply_journaled(cs, raw.len() as u64, data_sha256);
+            return self.apply_journaled(cs, raw.len() as u64, data_digest);
         }
         let same = std::fs::read(&path).map(|b| b == raw).unwrap_or(false);
         if !same {
@@ -375,7 +375,7 @@ impl Store {
                 self.pause(format!("{what}journaling change set {}: {e}", cs.seq))
             })?;
         }
-        self.apply_journaled(cs, raw.len() as u64, data_sha256)
+        self.apply_journaled(cs, raw.len() as u64, data_digest)
     }
 
     /// Whether `cs` is applied without being journaled first: a set of a
@@ -447,7 +447,7 @@ impl Store {
         &mut self,
         cs: &ChangeSet,
         raw_len: u64,
-        data_sha256: &[Option<Digest32>],
+        data_digest: &[Option<Digest32>],
     ) -> Result<Received, ReceiveError> {
         let progress_path = self.journal().join(journal_name(cs.seq, "progress"));
         let start: usize = std::fs::read_to_string(&progress_path)
@@ -512,7 +512,7 @@ impl Store {
                 if i < start {
                     continue;
                 }
-                let hashed = data_sha256.get(i).and_then(Option::as_ref);
+                let hashed = data_digest.get(i).and_then(Option::as_ref);
                 match target.apply_hashed(r, hashed) {
                     Ok(()) => {}
                     Err(
@@ -804,14 +804,14 @@ fn track(pending: &mut BTreeMap<Vec<u8>, Digest32>, r: &Record) {
     match r {
         Record::WriteExtent {
             path,
-            content_sha256,
+            content_digest,
             ..
         }
         | Record::Truncate {
             path,
-            content_sha256,
+            content_digest,
             ..
-        } => match content_sha256 {
+        } => match content_digest {
             Some(d) => {
                 pending.insert(path.clone(), *d);
             }

@@ -254,7 +254,7 @@ pub fn history(n: u64) -> (Vec<Vec<Record>>, Vec<Tree>) {
             path: b"d/log".to_vec(),
             offset,
             data: line,
-            content_sha256: Some(sha(&log)),
+            content_digest: Some(sha(&log)),
         });
         if k % 3 == 0 {
             let size = log.len() / 2;
@@ -262,7 +262,7 @@ pub fn history(n: u64) -> (Vec<Vec<Record>>, Vec<Tree>) {
             r.push(Record::Truncate {
                 path: b"d/log".to_vec(),
                 size: size as u64,
-                content_sha256: Some(sha(&log)),
+                content_digest: Some(sha(&log)),
             });
         }
         tree.insert(
@@ -285,7 +285,7 @@ pub fn history(n: u64) -> (Vec<Vec<Record>>, Vec<Tree>) {
                 path: b"tmp".to_vec(),
                 offset: (i * (256 << 10)) as u64,
                 data: chunk.to_vec(),
-                content_sha256: last.then(|| sha(&data)),
+                content_digest: last.then(|| sha(&data)),
             });
         }
         let name = format!("f{}", k % 5);

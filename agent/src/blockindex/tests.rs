@@ -37,7 +37,7 @@ fn a_small_write_into_a_big_sparse_file_sends_one_block() {
         "only the data blocks of a fresh sparse file"
     );
     assert!(
-        matches!(recs.last(), Some(Record::Truncate { size, content_sha256: Some(_), .. }) if *size == 256 << 20)
+        matches!(recs.last(), Some(Record::Truncate { size, content_digest: Some(_), .. }) if *size == 256 << 20)
     );
     // Unchanged: nothing.
     let (d, recs) = diff(&mut ix, &f, false);
@@ -56,7 +56,7 @@ fn a_small_write_into_a_big_sparse_file_sends_one_block() {
     let (want, _) = standin_builder::hash::hash_file(&f, 256 << 20, None).unwrap();
     match recs.last().unwrap() {
         Record::Truncate {
-            content_sha256: Some(s),
+            content_digest: Some(s),
             ..
         } => assert_eq!(hex::encode(s), want),
         r => panic!("{r:?}"),

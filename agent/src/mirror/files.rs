@@ -251,11 +251,11 @@ fn read_file(f: File, mut e: Entry, pool: &Pool) -> ReadResult {
     // capture sends the change itself).
     e.size = data.len() as u64;
     e.sha256 = None;
-    let content_sha256 = Sha256::digest(&data).into();
+    let content_digest = Sha256::digest(&data).into();
     Ok(Some(Record::File {
         entry: e,
         data,
-        content_sha256,
+        content_digest,
     }))
 }
 
@@ -290,10 +290,10 @@ mod tests {
         match r.unwrap() {
             Some(Record::File {
                 data,
-                content_sha256,
+                content_digest,
                 entry,
             }) => {
-                assert_eq!(content_sha256, <[u8; 32]>::from(Sha256::digest(&data)));
+                assert_eq!(content_digest, <[u8; 32]>::from(Sha256::digest(&data)));
                 assert_eq!(entry.size, data.len() as u64);
                 data
             }

@@ -209,7 +209,7 @@ pub(super) async fn send_whole(
                     path: e.path.clone(),
                     offset: at,
                     data: d,
-                    content_sha256: None,
+                    content_digest: None,
                 })
                 .await?;
             }
@@ -227,7 +227,7 @@ pub(super) async fn send_whole(
                 path: e.path.clone(),
                 offset: at,
                 data: d,
-                content_sha256: Some(sha),
+                content_digest: Some(sha),
             })
             .await?
         }
@@ -237,14 +237,14 @@ pub(super) async fn send_whole(
                     path: e.path.clone(),
                     offset: at,
                     data: d,
-                    content_sha256: None,
+                    content_digest: None,
                 })
                 .await?;
             }
             out.push(Record::Truncate {
                 path: e.path.clone(),
                 size: e.size,
-                content_sha256: Some(sha),
+                content_digest: Some(sha),
             })
             .await?
         }
@@ -279,7 +279,7 @@ pub(super) async fn send_blocks(
                 path: e.path.clone(),
                 offset: off,
                 data,
-                content_sha256: None,
+                content_digest: None,
             })
             .await?;
         }
@@ -288,7 +288,7 @@ pub(super) async fn send_blocks(
     out.push(Record::Truncate {
         path: e.path.clone(),
         size: e.size,
-        content_sha256: Some(sha),
+        content_digest: Some(sha),
     })
     .await
 }

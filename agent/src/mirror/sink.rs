@@ -221,12 +221,12 @@ impl<'a> Sink<'a> {
                     Some(r) => {
                         if let Record::File {
                             entry,
-                            content_sha256,
+                            content_digest,
                             ..
                         } = &r
                         {
                             e.size = entry.size;
-                            read_sha = Some(*content_sha256);
+                            read_sha = Some(*content_digest);
                         }
                         self.out.push(r).await?;
                     }

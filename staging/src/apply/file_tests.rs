@@ -28,7 +28,7 @@ pub(super) fn rec(e: &Entry, data: &[u8]) -> Record {
     Record::File {
         entry: e.clone(),
         data: data.to_vec(),
-        content_sha256: Sha256::digest(data).into(),
+        content_digest: Sha256::digest(data).into(),
     }
 }
 
@@ -173,7 +173,7 @@ fn hostile_file_records_are_refused_and_write_nothing() {
     let bad = Record::File {
         entry: e,
         data: b"data".to_vec(),
-        content_sha256: Sha256::digest(b"other").into(),
+        content_digest: Sha256::digest(b"other").into(),
     };
     assert!(matches!(t.apply(&bad), Err(ApplyError::Refused(_))));
     assert!(!root.join("f").exists());
@@ -184,7 +184,7 @@ fn hostile_file_records_are_refused_and_write_nothing() {
         t.apply(&Record::File {
             entry: e,
             data: b"data".to_vec(),
-            content_sha256: Sha256::digest(b"data").into(),
+            content_digest: Sha256::digest(b"data").into(),
         }),
         Err(ApplyError::Refused(_))
     ));

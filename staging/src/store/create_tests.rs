@@ -93,7 +93,7 @@ fn only_sets_that_skipped_the_journal_create_new_files_under_their_names() {
                 path: b"d".to_vec(),
                 offset: 0,
                 data: piece.to_vec(),
-                content_sha256: Some(Sha256::digest(piece).into()),
+                content_digest: Some(Sha256::digest(piece).into()),
             },
         ],
     );

@@ -27,7 +27,7 @@ fn write(path: &str, data: &[u8]) -> Vec<Record> {
             path: path.as_bytes().to_vec(),
             offset: 0,
             data: data.to_vec(),
-            content_sha256: Some(Sha256::digest(data).into()),
+            content_digest: Some(Sha256::digest(data).into()),
         },
     ]
 }
@@ -155,8 +155,8 @@ fn digest_mismatch_is_a_warning() {
     let d = tempfile::tempdir().unwrap();
     let mut s = open(d.path());
     let mut records = write("a", b"one");
-    if let Record::WriteExtent { content_sha256, .. } = &mut records[1] {
-        *content_sha256 = Some([9; 32]);
+    if let Record::WriteExtent { content_digest, .. } = &mut records[1] {
+        *content_digest = Some([9; 32]);
     }
     let (c1, r1) = cs(1, records);
     match s.receive(&r1, &c1).unwrap() {
@@ -184,7 +184,7 @@ fn a_file_sent_in_pieces_is_verified_once_at_its_last_piece() {
             path: b"big".to_vec(),
             offset,
             data: data.to_vec(),
-            content_sha256: digest,
+            content_digest: digest,
         });
         cs(seq, records)
     };
@@ -215,13 +215,13 @@ fn a_file_sent_in_pieces_is_verified_once_at_its_last_piece() {
         path: b"big".to_vec(),
         offset: 0,
         data: b"h".to_vec(),
-        content_sha256: Some([0; 32]),
+        content_digest: Some([0; 32]),
     }];
     records.push(Record::WriteExtent {
         path: b"big".to_vec(),
         offset: 0,
         data: b"H".to_vec(),
-        content_sha256: None,
+        content_digest: None,
     });
     let (c4, r4) = cs(4, records);
     assert_eq!(
@@ -243,7 +243,7 @@ pub(super) fn whole(path: &str, data: &[u8]) -> Record {
     Record::File {
         entry: e,
         data: data.to_vec(),
-        content_sha256: Sha256::digest(data).into(),
+        content_digest: Sha256::digest(data).into(),
     }
 }
 

@@ -90,7 +90,7 @@ fn records(src: &Path, entries: &[Entry]) -> Vec<Record> {
                         path: e.path.clone(),
                         offset: (i * 1000) as u64,
                         data: piece.to_vec(),
-                        content_sha256: last.then(|| Sha256::digest(&data).into()),
+                        content_digest: last.then(|| Sha256::digest(&data).into()),
                     });
                 }
                 out.push(Record::SetMetadata(bare));
@@ -99,7 +99,7 @@ fn records(src: &Path, entries: &[Entry]) -> Vec<Record> {
                 let data = std::fs::read(&abs).unwrap();
                 out.push(Record::File {
                     entry: bare,
-                    content_sha256: Sha256::digest(&data).into(),
+                    content_digest: Sha256::digest(&data).into(),
                     data,
                 });
             }

@@ -11,10 +11,15 @@
 //! File (`digests.bin` in a state directory):
 //!
 //! ```text
-//! "SIDT" | version u8 = 1 | 3 reserved | tree-id length u16 | tree id
+//! "SIDT" | version u8 = 2 | 3 reserved | tree-id length u16 | tree id
 //! | count u64 | count x (dev u64, ino u64, size u64, mtime_ns i64,
-//! ctime_ns i64, sha256 32 bytes) | sha256 of everything before (32)
+//! ctime_ns i64, content digest 32 bytes) | sha256 of everything before (32)
 //! ```
+//!
+//! The digests are the link's content digests (BLAKE3-256,
+//! [`crate::hash::content_digest`]) since version 2; version 1 held
+//! sha256 digests and is refused like any other version, so none of its
+//! values is ever taken for a BLAKE3 digest.
 //!
 //! Integers are big endian. A file that is truncated, corrupt, of another
 //! version or of another tree is refused as a whole ([`DigestTable::load`]
@@ -29,7 +34,8 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 4] = b"SIDT";
-const VERSION: u8 = 1;
+/// Version 2: BLAKE3 content digests (1 held sha256).
+const VERSION: u8 = 2;
 const RECORD: usize = 72;
 
 /// Largest number of remembered files (about 100 bytes each in memory, 72
@@ -299,5 +305,20 @@ mod tests {
         );
         back.save(&p, "tree-a").unwrap();
         assert_eq!(DigestTable::load(&p, "tree-a").unwrap().len(), 2);
+    }
+
+    /// A version-1 table (sha256 digests) with a valid checksum is refused
+    /// whole: none of its digests is taken for a BLAKE3 one.
+    #[test]
+    fn a_sha256_table_of_version_1_is_not_trusted() {
+        let mut t = DigestTable::new();
+        t.insert(stamp(1), [1; 32]);
+        let mut b = t.encode("tree-a");
+        b[4] = 1;
+        let n = b.len() - 32;
+        let sum = Sha256::digest(&b[..n]);
+        b[n..].copy_from_slice(&sum);
+        let err = DigestTable::decode(&b, "tree-a").unwrap_err();
+        assert!(err.contains("version 1") && err.contains("reads 2"), "{err}");
     }
 }

@@ -1,4 +1,5 @@
-//! The source's digest cache: the sha256 of each regular file of the
+//! The source's digest cache: the content digest (BLAKE3-256, the link's
+//! `standin_builder::hash::content_digest`) of each regular file of the
 //! protected tree, remembered across agent runs in `digests.bin` in the
 //! agent's state directory, sorted in tree order and read alongside the
 //! scan (format and trust rule: [`standin_builder::digest_stream`]), so

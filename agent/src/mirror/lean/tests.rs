@@ -129,7 +129,7 @@ fn lean_scan_gives_the_full_scans_root_digest_and_lists_only_changes() {
          ln -s /nowhere {r}/newdir/sym && ln {r}/x/linked {r}/a/hard && rm {r}/x/h3"
     ));
     let want =
-        standin_builder::manifest::scan_tree(&root, &ScanOptions::default(), &NoProgress, |_| {
+        standin_builder::manifest::scan_tree_mirror(&root, &ScanOptions::default(), &NoProgress, |_| {
             Ok(())
         })
         .unwrap()

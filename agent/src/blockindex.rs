@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use standin_builder::changeset::{metadata_digest, Digest32, Record};
-use standin_builder::hash::{block_digest, ContentHasher};
 use standin_builder::entry::{Entry, Kind};
+use standin_builder::hash::{block_digest, ContentHasher};
 
 /// Default block size: small enough that a 4 KiB write sends under 64 KiB.
 pub const BLOCK_SIZE: u64 = 16 << 10;

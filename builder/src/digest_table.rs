@@ -319,6 +319,9 @@ mod tests {
         let sum = Sha256::digest(&b[..n]);
         b[n..].copy_from_slice(&sum);
         let err = DigestTable::decode(&b, "tree-a").unwrap_err();
-        assert!(err.contains("version 1") && err.contains("reads 2"), "{err}");
+        assert!(
+            err.contains("version 1") && err.contains("reads 2"),
+            "{err}"
+        );
     }
 }

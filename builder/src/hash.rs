@@ -327,11 +327,26 @@ mod tests {
     fn content_digest_is_blake3_256() {
         let input = |n: usize| (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>();
         let vectors = [
-            (0usize, "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"),
-            (1, "2d3adedff11b61f14c886e35afa036736dcd87a74d27b5c1510225d0f592e213"),
-            (1024, "42214739f095a406f3fc83deb889744ac00df831c10daa55189b5d121c855af7"),
-            (1025, "d00278ae47eb27b34faecf67b4fe263f82d5412916c1ffd97c8cb7fb814b8444"),
-            (102400, "bc3e3d41a1146b069abffad3c0d44860cf664390afce4d9661f7902e7943e085"),
+            (
+                0usize,
+                "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262",
+            ),
+            (
+                1,
+                "2d3adedff11b61f14c886e35afa036736dcd87a74d27b5c1510225d0f592e213",
+            ),
+            (
+                1024,
+                "42214739f095a406f3fc83deb889744ac00df831c10daa55189b5d121c855af7",
+            ),
+            (
+                1025,
+                "d00278ae47eb27b34faecf67b4fe263f82d5412916c1ffd97c8cb7fb814b8444",
+            ),
+            (
+                102400,
+                "bc3e3d41a1146b069abffad3c0d44860cf664390afce4d9661f7902e7943e085",
+            ),
         ];
         let dir = tempfile::tempdir().unwrap();
         for (n, want) in vectors {

@@ -340,7 +340,7 @@ impl Store {
         self.receive_hashed(raw, cs, &[])
     }
 
-    /// [`Store::receive`] with the sha256 of each `File` record's data
+    /// [`Store::receive`] with the content digest of each `File` record's data
     /// already computed (`data_digest[i]` for record `i`; see
     /// [`file_data_digests`]), e.g. on another thread while the previous
     /// set applied: the apply then compares instead of hashing again.
@@ -782,14 +782,14 @@ pub(crate) fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The sha256 of each `File` record's data (`None` for other records), for
+/// The content digest (BLAKE3-256, `standin_builder::hash::content_digest`)
+/// of each `File` record's data (`None` for other records), for
 /// [`Store::receive_hashed`].
 pub fn file_data_digests(cs: &ChangeSet) -> Vec<Option<Digest32>> {
-    use sha2::{Digest, Sha256};
     cs.records
         .iter()
         .map(|r| match r {
-            Record::File { data, .. } => Some(Sha256::digest(data).into()),
+            Record::File { data, .. } => Some(standin_builder::hash::content_digest(data)),
             _ => None,
         })
         .collect()

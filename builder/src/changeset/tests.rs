@@ -242,7 +242,9 @@ fn every_set_is_version_4_and_sha256_versions_are_refused_by_name() {
         assert_eq!(e, ChangeSetError::OldDigests(v));
         let e = e.to_string();
         assert!(
-            e.contains(&format!("version {v}")) && e.contains("sha256") && e.contains("same standin version"),
+            e.contains(&format!("version {v}"))
+                && e.contains("sha256")
+                && e.contains("same standin version"),
             "{e}"
         );
     }

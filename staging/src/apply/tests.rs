@@ -29,7 +29,7 @@ fn target() -> (tempfile::TempDir, DirTarget) {
 }
 
 fn digest(b: &[u8]) -> Digest32 {
-    Sha256::digest(b).into()
+    standin_builder::hash::content_digest(b)
 }
 
 #[test]

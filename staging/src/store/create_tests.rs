@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use super::tests::{cs, file, whole};
 use super::*;
-use sha2::{Digest, Sha256};
 use standin_builder::entry::Entry;
 use standin_link::message::MirrorMode;
 
@@ -93,7 +92,7 @@ fn only_sets_that_skipped_the_journal_create_new_files_under_their_names() {
                 path: b"d".to_vec(),
                 offset: 0,
                 data: piece.to_vec(),
-                content_digest: Some(Sha256::digest(piece).into()),
+                content_digest: Some(standin_builder::hash::content_digest(piece)),
             },
         ],
     );

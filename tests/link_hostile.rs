@@ -21,14 +21,13 @@ fn set(seq: u64, records: Vec<Record>) -> Message {
 }
 
 fn file_with(path: &str, data: &[u8]) -> Vec<Record> {
-    use sha2::Digest;
     vec![
         Record::Create(entry(path, Kind::File)),
         Record::WriteExtent {
             path: path.as_bytes().to_vec(),
             offset: 0,
             data: data.to_vec(),
-            content_digest: Some(sha2::Sha256::digest(data).into()),
+            content_digest: Some(standin_builder::hash::content_digest(data)),
         },
     ]
 }

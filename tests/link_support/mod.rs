@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use standin_agent::link::LinkConfig;
 use standin_builder::changeset::Record;
 use standin_builder::entry::{Entry, Kind};
@@ -226,8 +225,9 @@ pub fn entry(path: &str, kind: Kind) -> Entry {
     }
 }
 
+/// The link's content digest (BLAKE3-256) that records carry.
 fn sha(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
+    standin_builder::hash::content_digest(b)
 }
 
 /// A scripted history: the records of each change set and the tree after it.

@@ -291,6 +291,14 @@ impl Store {
                     self.drop_entry(seq)?;
                     continue;
                 }
+                Err(e @ standin_builder::changeset::ChangeSetError::OldDigests(_)) => {
+                    // Left by an older standin before the upgrade: its
+                    // sha256 digests cannot be checked; the agent's next
+                    // difference mirror catches up.
+                    warn!("discarding journal entry {}: {e}", path.display());
+                    self.drop_entry(seq)?;
+                    continue;
+                }
                 Err(e) => {
                     warn!("discarding torn journal entry {}: {e}", path.display());
                     self.drop_entry(seq)?;

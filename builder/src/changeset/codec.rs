@@ -130,7 +130,10 @@ fn encode_entry(w: &mut Vec<u8>, e: &Entry) -> Result<(), ChangeSetError> {
                 .filter(|r| r.len() == 32)
                 .ok_or_else(|| ChangeSetError::BadRecord {
                     index: 0,
-                    reason: format!("entry {} has a malformed sha256 {h:?}", e.display_path()),
+                    reason: format!(
+                        "entry {} has a malformed content digest {h:?}",
+                        e.display_path()
+                    ),
                 })?;
             w.push(1);
             w.extend_from_slice(&raw);

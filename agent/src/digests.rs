@@ -33,6 +33,14 @@ pub fn open(file: Option<&Path>, tree: &str) -> Reader {
     };
     match Reader::open(file, tree) {
         Ok(r) => r,
+        Err(why) if standin_builder::digest_table::other_version(&why) => {
+            // After an upgrade (e.g. sha256 digests before protocol 5).
+            tracing::debug!(
+                file = %file.display(),
+                "dropping the digest cache of another format: {why}; every file is hashed and it is rebuilt"
+            );
+            Reader::empty()
+        }
         Err(why) => {
             tracing::warn!(
                 file = %file.display(),

@@ -265,5 +265,6 @@ mod tests {
         w.commit(&[]).unwrap();
         let err = Reader::open(&p, "tree-a").err().unwrap();
         assert!(err.contains("SIDS.1") && err.contains("SIDS.2"), "{err}");
+        assert!(crate::digest_table::other_version(&err), "{err}");
     }
 }

@@ -42,6 +42,15 @@ const RECORD: usize = 72;
 /// on disk). Beyond it new digests are not remembered (they cost hashing).
 pub const MAX_ENTRIES: usize = 4 << 20;
 
+/// Whether `why` (a refusal of [`DigestTable::load`] or of a
+/// [`crate::record_stream`] file such as the agent's cache) says only that
+/// the file has another format version: an expected, one-time event
+/// after an upgrade (callers log it at debug level and rebuild), not
+/// damage.
+pub fn other_version(why: &str) -> bool {
+    why.contains("(this standin reads ")
+}
+
 /// A regular file's identity and change stamp.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub struct Stamp {
@@ -323,5 +332,7 @@ mod tests {
             err.contains("version 1") && err.contains("reads 2"),
             "{err}"
         );
+        assert!(other_version(&err));
+        assert!(!other_version("checksum mismatch (truncated or corrupt)"));
     }
 }

@@ -14,7 +14,7 @@
 //! | records in strictly increasing tree order ([`crate::entry::path_cmp`]):
 //!   shared u32 (bytes of the previous path kept) | suffix length u32 | suffix
 //!   | dev u64 | ino u64 | size u64 | mtime_ns i64 | ctime_ns i64 | digest (32)
-//! | end: shared = 0xFFFF_FFFF | count u64 | sha256 of everything before (32)
+//! | end: shared = 0xFFFF_FFFF | count u64 | BLAKE3-256 of everything before (32)
 //! ```
 //!
 //! The digest is the link's content digest (BLAKE3-256,

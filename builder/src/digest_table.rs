@@ -13,12 +13,12 @@
 //! ```text
 //! "SIDT" | version u8 = 2 | 3 reserved | tree-id length u16 | tree id
 //! | count u64 | count x (dev u64, ino u64, size u64, mtime_ns i64,
-//! ctime_ns i64, content digest 32 bytes) | sha256 of everything before (32)
+//! ctime_ns i64, content digest 32 bytes) | BLAKE3-256 of everything before (32)
 //! ```
 //!
 //! The digests are the link's content digests (BLAKE3-256,
-//! [`crate::hash::content_digest`]) since version 2; version 1 held
-//! sha256 digests and is refused like any other version, so none of its
+//! [`crate::hash::content_digest`]) since version 2, and so is the
+//! checksum; version 1 held sha256 digests and checksum and is refused like any other version, so none of its
 //! values is ever taken for a BLAKE3 digest.
 //!
 //! Integers are big endian. A file that is truncated, corrupt, of another
@@ -30,8 +30,8 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use crate::hash::{content_digest, ContentHasher};
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 4] = b"SIDT";
 /// Version 2: BLAKE3 content digests (1 held sha256).
@@ -154,7 +154,7 @@ impl DigestTable {
 
     /// Write the table for `tree` to `w` (streaming; see the module docs).
     pub fn write_to(&self, w: &mut impl std::io::Write, tree: &str) -> std::io::Result<()> {
-        let mut h = Sha256::new();
+        let mut h = ContentHasher::new();
         let mut put = |b: &[u8]| -> std::io::Result<()> {
             h.update(b);
             w.write_all(b)
@@ -195,7 +195,7 @@ impl DigestTable {
         if b[4] != VERSION {
             return Err(format!("version {} (this standin reads {VERSION})", b[4]));
         }
-        if Sha256::digest(body).as_slice() != sum {
+        if content_digest(body) != sum {
             return Err("checksum mismatch (truncated or corrupt)".into());
         }
         let tl = u16::from_be_bytes([b[8], b[9]]) as usize;
@@ -325,7 +325,10 @@ mod tests {
         let mut b = t.encode("tree-a");
         b[4] = 1;
         let n = b.len() - 32;
-        let sum = Sha256::digest(&b[..n]);
+        let sum = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(&b[..n])
+        };
         b[n..].copy_from_slice(&sum);
         let err = DigestTable::decode(&b, "tree-a").unwrap_err();
         assert!(

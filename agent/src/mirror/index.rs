@@ -16,7 +16,7 @@
 //!   | file_bytes u64 | canonical length u32 | canonical (RootDigest::canonical)
 //! | end: shared = 0xFFFF_FFFF | count u64
 //! | base: mirror id, root digest, target (each u16 length + bytes) | last_seq u64
-//! | base length u32 | sha256 of everything before (32)
+//! | base length u32 | BLAKE3-256 of everything before (32; version 1: sha256)
 //! ```
 //! The canonical bytes' content digest (a regular file's) is the link's
 //! content digest, BLAKE3-256, since version 2; a version-1 index (sha256)

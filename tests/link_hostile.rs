@@ -21,14 +21,13 @@ fn set(seq: u64, records: Vec<Record>) -> Message {
 }
 
 fn file_with(path: &str, data: &[u8]) -> Vec<Record> {
-    use sha2::Digest;
     vec![
         Record::Create(entry(path, Kind::File)),
         Record::WriteExtent {
             path: path.as_bytes().to_vec(),
             offset: 0,
             data: data.to_vec(),
-            content_sha256: Some(sha2::Sha256::digest(data).into()),
+            content_digest: Some(standin_builder::hash::content_digest(data)),
         },
     ]
 }
@@ -112,6 +111,44 @@ fn hostile_input_is_refused_and_the_daemon_keeps_serving() {
         );
         still_serving(&rt, &cfg, &mut daemon, &mut seq);
     }
+
+    // A change set of format 3 (sha256 content digests and checksum, as
+    // an agent before protocol 5 wrote it), well formed: refused by name,
+    // nothing written, and the daemon keeps serving.
+    let ChangeSet { records, .. } = match set(seq + 1, file_with("old-format", b"data")) {
+        Message::ChangeSet(cs) => *cs,
+        _ => unreachable!(),
+    };
+    let mut raw = ChangeSet {
+        seq: seq + 1,
+        created_unix_ms: 0,
+        records,
+    }
+    .encode()
+    .unwrap();
+    raw[4] = 3;
+    let body = raw.len() - 32;
+    let sum = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&raw[..body])
+    };
+    raw[body..].copy_from_slice(&sum);
+    let mut frame = ((raw.len() + 2) as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&[standin_link::message::kind::CHANGE_SET, 0]);
+    frame.extend_from_slice(&raw);
+    let mut c = rt.block_on(connect(&cfg, Role::Agent)).unwrap();
+    rt.block_on(c.send_raw(&frame)).unwrap();
+    let err = format!(
+        "{:#}",
+        rt.block_on(c.recv())
+            .expect_err("a format-3 set was accepted")
+    );
+    assert!(
+        err.contains("version 3 holds sha256") && err.contains("same standin version"),
+        "{err}"
+    );
+    assert!(!state.join("staging/src1/old-format").exists());
+    still_serving(&rt, &cfg, &mut daemon, &mut seq);
 
     // A symlinked parent pointing out (absolute and relative): the records
     // are refused at apply time, logged, and the state turns to Warning.

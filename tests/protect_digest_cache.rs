@@ -145,6 +145,24 @@ fn digest_caches_are_trusted_only_while_the_stamp_holds() {
     let r = protect(d.path(), &daemon, sid, tf, &src, &[]);
     assert!(r.log.contains("checksum mismatch"), "{}", r.log);
     assert_eq!(n(&r, "files_hashed"), files);
+    // One of format version 1 (sha256 digests, before protocol 5), whole
+    // and with a valid checksum: dropped without a warning (an upgrade
+    // is expected, the cache is rebuilt) and nothing of it is trusted.
+    std::fs::remove_file(&index).unwrap();
+    let mut bytes = std::fs::read(&cache).unwrap();
+    assert_eq!(&bytes[..5], b"SIDS\x02");
+    bytes[4] = 1;
+    let body = bytes.len() - 32;
+    let sum = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&bytes[..body])
+    };
+    bytes[body..].copy_from_slice(&sum);
+    std::fs::write(&cache, &bytes).unwrap();
+    let r = protect(d.path(), &daemon, sid, tf, &src, &[]);
+    assert!(!r.log.contains("ignoring the digest cache"), "{}", r.log);
+    assert_eq!((n(&r, "files_hashed"), n(&r, "digests_reused")), (files, 0));
+    assert_eq!(&std::fs::read(&cache).unwrap()[..5], b"SIDS\x02", "rebuilt");
     // One written for another tree (a copy of the source elsewhere).
     let other = d.path().join("other");
     copy_tree(&src, &other);

@@ -27,9 +27,9 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// "SIME", version 2, batch 1, block size 4096, then `count`.
+/// "SIME", version 3, batch 1, block size 4096, then `count`.
 fn header(count: u64) -> Vec<u8> {
-    let mut b = b"SIME\x02".to_vec();
+    let mut b = b"SIME\x03".to_vec();
     varint(&mut b, 1);
     varint(&mut b, 4096);
     varint(&mut b, count);
@@ -62,7 +62,7 @@ fn hostile_mirror_batches_are_refused_and_the_daemon_keeps_serving() {
     };
     let mut bad_varint = header(1);
     bad_varint.extend_from_slice(&[0xff; 11]);
-    let mut overlong = b"SIME\x02".to_vec();
+    let mut overlong = b"SIME\x03".to_vec();
     overlong.extend_from_slice(&[0x81, 0x80, 0x00]);
     let mut prefix = header(1);
     varint(&mut prefix, 9); // shares 9 bytes with the empty previous path
@@ -90,7 +90,7 @@ fn hostile_mirror_batches_are_refused_and_the_daemon_keeps_serving() {
         ),
         (
             "random bytes",
-            b"SIME\x02\x07\x00\xff\x13\x99".to_vec(),
+            b"SIME\x03\x07\x00\xff\x13\x99".to_vec(),
             "malformed mirror entries",
         ),
     ];

@@ -38,9 +38,13 @@ fn make_source(src: &Path) {
 }
 
 fn full_scan(src: &Path) -> (String, u64) {
-    let s =
-        standin_builder::manifest::scan_tree(src, &ScanOptions::default(), &NoProgress, |_| Ok(()))
-            .unwrap();
+    let s = standin_builder::manifest::scan_tree_mirror(
+        src,
+        &ScanOptions::default(),
+        &NoProgress,
+        |_| Ok(()),
+    )
+    .unwrap();
     (s.root_digest, s.entry_count)
 }
 

@@ -10,7 +10,6 @@ use std::path::Path;
 
 use common::*;
 use failover_support::*;
-use sha2::{Digest, Sha256};
 use standin_builder::changeset::{ChangeSet, Record};
 use standin_builder::entry::{Entry, Kind};
 
@@ -62,12 +61,12 @@ fn apply_changes(state: &Path, staged: &Path) {
             path: b"data/big".to_vec(),
             offset: 10,
             data: b"CHANGED".to_vec(),
-            content_sha256: Some(Sha256::digest(&big).into()),
+            content_digest: Some(standin_builder::hash::content_digest(&big)),
         },
         Record::Truncate {
             path: b"usr/bin/app".to_vec(),
             size: 3,
-            content_sha256: Some(Sha256::digest(app).into()),
+            content_digest: Some(standin_builder::hash::content_digest(app)),
         },
         Record::SetMetadata(db),
         Record::Delete {
@@ -262,7 +261,7 @@ fn digest_of_a_snapshot_equals_the_replicas() {
         None,
     );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let want = standin_builder::manifest::scan_tree(
+    let want = standin_builder::manifest::scan_tree_mirror(
         &staged,
         &Default::default(),
         &standin_builder::NoProgress,

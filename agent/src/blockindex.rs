@@ -1,6 +1,7 @@
 //! The agent's record of what the target holds: per path its kind, inode
 //! and metadata digest (in memory, a few dozen bytes per path), and per
-//! regular file its size, mtime, content sha256 and the digests of its
+//! regular file its size, mtime, content digest (BLAKE3-256, the link's
+//! `standin_builder::hash::content_digest`) and the digests of its
 //! 16 KiB blocks (on disk under `<state-dir>/blockindex/`, one file of
 //! 16-byte digests per multi-block file, so memory does not grow with data).
 //!
@@ -23,9 +24,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 use standin_builder::changeset::{metadata_digest, Digest32, Record};
 use standin_builder::entry::{Entry, Kind};
+use standin_builder::hash::{block_digest, ContentHasher};
 
 /// Default block size: small enough that a 4 KiB write sends under 64 KiB.
 pub const BLOCK_SIZE: u64 = 16 << 10;
@@ -56,7 +57,8 @@ pub struct FileState {
     id: u64,
     pub size: u64,
     pub mtime_ns: i64,
-    pub sha256: Digest32,
+    /// The content digest (BLAKE3-256) of what the target holds.
+    pub digest: Digest32,
     /// One path of this inode the target has (for hard links).
     pub path: Vec<u8>,
 }
@@ -83,13 +85,6 @@ pub struct FileDiff {
     pub data_bytes: u64,
     /// Bytes read from the file.
     pub read_bytes: u64,
-}
-
-fn block_digest(data: &[u8]) -> [u8; 16] {
-    let d = Sha256::digest(data);
-    let mut o = [0u8; 16];
-    o.copy_from_slice(&d[..16]);
-    o
 }
 
 impl BlockIndex {
@@ -309,8 +304,10 @@ impl BlockIndex {
     fn load_digests(&self, f: &FileState) -> Vec<[u8; 16]> {
         let n = f.size.div_ceil(self.block) as usize;
         if n <= 1 {
+            // One block: its block digest is the content digest's prefix
+            // (both BLAKE3 of the same bytes, `hash::block_digest`).
             let mut d = [0u8; 16];
-            d.copy_from_slice(&f.sha256[..16]);
+            d.copy_from_slice(&f.digest[..16]);
             return if n == 1 { vec![d] } else { Vec::new() };
         }
         match std::fs::read(self.digest_path(f.id)) {
@@ -330,7 +327,7 @@ impl BlockIndex {
     /// Compare the regular file `abs` (the entry `e`, inode `ino`) with what
     /// the target holds and emit the records that make the target's copy
     /// equal: `WriteExtent`s of changed blocks and a final `Truncate` to the
-    /// size that carries the whole content's sha256. `fresh`: the target's
+    /// size that carries the whole content's digest (BLAKE3). `fresh`: the target's
     /// file is new and empty (after a Create), everything but holes is sent.
     /// Updates the index. Nothing is emitted when the content is unchanged.
     pub fn diff_file(
@@ -356,7 +353,7 @@ impl BlockIndex {
             emit(Record::Truncate {
                 path: e.path.clone(),
                 size: 0,
-                content_sha256: None,
+                content_digest: None,
             })?;
         }
         let file =
@@ -368,7 +365,7 @@ impl BlockIndex {
         let b = self.block;
         let nblocks = size.div_ceil(b) as usize;
         let zero = vec![0u8; b as usize];
-        let mut whole = Sha256::new();
+        let mut whole = ContentHasher::new();
         let mut digests = Vec::with_capacity(nblocks);
         let mut out = FileDiff::default();
         let mut buf = vec![0u8; b as usize];
@@ -386,7 +383,7 @@ impl BlockIndex {
                 path: path.clone(),
                 offset: ext_off,
                 data: std::mem::take(ext),
-                content_sha256: None,
+                content_digest: None,
             })
         };
         let mut next_data = next_data_at(&file, 0, size);
@@ -425,16 +422,16 @@ impl BlockIndex {
             }
         }
         flush(ext_off, &mut ext, &mut out)?;
-        let sha: Digest32 = whole.finalize().into();
+        let sha: Digest32 = whole.finalize();
         let unchanged = prev
             .as_ref()
-            .is_some_and(|p| p.sha256 == sha && p.size == size);
+            .is_some_and(|p| p.digest == sha && p.size == size);
         if !unchanged {
             out.changed = true;
             emit(Record::Truncate {
                 path: e.path.clone(),
                 size,
-                content_sha256: Some(sha),
+                content_digest: Some(sha),
             })?;
         }
         let id = match prev {
@@ -469,7 +466,7 @@ impl BlockIndex {
                 id,
                 size,
                 mtime_ns: e.mtime_ns,
-                sha256: sha,
+                digest: sha,
                 path: e.path.clone(),
             },
         );

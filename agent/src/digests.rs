@@ -1,4 +1,5 @@
-//! The source's digest cache: the sha256 of each regular file of the
+//! The source's digest cache: the content digest (BLAKE3-256, the link's
+//! `standin_builder::hash::content_digest`) of each regular file of the
 //! protected tree, remembered across agent runs in `digests.bin` in the
 //! agent's state directory, sorted in tree order and read alongside the
 //! scan (format and trust rule: [`standin_builder::digest_stream`]), so
@@ -32,6 +33,14 @@ pub fn open(file: Option<&Path>, tree: &str) -> Reader {
     };
     match Reader::open(file, tree) {
         Ok(r) => r,
+        Err(why) if standin_builder::digest_table::other_version(&why) => {
+            // After an upgrade (e.g. sha256 digests before protocol 5).
+            tracing::debug!(
+                file = %file.display(),
+                "dropping the digest cache of another format: {why}; every file is hashed and it is rebuilt"
+            );
+            Reader::empty()
+        }
         Err(why) => {
             tracing::warn!(
                 file = %file.display(),

@@ -17,7 +17,7 @@
 //!    `scan_tree_cached`) while its entries stream to the target in
 //!    batches; the target answers what differs ([`MirrorDiff`]). For files
 //!    whose content differs in checksum mode, the source hashes their
-//!    blocks and keeps the numbers of the blocks whose sha256 differs from
+//!    blocks and keeps the numbers of the blocks whose digest differs from
 //!    the target's. An empty batch at the end asks for the paths the
 //!    replica holds that the source does not.
 //! 3. **Send**, interleaved with 1–2: `MirrorStart`, then ordinary change
@@ -145,7 +145,7 @@ enum Action {
     /// Create the entry; files get their whole content.
     Create,
     Metadata,
-    /// Patch these blocks; then the content has this sha256.
+    /// Patch these blocks; then the content has this content digest (BLAKE3).
     Blocks(Vec<u64>, [u8; 32]),
     /// Unchanged directory or hard link: a directory's metadata is sent
     /// again when entries were created in it; a link is made again when
@@ -925,7 +925,7 @@ async fn plan_batch(
 
 /// The blocks of `e` that differ from the target's `target` block digests,
 /// from the scan's block digests `scanned` of the same read that gave
-/// `e`'s sha256; `None` when the scan did not take them (or with another
+/// `e`'s content digest; `None` when the scan did not take them (or with another
 /// block size or count): then the file is read.
 fn scanned_blocks(
     e: &Entry,

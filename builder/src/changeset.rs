@@ -4,14 +4,20 @@
 //! Binary layout (all integers big endian):
 //!
 //! ```text
-//! magic "SICS" | version u8 = 1 | reserved u8 u8 u8 | seq u64 | created_unix_ms i64
-//! | record count u32 | records... | sha256 (32 bytes) of everything before it
+//! magic "SICS" | version u8 = 4 | reserved u8 u8 u8 | seq u64 | created_unix_ms i64
+//! | record count u32 | records... | checksum (32 bytes)
 //! ```
 //!
-//! Version 2 adds the `File` record; version 3 (any set with a `File`
-//! record) leaves the data bytes of `File` records out of the checksum:
-//! each carries the sha256 of its data, which the checksum covers and the
-//! target checks before writing the file.
+//! Version 4 (the only one this build writes and reads): every content
+//! digest (`File`, `WriteExtent`, `Truncate`, an entry's optional digest)
+//! is the link's content digest, BLAKE3-256
+//! ([`crate::hash::content_digest`]), and so is the trailing checksum,
+//! which covers everything but the data bytes of `File` records (each
+//! carries the digest of its data, which the checksum covers and the
+//! target checks before writing the file). Versions 1 to 3 held sha256
+//! digests (1: no `File` record, checksum over every byte; 2: `File`
+//! records; 3: the checksum leaves their data out): they are refused by
+//! name, so a sha256 is never taken for a BLAKE3 digest.
 //!
 //! Each record is a tag byte and its fields; byte strings are a `u32` length
 //! and the bytes. Every length is checked against a fixed limit *and* the
@@ -22,6 +28,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::hash::ContentHasher;
+
 use crate::entry::{Entry, Kind};
 
 mod codec;
@@ -30,17 +38,11 @@ use codec::{decode_record, kind_tag, limit, put_bytes, put_opt, Reader};
 pub use encoder::SetEncoder;
 
 const MAGIC: &[u8; 4] = b"SICS";
-/// Version written when a set holds only version-1 records (older targets
-/// read it); [`VERSION_FILE`] when it holds a [`Record::File`].
-const VERSION: u8 = 1;
-/// Version 2 adds [`Record::File`] (tag 8).
-const VERSION_FILE: u8 = 2;
-/// Version 3 (written for every set holding a [`Record::File`]): the
-/// trailing checksum covers everything but the data bytes of `File`
-/// records, which their own sha256 (covered by the checksum) protects:
-/// the target checks each file's data against it before writing it, so
-/// every byte is hashed once on each side instead of twice.
-const VERSION_FILE_DIGEST: u8 = 3;
+/// The version written and read: BLAKE3 content digests and checksum;
+/// the checksum leaves out the data of `File` records (module docs).
+const VERSION: u8 = 4;
+/// Newest version whose digests were sha256 (refused by name).
+const LAST_SHA256_VERSION: u8 = 3;
 const HEADER: usize = 4 + 4 + 8 + 8 + 4;
 
 /// Longest path (bytes) a record may carry.
@@ -60,7 +62,8 @@ pub const MAX_EXTENT_DATA: usize = 16 << 20;
 /// Most records per change set.
 pub const MAX_RECORDS: usize = 1 << 20;
 
-/// A sha256 digest.
+/// A 32-byte digest: in records, the link's content digest (BLAKE3-256,
+/// [`crate::hash::content_digest`]); from [`metadata_digest`], a sha256.
 pub type Digest32 = [u8; 32];
 
 /// One change to a tree. Paths are raw bytes relative to the tree root.
@@ -72,7 +75,7 @@ pub enum Record {
     /// ([`metadata_digest`]).
     Create(Entry),
     /// Write `data` at `offset` of a regular file; afterwards the file's
-    /// whole content has sha256 `content_sha256`. The sender may leave the
+    /// whole content has the content digest (BLAKE3-256) `content_digest`. The sender may leave the
     /// digest out (`None`) on all but the last content record of a file it
     /// sends in several pieces, so the target hashes each file once, not
     /// once per piece; a later record of the same file then carries it.
@@ -80,14 +83,14 @@ pub enum Record {
         path: Vec<u8>,
         offset: u64,
         data: Vec<u8>,
-        content_sha256: Option<Digest32>,
+        content_digest: Option<Digest32>,
     },
-    /// Set a regular file's length; afterwards its content has sha256
-    /// `content_sha256` (optional as for `WriteExtent`).
+    /// Set a regular file's length; afterwards its content has the
+    /// content digest `content_digest` (optional as for `WriteExtent`).
     Truncate {
         path: Vec<u8>,
         size: u64,
-        content_sha256: Option<Digest32>,
+        content_digest: Option<Digest32>,
     },
     /// Set owner, mode, xattrs and mtime (not content) to `entry`'s.
     /// Afterwards the path must hold exactly `entry`'s metadata.
@@ -98,16 +101,16 @@ pub enum Record {
     Link { existing: Vec<u8>, new: Vec<u8> },
     /// Remove `path` (recursively for a directory); absent is fine.
     Delete { path: Vec<u8> },
-    /// A whole regular file in one record (format version 2): replace
-    /// whatever is at `entry.path` with a new file holding `data` (whose
-    /// sha256 is `content_sha256`) and `entry`'s metadata. `entry.size`
+    /// A whole regular file in one record: replace whatever is at
+    /// `entry.path` with a new file holding `data` (whose content digest,
+    /// BLAKE3-256, is `content_digest`) and `entry`'s metadata. `entry.size`
     /// equals `data.len()`; no hard link, no sparse map. The target checks
     /// the digest before writing anything and makes the file visible only
     /// once it is complete (content and metadata).
     File {
         entry: Entry,
         data: Vec<u8>,
-        content_sha256: Digest32,
+        content_digest: Digest32,
     },
 }
 
@@ -171,8 +174,10 @@ pub enum ChangeSetError {
     Truncated(&'static str),
     #[error("change set does not start with the SICS magic")]
     BadMagic,
-    #[error("change set format version {0} is not supported (this build reads versions 1 to 3); install the same standin version on both sides")]
+    #[error("change set format version {0} is not supported (this build reads version 4); install the same standin version on both sides")]
     BadVersion(u8),
+    #[error("change set format version {0} holds sha256 content digests (written by an older standin; this build reads version 4, BLAKE3); install the same standin version on both sides")]
+    OldDigests(u8),
     #[error("change set checksum does not match (expected {expected}, computed {computed})")]
     BadChecksum { expected: String, computed: String },
     #[error("{what} of {len} exceeds the limit of {max}")]
@@ -300,15 +305,14 @@ impl ChangeSet {
             return Err(ChangeSetError::BadMagic);
         }
         let version = body[4];
-        if version != VERSION && version != VERSION_FILE && version != VERSION_FILE_DIGEST {
+        if (1..=LAST_SHA256_VERSION).contains(&version) {
+            return Err(ChangeSetError::OldDigests(version));
+        }
+        if version != VERSION {
             return Err(ChangeSetError::BadVersion(version));
         }
-        // Versions 1 and 2: the checksum covers every byte and is checked
-        // before anything is parsed. Version 3: it skips the data of File
-        // records, so the (hardened) parse comes first to find them.
-        if version != VERSION_FILE_DIGEST {
-            verify(body, &[], sum)?;
-        }
+        // The checksum skips the data of File records, so the (hardened)
+        // parse comes first to find them.
         let mut r = Reader::at(body, 5);
         r.take(3)?;
         let seq = r.u64()?;
@@ -320,7 +324,7 @@ impl ChangeSet {
         let mut records = Vec::with_capacity(count);
         let mut skip = Vec::new();
         for index in 0..count {
-            let rec = decode_record(&mut r, version).map_err(|e| match e {
+            let rec = decode_record(&mut r).map_err(|e| match e {
                 ChangeSetError::BadRecord { .. } => e,
                 other => ChangeSetError::BadRecord {
                     index,
@@ -336,9 +340,7 @@ impl ChangeSet {
         if r.remaining() != 0 {
             return Err(ChangeSetError::Trailing(r.remaining()));
         }
-        if version == VERSION_FILE_DIGEST {
-            verify(body, &skip, sum)?;
-        }
+        verify(body, &skip, sum)?;
         let cs = ChangeSet {
             seq,
             created_unix_ms,
@@ -349,17 +351,18 @@ impl ChangeSet {
     }
 }
 
-/// The trailing checksum: sha256 of `body` without the byte ranges in
-/// `skip` (the data of File records in version 3; in order, disjoint).
+/// The trailing checksum: the content digest (BLAKE3-256) of `body`
+/// without the byte ranges in `skip` (the data of File records; in order,
+/// disjoint).
 fn checksum(body: &[u8], skip: &[(usize, usize)]) -> [u8; 32] {
-    let mut h = Sha256::new();
+    let mut h = ContentHasher::new();
     let mut at = 0;
     for &(start, end) in skip {
         h.update(&body[at..start]);
         at = end;
     }
     h.update(&body[at..]);
-    h.finalize().into()
+    h.finalize()
 }
 
 fn verify(body: &[u8], skip: &[(usize, usize)], sum: &[u8]) -> Result<(), ChangeSetError> {

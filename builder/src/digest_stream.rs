@@ -10,12 +10,16 @@
 //! File (`digests.bin` in the agent's state directory):
 //!
 //! ```text
-//! "SIDS" | version u8 = 1 | 3 reserved | tree-id length u16 | tree id
+//! "SIDS" | version u8 = 2 | 3 reserved | tree-id length u16 | tree id
 //! | records in strictly increasing tree order ([`crate::entry::path_cmp`]):
 //!   shared u32 (bytes of the previous path kept) | suffix length u32 | suffix
-//!   | dev u64 | ino u64 | size u64 | mtime_ns i64 | ctime_ns i64 | sha256 (32)
-//! | end: shared = 0xFFFF_FFFF | count u64 | sha256 of everything before (32)
+//!   | dev u64 | ino u64 | size u64 | mtime_ns i64 | ctime_ns i64 | digest (32)
+//! | end: shared = 0xFFFF_FFFF | count u64 | BLAKE3-256 of everything before (32)
 //! ```
+//!
+//! The digest is the link's content digest (BLAKE3-256,
+//! [`crate::hash::content_digest`]) since version 2; a version-1 file
+//! (sha256 digests) is refused whole like any other version.
 //!
 //! Integers are big endian. The whole file is checked (checksum, order,
 //! count) in one streaming pass before any digest of it is used; a file
@@ -35,7 +39,8 @@ use crate::record_stream::{Framing, RecordReader, RecordWriter};
 
 const FRAMING: Framing = Framing {
     magic: b"SIDS",
-    version: 1,
+    // 2: BLAKE3 content digests (1 held sha256).
+    version: 2,
     what: "digest cache",
 };
 
@@ -44,7 +49,8 @@ const FRAMING: Framing = Framing {
 pub struct Record {
     pub path: Vec<u8>,
     pub stamp: Stamp,
-    pub sha256: [u8; 32],
+    /// The file's content digest (BLAKE3-256).
+    pub digest: [u8; 32],
 }
 
 /// What [`Reader::lookup`] found for a path.
@@ -75,12 +81,12 @@ impl<R: Read> Records<R> {
             mtime_ns: r.u64()? as i64,
             ctime_ns: r.u64()? as i64,
         };
-        let sha256 = r.read(32)?.try_into().expect("32");
+        let digest = r.read(32)?.try_into().expect("32");
         r.done(&path);
         Ok(Some(Record {
             path,
             stamp,
-            sha256,
+            digest,
         }))
     }
 }
@@ -144,7 +150,7 @@ impl Reader {
                         _ => None,
                     };
                 }
-                Ordering::Equal if cur.stamp == *now => return Found::Same(cur.sha256),
+                Ordering::Equal if cur.stamp == *now => return Found::Same(cur.digest),
                 Ordering::Equal => return Found::Changed,
                 Ordering::Greater => return Found::Unknown,
             }
@@ -164,7 +170,7 @@ impl Writer {
 
     /// Add the next file; paths must come in strictly increasing tree order
     /// (others are left out).
-    pub fn add(&mut self, path: &[u8], stamp: &Stamp, sha256: &[u8; 32]) -> Result<()> {
+    pub fn add(&mut self, path: &[u8], stamp: &Stamp, digest: &[u8; 32]) -> Result<()> {
         let mut b = Vec::with_capacity(8 + path.len() + 72);
         if !self.0.begin(path, &mut b) {
             return Ok(());
@@ -175,7 +181,7 @@ impl Writer {
         for v in [stamp.mtime_ns, stamp.ctime_ns] {
             b.extend_from_slice(&v.to_be_bytes());
         }
-        b.extend_from_slice(sha256);
+        b.extend_from_slice(digest);
         self.0.put(path, &b)
     }
 
@@ -236,5 +242,29 @@ mod tests {
         std::fs::write(&p, &b[..20]).unwrap();
         let err = Reader::open(&p, "tree-a").err().unwrap();
         assert!(err.contains("truncated"), "{err}");
+    }
+
+    /// A version-1 cache (sha256 digests), complete and well formed, is
+    /// refused whole: none of its digests is taken for a BLAKE3 one.
+    #[test]
+    fn a_sha256_cache_of_version_1_is_not_trusted() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("digests.bin");
+        let old = Framing {
+            version: 1,
+            ..FRAMING
+        };
+        let mut w = RecordWriter::create(&p, &old, "tree-a").unwrap();
+        let mut b = Vec::new();
+        assert!(w.begin(b"a", &mut b));
+        for v in [1u64, 0, 3, 5, 7] {
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+        b.extend_from_slice(&[9; 32]);
+        w.put(b"a", &b).unwrap();
+        w.commit(&[]).unwrap();
+        let err = Reader::open(&p, "tree-a").err().unwrap();
+        assert!(err.contains("SIDS.1") && err.contains("SIDS.2"), "{err}");
+        assert!(crate::digest_table::other_version(&err), "{err}");
     }
 }

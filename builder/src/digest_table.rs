@@ -11,10 +11,15 @@
 //! File (`digests.bin` in a state directory):
 //!
 //! ```text
-//! "SIDT" | version u8 = 1 | 3 reserved | tree-id length u16 | tree id
+//! "SIDT" | version u8 = 2 | 3 reserved | tree-id length u16 | tree id
 //! | count u64 | count x (dev u64, ino u64, size u64, mtime_ns i64,
-//! ctime_ns i64, sha256 32 bytes) | sha256 of everything before (32)
+//! ctime_ns i64, content digest 32 bytes) | BLAKE3-256 of everything before (32)
 //! ```
+//!
+//! The digests are the link's content digests (BLAKE3-256,
+//! [`crate::hash::content_digest`]) since version 2, and so is the
+//! checksum; version 1 held sha256 digests and checksum and is refused like any other version, so none of its
+//! values is ever taken for a BLAKE3 digest.
 //!
 //! Integers are big endian. A file that is truncated, corrupt, of another
 //! version or of another tree is refused as a whole ([`DigestTable::load`]
@@ -25,16 +30,26 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use crate::hash::{content_digest, ContentHasher};
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 4] = b"SIDT";
-const VERSION: u8 = 1;
+/// Version 2: BLAKE3 content digests (1 held sha256).
+const VERSION: u8 = 2;
 const RECORD: usize = 72;
 
 /// Largest number of remembered files (about 100 bytes each in memory, 72
 /// on disk). Beyond it new digests are not remembered (they cost hashing).
 pub const MAX_ENTRIES: usize = 4 << 20;
+
+/// Whether `why` (a refusal of [`DigestTable::load`] or of a
+/// [`crate::record_stream`] file such as the agent's cache) says only that
+/// the file has another format version: an expected, one-time event
+/// after an upgrade (callers log it at debug level and rebuild), not
+/// damage.
+pub fn other_version(why: &str) -> bool {
+    why.contains("(this standin reads ")
+}
 
 /// A regular file's identity and change stamp.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
@@ -139,7 +154,7 @@ impl DigestTable {
 
     /// Write the table for `tree` to `w` (streaming; see the module docs).
     pub fn write_to(&self, w: &mut impl std::io::Write, tree: &str) -> std::io::Result<()> {
-        let mut h = Sha256::new();
+        let mut h = ContentHasher::new();
         let mut put = |b: &[u8]| -> std::io::Result<()> {
             h.update(b);
             w.write_all(b)
@@ -180,7 +195,7 @@ impl DigestTable {
         if b[4] != VERSION {
             return Err(format!("version {} (this standin reads {VERSION})", b[4]));
         }
-        if Sha256::digest(body).as_slice() != sum {
+        if content_digest(body) != sum {
             return Err("checksum mismatch (truncated or corrupt)".into());
         }
         let tl = u16::from_be_bytes([b[8], b[9]]) as usize;
@@ -299,5 +314,28 @@ mod tests {
         );
         back.save(&p, "tree-a").unwrap();
         assert_eq!(DigestTable::load(&p, "tree-a").unwrap().len(), 2);
+    }
+
+    /// A version-1 table (sha256 digests) with a valid checksum is refused
+    /// whole: none of its digests is taken for a BLAKE3 one.
+    #[test]
+    fn a_sha256_table_of_version_1_is_not_trusted() {
+        let mut t = DigestTable::new();
+        t.insert(stamp(1), [1; 32]);
+        let mut b = t.encode("tree-a");
+        b[4] = 1;
+        let n = b.len() - 32;
+        let sum = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(&b[..n])
+        };
+        b[n..].copy_from_slice(&sum);
+        let err = DigestTable::decode(&b, "tree-a").unwrap_err();
+        assert!(
+            err.contains("version 1") && err.contains("reads 2"),
+            "{err}"
+        );
+        assert!(other_version(&err));
+        assert!(!other_version("checksum mismatch (truncated or corrupt)"));
     }
 }

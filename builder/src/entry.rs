@@ -109,7 +109,12 @@ pub struct Entry {
     /// the file has no holes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sparse: Option<Vec<(u64, u64)>>,
-    /// sha256 of a regular file's content, lowercase hex.
+    /// Digest of a regular file's content, lowercase hex: its sha256 in
+    /// a manifest or archive (the JSON field's name), the link's content
+    /// digest (BLAKE3-256, `hash::content_digest`) in everything a mirror
+    /// or replication computes, sends or keeps (mirror scans, mirror
+    /// batches, change-set entries, the agent's index, the target's
+    /// ledger), so the root digest of a mirror is over BLAKE3 digests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
 }

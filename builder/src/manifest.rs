@@ -272,25 +272,41 @@ pub fn scan_tree(
     progress: &dyn Progress,
     each: impl FnMut(&Entry) -> Result<()>,
 ) -> Result<ManifestSummary> {
-    scan_tree_known(root, opts, progress, &|_| None, each)
+    let digest_of = |s: &Scanned| -> Result<String> {
+        let (h, _) = crate::hash::hash_file(&s.abs, s.entry.size, s.entry.sparse.as_deref())
+            .with_context(|| format!("hashing {}", s.abs.display()))?;
+        Ok(h)
+    };
+    let mut each = each;
+    scan_tree_with(
+        root,
+        opts,
+        progress,
+        &mut |_| Ok(()),
+        &digest_of,
+        &mut |s| each(&s.entry),
+    )
 }
 
-/// [`scan_tree`], but `known(stamp)` may supply the sha256 of a regular
-/// file (by its [`Stamp`] from the scan's `lstat`) that the caller already
-/// hashed and knows unchanged; only the others are read.
-pub fn scan_tree_known(
+/// The root digest a mirror compares: [`scan_tree`], but each regular
+/// file's `sha256` field holds the link's content digest (BLAKE3-256,
+/// [`crate::hash::content_digest`]) instead of its sha256. Both sides of a
+/// mirror compute this one; a manifest's root digest (sha256 per file) of
+/// the same tree differs.
+pub fn scan_tree_mirror(
     root: &Path,
     opts: &ScanOptions,
     progress: &dyn Progress,
-    known: &(dyn Fn(&Stamp) -> Option<[u8; 32]> + Sync),
     mut each: impl FnMut(&Entry) -> Result<()>,
 ) -> Result<ManifestSummary> {
-    scan_tree_known_scanned(root, opts, progress, known, |s| each(&s.entry))
+    scan_tree_mirror_scanned(root, opts, progress, &|_| None, |s| each(&s.entry))
 }
 
-/// [`scan_tree_known`], giving `each` the whole [`Scanned`] (with the
-/// entry's inode).
-pub fn scan_tree_known_scanned(
+/// [`scan_tree_mirror`] (link content digests, not sha256), where
+/// `known(stamp)` may supply the content digest of a regular file the
+/// caller already hashed and knows unchanged, giving `each` the whole
+/// [`Scanned`] (with the entry's inode).
+pub fn scan_tree_mirror_scanned(
     root: &Path,
     opts: &ScanOptions,
     progress: &dyn Progress,
@@ -301,7 +317,7 @@ pub fn scan_tree_known_scanned(
         if let Some(h) = s.stamp.as_ref().and_then(known) {
             return Ok(crate::hash::hex(&h));
         }
-        let (h, _) = crate::hash::hash_file(&s.abs, s.entry.size, s.entry.sparse.as_deref())
+        let (h, _) = crate::hash::content_file(&s.abs, s.entry.size, s.entry.sparse.as_deref())
             .with_context(|| format!("hashing {}", s.abs.display()))?;
         Ok(h)
     };
@@ -319,8 +335,9 @@ pub fn scan_tree_known_scanned(
 pub use crate::scan_cached::{scan_tree_cached, CacheCounts, CachedScan, FileBlocks};
 
 /// The scan loop: `prepare` sees each batch first, in tree order, on the
-/// calling thread (it may fill in `sha256`); `digest_of` gives the sha256
-/// (hex) of each regular file still without one, in parallel; `each` gets
+/// calling thread (it may fill in `sha256`); `digest_of` gives the digest
+/// (hex: sha256 for a manifest, the link's content digest for a mirror)
+/// of each regular file still without one, in parallel; `each` gets
 /// every finished entry in tree order.
 pub(crate) fn scan_tree_with(
     root: &Path,

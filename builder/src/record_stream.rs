@@ -9,7 +9,8 @@
 //!   shared u32 (bytes of the previous path kept) | suffix length u32 | suffix
 //!   | the file's own fields
 //! | end: shared = 0xFFFF_FFFF | count u64 | the file's own trailer
-//! | sha256 of everything before (32)
+//! | checksum of everything before (32): BLAKE3-256 (the files' version-2
+//!   formats, `SIDS.2` and `SIMX.2`; version 1 had sha256)
 //! ```
 //!
 //! Integers are big endian. [`verify`] checks the checksum of a whole
@@ -20,8 +21,8 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
+use crate::hash::ContentHasher;
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 
 use crate::durable::DurableFile;
 use crate::entry::path_cmp;
@@ -44,7 +45,7 @@ pub struct Framing {
 /// [`RecordWriter::commit`] (fsync, rename, fsync of the directory).
 pub struct RecordWriter {
     out: BufWriter<DurableFile>,
-    hasher: Sha256,
+    hasher: ContentHasher,
     prev: Vec<u8>,
     count: u64,
     what: &'static str,
@@ -57,7 +58,7 @@ impl RecordWriter {
             .with_context(|| format!("saving the {} {}", f.what, path.display()))?;
         let mut w = RecordWriter {
             out: BufWriter::with_capacity(1 << 16, file),
-            hasher: Sha256::new(),
+            hasher: ContentHasher::new(),
             prev: Vec::new(),
             count: 0,
             what: f.what,
@@ -120,7 +121,7 @@ impl RecordWriter {
         b.extend_from_slice(&self.count.to_be_bytes());
         b.extend_from_slice(trailer);
         self.write(&b)?;
-        let sum = self.hasher.finalize_reset();
+        let sum = self.hasher.finalize();
         self.out.write_all(&sum)?;
         let what = self.what;
         let f = self
@@ -233,7 +234,7 @@ impl<R: Read> RecordReader<R> {
 }
 
 /// Check the file at `path` as a whole before it is used: at least
-/// `min_len` bytes, and the sha256 at its end over everything before
+/// `min_len` bytes, and the checksum (BLAKE3-256) at its end over everything before
 /// (on a mismatch, a header of another kind, version or tree is named
 /// instead). `Ok(None)` when there is no file; else the last `keep` bytes
 /// before the checksum (a trailer to read from the end).
@@ -255,7 +256,7 @@ pub fn verify(
         return Err(format!("truncated ({len} bytes)"));
     }
     let mut r = BufReader::with_capacity(1 << 16, file);
-    let mut h = Sha256::new();
+    let mut h = ContentHasher::new();
     let mut left = len - 32;
     let mut buf = vec![0u8; 1 << 16];
     let mut tail: Vec<u8> = Vec::new();
@@ -272,7 +273,7 @@ pub fn verify(
     }
     let mut sum = [0u8; 32];
     r.read_exact(&mut sum).map_err(err)?;
-    if h.finalize().as_slice() != sum {
+    if h.finalize() != sum {
         let mut head = RecordReader::new(File::open(path).map_err(err)?);
         head.header(f, tree)?;
         return Err("checksum mismatch (truncated or corrupt)".into());

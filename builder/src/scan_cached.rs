@@ -2,8 +2,12 @@
 //! ([`crate::digest_stream`]): the cache is read alongside the sorted walk
 //! and the fresh one written as the scan goes, so memory stays flat as the
 //! tree grows. A file that changed since it was remembered (same path,
-//! other stamp) and spans several blocks is read once for both its sha256
-//! and its block digests, which a checksum mirror compares next.
+//! other stamp) and spans several blocks is read once for both its content
+//! digest and its block digests, which a checksum mirror compares next.
+//!
+//! This is the mirror's scan: every entry's `sha256` field holds the
+//! link's content digest (BLAKE3-256, [`crate::hash::content_digest`]),
+//! not a sha256, and so does the cache.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -122,7 +126,7 @@ pub fn scan_tree_cached(
             }
             return Ok(crate::hash::hex(&d));
         }
-        let (h, _) = crate::hash::hash_file(&s.abs, s.entry.size, s.entry.sparse.as_deref())
+        let (h, _) = crate::hash::content_file(&s.abs, s.entry.size, s.entry.sparse.as_deref())
             .with_context(|| format!("hashing {}", s.abs.display()))?;
         Ok(h)
     };

@@ -30,7 +30,9 @@ pub use message::Message;
 pub const DEFAULT_PORT: u16 = 6320;
 
 /// Version of the wire protocol spoken by this build (see docs/protocol.md).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: every content digest on the link (change sets, mirror batches, the
+/// mirror's root digest) is BLAKE3-256, not sha256.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Version of standin, sent in Hello.
 pub const STANDIN_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -143,7 +143,7 @@ pub struct MirrorBaseAnswer {
 /// a file has few enough blocks for the answer to stay small and a small
 /// change sends little. Block digests are the first 16 bytes of the
 /// block's BLAKE3 digest (`builder::hash::block_digest`); the file's whole
-/// sha256 is checked after the patch.
+/// content digest (BLAKE3-256) is checked after the patch.
 pub fn mirror_block_size(file_size: u64, max: u32) -> u64 {
     let root = (file_size as f64).sqrt() as u64;
     root.next_power_of_two().clamp(1024, (max as u64).max(1024))

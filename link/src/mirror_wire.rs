@@ -1,6 +1,7 @@
 //! The compact binary encoding of [`MirrorEntries`] and [`MirrorDiff`]
 //! (protocol 2): front-coded paths, LEB128 varints, mtimes as deltas, the
-//! first 16 bytes of each file's sha256. The frame's zstd compression then
+//! first 16 bytes of each file's content digest (BLAKE3-256 since batch
+//! version 3, protocol 5; sha256 before). The frame's zstd compression then
 //! squeezes the rest. See docs/protocol.md.
 //!
 //! Decoding checks every count and length against both its limit and the
@@ -19,12 +20,14 @@ use crate::message::{DiffItem, MirrorDiff, MirrorEntries};
 
 const ENTRIES_MAGIC: &[u8; 4] = b"SIME";
 const DIFF_MAGIC: &[u8; 4] = b"SIMD";
-const VERSION: u8 = 2;
+/// 3: content digests are BLAKE3's (2: sha256's).
+const VERSION: u8 = 3;
 /// Most entries (or diff items) in one batch.
 pub const MAX_BATCH: usize = 1 << 17;
 /// Most block digests for one file.
 pub const MAX_BLOCKS: usize = 1 << 20;
-/// Bytes of a file's content digest on the wire (a prefix of its sha256).
+/// Bytes of a file's content digest on the wire (a prefix of its BLAKE3-256
+/// content digest, `builder::hash::content_digest`).
 pub const DIGEST_BYTES: usize = 16;
 
 const F_XATTRS: u8 = 1;
@@ -74,9 +77,9 @@ fn kind_byte(k: Kind) -> u8 {
 
 fn digest_prefix(hex_sha: &str) -> anyhow::Result<[u8; DIGEST_BYTES]> {
     let b = hex::decode(hex_sha.get(..2 * DIGEST_BYTES).unwrap_or(""))
-        .map_err(|e| anyhow::anyhow!("bad sha256 {hex_sha:?}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("bad content digest {hex_sha:?}: {e}"))?;
     b.try_into()
-        .map_err(|_| anyhow::anyhow!("sha256 {hex_sha:?} is too short"))
+        .map_err(|_| anyhow::anyhow!("content digest {hex_sha:?} is too short"))
 }
 
 /// Encode a batch of entries.

@@ -31,7 +31,7 @@ pub enum SnapshotCommand {
 pub struct TakeArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Also compute the snapshot's root digest (reads every file once).
+    /// Also compute the snapshot's root digest (the mirror's: BLAKE3 per file, not an image manifest's sha256 one; reads every file once).
     #[arg(long)]
     pub digest: bool,
 }

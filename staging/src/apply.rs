@@ -28,7 +28,6 @@ mod file;
 mod fsops;
 pub mod writeback;
 use fsops::{list_xattrs, lstat, proc_path, remove_at};
-use sha2::{Digest, Sha256};
 use standin_builder::changeset::{check_path, metadata_digest, Digest32, Record};
 use standin_builder::digest_table::Stamp;
 use standin_builder::entry::{display_path, Entry, Kind};
@@ -64,19 +63,20 @@ pub enum ApplyError {
 pub trait ApplyTarget: Send {
     /// Apply one record (not yet durable).
     fn apply(&mut self, record: &Record) -> Result<(), ApplyError>;
-    /// [`ApplyTarget::apply`], given the sha256 of a `File` record's data
+    /// [`ApplyTarget::apply`], given the content digest of a `File` record's data
     /// computed beforehand from the record itself (`None`: not computed).
     /// A target compares it with the record's digest instead of hashing the
     /// data again. The default ignores it.
     fn apply_hashed(
         &mut self,
         record: &Record,
-        data_sha256: Option<&Digest32>,
+        data_digest: Option<&Digest32>,
     ) -> Result<(), ApplyError> {
-        let _ = data_sha256;
+        let _ = data_digest;
         self.apply(record)
     }
-    /// sha256 of the regular file at `path`, `None` if it is missing.
+    /// The content digest (BLAKE3-256, `standin_builder::hash::content_digest`)
+    /// of the regular file at `path`, `None` if it is missing.
     fn content_digest(&mut self, path: &[u8]) -> Result<Option<Digest32>, ApplyError>;
     /// [`ApplyTarget::content_digest`] of each of `paths`, in order (a
     /// target may read them at the same time). The default reads one after
@@ -261,13 +261,14 @@ thread_local! {
     static DIGEST_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The sha256 of what `f` holds from where it is, read through `buf`.
+/// The content digest (BLAKE3-256) of what `f` holds from where it is,
+/// read through `buf`.
 fn hash_through(
     mut f: &std::fs::File,
     path: &[u8],
     buf: &mut [u8],
 ) -> Result<Digest32, ApplyError> {
-    let mut h = Sha256::new();
+    let mut h = standin_builder::hash::ContentHasher::new();
     loop {
         let n = f
             .read(buf)
@@ -277,7 +278,7 @@ fn hash_through(
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().into())
+    Ok(h.finalize())
 }
 
 impl DirTarget {
@@ -749,7 +750,7 @@ impl ApplyTarget for DirTarget {
     fn apply_hashed(
         &mut self,
         record: &Record,
-        data_sha256: Option<&Digest32>,
+        data_digest: Option<&Digest32>,
     ) -> Result<(), ApplyError> {
         match record {
             // Records that cannot move or replace a directory keep the
@@ -762,8 +763,8 @@ impl ApplyTarget for DirTarget {
             Record::File {
                 entry,
                 data,
-                content_sha256,
-            } => self.write_file(entry, data, content_sha256, data_sha256),
+                content_digest,
+            } => self.write_file(entry, data, content_digest, data_digest),
             Record::Create(e) => self.create(e),
             Record::SetMetadata(e) => self.set_metadata(e),
             Record::WriteExtent {

@@ -620,7 +620,8 @@ async fn handle(
 }
 
 /// A frame read and decoded ahead of the request loop: its payload, the
-/// message, and for a change set the sha256 of each `File` record's data.
+/// message, and for a change set the content digest (BLAKE3) of each
+/// `File` record's data.
 type Incoming = Result<(Vec<u8>, Result<Message, String>, FileDigests), FrameError>;
 
 /// [`crate::store::file_data_digests`] of a change set (empty otherwise).

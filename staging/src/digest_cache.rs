@@ -123,6 +123,15 @@ pub fn load(state_dir: &Path, tree: &str) -> usize {
             *cache().lock().unwrap_or_else(|e| e.into_inner()) = t;
             n
         }
+        Err(why) if digest_table::other_version(&why) => {
+            // After an upgrade (e.g. sha256 digests before protocol 5).
+            tracing::debug!(
+                file = %path.display(),
+                "dropping the digest cache of another format: {why}; it is rebuilt"
+            );
+            let _ = std::fs::remove_file(&path);
+            0
+        }
         Err(why) => {
             tracing::warn!(
                 file = %path.display(),

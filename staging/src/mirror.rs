@@ -15,7 +15,7 @@
 //!   the whole entry (Create, content, metadata);
 //! - `metadata`: content equal, owner/mode/mtime/xattrs differ: SetMetadata;
 //! - `content`: a regular file whose content differs. With `block_size > 0`
-//!   (checksum mode) `blocks` holds the sha256 of each of the replica's
+//!   (checksum mode) `blocks` holds the block digest (BLAKE3) of each of the replica's
 //!   blocks, so only differing blocks travel; with `block_size == 0`
 //!   (date/time/size mode) `blocks` is empty and the whole file travels;
 //! - `extra` (only in the answer to the empty batch that ends the entries):
@@ -523,7 +523,7 @@ impl DiffSession {
     }
 }
 
-/// Whether the replica's sha256 (hex) is the source's: the source sends at
+/// Whether the replica's content digest (hex, BLAKE3) is the source's: the source sends at
 /// least the first 16 bytes (32 hex digits) of it.
 fn same_digest(replica: &str, source: Option<&str>) -> bool {
     source.is_some_and(|s| s.len() >= 32 && replica.starts_with(s))
@@ -590,21 +590,26 @@ fn replica_digest_recorded(root: &Path, ledger: Option<&Path>) -> Result<(String
         always_system_excludes: false,
     };
     let known = |st: &Stamp| crate::digest_cache::lookup_stamp(st);
-    let s =
-        standin_builder::manifest::scan_tree_known_scanned(root, &opts, &NoProgress, &known, |s| {
+    let s = standin_builder::manifest::scan_tree_mirror_scanned(
+        root,
+        &opts,
+        &NoProgress,
+        &known,
+        |s| {
             if let Some(wr) = w.as_mut() {
                 if wr.trusted_inode(&s.entry, &s.inode).is_err() {
                     w = None;
                 }
             }
             Ok(())
-        })
-        .with_context(|| {
-            format!(
-                "computing the root digest of the replica {}",
-                root.display()
-            )
-        })?;
+        },
+    )
+    .with_context(|| {
+        format!(
+            "computing the root digest of the replica {}",
+            root.display()
+        )
+    })?;
     let written = w.is_some_and(|w| w.finish().is_ok());
     Ok((s.root_digest, written))
 }
@@ -832,7 +837,7 @@ mod tests {
         for s in Scanner::new(root, &ScanOptions::default(), &NoProgress).unwrap() {
             let mut e = s.unwrap().entry;
             if e.kind == Kind::File && e.link.is_none() {
-                let (h, _) = standin_builder::hash::hash_file(
+                let (h, _) = standin_builder::hash::content_file(
                     &root.join(std::ffi::OsStr::from_bytes(&e.path)),
                     e.size,
                     None,

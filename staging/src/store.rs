@@ -291,6 +291,14 @@ impl Store {
                     self.drop_entry(seq)?;
                     continue;
                 }
+                Err(e @ standin_builder::changeset::ChangeSetError::OldDigests(_)) => {
+                    // Left by an older standin before the upgrade: its
+                    // sha256 digests cannot be checked; the agent's next
+                    // difference mirror catches up.
+                    warn!("discarding journal entry {}: {e}", path.display());
+                    self.drop_entry(seq)?;
+                    continue;
+                }
                 Err(e) => {
                     warn!("discarding torn journal entry {}: {e}", path.display());
                     self.drop_entry(seq)?;
@@ -340,8 +348,8 @@ impl Store {
         self.receive_hashed(raw, cs, &[])
     }
 
-    /// [`Store::receive`] with the sha256 of each `File` record's data
-    /// already computed (`data_sha256[i]` for record `i`; see
+    /// [`Store::receive`] with the content digest of each `File` record's data
+    /// already computed (`data_digest[i]` for record `i`; see
     /// [`file_data_digests`]), e.g. on another thread while the previous
     /// set applied: the apply then compares instead of hashing again.
     /// Records beyond the slice (or `None`) are hashed during the apply.
@@ -349,7 +357,7 @@ impl Store {
         &mut self,
         raw: &[u8],
         cs: &ChangeSet,
-        data_sha256: &[Option<Digest32>],
+        data_digest: &[Option<Digest32>],
     ) -> Result<Received, ReceiveError> {
         let expected = self.state.last_applied_seq + 1;
         if cs.seq < expected {
@@ -363,7 +371,7 @@ impl Store {
         }
         let path = self.journal().join(journal_name(cs.seq, "cs"));
         if self.unjournaled(cs) && !path.exists() {
-            return self.apply_journaled(cs, raw.len() as u64, data_sha256);
+            return self.apply_journaled(cs, raw.len() as u64, data_digest);
         }
         let same = std::fs::read(&path).map(|b| b == raw).unwrap_or(false);
         if !same {
@@ -375,7 +383,7 @@ impl Store {
                 self.pause(format!("{what}journaling change set {}: {e}", cs.seq))
             })?;
         }
-        self.apply_journaled(cs, raw.len() as u64, data_sha256)
+        self.apply_journaled(cs, raw.len() as u64, data_digest)
     }
 
     /// Whether `cs` is applied without being journaled first: a set of a
@@ -455,7 +463,7 @@ impl Store {
         &mut self,
         cs: &ChangeSet,
         raw_len: u64,
-        data_sha256: &[Option<Digest32>],
+        data_digest: &[Option<Digest32>],
     ) -> Result<Received, ReceiveError> {
         let progress_path = self.journal().join(journal_name(cs.seq, "progress"));
         let start: usize = std::fs::read_to_string(&progress_path)
@@ -520,7 +528,7 @@ impl Store {
                 if i < start {
                     continue;
                 }
-                let hashed = data_sha256.get(i).and_then(Option::as_ref);
+                let hashed = data_digest.get(i).and_then(Option::as_ref);
                 match target.apply_hashed(r, hashed) {
                     Ok(()) => {}
                     Err(
@@ -790,14 +798,14 @@ pub(crate) fn sync_filesystem(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The sha256 of each `File` record's data (`None` for other records), for
+/// The content digest (BLAKE3-256, `standin_builder::hash::content_digest`)
+/// of each `File` record's data (`None` for other records), for
 /// [`Store::receive_hashed`].
 pub fn file_data_digests(cs: &ChangeSet) -> Vec<Option<Digest32>> {
-    use sha2::{Digest, Sha256};
     cs.records
         .iter()
         .map(|r| match r {
-            Record::File { data, .. } => Some(Sha256::digest(data).into()),
+            Record::File { data, .. } => Some(standin_builder::hash::content_digest(data)),
             _ => None,
         })
         .collect()
@@ -812,14 +820,14 @@ fn track(pending: &mut BTreeMap<Vec<u8>, Digest32>, r: &Record) {
     match r {
         Record::WriteExtent {
             path,
-            content_sha256,
+            content_digest,
             ..
         }
         | Record::Truncate {
             path,
-            content_sha256,
+            content_digest,
             ..
-        } => match content_sha256 {
+        } => match content_digest {
             Some(d) => {
                 pending.insert(path.clone(), *d);
             }

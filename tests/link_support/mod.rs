@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use standin_agent::link::LinkConfig;
 use standin_builder::changeset::Record;
 use standin_builder::entry::{Entry, Kind};
@@ -226,8 +225,9 @@ pub fn entry(path: &str, kind: Kind) -> Entry {
     }
 }
 
+/// The link's content digest (BLAKE3-256) that records carry.
 fn sha(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
+    standin_builder::hash::content_digest(b)
 }
 
 /// A scripted history: the records of each change set and the tree after it.
@@ -254,7 +254,7 @@ pub fn history(n: u64) -> (Vec<Vec<Record>>, Vec<Tree>) {
             path: b"d/log".to_vec(),
             offset,
             data: line,
-            content_sha256: Some(sha(&log)),
+            content_digest: Some(sha(&log)),
         });
         if k % 3 == 0 {
             let size = log.len() / 2;
@@ -262,7 +262,7 @@ pub fn history(n: u64) -> (Vec<Vec<Record>>, Vec<Tree>) {
             r.push(Record::Truncate {
                 path: b"d/log".to_vec(),
                 size: size as u64,
-                content_sha256: Some(sha(&log)),
+                content_digest: Some(sha(&log)),
             });
         }
         tree.insert(
@@ -285,7 +285,7 @@ pub fn history(n: u64) -> (Vec<Vec<Record>>, Vec<Tree>) {
                 path: b"tmp".to_vec(),
                 offset: (i * (256 << 10)) as u64,
                 data: chunk.to_vec(),
-                content_sha256: last.then(|| sha(&data)),
+                content_digest: last.then(|| sha(&data)),
             });
         }
         let name = format!("f{}", k % 5);

@@ -37,7 +37,7 @@ fn a_small_write_into_a_big_sparse_file_sends_one_block() {
         "only the data blocks of a fresh sparse file"
     );
     assert!(
-        matches!(recs.last(), Some(Record::Truncate { size, content_sha256: Some(_), .. }) if *size == 256 << 20)
+        matches!(recs.last(), Some(Record::Truncate { size, content_digest: Some(_), .. }) if *size == 256 << 20)
     );
     // Unchanged: nothing.
     let (d, recs) = diff(&mut ix, &f, false);
@@ -53,10 +53,10 @@ fn a_small_write_into_a_big_sparse_file_sends_one_block() {
         }
         r => panic!("{r:?}"),
     }
-    let (want, _) = standin_builder::hash::hash_file(&f, 256 << 20, None).unwrap();
+    let (want, _) = standin_builder::hash::content_file(&f, 256 << 20, None).unwrap();
     match recs.last().unwrap() {
         Record::Truncate {
-            content_sha256: Some(s),
+            content_digest: Some(s),
             ..
         } => assert_eq!(hex::encode(s), want),
         r => panic!("{r:?}"),
@@ -66,6 +66,35 @@ fn a_small_write_into_a_big_sparse_file_sends_one_block() {
     let (d, recs) = diff(&mut ix, &f, false);
     assert_eq!(d.data_bytes, 0);
     assert!(matches!(recs.as_slice(), [Record::Truncate { size, .. }] if *size == 50 << 20));
+}
+
+/// A file of one block keeps no block file: its block digest is its
+/// content digest's prefix (both BLAKE3), so an unchanged one-block file
+/// sends nothing and a changed one sends its block with the new digest.
+#[test]
+fn a_one_block_file_compares_by_its_content_digest_prefix() {
+    let t = tempfile::tempdir().unwrap();
+    let mut ix = BlockIndex::open(&t.path().join("state")).unwrap();
+    let f = t.path().join("f");
+    std::fs::write(&f, vec![5u8; 10_000]).unwrap();
+    let (d, recs) = diff(&mut ix, &f, true);
+    assert!(d.changed && d.data_bytes == 10_000, "{recs:?}");
+    // Same content written again (new mtime and ctime): nothing to send.
+    std::fs::write(&f, vec![5u8; 10_000]).unwrap();
+    let (d, recs) = diff(&mut ix, &f, false);
+    assert!(!d.changed && recs.is_empty(), "{recs:?}");
+    let mut data = vec![5u8; 10_000];
+    data[9_999] = 6;
+    std::fs::write(&f, &data).unwrap();
+    let (d, recs) = diff(&mut ix, &f, false);
+    assert_eq!(d.data_bytes, 10_000);
+    match recs.last().unwrap() {
+        Record::Truncate {
+            content_digest: Some(s),
+            ..
+        } => assert_eq!(*s, standin_builder::hash::content_digest(&data)),
+        r => panic!("{r:?}"),
+    }
 }
 
 #[test]

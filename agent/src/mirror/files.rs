@@ -2,7 +2,7 @@
 //!
 //! Every regular file the mirror creates that is not a hard link, not
 //! sparse and at most [`FILE_RECORD_MAX`] bytes travels as one
-//! [`Record::File`] (metadata, content and its sha256). A reader thread
+//! [`Record::File`] (metadata, content and its content digest, BLAKE3). A reader thread
 //! opens, reads and hashes those files in tree order while the mirror loop
 //! cuts change sets and the sender compresses and sends them, so reading,
 //! hashing and sending overlap. The bytes read ahead and not yet handed
@@ -20,7 +20,6 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use rustix::fs::{Mode, OFlags};
 
-use sha2::{Digest, Sha256};
 use standin_builder::changeset::Record;
 use standin_builder::entry::{Entry, Kind};
 use tokio::sync::mpsc;
@@ -251,11 +250,11 @@ fn read_file(f: File, mut e: Entry, pool: &Pool) -> ReadResult {
     // capture sends the change itself).
     e.size = data.len() as u64;
     e.sha256 = None;
-    let content_sha256 = Sha256::digest(&data).into();
+    let content_digest = standin_builder::hash::content_digest(&data);
     Ok(Some(Record::File {
         entry: e,
         data,
-        content_sha256,
+        content_digest,
     }))
 }
 
@@ -290,10 +289,10 @@ mod tests {
         match r.unwrap() {
             Some(Record::File {
                 data,
-                content_sha256,
+                content_digest,
                 entry,
             }) => {
-                assert_eq!(content_sha256, <[u8; 32]>::from(Sha256::digest(&data)));
+                assert_eq!(content_digest, standin_builder::hash::content_digest(&data));
                 assert_eq!(entry.size, data.len() as u64);
                 data
             }

@@ -8,7 +8,7 @@
 //! mirror: the *base*); read alongside the lean walk (one record held).
 //!
 //! ```text
-//! "SIMX" | version u8 = 1 | 3 reserved | tree-id length u16 | tree id
+//! "SIMX" | version u8 = 2 | 3 reserved | tree-id length u16 | tree id
 //! | records in strictly increasing tree order:
 //!   shared u32 | suffix length u32 | suffix
 //!   | dev u64 | ino u64 | size u64 | mtime_ns i64 | ctime_ns i64 | flags u8
@@ -16,8 +16,12 @@
 //!   | file_bytes u64 | canonical length u32 | canonical (RootDigest::canonical)
 //! | end: shared = 0xFFFF_FFFF | count u64
 //! | base: mirror id, root digest, target (each u16 length + bytes) | last_seq u64
-//! | base length u32 | sha256 of everything before (32)
+//! | base length u32 | BLAKE3-256 of everything before (32; version 1: sha256)
 //! ```
+//! The canonical bytes' content digest (a regular file's) is the link's
+//! content digest, BLAKE3-256, since version 2; a version-1 index (sha256)
+//! is refused whole like any other version (the mirror then compares the
+//! whole tree), so no sha256 is taken for a BLAKE3 digest.
 //! Integers big endian. [`Reader::open`] checks the checksum of all of it,
 //! the tree and the target (the base is read from the end) before any
 //! record is used; order and count are checked as the records are read (a
@@ -35,7 +39,8 @@ use standin_builder::scan::Inode;
 
 const FRAMING: Framing = Framing {
     magic: b"SIMX",
-    version: 1,
+    // 2: BLAKE3 content digests in the canonical bytes (1: sha256).
+    version: 2,
     what: "mirror index",
 };
 const MAX_CANON: usize = 16 << 20;
@@ -129,7 +134,8 @@ pub struct Record {
 }
 
 impl Record {
-    /// The full sha256 inside the canonical bytes, when it holds one.
+    /// The full content digest (BLAKE3-256, not a sha256 despite the
+    /// name) inside the canonical bytes, when it holds one.
     pub fn sha256(&self) -> Option<[u8; 32]> {
         let c = &self.canonical;
         if c.len() < 33 || c[c.len() - 33] != 1 {
@@ -197,7 +203,7 @@ impl Writer {
         r
     }
 
-    /// [`Writer::add`] of a scanned entry (full sha256) with its inode.
+    /// [`Writer::add`] of a scanned entry (full content digest) with its inode.
     pub fn add_scanned(&mut self, e: &Entry, inode: &Inode) -> Result<()> {
         let file_bytes = if e.kind == Kind::File && e.link.is_none() {
             e.size
@@ -441,5 +447,26 @@ mod tests {
         r.canonical.push(1);
         r.canonical.extend_from_slice(&[7u8; 32]);
         assert_eq!(r.sha256(), Some([7u8; 32]));
+    }
+
+    /// A version-1 index (sha256 digests in its canonical bytes), complete
+    /// and well formed, is refused: the mirror then compares the whole
+    /// tree instead of trusting an old sha256 as a BLAKE3 digest.
+    #[test]
+    fn a_sha256_index_of_version_1_is_not_trusted() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join(FILE);
+        let old = Framing {
+            version: 1,
+            ..FRAMING
+        };
+        let mut w = Writer {
+            w: RecordWriter::create(&p, &old, "tree").unwrap(),
+            buf: Vec::new(),
+        };
+        w.add_record(&rec("", 0)).unwrap();
+        w.commit(&base()).unwrap();
+        let err = Reader::open(&p, "tree", "fpr").err().unwrap();
+        assert!(err.contains("SIMX.1") && err.contains("SIMX.2"), "{err}");
     }
 }

@@ -428,7 +428,7 @@ impl Fold<'_> {
                 entry.sha256 = Some(hex::encode(d));
             } else {
                 let (h, _) =
-                    standin_builder::hash::hash_file(&abs, entry.size, entry.sparse.as_deref())
+                    standin_builder::hash::content_file(&abs, entry.size, entry.sparse.as_deref())
                         .with_context(|| format!("hashing {}", abs.display()))?;
                 entry.sha256 = Some(h);
             }

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 use standin_builder::changeset::{Record, SetEncoder};
 use standin_builder::entry::Entry;
 use standin_builder::progress::Progress;
@@ -27,7 +26,7 @@ const EXTENT: u64 = 4 << 20;
 const QUEUE_HIGH: u64 = 16 << 20;
 
 /// Which of the source file's blocks differ from the target's; the file's
-/// sha256 (one read for both: builder's `hash_file_blocks`).
+/// content digest (BLAKE3; one read for both: builder's `hash_file_blocks`).
 pub(super) fn diff_blocks(abs: &Path, bs: u64, target: &[[u8; 16]]) -> Result<Action> {
     let (sha, blocks) = standin_builder::hash::hash_file_blocks(abs, bs)?;
     let differ = blocks
@@ -180,7 +179,7 @@ fn read_at(f: &File, off: u64, len: u64, pool: &Pool) -> std::io::Result<Vec<u8>
 }
 
 /// Whole content of a (possibly sparse) file: its data extents in pieces;
-/// the last piece carries the sha256 of what was sent, or, when the file
+/// the last piece carries the content digest (BLAKE3) of what was sent, or, when the file
 /// ends in a hole, a Truncate to its size does.
 pub(super) async fn send_whole(
     out: &mut SetWriter<'_>,
@@ -190,7 +189,7 @@ pub(super) async fn send_whole(
     let abs = abs_path(root, &e.path);
     let f = File::open(&abs).with_context(|| format!("opening {}", abs.display()))?;
     let extents = e.sparse.clone().unwrap_or_else(|| vec![(0, e.size)]);
-    let mut h = Sha256::new();
+    let mut h = standin_builder::hash::ContentHasher::new();
     let mut pos = 0u64;
     let mut pending: Option<(u64, Vec<u8>)> = None;
     for (off, len) in extents {
@@ -209,7 +208,7 @@ pub(super) async fn send_whole(
                     path: e.path.clone(),
                     offset: at,
                     data: d,
-                    content_sha256: None,
+                    content_digest: None,
                 })
                 .await?;
             }
@@ -220,14 +219,14 @@ pub(super) async fn send_whole(
         pos = o;
     }
     standin_builder::hash::hash_zeros(&mut h, e.size.saturating_sub(pos));
-    let sha: [u8; 32] = h.finalize().into();
+    let sha: [u8; 32] = h.finalize();
     match pending {
         Some((at, d)) if pos == e.size => {
             out.push(Record::WriteExtent {
                 path: e.path.clone(),
                 offset: at,
                 data: d,
-                content_sha256: Some(sha),
+                content_digest: Some(sha),
             })
             .await?
         }
@@ -237,14 +236,14 @@ pub(super) async fn send_whole(
                     path: e.path.clone(),
                     offset: at,
                     data: d,
-                    content_sha256: None,
+                    content_digest: None,
                 })
                 .await?;
             }
             out.push(Record::Truncate {
                 path: e.path.clone(),
                 size: e.size,
-                content_sha256: Some(sha),
+                content_digest: Some(sha),
             })
             .await?
         }
@@ -253,7 +252,7 @@ pub(super) async fn send_whole(
 }
 
 /// Only the differing blocks, then a Truncate to the source's size with the
-/// sha256 of the whole content.
+/// content digest of the whole content.
 pub(super) async fn send_blocks(
     out: &mut SetWriter<'_>,
     root: &Path,
@@ -279,7 +278,7 @@ pub(super) async fn send_blocks(
                 path: e.path.clone(),
                 offset: off,
                 data,
-                content_sha256: None,
+                content_digest: None,
             })
             .await?;
         }
@@ -288,7 +287,7 @@ pub(super) async fn send_blocks(
     out.push(Record::Truncate {
         path: e.path.clone(),
         size: e.size,
-        content_sha256: Some(sha),
+        content_digest: Some(sha),
     })
     .await
 }

@@ -205,7 +205,7 @@ impl<'a> Sink<'a> {
         self.leave_dirs(Some(&e.path)).await?;
         let relink = matches!(&action, Action::Keep)
             && e.link.as_ref().is_some_and(|f| self.recreated.contains(f));
-        // The content's sha256 when this sink reads the file.
+        // The content digest (BLAKE3) when this sink reads the file.
         let mut read_sha: Option<[u8; 32]> = None;
         match action {
             Action::Keep if !relink => {}
@@ -221,12 +221,12 @@ impl<'a> Sink<'a> {
                     Some(r) => {
                         if let Record::File {
                             entry,
-                            content_sha256,
+                            content_digest,
                             ..
                         } = &r
                         {
                             e.size = entry.size;
-                            read_sha = Some(*content_sha256);
+                            read_sha = Some(*content_digest);
                         }
                         self.out.push(r).await?;
                     }

@@ -130,7 +130,10 @@ fn encode_entry(w: &mut Vec<u8>, e: &Entry) -> Result<(), ChangeSetError> {
                 .filter(|r| r.len() == 32)
                 .ok_or_else(|| ChangeSetError::BadRecord {
                     index: 0,
-                    reason: format!("entry {} has a malformed sha256 {h:?}", e.display_path()),
+                    reason: format!(
+                        "entry {} has a malformed content digest {h:?}",
+                        e.display_path()
+                    ),
                 })?;
             w.push(1);
             w.extend_from_slice(&raw);
@@ -150,24 +153,24 @@ pub(super) fn encode_record(w: &mut Vec<u8>, r: &Record) -> Result<(), ChangeSet
             path,
             offset,
             data,
-            content_sha256,
+            content_digest,
         } => {
             w.push(2);
             put_path(w, path)?;
             w.extend_from_slice(&offset.to_be_bytes());
             limit("extent data", data.len(), MAX_EXTENT_DATA)?;
             put_bytes(w, data);
-            put_digest(w, content_sha256.as_ref());
+            put_digest(w, content_digest.as_ref());
         }
         Record::Truncate {
             path,
             size,
-            content_sha256,
+            content_digest,
         } => {
             w.push(3);
             put_path(w, path)?;
             w.extend_from_slice(&size.to_be_bytes());
-            put_digest(w, content_sha256.as_ref());
+            put_digest(w, content_digest.as_ref());
         }
         Record::SetMetadata(e) => {
             w.push(4);
@@ -190,13 +193,13 @@ pub(super) fn encode_record(w: &mut Vec<u8>, r: &Record) -> Result<(), ChangeSet
         Record::File {
             entry,
             data,
-            content_sha256,
+            content_digest,
         } => {
             w.push(8);
             encode_entry(w, entry)?;
             limit("file data", data.len(), MAX_EXTENT_DATA)?;
             put_bytes(w, data);
-            w.extend_from_slice(content_sha256);
+            w.extend_from_slice(content_digest);
         }
     }
     Ok(())
@@ -354,16 +357,16 @@ fn decode_entry(r: &mut Reader<'_>) -> Result<Entry, ChangeSetError> {
     })
 }
 
-pub(super) fn decode_record(r: &mut Reader<'_>, version: u8) -> Result<Record, ChangeSetError> {
+pub(super) fn decode_record(r: &mut Reader<'_>) -> Result<Record, ChangeSetError> {
     Ok(match r.u8()? {
-        8 if version >= VERSION_FILE => {
+        8 => {
             let entry = decode_entry(r)?;
             let data = r.bytes("file data", MAX_EXTENT_DATA)?;
-            let content_sha256 = r.digest()?;
+            let content_digest = r.digest()?;
             Record::File {
                 entry,
                 data,
-                content_sha256,
+                content_digest,
             }
         }
         1 => Record::Create(decode_entry(r)?),
@@ -371,7 +374,7 @@ pub(super) fn decode_record(r: &mut Reader<'_>, version: u8) -> Result<Record, C
             let path = r.bytes("path length", MAX_PATH)?;
             let offset = r.u64()?;
             let data = r.bytes("extent data", MAX_EXTENT_DATA)?;
-            let content_sha256 = r.opt_digest()?;
+            let content_digest = r.opt_digest()?;
             if offset
                 .checked_add(data.len() as u64)
                 .is_none_or(|end| end > i64::MAX as u64)
@@ -386,7 +389,7 @@ pub(super) fn decode_record(r: &mut Reader<'_>, version: u8) -> Result<Record, C
                 path,
                 offset,
                 data,
-                content_sha256,
+                content_digest,
             }
         }
         3 => {
@@ -402,7 +405,7 @@ pub(super) fn decode_record(r: &mut Reader<'_>, version: u8) -> Result<Record, C
             Record::Truncate {
                 path,
                 size,
-                content_sha256: r.opt_digest()?,
+                content_digest: r.opt_digest()?,
             }
         }
         4 => Record::SetMetadata(decode_entry(r)?),

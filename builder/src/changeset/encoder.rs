@@ -70,11 +70,7 @@ impl SetEncoder {
 
     /// The finished set: header filled in, checksum appended.
     pub fn finish(mut self, seq: u64, created_unix_ms: i64) -> Vec<u8> {
-        let version = if self.skip.is_empty() {
-            VERSION
-        } else {
-            VERSION_FILE_DIGEST
-        };
+        let version = VERSION;
         let mut head = [0u8; HEADER];
         head[..4].copy_from_slice(MAGIC);
         head[4] = version;

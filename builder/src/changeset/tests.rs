@@ -33,12 +33,12 @@ fn sample() -> ChangeSet {
                 path: b"dir/f".to_vec(),
                 offset: 7,
                 data: b"hello".to_vec(),
-                content_sha256: Some([1; 32]),
+                content_digest: Some([1; 32]),
             },
             Record::Truncate {
                 path: b"dir/f".to_vec(),
                 size: 3,
-                content_sha256: Some([2; 32]),
+                content_digest: Some([2; 32]),
             },
             Record::SetMetadata(entry("", Kind::Dir)),
             Record::Create(entry("dir/s", Kind::Symlink)),
@@ -69,9 +69,10 @@ impl Rng {
     }
 }
 
+/// A body with its checksum (a set without `File` records: every byte).
 fn seal(body: &[u8]) -> Vec<u8> {
     let mut v = body.to_vec();
-    v.extend_from_slice(&Sha256::digest(body));
+    v.extend_from_slice(&crate::hash::content_digest(body));
     v
 }
 
@@ -210,50 +211,62 @@ fn file_record(path: &str, data: &[u8]) -> Record {
     Record::File {
         entry: e,
         data: data.to_vec(),
-        content_sha256: Sha256::digest(data).into(),
+        content_digest: crate::hash::content_digest(data),
     }
 }
 
 #[test]
-fn file_records_round_trip_as_version_3_and_others_stay_version_1() {
+fn every_set_is_version_4_and_sha256_versions_are_refused_by_name() {
     let mut cs = sample();
-    assert_eq!(cs.encode().unwrap()[4], 1, "no file record: version 1");
+    let plain = cs.encode().unwrap();
+    assert_eq!(plain[4], 4, "no file record: version 4 too");
+    // The checksum is the BLAKE3-256 of every byte before it.
+    let (body, sum) = plain.split_at(plain.len() - 32);
+    assert_eq!(sum, crate::hash::content_digest(body));
+    assert_ne!(sum, &Sha256::digest(body)[..]);
     cs.records.push(file_record("dir/whole", b"whole content"));
     cs.records.push(file_record("empty", b""));
     let bytes = cs.encode().unwrap();
-    assert_eq!(bytes[4], 3);
+    assert_eq!(bytes[4], 4);
     assert_eq!(ChangeSet::decode(&bytes).unwrap(), cs);
     assert_eq!(cs.data_len(), 5 + 13);
-    // Version 2 (checksum over every byte) is still read.
-    let mut v2 = bytes.clone();
-    v2[4] = 2;
-    let v2 = seal(&v2[..v2.len() - 32]);
-    assert_eq!(ChangeSet::decode(&v2).unwrap(), cs);
-    // Tag 8 inside a version-1 set is unknown.
-    let mut v1 = bytes.clone();
-    v1[4] = 1;
-    let v1 = seal(&v1[..v1.len() - 32]);
-    let e = ChangeSet::decode(&v1).unwrap_err().to_string();
-    assert!(e.contains("unknown record tag 8"), "{e}");
-    // Version 4 is refused with a hint.
-    let mut v4 = bytes.clone();
-    v4[4] = 4;
-    let e = ChangeSet::decode(&seal(&v4[..v4.len() - 32]))
+    // Versions 1 to 3 (sha256 digests) are refused, even with a valid
+    // sha256 checksum, naming the version and the fix.
+    for v in 1..=3u8 {
+        let mut old = plain.clone();
+        old[4] = v;
+        let old_body = &old[..old.len() - 32];
+        let mut sealed = old_body.to_vec();
+        sealed.extend_from_slice(&Sha256::digest(old_body));
+        let e = ChangeSet::decode(&sealed).unwrap_err();
+        assert_eq!(e, ChangeSetError::OldDigests(v));
+        let e = e.to_string();
+        assert!(
+            e.contains(&format!("version {v}"))
+                && e.contains("sha256")
+                && e.contains("same standin version"),
+            "{e}"
+        );
+    }
+    // A later version is refused with a hint.
+    let mut v5 = bytes.clone();
+    v5[4] = 5;
+    let e = ChangeSet::decode(&seal(&v5[..v5.len() - 32]))
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("version 4") && e.contains("same standin version"),
+        e.contains("version 5") && e.contains("same standin version"),
         "{e}"
     );
 }
 
 #[test]
-fn version_3_checksum_covers_everything_but_file_data() {
+fn the_checksum_covers_everything_but_file_data() {
     let mut cs = sample();
     cs.records.insert(0, file_record("a/first", b"first data"));
     cs.records.push(file_record("dir/whole", b"whole content"));
     let bytes = cs.encode().unwrap();
-    assert_eq!(bytes[4], 3);
+    assert_eq!(bytes[4], 4);
     // Where each file's data sits.
     let find = |needle: &[u8]| {
         bytes
@@ -276,15 +289,15 @@ fn version_3_checksum_covers_everything_but_file_data() {
             ),
             Ok(got) => {
                 // Only the data of a File record may change unnoticed by the
-                // checksum; its own sha256 then no longer matches, and the
-                // target refuses the record before writing anything.
+                // checksum; its own content digest then no longer matches,
+                // and the target refuses the record before writing anything.
                 assert!(in_data(i), "flip at {i} accepted");
                 let bad = got.records.iter().any(|r| match r {
                     Record::File {
                         data,
-                        content_sha256,
+                        content_digest,
                         ..
-                    } => Sha256::digest(data)[..] != content_sha256[..],
+                    } => crate::hash::content_digest(data) != *content_digest,
                     _ => false,
                 });
                 assert!(bad, "flip at {i}: every file still matches its digest");
@@ -312,7 +325,7 @@ fn hostile_file_records_are_refused() {
     if let Record::File {
         mut entry,
         data,
-        content_sha256,
+        content_digest,
     } = file_record("f", b"abc")
     {
         let mut e = entry.clone();
@@ -320,27 +333,27 @@ fn hostile_file_records_are_refused() {
         bad.push(Record::File {
             entry: e,
             data: data.clone(),
-            content_sha256,
+            content_digest,
         });
         let mut e = entry.clone();
         e.link = Some(b"g".to_vec());
         bad.push(Record::File {
             entry: e,
             data: data.clone(),
-            content_sha256,
+            content_digest,
         });
         let mut e = entry.clone();
         e.sparse = Some(vec![(0, 3)]);
         bad.push(Record::File {
             entry: e,
             data: data.clone(),
-            content_sha256,
+            content_digest,
         });
         entry.kind = Kind::Dir;
         bad.push(Record::File {
             entry,
             data,
-            content_sha256,
+            content_digest,
         });
     }
     for r in bad {
@@ -369,7 +382,7 @@ fn hostile_file_records_are_refused() {
             ..entry("f", Kind::File)
         },
         data: vec![0; MAX_EXTENT_DATA + 1],
-        content_sha256: [0; 32],
+        content_digest: [0; 32],
     }]);
     assert!(too_big.encode().is_err());
 }
@@ -377,7 +390,7 @@ fn hostile_file_records_are_refused() {
 #[test]
 fn set_encoder_writes_the_documented_layout() {
     // Built by hand from the layout in the module docs, not by the encoder.
-    let mut body = b"SICS\x01\0\0\0".to_vec();
+    let mut body = b"SICS\x04\0\0\0".to_vec();
     body.extend_from_slice(&9u64.to_be_bytes());
     body.extend_from_slice(&1234i64.to_be_bytes());
     body.extend_from_slice(&1u32.to_be_bytes());

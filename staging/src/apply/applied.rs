@@ -2,7 +2,7 @@
 //! mirror, as a [mirror ledger](crate::mirror::ledger) record: the
 //! replica's entry as the apply read it back (owner, mode, mtime, xattrs,
 //! symlink target, device numbers compared with the source's entry; a
-//! file's size and the sha256 of the data it wrote), with its inode and
+//! file's size and the content digest (BLAKE3) of the data it wrote), with its inode and
 //! change time as they were right after. The mirror's end folds these
 //! records instead of walking the replica ([`crate::mirror::applied`]).
 //!
@@ -28,15 +28,14 @@ pub struct Applied {
     pub count: bool,
 }
 
-/// The sha256 of no bytes (an empty regular file's content).
-fn empty_sha256() -> Digest32 {
-    use sha2::{Digest, Sha256};
-    Sha256::digest([]).into()
+/// The content digest of no bytes (an empty regular file's content).
+fn empty_digest() -> Digest32 {
+    standin_builder::hash::content_digest(&[])
 }
 
 /// The record of entry `e` as applied, `st` its `lstat` (or `fstat`)
-/// taken after the last change the apply made to it, `sha` the sha256
-/// of the content the apply wrote and checked (a whole-file record).
+/// taken after the last change the apply made to it, `sha` the content
+/// digest (BLAKE3) of the content the apply wrote and checked (a whole-file record).
 pub fn of(e: &Entry, st: &Stat, sha: Option<&Digest32>) -> Applied {
     Applied {
         path: e.path.clone(),
@@ -70,7 +69,7 @@ fn record(e: &Entry, st: &Stat, sha: Option<&Digest32>) -> Option<Record> {
             }
             match (sha, size) {
                 (Some(d), _) => Some(*d),
-                (None, 0) => Some(empty_sha256()),
+                (None, 0) => Some(empty_digest()),
                 (None, _) => return None,
             }
         }
@@ -81,7 +80,7 @@ fn record(e: &Entry, st: &Stat, sha: Option<&Digest32>) -> Option<Record> {
     let canonical = match (&e.sha256, content) {
         (None, None) => RootDigest::canonical(e),
         (None, Some(d)) => {
-            // The encoding ends with "no sha256" (0); the replica's has it.
+            // The encoding ends with "no digest" (0); the replica's has it.
             let mut c = RootDigest::canonical(e);
             if c.pop() != Some(0) {
                 return None;

@@ -4,7 +4,7 @@
 //! The parent directory is resolved beneath the root like every other path
 //! (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`) and kept open
 //! while consecutive file records name the same directory. The data's
-//! sha256 is checked before anything is written. The file is created
+//! content digest (BLAKE3-256) is checked before anything is written. The file is created
 //! unnamed (`O_TMPFILE`), written, given its owner, mode, xattrs and mtime
 //! through its descriptor, checked (`fstat` and its xattrs, compared by
 //! [`metadata_digest`]) and only then linked into place, replacing what was
@@ -28,7 +28,6 @@ use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, XattrFlags};
 use rustix::io::Errno;
-use sha2::{Digest, Sha256};
 use standin_builder::changeset::{check_path, Digest32};
 use standin_builder::entry::{display_path, Entry, Kind, Xattr};
 
@@ -57,7 +56,7 @@ impl DirTarget {
     }
 
     /// Apply a [`Record::File`](standin_builder::changeset::Record::File);
-    /// `hashed` is the sha256 of `data` if the caller computed it already.
+    /// `hashed` is the content digest of `data` if the caller computed it already.
     pub(super) fn write_file(
         &mut self,
         e: &Entry,
@@ -68,11 +67,11 @@ impl DirTarget {
         // Hashed beforehand (on another thread) or now: before anything is written.
         let got: Digest32 = match hashed {
             Some(d) => *d,
-            None => Sha256::digest(data).into(),
+            None => standin_builder::hash::content_digest(data),
         };
         if got != *sha {
             return Err(ApplyError::Refused(format!(
-                "file record {}: its data has sha256 {}, the record says {}; nothing written",
+                "file record {}: its data has content digest {}, the record says {}; nothing written",
                 display_path(&e.path),
                 hex::encode(got),
                 hex::encode(sha)

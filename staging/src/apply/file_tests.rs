@@ -28,7 +28,7 @@ pub(super) fn rec(e: &Entry, data: &[u8]) -> Record {
     Record::File {
         entry: e.clone(),
         data: data.to_vec(),
-        content_sha256: Sha256::digest(data).into(),
+        content_digest: standin_builder::hash::content_digest(data),
     }
 }
 
@@ -173,7 +173,7 @@ fn hostile_file_records_are_refused_and_write_nothing() {
     let bad = Record::File {
         entry: e,
         data: b"data".to_vec(),
-        content_sha256: Sha256::digest(b"other").into(),
+        content_digest: standin_builder::hash::content_digest(b"other"),
     };
     assert!(matches!(t.apply(&bad), Err(ApplyError::Refused(_))));
     assert!(!root.join("f").exists());
@@ -184,7 +184,7 @@ fn hostile_file_records_are_refused_and_write_nothing() {
         t.apply(&Record::File {
             entry: e,
             data: b"data".to_vec(),
-            content_sha256: Sha256::digest(b"data").into(),
+            content_digest: standin_builder::hash::content_digest(b"data"),
         }),
         Err(ApplyError::Refused(_))
     ));
@@ -208,13 +208,13 @@ fn a_digest_hashed_beforehand_is_compared_before_writing() {
     let e = file_entry("f", 0o644, b"data");
     let r = rec(&e, b"data");
     // A digest computed elsewhere that does not match the record's: refused.
-    let other: Digest32 = Sha256::digest(b"other").into();
+    let other: Digest32 = standin_builder::hash::content_digest(b"other");
     assert!(matches!(
         t.apply_hashed(&r, Some(&other)),
         Err(ApplyError::Refused(_))
     ));
     assert!(!root.join("f").exists());
-    let right: Digest32 = Sha256::digest(b"data").into();
+    let right: Digest32 = standin_builder::hash::content_digest(b"data");
     t.apply_hashed(&r, Some(&right)).unwrap();
     assert_eq!(std::fs::read(root.join("f")).unwrap(), b"data");
 }
@@ -318,7 +318,7 @@ fn content_digests_of_files_read_one_after_another_through_one_buffer() {
         ("empty", b""),
         ("big", &big[..]),
     ] {
-        let want: Digest32 = Sha256::digest(data).into();
+        let want: Digest32 = standin_builder::hash::content_digest(data);
         assert_eq!(
             t.content_digest(name.as_bytes()).unwrap(),
             Some(want),
@@ -341,7 +341,7 @@ fn content_digests_of_several_large_files_are_read_in_parallel_with_the_same_res
     let paths: [&[u8]; 5] = [b"a", b"missing", b"small", b"b", b"dir"];
     let got = t.content_digests(&paths);
     assert_eq!(got.len(), 5);
-    let digest = |x: &[u8]| -> Digest32 { Sha256::digest(x).into() };
+    let digest = |x: &[u8]| -> Digest32 { standin_builder::hash::content_digest(x) };
     assert_eq!(got[0].as_ref().unwrap(), &Some(digest(&a)));
     assert_eq!(got[1].as_ref().unwrap(), &None);
     assert_eq!(got[2].as_ref().unwrap(), &Some(digest(b"small")));

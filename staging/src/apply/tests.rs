@@ -29,7 +29,7 @@ fn target() -> (tempfile::TempDir, DirTarget) {
 }
 
 fn digest(b: &[u8]) -> Digest32 {
-    Sha256::digest(b).into()
+    standin_builder::hash::content_digest(b)
 }
 
 #[test]
@@ -48,12 +48,12 @@ fn records_apply_and_replay_idempotently() {
             path: b"a/f".to_vec(),
             offset: 0,
             data: b"hello world".to_vec(),
-            content_sha256: Some(digest(b"hello world")),
+            content_digest: Some(digest(b"hello world")),
         },
         Record::Truncate {
             path: b"a/f".to_vec(),
             size: 5,
-            content_sha256: Some(digest(b"hello")),
+            content_digest: Some(digest(b"hello")),
         },
         Record::SetMetadata(f.clone()),
         Record::Create(s),
@@ -128,7 +128,7 @@ fn hostile_paths_are_refused_and_nothing_outside_changes() {
             path: b"out".to_vec(),
             offset: 0,
             data: b"x".to_vec(),
-            content_sha256: Some([0; 32]),
+            content_digest: Some([0; 32]),
         },
     ];
     for r in &bad {
@@ -156,7 +156,7 @@ fn data_never_goes_into_device_nodes() {
             path: b"p".to_vec(),
             offset: 0,
             data: b"x".to_vec(),
-            content_sha256: Some([0; 32]),
+            content_digest: Some([0; 32]),
         })
         .unwrap_err();
     assert!(matches!(e, ApplyError::Inconsistent(_)), "{e}");

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
-use sha2::{Digest, Sha256};
 use standin_builder::digest_table::Stamp;
 use standin_builder::entry::Entry;
 use standin_builder::scan::stat_entry_meta;
@@ -104,7 +103,7 @@ impl Beneath {
         PathBuf::from(OsStr::from_bytes(&p))
     }
 
-    /// The replica's entry at `path` (no sha256) and its `lstat`, `None`
+    /// The replica's entry at `path` (no content digest) and its `lstat`, `None`
     /// when absent, a socket or unreachable. `links` tracks hardlink groups.
     pub fn stat(
         &mut self,
@@ -189,7 +188,8 @@ impl Beneath {
         Some(std::fs::File::from(fd))
     }
 
-    /// The sha256 of the file at `path`, from the digest cache when its
+    /// The content digest (BLAKE3-256) of the file at `path`, from the
+    /// digest cache when its
     /// stamp is unchanged, else read (and remembered).
     pub fn hash(&self, path: &[u8], size: u64) -> Option<[u8; 32]> {
         let mut f = self.open_file(path)?;
@@ -197,17 +197,19 @@ impl Beneath {
         if let Some(d) = stamp.as_ref().and_then(crate::digest_cache::lookup_stamp) {
             return Some(d);
         }
-        let mut h = Sha256::new();
+        let mut h = standin_builder::hash::ContentHasher::new();
         let mut buf = vec![0u8; (1 << 20).min(size.max(4096) as usize)];
         loop {
             match f.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => h.update(&buf[..n]),
+                Ok(n) => {
+                    h.update(&buf[..n]);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => return None,
             }
         }
-        let d: [u8; 32] = h.finalize().into();
+        let d: [u8; 32] = h.finalize();
         if let Some(stamp) = stamp {
             crate::digest_cache::remember(stamp, d);
         }

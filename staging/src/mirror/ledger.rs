@@ -5,21 +5,22 @@
 //! While comparing, the target writes one record per entry the source
 //! listed, in the source's tree order, to `mirror-ledger.bin` next to the
 //! replica. An entry found equal to the source's is *trusted*: its record
-//! holds the replica's canonical root-digest bytes (with the full sha256)
+//! holds the replica's canonical root-digest bytes (with the full content
+//! digest, BLAKE3-256)
 //! and its inode and change time. Any other entry is to be *rechecked*.
 //!
 //! At `MirrorEnd` the root digest is the fold of the records: a trusted
 //! entry whose inode and change time are unchanged (one `lstat`; any
 //! write, chmod, chown, utimes, xattr or link change moves the change
 //! time) adds its recorded bytes; anything else is read again (`lstat`,
-//! xattrs, sha256 from the digest cache or read). Directories read again,
+//! xattrs, content digest from the digest cache or read). Directories read again,
 //! and those that held extra paths at comparison time, have their entries
 //! counted, so a path nobody listed is noticed. A result that differs
 //! from the source's is recomputed by the full walk before the mirror is
 //! refused, so the ledger can only save time, never fail a good replica.
 //!
 //! ```text
-//! "SILG" | version u8 = 1
+//! "SILG" | version u8 = 2
 //! records: tag u8 (0 recheck, 1 trusted) | bytes(path)
 //!   trusted: u64 ino | i64 ctime_ns | u8 dir | u64 link dev+1 (0: not a
 //!   hard link candidate) | u64 file_bytes | bytes(canonical)
@@ -27,6 +28,10 @@
 //! end: tag 255 | "SILE"
 //! ```
 //! `bytes(x)` is a u32 length then x; integers are little endian.
+//! Version 2's canonical bytes hold BLAKE3 content digests; a version-1
+//! ledger (sha256) is not used: a comparison then reads every entry and a
+//! fold at `MirrorEnd` is unsure (the whole replica is walked), so an old
+//! sha256 is never taken for a BLAKE3 digest.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -42,7 +47,8 @@ use super::beneath::{Beneath, Quick};
 
 const MAGIC: &[u8; 4] = b"SILG";
 const END: &[u8; 4] = b"SILE";
-const VERSION: u8 = 1;
+/// 2: BLAKE3 content digests in the canonical bytes (1: sha256).
+const VERSION: u8 = 2;
 const MAX_PATH: usize = 64 << 10;
 const MAX_CANON: usize = 16 << 20;
 
@@ -105,7 +111,7 @@ impl Writer {
     }
 
     /// An entry of the replica equal to the source's: `e` as the replica
-    /// holds it (with its full sha256 when a regular file), `md` its `lstat`.
+    /// holds it (with its full content digest when a regular file), `md` its `lstat`.
     pub fn trusted(&mut self, e: &Entry, md: &std::fs::Metadata) -> Result<()> {
         self.trusted_inode(e, &Inode::of(md))
     }
@@ -251,9 +257,9 @@ impl Record {
         self.matches(&e)
     }
 
-    /// Whether the source's entry `e` (its sha256 possibly a prefix of at
-    /// least 16 bytes) is this record's entry: every field of the root
-    /// digest equal, content by the sha256.
+    /// Whether the source's entry `e` (its content digest possibly a prefix
+    /// of at least 16 bytes) is this record's entry: every field of the
+    /// root digest equal, content by the content digest.
     pub fn matches(&self, e: &Entry) -> bool {
         let plain_file = e.kind == Kind::File && e.link.is_none();
         if !plain_file {
@@ -276,7 +282,7 @@ impl Record {
         let mut bare = e.clone();
         bare.sha256 = None;
         let b = RootDigest::canonical(&bare);
-        // `bare` ends with the 0 of "no sha256" where the record has 1 + sha256.
+        // `bare` ends with the 0 of "no digest" where the record has 1 + digest.
         b.len() == c.len() - 32 && b[..b.len() - 1] == c[..c.len() - 33] && b[b.len() - 1] == 0
     }
 }
@@ -698,6 +704,20 @@ fn digest_written(
     }
 }
 
+/// A ledger's magic and version must be this build's.
+fn check_head(head: &[u8; 5]) -> std::io::Result<()> {
+    if &head[..4] != MAGIC {
+        return Err(std::io::Error::other("not a ledger (bad magic)"));
+    }
+    if head[4] != VERSION {
+        return Err(std::io::Error::other(format!(
+            "a version {} ledger (this standin reads version {VERSION})",
+            head[4]
+        )));
+    }
+    Ok(())
+}
+
 /// The directories whose entries the ledger at `ledger` has counted at
 /// the end (for [`super::applied`], which merges ledgers).
 pub fn count_dirs(ledger: &Path) -> std::io::Result<HashSet<Vec<u8>>> {
@@ -709,9 +729,7 @@ fn trailer(ledger: &Path) -> std::io::Result<HashSet<Vec<u8>>> {
     let mut r = Rd(BufReader::with_capacity(1 << 16, File::open(ledger)?));
     let mut head = [0u8; 5];
     r.0.read_exact(&mut head)?;
-    if &head[..4] != MAGIC || head[4] != VERSION {
-        return Err(std::io::Error::other("not a version 1 ledger"));
-    }
+    check_head(&head)?;
     let mut out = HashSet::new();
     let mut path = Vec::new();
     let mut canon = Vec::new();
@@ -748,7 +766,7 @@ struct Folded {
     rec: Option<(u64, i64, bool, u64, u64, Vec<u8>)>,
     /// The record still holds (inode and change time unchanged).
     holds: bool,
-    /// Otherwise the entry read again (sha256 of a regular file filled in
+    /// Otherwise the entry read again (content digest of a regular file filled in
     /// unless unreadable) and its `lstat`.
     read: Option<(Entry, std::fs::Metadata, bool)>,
     /// Entries of a directory to count.
@@ -770,6 +788,7 @@ fn fold<R: Read>(
     use std::os::unix::fs::MetadataExt;
     let mut head = [0u8; 5];
     r.0.read_exact(&mut head)?;
+    check_head(&head)?;
     let replica = Beneath::new(root).map_err(std::io::Error::other)?;
     let mut rd = RootDigest::new();
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
@@ -937,12 +956,16 @@ mod tests {
 
     fn scan(root: &Path) -> (Vec<Entry>, String) {
         let mut out = Vec::new();
-        let s =
-            standin_builder::manifest::scan_tree(root, &ScanOptions::default(), &NoProgress, |e| {
+        let s = standin_builder::manifest::scan_tree_mirror(
+            root,
+            &ScanOptions::default(),
+            &NoProgress,
+            |e| {
                 out.push(e.clone());
                 Ok(())
-            })
-            .unwrap();
+            },
+        )
+        .unwrap();
         (out, s.root_digest)
     }
 
@@ -1045,8 +1068,32 @@ mod tests {
         assert_ne!(crate::mirror::checked_digest(&rep, &want).unwrap(), want);
         std::fs::remove_file(rep.join("d/sub/sneaky")).unwrap();
 
-        // A damaged ledger is not used; the full walk decides.
+        // A ledger of version 1 (sha256 digests) is not used, even whole
+        // and otherwise valid: neither its fold nor as the previous ledger.
         let lp = path_for(&rep);
+        let good = std::fs::read(&lp).unwrap();
+        assert_eq!(good[4], VERSION);
+        let mut old = good.clone();
+        old[4] = 1;
+        std::fs::write(&lp, &old).unwrap();
+        match digest(&rep, &lp).unwrap() {
+            Some(Outcome::Unsure(why)) => assert!(why.contains("version 1"), "{why}"),
+            _ => panic!("a version-1 ledger was folded"),
+        }
+        let none = HashSet::new();
+        let hints = Hints {
+            skip: None,
+            count_dirs: Some(&none),
+        };
+        assert!(matches!(
+            digest_into(&rep, &lp, hints, None).unwrap(),
+            Some(Outcome::Unsure(_))
+        ));
+        assert!(Prev::open(&lp).is_none());
+        std::fs::write(&lp, &good).unwrap();
+        assert!(Prev::open(&lp).is_some());
+
+        // A damaged ledger is not used; the full walk decides.
         let len = std::fs::metadata(&lp).unwrap().len();
         std::fs::OpenOptions::new()
             .write(true)

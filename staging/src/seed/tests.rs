@@ -75,13 +75,13 @@ fn hardlink_seed_never_changes_the_live_system() {
         path: b"srv/data/db".to_vec(),
         offset: 4096,
         data: b"changed on the failed-over machine".to_vec(),
-        content_sha256: None,
+        content_digest: None,
     })
     .unwrap();
     t.apply(&Record::Truncate {
         path: b"etc/hostname".to_vec(),
         size: 3,
-        content_sha256: None,
+        content_digest: None,
     })
     .unwrap();
     let mut meta = standin_builder::scan::Scanner::new(&root, &Default::default(), &NoProgress)
@@ -182,7 +182,7 @@ fn in_place_changes_of_the_live_system_are_reported() {
     t.apply(&Record::Truncate {
         path: b"srv/data/db".to_vec(),
         size: 64 * 1024,
-        content_sha256: None,
+        content_digest: None,
     })
     .unwrap();
     assert_eq!(shared_changes(&state, "web-01").unwrap(), (0, vec![]));

@@ -150,8 +150,11 @@ pub fn take_with(
     if digest {
         let root = super::root(state_dir, &meta.id);
         let opts = standin_builder::scan::ScanOptions::default();
-        let summary = standin_builder::manifest::scan_tree(&root, &opts, progress, |_| Ok(()))
-            .with_context(|| format!("computing the root digest of snapshot {}", meta.id))?;
+        // The mirror's root digest (BLAKE3 content digests), the one the
+        // meta holds when the replica was exactly a mirror's end state.
+        let summary =
+            standin_builder::manifest::scan_tree_mirror(&root, &opts, progress, |_| Ok(()))
+                .with_context(|| format!("computing the root digest of snapshot {}", meta.id))?;
         meta.root_digest = Some(summary.root_digest);
         let p = super::dir(state_dir).join(&meta.id).join("meta.json");
         durable::write_atomic(&p, &serde_json::to_vec_pretty(&meta)?)

@@ -1,5 +1,4 @@
 use super::*;
-use sha2::{Digest, Sha256};
 use standin_builder::entry::{Entry, Kind};
 
 pub(super) fn file(path: &str) -> Entry {
@@ -27,7 +26,7 @@ fn write(path: &str, data: &[u8]) -> Vec<Record> {
             path: path.as_bytes().to_vec(),
             offset: 0,
             data: data.to_vec(),
-            content_sha256: Some(Sha256::digest(data).into()),
+            content_digest: Some(standin_builder::hash::content_digest(data)),
         },
     ]
 }
@@ -155,8 +154,8 @@ fn digest_mismatch_is_a_warning() {
     let d = tempfile::tempdir().unwrap();
     let mut s = open(d.path());
     let mut records = write("a", b"one");
-    if let Record::WriteExtent { content_sha256, .. } = &mut records[1] {
-        *content_sha256 = Some([9; 32]);
+    if let Record::WriteExtent { content_digest, .. } = &mut records[1] {
+        *content_digest = Some([9; 32]);
     }
     let (c1, r1) = cs(1, records);
     match s.receive(&r1, &c1).unwrap() {
@@ -184,12 +183,17 @@ fn a_file_sent_in_pieces_is_verified_once_at_its_last_piece() {
             path: b"big".to_vec(),
             offset,
             data: data.to_vec(),
-            content_sha256: digest,
+            content_digest: digest,
         });
         cs(seq, records)
     };
     let (c1, r1) = piece(1, 0, b"hello ", None);
-    let (c2, r2) = piece(2, 6, b"world", Some(Sha256::digest(b"hello world").into()));
+    let (c2, r2) = piece(
+        2,
+        6,
+        b"world",
+        Some(standin_builder::hash::content_digest(b"hello world")),
+    );
     assert_eq!(
         s.receive(&r1, &c1).unwrap(),
         Received::Applied {
@@ -215,13 +219,13 @@ fn a_file_sent_in_pieces_is_verified_once_at_its_last_piece() {
         path: b"big".to_vec(),
         offset: 0,
         data: b"h".to_vec(),
-        content_sha256: Some([0; 32]),
+        content_digest: Some([0; 32]),
     }];
     records.push(Record::WriteExtent {
         path: b"big".to_vec(),
         offset: 0,
         data: b"H".to_vec(),
-        content_sha256: None,
+        content_digest: None,
     });
     let (c4, r4) = cs(4, records);
     assert_eq!(
@@ -243,7 +247,7 @@ pub(super) fn whole(path: &str, data: &[u8]) -> Record {
     Record::File {
         entry: e,
         data: data.to_vec(),
-        content_sha256: Sha256::digest(data).into(),
+        content_digest: standin_builder::hash::content_digest(data),
     }
 }
 
@@ -344,7 +348,10 @@ fn file_digests_hashed_ahead_are_checked_record_by_record() {
     let (c, raw) = cs(1, vec![whole("a", b"1"), whole("b", b"22")]);
     let mut digests = crate::store::file_data_digests(&c);
     assert_eq!(digests.len(), 2);
-    assert_eq!(digests[1], Some(Sha256::digest(b"22").into()));
+    assert_eq!(
+        digests[1],
+        Some(standin_builder::hash::content_digest(b"22"))
+    );
     // A digest that does not match its record refuses that record only.
     digests[0] = Some([7; 32]);
     match s.receive_hashed(&raw, &c, &digests).unwrap() {
@@ -481,4 +488,47 @@ fn a_mirror_is_recorded_complete_on_disk_only_once_its_replica_is_synced() {
         w.contains("syncing the replica of mirror m3") && w.contains("EIO"),
         "{w}"
     );
+}
+
+/// A set whose content digests are sha256's (what a build before protocol 5
+/// computed) does not pass for the BLAKE3 ones: a `File` record is refused
+/// before anything is written, a piece's final digest is a problem.
+#[test]
+fn a_set_with_a_wrong_content_digest_is_refused() {
+    use sha2::{Digest, Sha256};
+    let d = tempfile::tempdir().unwrap();
+    let mut s = open(d.path());
+    let sha = |b: &[u8]| -> [u8; 32] { Sha256::digest(b).into() };
+    let mut r = whole("f", b"file data");
+    if let Record::File { content_digest, .. } = &mut r {
+        *content_digest = sha(b"file data");
+    }
+    let (c1, r1) = cs(1, vec![r]);
+    let digests = file_data_digests(&c1);
+    assert_eq!(
+        digests[0],
+        Some(standin_builder::hash::content_digest(b"file data"))
+    );
+    match s.receive_hashed(&r1, &c1, &digests).unwrap() {
+        Received::Applied { problems, .. } => {
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(
+                problems[0].contains("refused") && problems[0].contains("nothing written"),
+                "{problems:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!s.staging_root("src").join("f").exists(), "nothing written");
+    let d2 = tempfile::tempdir().unwrap();
+    let mut s = open(d2.path());
+    let mut records = write("a", b"one");
+    if let Record::WriteExtent { content_digest, .. } = &mut records[1] {
+        *content_digest = Some(sha(b"one"));
+    }
+    let (c1, r1) = cs(1, records);
+    match s.receive(&r1, &c1).unwrap() {
+        Received::Applied { problems, .. } => assert_eq!(problems.len(), 1, "{problems:?}"),
+        other => panic!("{other:?}"),
+    }
 }

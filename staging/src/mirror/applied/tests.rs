@@ -1,6 +1,5 @@
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
 use standin_builder::changeset::{ChangeSet, Record};
 use standin_builder::entry::{Entry, Kind};
 use standin_builder::progress::NoProgress;
@@ -48,7 +47,7 @@ fn scan(src: &Path) -> (Vec<Entry>, String) {
         ..ScanOptions::default()
     };
     let mut out = Vec::new();
-    let s = standin_builder::manifest::scan_tree(src, &opts, &NoProgress, |e| {
+    let s = standin_builder::manifest::scan_tree_mirror(src, &opts, &NoProgress, |e| {
         out.push(e.clone());
         Ok(())
     })
@@ -90,7 +89,7 @@ fn records(src: &Path, entries: &[Entry]) -> Vec<Record> {
                         path: e.path.clone(),
                         offset: (i * 1000) as u64,
                         data: piece.to_vec(),
-                        content_sha256: last.then(|| Sha256::digest(&data).into()),
+                        content_digest: last.then(|| standin_builder::hash::content_digest(&data)),
                     });
                 }
                 out.push(Record::SetMetadata(bare));
@@ -99,7 +98,7 @@ fn records(src: &Path, entries: &[Entry]) -> Vec<Record> {
                 let data = std::fs::read(&abs).unwrap();
                 out.push(Record::File {
                     entry: bare,
-                    content_sha256: Sha256::digest(&data).into(),
+                    content_digest: standin_builder::hash::content_digest(&data),
                     data,
                 });
             }

@@ -148,18 +148,18 @@ fn prepare_copies_out_before_the_first_record_is_applied() {
             path: b"d/b".to_vec(),
             offset: 0,
             data: b"BETA".to_vec(),
-            content_sha256: None,
+            content_digest: None,
         },
         Record::Truncate {
             path: b"a".to_vec(),
             size: 2,
-            content_sha256: None,
+            content_digest: None,
         },
         // Missing on the replica: left to apply, no error from prepare.
         Record::Truncate {
             path: b"nothing/here".to_vec(),
             size: 0,
-            content_sha256: None,
+            content_digest: None,
         },
     ];
     t.prepare(&records).unwrap();
@@ -201,7 +201,7 @@ fn prepare_copies_out_more_files_than_one_batch_holds() {
         records.push(Record::Truncate {
             path: rel.into_bytes(),
             size: 0,
-            content_sha256: None,
+            content_digest: None,
         });
     }
     std::fs::write(

@@ -800,16 +800,31 @@ pub fn end(
             }
         }
     }
+    let t0 = std::time::Instant::now();
     let done = store.mirror_end(m)?;
+    tracing::debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        "mirror end: state recorded"
+    );
     if let (true, Some(want)) = (done.complete, &m.root_digest) {
         base::remember(&root, &m.mirror_id, want);
     }
-    // Keep what the comparison and the check hashed for the next mirror,
-    // also across a daemon restart.
-    if let Err(e) = crate::digest_cache::save(store.dir(), &crate::digest_cache::tree_id(&root)) {
-        tracing::warn!("{e:#}; the next mirror hashes the replica again");
+    // A completed mirror's replica is synced after the answer, and the
+    // digest cache is saved then ([`save_digest_cache`], by the daemon's
+    // flush): not on the way to the answer.
+    if store.flush_pending().is_none() {
+        save_digest_cache(store.dir(), &root);
     }
     Ok(done)
+}
+
+/// Keep what the comparison and the check hashed for the next mirror,
+/// also across a daemon restart: the digest cache of the replica at
+/// `root`, in the state directory `dir` (no `fsync`: a cache).
+pub fn save_digest_cache(dir: &Path, root: &Path) {
+    if let Err(e) = crate::digest_cache::save(dir, &crate::digest_cache::tree_id(root)) {
+        tracing::warn!("{e:#}; the next mirror hashes the replica again");
+    }
 }
 
 /// Load the digest cache of the bound source's replica (daemon start).

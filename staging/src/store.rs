@@ -365,6 +365,7 @@ impl Store {
         if self.unjournaled(cs) && !path.exists() {
             return self.apply_journaled(cs, raw.len() as u64, data_sha256);
         }
+        let t0 = std::time::Instant::now();
         let same = std::fs::read(&path).map(|b| b == raw).unwrap_or(false);
         if !same {
             durable::remove(&self.journal().join(journal_name(cs.seq, "progress")))
@@ -375,6 +376,11 @@ impl Store {
                 self.pause(format!("{what}journaling change set {}: {e}", cs.seq))
             })?;
         }
+        tracing::debug!(
+            seq = cs.seq,
+            ms = t0.elapsed().as_millis() as u64,
+            "change set journaled"
+        );
         self.apply_journaled(cs, raw.len() as u64, data_sha256)
     }
 
@@ -505,6 +511,7 @@ impl Store {
                     )));
                 }
             }
+            let t_records = std::time::Instant::now();
             target.mirror_writeback(lazy);
             target.prepare(cs.records.get(start..).unwrap_or_default())?;
             for (i, r) in cs.records.iter().enumerate() {
@@ -536,6 +543,7 @@ impl Store {
                     )?;
                 }
             }
+            let t_check = std::time::Instant::now();
             let paths: Vec<&[u8]> = pending.keys().map(Vec::as_slice).collect();
             let digests = target.content_digests(&paths);
             for ((path, want), got) in pending.iter().zip(digests) {
@@ -568,6 +576,16 @@ impl Store {
                     }
                 }
             }
+            tracing::debug!(
+                seq,
+                records_ms = t_records
+                    .elapsed()
+                    .saturating_sub(t_check.elapsed())
+                    .as_millis() as u64,
+                check_ms = t_check.elapsed().as_millis() as u64,
+                checked = paths.len(),
+                "change set records applied"
+            );
             if lazy {
                 Ok(())
             } else {
@@ -611,7 +629,14 @@ impl Store {
                 .lazy_saved_at
                 .is_some_and(|t| t.elapsed() < self.lazy_save_every);
         if !defer {
-            if let Err(e) = self.save() {
+            let t_save = std::time::Instant::now();
+            let saved = self.save();
+            tracing::debug!(
+                seq,
+                ms = t_save.elapsed().as_millis() as u64,
+                "change set recorded in state.json"
+            );
+            if let Err(e) = saved {
                 return Err(self.pause(format!("recording change set {seq} in state.json: {e}")));
             }
             self.lazy_saved_at = lazy_save.then(std::time::Instant::now);

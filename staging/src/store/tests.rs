@@ -263,8 +263,27 @@ fn only_blind_sets_inside_an_open_mirror_skip_the_journal() {
     })
     .unwrap();
     assert!(s.unjournaled(&files().0));
-    // A set with pieces of a file (could be torn) or a rename: journaled.
-    assert!(!s.unjournaled(&cs(1, write("c", b"x")).0));
+    // Patches of an existing file (a difference mirror's): written again
+    // whole by a resend, so not journaled either.
+    assert!(s.unjournaled(&cs(1, write("c", b"x")).0));
+    let patch = vec![
+        Record::WriteExtent {
+            path: b"c".to_vec(),
+            offset: 4096,
+            data: b"y".to_vec(),
+            content_sha256: None,
+        },
+        Record::Truncate {
+            path: b"c".to_vec(),
+            size: 4097,
+            content_sha256: Some([7; 32]),
+        },
+    ];
+    assert!(s.unjournaled(&cs(1, patch).0));
+    // A new file with content in pieces, a hard link or a rename: journaled.
+    let mut big = file("d");
+    big.size = 10;
+    assert!(!s.unjournaled(&cs(1, vec![Record::Create(big)]).0));
     let rename = Record::Rename {
         from: b"a".to_vec(),
         to: b"z".to_vec(),

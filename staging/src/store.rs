@@ -404,8 +404,9 @@ impl Store {
     /// of an open mirror is not synced either (the mirror's end syncs
     /// once), so a crash after it could already leave a patched file with
     /// only some of its writes on disk: the journal did not make a
-    /// difference mirror's patches crash-proof, it only cost two `fsync`s a
-    /// set (about 10–50 ms each on a journaled ext4 during a mirror).
+    /// difference mirror's patches crash-proof, it only cost four `fsync`s
+    /// a set (the entry and its directory, `state.json` and its directory:
+    /// 10–100 ms a set on a journaled ext4 during a mirror).
     pub fn unjournaled(&self, cs: &ChangeSet) -> bool {
         self.in_open_mirror(cs)
             && cs.records.iter().all(|r| match r {

@@ -67,10 +67,11 @@ fn digest_caches_are_trusted_only_while_the_stamp_holds() {
     let r = protect(d.path(), &daemon, sid, tf, &src, &[]);
     assert_eq!((n(&r, "files_hashed"), n(&r, "digests_reused")), (files, 0));
     assert!(d.path().join("agent/digests.bin").is_file());
-    assert!(
-        state.join("digests.bin").is_file(),
-        "the target saves its cache at MirrorEnd"
-    );
+    // The target saves its cache after it answered MirrorEnd (before it
+    // syncs the replica).
+    wait_for("the target's digest cache", 250, &[&dlog], || {
+        state.join("digests.bin").is_file()
+    });
     assert_same_tree(&src, &replica(state, "web1"));
 
     // Nothing changed: no file is read on the source.

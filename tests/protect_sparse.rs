@@ -348,3 +348,70 @@ fn the_early_check_of_carried_records_catches_tampering_during_the_mirror() {
     assert_eq!(std::fs::read(&f9).unwrap(), before9, "repaired");
     assert!(replica.join("data/d13/sub2/f53").exists(), "restored");
 }
+
+/// The last applied change set's number in the target's `state.json`.
+fn applied_seq(state: &Path) -> u64 {
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+    st["last_applied_seq"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{st:#}"))
+}
+
+/// A difference mirror's compared changes leave as change sets while the
+/// agent still scans: with the scan held after its first batch
+/// (`STANDIN_TEST_SCAN_HOLD`), the target applies a set of this mirror
+/// before the scan goes on; released, the mirror completes and converges.
+#[test]
+fn a_difference_mirror_sends_its_first_set_before_its_scan_ends() {
+    require_root();
+    let d = tempdir();
+    let src = d.path().join("src");
+    make_source(&src);
+    let sides = Sides::new(d.path(), &src, true);
+    let log = d.path().join("d.log");
+    let daemon = sides.serve_without_snapshots(&log);
+    let replica = replica(&sides.state, "web1");
+    let run = Run {
+        d: d.path(),
+        tf: &sides.tf,
+        sid: &sides.sid,
+    };
+    let v = run.protect(&src, &daemon, &[]);
+    converged(&v, &src, &replica);
+
+    // Appends (patched in place) and a new file, all in the first batch.
+    sh(&format!(
+        "echo more >> {s}/data/d00/sub0/f0 && echo more >> {s}/data/d05/sub0/f5 && \
+         echo new > {s}/data/d01/sub0/new",
+        s = src.display()
+    ));
+    let before = applied_seq(&sides.state);
+    let hold = d.path().join("hold-scan");
+    std::fs::write(&hold, "").unwrap();
+    let child = protect_cmd(&daemon.addr, &sides.sid, &sides.tf, &src)
+        .arg("--state-dir")
+        .arg(d.path().join("agent"))
+        .args(["--source-id", "web1", "--once", "--json"])
+        .env("STANDIN_TEST_SCAN_HOLD", &hold)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The scan stays held (the agent holds it up to a minute) while the
+    // target applies what the first batch's comparison found.
+    wait_for(
+        "a change set applied while the scan is held",
+        250,
+        &[&log],
+        || applied_seq(&sides.state) > before,
+    );
+    assert!(hold.exists());
+    std::fs::remove_file(&hold).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v = protect_json(&out);
+    converged(&v, &src, &replica);
+    assert_eq!(v["mirror"]["base_used"], true, "{v:#}");
+    assert!(v["mirror"]["last_seq"].as_u64().unwrap() > before, "{v:#}");
+}

@@ -66,8 +66,29 @@ const PIPELINE: usize = 4;
 const BATCH_BLOCKS: u64 = 64 << 10;
 /// A difference mirror's changes wait at most this long for more before
 /// they leave as a change set, so the target applies them while the
-/// comparison goes on (instead of one set after the whole comparison).
-const SET_AGE: std::time::Duration = std::time::Duration::from_millis(300);
+/// agent still walks and compares (instead of one set at the end).
+const SET_AGE: std::time::Duration = std::time::Duration::from_millis(75);
+/// The same for a full mirror over a replica that is not empty: its sets
+/// fill with whole files and its throughput depends on big sets.
+const SET_AGE_FULL: std::time::Duration = std::time::Duration::from_millis(300);
+/// Set to a file's path to hold the comparison's scan after its first
+/// batch while the file exists (tests: what was compared leaves as a set
+/// while the scan has not ended).
+pub const SCAN_HOLD_ENV: &str = "STANDIN_TEST_SCAN_HOLD";
+
+/// Holds the calling thread while the file named by [`SCAN_HOLD_ENV`]
+/// exists (at most a minute).
+fn scan_hold() {
+    let Some(h) = std::env::var_os(SCAN_HOLD_ENV).filter(|v| !v.is_empty()) else {
+        return;
+    };
+    for _ in 0..600 {
+        if !Path::new(&h).exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
 
 /// How to mirror.
 #[derive(Debug, Clone)]
@@ -681,10 +702,14 @@ impl Compare<'_> {
         let scan = tokio::task::spawn_blocking(move || -> Result<Streamed> {
             let t0 = Instant::now();
             let block_size = move |size: u64| standin_link::message::mirror_block_size(size, bs);
+            let mut first = true;
             if let Some(base) = base {
                 let mut emit = |b: lean::Batch| -> Result<()> {
                     if tx.blocking_send(b).is_err() {
                         bail!("the comparison stopped");
+                    }
+                    if std::mem::take(&mut first) {
+                        scan_hold();
                     }
                     Ok(())
                 };
@@ -764,6 +789,9 @@ impl Compare<'_> {
                         if tx.blocking_send(out).is_err() {
                             bail!("the comparison stopped");
                         }
+                        if std::mem::take(&mut first) {
+                            scan_hold();
+                        }
                     }
                     Ok(())
                 },
@@ -789,13 +817,33 @@ impl Compare<'_> {
         let mut inflight: std::collections::VecDeque<(u64, Vec<Entry>, Vec<FileBlocks>)> =
             Default::default();
         let mut scan_done = false;
-        let mut last_set = Instant::now();
+        let age = if opts.mode == MirrorMode::Full {
+            SET_AGE_FULL
+        } else {
+            SET_AGE
+        };
+        // Since when compared changes wait in the sink unsent (the oldest).
+        let mut held: Option<Instant> = None;
         let extras = loop {
             // Send what the scan has ready (at most PIPELINE ahead); wait for
             // the scan only when nothing is in flight.
             while !scan_done && inflight.len() < PIPELINE {
                 let next = if inflight.is_empty() {
-                    Some(rx.recv().await.unwrap_or_default())
+                    // While the scan is slower than the comparison, what was
+                    // compared leaves once it has waited `age`.
+                    Some(loop {
+                        let Some(since) = held else {
+                            break rx.recv().await.unwrap_or_default();
+                        };
+                        tokio::select! {
+                            b = rx.recv() => break b.unwrap_or_default(),
+                            _ = tokio::time::sleep_until((since + age).into()) => {
+                                sink.drain_before(u64::MAX).await?;
+                                sink.out.flush().await?;
+                                held = None;
+                            }
+                        }
+                    })
                 } else {
                     match rx.try_recv() {
                         Ok(b) => Some(b),
@@ -819,16 +867,18 @@ impl Compare<'_> {
                 break diff.items.into_iter().map(|i| i.path).collect();
             }
             let items = plan_batch(opts, b, entries, blocks, diff.items).await?;
+            if !items.is_empty() && held.is_none() {
+                held = Some(Instant::now());
+            }
             for item in items {
                 sink.push(item);
             }
             // Write the batch before this one while this one is read.
             sink.drain_before(b).await?;
-            if sink.out.is_empty() {
-                last_set = Instant::now();
-            } else if last_set.elapsed() >= SET_AGE {
+            if held.is_some_and(|t| t.elapsed() >= age) {
                 sink.out.flush().await?;
-                last_set = Instant::now();
+                // What is left is this batch's, compared just now.
+                held = sink.holds().then(Instant::now);
             }
         };
         let streamed = scan.await.context("scan task")??;

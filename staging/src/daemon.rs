@@ -176,11 +176,16 @@ async fn with_store<T: Send + 'static>(
 /// Sync the filesystem of the replica at `root` after mirror `mirror_id`
 /// completed, without the store's lock (change sets go on meanwhile: they
 /// are journaled), then record the mirror durable ([`Store::mirror_flushed`]).
+/// The digest cache is saved first (after the agent got its answer).
 async fn flush_mirror(shared: Arc<Shared>, mirror_id: String, root: std::path::PathBuf) {
     let t0 = std::time::Instant::now();
-    let synced = tokio::task::spawn_blocking(move || crate::store::sync_filesystem(&root))
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let dir = shared.cfg.state_dir.clone();
+    let synced = tokio::task::spawn_blocking(move || {
+        crate::mirror::save_digest_cache(&dir, &root);
+        crate::store::sync_filesystem(&root)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
     debug!(
         ms = t0.elapsed().as_millis() as u64,
         "mirror end: replica synced"

@@ -740,6 +740,21 @@ pub fn end(
     m: &standin_link::message::MirrorEnd,
 ) -> Result<standin_link::message::MirrorDone> {
     let root = store.staging_root(source_id);
+    // The state's durable save at the end forces a journal commit of all
+    // the metadata the mirror's sets changed (an open mirror's sets are not
+    // synced one by one): start that commit now, beside the merge and the
+    // fold, so that the save finds little left to write.
+    let commit = {
+        let dir = store.dir().to_path_buf();
+        std::thread::Builder::new()
+            .name("mirror-end-commit".into())
+            .spawn(move || {
+                let t0 = std::time::Instant::now();
+                let r = crate::durable::sync_dir(&dir);
+                (r, t0.elapsed())
+            })
+            .ok()
+    };
     // A sparse mirror's early check of the carried records (see
     // [`precheck`]): used only with the apply ledger of every set.
     let mut skip = precheck::take(&root);
@@ -805,16 +820,38 @@ pub fn end(
             }
         }
     }
+    if let Some((r, took)) = commit.and_then(|c| c.join().ok()) {
+        tracing::debug!(
+            ms = took.as_millis() as u64,
+            ok = r.is_ok(),
+            "mirror end: early journal commit"
+        );
+    }
+    let t0 = std::time::Instant::now();
     let done = store.mirror_end(m)?;
+    tracing::debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        "mirror end: state recorded"
+    );
     if let (true, Some(want)) = (done.complete, &m.root_digest) {
         base::remember(&root, &m.mirror_id, want);
     }
-    // Keep what the comparison and the check hashed for the next mirror,
-    // also across a daemon restart.
-    if let Err(e) = crate::digest_cache::save(store.dir(), &crate::digest_cache::tree_id(&root)) {
-        tracing::warn!("{e:#}; the next mirror hashes the replica again");
+    // A completed mirror's replica is synced after the answer, and the
+    // digest cache is saved then ([`save_digest_cache`], by the daemon's
+    // flush): not on the way to the answer.
+    if store.flush_pending().is_none() {
+        save_digest_cache(store.dir(), &root);
     }
     Ok(done)
+}
+
+/// Keep what the comparison and the check hashed for the next mirror,
+/// also across a daemon restart: the digest cache of the replica at
+/// `root`, in the state directory `dir` (no `fsync`: a cache).
+pub fn save_digest_cache(dir: &Path, root: &Path) {
+    if let Err(e) = crate::digest_cache::save(dir, &crate::digest_cache::tree_id(root)) {
+        tracing::warn!("{e:#}; the next mirror hashes the replica again");
+    }
 }
 
 /// Load the digest cache of the bound source's replica (daemon start).

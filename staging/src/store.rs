@@ -373,6 +373,7 @@ impl Store {
         if self.unjournaled(cs) && !path.exists() {
             return self.apply_journaled(cs, raw.len() as u64, data_digest);
         }
+        let t0 = std::time::Instant::now();
         let same = std::fs::read(&path).map(|b| b == raw).unwrap_or(false);
         if !same {
             durable::remove(&self.journal().join(journal_name(cs.seq, "progress")))
@@ -383,6 +384,11 @@ impl Store {
                 self.pause(format!("{what}journaling change set {}: {e}", cs.seq))
             })?;
         }
+        tracing::debug!(
+            seq = cs.seq,
+            ms = t0.elapsed().as_millis() as u64,
+            "change set journaled"
+        );
         self.apply_journaled(cs, raw.len() as u64, data_digest)
     }
 
@@ -405,7 +411,13 @@ impl Store {
     /// set's first record. (An agent that is gone too leaves it to the next
     /// mirror: the part-written files' ctimes are newer than any ledger
     /// record, so it reads and repairs them.) `Rename` and `Link` are
-    /// journaled: applied again they would find their source moved.
+    /// journaled: applied again they would find their source moved. Such a
+    /// set also has no durable state save of its own ([`LAZY_SAVE_EVERY`]).
+    /// A journaled set of an open mirror is not synced either (the
+    /// mirror's end syncs once), so the journal never made a mirror's
+    /// pieces crash-proof; it only cost four `fsync`s a set (the entry and
+    /// its directory, `state.json` and its directory: 10–100 ms a set on a
+    /// journaled ext4 during a mirror).
     pub fn unjournaled(&self, cs: &ChangeSet) -> bool {
         self.in_open_mirror(cs)
             && cs.records.iter().all(|r| match r {
@@ -521,6 +533,7 @@ impl Store {
                     )));
                 }
             }
+            let t_records = std::time::Instant::now();
             target.mirror_writeback(lazy);
             target.prepare(cs.records.get(start..).unwrap_or_default())?;
             for (i, r) in cs.records.iter().enumerate() {
@@ -552,6 +565,7 @@ impl Store {
                     )?;
                 }
             }
+            let t_check = std::time::Instant::now();
             let paths: Vec<&[u8]> = pending.keys().map(Vec::as_slice).collect();
             let digests = target.content_digests(&paths);
             for ((path, want), got) in pending.iter().zip(digests) {
@@ -584,6 +598,16 @@ impl Store {
                     }
                 }
             }
+            tracing::debug!(
+                seq,
+                records_ms = t_records
+                    .elapsed()
+                    .saturating_sub(t_check.elapsed())
+                    .as_millis() as u64,
+                check_ms = t_check.elapsed().as_millis() as u64,
+                checked = paths.len(),
+                "change set records applied"
+            );
             if lazy {
                 Ok(())
             } else {
@@ -627,7 +651,14 @@ impl Store {
                 .lazy_saved_at
                 .is_some_and(|t| t.elapsed() < self.lazy_save_every);
         if !defer {
-            if let Err(e) = self.save() {
+            let t_save = std::time::Instant::now();
+            let saved = self.save();
+            tracing::debug!(
+                seq,
+                ms = t_save.elapsed().as_millis() as u64,
+                "change set recorded in state.json"
+            );
+            if let Err(e) = saved {
                 return Err(self.pause(format!("recording change set {seq} in state.json: {e}")));
             }
             self.lazy_saved_at = lazy_save.then(std::time::Instant::now);

@@ -76,11 +76,6 @@ impl<'a> SetWriter<'a> {
         }
     }
 
-    /// Whether no record waits for the next set.
-    pub fn is_empty(&self) -> bool {
-        self.enc.records() == 0
-    }
-
     pub async fn push(&mut self, r: Record) -> Result<()> {
         let len = match &r {
             Record::WriteExtent { data, .. } => data.len() + 64,

@@ -114,6 +114,11 @@ impl<'a> Sink<'a> {
         self.max_pending = self.max_pending.max(self.pending.len());
     }
 
+    /// Whether compared entries wait to be written.
+    pub fn holds(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// Write every queued entry of batches before `batch`.
     pub async fn drain_before(&mut self, batch: u64) -> Result<()> {
         while self.pending.front().is_some_and(|i| i.batch < batch) {

@@ -270,6 +270,26 @@ fn only_blind_sets_inside_an_open_mirror_skip_the_journal() {
     // A set with a large file's pieces is applied again from its start
     // just as well: no journal.
     assert!(s.unjournaled(&cs(1, write("c", b"x")).0));
+    // Patches of an existing file (a difference mirror's): not journaled
+    // either.
+    let patch = vec![
+        Record::WriteExtent {
+            path: b"c".to_vec(),
+            offset: 4096,
+            data: b"y".to_vec(),
+            content_digest: None,
+        },
+        Record::Truncate {
+            path: b"c".to_vec(),
+            size: 4097,
+            content_digest: Some([7; 32]),
+        },
+    ];
+    assert!(s.unjournaled(&cs(1, patch).0));
+    // A new file with content, to come in pieces: not journaled.
+    let mut big = file("d");
+    big.size = 10;
+    assert!(s.unjournaled(&cs(1, vec![Record::Create(big)]).0));
     // A set with a rename or a hard link (applied again, it would find
     // its source moved): journaled.
     let link = Record::Link {

@@ -173,3 +173,46 @@ fn lean_scan_gives_the_full_scans_root_digest_and_lists_only_changes() {
         third.listed
     );
 }
+
+/// Timing of the lean scan over `STANDIN_LEAN_TIMING_ROOT` with nothing
+/// changed (walk, merge with the index, fold): three runs after the index
+/// is made. `cargo test -p standin-agent --release lean_scan_timing --
+/// --ignored --nocapture` (for `perf record`).
+#[test]
+#[ignore]
+fn lean_scan_timing() {
+    let Some(root) = std::env::var_os("STANDIN_LEAN_TIMING_ROOT") else {
+        panic!("set STANDIN_LEAN_TIMING_ROOT to a tree to scan");
+    };
+    let root = PathBuf::from(root);
+    let t = tempfile::tempdir().unwrap();
+    let index = t.path().join("mirror-index.bin");
+    full_scan(&root, &index);
+    for round in 0..3 {
+        // `STANDIN_LEAN_TIMING_MUTATE`: a command run with the round's
+        // number before each scan (the benchmark's changes).
+        if let Some(m) = std::env::var_os("STANDIN_LEAN_TIMING_MUTATE") {
+            sh(&format!("{} {round}", m.to_string_lossy()));
+        }
+        let t0 = std::time::Instant::now();
+        let c0 = cpu_ms();
+        let l = lean(&root, &index);
+        eprintln!(
+            "lean scan: {} ms, CPU {} ms, {} reused, {} listed",
+            t0.elapsed().as_millis(),
+            cpu_ms() - c0,
+            l.reused,
+            l.listed.len()
+        );
+    }
+}
+
+/// This process's CPU time (user + sys, all threads) in ms, from
+/// `/proc/self/stat` (clock ticks of 10 ms).
+fn cpu_ms() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the name.
+    (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) * 10
+}

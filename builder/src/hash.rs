@@ -297,11 +297,15 @@ pub fn block_digest(block: &[u8]) -> [u8; 16] {
 /// side (`rayon::join`): a big changed file is often the last thing a scan
 /// waits for.
 pub fn hash_file_blocks(path: &Path, block_size: u64) -> io::Result<(Digest32, Vec<[u8; 16]>)> {
-    let mut file = File::open(path)?;
+    hash_blocks_of(&mut File::open(path)?, block_size)
+}
+
+/// [`hash_file_blocks`] of an open file, from its current offset.
+pub fn hash_blocks_of(file: &mut File, block_size: u64) -> io::Result<(Digest32, Vec<[u8; 16]>)> {
     let bs = block_size.max(1) as usize;
     let mut whole = ContentHasher::new();
     let mut blocks = Vec::new();
-    read_block_chunks(&mut file, block_size, |chunk| {
+    read_block_chunks(file, block_size, |chunk| {
         rayon::join(
             || {
                 whole.update(chunk);

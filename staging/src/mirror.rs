@@ -427,6 +427,19 @@ impl DiffSession {
                 let (state, blocks) = match p {
                     Pending::Done(s) => (s, Vec::new()),
                     Pending::Blocks => ("content", self.blocks(&e.path, bs)),
+                    // A file of more than one block is read once for its
+                    // digest and its blocks (it was listed: it most likely
+                    // changed, and then its blocks are wanted).
+                    Pending::Hash { size, meta_same } if bs > 0 && size > bs => {
+                        match self.replica.hash_and_blocks(&e.path, bs) {
+                            Some((h, _)) if same_digest(&hex::encode(h), e.sha256.as_deref()) => {
+                                (if meta_same { "same" } else { "metadata" }, Vec::new())
+                            }
+                            Some((_, Some(blocks))) => ("content", blocks),
+                            Some((_, None)) => ("content", self.blocks(&e.path, bs)),
+                            None => ("missing", Vec::new()),
+                        }
+                    }
                     Pending::Hash { size, meta_same } => match self.replica.hash(&e.path, size) {
                         Some(h) if same_digest(&hex::encode(h), e.sha256.as_deref()) => {
                             (if meta_same { "same" } else { "metadata" }, Vec::new())

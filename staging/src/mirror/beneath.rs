@@ -217,7 +217,66 @@ impl Beneath {
     }
 }
 
+/// A file's content digest and, when it was read for it, its block digests.
+pub type DigestAndBlocks = ([u8; 32], Option<Vec<[u8; 16]>>);
+
+impl Beneath {
+    /// [`Beneath::hash`] and, from the same read, the block digests of
+    /// `bs`-byte blocks (`None` when the digest came from the cache
+    /// unread): for a file the source listed as changed, whose blocks are
+    /// wanted whenever its digest differs.
+    pub fn hash_and_blocks(&self, path: &[u8], bs: u64) -> Option<DigestAndBlocks> {
+        let mut f = self.open_file(path)?;
+        let stamp = crate::digest_cache::stamp_of_fd(&f);
+        if let Some(d) = stamp.as_ref().and_then(crate::digest_cache::lookup_stamp) {
+            return Some((d, None));
+        }
+        let (d, blocks) = standin_builder::hash::hash_blocks_of(&mut f, bs).ok()?;
+        if let Some(stamp) = stamp {
+            crate::digest_cache::remember(stamp, d);
+        }
+        Some((d, Some(blocks)))
+    }
+}
+
 /// A regular file's stamp from its metadata.
 pub fn stamp(md: &std::fs::Metadata) -> Option<Stamp> {
     Stamp::of_metadata(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use standin_builder::hash::{block_digest, content_digest};
+
+    #[test]
+    fn a_file_is_read_once_for_its_digest_and_blocks_then_cached() {
+        let d = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 + i / 7) as u8).collect();
+        std::fs::create_dir(d.path().join("dir")).unwrap();
+        std::fs::write(d.path().join("dir/f"), &data).unwrap();
+        let b = Beneath::new(d.path()).unwrap();
+        let bs = 65536;
+        let (digest, blocks) = b.hash_and_blocks(b"dir/f", bs).unwrap();
+        assert_eq!(digest, content_digest(&data));
+        let want: Vec<[u8; 16]> = data.chunks(bs as usize).map(block_digest).collect();
+        assert_eq!(blocks, Some(want));
+        // The digest is remembered under the file's stamp: the next ask
+        // answers from the cache, without the blocks.
+        assert_eq!(b.hash_and_blocks(b"dir/f", bs), Some((digest, None)));
+        assert_eq!(b.hash(b"dir/f", data.len() as u64), Some(digest));
+        // Replaced (new stamp): read again.
+        let mut changed = data.clone();
+        changed[70_000] ^= 1;
+        // (A new inode: a rewrite in place within one clock tick could
+        // keep the stamp.)
+        std::fs::write(d.path().join("dir/g"), &changed).unwrap();
+        std::fs::rename(d.path().join("dir/g"), d.path().join("dir/f")).unwrap();
+        let (digest2, blocks2) = b.hash_and_blocks(b"dir/f", bs).unwrap();
+        assert_eq!(digest2, content_digest(&changed));
+        assert_eq!(blocks2.unwrap()[1], block_digest(&changed[65536..131072]));
+        // Missing, or a path out of the replica: nothing.
+        assert_eq!(b.hash_and_blocks(b"dir/none", bs), None);
+        assert_eq!(b.hash_and_blocks(b"../etc/passwd", bs), None);
+    }
 }

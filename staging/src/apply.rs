@@ -28,8 +28,8 @@ mod file;
 mod fsops;
 mod parallel;
 pub mod writeback;
-pub use parallel::ONE_APPLY_THREAD_ENV;
 use fsops::{list_xattrs, lstat, proc_path, remove_at};
+pub use parallel::ONE_APPLY_THREAD_ENV;
 use standin_builder::changeset::{check_path, metadata_digest, Digest32, Record};
 use standin_builder::digest_table::Stamp;
 use standin_builder::entry::{display_path, Entry, Kind};
@@ -221,6 +221,8 @@ pub struct DirTarget {
     /// Write runs of file records on two threads ([`ApplyTarget::apply_files`];
     /// off when [`ONE_APPLY_THREAD_ENV`] is set).
     two_threads: bool,
+    /// Runs of file records written on two threads so far.
+    split_runs: u64,
     /// This process's effective user and group (the owner of a new file).
     own_ids: (u32, u32),
     /// The buffer [`ApplyTarget::content_digest`] reads through.
@@ -314,6 +316,7 @@ impl DirTarget {
                 ..Default::default()
             },
             two_threads: !parallel::one_thread(),
+            split_runs: 0,
             own_ids: (
                 rustix::process::geteuid().as_raw(),
                 rustix::process::getegid().as_raw(),
@@ -340,6 +343,11 @@ impl DirTarget {
     /// [`ONE_APPLY_THREAD_ENV`].
     pub fn write_files_on_two_threads(&mut self, on: bool) {
         self.two_threads = on;
+    }
+
+    /// How many runs of file records this target wrote on two threads.
+    pub fn file_runs_on_two_threads(&self) -> u64 {
+        self.split_runs
     }
 
     /// How many files of file records this target created under their
@@ -978,3 +986,6 @@ mod file_tests;
 
 #[cfg(test)]
 mod named_tests;
+
+#[cfg(test)]
+mod parallel_tests;

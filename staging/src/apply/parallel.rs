@@ -95,6 +95,7 @@ impl DirTarget {
         if records.len() < PARALLEL_FILES || !self.two_threads || !independent(records) {
             return sequential(self, records, digests);
         }
+        self.split_runs += 1;
         let split = split_at(records);
         let (first, second) = records.split_at(split);
         let (d1, d2) = digests.split_at(split.min(digests.len()));

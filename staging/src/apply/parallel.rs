@@ -102,10 +102,15 @@ impl DirTarget {
         let mut ctx1 = std::mem::take(&mut self.files);
         let mut ctx2 = ctx1.beside();
         let this = &*self;
-        let (mut r1, r2) = rayon::join(
-            || this.write_files(&mut ctx1, first, d1),
-            || this.write_files(&mut ctx2, second, d2),
-        );
+        // The second half on a pool thread, the first on this one (one
+        // wake-up per run; `rayon::join` from outside the pool would hand
+        // both halves to pool threads and put this one to sleep).
+        let mut r2 = Vec::new();
+        let mut r1 = Vec::new();
+        rayon::in_place_scope(|s| {
+            s.spawn(|_| r2 = this.write_files(&mut ctx2, second, d2));
+            r1 = this.write_files(&mut ctx1, first, d1);
+        });
         if r1.len() == first.len() {
             r1.extend(r2);
             ctx1.append(ctx2);

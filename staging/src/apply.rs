@@ -26,8 +26,10 @@ pub mod applied;
 mod cow;
 mod file;
 mod fsops;
+mod parallel;
 pub mod writeback;
 use fsops::{list_xattrs, lstat, proc_path, remove_at};
+pub use parallel::ONE_APPLY_THREAD_ENV;
 use standin_builder::changeset::{check_path, metadata_digest, Digest32, Record};
 use standin_builder::digest_table::Stamp;
 use standin_builder::entry::{display_path, Entry, Kind};
@@ -74,6 +76,21 @@ pub trait ApplyTarget: Send {
     ) -> Result<(), ApplyError> {
         let _ = data_digest;
         self.apply(record)
+    }
+    /// Apply a run of [`Record::File`] records (`data_digest[k]` for
+    /// `records[k]`, as in [`ApplyTarget::apply_hashed`]): one result per
+    /// record in the records' order, ending early only with an error that
+    /// pauses the apply (no space, I/O). A target may write them at once
+    /// ([`DirTarget`] on two threads) but what it records must be what
+    /// applying them in order records. After a pausing error the records
+    /// after it may or may not be written (whole files, written again when
+    /// the set is). The default applies them one by one.
+    fn apply_files(
+        &mut self,
+        records: &[Record],
+        data_digest: &[Option<Digest32>],
+    ) -> Vec<Result<(), ApplyError>> {
+        parallel::sequential(self, records, data_digest)
     }
     /// The content digest (BLAKE3-256, `standin_builder::hash::content_digest`)
     /// of the regular file at `path`, `None` if it is missing.
@@ -198,12 +215,14 @@ pub struct DirTarget {
     pub preserve_owner: bool,
     /// Copies inodes shared with hardlink snapshots out before they change.
     pub cow: Option<crate::snapshot::cow::Guard>,
-    /// The parent directory of the last file record (path, descriptor),
-    /// reused while consecutive file records name the same directory.
-    parent_cache: Option<(Vec<u8>, OwnedFd)>,
-    /// Link new unnamed files by descriptor (`AT_EMPTY_PATH`); cleared
-    /// when that is not permitted, then `/proc/self/fd` is used.
-    link_by_fd: bool,
+    /// The parent directory of the last file record, how new files are
+    /// linked, how many were created ([`file::FileCtx`]).
+    files: file::FileCtx,
+    /// Write runs of file records on two threads ([`ApplyTarget::apply_files`];
+    /// off when [`ONE_APPLY_THREAD_ENV`] is set).
+    two_threads: bool,
+    /// Runs of file records written on two threads so far.
+    split_runs: u64,
     /// This process's effective user and group (the owner of a new file).
     own_ids: (u32, u32),
     /// The buffer [`ApplyTarget::content_digest`] reads through.
@@ -216,9 +235,6 @@ pub struct DirTarget {
     new_files_named: bool,
     /// True when [`NAMED_CREATE_ENV`] is set ([`DirTarget::allow_named_create`]).
     named_allowed: bool,
-    /// Files of file records created under their names and unnamed
-    /// (`O_TMPFILE`) so far ([`DirTarget::files_created`]).
-    created: (u64, u64),
     /// Recording what is applied ([`ApplyTarget::record_applied`]), the
     /// records so far, and whether they describe everything applied.
     recording: bool,
@@ -295,8 +311,12 @@ impl DirTarget {
             root_path: root.to_path_buf(),
             preserve_owner: rustix::process::geteuid().is_root(),
             cow: None,
-            parent_cache: None,
-            link_by_fd: true,
+            files: file::FileCtx {
+                link_by_fd: true,
+                ..Default::default()
+            },
+            two_threads: !parallel::one_thread(),
+            split_runs: 0,
             own_ids: (
                 rustix::process::geteuid().as_raw(),
                 rustix::process::getegid().as_raw(),
@@ -306,7 +326,6 @@ impl DirTarget {
             writeback: writeback::Writeback::default(),
             new_files_named: false,
             named_allowed: std::env::var_os(NAMED_CREATE_ENV).is_some_and(|v| !v.is_empty()),
-            created: (0, 0),
             recording: false,
             applied: Vec::new(),
             applied_whole: true,
@@ -320,10 +339,21 @@ impl DirTarget {
         self.named_allowed = on;
     }
 
+    /// Write runs of file records on two threads (or not), regardless of
+    /// [`ONE_APPLY_THREAD_ENV`].
+    pub fn write_files_on_two_threads(&mut self, on: bool) {
+        self.two_threads = on;
+    }
+
+    /// How many runs of file records this target wrote on two threads.
+    pub fn file_runs_on_two_threads(&self) -> u64 {
+        self.split_runs
+    }
+
     /// How many files of file records this target created under their
     /// names and how many unnamed (`O_TMPFILE`, linked when complete).
     pub fn files_created(&self) -> (u64, u64) {
-        self.created
+        self.files.created
     }
 
     /// The regular file at `path` opened for its digest, with its stamp
@@ -757,7 +787,7 @@ impl ApplyTarget for DirTarget {
             // cached parent of file records; all others drop it.
             Record::File { .. } | Record::SetMetadata(_) | Record::WriteExtent { .. } => {}
             Record::Create(e) if e.kind == Kind::Dir => {}
-            _ => self.parent_cache = None,
+            _ => self.files.parent_cache = None,
         }
         match record {
             Record::File {
@@ -886,6 +916,14 @@ impl ApplyTarget for DirTarget {
         self.prepare_cow(records)
     }
 
+    fn apply_files(
+        &mut self,
+        records: &[Record],
+        data_digest: &[Option<Digest32>],
+    ) -> Vec<Result<(), ApplyError>> {
+        self.write_files_parallel(records, data_digest)
+    }
+
     fn record_applied(&mut self, on: bool) {
         self.recording = on;
         self.applied.clear();
@@ -948,3 +986,6 @@ mod file_tests;
 
 #[cfg(test)]
 mod named_tests;
+
+#[cfg(test)]
+mod parallel_tests;

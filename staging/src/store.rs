@@ -536,13 +536,35 @@ impl Store {
             let t_records = std::time::Instant::now();
             target.mirror_writeback(lazy);
             target.prepare(cs.records.get(start..).unwrap_or_default())?;
+            let is_file = |r: &Record| matches!(r, Record::File { .. });
+            // A set that skipped the journal gives its runs of whole-file
+            // records to the target together (it may write them on two
+            // threads, see `ApplyTarget::apply_files`); every other record
+            // is applied alone, in order, as a barrier. The results come
+            // back in the records' order.
+            let mut results: std::collections::VecDeque<Result<(), ApplyError>> =
+                Default::default();
             for (i, r) in cs.records.iter().enumerate() {
                 track(&mut pending, r);
                 if i < start {
                     continue;
                 }
-                let hashed = data_digest.get(i).and_then(Option::as_ref);
-                match target.apply_hashed(r, hashed) {
+                let res = if lazy_save && is_file(r) {
+                    if results.is_empty() {
+                        let run = cs.records[i..].iter().take_while(|r| is_file(r)).count();
+                        let digests = data_digest.get(i..).unwrap_or_default();
+                        let digests = &digests[..run.min(digests.len())];
+                        results.extend(target.apply_files(&cs.records[i..i + run], digests));
+                    }
+                    results.pop_front().unwrap_or_else(|| {
+                        Err(ApplyError::Io(format!(
+                            "change set {seq} record {i}: the target gave no result"
+                        )))
+                    })
+                } else {
+                    target.apply_hashed(r, data_digest.get(i).and_then(Option::as_ref))
+                };
+                match res {
                     Ok(()) => {}
                     Err(
                         e @ (ApplyError::Refused(_)

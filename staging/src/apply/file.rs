@@ -29,17 +29,65 @@ use std::os::unix::ffi::OsStrExt;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, XattrFlags};
 use rustix::io::Errno;
 use standin_builder::changeset::{check_path, Digest32};
+use standin_builder::digest_table::Stamp;
 use standin_builder::entry::{display_path, Entry, Kind, Xattr};
 
 use super::fsops::{kind_of, lstat, remove_at};
 use super::{io_err, ApplyError, DirTarget};
+
+/// What writing whole files changes besides the replica, kept apart from
+/// [`DirTarget`] so that a run of file records can be written on two
+/// threads, each with its own ([`super::parallel`]). What a file adds to
+/// the target's records (the ledger, the digest cache, the writeback) is
+/// collected here and handed over in record order ([`DirTarget::absorb`]).
+#[derive(Default)]
+pub(super) struct FileCtx {
+    /// The parent directory of the last file record (path, descriptor),
+    /// reused while consecutive file records name the same directory.
+    pub(super) parent_cache: Option<(Vec<u8>, OwnedFd)>,
+    /// Link new unnamed files by descriptor (`AT_EMPTY_PATH`); cleared
+    /// when that is not permitted, then `/proc/self/fd` is used.
+    pub(super) link_by_fd: bool,
+    /// Files created under their names and unnamed ([`DirTarget::files_created`]).
+    pub(super) created: (u64, u64),
+    /// Entries applied, for the mirror's ledger (when recording).
+    pub(super) applied: Vec<super::applied::Applied>,
+    /// Digests of the files written, under their stamps ([`crate::digest_cache`]).
+    pub(super) remembered: Vec<(Stamp, Digest32)>,
+    /// Files written, for the writeback: descriptor and size.
+    pub(super) written: Vec<(OwnedFd, u64)>,
+}
+
+impl FileCtx {
+    /// A context for a second writer beside `self` (same link method).
+    pub(super) fn beside(&self) -> FileCtx {
+        FileCtx {
+            link_by_fd: self.link_by_fd,
+            ..FileCtx::default()
+        }
+    }
+
+    /// Take over `other`'s state as if its records came after this one's.
+    pub(super) fn append(&mut self, mut other: FileCtx) {
+        if other.parent_cache.is_some() {
+            self.parent_cache = other.parent_cache.take();
+        }
+        self.link_by_fd &= other.link_by_fd;
+        self.created.0 += other.created.0;
+        self.created.1 += other.created.1;
+        self.applied.append(&mut other.applied);
+        self.remembered.append(&mut other.remembered);
+        self.written.append(&mut other.written);
+    }
+}
 
 impl DirTarget {
     /// The parent directory of `path` (cached while consecutive records
     /// name the same one) and the last component.
     /// Also returns the parent's path, to put back into the cache.
     fn cached_parent<'p>(
-        &mut self,
+        &self,
+        ctx: &mut FileCtx,
         path: &'p [u8],
     ) -> Result<(Vec<u8>, OwnedFd, &'p [u8]), ApplyError> {
         check_path(path, false).map_err(ApplyError::Refused)?;
@@ -47,7 +95,7 @@ impl DirTarget {
             Some(i) => (&path[..i], &path[i + 1..]),
             None => (&b"."[..], path),
         };
-        if let Some((cached, fd)) = self.parent_cache.take() {
+        if let Some((cached, fd)) = ctx.parent_cache.take() {
             if cached == dir {
                 return Ok((cached, fd, name));
             }
@@ -59,6 +107,35 @@ impl DirTarget {
     /// `hashed` is the content digest of `data` if the caller computed it already.
     pub(super) fn write_file(
         &mut self,
+        e: &Entry,
+        data: &[u8],
+        sha: &Digest32,
+        hashed: Option<&Digest32>,
+    ) -> Result<(), ApplyError> {
+        let mut ctx = std::mem::take(&mut self.files);
+        let r = self.write_file_with(&mut ctx, e, data, sha, hashed);
+        self.absorb(&mut ctx);
+        self.files = ctx;
+        r
+    }
+
+    /// Hand what `ctx` collected (applied entries, digests, files to write
+    /// back) to the target, in the order it was collected.
+    pub(super) fn absorb(&mut self, ctx: &mut FileCtx) {
+        self.applied.append(&mut ctx.applied);
+        for (stamp, digest) in ctx.remembered.drain(..) {
+            crate::digest_cache::remember(stamp, digest);
+        }
+        for (fd, len) in ctx.written.drain(..) {
+            self.writeback.submit(fd, 0, len);
+        }
+    }
+
+    /// [`Self::write_file`] with the state in `ctx`: the target itself is
+    /// only read, so two of these can run at once.
+    pub(super) fn write_file_with(
+        &self,
+        ctx: &mut FileCtx,
         e: &Entry,
         data: &[u8],
         sha: &Digest32,
@@ -84,15 +161,16 @@ impl DirTarget {
                 data.len()
             )));
         }
-        let (parent, dir, name) = self.cached_parent(&e.path)?;
-        let r = self.write_file_in(&dir, name, e, data, sha);
+        let (parent, dir, name) = self.cached_parent(ctx, &e.path)?;
+        let r = self.write_file_in(ctx, &dir, name, e, data, sha);
         // A directory replaced by this file does not invalidate its parent.
-        self.parent_cache = Some((parent, dir));
+        ctx.parent_cache = Some((parent, dir));
         r
     }
 
     fn write_file_in(
-        &mut self,
+        &self,
+        ctx: &mut FileCtx,
         dir: &OwnedFd,
         name: &[u8],
         e: &Entry,
@@ -115,7 +193,7 @@ impl DirTarget {
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 mode,
             ) {
-                Ok(fd) => return self.fill_named(fd, dir, name, e, data, sha, fits),
+                Ok(fd) => return self.fill_named(ctx, fd, dir, name, e, data, sha, fits),
                 Err(Errno::EXIST) => {}
                 Err(x) => return Err(io_err("creating", &e.path, x)),
             }
@@ -128,7 +206,7 @@ impl DirTarget {
         );
         let (fd, named) = match tmp {
             Ok(fd) => {
-                self.created.1 += 1;
+                ctx.created.1 += 1;
                 (fd, false)
             }
             Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {
@@ -145,7 +223,7 @@ impl DirTarget {
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|x| io_err("creating", &e.path, x))?;
-                self.created.0 += 1;
+                ctx.created.0 += 1;
                 (fd, true)
             }
             Err(x) => return Err(io_err("creating", &e.path, x)),
@@ -155,11 +233,11 @@ impl DirTarget {
         // name; a mismatch is reported after linking (the content is right).
         let (_, meta) = self.set_and_verify(&fd, e, fits && !named)?;
         if !named {
-            self.link_into_place(&fd, dir, name, &e.path)?;
+            link_into_place(&mut ctx.link_by_fd, &fd, dir, name, &e.path)?;
         }
         // Stamped after the link, which moves the change time.
         if let Ok(st) = rustix::fs::fstat(&fd) {
-            self.written(fd, e, &st, sha, meta.is_ok());
+            self.written(ctx, fd, e, &st, sha, meta.is_ok());
         }
         meta
     }
@@ -171,7 +249,8 @@ impl DirTarget {
     /// consistency").
     #[allow(clippy::too_many_arguments)]
     fn fill_named(
-        &mut self,
+        &self,
+        ctx: &mut FileCtx,
         fd: OwnedFd,
         dir: &OwnedFd,
         name: &[u8],
@@ -180,7 +259,7 @@ impl DirTarget {
         sha: &Digest32,
         fits: bool,
     ) -> Result<(), ApplyError> {
-        self.created.0 += 1;
+        ctx.created.0 += 1;
         let r = write_all(&fd, data)
             .map_err(|x| io_err("writing", &e.path, x))
             .and_then(|()| self.set_and_verify(&fd, e, fits));
@@ -192,7 +271,7 @@ impl DirTarget {
             }
         };
         // Nothing changes the file after the read-back: its `fstat` is the stamp.
-        self.written(fd, e, &st, sha, meta.is_ok());
+        self.written(ctx, fd, e, &st, sha, meta.is_ok());
         meta
     }
 
@@ -237,67 +316,23 @@ impl DirTarget {
     /// A file is complete and in place: remember its digest under its
     /// stamp `st`, record it for the ledger (when its metadata checked
     /// out) and start its writeback.
-    fn written(&mut self, fd: OwnedFd, e: &Entry, st: &rustix::fs::Stat, sha: &Digest32, ok: bool) {
+    fn written(
+        &self,
+        ctx: &mut FileCtx,
+        fd: OwnedFd,
+        e: &Entry,
+        st: &rustix::fs::Stat,
+        sha: &Digest32,
+        ok: bool,
+    ) {
         if let Some(stamp) = crate::digest_cache::stamp_of_stat(st) {
-            crate::digest_cache::remember(stamp, *sha);
+            ctx.remembered.push((stamp, *sha));
         }
         if self.recording && ok {
-            self.applied.push(super::applied::of(e, st, Some(sha)));
+            ctx.applied.push(super::applied::of(e, st, Some(sha)));
         }
         if self.writeback_on {
-            self.writeback.submit(fd, 0, e.size);
-        }
-    }
-
-    /// Give the unnamed file `fd` the name `name` in `dir`, replacing what
-    /// is there. The link is tried first and what is in the way removed
-    /// only when it fails with `EEXIST` (a full mirror writes into an empty
-    /// tree). `linkat(fd, "", AT_EMPTY_PATH)` needs `CAP_DAC_READ_SEARCH`;
-    /// without it (`ENOENT`/`EPERM`) the link goes through
-    /// `/proc/self/fd/N`, and later files go that way at once.
-    pub(super) fn link_into_place(
-        &mut self,
-        fd: &OwnedFd,
-        dir: &OwnedFd,
-        name: &[u8],
-        path: &[u8],
-    ) -> Result<(), ApplyError> {
-        let n = OsStr::from_bytes(name);
-        let by_proc = || {
-            let from = format!("/proc/self/fd/{}", fd.as_raw_fd());
-            rustix::fs::linkat(
-                rustix::fs::CWD,
-                from.as_str(),
-                dir,
-                n,
-                AtFlags::SYMLINK_FOLLOW,
-            )
-        };
-        let mut removed = false;
-        loop {
-            let r = if self.link_by_fd {
-                match rustix::fs::linkat(fd, "", dir, n, AtFlags::EMPTY_PATH) {
-                    Err(Errno::NOENT | Errno::PERM) => {
-                        let r = by_proc();
-                        // Not permitted by descriptor, but through /proc:
-                        // take that way from now on.
-                        if r.is_ok() {
-                            self.link_by_fd = false;
-                        }
-                        r
-                    }
-                    r => r,
-                }
-            } else {
-                by_proc()
-            };
-            match r {
-                Err(Errno::EXIST) if !removed => {
-                    remove_at(dir, name, 0).map_err(|x| io_err("removing", path, x))?;
-                    removed = true;
-                }
-                r => return r.map_err(|x| io_err("linking the new file into place at", path, x)),
-            }
+            ctx.written.push((fd, e.size));
         }
     }
 
@@ -396,6 +431,58 @@ impl DirTarget {
         got.xattrs = xattrs;
         let verdict = super::check_read_back(&got, e, Some(st.st_size as u64));
         Ok((st, verdict))
+    }
+}
+
+/// Give the unnamed file `fd` the name `name` in `dir`, replacing what
+/// is there. The link is tried first and what is in the way removed
+/// only when it fails with `EEXIST` (a full mirror writes into an empty
+/// tree). `linkat(fd, "", AT_EMPTY_PATH)` needs `CAP_DAC_READ_SEARCH`;
+/// without it (`ENOENT`/`EPERM`) the link goes through
+/// `/proc/self/fd/N`, and later files go that way at once.
+fn link_into_place(
+    link_by_fd: &mut bool,
+    fd: &OwnedFd,
+    dir: &OwnedFd,
+    name: &[u8],
+    path: &[u8],
+) -> Result<(), ApplyError> {
+    let n = OsStr::from_bytes(name);
+    let by_proc = || {
+        let from = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            from.as_str(),
+            dir,
+            n,
+            AtFlags::SYMLINK_FOLLOW,
+        )
+    };
+    let mut removed = false;
+    loop {
+        let r = if *link_by_fd {
+            match rustix::fs::linkat(fd, "", dir, n, AtFlags::EMPTY_PATH) {
+                Err(Errno::NOENT | Errno::PERM) => {
+                    let r = by_proc();
+                    // Not permitted by descriptor, but through /proc:
+                    // take that way from now on.
+                    if r.is_ok() {
+                        *link_by_fd = false;
+                    }
+                    r
+                }
+                r => r,
+            }
+        } else {
+            by_proc()
+        };
+        match r {
+            Err(Errno::EXIST) if !removed => {
+                remove_at(dir, name, 0).map_err(|x| io_err("removing", path, x))?;
+                removed = true;
+            }
+            r => return r.map_err(|x| io_err("linking the new file into place at", path, x)),
+        }
     }
 }
 

@@ -226,7 +226,7 @@ fn files_link_into_place_by_descriptor_or_through_proc() {
     std::fs::write(root.join("old"), b"old").unwrap();
     std::fs::create_dir_all(root.join("dir/sub")).unwrap();
     for by_fd in [true, false] {
-        t.link_by_fd = by_fd;
+        t.files.link_by_fd = by_fd;
         for (name, data) in [("new", &b"1"[..]), ("old", b"22"), ("dir", b"333")] {
             let e = file_entry(name, 0o640, data);
             t.apply(&rec(&e, data)).unwrap();
@@ -238,9 +238,9 @@ fn files_link_into_place_by_descriptor_or_through_proc() {
         // Linking by descriptor needs CAP_DAC_READ_SEARCH: as root it stays
         // on; without it the first file turned it off (and still landed).
         if by_fd {
-            assert_eq!(t.link_by_fd, rustix::process::geteuid().is_root());
+            assert_eq!(t.files.link_by_fd, rustix::process::geteuid().is_root());
         } else {
-            assert!(!t.link_by_fd);
+            assert!(!t.files.link_by_fd);
         }
         // A directory in the way again for the next round.
         std::fs::remove_file(root.join("dir")).unwrap();

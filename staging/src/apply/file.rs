@@ -512,29 +512,5 @@ fn write_all(fd: &OwnedFd, data: &[u8]) -> Result<(), Errno> {
 
 /// The xattrs of an open file.
 fn fd_xattrs(fd: impl AsFd) -> Result<std::collections::BTreeMap<Xattr, Xattr>, Errno> {
-    let fd = fd.as_fd();
-    let mut out = std::collections::BTreeMap::new();
-    // One call into a buffer on the stack for the usual short list (a new
-    // file mostly has none); a longer one is asked for its size first.
-    let mut small = [0u8; 1024];
-    let mut large = Vec::new();
-    let names: &[u8] = match rustix::fs::flistxattr(fd, &mut small[..]) {
-        Ok(n) => &small[..n],
-        Err(Errno::NOTSUP) => return Ok(out),
-        Err(Errno::RANGE) => {
-            let size = rustix::fs::flistxattr_query(fd)?;
-            large.resize(size.min(1 << 16), 0);
-            let n = rustix::fs::flistxattr(fd, &mut large[..])?;
-            &large[..n]
-        }
-        Err(x) => return Err(x),
-    };
-    for name in names.split(|&b| b == 0).filter(|s| !s.is_empty()) {
-        let len = rustix::fs::fgetxattr_query(fd, OsStr::from_bytes(name))?;
-        let mut v = vec![0u8; len.min(1 << 16)];
-        let got = rustix::fs::fgetxattr(fd, OsStr::from_bytes(name), &mut v[..])?;
-        v.truncate(got);
-        out.insert(Xattr(name.to_vec()), Xattr(v));
-    }
-    Ok(out)
+    super::fsops::read_xattrs(fd.as_fd())
 }

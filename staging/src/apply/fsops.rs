@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -34,28 +34,73 @@ pub(super) fn proc_path(dir: &OwnedFd, name: &[u8]) -> PathBuf {
 }
 
 pub(super) fn list_xattrs(path: &Path) -> Result<BTreeMap<Xattr, Xattr>, Errno> {
+    read_xattrs(path)
+}
+
+/// Where [`read_xattrs`] reads: a path (its last component not followed)
+/// or an open file.
+pub(super) trait XattrSource: Copy {
+    fn list(self, buf: &mut [u8]) -> Result<usize, Errno>;
+    fn list_size(self) -> Result<usize, Errno>;
+    fn get(self, name: &OsStr, buf: &mut [u8]) -> Result<usize, Errno>;
+    fn get_size(self, name: &OsStr) -> Result<usize, Errno>;
+}
+
+impl XattrSource for &Path {
+    fn list(self, buf: &mut [u8]) -> Result<usize, Errno> {
+        rustix::fs::llistxattr(self, buf)
+    }
+    fn list_size(self) -> Result<usize, Errno> {
+        rustix::fs::llistxattr_query(self)
+    }
+    fn get(self, name: &OsStr, buf: &mut [u8]) -> Result<usize, Errno> {
+        rustix::fs::lgetxattr(self, name, buf)
+    }
+    fn get_size(self, name: &OsStr) -> Result<usize, Errno> {
+        rustix::fs::lgetxattr_query(self, name)
+    }
+}
+
+impl XattrSource for BorrowedFd<'_> {
+    fn list(self, buf: &mut [u8]) -> Result<usize, Errno> {
+        rustix::fs::flistxattr(self, buf)
+    }
+    fn list_size(self) -> Result<usize, Errno> {
+        rustix::fs::flistxattr_query(self)
+    }
+    fn get(self, name: &OsStr, buf: &mut [u8]) -> Result<usize, Errno> {
+        rustix::fs::fgetxattr(self, name, buf)
+    }
+    fn get_size(self, name: &OsStr) -> Result<usize, Errno> {
+        rustix::fs::fgetxattr_query(self, name)
+    }
+}
+
+/// The xattrs of `src` (none where the filesystem has no xattrs), each
+/// value at most 64 KiB.
+pub(super) fn read_xattrs(src: impl XattrSource) -> Result<BTreeMap<Xattr, Xattr>, Errno> {
     let mut out = BTreeMap::new();
-    // One call for the usual short list (most entries have none); a
-    // longer one is asked for its size first.
+    // One call into a buffer on the stack for the usual short list (most
+    // entries have none); a longer one is asked for its size first.
     let mut small = [0u8; 1024];
     let mut large = Vec::new();
-    let names: &[u8] = match rustix::fs::llistxattr(path, &mut small[..]) {
+    let names: &[u8] = match src.list(&mut small[..]) {
         Ok(n) => &small[..n],
         Err(Errno::NOTSUP) => return Ok(out),
         Err(Errno::RANGE) => {
-            let size = rustix::fs::llistxattr_query(path)?;
+            let size = src.list_size()?;
             large.resize(size.min(1 << 16), 0);
-            let n = rustix::fs::llistxattr(path, &mut large[..])?;
+            let n = src.list(&mut large[..])?;
             &large[..n]
         }
         Err(e) => return Err(e),
     };
     for name in names.split(|&b| b == 0).filter(|s| !s.is_empty()) {
-        let len = rustix::fs::lgetxattr_query(path, OsStr::from_bytes(name))?;
-        let mut v = vec![0u8; len.min(1 << 16)];
-        let got = rustix::fs::lgetxattr(path, OsStr::from_bytes(name), &mut v[..])?;
+        let name = OsStr::from_bytes(name);
+        let mut v = vec![0u8; src.get_size(name)?.min(1 << 16)];
+        let got = src.get(name, &mut v[..])?;
         v.truncate(got);
-        out.insert(Xattr(name.to_vec()), Xattr(v));
+        out.insert(Xattr(name.as_bytes().to_vec()), Xattr(v));
     }
     Ok(out)
 }

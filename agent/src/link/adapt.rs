@@ -179,18 +179,18 @@ impl Level {
     }
 
     /// Record one change set of `bytes` (uncompressed) sent at the current
-    /// level, `compress` and `write` the time spent on each, and the
-    /// socket's [`Stalls`] after it (`None`: unknown); moves the level once
-    /// a window is full.
+    /// level, `compress` and `write` the time spent on each, and `stalls`
+    /// to ask the socket's [`Stalls`] after it (`None`: unknown; asked only
+    /// when the level adapts); moves the level once a window is full.
     pub fn record(
         &mut self,
         bytes: u64,
         compress: Duration,
         write: Duration,
-        stalls: Option<Stalls>,
+        stalls: impl FnOnce() -> Option<Stalls>,
     ) {
         if self.adaptive {
-            self.stalls_now = stalls;
+            self.stalls_now = stalls();
             self.record_at(bytes, compress, write, Instant::now());
         }
     }
@@ -581,7 +581,7 @@ mod tests {
                 14 << 20,
                 Duration::from_millis(50),
                 Duration::from_millis(1),
-                None,
+                || None,
             );
         }
         assert_eq!(l.get(), 3);

@@ -599,9 +599,11 @@ async fn session(
             let n = write_change_set(&mut wr, body)
                 .await
                 .with_context(|| format!("sending change set {seq}"))?;
-            let stalls = tcp
-                .as_ref()
-                .and_then(|fd| super::tcpinfo::stalls(std::os::fd::AsFd::as_fd(fd)));
+            // The socket is asked only by an adaptive level.
+            let stalls = || {
+                tcp.as_ref()
+                    .and_then(|fd| super::tcpinfo::stalls(std::os::fd::AsFd::as_fd(fd)))
+            };
             level.record(payload.len() as u64, t1 - t0, t1.elapsed(), stalls);
             sent_upto = seq;
             let mut st = shared.stats.lock().unwrap_or_else(|e| e.into_inner());

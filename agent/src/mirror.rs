@@ -79,14 +79,8 @@ pub const SCAN_HOLD_ENV: &str = "STANDIN_TEST_SCAN_HOLD";
 /// Holds the calling thread while the file named by [`SCAN_HOLD_ENV`]
 /// exists (at most a minute).
 fn scan_hold() {
-    let Some(h) = std::env::var_os(SCAN_HOLD_ENV).filter(|v| !v.is_empty()) else {
-        return;
-    };
-    for _ in 0..600 {
-        if !Path::new(&h).exists() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    if let Some(h) = standin_builder::test_hold::file_of(SCAN_HOLD_ENV) {
+        standin_builder::test_hold::wait_while_exists(Path::new(&h));
     }
 }
 

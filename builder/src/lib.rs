@@ -34,6 +34,7 @@ pub mod record_stream;
 pub mod restore;
 pub mod scan;
 mod scan_cached;
+pub mod test_hold;
 pub mod tree;
 pub mod verify;
 pub mod wire;

@@ -128,18 +128,12 @@ pub fn start(root: &Path, prev_id: (u64, u64)) -> Option<Arc<Precheck>> {
         return None;
     }
     let replica = Beneath::new(root).ok()?;
-    let hold = std::env::var_os(HOLD_ENV).filter(|v| !v.is_empty());
+    let hold = standin_builder::test_hold::file_of(HOLD_ENV);
     let job = std::thread::Builder::new()
         .name("mirror-precheck".into())
         .spawn(move || {
             if let Some(h) = hold {
-                // Bounded: at most a minute.
-                for _ in 0..600 {
-                    if !Path::new(&h).exists() {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
+                standin_builder::test_hold::wait_while_exists(Path::new(&h));
             }
             check(prev, &replica)
         })

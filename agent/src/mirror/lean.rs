@@ -147,6 +147,7 @@ pub fn scan(
     }
     let (excludes, keep_empty) = standin_builder::scan::filters(root, opts)?;
     let (fold_tx, fold_rx) = std::sync::mpsc::sync_channel(FOLD_AHEAD);
+    let t0 = std::time::Instant::now();
     let mut fold = Fold {
         root: root.to_path_buf(),
         block_size,
@@ -190,12 +191,29 @@ pub fn scan(
     .with_context(|| format!("opening root {}", root.display()))?;
     let (merged, folded) = std::thread::scope(|sc| {
         let folding = sc.spawn(move || -> Result<Fold> {
-            for (slots, gone) in fold_rx.iter() {
+            let mut wait = std::time::Duration::ZERO;
+            loop {
+                let tw = std::time::Instant::now();
+                let Ok((slots, gone)) = fold_rx.recv() else {
+                    break;
+                };
+                wait += tw.elapsed();
                 fold.chunk(slots, gone)?;
             }
+            tracing::debug!(
+                ms = t0.elapsed().as_millis() as u64,
+                wait_ms = wait.as_millis() as u64,
+                cpu_ms = thread_cpu_ms(),
+                "lean scan: fold done"
+            );
             Ok(fold)
         });
         let merged = lean.merge(root, &meta, excludes, keep_empty, opts, dirfd);
+        tracing::debug!(
+            ms = t0.elapsed().as_millis() as u64,
+            cpu_ms = thread_cpu_ms(),
+            "lean scan: merge done"
+        );
         // Ends the fold's input (the rest of `lean` would only be dropped
         // at the end of this scope, after the join).
         let Lean { index, sum, tx, .. } = lean;
@@ -237,19 +255,18 @@ impl Lean<'_> {
         self.visit(Vec::new(), EntryStamp::of_metadata(meta))?;
         // The walk runs on its own thread a few batches ahead.
         let (tx, rx) = std::sync::mpsc::sync_channel(walk::AHEAD);
-        let mut w = walk::Walk {
-            root: root.to_path_buf(),
+        let mut w = walk::Walk::new(
+            root.to_path_buf(),
             excludes,
             keep_empty,
-            root_dev: meta.dev(),
-            one_file_system: opts.one_file_system,
+            meta.dev(),
+            opts.one_file_system,
             tx,
-            batch: Vec::new(),
-        };
+        );
         let walker = std::thread::Builder::new()
             .name("standin-lean-walk".into())
             .spawn(move || {
-                let _ = w.run(&dirfd);
+                let _ = w.run(dirfd);
             })
             .context("starting the lean scan's walking thread")?;
         let merged = (|| -> Result<()> {
@@ -480,6 +497,14 @@ impl Fold<'_> {
         }
         Ok(())
     }
+}
+
+/// CPU time of the calling thread (for debug timings).
+pub(super) fn thread_cpu_ms() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |ns| ns / 1_000_000)
 }
 
 #[cfg(test)]

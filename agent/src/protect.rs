@@ -57,7 +57,7 @@ pub async fn validate_remote(
     opts: &standin_validate::Options,
 ) -> Result<Outcome> {
     let root_owned = root.to_path_buf();
-    let source = tokio::task::spawn_blocking(move || {
+    let collecting = tokio::task::spawn_blocking(move || {
         collect(
             &LiveFacts::new(root_owned),
             &CollectOptions {
@@ -65,10 +65,11 @@ pub async fn validate_remote(
                 ..Default::default()
             },
         )
-    })
-    .await
-    .context("collecting this machine's profile")?;
-    validate_against(link, &source, fix_all, opts).await
+    });
+    // The target collects its profile while this machine collects its own.
+    let (source, target) = tokio::join!(collecting, fetch_profile(link));
+    let source = source.context("collecting this machine's profile")?;
+    validate_fetched(link, &source, target?, fix_all, opts).await
 }
 
 /// `source` validated against the target's profile fetched over `link`;
@@ -80,9 +81,19 @@ pub async fn validate_against(
     fix_all: bool,
     opts: &standin_validate::Options,
 ) -> Result<Outcome> {
-    let source = source.clone();
     let target = fetch_profile(link).await?;
-    let before = validate(&source, &target, opts);
+    validate_fetched(link, source, target, fix_all, opts).await
+}
+
+/// [`validate_against`] with the target's profile already fetched.
+async fn validate_fetched(
+    link: &LinkConfig,
+    source: &standin_validate::Profile,
+    target: standin_validate::Profile,
+    fix_all: bool,
+    opts: &standin_validate::Options,
+) -> Result<Outcome> {
+    let before = validate(source, &target, opts);
     let fixes = before.auto_fixes();
     if !fix_all || fixes.is_empty() {
         return Ok(Outcome {
@@ -94,7 +105,7 @@ pub async fn validate_against(
     }
     let applied = apply_remote_fixes(link, &fixes).await?;
     let target = fetch_profile(link).await?;
-    let after = validate(&source, &target, opts);
+    let after = validate(source, &target, opts);
     Ok(Outcome {
         before,
         fixes: Some(applied),

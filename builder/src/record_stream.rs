@@ -116,7 +116,18 @@ impl RecordWriter {
 
     /// End the records, add `trailer` and the checksum, and put the file
     /// in place.
-    pub fn commit(mut self, trailer: &[u8]) -> Result<()> {
+    pub fn commit(self, trailer: &[u8]) -> Result<()> {
+        self.finish(trailer)?.commit()
+    }
+
+    /// [`RecordWriter::commit`] without the fsyncs
+    /// ([`DurableFile::commit_unsynced`]): only for a file whose reader
+    /// [`verify`]s all of it before using any record.
+    pub fn commit_unsynced(self, trailer: &[u8]) -> Result<()> {
+        self.finish(trailer)?.commit_unsynced()
+    }
+
+    fn finish(mut self, trailer: &[u8]) -> Result<DurableFile> {
         let mut b = END.to_be_bytes().to_vec();
         b.extend_from_slice(&self.count.to_be_bytes());
         b.extend_from_slice(trailer);
@@ -124,11 +135,9 @@ impl RecordWriter {
         let sum = self.hasher.finalize();
         self.out.write_all(&sum)?;
         let what = self.what;
-        let f = self
-            .out
+        self.out
             .into_inner()
-            .map_err(|e| anyhow::anyhow!("writing the {what}: {}", e.error()))?;
-        f.commit()
+            .map_err(|e| anyhow::anyhow!("writing the {what}: {}", e.error()))
     }
 }
 

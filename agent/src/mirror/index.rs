@@ -240,7 +240,11 @@ impl Writer {
         b.extend_from_slice(&base.last_seq.to_be_bytes());
         let base_len = b.len() as u32;
         b.extend_from_slice(&base_len.to_be_bytes());
-        self.w.commit(&b)
+        // Not synced: `Reader::open` verifies the whole index before any
+        // of it is used, and an index lost to a crash, or an older one,
+        // only makes the next mirror compare the whole tree (the target
+        // accepts no base but its last proven mirror).
+        self.w.commit_unsynced(&b)
     }
 }
 

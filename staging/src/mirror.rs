@@ -472,21 +472,10 @@ impl DiffSession {
     }
 
     /// Digest of each `bs`-byte block of the replica's file (empty in
-    /// dts mode, or when unreadable: the whole file travels).
+    /// dts mode, or when unreadable: the whole file travels), from the
+    /// digest cache's block values when it has them (no read).
     fn blocks(&self, path: &[u8], bs: u64) -> Vec<[u8; 16]> {
-        if bs == 0 {
-            return Vec::new();
-        }
-        let Some(mut f) = self.replica.open_file(path) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        match standin_builder::hash::read_blocks(&mut f, bs, |b| {
-            out.push(standin_builder::hash::block_digest(b))
-        }) {
-            Ok(()) => out,
-            Err(_) => Vec::new(),
-        }
+        self.replica.blocks(path, bs)
     }
 
     /// The topmost replica paths the source did not list (found while

@@ -236,7 +236,11 @@ mod tests {
             let want: Vec<[u8; 16]> = big
                 .chunks(4096)
                 .enumerate()
-                .map(|(i, c)| crate::hash::block_cv(c, i as u64 * 4096)[..16].try_into().unwrap())
+                .map(|(i, c)| {
+                    crate::hash::block_cv(c, i as u64 * 4096)[..16]
+                        .try_into()
+                        .unwrap()
+                })
                 .collect();
             assert_eq!(b, &want);
             // Not trusted: everything hashed, the fresh cache still written.

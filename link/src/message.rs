@@ -137,6 +137,11 @@ pub struct MirrorBaseAnswer {
     pub reason: Option<String>,
 }
 
+/// The largest block of a checksum mirror unless the agent is told
+/// otherwise (`MirrorEntries::block_size`); the target hashes the block
+/// values it keeps for a large file with it.
+pub const DEFAULT_MIRROR_BLOCK_SIZE: u32 = 128 << 10;
+
 /// Block size of one file in a checksum mirror, from the source's file
 /// size (both sides know it): about the square root of the size as a power
 /// of two, at least 1 KiB and at most `max` (the batch's `block_size`), so

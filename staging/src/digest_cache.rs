@@ -108,7 +108,10 @@ pub fn remember(stamp: Stamp, digest: [u8; 32]) {
         c.insert(stamp, digest);
     }
     let mut b = blocks().lock().unwrap_or_else(|e| e.into_inner());
-    if b.map.get(&(stamp.dev, stamp.ino)).is_some_and(|(_, e)| e.stamp != stamp) {
+    if b.map
+        .get(&(stamp.dev, stamp.ino))
+        .is_some_and(|(_, e)| e.stamp != stamp)
+    {
         b.remove(&(stamp.dev, stamp.ino));
     }
 }

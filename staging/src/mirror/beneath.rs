@@ -285,6 +285,7 @@ impl Beneath {
 
     /// Files read for their block digests so far (by this reader and its
     /// forks).
+    #[cfg(test)]
     pub fn block_reads(&self) -> u64 {
         self.block_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -368,7 +369,10 @@ mod tests {
         std::fs::write(d.path().join("small"), b"tiny").unwrap();
         let (small, _) = b.hash_and_blocks(b"small", 1024).unwrap();
         let reads = b.block_reads();
-        assert_eq!(b.blocks(b"small", 1024), vec![<[u8; 16]>::try_from(&small[..16]).unwrap()]);
+        assert_eq!(
+            b.blocks(b"small", 1024),
+            vec![<[u8; 16]>::try_from(&small[..16]).unwrap()]
+        );
         assert_eq!(b.block_reads(), reads);
     }
 }

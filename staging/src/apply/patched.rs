@@ -116,7 +116,7 @@ impl Patches {
         }
         let n = size.div_ceil(bs) as usize;
         let mut touched = vec![false; n];
-        for &(s, e) in &p.touched {
+        for &(s, e) in p.touched.iter().filter(|(s, e)| s < e) {
             let first = (s / bs) as usize;
             let last = (e.div_ceil(bs) as usize).min(n);
             for t in touched.iter_mut().take(last).skip(first) {

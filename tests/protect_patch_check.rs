@@ -1,8 +1,9 @@
 //! A difference mirror that changes a few blocks of a large file: the
 //! target answers the file's block digests from the block values its digest
-//! cache kept (BLAKE3 chaining values), and its check after the patch reads
-//! only the patched blocks (`checked_partly` in its debug log), and the
-//! replica still equals the source. Over loopback; needs root.
+//! cache kept (BLAKE3 chaining values; `block_reads=0` in its debug log),
+//! its check after the patch reads only the patched blocks
+//! (`checked_partly`), and the replica still equals the source. Over
+//! loopback; needs root.
 
 mod protect_support;
 
@@ -98,6 +99,15 @@ fn a_few_blocks_changed_in_a_large_file_are_checked_without_reading_it_whole() {
         let partly = sum(new, "change set records applied", "checked_partly");
         let bytes = sum(new, "change set records applied", "partial_bytes");
         assert_eq!(partly, 1, "round {round}: {json}\n{new}");
+        // The comparison of the second round answers the file's block
+        // digests from the values the first round's check kept (the
+        // first may read it: the full mirror wrote it from a file record).
+        let reads = sum(new, "mirror comparison: batch answered", "block_reads");
+        if round == 1 {
+            assert_eq!(reads, 0, "{new}");
+        } else {
+            assert!(reads <= 1, "{new}");
+        }
         // A 6 MB file has 4 KiB blocks: each write touches at most 2.
         assert!(
             bytes <= 6 * 4096,

@@ -380,6 +380,7 @@ impl DiffSession {
         if let Some(p) = &self.precheck {
             p.note(m.entries.iter().map(|e| e.path.as_slice()));
         }
+        let block_reads = self.replica.block_reads();
         let statted = self.stat_all(&m.entries);
         let mut pending = Vec::with_capacity(m.entries.len());
         let mut gots = Vec::with_capacity(m.entries.len());
@@ -463,6 +464,7 @@ impl DiffSession {
             entries = m.entries.len(),
             ms = t0.elapsed().as_millis() as u64,
             ledger_ms = t1.elapsed().as_millis() as u64,
+            block_reads = self.replica.block_reads() - block_reads,
             "mirror comparison: batch answered"
         );
         Ok(MirrorDiff {

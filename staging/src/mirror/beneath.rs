@@ -285,7 +285,6 @@ impl Beneath {
 
     /// Files read for their block digests so far (by this reader and its
     /// forks).
-    #[cfg(test)]
     pub fn block_reads(&self) -> u64 {
         self.block_reads.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -437,10 +437,15 @@ impl DirTarget {
             self.read_buf.resize(READ_BUF, 0);
         }
         if let Some(st) = stamp {
-            if let Some(r) = self.patches.digest(f, st, &mut self.read_buf) {
-                let (d, bs, cvs) =
-                    r.map_err(|x| ApplyError::Io(format!("reading {}: {x}", display_path(path))))?;
-                return Ok((d, Some((bs, cvs))));
+            match self.patches.digest(f, st, &mut self.read_buf) {
+                Some(Ok((d, bs, cvs))) => return Ok((d, Some((bs, cvs)))),
+                // Any trouble reading the blocks: the whole file, as
+                // without cached values (a read error is reported there).
+                Some(Err(e)) => tracing::debug!(
+                    path = %display_path(path),
+                    "checking a patched file from its block values: {e}; reading it whole"
+                ),
+                None => {}
             }
         }
         self.patches.counts.whole += 1;

@@ -24,7 +24,7 @@
 //! per block, a block being about the square root of the file's size): a
 //! difference mirror's comparison then answers a changed file's block
 //! digests without reading it, and the check after a patch re-reads only
-//! the blocks the patch touched (`apply`, docs/protect.md "Verifying a
+//! the blocks the patch touched (`apply`, docs/protect.md "Block digests and verifying a
 //! patch without reading the whole file"). Same trust rule: the values are
 //! used only under the exact stamp they were computed under.
 
@@ -345,5 +345,43 @@ mod tests {
         carry_over(&after, &grown);
         assert_eq!(lookup_stamp(&grown), None, "not across a size change");
         assert_eq!(stamp_of_path(t.path()), None, "directories are not stamped");
+    }
+
+    /// Block values are kept for a large file under its exact stamp,
+    /// answered for bigger blocks too, and dropped when the file is
+    /// remembered under another stamp.
+    #[test]
+    fn block_values_hold_only_under_their_stamp() {
+        use standin_builder::hash::{content_digest, hash_blocks_of};
+        let data: Vec<u8> = (0..2_100_000u32)
+            .map(|i| (i * 5 ^ (i >> 11)) as u8)
+            .collect();
+        let (d, cvs) = hash_blocks_of(&mut &data[..], 2048).unwrap();
+        assert_eq!(d, content_digest(&data));
+        let st = Stamp {
+            dev: 1 << 40,
+            ino: 77,
+            size: data.len() as u64,
+            mtime_ns: 5,
+            ctime_ns: 6,
+        };
+        remember_blocks(st, d, 2048, cvs.clone());
+        assert!(block_bytes() >= cvs.len() * 32);
+        assert_eq!(block_digests(&st, 2048), Some(cvs.clone()));
+        let (_, big) = hash_blocks_of(&mut &data[..], 8192).unwrap();
+        assert_eq!(block_digests(&st, 8192), Some(big));
+        assert_eq!(block_digests(&st, 1024), None, "smaller blocks: read");
+        let later = Stamp { ctime_ns: 7, ..st };
+        assert_eq!(block_digests(&later, 2048), None);
+        remember(later, [1; 32]);
+        assert!(lookup_blocks(&st).is_none(), "dropped with the old stamp");
+        // A small file's values are not kept.
+        let small = Stamp {
+            ino: 78,
+            size: 5000,
+            ..st
+        };
+        remember_blocks(small, [2; 32], 2048, vec![[0; 32]; 3]);
+        assert!(lookup_blocks(&small).is_none());
     }
 }

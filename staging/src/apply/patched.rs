@@ -4,7 +4,8 @@
 //! set's patches touched are read again; the untouched blocks' values are
 //! the cached ones, and their merge is the content digest compared with the
 //! source's. Why a stamp match means the untouched blocks are unchanged:
-//! docs/protect.md, "Verifying a patch without reading the whole file".
+//! docs/protect.md, "Block digests and verifying a patch without reading the
+//! whole file".
 //!
 //! Any doubt reads the whole file: no cached values under the stamp before
 //! the first patch, another inode at the path when checked, a file too

@@ -354,7 +354,7 @@ mod tests {
     fn block_values_hold_only_under_their_stamp() {
         use standin_builder::hash::{content_digest, hash_blocks_of};
         let data: Vec<u8> = (0..2_100_000u32)
-            .map(|i| (i * 5 ^ (i >> 11)) as u8)
+            .map(|i| ((i * 5) ^ (i >> 11)) as u8)
             .collect();
         let (d, cvs) = hash_blocks_of(&mut &data[..], 2048).unwrap();
         assert_eq!(d, content_digest(&data));

@@ -58,7 +58,7 @@ use crate::bwlimit::{Bucket, BwLimit};
 use crate::link::{connect, Connection, LinkConfig, Sender};
 
 /// Largest block of a checksum mirror (see `mirror_block_size`).
-pub const DEFAULT_BLOCK_SIZE: u32 = 128 << 10;
+pub const DEFAULT_BLOCK_SIZE: u32 = standin_link::message::DEFAULT_MIRROR_BLOCK_SIZE;
 /// Entries per comparison batch (and per batch of the empty-replica walk).
 pub const BATCH_ENTRIES: usize = 1000;
 /// Manifest batches sent ahead of the target's answers.

@@ -34,7 +34,8 @@ pub struct CacheCounts {
     pub hashed: u64,
 }
 
-/// Block digests by path, with the block size used.
+/// Block digests by path (as the link carries them: the first 16 bytes,
+/// `hash::wire_digests`), with the block size used.
 pub type BlockDigests = HashMap<Vec<u8>, (u64, Vec<[u8; 16]>)>;
 
 /// One file's block digests with the block size used.
@@ -122,7 +123,7 @@ pub fn scan_tree_cached(
                 blocks
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(s.entry.path.clone(), (bs, b));
+                    .insert(s.entry.path.clone(), (bs, crate::hash::wire_digests(&b)));
             }
             return Ok(crate::hash::hex(&d));
         }
@@ -231,9 +232,15 @@ mod tests {
             assert_eq!(changed.counts.hashed, 1);
             let (bs, b) = &changed.blocks[&b"big".to_vec()];
             assert_eq!((*bs, b.len()), (4096, 10));
+            // Each block's chaining value at its offset, first 16 bytes.
             let want: Vec<[u8; 16]> = big
                 .chunks(4096)
-                .map(|c| blake3::hash(c).as_bytes()[..16].try_into().unwrap())
+                .enumerate()
+                .map(|(i, c)| {
+                    crate::hash::block_cv(c, i as u64 * 4096)[..16]
+                        .try_into()
+                        .unwrap()
+                })
                 .collect();
             assert_eq!(b, &want);
             // Not trusted: everything hashed, the fresh cache still written.

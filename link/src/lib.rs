@@ -31,8 +31,11 @@ pub const DEFAULT_PORT: u16 = 6320;
 
 /// Version of the wire protocol spoken by this build (see docs/protocol.md).
 /// 5: every content digest on the link (change sets, mirror batches, the
-/// mirror's root digest) is BLAKE3-256, not sha256.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// mirror's root digest) is BLAKE3-256, not sha256. 6: a checksum
+/// mirror's block digests of a file of more than one block are the
+/// blocks' BLAKE3 chaining values at their offsets (`builder::hash::block_cv`),
+/// not each block's own BLAKE3 digest.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Version of standin, sent in Hello.
 pub const STANDIN_VERSION: &str = env!("CARGO_PKG_VERSION");

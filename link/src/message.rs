@@ -137,13 +137,22 @@ pub struct MirrorBaseAnswer {
     pub reason: Option<String>,
 }
 
+/// The largest block of a checksum mirror unless the agent is told
+/// otherwise (`MirrorEntries::block_size`); the target hashes the block
+/// values it keeps for a large file with it.
+pub const DEFAULT_MIRROR_BLOCK_SIZE: u32 = 128 << 10;
+
 /// Block size of one file in a checksum mirror, from the source's file
 /// size (both sides know it): about the square root of the size as a power
 /// of two, at least 1 KiB and at most `max` (the batch's `block_size`), so
 /// a file has few enough blocks for the answer to stay small and a small
-/// change sends little. Block digests are the first 16 bytes of the
-/// block's BLAKE3 digest (`builder::hash::block_digest`); the file's whole
-/// content digest (BLAKE3-256) is checked after the patch.
+/// change sends little. Block digests are 16 bytes: for a file of more
+/// than one block, the first 16 of each block's BLAKE3 chaining value at
+/// its offset (`builder::hash::block_cv`; the file's content digest is
+/// their merge, so each side hashes each byte once and the target can
+/// check a patched file re-reading only the patched blocks); for a file of
+/// one block, the first 16 of its content digest. The file's whole content
+/// digest (BLAKE3-256) is checked after the patch.
 pub fn mirror_block_size(file_size: u64, max: u32) -> u64 {
     let root = (file_size as f64).sqrt() as u64;
     root.next_power_of_two().clamp(1024, (max as u64).max(1024))
@@ -156,8 +165,8 @@ pub struct DiffItem {
     pub path: Vec<u8>,
     /// `same`, `missing`, `metadata` or `content`.
     pub state: String,
-    /// For `content`: the digest (the first 16 bytes of the BLAKE3 digest;
-    /// see [`mirror_block_size`]) of each block the target holds.
+    /// For `content`: the digest (16 bytes, see [`mirror_block_size`]) of
+    /// each block the target holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocks: Vec<[u8; 16]>,
 }

@@ -14,7 +14,6 @@
 //! Data is only written into regular files, never into device nodes.
 
 use std::ffi::OsStr;
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -27,9 +26,11 @@ mod cow;
 mod file;
 mod fsops;
 mod parallel;
+mod patched;
 pub mod writeback;
 use fsops::{list_xattrs, lstat, proc_path, remove_at};
 pub use parallel::ONE_APPLY_THREAD_ENV;
+pub use patched::CheckReads;
 use standin_builder::changeset::{check_path, metadata_digest, Digest32, Record};
 use standin_builder::digest_table::Stamp;
 use standin_builder::entry::{display_path, Entry, Kind};
@@ -100,6 +101,11 @@ pub trait ApplyTarget: Send {
     /// another.
     fn content_digests(&mut self, paths: &[&[u8]]) -> Vec<Result<Option<Digest32>, ApplyError>> {
         paths.iter().map(|p| self.content_digest(p)).collect()
+    }
+    /// How the checks after patches read their files so far (the
+    /// default: not counted).
+    fn check_reads(&self) -> CheckReads {
+        CheckReads::default()
     }
     /// Make everything applied so far durable.
     fn sync(&mut self) -> Result<(), ApplyError>;
@@ -244,6 +250,9 @@ pub struct DirTarget {
     /// digest (the content came in pieces and is checked at the set's
     /// end): the record's index, the entry, and its `lstat` after.
     awaiting: std::collections::HashMap<Vec<u8>, (usize, Entry, rustix::fs::Stat)>,
+    /// Files the current set patches in place, for a check that reads only
+    /// the patched blocks ([`patched`]).
+    patches: patched::Patches,
 }
 
 /// Set (to anything but empty) to start an open mirror's writeback while
@@ -277,24 +286,17 @@ thread_local! {
     static DIGEST_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The content digest (BLAKE3-256) of what `f` holds from where it is,
-/// read through `buf`.
+/// The content digest (BLAKE3-256) of what `f` holds from where it is
+/// (`size` bytes by its stamp), read through `buf`, and the block values
+/// of a large file ([`patched::hash_whole`]).
 fn hash_through(
-    mut f: &std::fs::File,
+    f: &std::fs::File,
     path: &[u8],
-    buf: &mut [u8],
-) -> Result<Digest32, ApplyError> {
-    let mut h = standin_builder::hash::ContentHasher::new();
-    loop {
-        let n = f
-            .read(buf)
-            .map_err(|x| ApplyError::Io(format!("reading {}: {x}", display_path(path))))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize())
+    size: u64,
+    buf: &mut Vec<u8>,
+) -> Result<patched::Hashed, ApplyError> {
+    patched::hash_whole(f, size, buf)
+        .map_err(|x| ApplyError::Io(format!("reading {}: {x}", display_path(path))))
 }
 
 impl DirTarget {
@@ -330,6 +332,7 @@ impl DirTarget {
             applied: Vec::new(),
             applied_whole: true,
             awaiting: std::collections::HashMap::new(),
+            patches: Default::default(),
         })
     }
 
@@ -379,17 +382,28 @@ impl DirTarget {
         if self.read_buf.len() < READ_BUF {
             self.read_buf.resize(READ_BUF, 0);
         }
-        let d = hash_through(&f, path, &mut self.read_buf)?;
-        self.digest_read(path, f, stamp, d);
+        let (d, blocks) = self.hash_patched(path, &f, stamp.as_ref())?;
+        self.digest_read(path, f, stamp, d, blocks);
         Ok(d)
     }
 
     /// What follows the digest `d` of `path` read through `f` (stamped
     /// `stamp` before): remembered by stamp, given to a metadata record
     /// waiting for it, and the file's writeback started.
-    fn digest_read(&mut self, path: &[u8], f: std::fs::File, stamp: Option<Stamp>, d: Digest32) {
-        if let Some(stamp) = stamp {
-            crate::digest_cache::remember(stamp, d);
+    fn digest_read(
+        &mut self,
+        path: &[u8],
+        f: std::fs::File,
+        stamp: Option<Stamp>,
+        d: Digest32,
+        blocks: Option<(u64, Vec<standin_builder::hash::Cv>)>,
+    ) {
+        match (stamp, blocks) {
+            (Some(stamp), Some((bs, cvs))) => {
+                crate::digest_cache::remember_blocks(stamp, d, bs, cvs)
+            }
+            (Some(stamp), None) => crate::digest_cache::remember(stamp, d),
+            (None, _) => {}
         }
         // A metadata record waiting for this content: the file read is the
         // one its `lstat` saw (same stamp), so the record is trusted with
@@ -408,6 +422,34 @@ impl DirTarget {
             let len = stamp.map_or(0, |s| s.size);
             self.writeback.submit(f.into(), 0, len);
         }
+    }
+
+    /// The digest of `path` opened as `f` (stamped `stamp`) and its block
+    /// values: from the cached values and the blocks this set patched when
+    /// it can ([`patched`]), else read whole through this target's buffer.
+    fn hash_patched(
+        &mut self,
+        path: &[u8],
+        f: &std::fs::File,
+        stamp: Option<&Stamp>,
+    ) -> Result<patched::Hashed, ApplyError> {
+        if self.read_buf.len() < READ_BUF {
+            self.read_buf.resize(READ_BUF, 0);
+        }
+        if let Some(st) = stamp {
+            match self.patches.digest(f, st, &mut self.read_buf) {
+                Some(Ok((d, bs, cvs))) => return Ok((d, Some((bs, cvs)))),
+                // Any trouble reading the blocks: the whole file, as
+                // without cached values (a read error is reported there).
+                Some(Err(e)) => tracing::debug!(
+                    path = %display_path(path),
+                    "checking a patched file from its block values: {e}; reading it whole"
+                ),
+                None => {}
+            }
+        }
+        self.patches.counts.whole += 1;
+        hash_through(f, path, stamp.map_or(0, |s| s.size), &mut self.read_buf)
     }
 
     /// The root directory.
@@ -804,6 +846,10 @@ impl ApplyTarget for DirTarget {
                 let fd = self.open_regular(path, OFlags::WRONLY)?.ok_or_else(|| {
                     ApplyError::Inconsistent(format!("{} is missing", display_path(path)))
                 })?;
+                if let Ok(st) = rustix::fs::fstat(&fd) {
+                    self.patches
+                        .note(&fd, &st, *offset, offset + data.len() as u64);
+                }
                 let mut done = 0;
                 while done < data.len() {
                     let n = rustix::io::pwrite(&fd, &data[done..], offset + done as u64)
@@ -826,6 +872,10 @@ impl ApplyTarget for DirTarget {
                 let fd = self.open_regular(path, OFlags::WRONLY)?.ok_or_else(|| {
                     ApplyError::Inconsistent(format!("{} is missing", display_path(path)))
                 })?;
+                if let Ok(st) = rustix::fs::fstat(&fd) {
+                    let old = st.st_size as u64;
+                    self.patches.note(&fd, &st, old.min(*size), old.max(*size));
+                }
                 rustix::fs::ftruncate(&fd, *size).map_err(|x| io_err("truncating", path, x))
             }
             // Moves or adds a name no record describes.
@@ -861,28 +911,35 @@ impl ApplyTarget for DirTarget {
         type Held = Vec<(usize, std::fs::File, Option<Stamp>)>;
         type Answers = Vec<Option<Result<Option<Digest32>, ApplyError>>>;
         let flush = |t: &mut Self, large: &mut Held, out: &mut Answers| {
-            let digests: Vec<Result<Digest32, ApplyError>> = large
+            let digests: Vec<Result<patched::Hashed, ApplyError>> = large
                 .par_iter()
-                .map(|(i, f, _)| {
+                .map(|(i, f, stamp)| {
                     DIGEST_BUF.with(|b| {
                         let mut b = b.borrow_mut();
                         if b.len() < READ_BUF {
                             b.resize(READ_BUF, 0);
                         }
-                        hash_through(f, paths[*i], &mut b)
+                        hash_through(f, paths[*i], stamp.map_or(0, |s| s.size), &mut b)
                     })
                 })
                 .collect();
+            t.patches.counts.whole += large.len() as u64;
             for ((i, f, stamp), d) in large.drain(..).zip(digests) {
-                out[i] = Some(d.map(|d| {
-                    t.digest_read(paths[i], f, stamp, d);
+                out[i] = Some(d.map(|(d, blocks)| {
+                    t.digest_read(paths[i], f, stamp, d, blocks);
                     Some(d)
                 }));
             }
         };
         for (i, p) in paths.iter().enumerate() {
             match self.open_for_digest(p) {
-                Ok(Some((f, stamp))) if stamp.is_some_and(|s| s.size >= PARALLEL_DIGEST_BYTES) => {
+                // (A file patched in place with cached block values is
+                // checked from them and its patched blocks, below.)
+                Ok(Some((f, stamp)))
+                    if stamp.is_some_and(|s| {
+                        s.size >= PARALLEL_DIGEST_BYTES && !self.patches.follows(&s)
+                    }) =>
+                {
                     large.push((i, f, stamp));
                     if large.len() >= PARALLEL_DIGEST_FILES {
                         flush(self, &mut large, &mut out);
@@ -893,9 +950,15 @@ impl ApplyTarget for DirTarget {
             }
         }
         flush(self, &mut large, &mut out);
+        // The set is checked: what it patched is known again by stamp.
+        self.patches.clear();
         out.into_iter()
             .map(|r| r.expect("every path answered"))
             .collect()
+    }
+
+    fn check_reads(&self) -> CheckReads {
+        self.patches.counts
     }
 
     fn sync(&mut self) -> Result<(), ApplyError> {
@@ -989,3 +1052,5 @@ mod named_tests;
 
 #[cfg(test)]
 mod parallel_tests;
+#[cfg(test)]
+mod patched_tests;

@@ -17,6 +17,16 @@
 //! a restarted daemon does not re-read its replica either. A cache file
 //! that is corrupt, truncated or written for another replica is ignored
 //! with a log line, never trusted.
+//!
+//! For a large file (at least [`MIN_CV_FILE`]) the cache also keeps, in
+//! memory only, the BLAKE3 chaining values of its mirror blocks
+//! ([`remember_blocks`]; at most [`MAX_CV_BYTES`] of them, about 32 bytes
+//! per block, a block being about the square root of the file's size): a
+//! difference mirror's comparison then answers a changed file's block
+//! digests without reading it, and the check after a patch re-reads only
+//! the blocks the patch touched (`apply`, docs/protect.md "Block digests and verifying a
+//! patch without reading the whole file"). Same trust rule: the values are
+//! used only under the exact stamp they were computed under.
 
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -24,6 +34,7 @@ use std::sync::{Mutex, OnceLock};
 
 use rustix::fs::Stat;
 use standin_builder::digest_table::{self, DigestTable};
+use standin_builder::hash::Cv;
 
 /// Largest number of remembered digests; the cache starts over beyond
 /// that, which only costs hashing.
@@ -61,8 +72,12 @@ pub fn carry_over(before: &Stamp, after: &Stamp) {
     if before.dev != after.dev || before.ino != after.ino || before.size != after.size {
         return;
     }
+    let b = lookup_blocks(before);
     if let Some(d) = lookup_stamp(before) {
-        remember(*after, d);
+        match b {
+            Some(b) => remember_blocks(*after, d, b.bs, b.cvs.to_vec()),
+            None => remember(*after, d),
+        }
     }
 }
 
@@ -82,13 +97,133 @@ fn cache() -> &'static Mutex<DigestTable> {
 }
 
 /// Remember that the file stamped `stamp` (taken before reading it) has
-/// content digest `digest`.
+/// content digest `digest` (block values remembered for an older stamp of
+/// the same file are dropped).
 pub fn remember(stamp: Stamp, digest: [u8; 32]) {
-    let mut c = cache().lock().unwrap_or_else(|e| e.into_inner());
-    if c.len() >= MAX_ENTRIES {
-        c.clear();
+    {
+        let mut c = cache().lock().unwrap_or_else(|e| e.into_inner());
+        if c.len() >= MAX_ENTRIES {
+            c.clear();
+        }
+        c.insert(stamp, digest);
     }
-    c.insert(stamp, digest);
+    let mut b = blocks().lock().unwrap_or_else(|e| e.into_inner());
+    if b.map
+        .get(&(stamp.dev, stamp.ino))
+        .is_some_and(|(_, e)| e.stamp != stamp)
+    {
+        b.remove(&(stamp.dev, stamp.ino));
+    }
+}
+
+/// Smallest file whose block chaining values are kept.
+pub const MIN_CV_FILE: u64 = 1 << 20;
+
+/// Most bytes of chaining values kept (beyond, the oldest files' values
+/// are dropped: that costs reading those files again).
+pub const MAX_CV_BYTES: usize = 64 << 20;
+
+/// A large file's block chaining values, under the stamp they were
+/// computed under.
+#[derive(Clone)]
+pub struct Blocks {
+    pub stamp: Stamp,
+    /// Block size (a power of two of at least 1 KiB).
+    pub bs: u64,
+    /// One per block; [`standin_builder::hash::merge_cvs`] gives the
+    /// content digest.
+    pub cvs: std::sync::Arc<[Cv]>,
+}
+
+#[derive(Default)]
+struct BlockTable {
+    map: std::collections::HashMap<(u64, u64), (u64, Blocks)>,
+    /// Insertion order (a counter), for dropping the oldest first.
+    order: std::collections::BTreeMap<u64, (u64, u64)>,
+    next: u64,
+    bytes: usize,
+}
+
+impl BlockTable {
+    fn remove(&mut self, key: &(u64, u64)) {
+        if let Some((n, b)) = self.map.remove(key) {
+            self.order.remove(&n);
+            self.bytes -= b.cvs.len() * 32;
+        }
+    }
+}
+
+fn blocks() -> &'static Mutex<BlockTable> {
+    static B: OnceLock<Mutex<BlockTable>> = OnceLock::new();
+    B.get_or_init(Mutex::default)
+}
+
+/// Remember the content digest of the file stamped `stamp` and, for a
+/// file of at least [`MIN_CV_FILE`] bytes and more than one block, the
+/// chaining values of its `bs`-byte blocks (what
+/// [`standin_builder::hash::hash_blocks_of`] gives).
+pub fn remember_blocks(stamp: Stamp, digest: [u8; 32], bs: u64, cvs: Vec<Cv>) {
+    remember(stamp, digest);
+    if stamp.size < MIN_CV_FILE
+        || stamp.size <= bs
+        || cvs.len() as u64 != stamp.size.div_ceil(bs)
+        || cvs.len() * 32 > MAX_CV_BYTES / 4
+    {
+        return;
+    }
+    let mut t = blocks().lock().unwrap_or_else(|e| e.into_inner());
+    let key = (stamp.dev, stamp.ino);
+    t.remove(&key);
+    let add = cvs.len() * 32;
+    while t.bytes + add > MAX_CV_BYTES {
+        let Some((_, old)) = t.order.pop_first() else {
+            break;
+        };
+        t.remove(&old);
+    }
+    let n = t.next;
+    t.next += 1;
+    t.order.insert(n, key);
+    t.bytes += add;
+    t.map.insert(
+        key,
+        (
+            n,
+            Blocks {
+                stamp,
+                bs,
+                cvs: cvs.into(),
+            },
+        ),
+    );
+}
+
+/// The block chaining values remembered for the file stamped exactly `now`.
+pub fn lookup_blocks(now: &Stamp) -> Option<Blocks> {
+    let t = blocks().lock().unwrap_or_else(|e| e.into_inner());
+    match t.map.get(&(now.dev, now.ino)) {
+        Some((_, b)) if b.stamp == *now => Some(b.clone()),
+        _ => None,
+    }
+}
+
+/// The block digests (32 bytes; the link carries 16) of the file stamped
+/// `now` for `bs`-byte blocks, without reading it: from its remembered
+/// chaining values (merged into bigger blocks when `bs` is a multiple of
+/// theirs), or its content digest when it is one block long. `None` when
+/// not known under this stamp.
+pub fn block_digests(now: &Stamp, bs: u64) -> Option<Vec<Cv>> {
+    if now.size <= bs {
+        let d = lookup_stamp(now)?;
+        return Some(if now.size == 0 { Vec::new() } else { vec![d] });
+    }
+    let b = lookup_blocks(now)?;
+    standin_builder::hash::regroup_cvs(&b.cvs, b.bs, bs, now.size)
+}
+
+/// Bytes of block chaining values held (see [`MAX_CV_BYTES`]).
+pub fn block_bytes() -> usize {
+    blocks().lock().unwrap_or_else(|e| e.into_inner()).bytes
 }
 
 /// The remembered digest of the file stamped `now`.
@@ -210,5 +345,43 @@ mod tests {
         carry_over(&after, &grown);
         assert_eq!(lookup_stamp(&grown), None, "not across a size change");
         assert_eq!(stamp_of_path(t.path()), None, "directories are not stamped");
+    }
+
+    /// Block values are kept for a large file under its exact stamp,
+    /// answered for bigger blocks too, and dropped when the file is
+    /// remembered under another stamp.
+    #[test]
+    fn block_values_hold_only_under_their_stamp() {
+        use standin_builder::hash::{content_digest, hash_blocks_of};
+        let data: Vec<u8> = (0..2_100_000u32)
+            .map(|i| ((i * 5) ^ (i >> 11)) as u8)
+            .collect();
+        let (d, cvs) = hash_blocks_of(&mut &data[..], 2048).unwrap();
+        assert_eq!(d, content_digest(&data));
+        let st = Stamp {
+            dev: 1 << 40,
+            ino: 77,
+            size: data.len() as u64,
+            mtime_ns: 5,
+            ctime_ns: 6,
+        };
+        remember_blocks(st, d, 2048, cvs.clone());
+        assert!(block_bytes() >= cvs.len() * 32);
+        assert_eq!(block_digests(&st, 2048), Some(cvs.clone()));
+        let (_, big) = hash_blocks_of(&mut &data[..], 8192).unwrap();
+        assert_eq!(block_digests(&st, 8192), Some(big));
+        assert_eq!(block_digests(&st, 1024), None, "smaller blocks: read");
+        let later = Stamp { ctime_ns: 7, ..st };
+        assert_eq!(block_digests(&later, 2048), None);
+        remember(later, [1; 32]);
+        assert!(lookup_blocks(&st).is_none(), "dropped with the old stamp");
+        // A small file's values are not kept.
+        let small = Stamp {
+            ino: 78,
+            size: 5000,
+            ..st
+        };
+        remember_blocks(small, [2; 32], 2048, vec![[0; 32]; 3]);
+        assert!(lookup_blocks(&small).is_none());
     }
 }

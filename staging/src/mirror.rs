@@ -380,6 +380,7 @@ impl DiffSession {
         if let Some(p) = &self.precheck {
             p.note(m.entries.iter().map(|e| e.path.as_slice()));
         }
+        let block_reads = self.replica.block_reads();
         let statted = self.stat_all(&m.entries);
         let mut pending = Vec::with_capacity(m.entries.len());
         let mut gots = Vec::with_capacity(m.entries.len());
@@ -463,6 +464,7 @@ impl DiffSession {
             entries = m.entries.len(),
             ms = t0.elapsed().as_millis() as u64,
             ledger_ms = t1.elapsed().as_millis() as u64,
+            block_reads = self.replica.block_reads() - block_reads,
             "mirror comparison: batch answered"
         );
         Ok(MirrorDiff {
@@ -472,21 +474,10 @@ impl DiffSession {
     }
 
     /// Digest of each `bs`-byte block of the replica's file (empty in
-    /// dts mode, or when unreadable: the whole file travels).
+    /// dts mode, or when unreadable: the whole file travels), from the
+    /// digest cache's block values when it has them (no read).
     fn blocks(&self, path: &[u8], bs: u64) -> Vec<[u8; 16]> {
-        if bs == 0 {
-            return Vec::new();
-        }
-        let Some(mut f) = self.replica.open_file(path) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        match standin_builder::hash::read_blocks(&mut f, bs, |b| {
-            out.push(standin_builder::hash::block_digest(b))
-        }) {
-            Ok(()) => out,
-            Err(_) => Vec::new(),
-        }
+        self.replica.blocks(path, bs)
     }
 
     /// The topmost replica paths the source did not list (found while

@@ -589,7 +589,9 @@ impl Store {
             }
             let t_check = std::time::Instant::now();
             let paths: Vec<&[u8]> = pending.keys().map(Vec::as_slice).collect();
+            let reads0 = target.check_reads();
             let digests = target.content_digests(&paths);
+            let reads = target.check_reads();
             for ((path, want), got) in pending.iter().zip(digests) {
                 let got = match got {
                     Ok(got) => got,
@@ -628,6 +630,8 @@ impl Store {
                     .as_millis() as u64,
                 check_ms = t_check.elapsed().as_millis() as u64,
                 checked = paths.len(),
+                checked_partly = reads.partial - reads0.partial,
+                partial_bytes = reads.partial_bytes - reads0.partial_bytes,
                 "change set records applied"
             );
             if lazy {

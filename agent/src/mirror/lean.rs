@@ -440,7 +440,7 @@ impl Fold<'_> {
                 let (d, digests) = standin_builder::hash::hash_file_blocks(&abs, b)
                     .with_context(|| format!("hashing {}", abs.display()))?;
                 if digests.len() as u64 == entry.size.div_ceil(b) {
-                    *blocks = Some((b, digests));
+                    *blocks = Some((b, standin_builder::hash::wire_digests(&digests)));
                 }
                 entry.sha256 = Some(hex::encode(d));
             } else {

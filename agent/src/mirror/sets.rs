@@ -32,7 +32,7 @@ pub(super) fn diff_blocks(abs: &Path, bs: u64, target: &[[u8; 16]]) -> Result<Ac
     let differ = blocks
         .iter()
         .enumerate()
-        .filter(|(i, b)| target.get(*i) != Some(*b))
+        .filter(|(i, b)| target.get(*i).map(<[u8; 16]>::as_slice) != Some(&b[..16]))
         .map(|(i, _)| i as u64)
         .collect();
     Ok(Action::Blocks(differ, sha))

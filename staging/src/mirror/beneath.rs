@@ -34,6 +34,9 @@ pub struct Beneath {
     /// The last parent directory opened (entries come in tree order, so
     /// neighbours share it).
     last_dir: Option<(Vec<u8>, OwnedFd)>,
+    /// Files read for their block digests (shared by forks; what tests
+    /// count to show an answer came from the digest cache).
+    block_reads: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn split(path: &[u8]) -> (&[u8], &[u8]) {
@@ -59,6 +62,7 @@ impl Beneath {
         Ok(Beneath {
             root_fd,
             last_dir: None,
+            block_reads: Arc::default(),
         })
     }
 
@@ -67,6 +71,7 @@ impl Beneath {
         Beneath {
             root_fd: self.root_fd.clone(),
             last_dir: None,
+            block_reads: self.block_reads.clone(),
         }
     }
 
@@ -224,18 +229,64 @@ impl Beneath {
     /// [`Beneath::hash`] and, from the same read, the block digests of
     /// `bs`-byte blocks (`None` when the digest came from the cache
     /// unread): for a file the source listed as changed, whose blocks are
-    /// wanted whenever its digest differs.
+    /// wanted whenever its digest differs. A large file's block chaining
+    /// values are remembered with its digest.
     pub fn hash_and_blocks(&self, path: &[u8], bs: u64) -> Option<DigestAndBlocks> {
         let mut f = self.open_file(path)?;
         let stamp = crate::digest_cache::stamp_of_fd(&f);
         if let Some(d) = stamp.as_ref().and_then(crate::digest_cache::lookup_stamp) {
             return Some((d, None));
         }
-        let (d, blocks) = standin_builder::hash::hash_blocks_of(&mut f, bs).ok()?;
-        if let Some(stamp) = stamp {
-            crate::digest_cache::remember(stamp, d);
+        let (d, blocks) = self.read_blocks(&mut f, stamp, bs)?;
+        Some((d, Some(standin_builder::hash::wire_digests(&blocks))))
+    }
+
+    /// The block digests of `bs`-byte blocks of the file at `path` as the
+    /// link carries them (empty when `bs` is 0, or the file is missing or
+    /// unreadable: then the whole file travels). From the digest cache when
+    /// it knows them under the file's current stamp (no read), else read
+    /// (and remembered).
+    pub fn blocks(&self, path: &[u8], bs: u64) -> Vec<[u8; 16]> {
+        if bs == 0 {
+            return Vec::new();
         }
-        Some((d, Some(blocks)))
+        let Some(mut f) = self.open_file(path) else {
+            return Vec::new();
+        };
+        let stamp = crate::digest_cache::stamp_of_fd(&f);
+        if let Some(b) = stamp
+            .as_ref()
+            .and_then(|s| crate::digest_cache::block_digests(s, bs))
+        {
+            return standin_builder::hash::wire_digests(&b);
+        }
+        match self.read_blocks(&mut f, stamp, bs) {
+            Some((_, b)) => standin_builder::hash::wire_digests(&b),
+            None => Vec::new(),
+        }
+    }
+
+    /// Read `f` (stamped `stamp` before) for its digest and block digests,
+    /// and remember them.
+    fn read_blocks(
+        &self,
+        f: &mut std::fs::File,
+        stamp: Option<Stamp>,
+        bs: u64,
+    ) -> Option<([u8; 32], Vec<standin_builder::hash::Cv>)> {
+        self.block_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (d, blocks) = standin_builder::hash::hash_blocks_of(f, bs).ok()?;
+        if let Some(stamp) = stamp {
+            crate::digest_cache::remember_blocks(stamp, d, bs, blocks.clone());
+        }
+        Some((d, blocks))
+    }
+
+    /// Files read for their block digests so far (by this reader and its
+    /// forks).
+    pub fn block_reads(&self) -> u64 {
+        self.block_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -247,7 +298,14 @@ pub fn stamp(md: &std::fs::Metadata) -> Option<Stamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use standin_builder::hash::{block_digest, content_digest};
+    use standin_builder::hash::{block_cv, content_digest};
+
+    fn cvs16(data: &[u8], bs: usize) -> Vec<[u8; 16]> {
+        data.chunks(bs)
+            .enumerate()
+            .map(|(i, c)| block_cv(c, (i * bs) as u64)[..16].try_into().unwrap())
+            .collect()
+    }
 
     #[test]
     fn a_file_is_read_once_for_its_digest_and_blocks_then_cached() {
@@ -259,8 +317,7 @@ mod tests {
         let bs = 65536;
         let (digest, blocks) = b.hash_and_blocks(b"dir/f", bs).unwrap();
         assert_eq!(digest, content_digest(&data));
-        let want: Vec<[u8; 16]> = data.chunks(bs as usize).map(block_digest).collect();
-        assert_eq!(blocks, Some(want));
+        assert_eq!(blocks, Some(cvs16(&data, bs as usize)));
         // The digest is remembered under the file's stamp: the next ask
         // answers from the cache, without the blocks.
         assert_eq!(b.hash_and_blocks(b"dir/f", bs), Some((digest, None)));
@@ -274,9 +331,47 @@ mod tests {
         std::fs::rename(d.path().join("dir/g"), d.path().join("dir/f")).unwrap();
         let (digest2, blocks2) = b.hash_and_blocks(b"dir/f", bs).unwrap();
         assert_eq!(digest2, content_digest(&changed));
-        assert_eq!(blocks2.unwrap()[1], block_digest(&changed[65536..131072]));
+        assert_eq!(blocks2.unwrap(), cvs16(&changed, bs as usize));
         // Missing, or a path out of the replica: nothing.
         assert_eq!(b.hash_and_blocks(b"dir/none", bs), None);
         assert_eq!(b.hash_and_blocks(b"../etc/passwd", bs), None);
+    }
+
+    /// A large file's block values are remembered with its digest: the
+    /// next ask for its blocks (same or bigger blocks) reads nothing, until
+    /// the file changes.
+    #[test]
+    fn the_blocks_of_a_large_cached_file_are_answered_without_reading_it() {
+        let d = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 + i / 5) as u8).collect();
+        std::fs::write(d.path().join("big"), &data).unwrap();
+        let b = Beneath::new(d.path()).unwrap();
+        let bs = 2048u64;
+        let (digest, blocks) = b.hash_and_blocks(b"big", bs).unwrap();
+        assert_eq!(digest, content_digest(&data));
+        assert_eq!(blocks, Some(cvs16(&data, bs as usize)));
+        assert_eq!(b.block_reads(), 1);
+        assert_eq!(b.blocks(b"big", bs), cvs16(&data, bs as usize));
+        assert_eq!(b.blocks(b"big", 4 * bs), cvs16(&data, 4 * bs as usize));
+        assert_eq!(b.block_reads(), 1, "answered from the cached values");
+        // Smaller blocks than those remembered: read.
+        assert_eq!(b.blocks(b"big", 1024), cvs16(&data, 1024));
+        assert_eq!(b.block_reads(), 2);
+        // Changed behind the cache (new stamp): read again.
+        let mut changed = data.clone();
+        changed[1_500_000] ^= 1;
+        std::fs::write(d.path().join("new"), &changed).unwrap();
+        std::fs::rename(d.path().join("new"), d.path().join("big")).unwrap();
+        assert_eq!(b.blocks(b"big", bs), cvs16(&changed, bs as usize));
+        assert_eq!(b.block_reads(), 3);
+        // A file of one block: its content digest, from the cache.
+        std::fs::write(d.path().join("small"), b"tiny").unwrap();
+        let (small, _) = b.hash_and_blocks(b"small", 1024).unwrap();
+        let reads = b.block_reads();
+        assert_eq!(
+            b.blocks(b"small", 1024),
+            vec![<[u8; 16]>::try_from(&small[..16]).unwrap()]
+        );
+        assert_eq!(b.block_reads(), reads);
     }
 }

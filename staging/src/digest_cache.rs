@@ -119,6 +119,14 @@ pub fn remember(stamp: Stamp, digest: [u8; 32]) {
 /// Smallest file whose block chaining values are kept.
 pub const MIN_CV_FILE: u64 = 1 << 20;
 
+/// Smallest block for the chaining values a check computes only for the
+/// cache. BLAKE3 hashes the 1 KiB chunks of one block side by side (SIMD):
+/// blocks of a few KiB (a file of up to ~16 MiB gets 1-4 KiB mirror blocks)
+/// hash at a fraction of a whole file's speed. Values of bigger blocks
+/// still check a patch from its touched blocks; a comparison that wants
+/// smaller blocks reads the file.
+pub const MIN_CV_BLOCK: u64 = 8 << 10;
+
 /// Most bytes of chaining values kept (beyond, the oldest files' values
 /// are dropped: that costs reading those files again).
 pub const MAX_CV_BYTES: usize = 64 << 20;

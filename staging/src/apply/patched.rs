@@ -188,18 +188,19 @@ pub(super) type Hashed = (Digest32, Option<(u64, Vec<Cv>)>);
 /// The content digest of what `f` holds from where it is (`size` bytes by
 /// its stamp), read through `buf`; for a file of at least
 /// [`digest_cache::MIN_CV_FILE`] also its block chaining values (block size
-/// as a default mirror would choose for it), from the same read, for the
-/// digest cache.
+/// as a default mirror would choose for it, at least
+/// [`digest_cache::MIN_CV_BLOCK`]), from the same read, for the digest cache.
 pub(super) fn hash_whole(
     mut f: &std::fs::File,
     size: u64,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<Hashed> {
-    if size >= digest_cache::MIN_CV_FILE {
-        let bs = standin_link::message::mirror_block_size(
-            size,
-            standin_link::message::DEFAULT_MIRROR_BLOCK_SIZE,
-        );
+    let bs = standin_link::message::mirror_block_size(
+        size,
+        standin_link::message::DEFAULT_MIRROR_BLOCK_SIZE,
+    )
+    .max(digest_cache::MIN_CV_BLOCK);
+    if size >= digest_cache::MIN_CV_FILE && size > bs {
         let (d, cvs) = standin_builder::hash::hash_blocks_with(&mut f, bs, buf)?;
         return Ok((d, Some((bs, cvs))));
     }

@@ -287,6 +287,28 @@ impl Record {
     }
 }
 
+/// Records in tree order for the fold at `MirrorEnd` ([`digest_from`]): a
+/// ledger file ([`Prev`]), or the comparison's ledger merged with the
+/// apply ledger as both are read ([`super::applied::Merge`]).
+pub trait Source {
+    /// The next record: its path and, when trusted, itself; `None` after
+    /// the last one.
+    fn next_record(&mut self) -> std::io::Result<Option<(Vec<u8>, Option<Record>)>>;
+    /// After the last record: the directories whose entries are counted
+    /// (an error when the records do not end well).
+    fn counted_dirs(&mut self) -> std::io::Result<HashSet<Vec<u8>>>;
+}
+
+impl Source for Prev {
+    fn next_record(&mut self) -> std::io::Result<Option<(Vec<u8>, Option<Record>)>> {
+        self.next_entry()
+    }
+
+    fn counted_dirs(&mut self) -> std::io::Result<HashSet<Vec<u8>>> {
+        self.read_counted_dirs()
+    }
+}
+
 /// What [`Prev::carry`] hands each record to.
 pub type CarryFn<'a> = dyn FnMut(&[u8], Option<&Record>) -> Result<()> + 'a;
 
@@ -307,16 +329,19 @@ impl Prev {
     /// Open the ledger at `path`; `None` when absent or not a ledger of
     /// this version (the comparison then reads every entry).
     pub fn open(path: &Path) -> Option<Prev> {
+        Prev::from_file(File::open(path).ok()?).ok()
+    }
+
+    /// [`Prev::open`] of an open ledger file: why not when it is not a
+    /// ledger of this version.
+    fn from_file(f: File) -> std::io::Result<Prev> {
         use std::os::unix::fs::MetadataExt;
-        let f = File::open(path).ok()?;
-        let md = f.metadata().ok()?;
+        let md = f.metadata()?;
         let mut r = Rd(BufReader::with_capacity(1 << 16, f));
         let mut head = [0u8; 5];
-        r.0.read_exact(&mut head).ok()?;
-        if &head[..4] != MAGIC || head[4] != VERSION {
-            return None;
-        }
-        Some(Prev {
+        r.0.read_exact(&mut head)?;
+        check_head(&head)?;
+        Ok(Prev {
             r,
             next: None,
             done: false,
@@ -329,6 +354,10 @@ impl Prev {
     /// directories counted at the end, checking the end marker (no second
     /// pass over the records).
     pub fn counted_dirs(mut self) -> std::io::Result<HashSet<Vec<u8>>> {
+        self.read_counted_dirs()
+    }
+
+    fn read_counted_dirs(&mut self) -> std::io::Result<HashSet<Vec<u8>>> {
         let mut out = HashSet::new();
         let mut tag = self
             .end_tag
@@ -617,8 +646,9 @@ pub fn digest_with(
 pub struct Hints<'a> {
     /// The sparse mirror's early check ([`super::precheck`]).
     pub skip: Option<&'a super::precheck::Skip>,
-    /// The ledger's counted directories, when the caller has just written
-    /// it ([`super::applied::merge_counted`]): no pass to its end first.
+    /// The ledger's counted directories, when the caller knows them
+    /// before the records (else the fold learns them after the last one
+    /// and counts the entries of those whose record held then).
     pub count_dirs: Option<&'a HashSet<Vec<u8>>>,
 }
 
@@ -643,6 +673,30 @@ pub fn digest_into(
     hints: Hints<'_>,
     out: Option<&Path>,
 ) -> Result<Option<Outcome>> {
+    let f = match File::open(ledger) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", ledger.display())),
+    };
+    // The directories to count follow the records: the fold learns them
+    // at the end (no pass over the ledger first).
+    let got = Prev::from_file(f).and_then(|mut src| digest_from(root, &mut src, hints, out));
+    Ok(Some(got.unwrap_or_else(|e| {
+        Outcome::Unsure(format!("ledger unusable: {e}"))
+    })))
+}
+
+/// The fold of the records `src` gives, in tree order (see the module
+/// docs), with what the caller knows (`hints`); with `out`, the ledger of
+/// the replica as the fold found it, as [`digest_into`] writes it. An error
+/// when `src` fails (or the replica's root cannot be opened): then nothing
+/// is known and `out` is removed.
+pub fn digest_from(
+    root: &Path,
+    src: &mut dyn Source,
+    hints: Hints<'_>,
+    out: Option<&Path>,
+) -> std::io::Result<Outcome> {
     let mut w = out.and_then(|p| match Writer::create(p) {
         Ok(w) => Some(w),
         Err(e) => {
@@ -650,9 +704,9 @@ pub fn digest_into(
             None
         }
     });
-    let got = digest_written(root, ledger, hints, &mut w);
+    let got = fold(root, src, hints.count_dirs, hints.skip, &mut w);
     match (w, &got) {
-        (Some(w), Ok(Some(Outcome::Digest { .. }))) => {
+        (Some(w), Ok(Outcome::Digest { .. })) => {
             if let Err(e) = w.finish() {
                 tracing::debug!("{e:#}; the fold's ledger is not kept");
                 if let Some(p) = out {
@@ -673,37 +727,6 @@ pub fn digest_into(
     got
 }
 
-fn digest_written(
-    root: &Path,
-    ledger: &Path,
-    hints: Hints<'_>,
-    w: &mut Option<Writer>,
-) -> Result<Option<Outcome>> {
-    let f = match File::open(ledger) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("opening {}", ledger.display())),
-    };
-    // The directories to count are at the end; read them first (unless
-    // the caller knows them).
-    let read;
-    let count_dirs = match hints.count_dirs {
-        Some(d) => d,
-        None => match trailer(ledger) {
-            Ok(d) => {
-                read = d;
-                &read
-            }
-            Err(why) => return Ok(Some(Outcome::Unsure(format!("ledger unusable: {why}")))),
-        },
-    };
-    let mut r = Rd(BufReader::with_capacity(1 << 16, f));
-    match fold(root, &mut r, count_dirs, hints.skip, w) {
-        Ok(o) => Ok(Some(o)),
-        Err(e) => Ok(Some(Outcome::Unsure(format!("ledger unusable: {e}")))),
-    }
-}
-
 /// A ledger's magic and version must be this build's.
 fn check_head(head: &[u8; 5]) -> std::io::Result<()> {
     if &head[..4] != MAGIC {
@@ -718,52 +741,11 @@ fn check_head(head: &[u8; 5]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The directories whose entries the ledger at `ledger` has counted at
-/// the end (for [`super::applied`], which merges ledgers).
-pub fn count_dirs(ledger: &Path) -> std::io::Result<HashSet<Vec<u8>>> {
-    trailer(ledger)
-}
-
-/// The directories listed after the records (tag 2), checking the end marker.
-fn trailer(ledger: &Path) -> std::io::Result<HashSet<Vec<u8>>> {
-    let mut r = Rd(BufReader::with_capacity(1 << 16, File::open(ledger)?));
-    let mut head = [0u8; 5];
-    r.0.read_exact(&mut head)?;
-    check_head(&head)?;
-    let mut out = HashSet::new();
-    let mut path = Vec::new();
-    let mut canon = Vec::new();
-    loop {
-        match r.u8()? {
-            0 => r.bytes(MAX_PATH, &mut path)?,
-            1 => {
-                r.bytes(MAX_PATH, &mut path)?;
-                let mut fixed = [0u8; 33];
-                r.0.read_exact(&mut fixed)?;
-                r.bytes(MAX_CANON, &mut canon)?;
-            }
-            2 => {
-                r.bytes(MAX_PATH, &mut path)?;
-                out.insert(path.clone());
-            }
-            255 => {
-                let mut end = [0u8; 4];
-                r.0.read_exact(&mut end)?;
-                if &end != END {
-                    return Err(std::io::Error::other("bad end marker"));
-                }
-                return Ok(out);
-            }
-            t => return Err(std::io::Error::other(format!("unknown record {t}"))),
-        }
-    }
-}
-
 /// One record of a ledger being folded, with what the replica says now.
 struct Folded {
     path: Vec<u8>,
-    /// A trusted record: (inode, change time, dir, link dev + 1, file bytes, canonical).
-    rec: Option<(u64, i64, bool, u64, u64, Vec<u8>)>,
+    /// A trusted record.
+    rec: Option<Record>,
     /// The record still holds (inode and change time unchanged).
     holds: bool,
     /// Otherwise the entry read again (content digest of a regular file filled in
@@ -771,29 +753,36 @@ struct Folded {
     read: Option<(Entry, std::fs::Metadata, bool)>,
     /// Entries of a directory to count.
     children: Option<u64>,
+    /// A directory whose record held and whose entries may have to be
+    /// counted: known only after the last record.
+    held_dir: bool,
 }
 
 /// Records folded at a time: their `lstat`s (and the reads of changed
 /// entries) run in parallel, the fold itself in order.
 const FOLD_CHUNK: usize = 4096;
 
-fn fold<R: Read>(
+/// Fold the records of `src`. The directories whose entries are counted
+/// are the root, the directories read again, and those the ledger names
+/// (`known` when the caller knows them before the records, else what
+/// `src` gives after the last record: the entries of a directory whose
+/// record held are then counted at the end, their listed count kept).
+fn fold(
     root: &Path,
-    r: &mut Rd<R>,
-    count_dirs: &HashSet<Vec<u8>>,
+    src: &mut dyn Source,
+    known: Option<&HashSet<Vec<u8>>>,
     skip: Option<&super::precheck::Skip>,
     w: &mut Option<Writer>,
 ) -> std::io::Result<Outcome> {
     use rayon::prelude::*;
     use std::os::unix::fs::MetadataExt;
-    let mut head = [0u8; 5];
-    r.0.read_exact(&mut head)?;
-    check_head(&head)?;
     let replica = Beneath::new(root).map_err(std::io::Error::other)?;
     let mut rd = RootDigest::new();
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    // Directories whose entries are counted: (on disk, listed).
-    let mut counted: HashMap<Vec<u8>, (u64, u64)> = HashMap::new();
+    // Directories whose entries are counted: (on disk, listed); on disk
+    // `None`: a directory whose record held, counted at the end when the
+    // ledger names it.
+    let mut counted: HashMap<Vec<u8>, (Option<u64>, u64)> = HashMap::new();
     let mut prev: Option<Vec<u8>> = None;
     let (mut reused, mut reread) = (0u64, 0u64);
     let prechecked = std::sync::atomic::AtomicU64::new(0);
@@ -801,26 +790,9 @@ fn fold<R: Read>(
     while !ended {
         let mut chunk = Vec::with_capacity(FOLD_CHUNK);
         while chunk.len() < FOLD_CHUNK {
-            let tag = r.u8()?;
-            if tag == 2 || tag == 255 {
+            let Some((path, rec)) = src.next_record()? else {
                 ended = true;
                 break;
-            }
-            let mut path = Vec::new();
-            r.bytes(MAX_PATH, &mut path)?;
-            let rec = match tag {
-                0 => None,
-                1 => {
-                    let ino = r.u64()?;
-                    let ctime = r.u64()? as i64;
-                    let is_dir = r.u8()? != 0;
-                    let link_dev = r.u64()?;
-                    let file_bytes = r.u64()?;
-                    let mut canon = Vec::new();
-                    r.bytes(MAX_CANON, &mut canon)?;
-                    Some((ino, ctime, is_dir, link_dev, file_bytes, canon))
-                }
-                t => return Err(std::io::Error::other(format!("unknown record {t}"))),
             };
             chunk.push(Folded {
                 path,
@@ -828,6 +800,7 @@ fn fold<R: Read>(
                 holds: false,
                 read: None,
                 children: None,
+                held_dir: false,
             });
         }
         chunk.par_chunks_mut(64).for_each(|part| {
@@ -837,10 +810,10 @@ fn fold<R: Read>(
                 let early = f.rec.is_some() && skip.is_some_and(|s| s.trusts(&f.path));
                 pre += u64::from(early);
                 f.holds = early
-                    || f.rec.as_ref().is_some_and(|(ino, ctime, ..)| {
-                        rep.change_stamp(&f.path) == Some((*ino, *ctime))
-                    });
-                let mut is_dir = f.holds && f.rec.as_ref().is_some_and(|r| r.2);
+                    || f.rec
+                        .as_ref()
+                        .is_some_and(|r| rep.change_stamp(&f.path) == Some((r.ino, r.ctime)));
+                let mut is_dir = f.holds && f.rec.as_ref().is_some_and(|r| r.dir);
                 if !f.holds {
                     if let Some((mut e, md)) = rep.stat(&f.path, &mut HashMap::new()) {
                         let mut readable = true;
@@ -854,8 +827,10 @@ fn fold<R: Read>(
                         f.read = Some((e, md, readable));
                     }
                 }
-                if is_dir && (!f.holds || count_dirs.contains(&f.path)) {
+                if is_dir && (!f.holds || known.is_some_and(|d| d.contains(&f.path))) {
                     f.children = Some(rep.count_children(&f.path).unwrap_or(u64::MAX));
+                } else {
+                    f.held_dir = is_dir && known.is_none();
                 }
             }
             prechecked.fetch_add(pre, std::sync::atomic::Ordering::Relaxed);
@@ -870,25 +845,16 @@ fn fold<R: Read>(
                 c.1 += 1;
             }
             if f.holds {
-                let (ino, ctime, dir, link_dev, file_bytes, canonical) =
-                    f.rec.take().expect("a record that holds");
-                rd.add_canonical(&canonical, file_bytes);
+                let r = f.rec.take().expect("a record that holds");
+                rd.add_canonical(&r.canonical, r.file_bytes);
                 if let Some(out) = w.as_mut() {
-                    let r = Record {
-                        ino,
-                        ctime,
-                        dir,
-                        link_dev,
-                        file_bytes,
-                        canonical,
-                    };
                     if out.trusted_record(&f.path, &r).is_err() {
                         *w = None;
                     }
                 }
-                if link_dev != 0 {
+                if r.link_dev != 0 {
                     links
-                        .entry((link_dev - 1, ino))
+                        .entry((r.link_dev - 1, r.ino))
                         .or_insert_with(|| f.path.clone());
                 }
                 reused += 1;
@@ -916,13 +882,28 @@ fn fold<R: Read>(
                     }
                 }
             }
-            if let Some(n) = f.children {
-                counted.insert(f.path.clone(), (n, 0));
+            if f.children.is_some() || f.held_dir {
+                counted.insert(f.path.clone(), (f.children, 0));
             }
             prev = Some(f.path);
         }
     }
-    for (dir, (disk, listed)) in &counted {
+    // The ledger's own list of directories to count (and its end marker).
+    let listed_dirs = src.counted_dirs()?;
+    let dirs = known.unwrap_or(&listed_dirs);
+    let late: Vec<(&Vec<u8>, u64)> = counted
+        .iter()
+        .filter(|(p, (disk, _))| disk.is_none() && dirs.contains(*p))
+        .map(|(p, (_, listed))| (p, *listed))
+        .collect();
+    let late: Vec<(&Vec<u8>, u64, u64)> = late
+        .par_iter()
+        .map(|(p, listed)| (*p, replica.count_children(p).unwrap_or(u64::MAX), *listed))
+        .collect();
+    let now = counted
+        .iter()
+        .filter_map(|(p, (disk, listed))| disk.map(|d| (p, d, *listed)));
+    for (dir, disk, listed) in now.chain(late) {
         if disk != listed {
             return Ok(Outcome::Unsure(format!(
                 "{} holds {disk} entries, {listed} listed",

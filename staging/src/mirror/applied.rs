@@ -391,4 +391,6 @@ pub fn merge_counted(root: &Path, applied: Recorded) -> Result<(u64, HashSet<Vec
 }
 
 #[cfg(test)]
+mod stream_tests;
+#[cfg(test)]
 mod tests;

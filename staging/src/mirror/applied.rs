@@ -189,26 +189,31 @@ struct Stream {
 
 impl Stream {
     fn open(path: &Path) -> Result<Stream> {
-        let mut s = Stream {
-            prev: Prev::open(path),
-            head: None,
+        let mut prev = Prev::open(path);
+        let head = match prev.as_mut() {
+            Some(p) => p.next_entry()?,
+            None => None,
         };
-        s.advance()?;
-        Ok(s)
+        Ok(Stream { prev, head })
     }
 
-    fn advance(&mut self) -> Result<()> {
+    /// Take the record looked at and look at the next one (which must
+    /// come after it).
+    fn take(&mut self) -> Result<Option<(Vec<u8>, Option<Record>)>> {
+        let Some(head) = self.head.take() else {
+            return Ok(None);
+        };
         let next = match self.prev.as_mut() {
             Some(p) => p.next_entry()?,
             None => None,
         };
-        if let (Some((old, _)), Some((new, _))) = (&self.head, &next) {
-            if path_cmp(new, old) != std::cmp::Ordering::Greater {
+        if let Some((new, _)) = &next {
+            if path_cmp(new, &head.0) != std::cmp::Ordering::Greater {
                 bail!("ledger out of tree order");
             }
         }
         self.head = next;
-        Ok(())
+        Ok(Some(head))
     }
 }
 
@@ -280,20 +285,19 @@ impl Merge {
         };
         if order == std::cmp::Ordering::Equal {
             // The apply's record is newer than the comparison's.
-            self.c.advance()?;
+            self.c.take()?;
         }
         let s = if order != std::cmp::Ordering::Greater {
             &mut self.a
         } else {
             &mut self.c
         };
-        let (p, rec) = s.head.take().expect("checked");
-        s.head = Some((p.clone(), None));
-        s.advance()?;
-        let rec = match self.late.remove(&p) {
-            Some(r) => r,
-            None => rec,
-        };
+        let (p, mut rec) = s.take()?.expect("checked");
+        if !self.late.is_empty() {
+            if let Some(r) = self.late.remove(&p) {
+                rec = r;
+            }
+        }
         self.records += 1;
         Ok(Some((p, rec)))
     }

@@ -472,6 +472,42 @@ impl Prev {
         Ok(n)
     }
 
+    /// The next record's path (into `path`) and, when trusted, its inode
+    /// and change time; `None` after the last one. Reads no more than
+    /// that: no record is made (the early check, [`super::precheck`]).
+    pub fn next_stamp(&mut self, path: &mut Vec<u8>) -> std::io::Result<Option<Option<(u64, i64)>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let tag = self.r.u8()?;
+        if tag == 2 || tag == 255 {
+            self.end_tag = Some(tag);
+            self.done = true;
+            return Ok(None);
+        }
+        self.r.bytes(MAX_PATH, path)?;
+        match tag {
+            0 => Ok(Some(None)),
+            1 => {
+                let ino = self.r.u64()?;
+                let ctime = self.r.u64()? as i64;
+                // dir u8, link dev u64, file bytes u64, then the canonical bytes.
+                let mut fixed = [0u8; 17];
+                self.r.0.read_exact(&mut fixed)?;
+                let mut len = [0u8; 4];
+                self.r.0.read_exact(&mut len)?;
+                let n = u32::from_le_bytes(len) as u64;
+                if n > MAX_CANON as u64 {
+                    return Err(std::io::Error::other("length over the limit"));
+                }
+                // Past the end of a damaged ledger, the next read fails.
+                self.r.0.seek_relative(n as i64)?;
+                Ok(Some(Some((ino, ctime))))
+            }
+            t => Err(std::io::Error::other(format!("unknown record {t}"))),
+        }
+    }
+
     /// The next record in the ledger's order: its path and, when trusted,
     /// itself; `None` after the last one (for [`super::applied`], which
     /// merges ledgers).
@@ -693,7 +729,7 @@ pub fn digest_into(
 /// is known and `out` is removed.
 pub fn digest_from(
     root: &Path,
-    src: &mut dyn Source,
+    src: &mut (dyn Source + Send),
     hints: Hints<'_>,
     out: Option<&Path>,
 ) -> std::io::Result<Outcome> {
@@ -750,7 +786,7 @@ struct Folded {
     holds: bool,
     /// Otherwise the entry read again (content digest of a regular file filled in
     /// unless unreadable) and its `lstat`.
-    read: Option<(Entry, std::fs::Metadata, bool)>,
+    read: Option<Box<(Entry, std::fs::Metadata, bool)>>,
     /// Entries of a directory to count.
     children: Option<u64>,
     /// A directory whose record held and whose entries may have to be
@@ -769,7 +805,66 @@ const FOLD_CHUNK: usize = 4096;
 /// record held are then counted at the end, their listed count kept).
 fn fold(
     root: &Path,
-    src: &mut dyn Source,
+    src: &mut (dyn Source + Send),
+    known: Option<&HashSet<Vec<u8>>>,
+    skip: Option<&super::precheck::Skip>,
+    w: &mut Option<Writer>,
+) -> std::io::Result<Outcome> {
+    // The records are read (and merged) on a thread of their own, a few
+    // chunks ahead of the fold.
+    std::thread::scope(|sc| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        sc.spawn(move || read_ahead(src, &tx));
+        fold_chunks(root, &rx, known, skip, w)
+    })
+}
+
+/// What the reader of a fold hands on.
+enum Ahead {
+    /// The next records, in order.
+    Chunk(Vec<Folded>),
+    /// After the last record: the ledger's directories to count.
+    End(std::io::Result<HashSet<Vec<u8>>>),
+    Failed(std::io::Error),
+}
+
+/// Read the records of `src` in chunks to `tx` until the end, an error
+/// or the fold stops taking them.
+fn read_ahead(src: &mut (dyn Source + Send), tx: &std::sync::mpsc::SyncSender<Ahead>) {
+    loop {
+        let mut chunk = Vec::with_capacity(FOLD_CHUNK);
+        while chunk.len() < FOLD_CHUNK {
+            match src.next_record() {
+                Ok(Some((path, rec))) => chunk.push(Folded {
+                    path,
+                    rec,
+                    holds: false,
+                    read: None,
+                    children: None,
+                    held_dir: false,
+                }),
+                Ok(None) => {
+                    if !chunk.is_empty() && tx.send(Ahead::Chunk(chunk)).is_err() {
+                        return;
+                    }
+                    let _ = tx.send(Ahead::End(src.counted_dirs()));
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Ahead::Failed(e));
+                    return;
+                }
+            }
+        }
+        if tx.send(Ahead::Chunk(chunk)).is_err() {
+            return;
+        }
+    }
+}
+
+fn fold_chunks(
+    root: &Path,
+    rx: &std::sync::mpsc::Receiver<Ahead>,
     known: Option<&HashSet<Vec<u8>>>,
     skip: Option<&super::precheck::Skip>,
     w: &mut Option<Writer>,
@@ -786,23 +881,13 @@ fn fold(
     let mut prev: Option<Vec<u8>> = None;
     let (mut reused, mut reread) = (0u64, 0u64);
     let prechecked = std::sync::atomic::AtomicU64::new(0);
-    let mut ended = false;
-    while !ended {
-        let mut chunk = Vec::with_capacity(FOLD_CHUNK);
-        while chunk.len() < FOLD_CHUNK {
-            let Some((path, rec)) = src.next_record()? else {
-                ended = true;
-                break;
-            };
-            chunk.push(Folded {
-                path,
-                rec,
-                holds: false,
-                read: None,
-                children: None,
-                held_dir: false,
-            });
-        }
+    let listed_dirs = loop {
+        let mut chunk = match rx.recv() {
+            Ok(Ahead::Chunk(c)) => c,
+            Ok(Ahead::End(dirs)) => break dirs?,
+            Ok(Ahead::Failed(e)) => return Err(e),
+            Err(_) => return Err(std::io::Error::other("the ledger's reader stopped")),
+        };
         chunk.par_chunks_mut(64).for_each(|part| {
             let mut rep = replica.fork();
             let mut pre = 0;
@@ -824,7 +909,7 @@ fn fold(
                             }
                         }
                         is_dir = e.kind == Kind::Dir;
-                        f.read = Some((e, md, readable));
+                        f.read = Some(Box::new((e, md, readable)));
                     }
                 }
                 if is_dir && (!f.holds || known.is_some_and(|d| d.contains(&f.path))) {
@@ -860,7 +945,7 @@ fn fold(
                 reused += 1;
             } else {
                 reread += 1;
-                if let Some((mut e, md, readable)) = f.read {
+                if let Some((mut e, md, readable)) = f.read.map(|b| *b) {
                     if e.kind != Kind::Dir && md.nlink() > 1 {
                         let key = (md.dev(), md.ino());
                         if let Some(first) = links.get(&key) {
@@ -887,9 +972,9 @@ fn fold(
             }
             prev = Some(f.path);
         }
-    }
-    // The ledger's own list of directories to count (and its end marker).
-    let listed_dirs = src.counted_dirs()?;
+    };
+    // The ledger's own list of directories to count (`listed_dirs`, read
+    // after its end marker).
     let dirs = known.unwrap_or(&listed_dirs);
     let late: Vec<(&Vec<u8>, u64)> = counted
         .iter()

@@ -308,3 +308,73 @@ fn an_apply_ledger_that_cannot_be_used_falls_back() {
     assert_eq!(got, want);
     assert_eq!(check.by, "walk", "{check:?}");
 }
+
+/// CPU time of every thread of this process, in 10 ms units (ns precision).
+fn cpu_ticks() -> u64 {
+    let mut ns = 0u64;
+    for t in std::fs::read_dir("/proc/self/task").unwrap() {
+        let p = t.unwrap().path().join("schedstat");
+        if let Ok(s) = std::fs::read_to_string(p) {
+            ns += s.split(' ').next().unwrap().parse::<u64>().unwrap();
+        }
+    }
+    ns / 100_000
+}
+
+#[test]
+#[ignore]
+fn end_fold_timing() {
+    let base = Path::new("/var/tmp/ledgerbench");
+    std::fs::create_dir_all(base).unwrap();
+    let root = base.join("big");
+    if !root.exists() {
+        std::os::unix::fs::symlink("/var/tmp/standin-bench/big", &root).unwrap();
+    }
+    let comparison = ledger::path_for(&root);
+    std::fs::copy("/var/tmp/ledger-precheck-big.bin", &comparison).unwrap();
+    let saved_ledger = std::fs::read(&comparison).unwrap();
+    // Every 100th trusted record as the apply ledger's.
+    let mut p = ledger::Prev::open(&comparison).unwrap();
+    let mut w = ledger::Writer::create(&super::path_for(&root)).unwrap();
+    let mut skip = crate::mirror::precheck::Skip::default();
+    let mut i = 0;
+    while let Some((path, rec)) = p.next_entry().unwrap() {
+        i += 1;
+        if let (Some(r), 0) = (rec, i % 100) {
+            w.trusted_record(&path, &r).unwrap();
+            skip.touch(&path);
+        }
+    }
+    w.finish().unwrap();
+    let saved = (std::fs::read(super::path_for(&root)).unwrap(), HashMap::new());
+    let out = base.join("folded");
+    if std::env::var_os("ONLY_STREAMED").is_some() {
+        for _ in 0..20 {
+            std::fs::write(&comparison, &saved_ledger).unwrap();
+            fold(&root, restore(&root, &saved), Some(&skip), Some(&out)).unwrap();
+        }
+        return;
+    }
+    for round in 0..8 {
+        std::fs::write(&comparison, &saved_ledger).unwrap();
+        let (c0, t0) = (cpu_ticks(), std::time::Instant::now());
+        let (_, counted) = merge_counted(&root, restore(&root, &saved)).unwrap();
+        let (c1, t1) = (cpu_ticks(), std::time::Instant::now());
+        let hints = Hints {
+            skip: Some(&skip),
+            count_dirs: Some(&counted),
+        };
+        let a = summary(&ledger::digest_into(&root, &comparison, hints, Some(&out)).unwrap().unwrap());
+        let (c2, t2) = (cpu_ticks(), std::time::Instant::now());
+        std::fs::write(&comparison, &saved_ledger).unwrap();
+        let (c3, t3) = (cpu_ticks(), std::time::Instant::now());
+        let (b, _) = fold(&root, restore(&root, &saved), Some(&skip), Some(&out)).unwrap();
+        let (c4, t4) = (cpu_ticks(), std::time::Instant::now());
+        assert_eq!(a, summary(&b));
+        println!(
+            "round {round}: merge {} ms CPU {} ms wall + fold {} ms CPU {} ms wall | streamed {} ms CPU {} ms wall ({:?})",
+            (c1 - c0) as f64 / 10.0, (t1 - t0).as_millis(), (c2 - c1) as f64 / 10.0, (t2 - t1).as_millis(),
+            (c4 - c3) as f64 / 10.0, (t4 - t3).as_millis(), a
+        );
+    }
+}

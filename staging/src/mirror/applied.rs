@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use standin_builder::entry::path_cmp;
 
-use super::ledger::{self, Prev, Record, Writer};
+use super::ledger::{self, Prev, Record, Source, Writer};
 use crate::apply::applied::Applied;
 
 /// The apply ledger of the replica whose root is `staging_root`.
@@ -184,36 +184,57 @@ impl Log {
 /// One ledger's records in tree order, with the next one looked at.
 struct Stream {
     prev: Option<Prev>,
-    head: Option<(Vec<u8>, Option<Record>)>,
+    /// A record is looked at: its path, record and whether it is trusted.
+    has: bool,
+    path: Vec<u8>,
+    rec: Record,
+    trusted: bool,
 }
 
 impl Stream {
     fn open(path: &Path) -> Result<Stream> {
-        let mut prev = Prev::open(path);
-        let head = match prev.as_mut() {
-            Some(p) => p.next_entry()?,
-            None => None,
+        let mut s = Stream {
+            prev: Prev::open(path),
+            has: false,
+            path: Vec::new(),
+            rec: Record::default(),
+            trusted: false,
         };
-        Ok(Stream { prev, head })
+        s.look()?;
+        Ok(s)
     }
 
-    /// Take the record looked at and look at the next one (which must
-    /// come after it).
-    fn take(&mut self) -> Result<Option<(Vec<u8>, Option<Record>)>> {
-        let Some(head) = self.head.take() else {
-            return Ok(None);
-        };
-        let next = match self.prev.as_mut() {
-            Some(p) => p.next_entry()?,
+    /// Read the next record.
+    fn look(&mut self) -> Result<()> {
+        let got = match self.prev.as_mut() {
+            Some(p) => p.next_into(&mut self.path, &mut self.rec)?,
             None => None,
         };
-        if let Some((new, _)) = &next {
-            if path_cmp(new, &head.0) != std::cmp::Ordering::Greater {
-                bail!("ledger out of tree order");
-            }
+        self.has = got.is_some();
+        self.trusted = got == Some(true);
+        Ok(())
+    }
+
+    /// The path of the record looked at.
+    fn head(&self) -> Option<&[u8]> {
+        self.has.then_some(self.path.as_slice())
+    }
+
+    /// Take the record looked at into `path` and `rec` (their buffers
+    /// swapped, not copied) and look at the next one, which must come
+    /// after it: whether the record taken is trusted.
+    fn take_into(&mut self, path: &mut Vec<u8>, rec: &mut Record) -> Result<Option<bool>> {
+        if !self.has {
+            return Ok(None);
         }
-        self.head = next;
-        Ok(Some(head))
+        std::mem::swap(&mut self.path, path);
+        std::mem::swap(&mut self.rec, rec);
+        let trusted = self.trusted;
+        self.look()?;
+        if self.has && path_cmp(&self.path, path) != std::cmp::Ordering::Greater {
+            bail!("ledger out of tree order");
+        }
+        Ok(Some(trusted))
     }
 }
 
@@ -245,6 +266,8 @@ pub struct Merge {
     comparison: PathBuf,
     /// Records given so far.
     records: u64,
+    /// Where a comparison's record replaced by the apply's goes.
+    spare: (Vec<u8>, Record),
 }
 
 impl Merge {
@@ -268,6 +291,7 @@ impl Merge {
             applied: path,
             comparison,
             records: 0,
+            spare: (Vec::new(), Record::default()),
         })
     }
 
@@ -276,30 +300,36 @@ impl Merge {
         self.records
     }
 
-    fn step(&mut self) -> Result<Option<(Vec<u8>, Option<Record>)>> {
-        let order = match (&self.a.head, &self.c.head) {
+    /// The next merged record into `path` and `rec` (buffers reused):
+    /// whether it is trusted; `None` after the last.
+    fn step_into(&mut self, path: &mut Vec<u8>, rec: &mut Record) -> Result<Option<bool>> {
+        let order = match (self.a.head(), self.c.head()) {
             (None, None) => return Ok(None),
             (Some(_), None) => std::cmp::Ordering::Less,
             (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some((pa, _)), Some((pc, _))) => path_cmp(pa, pc),
+            (Some(pa), Some(pc)) => path_cmp(pa, pc),
         };
         if order == std::cmp::Ordering::Equal {
             // The apply's record is newer than the comparison's.
-            self.c.take()?;
+            let (p, r) = &mut self.spare;
+            self.c.take_into(p, r)?;
         }
         let s = if order != std::cmp::Ordering::Greater {
             &mut self.a
         } else {
             &mut self.c
         };
-        let (p, mut rec) = s.take()?.expect("checked");
+        let mut trusted = s.take_into(path, rec)?.expect("checked");
         if !self.late.is_empty() {
-            if let Some(r) = self.late.remove(&p) {
-                rec = r;
+            if let Some(r) = self.late.remove(path.as_slice()) {
+                trusted = r.is_some();
+                if let Some(r) = r {
+                    *rec = r;
+                }
             }
         }
         self.records += 1;
-        Ok(Some((p, rec)))
+        Ok(Some(trusted))
     }
 
     fn end(&mut self) -> Result<HashSet<Vec<u8>>> {
@@ -332,8 +362,8 @@ impl Merge {
 }
 
 impl ledger::Source for Merge {
-    fn next_record(&mut self) -> std::io::Result<Option<(Vec<u8>, Option<Record>)>> {
-        self.step()
+    fn next_into(&mut self, path: &mut Vec<u8>, rec: &mut Record) -> std::io::Result<Option<bool>> {
+        self.step_into(path, rec)
             .map_err(|e| std::io::Error::other(format!("{e:#}")))
     }
 
@@ -378,10 +408,12 @@ pub fn merge_counted(root: &Path, applied: Recorded) -> Result<(u64, HashSet<Vec
     let mut m = Merge::open(root, applied)?;
     let merged = root.with_file_name("mirror-ledger.merged");
     let mut w = Writer::create(&merged)?;
-    while let Some((p, rec)) = m.step()? {
-        match rec {
-            Some(r) => w.trusted_record(&p, &r)?,
-            None => w.recheck(&p)?,
+    let (mut p, mut r) = (Vec::new(), Record::default());
+    while let Some(trusted) = m.step_into(&mut p, &mut r)? {
+        if trusted {
+            w.trusted_record(&p, &r)?;
+        } else {
+            w.recheck(&p)?;
         }
     }
     let counted = m.end()?;

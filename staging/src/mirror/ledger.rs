@@ -208,7 +208,7 @@ impl<R: Read> Rd<R> {
 
 /// A trusted record of a ledger: the replica's entry at a path as it was
 /// when its inode had this number and change time.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Record {
     pub ino: u64,
     pub ctime: i64,
@@ -291,17 +291,18 @@ impl Record {
 /// ledger file ([`Prev`]), or the comparison's ledger merged with the
 /// apply ledger as both are read ([`super::applied::Merge`]).
 pub trait Source {
-    /// The next record: its path and, when trusted, itself; `None` after
-    /// the last one.
-    fn next_record(&mut self) -> std::io::Result<Option<(Vec<u8>, Option<Record>)>>;
+    /// The next record into `path` and `rec`, whose buffers are reused:
+    /// whether it is trusted (then in `rec`, else to be read again);
+    /// `None` after the last one.
+    fn next_into(&mut self, path: &mut Vec<u8>, rec: &mut Record) -> std::io::Result<Option<bool>>;
     /// After the last record: the directories whose entries are counted
     /// (an error when the records do not end well).
     fn counted_dirs(&mut self) -> std::io::Result<HashSet<Vec<u8>>>;
 }
 
 impl Source for Prev {
-    fn next_record(&mut self) -> std::io::Result<Option<(Vec<u8>, Option<Record>)>> {
-        self.next_entry()
+    fn next_into(&mut self, path: &mut Vec<u8>, rec: &mut Record) -> std::io::Result<Option<bool>> {
+        self.read_next_into(path, rec)
     }
 
     fn counted_dirs(&mut self) -> std::io::Result<HashSet<Vec<u8>>> {
@@ -387,6 +388,38 @@ impl Prev {
     /// place since is another file).
     pub fn file_id(&self) -> (u64, u64) {
         self.id
+    }
+
+    /// The next record into `path` and `rec` (their buffers reused):
+    /// whether it is trusted (then in `rec`); `None` after the last one.
+    fn read_next_into(
+        &mut self,
+        path: &mut Vec<u8>,
+        rec: &mut Record,
+    ) -> std::io::Result<Option<bool>> {
+        if self.done {
+            return Ok(None);
+        }
+        let tag = self.r.u8()?;
+        if tag == 2 || tag == 255 {
+            self.end_tag = Some(tag);
+            self.done = true;
+            return Ok(None);
+        }
+        self.r.bytes(MAX_PATH, path)?;
+        match tag {
+            0 => Ok(Some(false)),
+            1 => {
+                rec.ino = self.r.u64()?;
+                rec.ctime = self.r.u64()? as i64;
+                rec.dir = self.r.u8()? != 0;
+                rec.link_dev = self.r.u64()?;
+                rec.file_bytes = self.r.u64()?;
+                self.r.bytes(MAX_CANON, &mut rec.canonical)?;
+                Ok(Some(true))
+            }
+            t => Err(std::io::Error::other(format!("unknown record {t}"))),
+        }
     }
 
     fn read_next(&mut self) -> std::io::Result<Option<(Vec<u8>, Option<Record>)>> {
@@ -475,7 +508,10 @@ impl Prev {
     /// The next record's path (into `path`) and, when trusted, its inode
     /// and change time; `None` after the last one. Reads no more than
     /// that: no record is made (the early check, [`super::precheck`]).
-    pub fn next_stamp(&mut self, path: &mut Vec<u8>) -> std::io::Result<Option<Option<(u64, i64)>>> {
+    pub fn next_stamp(
+        &mut self,
+        path: &mut Vec<u8>,
+    ) -> std::io::Result<Option<Option<(u64, i64)>>> {
         if self.done {
             return Ok(None);
         }
@@ -778,10 +814,12 @@ fn check_head(head: &[u8; 5]) -> std::io::Result<()> {
 }
 
 /// One record of a ledger being folded, with what the replica says now.
+#[derive(Default)]
 struct Folded {
     path: Vec<u8>,
-    /// A trusted record.
-    rec: Option<Record>,
+    /// The record, when `trusted`.
+    rec: Record,
+    trusted: bool,
     /// The record still holds (inode and change time unchanged).
     holds: bool,
     /// Otherwise the entry read again (content digest of a regular file filled in
@@ -812,10 +850,13 @@ fn fold(
 ) -> std::io::Result<Outcome> {
     // The records are read (and merged) on a thread of their own, a few
     // chunks ahead of the fold.
+    // Folded chunks go back to the reader, which reads the next records
+    // into their buffers (no allocation per record).
     std::thread::scope(|sc| {
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
-        sc.spawn(move || read_ahead(src, &tx));
-        fold_chunks(root, &rx, known, skip, w)
+        let (back, used) = std::sync::mpsc::channel();
+        sc.spawn(move || read_ahead(src, &tx, &used));
+        fold_chunks(root, &rx, &back, known, skip, w)
     })
 }
 
@@ -829,26 +870,36 @@ enum Ahead {
 }
 
 /// Read the records of `src` in chunks to `tx` until the end, an error
-/// or the fold stops taking them.
-fn read_ahead(src: &mut (dyn Source + Send), tx: &std::sync::mpsc::SyncSender<Ahead>) {
+/// or the fold stops taking them; into the chunks the fold gave back
+/// (`used`) when there are some.
+fn read_ahead(
+    src: &mut (dyn Source + Send),
+    tx: &std::sync::mpsc::SyncSender<Ahead>,
+    used: &std::sync::mpsc::Receiver<Vec<Folded>>,
+) {
     loop {
-        let mut chunk = Vec::with_capacity(FOLD_CHUNK);
-        while chunk.len() < FOLD_CHUNK {
-            match src.next_record() {
-                Ok(Some((path, rec))) => chunk.push(Folded {
-                    path,
-                    rec,
-                    holds: false,
-                    read: None,
-                    children: None,
-                    held_dir: false,
-                }),
+        let mut chunk = used
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(FOLD_CHUNK));
+        let mut n = 0;
+        let mut ended = false;
+        while n < FOLD_CHUNK {
+            if n == chunk.len() {
+                chunk.push(Folded::default());
+            }
+            let f = &mut chunk[n];
+            match src.next_into(&mut f.path, &mut f.rec) {
+                Ok(Some(trusted)) => {
+                    f.trusted = trusted;
+                    f.holds = false;
+                    f.read = None;
+                    f.children = None;
+                    f.held_dir = false;
+                    n += 1;
+                }
                 Ok(None) => {
-                    if !chunk.is_empty() && tx.send(Ahead::Chunk(chunk)).is_err() {
-                        return;
-                    }
-                    let _ = tx.send(Ahead::End(src.counted_dirs()));
-                    return;
+                    ended = true;
+                    break;
                 }
                 Err(e) => {
                     let _ = tx.send(Ahead::Failed(e));
@@ -856,7 +907,12 @@ fn read_ahead(src: &mut (dyn Source + Send), tx: &std::sync::mpsc::SyncSender<Ah
                 }
             }
         }
-        if tx.send(Ahead::Chunk(chunk)).is_err() {
+        chunk.truncate(n);
+        if n > 0 && tx.send(Ahead::Chunk(chunk)).is_err() {
+            return;
+        }
+        if ended {
+            let _ = tx.send(Ahead::End(src.counted_dirs()));
             return;
         }
     }
@@ -865,6 +921,7 @@ fn read_ahead(src: &mut (dyn Source + Send), tx: &std::sync::mpsc::SyncSender<Ah
 fn fold_chunks(
     root: &Path,
     rx: &std::sync::mpsc::Receiver<Ahead>,
+    back: &std::sync::mpsc::Sender<Vec<Folded>>,
     known: Option<&HashSet<Vec<u8>>>,
     skip: Option<&super::precheck::Skip>,
     w: &mut Option<Writer>,
@@ -878,7 +935,8 @@ fn fold_chunks(
     // `None`: a directory whose record held, counted at the end when the
     // ledger names it.
     let mut counted: HashMap<Vec<u8>, (Option<u64>, u64)> = HashMap::new();
-    let mut prev: Option<Vec<u8>> = None;
+    // The last path folded (`first`: none yet).
+    let (mut prev, mut first) = (Vec::new(), true);
     let (mut reused, mut reread) = (0u64, 0u64);
     let prechecked = std::sync::atomic::AtomicU64::new(0);
     let listed_dirs = loop {
@@ -892,13 +950,11 @@ fn fold_chunks(
             let mut rep = replica.fork();
             let mut pre = 0;
             for f in part {
-                let early = f.rec.is_some() && skip.is_some_and(|s| s.trusts(&f.path));
+                let early = f.trusted && skip.is_some_and(|s| s.trusts(&f.path));
                 pre += u64::from(early);
                 f.holds = early
-                    || f.rec
-                        .as_ref()
-                        .is_some_and(|r| rep.change_stamp(&f.path) == Some((r.ino, r.ctime)));
-                let mut is_dir = f.holds && f.rec.as_ref().is_some_and(|r| r.dir);
+                    || (f.trusted && rep.change_stamp(&f.path) == Some((f.rec.ino, f.rec.ctime)));
+                let mut is_dir = f.holds && f.rec.dir;
                 if !f.holds {
                     if let Some((mut e, md)) = rep.stat(&f.path, &mut HashMap::new()) {
                         let mut readable = true;
@@ -920,20 +976,18 @@ fn fold_chunks(
             }
             prechecked.fetch_add(pre, std::sync::atomic::Ordering::Relaxed);
         });
-        for mut f in chunk {
-            if let Some(p) = &prev {
-                if path_cmp(p, &f.path) != std::cmp::Ordering::Less {
-                    return Ok(Outcome::Unsure("ledger out of tree order".into()));
-                }
+        for f in chunk.iter_mut() {
+            if !first && path_cmp(&prev, &f.path) != std::cmp::Ordering::Less {
+                return Ok(Outcome::Unsure("ledger out of tree order".into()));
             }
             if let Some(c) = parent_of(&f.path).and_then(|p| counted.get_mut(p)) {
                 c.1 += 1;
             }
             if f.holds {
-                let r = f.rec.take().expect("a record that holds");
+                let r = &f.rec;
                 rd.add_canonical(&r.canonical, r.file_bytes);
                 if let Some(out) = w.as_mut() {
-                    if out.trusted_record(&f.path, &r).is_err() {
+                    if out.trusted_record(&f.path, r).is_err() {
                         *w = None;
                     }
                 }
@@ -945,7 +999,7 @@ fn fold_chunks(
                 reused += 1;
             } else {
                 reread += 1;
-                if let Some((mut e, md, readable)) = f.read.map(|b| *b) {
+                if let Some((mut e, md, readable)) = f.read.take().map(|b| *b) {
                     if e.kind != Kind::Dir && md.nlink() > 1 {
                         let key = (md.dev(), md.ino());
                         if let Some(first) = links.get(&key) {
@@ -970,8 +1024,11 @@ fn fold_chunks(
             if f.children.is_some() || f.held_dir {
                 counted.insert(f.path.clone(), (f.children, 0));
             }
-            prev = Some(f.path);
+            prev.clear();
+            prev.extend_from_slice(&f.path);
+            first = false;
         }
+        let _ = back.send(chunk);
     };
     // The ledger's own list of directories to count (`listed_dirs`, read
     // after its end marker).

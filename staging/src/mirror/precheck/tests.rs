@@ -1,9 +1,9 @@
 use super::*;
-use std::path::Path;
 use crate::mirror::tests::{entries, sh};
 use crate::mirror::{check_and_keep, check_and_keep_with, replica_digest, DiffSession};
 use standin_builder::entry::Entry;
 use standin_link::message::MirrorEntries;
+use std::path::Path;
 
 fn batch(n: u64, entries: Vec<Entry>) -> MirrorEntries {
     MirrorEntries {
@@ -243,83 +243,4 @@ fn entries_read_again_at_the_end_are_trusted_by_the_next_mirror() {
     let (got, reread, pre) = fold(&rep, &skip);
     assert_eq!((got.as_str(), reread), (want.as_str(), 0));
     assert_eq!(pre, all.len() as u64);
-}
-
-fn cpu_ticks() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let rest = &s[s.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn old_check(mut prev: Prev, replica: &crate::mirror::beneath::Beneath) -> Option<Checked> {
-    use rayon::prelude::*;
-    let mut out = Checked {
-        failed: HashSet::new(),
-        records: 0,
-    };
-    loop {
-        let mut chunk = Vec::with_capacity(4096);
-        while chunk.len() < 4096 {
-            match prev.next_entry() {
-                Ok(Some((p, Some(r)))) => chunk.push((p, r.ino, r.ctime)),
-                Ok(Some((_, None))) => {}
-                Ok(None) => break,
-                Err(_) => return None,
-            }
-        }
-        if chunk.is_empty() {
-            break;
-        }
-        out.records += chunk.len() as u64;
-        let failed: Vec<Vec<u8>> = chunk
-            .par_chunks(64)
-            .flat_map_iter(|part| {
-                let mut rep = replica.fork();
-                part.iter()
-                    .filter(|(p, ino, ctime)| rep.change_stamp(p) != Some((*ino, *ctime)))
-                    .map(|(p, ..)| p.clone())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        out.failed.extend(failed);
-    }
-    Some(out)
-}
-
-#[test]
-#[ignore]
-fn precheck_cpu() {
-    let root = Path::new("/var/tmp/standin-bench/big");
-    let lp = Path::new("/var/tmp/ledger-precheck-big.bin");
-    if !lp.exists() {
-        crate::mirror::replica_digest_recorded(root, Some(lp)).unwrap();
-    }
-    for round in 0..6 {
-        let (c0, t0) = (cpu_ticks(), std::time::Instant::now());
-        let a = old_check(Prev::open(lp).unwrap(), &crate::mirror::beneath::Beneath::new(root).unwrap()).unwrap();
-        let (c1, t1) = (cpu_ticks(), std::time::Instant::now());
-        let b = check(Prev::open(lp).unwrap(), Dirs::new(root).unwrap()).unwrap();
-        let (c2, t2) = (cpu_ticks(), std::time::Instant::now());
-        assert_eq!((a.records, a.failed.len()), (b.records, b.failed.len()));
-        let (c3, t3) = (cpu_ticks(), std::time::Instant::now());
-        let mut p = Prev::open(lp).unwrap();
-        let mut n = 0;
-        while let Some(_) = p.next_entry().unwrap() { n += 1; }
-        let (c4, t4) = (cpu_ticks(), std::time::Instant::now());
-        let mut p = Prev::open(lp).unwrap();
-        let mut path = Vec::new();
-        while let Some(_) = p.next_stamp(&mut path).unwrap() { n += 1; }
-        let (c5, t5) = (cpu_ticks(), std::time::Instant::now());
-        println!("parse: records {} ms CPU {} ms wall, stamps {} ms CPU {} ms wall ({n})", (c4-c3)*10, (t4-t3).as_millis(), (c5-c4)*10, (t5-t4).as_millis());
-        println!(
-            "round {round}: old {} ms CPU {} ms wall | new {} ms CPU {} ms wall ({} records, {} failed)",
-            (c1 - c0) * 10,
-            (t1 - t0).as_millis(),
-            (c2 - c1) * 10,
-            (t2 - t1).as_millis(),
-            b.records,
-            b.failed.len()
-        );
-    }
 }

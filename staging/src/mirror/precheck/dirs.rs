@@ -57,6 +57,7 @@ impl Dirs {
             return rustix::fs::fstat(&self.root).ok().map(|st| stamp_of(&st));
         }
         let (dir, name) = match path.iter().rposition(|&b| b == b'/') {
+            Some(0) => return None,
             Some(i) => (&path[..i], &path[i + 1..]),
             None => (&b""[..], path),
         };

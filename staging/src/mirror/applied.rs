@@ -231,7 +231,7 @@ impl Stream {
         std::mem::swap(&mut self.rec, rec);
         let trusted = self.trusted;
         self.look()?;
-        if self.has && path_cmp(&self.path, path) != std::cmp::Ordering::Greater {
+        if self.has && ledger::tree_cmp(&self.path, path) != std::cmp::Ordering::Greater {
             bail!("ledger out of tree order");
         }
         Ok(Some(trusted))
@@ -307,7 +307,7 @@ impl Merge {
             (None, None) => return Ok(None),
             (Some(_), None) => std::cmp::Ordering::Less,
             (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some(pa), Some(pc)) => path_cmp(pa, pc),
+            (Some(pa), Some(pc)) => ledger::tree_cmp(pa, pc),
         };
         if order == std::cmp::Ordering::Equal {
             // The apply's record is newer than the comparison's.

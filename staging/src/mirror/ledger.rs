@@ -407,6 +407,12 @@ impl Prev {
             return Ok(None);
         }
         self.r.bytes(MAX_PATH, path)?;
+        if !plain_path(path) {
+            return Err(std::io::Error::other(format!(
+                "a path that is not plain: {}",
+                standin_builder::entry::display_path(path)
+            )));
+        }
         match tag {
             0 => Ok(Some(false)),
             1 => {
@@ -679,6 +685,37 @@ pub enum Outcome {
     Unsure(String),
 }
 
+/// Whether `path` has no empty component (no leading, trailing or doubled
+/// `/`; `""` is the root): the paths every ledger holds. Records read for
+/// the fold ([`Source::next_into`]) must be plain, so that [`tree_cmp`]
+/// orders them.
+pub fn plain_path(path: &[u8]) -> bool {
+    let mut after_slash = true;
+    for &c in path {
+        if c == b'/' {
+            if after_slash {
+                return false;
+            }
+            after_slash = true;
+        } else {
+            after_slash = false;
+        }
+    }
+    path.is_empty() || !after_slash
+}
+
+/// The tree order of [`path_cmp`] for plain paths ([`plain_path`]), by
+/// their bytes with `/` below every other byte: one pass, no splitting.
+pub fn tree_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        None => a.len().cmp(&b.len()),
+        Some(i) => {
+            let key = |c: u8| if c == b'/' { 0 } else { u16::from(c) + 1 };
+            key(a[i]).cmp(&key(b[i]))
+        }
+    }
+}
+
 fn parent_of(path: &[u8]) -> Option<&[u8]> {
     if path.is_empty() {
         return None;
@@ -934,7 +971,11 @@ fn fold_chunks(
     // Directories whose entries are counted: (on disk, listed); on disk
     // `None`: a directory whose record held, counted at the end when the
     // ledger names it.
-    let mut counted: HashMap<Vec<u8>, (Option<u64>, u64)> = HashMap::new();
+    let mut counted: Vec<(Vec<u8>, Option<u64>, u64)> = Vec::new();
+    let mut counted_at: HashMap<Vec<u8>, usize> = HashMap::new();
+    // The last parent looked up and its place in `counted` (records come
+    // in tree order: neighbours share it, no hashing for them).
+    let (mut parent, mut parent_at) = (None::<Vec<u8>>, None::<usize>);
     // The last path folded (`first`: none yet).
     let (mut prev, mut first) = (Vec::new(), true);
     let (mut reused, mut reread) = (0u64, 0u64);
@@ -977,11 +1018,19 @@ fn fold_chunks(
             prechecked.fetch_add(pre, std::sync::atomic::Ordering::Relaxed);
         });
         for f in chunk.iter_mut() {
-            if !first && path_cmp(&prev, &f.path) != std::cmp::Ordering::Less {
+            if !first && tree_cmp(&prev, &f.path) != std::cmp::Ordering::Less {
                 return Ok(Outcome::Unsure("ledger out of tree order".into()));
             }
-            if let Some(c) = parent_of(&f.path).and_then(|p| counted.get_mut(p)) {
-                c.1 += 1;
+            if let Some(p) = parent_of(&f.path) {
+                if parent.as_deref() != Some(p) {
+                    parent_at = counted_at.get(p).copied();
+                    let buf = parent.get_or_insert_with(Vec::new);
+                    buf.clear();
+                    buf.extend_from_slice(p);
+                }
+                if let Some(i) = parent_at {
+                    counted[i].2 += 1;
+                }
             }
             if f.holds {
                 let r = &f.rec;
@@ -1022,7 +1071,12 @@ fn fold_chunks(
                 }
             }
             if f.children.is_some() || f.held_dir {
-                counted.insert(f.path.clone(), (f.children, 0));
+                let i = counted.len();
+                counted.push((f.path.clone(), f.children, 0));
+                counted_at.insert(f.path.clone(), i);
+                if parent.as_deref() == Some(f.path.as_slice()) {
+                    parent_at = Some(i);
+                }
             }
             prev.clear();
             prev.extend_from_slice(&f.path);
@@ -1035,8 +1089,8 @@ fn fold_chunks(
     let dirs = known.unwrap_or(&listed_dirs);
     let late: Vec<(&Vec<u8>, u64)> = counted
         .iter()
-        .filter(|(p, (disk, _))| disk.is_none() && dirs.contains(*p))
-        .map(|(p, (_, listed))| (p, *listed))
+        .filter(|(p, disk, _)| disk.is_none() && dirs.contains(p))
+        .map(|(p, _, listed)| (p, *listed))
         .collect();
     let late: Vec<(&Vec<u8>, u64, u64)> = late
         .par_iter()
@@ -1044,7 +1098,7 @@ fn fold_chunks(
         .collect();
     let now = counted
         .iter()
-        .filter_map(|(p, (disk, listed))| disk.map(|d| (p, d, *listed)));
+        .filter_map(|(p, disk, listed)| disk.map(|d| (p, d, *listed)));
     for (dir, disk, listed) in now.chain(late) {
         if disk != listed {
             return Ok(Outcome::Unsure(format!(
@@ -1121,6 +1175,41 @@ mod tests {
                 ..
             } => (digest, reused, reread),
             Outcome::Unsure(why) => panic!("{why}"),
+        }
+    }
+
+    #[test]
+    fn tree_cmp_orders_plain_paths_as_path_cmp_does() {
+        // Every path of up to 4 bytes over a few bytes around '/'.
+        let alphabet = [b'-', b'.', b'/', b'0', b'a', b'b', 0xff];
+        let mut paths: Vec<Vec<u8>> = vec![Vec::new()];
+        for len in 1..=4 {
+            let mut idx = vec![0usize; len];
+            loop {
+                paths.push(idx.iter().map(|&i| alphabet[i]).collect());
+                let mut k = 0;
+                while k < len && idx[k] == alphabet.len() - 1 {
+                    idx[k] = 0;
+                    k += 1;
+                }
+                if k == len {
+                    break;
+                }
+                idx[k] += 1;
+            }
+        }
+        let plain: Vec<&Vec<u8>> = paths.iter().filter(|p| plain_path(p)).collect();
+        assert!(plain.len() > 1000 && plain.len() < paths.len());
+        for p in &paths {
+            let empty_component = p.first() == Some(&b'/')
+                || p.last() == Some(&b'/')
+                || p.windows(2).any(|w| w == b"//");
+            assert_eq!(plain_path(p), !empty_component, "{p:?}");
+        }
+        for a in &plain {
+            for b in &plain {
+                assert_eq!(tree_cmp(a, b), path_cmp(a, b), "{a:?} {b:?}");
+            }
         }
     }
 

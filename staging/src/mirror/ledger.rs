@@ -1214,6 +1214,25 @@ mod tests {
     }
 
     #[test]
+    fn a_ledger_path_that_is_not_plain_is_not_folded() {
+        let t = tempfile::tempdir().unwrap();
+        let rep = t.path().join("rep");
+        std::fs::create_dir_all(rep.join("d")).unwrap();
+        std::fs::write(rep.join("d/f"), "f").unwrap();
+        for bad in [&b"d//f"[..], b"/d", b"d/"] {
+            let mut w = Writer::create(&path_for(&rep)).unwrap();
+            w.recheck(b"").unwrap();
+            w.recheck(b"d").unwrap();
+            w.recheck(bad).unwrap();
+            w.finish().unwrap();
+            match digest(&rep, &path_for(&rep)).unwrap().unwrap() {
+                Outcome::Unsure(why) => assert!(why.contains("not plain"), "{why}"),
+                Outcome::Digest { .. } => panic!("{bad:?} was folded"),
+            }
+        }
+    }
+
+    #[test]
     fn ledger_digest_equals_the_full_walk_and_catches_tampering() {
         let t = tempfile::tempdir().unwrap();
         let (src, rep) = (t.path().join("src"), t.path().join("rep"));

@@ -892,7 +892,9 @@ fn fold(
     std::thread::scope(|sc| {
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let (back, used) = std::sync::mpsc::channel();
-        sc.spawn(move || read_ahead(src, &tx, &used));
+        std::thread::Builder::new()
+            .name("ledger-read".into())
+            .spawn_scoped(sc, move || read_ahead(src, &tx, &used))?;
         fold_chunks(root, &rx, &back, known, skip, w)
     })
 }

@@ -633,7 +633,7 @@ pub fn checked_digest(root: &Path, want: &str) -> Result<String> {
 /// [`checked_digest`], and whether the ledger alone gave `want` (then it
 /// describes the replica as the mirror left it).
 fn checked_digest_by(root: &Path, want: &str) -> Result<(String, bool)> {
-    let (digest, proven, _) = checked(root, want, ledger::Hints::default())?;
+    let (digest, proven, _) = checked(root, want, ledger::Hints::default(), None)?;
     Ok((digest, proven))
 }
 
@@ -641,8 +641,16 @@ fn checked_digest_by(root: &Path, want: &str) -> Result<(String, bool)> {
 /// alone gave `want`, else `walk`; a walk that wrote its records into
 /// the ledger proves it too).
 /// With `skip`, records the early check trusts are not `lstat`ed again
-/// ([`precheck`]).
-fn checked(root: &Path, want: &str, hints: ledger::Hints<'_>) -> Result<(String, bool, RootCheck)> {
+/// ([`precheck`]). With `applied`, the apply ledger is merged into the
+/// comparison's ledger as the fold reads both ([`applied::fold`]); when
+/// it cannot be, the comparison's ledger is folded alone, without the
+/// early check.
+fn checked(
+    root: &Path,
+    want: &str,
+    mut hints: ledger::Hints<'_>,
+    applied: Option<applied::Recorded>,
+) -> Result<(String, bool, RootCheck)> {
     let t0 = std::time::Instant::now();
     let ledger = ledger::path_for(root);
     let full = std::env::var_os(FULL_CHECK_ENV).is_some_and(|v| !v.is_empty() && v != "0");
@@ -650,7 +658,27 @@ fn checked(root: &Path, want: &str, hints: ledger::Hints<'_>) -> Result<(String,
         // The fold's own ledger (entries read again recorded as read)
         // replaces the comparison's when it proves `want`.
         let folded = ledger.with_extension("folded");
-        let got = ledger::digest_into(root, &ledger, hints, Some(&folded))?;
+        let mut got = None;
+        if let Some(a) = applied {
+            match applied::fold(root, a, hints.skip, Some(&folded)) {
+                Ok((o, records)) => {
+                    tracing::debug!(
+                        records,
+                        ms = t0.elapsed().as_millis() as u64,
+                        "mirror end: apply ledger merged into the fold"
+                    );
+                    got = Some(o);
+                }
+                Err(e) => {
+                    tracing::info!("{e:#}; the apply ledger is not used");
+                    hints.skip = None;
+                }
+            }
+        }
+        let got = match got {
+            Some(o) => Some(o),
+            None => ledger::digest_into(root, &ledger, hints, Some(&folded))?,
+        };
         let proven = matches!(&got, Some(ledger::Outcome::Digest { digest, .. }) if digest == want);
         if !(proven && std::fs::rename(&folded, &ledger).is_ok()) {
             let _ = std::fs::remove_file(&folded);
@@ -726,7 +754,19 @@ pub fn check_and_keep_with(
     want: &str,
     hints: ledger::Hints<'_>,
 ) -> Result<(String, RootCheck)> {
-    let (got, proven, check) = checked(root, want, hints)?;
+    check_and_keep_applied(root, want, hints, None)
+}
+
+/// [`check_and_keep_with`], folding the apply ledger `applied` merged
+/// into the comparison's ledger ([`applied::fold`]; an apply ledger that
+/// cannot be used is left out, and so is the early check then).
+pub fn check_and_keep_applied(
+    root: &Path,
+    want: &str,
+    hints: ledger::Hints<'_>,
+    applied: Option<applied::Recorded>,
+) -> Result<(String, RootCheck)> {
+    let (got, proven, check) = checked(root, want, hints, applied)?;
     let (ledger, prev) = (ledger::path_for(root), ledger::prev_path_for(root));
     if !(proven && got == want && std::fs::rename(&ledger, &prev).is_ok()) {
         let _ = std::fs::remove_file(&ledger);
@@ -762,66 +802,59 @@ pub fn end(
     // A sparse mirror's early check of the carried records (see
     // [`precheck`]): used only with the apply ledger of every set.
     let mut skip = precheck::take(&root);
-    let mut merged = false;
-    let mut count_dirs = None;
     // What the mirror's sets applied, merged into the comparison's ledger
-    // (see [`applied`]); used only when every set was recorded.
-    if let Some(log) = store.take_applied(m) {
-        let file = log.path.clone();
-        if m.root_digest.is_some() && store.state().last_applied_seq >= m.last_seq {
-            let t0 = std::time::Instant::now();
-            if let Some(s) = skip.as_mut() {
-                match applied::paths(&log) {
-                    Ok(paths) => paths.iter().for_each(|p| s.touch(p)),
-                    Err(e) => {
-                        tracing::info!("{e:#}; the early check is not used");
-                        skip = None;
-                    }
-                }
-            }
-            match applied::merge_counted(&root, log) {
-                Ok((n, counted)) => {
-                    merged = true;
-                    count_dirs = Some(counted);
-                    tracing::debug!(
-                        records = n,
-                        ms = t0.elapsed().as_millis() as u64,
-                        "mirror end: apply ledger merged into the mirror ledger"
-                    )
-                }
-                Err(e) => tracing::info!("{e:#}; the apply ledger is not used"),
+    // as the fold reads it (see [`applied`]); used only when every set was
+    // recorded.
+    let mut log = store.take_applied(m);
+    let applied_file = log.as_ref().map(|l| l.path.clone());
+    let check = m.root_digest.is_some() && store.state().last_applied_seq >= m.last_seq;
+    if !check {
+        log = None;
+    }
+    if let (Some(s), Some(l)) = (skip.as_mut(), log.as_ref()) {
+        match applied::paths(l) {
+            Ok(paths) => paths.iter().for_each(|p| s.touch(p)),
+            Err(e) => {
+                tracing::info!("{e:#}; the apply ledger is not used");
+                log = None;
             }
         }
-        let _ = std::fs::remove_file(&file);
     }
-    if !merged {
+    if log.is_none() {
         skip = None;
     }
     // The proven ledger is about to be replaced or dropped (see [`base`]).
     base::forget(&root);
-    if let Some(want) = &m.root_digest {
-        if store.state().last_applied_seq >= m.last_seq {
+    let checked = match (&m.root_digest, check) {
+        (Some(want), true) => {
             let hints = ledger::Hints {
                 skip: skip.as_ref(),
-                count_dirs: count_dirs.as_ref(),
+                count_dirs: None,
             };
-            let (got, check) = check_and_keep_with(&root, want, hints)?;
-            store.note_root_check(check);
-            if &got != want {
-                tracing::warn!(
-                    mirror = m.mirror_id,
-                    want,
-                    got,
-                    "replica root digest differs from the source's; the mirror is not complete"
-                );
-                return Ok(standin_link::message::MirrorDone {
-                    mirror_id: m.mirror_id.clone(),
-                    complete: false,
-                    reason: Some(format!(
-                        "the replica's root digest {got} differs from the source's {want}; run the mirror again"
-                    )),
-                });
-            }
+            Some((want, check_and_keep_applied(&root, want, hints, log)))
+        }
+        _ => None,
+    };
+    if let Some(f) = applied_file {
+        let _ = std::fs::remove_file(f);
+    }
+    if let Some((want, got)) = checked {
+        let (got, check) = got?;
+        store.note_root_check(check);
+        if &got != want {
+            tracing::warn!(
+                mirror = m.mirror_id,
+                want,
+                got,
+                "replica root digest differs from the source's; the mirror is not complete"
+            );
+            return Ok(standin_link::message::MirrorDone {
+                mirror_id: m.mirror_id.clone(),
+                complete: false,
+                reason: Some(format!(
+                    "the replica's root digest {got} differs from the source's {want}; run the mirror again"
+                )),
+            });
         }
     }
     if let Some((r, took)) = commit.and_then(|c| c.join().ok()) {

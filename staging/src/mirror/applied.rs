@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use standin_builder::entry::path_cmp;
 
-use super::ledger::{self, Prev, Record, Writer};
+use super::ledger::{self, Prev, Record, Source, Writer};
 use crate::apply::applied::Applied;
 
 /// The apply ledger of the replica whose root is `staging_root`.
@@ -184,31 +184,57 @@ impl Log {
 /// One ledger's records in tree order, with the next one looked at.
 struct Stream {
     prev: Option<Prev>,
-    head: Option<(Vec<u8>, Option<Record>)>,
+    /// A record is looked at: its path, record and whether it is trusted.
+    has: bool,
+    path: Vec<u8>,
+    rec: Record,
+    trusted: bool,
 }
 
 impl Stream {
     fn open(path: &Path) -> Result<Stream> {
         let mut s = Stream {
             prev: Prev::open(path),
-            head: None,
+            has: false,
+            path: Vec::new(),
+            rec: Record::default(),
+            trusted: false,
         };
-        s.advance()?;
+        s.look()?;
         Ok(s)
     }
 
-    fn advance(&mut self) -> Result<()> {
-        let next = match self.prev.as_mut() {
-            Some(p) => p.next_entry()?,
+    /// Read the next record.
+    fn look(&mut self) -> Result<()> {
+        let got = match self.prev.as_mut() {
+            Some(p) => p.next_into(&mut self.path, &mut self.rec)?,
             None => None,
         };
-        if let (Some((old, _)), Some((new, _))) = (&self.head, &next) {
-            if path_cmp(new, old) != std::cmp::Ordering::Greater {
-                bail!("ledger out of tree order");
-            }
-        }
-        self.head = next;
+        self.has = got.is_some();
+        self.trusted = got == Some(true);
         Ok(())
+    }
+
+    /// The path of the record looked at.
+    fn head(&self) -> Option<&[u8]> {
+        self.has.then_some(self.path.as_slice())
+    }
+
+    /// Take the record looked at into `path` and `rec` (their buffers
+    /// swapped, not copied) and look at the next one, which must come
+    /// after it: whether the record taken is trusted.
+    fn take_into(&mut self, path: &mut Vec<u8>, rec: &mut Record) -> Result<Option<bool>> {
+        if !self.has {
+            return Ok(None);
+        }
+        std::mem::swap(&mut self.path, path);
+        std::mem::swap(&mut self.rec, rec);
+        let trusted = self.trusted;
+        self.look()?;
+        if self.has && ledger::tree_cmp(&self.path, path) != std::cmp::Ordering::Greater {
+            bail!("ledger out of tree order");
+        }
+        Ok(Some(trusted))
     }
 }
 
@@ -228,84 +254,179 @@ pub fn paths(applied: &Recorded) -> Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
+/// The comparison's ledger and the apply ledger merged as both are read,
+/// in tree order (an applied record replaces the comparison's of the same
+/// path: it is newer; a late record replaces the apply ledger's own), for
+/// the fold at `MirrorEnd` ([`fold`]) or a merged ledger file ([`merge`]).
+pub struct Merge {
+    a: Stream,
+    c: Stream,
+    late: HashMap<Vec<u8>, Option<Record>>,
+    applied: PathBuf,
+    comparison: PathBuf,
+    /// Records given so far.
+    records: u64,
+    /// Where a comparison's record replaced by the apply's goes.
+    spare: (Vec<u8>, Record),
+}
+
+impl Merge {
+    /// Open the apply ledger `applied` and the comparison's ledger of the
+    /// replica at `root` ([`ledger::path_for`]; absent: none).
+    pub fn open(root: &Path, applied: Recorded) -> Result<Merge> {
+        let comparison = ledger::path_for(root);
+        let Recorded { path, late } = applied;
+        let a = Stream::open(&path)?;
+        if a.prev.is_none() {
+            bail!("the apply ledger {} is unreadable", path.display());
+        }
+        let c = Stream::open(&comparison)?;
+        if c.prev.is_none() && comparison.exists() {
+            bail!("the mirror ledger {} is unreadable", comparison.display());
+        }
+        Ok(Merge {
+            a,
+            c,
+            late,
+            applied: path,
+            comparison,
+            records: 0,
+            spare: (Vec::new(), Record::default()),
+        })
+    }
+
+    /// Records given so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// The next merged record into `path` and `rec` (buffers reused):
+    /// whether it is trusted; `None` after the last.
+    fn step_into(&mut self, path: &mut Vec<u8>, rec: &mut Record) -> Result<Option<bool>> {
+        let order = match (self.a.head(), self.c.head()) {
+            (None, None) => return Ok(None),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(pa), Some(pc)) => ledger::tree_cmp(pa, pc),
+        };
+        if order == std::cmp::Ordering::Equal {
+            // The apply's record is newer than the comparison's.
+            let (p, r) = &mut self.spare;
+            self.c.take_into(p, r)?;
+        }
+        let s = if order != std::cmp::Ordering::Greater {
+            &mut self.a
+        } else {
+            &mut self.c
+        };
+        let mut trusted = s.take_into(path, rec)?.expect("checked");
+        if !self.late.is_empty() {
+            if let Some(r) = self.late.remove(path.as_slice()) {
+                trusted = r.is_some();
+                if let Some(r) = r {
+                    *rec = r;
+                }
+            }
+        }
+        self.records += 1;
+        Ok(Some(trusted))
+    }
+
+    fn end(&mut self) -> Result<HashSet<Vec<u8>>> {
+        if let Some(p) = self.late.keys().next() {
+            bail!(
+                "the apply ledger has a late record of {} that nothing else lists",
+                standin_builder::entry::display_path(p)
+            );
+        }
+        // Both streams stand after their last record: their counted
+        // directories follow (no second pass over either ledger).
+        let mut counted: HashSet<Vec<u8>> = match self.a.prev.take() {
+            Some(p) => p.counted_dirs()?,
+            None => bail!("the apply ledger {} is unreadable", self.applied.display()),
+        };
+        match self.c.prev.take() {
+            Some(p) => counted.extend(p.counted_dirs()?),
+            None if self.comparison.exists() => {
+                bail!(
+                    "the mirror ledger {} is unreadable",
+                    self.comparison.display()
+                )
+            }
+            None => {}
+        }
+        // The root may hold what no record made.
+        counted.insert(Vec::new());
+        Ok(counted)
+    }
+}
+
+impl ledger::Source for Merge {
+    fn next_into(&mut self, path: &mut Vec<u8>, rec: &mut Record) -> std::io::Result<Option<bool>> {
+        self.step_into(path, rec)
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))
+    }
+
+    fn counted_dirs(&mut self) -> std::io::Result<HashSet<Vec<u8>>> {
+        self.end()
+            .map_err(|e| std::io::Error::other(format!("{e:#}")))
+    }
+}
+
+/// The root digest check's fold at `MirrorEnd` over the comparison's
+/// ledger of the replica at `root` merged with the apply ledger `applied`
+/// as both are read ([`Merge`]): no merged ledger is written and read
+/// again. With `out`, the fold's own ledger ([`ledger::digest_into`]).
+/// The outcome and how many records were folded; an error when either
+/// ledger is unusable (nothing is known then: the caller folds the
+/// comparison's ledger alone, as when the apply ledger is not used).
+pub fn fold(
+    root: &Path,
+    applied: Recorded,
+    skip: Option<&super::precheck::Skip>,
+    out: Option<&Path>,
+) -> Result<(ledger::Outcome, u64)> {
+    let mut m = Merge::open(root, applied)?;
+    let hints = ledger::Hints {
+        skip,
+        count_dirs: None,
+    };
+    let got = ledger::digest_from(root, &mut m, hints, out).context("merging the apply ledger")?;
+    Ok((got, m.records()))
+}
+
 /// Merge the apply ledger `applied` into the comparison's ledger of the
 /// replica at `root` ([`ledger::path_for`]; absent: none), replacing it.
 /// How many records the merged ledger holds. On error the comparison's
-/// ledger is left as it was.
+/// ledger is left as it was. (The end folds the two directly: [`fold`].)
 pub fn merge(root: &Path, applied: Recorded) -> Result<u64> {
     Ok(merge_counted(root, applied)?.0)
 }
 
 /// [`merge`], and the merged ledger's counted directories.
 pub fn merge_counted(root: &Path, applied: Recorded) -> Result<(u64, HashSet<Vec<u8>>)> {
-    let comparison = ledger::path_for(root);
-    let Recorded { path, mut late } = applied;
-    let mut a = Stream::open(&path)?;
-    if a.prev.is_none() {
-        bail!("the apply ledger {} is unreadable", path.display());
-    }
-    let mut c = Stream::open(&comparison)?;
+    let mut m = Merge::open(root, applied)?;
     let merged = root.with_file_name("mirror-ledger.merged");
     let mut w = Writer::create(&merged)?;
-    let mut n = 0u64;
-    loop {
-        let order = match (&a.head, &c.head) {
-            (None, None) => break,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some((pa, _)), Some((pc, _))) => path_cmp(pa, pc),
-        };
-        if order == std::cmp::Ordering::Equal {
-            // The apply's record is newer than the comparison's.
-            c.advance()?;
-        }
-        let s = if order != std::cmp::Ordering::Greater {
-            &mut a
+    let (mut p, mut r) = (Vec::new(), Record::default());
+    while let Some(trusted) = m.step_into(&mut p, &mut r)? {
+        if trusted {
+            w.trusted_record(&p, &r)?;
         } else {
-            &mut c
-        };
-        let (p, rec) = s.head.take().expect("checked");
-        s.head = Some((p.clone(), None));
-        s.advance()?;
-        let rec = match late.remove(&p) {
-            Some(r) => r,
-            None => rec,
-        };
-        match rec {
-            Some(r) => w.trusted_record(&p, &r)?,
-            None => w.recheck(&p)?,
+            w.recheck(&p)?;
         }
-        n += 1;
     }
-    if let Some(p) = late.keys().next() {
-        bail!(
-            "the apply ledger has a late record of {} that nothing else lists",
-            standin_builder::entry::display_path(p)
-        );
-    }
-    // Both streams stand after their last record: their counted
-    // directories follow (no second pass over either ledger).
-    let mut counted: HashSet<Vec<u8>> = match a.prev.take() {
-        Some(p) => p.counted_dirs()?,
-        None => bail!("the apply ledger {} is unreadable", path.display()),
-    };
-    match c.prev.take() {
-        Some(p) => counted.extend(p.counted_dirs()?),
-        None if comparison.exists() => {
-            bail!("the mirror ledger {} is unreadable", comparison.display())
-        }
-        None => {}
-    }
-    // The root may hold what no record made.
-    counted.insert(Vec::new());
+    let counted = m.end()?;
     for d in &counted {
         w.count_dir(d);
     }
     w.finish()?;
-    std::fs::rename(&merged, &comparison)
+    std::fs::rename(&merged, &m.comparison)
         .with_context(|| format!("renaming {} into place", merged.display()))?;
-    Ok((n, counted))
+    Ok((m.records(), counted))
 }
 
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;

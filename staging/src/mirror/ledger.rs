@@ -208,7 +208,7 @@ impl<R: Read> Rd<R> {
 
 /// A trusted record of a ledger: the replica's entry at a path as it was
 /// when its inode had this number and change time.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Record {
     pub ino: u64,
     pub ctime: i64,
@@ -287,6 +287,29 @@ impl Record {
     }
 }
 
+/// Records in tree order for the fold at `MirrorEnd` ([`digest_from`]): a
+/// ledger file ([`Prev`]), or the comparison's ledger merged with the
+/// apply ledger as both are read ([`super::applied::Merge`]).
+pub trait Source {
+    /// The next record into `path` and `rec`, whose buffers are reused:
+    /// whether it is trusted (then in `rec`, else to be read again);
+    /// `None` after the last one.
+    fn next_into(&mut self, path: &mut Vec<u8>, rec: &mut Record) -> std::io::Result<Option<bool>>;
+    /// After the last record: the directories whose entries are counted
+    /// (an error when the records do not end well).
+    fn counted_dirs(&mut self) -> std::io::Result<HashSet<Vec<u8>>>;
+}
+
+impl Source for Prev {
+    fn next_into(&mut self, path: &mut Vec<u8>, rec: &mut Record) -> std::io::Result<Option<bool>> {
+        self.read_next_into(path, rec)
+    }
+
+    fn counted_dirs(&mut self) -> std::io::Result<HashSet<Vec<u8>>> {
+        self.read_counted_dirs()
+    }
+}
+
 /// What [`Prev::carry`] hands each record to.
 pub type CarryFn<'a> = dyn FnMut(&[u8], Option<&Record>) -> Result<()> + 'a;
 
@@ -307,16 +330,19 @@ impl Prev {
     /// Open the ledger at `path`; `None` when absent or not a ledger of
     /// this version (the comparison then reads every entry).
     pub fn open(path: &Path) -> Option<Prev> {
+        Prev::from_file(File::open(path).ok()?).ok()
+    }
+
+    /// [`Prev::open`] of an open ledger file: why not when it is not a
+    /// ledger of this version.
+    fn from_file(f: File) -> std::io::Result<Prev> {
         use std::os::unix::fs::MetadataExt;
-        let f = File::open(path).ok()?;
-        let md = f.metadata().ok()?;
+        let md = f.metadata()?;
         let mut r = Rd(BufReader::with_capacity(1 << 16, f));
         let mut head = [0u8; 5];
-        r.0.read_exact(&mut head).ok()?;
-        if &head[..4] != MAGIC || head[4] != VERSION {
-            return None;
-        }
-        Some(Prev {
+        r.0.read_exact(&mut head)?;
+        check_head(&head)?;
+        Ok(Prev {
             r,
             next: None,
             done: false,
@@ -329,6 +355,10 @@ impl Prev {
     /// directories counted at the end, checking the end marker (no second
     /// pass over the records).
     pub fn counted_dirs(mut self) -> std::io::Result<HashSet<Vec<u8>>> {
+        self.read_counted_dirs()
+    }
+
+    fn read_counted_dirs(&mut self) -> std::io::Result<HashSet<Vec<u8>>> {
         let mut out = HashSet::new();
         let mut tag = self
             .end_tag
@@ -358,6 +388,44 @@ impl Prev {
     /// place since is another file).
     pub fn file_id(&self) -> (u64, u64) {
         self.id
+    }
+
+    /// The next record into `path` and `rec` (their buffers reused):
+    /// whether it is trusted (then in `rec`); `None` after the last one.
+    fn read_next_into(
+        &mut self,
+        path: &mut Vec<u8>,
+        rec: &mut Record,
+    ) -> std::io::Result<Option<bool>> {
+        if self.done {
+            return Ok(None);
+        }
+        let tag = self.r.u8()?;
+        if tag == 2 || tag == 255 {
+            self.end_tag = Some(tag);
+            self.done = true;
+            return Ok(None);
+        }
+        self.r.bytes(MAX_PATH, path)?;
+        if !plain_path(path) {
+            return Err(std::io::Error::other(format!(
+                "a path that is not plain: {}",
+                standin_builder::entry::display_path(path)
+            )));
+        }
+        match tag {
+            0 => Ok(Some(false)),
+            1 => {
+                rec.ino = self.r.u64()?;
+                rec.ctime = self.r.u64()? as i64;
+                rec.dir = self.r.u8()? != 0;
+                rec.link_dev = self.r.u64()?;
+                rec.file_bytes = self.r.u64()?;
+                self.r.bytes(MAX_CANON, &mut rec.canonical)?;
+                Ok(Some(true))
+            }
+            t => Err(std::io::Error::other(format!("unknown record {t}"))),
+        }
     }
 
     fn read_next(&mut self) -> std::io::Result<Option<(Vec<u8>, Option<Record>)>> {
@@ -441,6 +509,45 @@ impl Prev {
         }
         w.finish()?;
         Ok(n)
+    }
+
+    /// The next record's path (into `path`) and, when trusted, its inode
+    /// and change time; `None` after the last one. Reads no more than
+    /// that: no record is made (the early check, [`super::precheck`]).
+    pub fn next_stamp(
+        &mut self,
+        path: &mut Vec<u8>,
+    ) -> std::io::Result<Option<Option<(u64, i64)>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let tag = self.r.u8()?;
+        if tag == 2 || tag == 255 {
+            self.end_tag = Some(tag);
+            self.done = true;
+            return Ok(None);
+        }
+        self.r.bytes(MAX_PATH, path)?;
+        match tag {
+            0 => Ok(Some(None)),
+            1 => {
+                let ino = self.r.u64()?;
+                let ctime = self.r.u64()? as i64;
+                // dir u8, link dev u64, file bytes u64, then the canonical bytes.
+                let mut fixed = [0u8; 17];
+                self.r.0.read_exact(&mut fixed)?;
+                let mut len = [0u8; 4];
+                self.r.0.read_exact(&mut len)?;
+                let n = u32::from_le_bytes(len) as u64;
+                if n > MAX_CANON as u64 {
+                    return Err(std::io::Error::other("length over the limit"));
+                }
+                // Past the end of a damaged ledger, the next read fails.
+                self.r.0.seek_relative(n as i64)?;
+                Ok(Some(Some((ino, ctime))))
+            }
+            t => Err(std::io::Error::other(format!("unknown record {t}"))),
+        }
     }
 
     /// The next record in the ledger's order: its path and, when trusted,
@@ -578,14 +685,35 @@ pub enum Outcome {
     Unsure(String),
 }
 
-fn parent_of(path: &[u8]) -> Option<&[u8]> {
-    if path.is_empty() {
-        return None;
+/// Whether `path` has no empty component (no leading, trailing or doubled
+/// `/`; `""` is the root): the paths every ledger holds. Records read for
+/// the fold ([`Source::next_into`]) must be plain, so that [`tree_cmp`]
+/// orders them.
+pub fn plain_path(path: &[u8]) -> bool {
+    let mut after_slash = true;
+    for &c in path {
+        if c == b'/' {
+            if after_slash {
+                return false;
+            }
+            after_slash = true;
+        } else {
+            after_slash = false;
+        }
     }
-    Some(match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => &path[..i],
-        None => b"",
-    })
+    path.is_empty() || !after_slash
+}
+
+/// The tree order of [`path_cmp`] for plain paths ([`plain_path`]), by
+/// their bytes with `/` below every other byte: one pass, no splitting.
+pub fn tree_cmp(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        None => a.len().cmp(&b.len()),
+        Some(i) => {
+            let key = |c: u8| if c == b'/' { 0 } else { u16::from(c) + 1 };
+            key(a[i]).cmp(&key(b[i]))
+        }
+    }
 }
 
 /// The root digest of the replica at `root` from the ledger at `ledger`
@@ -617,8 +745,9 @@ pub fn digest_with(
 pub struct Hints<'a> {
     /// The sparse mirror's early check ([`super::precheck`]).
     pub skip: Option<&'a super::precheck::Skip>,
-    /// The ledger's counted directories, when the caller has just written
-    /// it ([`super::applied::merge_counted`]): no pass to its end first.
+    /// The ledger's counted directories, when the caller knows them
+    /// before the records (else the fold learns them after the last one
+    /// and counts the entries of those whose record held then).
     pub count_dirs: Option<&'a HashSet<Vec<u8>>>,
 }
 
@@ -643,6 +772,30 @@ pub fn digest_into(
     hints: Hints<'_>,
     out: Option<&Path>,
 ) -> Result<Option<Outcome>> {
+    let f = match File::open(ledger) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", ledger.display())),
+    };
+    // The directories to count follow the records: the fold learns them
+    // at the end (no pass over the ledger first).
+    let got = Prev::from_file(f).and_then(|mut src| digest_from(root, &mut src, hints, out));
+    Ok(Some(got.unwrap_or_else(|e| {
+        Outcome::Unsure(format!("ledger unusable: {e}"))
+    })))
+}
+
+/// The fold of the records `src` gives, in tree order (see the module
+/// docs), with what the caller knows (`hints`); with `out`, the ledger of
+/// the replica as the fold found it, as [`digest_into`] writes it. An error
+/// when `src` fails (or the replica's root cannot be opened): then nothing
+/// is known and `out` is removed.
+pub fn digest_from(
+    root: &Path,
+    src: &mut (dyn Source + Send),
+    hints: Hints<'_>,
+    out: Option<&Path>,
+) -> std::io::Result<Outcome> {
     let mut w = out.and_then(|p| match Writer::create(p) {
         Ok(w) => Some(w),
         Err(e) => {
@@ -650,9 +803,9 @@ pub fn digest_into(
             None
         }
     });
-    let got = digest_written(root, ledger, hints, &mut w);
+    let got = fold::fold(root, src, hints.count_dirs, hints.skip, &mut w);
     match (w, &got) {
-        (Some(w), Ok(Some(Outcome::Digest { .. }))) => {
+        (Some(w), Ok(Outcome::Digest { .. })) => {
             if let Err(e) = w.finish() {
                 tracing::debug!("{e:#}; the fold's ledger is not kept");
                 if let Some(p) = out {
@@ -673,37 +826,6 @@ pub fn digest_into(
     got
 }
 
-fn digest_written(
-    root: &Path,
-    ledger: &Path,
-    hints: Hints<'_>,
-    w: &mut Option<Writer>,
-) -> Result<Option<Outcome>> {
-    let f = match File::open(ledger) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("opening {}", ledger.display())),
-    };
-    // The directories to count are at the end; read them first (unless
-    // the caller knows them).
-    let read;
-    let count_dirs = match hints.count_dirs {
-        Some(d) => d,
-        None => match trailer(ledger) {
-            Ok(d) => {
-                read = d;
-                &read
-            }
-            Err(why) => return Ok(Some(Outcome::Unsure(format!("ledger unusable: {why}")))),
-        },
-    };
-    let mut r = Rd(BufReader::with_capacity(1 << 16, f));
-    match fold(root, &mut r, count_dirs, hints.skip, w) {
-        Ok(o) => Ok(Some(o)),
-        Err(e) => Ok(Some(Outcome::Unsure(format!("ledger unusable: {e}")))),
-    }
-}
-
 /// A ledger's magic and version must be this build's.
 fn check_head(head: &[u8; 5]) -> std::io::Result<()> {
     if &head[..4] != MAGIC {
@@ -718,232 +840,7 @@ fn check_head(head: &[u8; 5]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The directories whose entries the ledger at `ledger` has counted at
-/// the end (for [`super::applied`], which merges ledgers).
-pub fn count_dirs(ledger: &Path) -> std::io::Result<HashSet<Vec<u8>>> {
-    trailer(ledger)
-}
-
-/// The directories listed after the records (tag 2), checking the end marker.
-fn trailer(ledger: &Path) -> std::io::Result<HashSet<Vec<u8>>> {
-    let mut r = Rd(BufReader::with_capacity(1 << 16, File::open(ledger)?));
-    let mut head = [0u8; 5];
-    r.0.read_exact(&mut head)?;
-    check_head(&head)?;
-    let mut out = HashSet::new();
-    let mut path = Vec::new();
-    let mut canon = Vec::new();
-    loop {
-        match r.u8()? {
-            0 => r.bytes(MAX_PATH, &mut path)?,
-            1 => {
-                r.bytes(MAX_PATH, &mut path)?;
-                let mut fixed = [0u8; 33];
-                r.0.read_exact(&mut fixed)?;
-                r.bytes(MAX_CANON, &mut canon)?;
-            }
-            2 => {
-                r.bytes(MAX_PATH, &mut path)?;
-                out.insert(path.clone());
-            }
-            255 => {
-                let mut end = [0u8; 4];
-                r.0.read_exact(&mut end)?;
-                if &end != END {
-                    return Err(std::io::Error::other("bad end marker"));
-                }
-                return Ok(out);
-            }
-            t => return Err(std::io::Error::other(format!("unknown record {t}"))),
-        }
-    }
-}
-
-/// One record of a ledger being folded, with what the replica says now.
-struct Folded {
-    path: Vec<u8>,
-    /// A trusted record: (inode, change time, dir, link dev + 1, file bytes, canonical).
-    rec: Option<(u64, i64, bool, u64, u64, Vec<u8>)>,
-    /// The record still holds (inode and change time unchanged).
-    holds: bool,
-    /// Otherwise the entry read again (content digest of a regular file filled in
-    /// unless unreadable) and its `lstat`.
-    read: Option<(Entry, std::fs::Metadata, bool)>,
-    /// Entries of a directory to count.
-    children: Option<u64>,
-}
-
-/// Records folded at a time: their `lstat`s (and the reads of changed
-/// entries) run in parallel, the fold itself in order.
-const FOLD_CHUNK: usize = 4096;
-
-fn fold<R: Read>(
-    root: &Path,
-    r: &mut Rd<R>,
-    count_dirs: &HashSet<Vec<u8>>,
-    skip: Option<&super::precheck::Skip>,
-    w: &mut Option<Writer>,
-) -> std::io::Result<Outcome> {
-    use rayon::prelude::*;
-    use std::os::unix::fs::MetadataExt;
-    let mut head = [0u8; 5];
-    r.0.read_exact(&mut head)?;
-    check_head(&head)?;
-    let replica = Beneath::new(root).map_err(std::io::Error::other)?;
-    let mut rd = RootDigest::new();
-    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    // Directories whose entries are counted: (on disk, listed).
-    let mut counted: HashMap<Vec<u8>, (u64, u64)> = HashMap::new();
-    let mut prev: Option<Vec<u8>> = None;
-    let (mut reused, mut reread) = (0u64, 0u64);
-    let prechecked = std::sync::atomic::AtomicU64::new(0);
-    let mut ended = false;
-    while !ended {
-        let mut chunk = Vec::with_capacity(FOLD_CHUNK);
-        while chunk.len() < FOLD_CHUNK {
-            let tag = r.u8()?;
-            if tag == 2 || tag == 255 {
-                ended = true;
-                break;
-            }
-            let mut path = Vec::new();
-            r.bytes(MAX_PATH, &mut path)?;
-            let rec = match tag {
-                0 => None,
-                1 => {
-                    let ino = r.u64()?;
-                    let ctime = r.u64()? as i64;
-                    let is_dir = r.u8()? != 0;
-                    let link_dev = r.u64()?;
-                    let file_bytes = r.u64()?;
-                    let mut canon = Vec::new();
-                    r.bytes(MAX_CANON, &mut canon)?;
-                    Some((ino, ctime, is_dir, link_dev, file_bytes, canon))
-                }
-                t => return Err(std::io::Error::other(format!("unknown record {t}"))),
-            };
-            chunk.push(Folded {
-                path,
-                rec,
-                holds: false,
-                read: None,
-                children: None,
-            });
-        }
-        chunk.par_chunks_mut(64).for_each(|part| {
-            let mut rep = replica.fork();
-            let mut pre = 0;
-            for f in part {
-                let early = f.rec.is_some() && skip.is_some_and(|s| s.trusts(&f.path));
-                pre += u64::from(early);
-                f.holds = early
-                    || f.rec.as_ref().is_some_and(|(ino, ctime, ..)| {
-                        rep.change_stamp(&f.path) == Some((*ino, *ctime))
-                    });
-                let mut is_dir = f.holds && f.rec.as_ref().is_some_and(|r| r.2);
-                if !f.holds {
-                    if let Some((mut e, md)) = rep.stat(&f.path, &mut HashMap::new()) {
-                        let mut readable = true;
-                        if e.kind == Kind::File && e.link.is_none() {
-                            match rep.hash(&f.path, e.size) {
-                                Some(d) => e.sha256 = Some(hex::encode(d)),
-                                None => readable = false,
-                            }
-                        }
-                        is_dir = e.kind == Kind::Dir;
-                        f.read = Some((e, md, readable));
-                    }
-                }
-                if is_dir && (!f.holds || count_dirs.contains(&f.path)) {
-                    f.children = Some(rep.count_children(&f.path).unwrap_or(u64::MAX));
-                }
-            }
-            prechecked.fetch_add(pre, std::sync::atomic::Ordering::Relaxed);
-        });
-        for mut f in chunk {
-            if let Some(p) = &prev {
-                if path_cmp(p, &f.path) != std::cmp::Ordering::Less {
-                    return Ok(Outcome::Unsure("ledger out of tree order".into()));
-                }
-            }
-            if let Some(c) = parent_of(&f.path).and_then(|p| counted.get_mut(p)) {
-                c.1 += 1;
-            }
-            if f.holds {
-                let (ino, ctime, dir, link_dev, file_bytes, canonical) =
-                    f.rec.take().expect("a record that holds");
-                rd.add_canonical(&canonical, file_bytes);
-                if let Some(out) = w.as_mut() {
-                    let r = Record {
-                        ino,
-                        ctime,
-                        dir,
-                        link_dev,
-                        file_bytes,
-                        canonical,
-                    };
-                    if out.trusted_record(&f.path, &r).is_err() {
-                        *w = None;
-                    }
-                }
-                if link_dev != 0 {
-                    links
-                        .entry((link_dev - 1, ino))
-                        .or_insert_with(|| f.path.clone());
-                }
-                reused += 1;
-            } else {
-                reread += 1;
-                if let Some((mut e, md, readable)) = f.read {
-                    if e.kind != Kind::Dir && md.nlink() > 1 {
-                        let key = (md.dev(), md.ino());
-                        if let Some(first) = links.get(&key) {
-                            e.link = Some(first.clone());
-                            e.sparse = None;
-                            e.sha256 = None;
-                        } else {
-                            links.insert(key, e.path.clone());
-                        }
-                    }
-                    if e.kind == Kind::File && e.link.is_none() && !readable {
-                        return Ok(Outcome::Unsure(format!("cannot read {}", e.display_path())));
-                    }
-                    rd.add(&e);
-                    if let Some(out) = w.as_mut() {
-                        if out.trusted(&e, &md).is_err() {
-                            *w = None;
-                        }
-                    }
-                }
-            }
-            if let Some(n) = f.children {
-                counted.insert(f.path.clone(), (n, 0));
-            }
-            prev = Some(f.path);
-        }
-    }
-    for (dir, (disk, listed)) in &counted {
-        if disk != listed {
-            return Ok(Outcome::Unsure(format!(
-                "{} holds {disk} entries, {listed} listed",
-                standin_builder::entry::display_path(dir)
-            )));
-        }
-    }
-    let prechecked = prechecked.into_inner();
-    tracing::debug!(
-        reused,
-        reread,
-        prechecked,
-        "replica root digest from the mirror ledger"
-    );
-    Ok(Outcome::Digest {
-        digest: rd.finish().0,
-        reused,
-        reread,
-        prechecked,
-    })
-}
+mod fold;
 
 #[cfg(test)]
 mod tests {
@@ -998,6 +895,60 @@ mod tests {
                 ..
             } => (digest, reused, reread),
             Outcome::Unsure(why) => panic!("{why}"),
+        }
+    }
+
+    #[test]
+    fn tree_cmp_orders_plain_paths_as_path_cmp_does() {
+        // Every path of up to 4 bytes over a few bytes around '/'.
+        let alphabet = [b'-', b'.', b'/', b'0', b'a', b'b', 0xff];
+        let mut paths: Vec<Vec<u8>> = vec![Vec::new()];
+        for len in 1..=4 {
+            let mut idx = vec![0usize; len];
+            loop {
+                paths.push(idx.iter().map(|&i| alphabet[i]).collect());
+                let mut k = 0;
+                while k < len && idx[k] == alphabet.len() - 1 {
+                    idx[k] = 0;
+                    k += 1;
+                }
+                if k == len {
+                    break;
+                }
+                idx[k] += 1;
+            }
+        }
+        let plain: Vec<&Vec<u8>> = paths.iter().filter(|p| plain_path(p)).collect();
+        assert!(plain.len() > 1000 && plain.len() < paths.len());
+        for p in &paths {
+            let empty_component = p.first() == Some(&b'/')
+                || p.last() == Some(&b'/')
+                || p.windows(2).any(|w| w == b"//");
+            assert_eq!(plain_path(p), !empty_component, "{p:?}");
+        }
+        for a in &plain {
+            for b in &plain {
+                assert_eq!(tree_cmp(a, b), path_cmp(a, b), "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_ledger_path_that_is_not_plain_is_not_folded() {
+        let t = tempfile::tempdir().unwrap();
+        let rep = t.path().join("rep");
+        std::fs::create_dir_all(rep.join("d")).unwrap();
+        std::fs::write(rep.join("d/f"), "f").unwrap();
+        for bad in [&b"d//f"[..], b"/d", b"d/"] {
+            let mut w = Writer::create(&path_for(&rep)).unwrap();
+            w.recheck(b"").unwrap();
+            w.recheck(b"d").unwrap();
+            w.recheck(bad).unwrap();
+            w.finish().unwrap();
+            match digest(&rep, &path_for(&rep)).unwrap().unwrap() {
+                Outcome::Unsure(why) => assert!(why.contains("not plain"), "{why}"),
+                Outcome::Digest { .. } => panic!("{bad:?} was folded"),
+            }
         }
     }
 

@@ -1,7 +1,8 @@
 //! The sparse mirror's early check of the carried records: as soon as the
 //! target accepts a source's base ([`super::base`]), the records of the
 //! last proven ledger are checked against the replica (one `lstat` each:
-//! inode and change time) on a thread of their own, while the source walks
+//! inode and change time, by name in the parent directory kept open) on a
+//! thread of their own, while the source walks
 //! its tree and the changes travel and apply. At `MirrorEnd` the fold of
 //! the ledger ([`super::ledger::digest`]) then takes a carried record as
 //! holding without its `lstat` when
@@ -27,11 +28,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::beneath::Beneath;
 use super::ledger::{self, Prev};
+use dirs::Dirs;
 
-/// Records checked at a time (their `lstat`s run in parallel).
-const CHUNK: usize = 4096;
+mod dirs;
 
 /// An early check running (or done) for one replica.
 pub struct Precheck {
@@ -127,7 +127,7 @@ pub fn start(root: &Path, prev_id: (u64, u64)) -> Option<Arc<Precheck>> {
     if prev.file_id() != prev_id {
         return None;
     }
-    let replica = Beneath::new(root).ok()?;
+    let replica = Dirs::new(root)?;
     let hold = standin_builder::test_hold::file_of(HOLD_ENV);
     let job = std::thread::Builder::new()
         .name("mirror-precheck".into())
@@ -135,7 +135,7 @@ pub fn start(root: &Path, prev_id: (u64, u64)) -> Option<Arc<Precheck>> {
             if let Some(h) = hold {
                 standin_builder::test_hold::wait_while_exists(Path::new(&h));
             }
-            check(prev, &replica)
+            check(prev, replica)
         })
         .ok()?;
     let p = Arc::new(Precheck {
@@ -207,43 +207,33 @@ pub fn take(root: &Path) -> Option<Skip> {
     })
 }
 
-/// Check every trusted record of `prev` against the replica; `None` when
-/// the ledger is damaged.
-fn check(mut prev: Prev, replica: &Beneath) -> Option<Checked> {
-    use rayon::prelude::*;
+/// Check every trusted record of `prev` against the replica (`dirs`);
+/// `None` when the ledger is damaged. One thread, in the ledger's order:
+/// it runs while the source walks its tree, on the CPUs that walk needs,
+/// so it costs as little CPU as it can (one `lstat` by name per record in
+/// its parent kept open, no record made of the canonical bytes).
+fn check(mut prev: Prev, mut dirs: Dirs) -> Option<Checked> {
     let t0 = std::time::Instant::now();
     let mut out = Checked {
         failed: HashSet::new(),
         records: 0,
     };
+    let mut path = Vec::new();
     loop {
-        let mut chunk = Vec::with_capacity(CHUNK);
-        while chunk.len() < CHUNK {
-            match prev.next_entry() {
-                Ok(Some((p, Some(r)))) => chunk.push((p, r.ino, r.ctime)),
-                Ok(Some((_, None))) => {}
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!("early check: last mirror ledger unusable: {e}");
-                    return None;
+        match prev.next_stamp(&mut path) {
+            Ok(Some(Some(stamp))) => {
+                out.records += 1;
+                if dirs.stamp(&path) != Some(stamp) {
+                    out.failed.insert(path.clone());
                 }
             }
+            Ok(Some(None)) => {}
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!("early check: last mirror ledger unusable: {e}");
+                return None;
+            }
         }
-        if chunk.is_empty() {
-            break;
-        }
-        out.records += chunk.len() as u64;
-        let failed: Vec<Vec<u8>> = chunk
-            .par_chunks(64)
-            .flat_map_iter(|part| {
-                let mut rep = replica.fork();
-                part.iter()
-                    .filter(|(p, ino, ctime)| rep.change_stamp(p) != Some((*ino, *ctime)))
-                    .map(|(p, ..)| p.clone())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        out.failed.extend(failed);
     }
     tracing::debug!(
         records = out.records,

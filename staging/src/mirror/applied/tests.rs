@@ -41,7 +41,7 @@ fn source(src: &Path) {
 }
 
 /// The source's entries in tree order and its root digest.
-fn scan(src: &Path) -> (Vec<Entry>, String) {
+pub(super) fn scan(src: &Path) -> (Vec<Entry>, String) {
     let opts = ScanOptions {
         system_excludes: Vec::new(),
         ..ScanOptions::default()

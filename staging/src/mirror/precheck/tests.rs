@@ -3,6 +3,7 @@ use crate::mirror::tests::{entries, sh};
 use crate::mirror::{check_and_keep, check_and_keep_with, replica_digest, DiffSession};
 use standin_builder::entry::Entry;
 use standin_link::message::MirrorEntries;
+use std::path::Path;
 
 fn batch(n: u64, entries: Vec<Entry>) -> MirrorEntries {
     MirrorEntries {
@@ -242,4 +243,90 @@ fn entries_read_again_at_the_end_are_trusted_by_the_next_mirror() {
     let (got, reread, pre) = fold(&rep, &skip);
     assert_eq!((got.as_str(), reread), (want.as_str(), 0));
     assert_eq!(pre, all.len() as u64);
+}
+
+#[test]
+fn the_open_directories_find_what_a_resolution_beneath_the_root_finds() {
+    let t = tempfile::tempdir().unwrap();
+    let rep = t.path().join("rep");
+    let r = rep.display();
+    sh(&format!(
+        "mkdir -p {r}/a/b/c {r}/a-b {r}/ab {r}/b && echo f > {r}/a/b/c/f && echo g > {r}/a/b/g \
+         && echo h > {r}/a/h && echo x > {r}/ab/x && echo y > {r}/a-b/y && echo z > {r}/b/z \
+         && ln -s a {r}/s && ln -s {} {r}/out",
+        t.path().display()
+    ));
+    let mut listed: Vec<Vec<u8>> = entries(&rep).into_iter().map(|e| e.path).collect();
+    assert!(listed.len() >= 14, "{listed:?}");
+    // Through a symlink, absent, or below a file: nothing is found.
+    for p in ["s/h", "s/b/g", "out/rep", "a/h/x", "nope/x", "a/b/nope"] {
+        listed.push(p.as_bytes().to_vec());
+    }
+    let check = |paths: &[Vec<u8>]| {
+        let mut dirs = Dirs::new(&rep).unwrap();
+        let mut beneath = crate::mirror::beneath::Beneath::new(&rep).unwrap();
+        for p in paths {
+            let want = beneath.change_stamp(p);
+            assert_eq!(dirs.stamp(p), want, "{}", String::from_utf8_lossy(p));
+            if p.starts_with(b"s/") || p.starts_with(b"out/") || p.starts_with(b"nope") {
+                assert_eq!(want, None);
+            }
+        }
+        // Paths that are not plain: never found.
+        for p in ["a/../a/h", "a//h", "/a", "a/", "a/./h", ".."] {
+            assert_eq!(dirs.stamp(p.as_bytes()), None, "{p}");
+        }
+    };
+    // In tree order (as the ledger gives them), and in any other order.
+    check(&listed);
+    listed.reverse();
+    check(&listed);
+    listed.sort_by_key(|p| p.len());
+    check(&listed);
+    assert_eq!(
+        Dirs::new(&rep).unwrap().stamp(b""),
+        crate::mirror::beneath::Beneath::new(&rep)
+            .unwrap()
+            .change_stamp(b""),
+        "the root"
+    );
+}
+
+#[test]
+fn the_early_checks_reader_gives_every_records_stamp_and_refuses_a_damaged_ledger() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, rep) = (t.path().join("src"), t.path().join("rep"));
+    let (s, r) = (src.display(), rep.display());
+    sh(&format!(
+        "mkdir -p {s}/d/deep {s}/e && for i in 1 2 3 4 5 6; do echo $i > {s}/d/f$i; done && \
+         echo x > {s}/e/x && echo y > {s}/d/deep/y && ln {s}/e/x {s}/d/link && cp -a {s} {r}"
+    ));
+    let want = replica_digest(&src).unwrap();
+    let all = entries(&src);
+    prove(&rep, &all, &want);
+    let lp = ledger::prev_path_for(&rep);
+    let mut records = Vec::new();
+    let mut p = Prev::open(&lp).unwrap();
+    while let Some((path, rec)) = p.next_entry().unwrap() {
+        records.push((path, rec.map(|r| (r.ino, r.ctime))));
+    }
+    let mut stamps = Vec::new();
+    let mut p = Prev::open(&lp).unwrap();
+    let mut path = Vec::new();
+    while let Some(stamp) = p.next_stamp(&mut path).unwrap() {
+        stamps.push((path.clone(), stamp));
+    }
+    assert_eq!(stamps, records);
+    assert_eq!(records.len(), all.len());
+    let checked = check(Prev::open(&lp).unwrap(), Dirs::new(&rep).unwrap()).unwrap();
+    assert_eq!(
+        (checked.records, checked.failed.len()),
+        (all.len() as u64, 0)
+    );
+
+    // Cut in the middle of its records: the check gives nothing.
+    let bytes = std::fs::read(&lp).unwrap();
+    let cut = t.path().join("cut");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(check(Prev::open(&cut).unwrap(), Dirs::new(&rep).unwrap()).is_none());
 }

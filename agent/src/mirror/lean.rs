@@ -81,6 +81,10 @@ struct Lean<'a> {
     tx: std::sync::mpsc::SyncSender<(Vec<Slot>, Vec<Vec<u8>>)>,
     slots: Vec<Slot>,
     listed_in_chunk: usize,
+    /// The chunk lists a file of at least [`EARLY_HASH`] bytes to hash:
+    /// it goes to the fold at once, so the file is hashed while the walk
+    /// goes on (a big changed file late in the walk was its tail).
+    big_in_chunk: bool,
     /// Directories from the root down to the current entry; whether listed.
     ancestors: Vec<(Vec<u8>, bool)>,
     links: HashMap<(u64, u64), Vec<u8>>,
@@ -110,6 +114,9 @@ struct Fold<'a> {
 
 /// Chunks the merge runs ahead of the fold.
 const FOLD_AHEAD: usize = 2;
+
+/// A listed file at least this big to hash ends its chunk early.
+const EARLY_HASH: u64 = 1 << 20;
 
 fn beneath(dir: &[u8], path: &[u8]) -> bool {
     if dir.is_empty() {
@@ -164,6 +171,7 @@ pub fn scan(
         tx: fold_tx,
         slots: Vec::with_capacity(CHUNK),
         listed_in_chunk: 0,
+        big_in_chunk: false,
         ancestors: Vec::new(),
         links: HashMap::new(),
         last_gone: None,
@@ -377,6 +385,9 @@ impl Lean<'_> {
         digest: bool,
     ) {
         let hash = digest && sha.is_none() && entry.kind == Kind::File && entry.link.is_none();
+        if hash && entry.size >= EARLY_HASH {
+            self.big_in_chunk = true;
+        }
         self.slots.push(Slot::Listed {
             entry: Box::new(entry),
             stamp,
@@ -397,7 +408,10 @@ impl Lean<'_> {
     }
 
     fn maybe_flush(&mut self) -> Result<()> {
-        if self.slots.len() >= CHUNK || self.listed_in_chunk >= super::BATCH_ENTRIES {
+        if self.slots.len() >= CHUNK
+            || self.listed_in_chunk >= super::BATCH_ENTRIES
+            || self.big_in_chunk
+        {
             self.flush()?;
         }
         Ok(())
@@ -407,6 +421,7 @@ impl Lean<'_> {
     fn flush(&mut self) -> Result<()> {
         let slots = std::mem::replace(&mut self.slots, Vec::with_capacity(CHUNK));
         self.listed_in_chunk = 0;
+        self.big_in_chunk = false;
         let gone = std::mem::take(&mut self.gone);
         if self.tx.send((slots, gone)).is_err() {
             anyhow::bail!("the lean scan's fold stopped");

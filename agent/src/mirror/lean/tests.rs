@@ -173,3 +173,59 @@ fn lean_scan_gives_the_full_scans_root_digest_and_lists_only_changes() {
         third.listed
     );
 }
+
+/// A changed file of at least `EARLY_HASH` bytes ends its chunk: its batch
+/// (hashed in the fold while the walk goes on) ends with it, and what the
+/// walk finds after it comes in a later batch.
+#[test]
+fn a_big_changed_file_ends_its_chunk_so_it_is_hashed_while_the_walk_goes_on() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let index = t.path().join("state").join("mirror-index.bin");
+    let r = root.display().to_string();
+    sh(&format!(
+        "mkdir -p {r}/a {r}/b && echo 1 > {r}/a/one && head -c 1100000 /dev/urandom > {r}/a/big && \
+         echo 2 > {r}/b/two && echo 3 > {r}/b/three"
+    ));
+    full_scan(&root, &index);
+    sh(&format!(
+        "echo more >> {r}/a/one && echo more >> {r}/a/big && echo more >> {r}/b/two"
+    ));
+    let reader = Reader::open(&index, "t", "t").unwrap().unwrap();
+    let mut batches: Vec<Vec<String>> = Vec::new();
+    let mut emit = |b: Batch| -> Result<()> {
+        batches.push(
+            b.0.iter()
+                .map(|e| String::from_utf8_lossy(&e.path).into_owned())
+                .collect(),
+        );
+        Ok(())
+    };
+    let bs = |_: u64| 4096u64;
+    scan(
+        &root,
+        &ScanOptions::default(),
+        reader,
+        None,
+        Some(&bs),
+        &NoProgress,
+        &mut emit,
+    )
+    .unwrap();
+    let all: Vec<&String> = batches.iter().flatten().collect();
+    assert_eq!(
+        all,
+        ["", "a", "a/big", "a/one", "b", "b/two"],
+        "{batches:?}"
+    );
+    let with_big = batches
+        .iter()
+        .find(|b| b.contains(&"a/big".into()))
+        .unwrap();
+    assert_eq!(
+        with_big.last().map(String::as_str),
+        Some("a/big"),
+        "{batches:?}"
+    );
+    assert!(batches.len() >= 2, "{batches:?}");
+}

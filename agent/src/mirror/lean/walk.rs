@@ -55,6 +55,10 @@ pub(super) struct Walk {
     deferred: Vec<Deferred>,
     /// Read every entry where it is met (no second thread).
     pub serial: bool,
+    /// Time spent reading deferred entries, and waiting for the merge to
+    /// take a batch (for the debug timings).
+    reading: std::time::Duration,
+    blocked: std::time::Duration,
 }
 
 /// Why the walk stopped early: the merge side hung up, or a read failed
@@ -81,6 +85,8 @@ impl Walk {
             batch: Vec::with_capacity(BATCH),
             deferred: Vec::new(),
             serial: std::env::var_os(SERIAL_WALK_ENV).is_some_and(|v| !v.is_empty() && v != "0"),
+            reading: Default::default(),
+            blocked: Default::default(),
         }
     }
 
@@ -98,9 +104,13 @@ impl Walk {
 
     /// Read the deferred entries, then hand the batch to the merge.
     pub fn send(&mut self) -> Result<(), Stopped> {
+        let t0 = std::time::Instant::now();
         let failed = self.resolve();
+        let t1 = std::time::Instant::now();
+        self.reading += t1 - t0;
         let b = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
         self.tx.send(b).map_err(|_| Stopped)?;
+        self.blocked += t1.elapsed();
         if failed {
             return Err(Stopped);
         }
@@ -182,6 +192,8 @@ impl Walk {
         tracing::debug!(
             ms = t0.elapsed().as_millis() as u64,
             thread_cpu_ms = super::thread_cpu_ms(),
+            deferred_ms = self.reading.as_millis() as u64,
+            blocked_ms = self.blocked.as_millis() as u64,
             "lean scan: walk done"
         );
         r

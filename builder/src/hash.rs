@@ -402,7 +402,18 @@ pub fn wire_digests(blocks: &[Cv]) -> Vec<[u8; 16]> {
 /// The link carries the first 16 bytes of each ([`wire_digests`]); caches
 /// keep all 32 (the target merges them after a patch).
 pub fn hash_file_blocks(path: &Path, block_size: u64) -> io::Result<(Digest32, Vec<Cv>)> {
-    hash_blocks_of(&mut File::open(path)?, block_size)
+    // One read buffer per thread (up to a chunk, 1 MiB): a fresh one per
+    // file cost a 1 MiB allocation and its zeroing for every small
+    // changed file of a difference mirror. (A thread that takes up another
+    // file while its blocks are hashed finds it borrowed: a fresh one.)
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut f = File::open(path)?;
+    BUF.with(|b| match b.try_borrow_mut() {
+        Ok(mut buf) => hash_blocks_with(&mut f, block_size, &mut buf),
+        Err(_) => hash_blocks_of(&mut f, block_size),
+    })
 }
 
 /// [`hash_file_blocks`] of an open file (any reader), from its current

@@ -402,24 +402,24 @@ pub fn wire_digests(blocks: &[Cv]) -> Vec<[u8; 16]> {
 /// The link carries the first 16 bytes of each ([`wire_digests`]); caches
 /// keep all 32 (the target merges them after a patch).
 pub fn hash_file_blocks(path: &Path, block_size: u64) -> io::Result<(Digest32, Vec<Cv>)> {
-    // One read buffer per thread (up to a chunk, 1 MiB): a fresh one per
-    // file cost a 1 MiB allocation and its zeroing for every small
-    // changed file of a difference mirror. (A thread that takes up another
-    // file while its blocks are hashed finds it borrowed: a fresh one.)
-    thread_local! {
-        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    let mut f = File::open(path)?;
-    BUF.with(|b| match b.try_borrow_mut() {
-        Ok(mut buf) => hash_blocks_with(&mut f, block_size, &mut buf),
-        Err(_) => hash_blocks_of(&mut f, block_size),
-    })
+    hash_blocks_of(&mut File::open(path)?, block_size)
 }
 
 /// [`hash_file_blocks`] of an open file (any reader), from its current
 /// offset.
 pub fn hash_blocks_of(r: &mut impl Read, block_size: u64) -> io::Result<(Digest32, Vec<Cv>)> {
-    hash_blocks_with(r, block_size, &mut Vec::new())
+    // One read buffer per thread (up to a chunk, 1 MiB): a fresh one per
+    // file cost a 1 MiB allocation and its zeroing for every small changed
+    // file of a difference mirror, on both sides. (A thread that takes up
+    // another file while its blocks are hashed finds it borrowed: a fresh
+    // one then.)
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with(|b| match b.try_borrow_mut() {
+        Ok(mut buf) => hash_blocks_with(r, block_size, &mut buf),
+        Err(_) => hash_blocks_with(r, block_size, &mut Vec::new()),
+    })
 }
 
 /// [`hash_blocks_of`] reading through `buf` (grown to a chunk as needed and
@@ -647,6 +647,30 @@ mod tests {
         // Not a power of two of at least 1 KiB: refused, no panic.
         assert!(hash_blocks_of(&mut &data(5000)[..], 3000).is_err());
         assert!(hash_blocks_of(&mut &data(5000)[..], 512).is_err());
+    }
+
+    /// The per-thread read buffer is taken again while in use (a rayon
+    /// worker that picks up another file while its blocks are hashed): the
+    /// inner hash gets a buffer of its own and both are right.
+    #[test]
+    fn hashing_blocks_inside_a_hash_of_blocks_uses_a_second_buffer() {
+        struct Nested<'a>(&'a [u8], Option<(Digest32, usize)>);
+        impl std::io::Read for Nested<'_> {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                if self.1.is_none() {
+                    let inner = data(5000);
+                    let (d, cvs) = hash_blocks_of(&mut &inner[..], 1024).unwrap();
+                    self.1 = Some((d, cvs.len()));
+                }
+                self.0.read(out)
+            }
+        }
+        let outer = data(300_000);
+        let mut r = Nested(&outer, None);
+        let (d, cvs) = hash_blocks_of(&mut r, 4096).unwrap();
+        assert_eq!(d, content_digest(&outer));
+        assert_eq!(cvs.len(), 300_000usize.div_ceil(4096));
+        assert_eq!(r.1, Some((content_digest(&data(5000)), 5)));
     }
 
     #[test]

@@ -258,15 +258,7 @@ pub fn read_block_chunks(
     // costs no 1 MiB buffer; a longer one gets it from its second read on.
     let mut buf = vec![0u8; bs];
     loop {
-        let mut got = 0;
-        while got < buf.len() {
-            match r.read(&mut buf[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let got = fill(r, &mut buf)?;
         if got == 0 {
             return Ok(());
         }

@@ -392,11 +392,9 @@ impl Prev {
 
     /// The next record into `path` and `rec` (their buffers reused):
     /// whether it is trusted (then in `rec`); `None` after the last one.
-    fn read_next_into(
-        &mut self,
-        path: &mut Vec<u8>,
-        rec: &mut Record,
-    ) -> std::io::Result<Option<bool>> {
+    /// The next record's tag and path (into `path`); `None` at the end of
+    /// the records (the tag that ended them kept in `end_tag`).
+    fn next_tag_path(&mut self, path: &mut Vec<u8>) -> std::io::Result<Option<u8>> {
         if self.done {
             return Ok(None);
         }
@@ -407,6 +405,17 @@ impl Prev {
             return Ok(None);
         }
         self.r.bytes(MAX_PATH, path)?;
+        Ok(Some(tag))
+    }
+
+    fn read_next_into(
+        &mut self,
+        path: &mut Vec<u8>,
+        rec: &mut Record,
+    ) -> std::io::Result<Option<bool>> {
+        let Some(tag) = self.next_tag_path(path)? else {
+            return Ok(None);
+        };
         if !plain_path(path) {
             return Err(std::io::Error::other(format!(
                 "a path that is not plain: {}",
@@ -518,16 +527,9 @@ impl Prev {
         &mut self,
         path: &mut Vec<u8>,
     ) -> std::io::Result<Option<Option<(u64, i64)>>> {
-        if self.done {
+        let Some(tag) = self.next_tag_path(path)? else {
             return Ok(None);
-        }
-        let tag = self.r.u8()?;
-        if tag == 2 || tag == 255 {
-            self.end_tag = Some(tag);
-            self.done = true;
-            return Ok(None);
-        }
-        self.r.bytes(MAX_PATH, path)?;
+        };
         match tag {
             0 => Ok(Some(None)),
             1 => {

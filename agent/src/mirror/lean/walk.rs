@@ -34,6 +34,9 @@ const BATCH: usize = 2048;
 pub(super) const AHEAD: usize = 4;
 /// Fewer deferred reads than this are done on the walking thread alone.
 const SPLIT_MIN: usize = 64;
+/// Directories that deferred entries may keep open before they are read
+/// (well below the usual limit of 1024 descriptors).
+const MAX_HELD_DIRS: usize = 256;
 
 /// An entry of the batch whose `statx` is deferred: its place in the
 /// batch, its directory, and where its name starts in its path.
@@ -59,6 +62,10 @@ pub(super) struct Walk {
     /// take a batch (for the debug timings).
     reading: std::time::Duration,
     blocked: std::time::Duration,
+    /// Directories kept open by deferred entries (a run of entries of one
+    /// directory counts once), and the most at once.
+    held_dirs: usize,
+    max_held: usize,
 }
 
 /// Why the walk stopped early: the merge side hung up, or a read failed
@@ -87,6 +94,8 @@ impl Walk {
             serial: std::env::var_os(SERIAL_WALK_ENV).is_some_and(|v| !v.is_empty() && v != "0"),
             reading: Default::default(),
             blocked: Default::default(),
+            held_dirs: 0,
+            max_held: 0,
         }
     }
 
@@ -122,6 +131,8 @@ impl Walk {
     /// the first that cannot be read ends the batch as its failure.
     /// Returns whether one failed.
     fn resolve(&mut self) -> bool {
+        self.max_held = self.max_held.max(self.held_dirs);
+        self.held_dirs = 0;
         let deferred = std::mem::take(&mut self.deferred);
         if deferred.is_empty() {
             return false;
@@ -243,12 +254,27 @@ impl Walk {
                     FileType::Directory | FileType::Unknown | FileType::Socket
                 );
             if known_leaf {
+                if self
+                    .deferred
+                    .last()
+                    .is_none_or(|d| !Arc::ptr_eq(&d.dir, &fd))
+                {
+                    self.held_dirs += 1;
+                }
                 self.deferred.push(Deferred {
                     at: self.batch.len(),
                     dir: fd.clone(),
                     name_at: rel.len() - name.len(),
                 });
                 self.push(Walked::Entry(rel, EntryStamp::default()))?;
+                // Each directory with a deferred entry stays open until it
+                // is read: many small directories read early, not one
+                // descriptor each up to the batch's end.
+                if self.held_dirs >= MAX_HELD_DIRS && self.resolve() {
+                    let b = std::mem::take(&mut self.batch);
+                    let _ = self.tx.send(b);
+                    return Err(Fail::Stopped);
+                }
                 continue;
             }
             let st = match rustix::fs::statx(
@@ -401,6 +427,48 @@ mod tests {
             serial.iter().all(|s| !s.contains("EntryStamp { dev: 0")),
             "every stamp read"
         );
+        assert_eq!(serial, deferred);
+    }
+
+    /// Thousands of directories of one file each: the deferred entries
+    /// never keep more than `MAX_HELD_DIRS` directories open, and the items
+    /// are the serial walk's.
+    #[test]
+    fn many_small_directories_keep_few_descriptors_open() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..3000 {
+            let dir = d.path().join(format!("d{i:04}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("f"), b"x").unwrap();
+        }
+        let serial = walk(d.path(), true, GlobSet::empty());
+        let (tx, rx) = std::sync::mpsc::sync_channel(1024);
+        let dev = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(d.path()).unwrap());
+        let mut w = Walk::new(
+            d.path().to_path_buf(),
+            GlobSet::empty(),
+            Vec::new(),
+            dev,
+            true,
+            tx,
+        );
+        w.serial = false;
+        let fd =
+            rustix::fs::open(d.path(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        assert!(w.run(fd).is_ok());
+        assert!(w.max_held <= MAX_HELD_DIRS, "{} held", w.max_held);
+        assert!(w.max_held >= MAX_HELD_DIRS / 2, "{} held", w.max_held);
+        drop(w);
+        let deferred: Vec<String> = rx
+            .iter()
+            .flatten()
+            .map(|item| match item {
+                Walked::Entry(rel, s) => format!("{} {s:?}", String::from_utf8(rel).unwrap()),
+                Walked::Note(n) => format!("note {n}"),
+                Walked::Failed(e) => format!("failed {e:#}"),
+            })
+            .collect();
+        assert_eq!(deferred.len(), 6000);
         assert_eq!(serial, deferred);
     }
 

@@ -96,20 +96,35 @@ impl DurableFile {
 }
 
 impl DurableFile {
-    /// Rename into place without any fsync: for caches whose reader
-    /// verifies the whole file (length, count, checksum) before using any
-    /// of it, where a crash may leave the old file, the new one, or a torn
-    /// one that is refused. Saves a data flush on the way out.
+    /// Rename into place without any fsync ([`replace_unflushed`]): for
+    /// caches whose reader verifies the whole file (length, count,
+    /// checksum) before using any of it, where a crash may leave the old
+    /// file, the new one, none, or a torn one that is refused. Saves a data
+    /// flush on the way out.
     pub fn commit_unsynced(mut self) -> Result<()> {
         let tmp = self.tmp.take().expect("durable file already committed");
-        // The old file goes first: ext4 flushes a file renamed over
-        // another (auto_da_alloc), a data write this avoids.
-        let _ = std::fs::remove_file(&self.target);
-        tmp.persist(&self.target)
-            .map_err(|e| e.error)
+        let path = tmp.into_temp_path();
+        replace_unflushed(&path, &self.target)
             .with_context(|| format!("renaming into place {}", self.target.display()))?;
+        // Renamed away: nothing is left to remove under the temp name.
+        let _ = path.keep();
         Ok(())
     }
+}
+
+/// Rename `from` over `to`, removing `to` first: ext4 starts writing a
+/// file renamed over another at once (`auto_da_alloc`), a data write (and,
+/// for the next `fsync` on that filesystem, a wait) that a file meant to
+/// stay unsynced does not need. Nothing is synced. A crash between the two
+/// leaves no file at `to`; a missing `from` fails and leaves `to` as it was.
+pub fn replace_unflushed(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::symlink_metadata(from)?;
+    match std::fs::remove_file(to) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::rename(from, to)
 }
 
 impl io::Write for DurableFile {
@@ -230,6 +245,27 @@ mod tests {
             "file and directory"
         );
         assert_eq!(std::fs::read(&p).unwrap(), b"cache2");
+    }
+
+    /// The replacement: the new file under the old name (a different
+    /// inode: the old one was removed, not renamed over), with or without
+    /// one there before; a missing source fails and keeps the old.
+    #[test]
+    fn replace_unflushed_removes_then_renames() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("new"), d.path().join("ledger"));
+        std::fs::write(&a, b"new").unwrap();
+        super::replace_unflushed(&a, &b).unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), b"new");
+        std::fs::write(&a, b"newer").unwrap();
+        let ino = std::fs::metadata(&a).unwrap().ino();
+        super::replace_unflushed(&a, &b).unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), b"newer");
+        assert_eq!(std::fs::metadata(&b).unwrap().ino(), ino);
+        assert!(!a.exists());
+        assert!(super::replace_unflushed(&a, &b).is_err());
+        assert_eq!(std::fs::read(&b).unwrap(), b"newer");
     }
 
     #[test]

@@ -680,7 +680,9 @@ fn checked(
             None => ledger::digest_into(root, &ledger, hints, Some(&folded))?,
         };
         let proven = matches!(&got, Some(ledger::Outcome::Digest { digest, .. }) if digest == want);
-        if !(proven && replace_unflushed(&folded, &ledger).is_ok()) {
+        // Not renamed over the old ledger: ext4 would write the 22 MB at
+        // once and the state's durable save at the end would wait for it.
+        if !(proven && standin_builder::durable::replace_unflushed(&folded, &ledger).is_ok()) {
             let _ = std::fs::remove_file(&folded);
         }
         tracing::debug!(
@@ -768,27 +770,14 @@ pub fn check_and_keep_applied(
 ) -> Result<(String, RootCheck)> {
     let (got, proven, check) = checked(root, want, hints, applied)?;
     let (ledger, prev) = (ledger::path_for(root), ledger::prev_path_for(root));
-    if !(proven && got == want && replace_unflushed(&ledger, &prev).is_ok()) {
+    if !(proven
+        && got == want
+        && standin_builder::durable::replace_unflushed(&ledger, &prev).is_ok())
+    {
         let _ = std::fs::remove_file(&ledger);
         let _ = std::fs::remove_file(&prev);
     }
     Ok((got, check))
-}
-
-/// Rename `from` over `to`, removing `to` first: ext4 starts writing a
-/// file renamed over another at once (`auto_da_alloc`), and the state's
-/// durable save at a mirror's end then waits for a 22 MB ledger to reach
-/// the disk. A crash between the two leaves no ledger there: the next
-/// mirror compares the whole tree. (A ledger cut short by a crash is
-/// refused by its end marker.)
-fn replace_unflushed(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::symlink_metadata(from)?;
-    match std::fs::remove_file(to) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    std::fs::rename(from, to)
 }
 
 /// End a mirror: when the source sent its root digest and the mirror's
@@ -921,27 +910,6 @@ mod tests {
     use super::*;
     use standin_builder::scan::Scanner;
     use std::os::unix::ffi::OsStrExt;
-
-    /// The ledger's replacement: the new file under the old name (a
-    /// different inode: the old one was removed, not renamed over), with or
-    /// without one there before; a missing source fails and keeps the old.
-    #[test]
-    fn a_ledger_replaces_the_old_one_by_removal_and_rename() {
-        use std::os::unix::fs::MetadataExt;
-        let d = tempfile::tempdir().unwrap();
-        let (a, b) = (d.path().join("new"), d.path().join("ledger"));
-        std::fs::write(&a, b"new").unwrap();
-        replace_unflushed(&a, &b).unwrap();
-        assert_eq!(std::fs::read(&b).unwrap(), b"new");
-        std::fs::write(&a, b"newer").unwrap();
-        let ino = std::fs::metadata(&a).unwrap().ino();
-        replace_unflushed(&a, &b).unwrap();
-        assert_eq!(std::fs::read(&b).unwrap(), b"newer");
-        assert_eq!(std::fs::metadata(&b).unwrap().ino(), ino);
-        assert!(!a.exists());
-        assert!(replace_unflushed(&a, &b).is_err());
-        assert_eq!(std::fs::read(&b).unwrap(), b"newer");
-    }
 
     pub(super) fn entries(root: &Path) -> Vec<Entry> {
         let mut out = Vec::new();

@@ -845,7 +845,7 @@ fn check_head(head: &[u8; 5]) -> std::io::Result<()> {
 mod fold;
 
 #[cfg(test)]
-mod tests {
+pub(in crate::mirror) mod tests {
     use super::*;
     use crate::mirror::tests::sh;
     use crate::mirror::{replica_digest, DiffSession};
@@ -868,9 +868,11 @@ mod tests {
         (out, s.root_digest)
     }
 
-    fn compare(rep: &Path, entries: &[Entry]) {
+    /// The comparison of the replica with every source entry, `per_batch`
+    /// entries a batch (its ledger is written).
+    pub(in crate::mirror) fn compare(rep: &Path, entries: &[Entry], per_batch: usize) {
         let mut s = DiffSession::new(rep).unwrap();
-        for (i, chunk) in entries.chunks(3).enumerate() {
+        for (i, chunk) in entries.chunks(per_batch).enumerate() {
             s.diff(&MirrorEntries {
                 batch: i as u64 + 1,
                 entries: chunk.to_vec(),
@@ -972,7 +974,7 @@ mod tests {
         std::fs::write(src.join("d/new"), "new").unwrap();
         std::fs::write(rep.join("e/extra"), "extra").unwrap();
         let (entries, want) = scan(&src);
-        compare(&rep, &entries);
+        compare(&rep, &entries, 3);
         // What the mirror does.
         sh(&format!(
             "rm {r}/e/extra && cp -a {s}/d/f3 {s}/d/new {r}/d/ && touch -r {s}/d {r}/d && touch -r {s}/e {r}/e",

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use standin_builder::entry::Entry;
-use standin_link::message::MirrorEntries;
 
 use super::{fold, merge_counted, Log, Recorded};
 use crate::apply::applied::Applied;
+use crate::mirror::ledger::tests::compare;
 use crate::mirror::ledger::{self, Hints, Outcome};
 use crate::mirror::tests::sh;
-use crate::mirror::{check_and_keep_applied, replica_digest, DiffSession};
+use crate::mirror::{check_and_keep_applied, replica_digest};
 
 /// The source's entries in tree order and its root digest.
 fn scan(src: &Path) -> (Vec<Entry>, String) {
@@ -46,27 +46,6 @@ fn trees(t: &Path) -> (PathBuf, PathBuf) {
          && touch -d 2021-01-01 {s}/a {s}/a/sub {s}/d"
     ));
     (src, rep)
-}
-
-/// The comparison of the replica with every source entry (its ledger).
-fn compare(rep: &Path, entries: &[Entry]) {
-    let mut s = DiffSession::new(rep).unwrap();
-    for (i, chunk) in entries.chunks(4).enumerate() {
-        s.diff(&MirrorEntries {
-            batch: i as u64 + 1,
-            entries: chunk.to_vec(),
-            block_size: 4096,
-            gone: Vec::new(),
-        })
-        .unwrap();
-    }
-    s.diff(&MirrorEntries {
-        batch: 99,
-        entries: vec![],
-        block_size: 4096,
-        gone: Vec::new(),
-    })
-    .unwrap();
 }
 
 /// What the apply records of the replica's entry at `path` (the source's
@@ -197,7 +176,7 @@ fn the_streamed_fold_gives_the_digest_and_ledger_of_merge_then_fold() {
     let t = tempfile::tempdir().unwrap();
     let (src, rep) = trees(t.path());
     let (entries, want) = scan(&src);
-    compare(&rep, &entries);
+    compare(&rep, &entries, 4);
     let rec = apply(&src, &rep, &entries, "true");
     let saved = copy(&rec);
     assert_eq!(
@@ -240,7 +219,7 @@ fn a_counted_directory_whose_record_held_is_counted_by_the_streamed_fold() {
     let t = tempfile::tempdir().unwrap();
     let (src, rep) = trees(t.path());
     let (entries, want) = scan(&src);
-    compare(&rep, &entries);
+    compare(&rep, &entries, 4);
     // A path nobody listed appears in `d` before the apply reads `d` back:
     // its record holds, and only counting its entries finds the path.
     let rec = apply(&src, &rep, &entries, "echo x > {r}/d/sneaky");
@@ -259,7 +238,7 @@ fn an_apply_ledger_that_cannot_be_used_falls_back() {
     let t = tempfile::tempdir().unwrap();
     let (src, rep) = trees(t.path());
     let (entries, want) = scan(&src);
-    compare(&rep, &entries);
+    compare(&rep, &entries, 4);
     let rec = apply(&src, &rep, &entries, "true");
     let saved = copy(&rec);
     let saved_ledger = std::fs::read(ledger::path_for(&rep)).unwrap();

@@ -238,8 +238,7 @@ fn sparse_mirror_lists_only_changes_catches_tampering_and_refuses_bad_bases() {
 
 /// The prechecked count of the last mirror's root digest check (state.json).
 fn prechecked(state: &Path) -> u64 {
-    let st: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+    let st = target_state(state);
     st["mirror"]["root_check"]["prechecked"]
         .as_u64()
         .unwrap_or_else(|| panic!("{st:#}"))
@@ -351,8 +350,7 @@ fn the_early_check_of_carried_records_catches_tampering_during_the_mirror() {
 
 /// The last applied change set's number in the target's `state.json`.
 fn applied_seq(state: &Path) -> u64 {
-    let st: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap();
+    let st = target_state(state);
     st["last_applied_seq"]
         .as_u64()
         .unwrap_or_else(|| panic!("{st:#}"))
@@ -414,4 +412,9 @@ fn a_difference_mirror_sends_its_first_set_before_its_scan_ends() {
     converged(&v, &src, &replica);
     assert_eq!(v["mirror"]["base_used"], true, "{v:#}");
     assert!(v["mirror"]["last_seq"].as_u64().unwrap() > before, "{v:#}");
+}
+
+/// The target's `state.json`.
+fn target_state(state: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(state.join("state.json")).unwrap()).unwrap()
 }

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use rustix::fs::Stat;
 use standin_builder::changeset::Digest32;
@@ -148,7 +148,7 @@ impl Patches {
                 }
                 let start = k as u64 * bs;
                 let len = ((start + bs).min(size) - start) as usize;
-                read_exact_at(f, &mut buf[..len], start)?;
+                std::os::unix::fs::FileExt::read_exact_at(f, &mut buf[..len], start)?;
                 bytes += len as u64;
                 cvs.push(block_cv(&buf[..len], start));
             }
@@ -162,24 +162,6 @@ impl Patches {
             (d, bs, cvs)
         }))
     }
-}
-
-fn read_exact_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
-    let mut done = 0;
-    while done < buf.len() {
-        match rustix::io::pread(f.as_fd(), &mut buf[done..], off + done as u64) {
-            Ok(0) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the file is shorter than its size",
-                ))
-            }
-            Ok(n) => done += n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 /// A content digest and, for a large file, its block size and block values.

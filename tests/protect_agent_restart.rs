@@ -10,7 +10,7 @@ mod protect_support;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use protect_support::common::{require_root, standin, tempdir};
+use protect_support::common::{minimal_system, require_root, standin, tempdir};
 use protect_support::*;
 
 fn start_agent(
@@ -88,10 +88,8 @@ fn agent_killed_mid_workload_and_restarted_resumes_numbering_and_converges() {
     require_root();
     let d = tempdir();
     let src = d.path().join("src");
-    std::fs::create_dir_all(src.join("etc")).unwrap();
+    minimal_system(&src);
     std::fs::create_dir_all(src.join("var/work")).unwrap();
-    std::fs::write(src.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
-    std::fs::write(src.join("etc/hostname"), "web1\n").unwrap();
     std::fs::write(src.join("var/big"), vec![5u8; 4 << 20]).unwrap();
     let (Sides { sid, tf, state, .. }, daemon) = loopback(d.path(), &src, true);
     let log1 = || std::fs::read_to_string(d.path().join("agent1.log")).unwrap_or_default();

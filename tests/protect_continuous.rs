@@ -9,7 +9,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 
-use protect_support::common::{require_root, tempdir};
+use protect_support::common::{minimal_system, require_root, tempdir};
 use protect_support::*;
 
 #[test]
@@ -17,11 +17,9 @@ fn protect_replicates_changes_after_the_mirror_until_stopped() {
     require_root();
     let d = tempdir();
     let src = d.path().join("src");
-    std::fs::create_dir_all(src.join("etc")).unwrap();
+    minimal_system(&src);
     std::fs::create_dir_all(src.join("var/a")).unwrap();
     std::fs::create_dir_all(src.join("var/b")).unwrap();
-    std::fs::write(src.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
-    std::fs::write(src.join("etc/hostname"), "web1\n").unwrap();
     std::fs::write(src.join("var/a/moved"), "moves\n").unwrap();
     std::fs::write(src.join("var/gone"), "deleted later\n").unwrap();
     std::fs::write(src.join("var/large"), vec![3u8; 8 << 20]).unwrap();
@@ -127,9 +125,7 @@ fn sigterm_during_the_mirror_stops_protect() {
     require_root();
     let d = tempdir();
     let src = d.path().join("src");
-    std::fs::create_dir_all(src.join("etc")).unwrap();
-    std::fs::write(src.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
-    std::fs::write(src.join("etc/hostname"), "web1\n").unwrap();
+    minimal_system(&src);
     // 64 MiB at 1 MiB/s: the mirror would take about a minute.
     std::fs::write(src.join("big"), vec![7u8; 64 << 20]).unwrap();
     let (Sides { sid, tf, state, .. }, daemon) = loopback(d.path(), &src, true);

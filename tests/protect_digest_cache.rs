@@ -10,7 +10,9 @@ mod protect_support;
 use std::path::Path;
 use std::process::Command;
 
-use protect_support::common::{require_root, require_tool, run_ok, standin, tempdir};
+use protect_support::common::{
+    minimal_system, require_root, require_tool, run_ok, standin, tempdir,
+};
 use protect_support::*;
 
 struct Run {
@@ -49,10 +51,8 @@ fn digest_caches_are_trusted_only_while_the_stamp_holds() {
     require_tool("touch", "coreutils");
     let d = tempdir();
     let src = d.path().join("src");
-    std::fs::create_dir_all(src.join("etc")).unwrap();
+    minimal_system(&src);
     std::fs::create_dir_all(src.join("var/lib")).unwrap();
-    std::fs::write(src.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
-    std::fs::write(src.join("etc/hostname"), "web1\n").unwrap();
     std::fs::write(src.join("var/lib/same-size"), "aaaaaaaa\n").unwrap();
     std::fs::write(src.join("var/lib/replaced"), "bbbbbbbb\n").unwrap();
     std::fs::write(src.join("var/lib/big"), vec![5u8; 3 << 20]).unwrap();

@@ -11,14 +11,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Stdio;
 
-use protect_support::common::{require_root, require_tool, run_ok, tempdir};
+use protect_support::common::{minimal_system, require_root, require_tool, run_ok, tempdir};
 use protect_support::*;
 
 /// A source with every kind of entry and `files` small files of varied size.
 fn make_source(src: &Path, files: usize) {
-    std::fs::create_dir_all(src.join("etc")).unwrap();
-    std::fs::write(src.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
-    std::fs::write(src.join("etc/hostname"), "web1\n").unwrap();
+    minimal_system(src);
     for i in 0..files {
         let dir = src.join(format!("data/d{:02}", i % 40));
         std::fs::create_dir_all(&dir).unwrap();

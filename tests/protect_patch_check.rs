@@ -10,7 +10,7 @@ mod protect_support;
 use std::path::Path;
 use std::process::Command;
 
-use protect_support::common::{require_root, standin, tempdir};
+use protect_support::common::{minimal_system, require_root, standin, tempdir};
 use protect_support::*;
 
 fn protect(d: &Path, daemon: &Daemon, s: &Sides, root: &Path) -> serde_json::Value {
@@ -51,10 +51,8 @@ fn a_few_blocks_changed_in_a_large_file_are_checked_without_reading_it_whole() {
     require_root();
     let d = tempdir();
     let src = d.path().join("src");
-    std::fs::create_dir_all(src.join("etc")).unwrap();
+    minimal_system(&src);
     std::fs::create_dir_all(src.join("var/lib")).unwrap();
-    std::fs::write(src.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
-    std::fs::write(src.join("etc/hostname"), "web1\n").unwrap();
     let mut big: Vec<u8> = (0..6_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();

@@ -152,7 +152,49 @@ pub fn display_path(path: &[u8]) -> String {
 }
 
 /// Tree order: compare paths component by component, each as bytes.
+///
+/// Decided at the first byte where the paths differ (found 8 bytes at a
+/// time) when that is inside a component on both sides; paths with empty
+/// components there (a leading, doubled or trailing `/`) are compared
+/// component by component ([`path_cmp_slow`]), with the same answers.
 pub fn path_cmp(a: &[u8], b: &[u8]) -> Ordering {
+    let k = common_prefix(a, b);
+    // A component may end at `k` only if one started before it.
+    let inside = k > 0 && a[k - 1] != b'/';
+    match (a.get(k), b.get(k)) {
+        (None, None) => Ordering::Equal,
+        // One is the other plus more: more components (or a longer last
+        // one) unless the rest is only slashes.
+        (None, Some(_)) if b[k..].iter().any(|&c| c != b'/') => Ordering::Less,
+        (Some(_), None) if a[k..].iter().any(|&c| c != b'/') => Ordering::Greater,
+        // A component ends on one side only: it is a prefix of the other's.
+        (Some(b'/'), Some(_)) if inside => Ordering::Less,
+        (Some(_), Some(b'/')) if inside => Ordering::Greater,
+        (Some(&x), Some(&y)) if x != b'/' && y != b'/' => x.cmp(&y),
+        _ => path_cmp_slow(a, b),
+    }
+}
+
+/// How many leading bytes `a` and `b` share.
+pub fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = u64::from_le_bytes(a[i..i + 8].try_into().expect("8 bytes"));
+        let y = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        if x != y {
+            return i + ((x ^ y).trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < n && a[i] == b[i] {
+        i += 1;
+    }
+    i
+}
+
+/// [`path_cmp`] by splitting both paths into their non-empty components.
+fn path_cmp_slow(a: &[u8], b: &[u8]) -> Ordering {
     let mut ai = a.split(|&c| c == b'/').filter(|c| !c.is_empty());
     let mut bi = b.split(|&c| c == b'/').filter(|c| !c.is_empty());
     loop {
@@ -171,6 +213,50 @@ pub fn path_cmp(a: &[u8], b: &[u8]) -> Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every pair of paths over `a`, `b`, `/` up to 6 bytes (empty,
+    /// leading, doubled and trailing slashes included): the fast compare
+    /// answers as the component-by-component one; and `common_prefix`
+    /// across its 8-byte steps.
+    #[test]
+    fn path_cmp_agrees_with_the_component_compare_on_all_short_paths() {
+        let mut all: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut level = vec![Vec::new()];
+        for _ in 0..6 {
+            level = level
+                .iter()
+                .flat_map(|p: &Vec<u8>| {
+                    b"ab/".iter().map(move |&c| {
+                        let mut q = p.clone();
+                        q.push(c);
+                        q
+                    })
+                })
+                .collect();
+            all.extend(level.iter().cloned());
+        }
+        for a in &all {
+            for b in &all {
+                assert_eq!(
+                    path_cmp(a, b),
+                    path_cmp_slow(a, b),
+                    "{:?} vs {:?}",
+                    String::from_utf8_lossy(a),
+                    String::from_utf8_lossy(b)
+                );
+            }
+        }
+        let long = b"usr/share/doc/packages/very-long-name/file.txt".to_vec();
+        for i in 0..=long.len() {
+            let mut other = long.clone();
+            if i < long.len() {
+                other[i] ^= 1;
+            }
+            assert_eq!(common_prefix(&long, &other), i);
+            assert_eq!(common_prefix(&long[..i], &long), i);
+            assert_eq!(path_cmp(&long, &other), path_cmp_slow(&long, &other));
+        }
+    }
 
     #[test]
     fn kind_of_std_type_and_of_raw_mode_agree() {

@@ -186,6 +186,22 @@ pub fn content_file(
     Ok((hex(&hasher.finalize()), read))
 }
 
+/// Feed what `r` reads, from where it is to its end, to `hasher` through
+/// `buf`; returns the bytes read.
+pub fn feed_reader(hasher: &mut impl Feed, r: &mut impl Read, buf: &mut [u8]) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.feed(&buf[..n]);
+        total += n as u64;
+    }
+}
+
 /// Feed a file's content to `hasher` (holes of a sparse file as zeros);
 /// returns the bytes read.
 fn feed_file(
@@ -198,16 +214,7 @@ fn feed_file(
     let mut buf = vec![0u8; BUF_SIZE.min(size.max(1) as usize).max(4096)];
     let mut read_total = 0u64;
     match sparse {
-        None => loop {
-            let n = match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            hasher.feed(&buf[..n]);
-            read_total += n as u64;
-        },
+        None => read_total = feed_reader(hasher, &mut file, &mut buf)?,
         Some(extents) => {
             let mut pos = 0u64;
             for &(off, len) in extents {

@@ -18,7 +18,7 @@
 
 use std::cmp::Ordering;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::Path;
 
 use crate::hash::ContentHasher;
@@ -26,6 +26,9 @@ use anyhow::{Context, Result};
 
 use crate::durable::DurableFile;
 use crate::entry::path_cmp;
+
+/// Bytes a [`RecordWriter`] hashes and writes at a time.
+const PIECE: usize = 64 << 10;
 
 /// The `shared` value that marks the end of the records.
 const END: u32 = u32::MAX;
@@ -44,7 +47,13 @@ pub struct Framing {
 /// Writes a record file streaming to a temporary name, put in place by
 /// [`RecordWriter::commit`] (fsync, rename, fsync of the directory).
 pub struct RecordWriter {
-    out: BufWriter<DurableFile>,
+    out: DurableFile,
+    /// Bytes not yet hashed and written: records are ~100–200 bytes, and
+    /// BLAKE3 fed that little at a time compresses block by block; fed
+    /// [`PIECE`] bytes at once it hashes 16 chunks in parallel (the
+    /// checksum of a 21 MB mirror index was ~5% of a difference mirror's
+    /// agent CPU).
+    pending: Vec<u8>,
     hasher: ContentHasher,
     prev: Vec<u8>,
     count: u64,
@@ -57,7 +66,8 @@ impl RecordWriter {
         let file = DurableFile::create(path)
             .with_context(|| format!("saving the {} {}", f.what, path.display()))?;
         let mut w = RecordWriter {
-            out: BufWriter::with_capacity(1 << 16, file),
+            out: file,
+            pending: Vec::with_capacity(PIECE),
             hasher: ContentHasher::new(),
             prev: Vec::new(),
             count: 0,
@@ -73,10 +83,22 @@ impl RecordWriter {
     }
 
     fn write(&mut self, b: &[u8]) -> Result<()> {
-        self.hasher.update(b);
-        self.out
-            .write_all(b)
-            .with_context(|| format!("writing the {}", self.what))
+        self.pending.extend_from_slice(b);
+        if self.pending.len() >= PIECE {
+            self.flush_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Hash and write what is pending.
+    fn flush_pending(&mut self) -> Result<()> {
+        self.hasher.update(&self.pending);
+        let r = self
+            .out
+            .write_all(&self.pending)
+            .with_context(|| format!("writing the {}", self.what));
+        self.pending.clear();
+        r
     }
 
     /// Begin the record of `path` in `b` (cleared first): its front-coded
@@ -88,12 +110,7 @@ impl RecordWriter {
         if self.count > 0 && path_cmp(&self.prev, path) != Ordering::Less {
             return false;
         }
-        let shared = self
-            .prev
-            .iter()
-            .zip(path)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let shared = crate::entry::common_prefix(&self.prev, path);
         b.extend_from_slice(&(shared as u32).to_be_bytes());
         b.extend_from_slice(&((path.len() - shared) as u32).to_be_bytes());
         b.extend_from_slice(&path[shared..]);
@@ -132,12 +149,12 @@ impl RecordWriter {
         b.extend_from_slice(&self.count.to_be_bytes());
         b.extend_from_slice(trailer);
         self.write(&b)?;
+        self.flush_pending()?;
         let sum = self.hasher.finalize();
-        self.out.write_all(&sum)?;
-        let what = self.what;
         self.out
-            .into_inner()
-            .map_err(|e| anyhow::anyhow!("writing the {what}: {}", e.error()))
+            .write_all(&sum)
+            .with_context(|| format!("writing the {}", self.what))?;
+        Ok(self.out)
     }
 }
 
@@ -226,8 +243,11 @@ impl<R: Read> RecordReader<R> {
         if shared as usize > self.prev.len() || shared as usize + len > MAX_PATH {
             return Err("bad path length".into());
         }
-        let mut path = self.prev[..shared as usize].to_vec();
-        path.extend_from_slice(&self.read(len)?);
+        let shared = shared as usize;
+        let mut path = Vec::with_capacity(shared + len);
+        path.extend_from_slice(&self.prev[..shared]);
+        path.resize(shared + len, 0);
+        self.read_into(&mut path[shared..])?;
         if self.count > 0 && path_cmp(&self.prev, &path) != Ordering::Less {
             return Err("records out of tree order".into());
         }

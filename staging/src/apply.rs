@@ -27,6 +27,8 @@ mod file;
 mod fsops;
 mod parallel;
 mod patched;
+mod sidekick;
+mod streamed;
 pub mod writeback;
 use fsops::{list_xattrs, lstat, proc_path, remove_at};
 pub use parallel::ONE_APPLY_THREAD_ENV;
@@ -229,6 +231,9 @@ pub struct DirTarget {
     two_threads: bool,
     /// Runs of file records written on two threads so far.
     split_runs: u64,
+    /// The thread that writes the second half of such a run (started at
+    /// the first one; `None` before, or if it could not be started).
+    sidekick: Option<sidekick::Sidekick>,
     /// This process's effective user and group (the owner of a new file).
     own_ids: (u32, u32),
     /// The buffer [`ApplyTarget::content_digest`] reads through.
@@ -253,6 +258,9 @@ pub struct DirTarget {
     /// Files the current set patches in place, for a check that reads only
     /// the patched blocks ([`patched`]).
     patches: patched::Patches,
+    /// Files written in pieces from their start, hashed as written
+    /// ([`streamed`]).
+    streams: streamed::Streams,
 }
 
 /// Set (to anything but empty) to start an open mirror's writeback while
@@ -319,6 +327,7 @@ impl DirTarget {
             },
             two_threads: !parallel::one_thread(),
             split_runs: 0,
+            sidekick: None,
             own_ids: (
                 rustix::process::geteuid().as_raw(),
                 rustix::process::getegid().as_raw(),
@@ -333,6 +342,7 @@ impl DirTarget {
             applied_whole: true,
             awaiting: std::collections::HashMap::new(),
             patches: Default::default(),
+            streams: Default::default(),
         })
     }
 
@@ -379,6 +389,11 @@ impl DirTarget {
         f: std::fs::File,
         stamp: Option<Stamp>,
     ) -> Result<Digest32, ApplyError> {
+        if let Some(d) = self.streams.take(path, stamp.as_ref()) {
+            self.patches.counts.streamed += 1;
+            self.digest_read(path, f, stamp, d, None);
+            return Ok(d);
+        }
         if self.read_buf.len() < READ_BUF {
             self.read_buf.resize(READ_BUF, 0);
         }
@@ -708,6 +723,11 @@ impl DirTarget {
                 crate::digest_cache::carry_over(&before, &after);
             }
         }
+        self.streams.metadata_set(
+            &e.path,
+            crate::digest_cache::stamp_of_stat(&st),
+            crate::digest_cache::stamp_of_stat(&now),
+        );
         checked
     }
 
@@ -846,9 +866,10 @@ impl ApplyTarget for DirTarget {
                 let fd = self.open_regular(path, OFlags::WRONLY)?.ok_or_else(|| {
                     ApplyError::Inconsistent(format!("{} is missing", display_path(path)))
                 })?;
-                if let Ok(st) = rustix::fs::fstat(&fd) {
+                let before = rustix::fs::fstat(&fd).ok();
+                if let Some(st) = &before {
                     self.patches
-                        .note(&fd, &st, *offset, offset + data.len() as u64);
+                        .note(&fd, st, *offset, offset + data.len() as u64);
                 }
                 let mut done = 0;
                 while done < data.len() {
@@ -862,6 +883,12 @@ impl ApplyTarget for DirTarget {
                     }
                     done += n;
                 }
+                let after = rustix::fs::fstat(&fd).ok();
+                let stamp = |st: Option<rustix::fs::Stat>| {
+                    st.as_ref().and_then(crate::digest_cache::stamp_of_stat)
+                };
+                self.streams
+                    .wrote(path, *offset, data, stamp(before), stamp(after));
                 // Its writeback starts once its last piece is checked
                 // (`content_digest`): started now, it would drop the pages
                 // that check reads.
@@ -937,7 +964,9 @@ impl ApplyTarget for DirTarget {
                 // checked from them and its patched blocks, below.)
                 Ok(Some((f, stamp)))
                     if stamp.is_some_and(|s| {
-                        s.size >= PARALLEL_DIGEST_BYTES && !self.patches.follows(&s)
+                        s.size >= PARALLEL_DIGEST_BYTES
+                            && !self.patches.follows(&s)
+                            && !self.streams.holds(p, &s)
                     }) =>
                 {
                     large.push((i, f, stamp));
@@ -1054,3 +1083,5 @@ mod named_tests;
 mod parallel_tests;
 #[cfg(test)]
 mod patched_tests;
+#[cfg(test)]
+mod streamed_tests;

@@ -260,6 +260,7 @@ impl DiffSession {
     /// the change time), is not a hard link, and the record equals the
     /// source's entry, it is [`Seen::Known`].
     /// A replica directory's names come along (to find extra paths).
+    /// Entries go to the pool in chunks of [`STAT_CHUNK`].
     fn stat_all(&mut self, entries: &[Entry]) -> Vec<Statted> {
         use std::os::unix::fs::MetadataExt;
         let recs: Vec<Option<ledger::Record>> = match self.prev.as_mut() {
@@ -268,35 +269,40 @@ impl DiffSession {
         };
         let replica = &self.replica;
         let dirs = self.sparse.is_none();
-        let chunks: Vec<Vec<Statted>> = entries
-            .par_chunks(64)
-            .zip(recs.into_par_iter().chunks(64))
-            .map(|(chunk, recs)| {
-                let mut r = replica.fork();
-                chunk
-                    .iter()
-                    .zip(recs)
-                    .map(|(e, rec)| {
-                        let known = rec.filter(|rec| {
-                            r.quick_stat(&e.path).is_some_and(|q| rec.still(&q)) && rec.matches(e)
-                        });
-                        let seen = match known {
-                            Some(rec) => Seen::Known(rec),
-                            None => Seen::Read(r.stat(&e.path, &mut HashMap::new())),
-                        };
-                        let children = match &seen {
-                            _ if !dirs => None,
-                            Seen::Read(Some((g, _))) if g.kind == Kind::Dir => {
-                                r.child_names(&e.path)
-                            }
-                            Seen::Known(rec) if rec.dir => r.child_names(&e.path),
-                            _ => None,
-                        };
-                        (seen, children)
-                    })
-                    .collect()
-            })
-            .collect();
+        let per_chunk = |(chunk, recs): (&[Entry], Vec<Option<ledger::Record>>)| -> Vec<Statted> {
+            let mut r = replica.fork();
+            chunk
+                .iter()
+                .zip(recs)
+                .map(|(e, rec)| {
+                    let known = rec.filter(|rec| {
+                        r.quick_stat(&e.path).is_some_and(|q| rec.still(&q)) && rec.matches(e)
+                    });
+                    let seen = match known {
+                        Some(rec) => Seen::Known(rec),
+                        None => Seen::Read(r.stat(&e.path, &mut HashMap::new())),
+                    };
+                    let children = match &seen {
+                        _ if !dirs => None,
+                        Seen::Read(Some((g, _))) if g.kind == Kind::Dir => r.child_names(&e.path),
+                        Seen::Known(rec) if rec.dir => r.child_names(&e.path),
+                        _ => None,
+                    };
+                    (seen, children)
+                })
+                .collect()
+        };
+        // A batch of one chunk (most of a sparse mirror's) is read here:
+        // handing it to the pool costs a wake-up and its threads' spinning.
+        let chunks: Vec<Vec<Statted>> = if entries.len() <= STAT_CHUNK {
+            vec![per_chunk((entries, recs))]
+        } else {
+            entries
+                .par_chunks(STAT_CHUNK)
+                .zip(recs.into_par_iter().chunks(STAT_CHUNK))
+                .map(per_chunk)
+                .collect()
+        };
         let mut out: Vec<Statted> = chunks.into_iter().flatten().collect();
         for (e, s) in entries.iter().zip(out.iter_mut()) {
             // A known member of a hard-link group: its record holds the
@@ -617,6 +623,9 @@ fn replica_digest_recorded(root: &Path, ledger: Option<&Path>) -> Result<(String
     let written = w.is_some_and(|w| w.finish().is_ok());
     Ok((s.root_digest, written))
 }
+
+/// Entries `lstat`ed per job of the pool in a comparison batch.
+const STAT_CHUNK: usize = 64;
 
 /// Set to force the full walk of the replica for the root digest check
 /// at the end of every mirror (the ledger is not used).

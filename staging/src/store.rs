@@ -632,6 +632,7 @@ impl Store {
                 checked = paths.len(),
                 checked_partly = reads.partial - reads0.partial,
                 partial_bytes = reads.partial_bytes - reads0.partial_bytes,
+                streamed = reads.streamed - reads0.streamed,
                 "change set records applied"
             );
             if lazy {

@@ -165,6 +165,15 @@ pub fn tempdir() -> tempfile::TempDir {
         .expect("creating temp dir")
 }
 
+/// The least a source tree needs to pass validation against a Debian 12
+/// target: `etc/os-release` and `etc/hostname` (`web1`) under `src`.
+pub fn minimal_system(src: &Path) {
+    std::fs::create_dir_all(src.join("etc")).expect("creating etc");
+    std::fs::write(src.join("etc/os-release"), "ID=debian\nVERSION_ID=\"12\"\n")
+        .expect("writing etc/os-release");
+    std::fs::write(src.join("etc/hostname"), "web1\n").expect("writing etc/hostname");
+}
+
 /// A mount point, unmounted on drop (also when the test fails).
 pub struct Mount(pub PathBuf);
 

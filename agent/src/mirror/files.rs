@@ -11,7 +11,6 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -236,9 +235,33 @@ impl Dirs {
     }
 }
 
+/// Read `f` from where it is to its end into `data` (empty), or until
+/// more than `max` bytes are in. `size` is the file's size as the scan saw
+/// it: a read that returns less than asked once exactly that much is in is
+/// the end of a regular file, so an unchanged file takes one `read` into a
+/// buffer of `size + 1` bytes, not a second one that returns 0 (one
+/// syscall in ~7 of the agent's full mirror). Any other short read reads on.
+fn read_whole(f: &File, data: &mut Vec<u8>, size: u64, max: u64) -> std::io::Result<()> {
+    loop {
+        if data.len() == data.capacity() {
+            if data.len() as u64 > max {
+                return Ok(());
+            }
+            data.reserve(data.len().clamp(8 << 10, 1 << 20));
+        }
+        let room = data.capacity() - data.len();
+        match rustix::io::read(f, rustix::buffer::spare_capacity(data)) {
+            Ok(0) => return Ok(()),
+            Ok(n) if n < room && data.len() as u64 == size => return Ok(()),
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn read_file(f: File, mut e: Entry, pool: &Pool) -> ReadResult {
-    let mut data = pool.take(e.size as usize);
-    if let Err(err) = (&f).take(FILE_RECORD_MAX + 1).read_to_end(&mut data) {
+    let mut data = pool.take(e.size.min(FILE_RECORD_MAX) as usize + 1);
+    if let Err(err) = read_whole(&f, &mut data, e.size, FILE_RECORD_MAX) {
         pool.give(data);
         return Err(err);
     }
@@ -298,6 +321,52 @@ mod tests {
             }
             other => panic!("not a file record: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_file_is_read_whole_whatever_its_size_became_since_the_scan() {
+        let d = tempfile::tempdir().unwrap();
+        let pool = Pool::default();
+        let body: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(d.path().join("f"), &body).unwrap();
+        // The scan saw it smaller (it grew), larger (it shrank), the same.
+        for seen in [10, 99_999, 100_000, 100_001, 5 << 20] {
+            let got = data_of(read_file(
+                open(&d.path().join("f")),
+                entry("f", seen),
+                &pool,
+            ));
+            assert_eq!(got, body, "scan size {seen}");
+            pool.give(got);
+        }
+        // Grown past the record limit since the scan: no record.
+        let big = d.path().join("big");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(FILE_RECORD_MAX + 10)
+            .unwrap();
+        assert!(read_file(open(&big), entry("big", 100), &pool)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn short_reads_before_the_scans_size_is_in_do_not_end_the_read() {
+        // A pipe returns what was written so far: short reads that are not
+        // the end. Three pieces with pauses, then the writer closes.
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            let w = File::from(w);
+            for piece in [&b"first "[..], b"second ", b"third"] {
+                std::io::Write::write_all(&mut &w, piece).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(30));
+            }
+        });
+        let f = File::from(r);
+        let mut data = Vec::with_capacity(64);
+        read_whole(&f, &mut data, 18, FILE_RECORD_MAX).unwrap();
+        writer.join().unwrap();
+        assert_eq!(data, b"first second third");
     }
 
     #[test]

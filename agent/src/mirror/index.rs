@@ -22,6 +22,9 @@
 //! content digest, BLAKE3-256, since version 2; a version-1 index (sha256)
 //! is refused whole like any other version (the mirror then compares the
 //! whole tree), so no sha256 is taken for a BLAKE3 digest.
+//! Beside it, `mirror-index.big` lists its big files ([`big`]), which a
+//! difference mirror hashes ahead of its walk when they changed.
+//!
 //! Integers big endian. [`Reader::open`] checks the checksum of all of it,
 //! the tree and the target (the base is read from the end) before any
 //! record is used; order and count are checked as the records are read (a
@@ -46,6 +49,8 @@ const FRAMING: Framing = Framing {
 const MAX_CANON: usize = 16 << 20;
 const F_MULTI: u8 = 1;
 const F_DIR: u8 = 2;
+
+pub mod big;
 
 /// The index's file name in the agent's state directory.
 pub const FILE: &str = "mirror-index.bin";
@@ -159,6 +164,10 @@ pub struct Base {
 pub struct Writer {
     w: RecordWriter,
     buf: Vec<u8>,
+    path: PathBuf,
+    tree: String,
+    /// Its big files, for the list beside it ([`big`]).
+    big: big::Collect,
 }
 
 impl Writer {
@@ -170,6 +179,9 @@ impl Writer {
         Ok(Writer {
             w: RecordWriter::create(path, &FRAMING, tree)?,
             buf: Vec::with_capacity(512),
+            path: path.to_path_buf(),
+            tree: tree.to_string(),
+            big: big::Collect::default(),
         })
     }
 
@@ -187,12 +199,7 @@ impl Writer {
             self.buf = b;
             return Ok(());
         }
-        for v in [stamp.dev, stamp.ino, stamp.size] {
-            b.extend_from_slice(&v.to_be_bytes());
-        }
-        for v in [stamp.mtime_ns, stamp.ctime_ns] {
-            b.extend_from_slice(&v.to_be_bytes());
-        }
+        put_stamp(&mut b, stamp);
         let flags = if stamp.multi { F_MULTI } else { 0 } | if stamp.dir { F_DIR } else { 0 };
         b.push(flags);
         b.extend_from_slice(&file_bytes.to_be_bytes());
@@ -200,6 +207,9 @@ impl Writer {
         b.extend_from_slice(canonical);
         let r = self.w.put(path, &b);
         self.buf = b;
+        if r.is_ok() {
+            self.big.add(path, stamp, file_bytes);
+        }
         r
     }
 
@@ -229,14 +239,15 @@ impl Writer {
         self.w.count()
     }
 
-    /// Finish with the base it describes and put it in place.
+    /// Finish with the base it describes and put it in place, with the
+    /// list of its big files beside it ([`big`]; a list that cannot be
+    /// written is removed: it is only a hint).
     pub fn commit(self, base: &Base) -> Result<()> {
+        let Writer {
+            w, path, tree, big, ..
+        } = self;
         let mut b = Vec::new();
-        for s in [&base.mirror_id, &base.root_digest, &base.target] {
-            let s = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
-            b.extend_from_slice(&(s.len() as u16).to_be_bytes());
-            b.extend_from_slice(s);
-        }
+        put_strings(&mut b, [&base.mirror_id, &base.root_digest, &base.target]);
         b.extend_from_slice(&base.last_seq.to_be_bytes());
         let base_len = b.len() as u32;
         b.extend_from_slice(&base_len.to_be_bytes());
@@ -244,7 +255,47 @@ impl Writer {
         // of it is used, and an index lost to a crash, or an older one,
         // only makes the next mirror compare the whole tree (the target
         // accepts no base but its last proven mirror).
-        self.w.commit_unsynced(&b)
+        w.commit_unsynced(&b)?;
+        if let Err(e) = big.commit(&path, &tree, base) {
+            tracing::debug!("{e:#}; no list of big files beside the mirror index");
+            let _ = std::fs::remove_file(path.with_file_name(big::FILE));
+        }
+        Ok(())
+    }
+}
+
+/// A stamp's fields in a record: dev, ino, size, mtime_ns, ctime_ns
+/// (its flags are the record's own).
+fn put_stamp(b: &mut Vec<u8>, s: &EntryStamp) {
+    for v in [s.dev, s.ino, s.size] {
+        b.extend_from_slice(&v.to_be_bytes());
+    }
+    for v in [s.mtime_ns, s.ctime_ns] {
+        b.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// What [`put_stamp`] wrote (no flags set).
+fn read_stamp<R: Read>(r: &mut RecordReader<R>) -> Result<EntryStamp, String> {
+    let (dev, ino, size) = (r.u64()?, r.u64()?, r.u64()?);
+    let (mtime_ns, ctime_ns) = (r.u64()? as i64, r.u64()? as i64);
+    Ok(EntryStamp {
+        dev,
+        ino,
+        size,
+        mtime_ns,
+        ctime_ns,
+        multi: false,
+        dir: false,
+    })
+}
+
+/// Strings of a trailer, each as a u16 length and at most that many bytes.
+fn put_strings<'a>(b: &mut Vec<u8>, strings: impl IntoIterator<Item = &'a String>) {
+    for s in strings {
+        let s = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+        b.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        b.extend_from_slice(s);
     }
 }
 
@@ -263,8 +314,7 @@ impl<R: Read> Records<R> {
         let Some(path) = r.next_path()? else {
             return Ok(None);
         };
-        let (dev, ino, size) = (r.u64()?, r.u64()?, r.u64()?);
-        let (mtime_ns, ctime_ns) = (r.u64()? as i64, r.u64()? as i64);
+        let stamp = read_stamp(r)?;
         let mut flags = [0u8];
         r.read_into(&mut flags)?;
         let file_bytes = r.u64()?;
@@ -277,13 +327,9 @@ impl<R: Read> Records<R> {
         Ok(Some(Record {
             path,
             stamp: EntryStamp {
-                dev,
-                ino,
-                size,
-                mtime_ns,
-                ctime_ns,
                 multi: flags[0] & F_MULTI != 0,
                 dir: flags[0] & F_DIR != 0,
+                ..stamp
             },
             file_bytes,
             canonical,
@@ -312,6 +358,9 @@ pub struct Reader {
     pub base: Base,
     /// Most records held at once (one).
     pub held_peak: usize,
+    /// Its big files, from the list beside it (empty when there is no
+    /// usable one).
+    pub big: Vec<big::BigFile>,
 }
 
 impl Reader {
@@ -344,11 +393,16 @@ impl Reader {
         let mut records = Records(RecordReader::new(BufReader::with_capacity(1 << 16, f)));
         records.0.header(&FRAMING, tree)?;
         let current = records.next()?;
+        let big = big::read(path, tree, &base).unwrap_or_else(|why| {
+            tracing::debug!("no list of the index's big files: {why}");
+            Vec::new()
+        });
         Ok(Some(Reader {
             held_peak: usize::from(current.is_some()),
             records,
             current,
             base,
+            big,
         }))
     }
 
@@ -467,6 +521,9 @@ mod tests {
         let mut w = Writer {
             w: RecordWriter::create(&p, &old, "tree").unwrap(),
             buf: Vec::new(),
+            path: p.clone(),
+            tree: "tree".into(),
+            big: Default::default(),
         };
         w.add_record(&rec("", 0)).unwrap();
         w.commit(&base()).unwrap();

@@ -49,6 +49,8 @@ pub struct LeanSummary {
     pub hashed: u64,
     /// Regular files whose remembered digest was used (taken from the index).
     pub digests_reused: u64,
+    /// Listed files whose digests were computed ahead of the walk ([`prehash`]).
+    pub prehashed: u64,
     /// The fresh index (commit it once the mirror is complete).
     pub fresh: Option<Writer>,
     /// Most index records held at once.
@@ -104,6 +106,8 @@ struct Lean<'a> {
 struct Fold<'a> {
     root: PathBuf,
     block_size: Option<&'a (dyn Fn(u64) -> u64 + Sync)>,
+    /// Big changed files hashed ahead of the walk ([`prehash`]).
+    pre: Option<&'a prehash::Prehash>,
     digest: RootDigest,
     fresh: Option<Writer>,
     out: Batch,
@@ -114,6 +118,11 @@ struct Fold<'a> {
 
 /// Chunks the merge runs ahead of the fold.
 const FOLD_AHEAD: usize = 2;
+
+/// Tests: hash the big files ahead before the walk starts (so that the
+/// fold finds their results whatever the timing; harmless to other scans).
+#[cfg(test)]
+static PREHASH_FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// A listed file at least this big to hash ends its chunk early.
 const EARLY_HASH: u64 = 1 << 20;
@@ -141,7 +150,7 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
 pub fn scan(
     root: &Path,
     opts: &ScanOptions,
-    index: Reader,
+    mut index: Reader,
     fresh: Option<Writer>,
     block_size: Option<&(dyn Fn(u64) -> u64 + Sync)>,
     progress: &dyn Progress,
@@ -155,9 +164,12 @@ pub fn scan(
     let (excludes, keep_empty) = standin_builder::scan::filters(root, opts)?;
     let (fold_tx, fold_rx) = std::sync::mpsc::sync_channel(FOLD_AHEAD);
     let t0 = std::time::Instant::now();
+    let big = std::mem::take(&mut index.big);
+    let pre = (!big.is_empty()).then(|| prehash::Prehash::new(big));
     let mut fold = Fold {
         root: root.to_path_buf(),
         block_size,
+        pre: pre.as_ref(),
         digest: RootDigest::new(),
         fresh,
         out: Default::default(),
@@ -187,6 +199,7 @@ pub fn scan(
             gone: 0,
             hashed: 0,
             digests_reused: 0,
+            prehashed: 0,
             fresh: None,
             index_held_peak: 0,
         },
@@ -198,6 +211,22 @@ pub fn scan(
     )
     .with_context(|| format!("opening root {}", root.display()))?;
     let (merged, folded) = std::thread::scope(|sc| {
+        if let Some(p) = pre.as_ref() {
+            #[cfg(test)]
+            let first = PREHASH_FIRST.load(std::sync::atomic::Ordering::Relaxed);
+            #[cfg(not(test))]
+            let first = false;
+            if first {
+                p.run(root, block_size);
+            } else {
+                let spawned = std::thread::Builder::new()
+                    .name("standin-prehash".into())
+                    .spawn_scoped(sc, move || p.run(root, block_size));
+                // Without the thread every file stays queued: the fold
+                // hashes each itself.
+                drop(spawned);
+            }
+        }
         let folding = sc.spawn(move || -> Result<Fold> {
             let mut wait = std::time::Duration::ZERO;
             loop {
@@ -229,6 +258,15 @@ pub fn scan(
         let folded = folding
             .join()
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the lean scan's fold panicked")));
+        if let Some(p) = pre.as_ref() {
+            p.stop();
+            tracing::debug!(
+                listed = p.listed(),
+                hashed = p.hashed.load(std::sync::atomic::Ordering::Relaxed),
+                used = p.used.load(std::sync::atomic::Ordering::Relaxed),
+                "lean scan: big files hashed ahead"
+            );
+        }
         (merged.map(|()| (index, sum)), folded)
     });
     // The fold's error says why the merge stopped, if it did.
@@ -244,6 +282,7 @@ pub fn scan(
     sum.hashed = fold.hashed;
     sum.fresh = fold.fresh;
     sum.index_held_peak = index.held_peak;
+    sum.prehashed = pre.map_or(0, |p| p.used.into_inner());
     Ok((sum, gone))
 }
 
@@ -438,7 +477,32 @@ impl Fold<'_> {
         let root = &self.root;
         let bs = self.block_size;
         let hashed = std::sync::atomic::AtomicU64::new(0);
-        slots.par_iter_mut().try_for_each(|s| -> Result<()> {
+        if let Some(pre) = self.pre {
+            // On this thread, not the pool's: a file being hashed ahead
+            // is waited for, and that hash may need the pool.
+            for s in slots.iter_mut() {
+                let Slot::Listed {
+                    entry,
+                    stamp,
+                    blocks,
+                    hash: hash @ true,
+                    ..
+                } = s
+                else {
+                    continue;
+                };
+                if entry.size < super::index::big::BIG || entry.sparse.is_some() {
+                    continue;
+                }
+                if let Some((sha, b)) = pre.take(&entry.path, stamp) {
+                    entry.sha256 = Some(sha);
+                    *blocks = b;
+                    *hash = false;
+                    hashed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        let hash = |s: &mut Slot| -> Result<()> {
             let Slot::Listed {
                 entry,
                 blocks,
@@ -449,23 +513,24 @@ impl Fold<'_> {
                 return Ok(());
             };
             hashed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let abs = super::abs_path(root, &entry.path);
-            let b = bs.map(|f| f(entry.size)).unwrap_or(0);
-            if b > 0 && entry.sparse.is_none() && entry.size >= 2 * b {
-                let (d, digests) = standin_builder::hash::hash_file_blocks(&abs, b)
-                    .with_context(|| format!("hashing {}", abs.display()))?;
-                if digests.len() as u64 == entry.size.div_ceil(b) {
-                    *blocks = Some((b, standin_builder::hash::wire_digests(&digests)));
-                }
-                entry.sha256 = Some(hex::encode(d));
-            } else {
-                let (h, _) =
-                    standin_builder::hash::content_file(&abs, entry.size, entry.sparse.as_deref())
-                        .with_context(|| format!("hashing {}", abs.display()))?;
-                entry.sha256 = Some(h);
-            }
+            let (sha, b) =
+                prehash::hash_listed(root, bs, &entry.path, entry.size, entry.sparse.as_deref())?;
+            entry.sha256 = Some(sha);
+            *blocks = b;
             Ok(())
-        })?;
+        };
+        // Only the slots to hash go to the pool, and only when there are
+        // several: most chunks of a difference mirror have none, and each
+        // wake of the pool costs its threads ~64 `sched_yield`s after.
+        let mut todo: Vec<&mut Slot> = slots
+            .iter_mut()
+            .filter(|s| matches!(s, Slot::Listed { hash: true, .. }))
+            .collect();
+        if todo.len() > 1 {
+            todo.par_iter_mut().try_for_each(|s| hash(s))?;
+        } else if let Some(s) = todo.pop() {
+            hash(s)?;
+        }
         self.hashed += hashed.into_inner();
         for s in slots {
             match s {
@@ -522,6 +587,7 @@ pub(super) fn thread_cpu_ms() -> u64 {
         .map_or(0, |ns| ns / 1_000_000)
 }
 
+mod prehash;
 #[cfg(test)]
 mod tests;
 mod walk;

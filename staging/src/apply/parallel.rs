@@ -5,12 +5,14 @@
 //! creates, writes, stamps and links every file alone. A run of file
 //! records (consecutive in a set, their parent directories made by
 //! earlier records) is split in two halves of about the same weight (data
-//! plus a fixed cost per file), written at once on two threads of the
-//! rayon pool, each with its own [`FileCtx`] (parent-directory cache,
-//! what it applied, digests to remember, files to write back); the
+//! plus a fixed cost per file), written at once on two threads, each with
+//! its own [`FileCtx`] (parent-directory cache, what it applied, digests
+//! to remember, files to write back); the
 //! results and what each half collected are then put together in the
 //! records' order, so the ledger, the digest cache, the problems and the
-//! counts are those of the sequential apply.
+//! counts are those of the sequential apply. The second half runs on the
+//! target's own [`Sidekick`](super::sidekick::Sidekick) thread, not on
+//! rayon's pool (whose idle threads spin: see there).
 //!
 //! A run whose records could see each other's effects (the same path
 //! twice, or a file where another record's parent directory is) is
@@ -95,6 +97,14 @@ impl DirTarget {
         if records.len() < PARALLEL_FILES || !self.two_threads || !independent(records) {
             return sequential(self, records, digests);
         }
+        if self.sidekick.is_none() {
+            self.sidekick = super::sidekick::Sidekick::start("apply-2");
+        }
+        // Taken out while `self` is lent to both halves; without it (no
+        // thread could be started) the run is written in order here.
+        let Some(mut side) = self.sidekick.take() else {
+            return sequential(self, records, digests);
+        };
         self.split_runs += 1;
         let split = split_at(records);
         let (first, second) = records.split_at(split);
@@ -102,15 +112,12 @@ impl DirTarget {
         let mut ctx1 = std::mem::take(&mut self.files);
         let mut ctx2 = ctx1.beside();
         let this = &*self;
-        // The second half on a pool thread, the first on this one (one
-        // wake-up per run; `rayon::join` from outside the pool would hand
-        // both halves to pool threads and put this one to sleep).
-        let mut r2 = Vec::new();
-        let mut r1 = Vec::new();
-        rayon::in_place_scope(|s| {
-            s.spawn(|_| r2 = this.write_files(&mut ctx2, second, d2));
-            r1 = this.write_files(&mut ctx1, first, d1);
-        });
+        // The second half on the sidekick, the first on this thread.
+        let (mut r1, r2) = side.join(
+            || this.write_files(&mut ctx1, first, d1),
+            || this.write_files(&mut ctx2, second, d2),
+        );
+        self.sidekick = Some(side);
         if r1.len() == first.len() {
             r1.extend(r2);
             ctx1.append(ctx2);

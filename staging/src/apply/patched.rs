@@ -46,6 +46,9 @@ pub struct CheckReads {
     pub partial: u64,
     /// Bytes read by the partial checks.
     pub partial_bytes: u64,
+    /// Files written in pieces, checked from the hash of those pieces
+    /// without a read ([`super::streamed`]).
+    pub streamed: u64,
 }
 
 /// The files patched in place by the current set, by (device, inode).

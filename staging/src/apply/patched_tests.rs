@@ -4,14 +4,14 @@
 use super::*;
 use standin_builder::hash::content_digest;
 
-fn target() -> (tempfile::TempDir, DirTarget) {
+pub(super) fn target() -> (tempfile::TempDir, DirTarget) {
     let d = tempfile::tempdir().unwrap();
     std::fs::create_dir(d.path().join("root")).unwrap();
     let t = DirTarget::open(&d.path().join("root")).unwrap();
     (d, t)
 }
 
-fn data(n: usize, seed: u32) -> Vec<u8> {
+pub(super) fn data(n: usize, seed: u32) -> Vec<u8> {
     (0..n as u32)
         .map(|i| (i.wrapping_mul(seed) ^ (i >> 9)) as u8)
         .collect()
@@ -31,7 +31,7 @@ fn patch(content: &mut [u8], offset: usize, data: &[u8]) {
 }
 
 /// Check `path` as a set's end does.
-fn check(t: &mut DirTarget, path: &str) -> Option<Digest32> {
+pub(super) fn check(t: &mut DirTarget, path: &str) -> Option<Digest32> {
     t.content_digests(&[path.as_bytes()])
         .pop()
         .unwrap()

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -204,16 +203,7 @@ impl Beneath {
         }
         let mut h = standin_builder::hash::ContentHasher::new();
         let mut buf = vec![0u8; (1 << 20).min(size.max(4096) as usize)];
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    h.update(&buf[..n]);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return None,
-            }
-        }
+        standin_builder::hash::feed_reader(&mut h, &mut f, &mut buf).ok()?;
         let d: [u8; 32] = h.finalize();
         if let Some(stamp) = stamp {
             crate::digest_cache::remember(stamp, d);

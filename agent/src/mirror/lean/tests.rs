@@ -89,6 +89,29 @@ fn lean(root: &Path, index: &Path) -> Lean {
     }
 }
 
+/// The lean scan of `root` against the index at `index` (left as it is)
+/// with `bs`-byte blocks: its batches and summary.
+fn scan_with(root: &Path, index: &Path, bs: u64) -> (Vec<Batch>, LeanSummary) {
+    let reader = Reader::open(index, "t", "t").unwrap().unwrap();
+    let mut batches = Vec::new();
+    let mut emit = |b: Batch| -> Result<()> {
+        batches.push(b);
+        Ok(())
+    };
+    let block_size = move |_: u64| bs;
+    let (sum, _) = scan(
+        root,
+        &ScanOptions::default(),
+        reader,
+        None,
+        Some(&block_size),
+        &NoProgress,
+        &mut emit,
+    )
+    .unwrap();
+    (batches, sum)
+}
+
 #[test]
 fn lean_scan_gives_the_full_scans_root_digest_and_lists_only_changes() {
     let t = tempfile::tempdir().unwrap();
@@ -191,27 +214,15 @@ fn a_big_changed_file_ends_its_chunk_so_it_is_hashed_while_the_walk_goes_on() {
     sh(&format!(
         "echo more >> {r}/a/one && echo more >> {r}/a/big && echo more >> {r}/b/two"
     ));
-    let reader = Reader::open(&index, "t", "t").unwrap().unwrap();
-    let mut batches: Vec<Vec<String>> = Vec::new();
-    let mut emit = |b: Batch| -> Result<()> {
-        batches.push(
+    let batches: Vec<Vec<String>> = scan_with(&root, &index, 4096)
+        .0
+        .iter()
+        .map(|b| {
             b.0.iter()
                 .map(|e| String::from_utf8_lossy(&e.path).into_owned())
-                .collect(),
-        );
-        Ok(())
-    };
-    let bs = |_: u64| 4096u64;
-    scan(
-        &root,
-        &ScanOptions::default(),
-        reader,
-        None,
-        Some(&bs),
-        &NoProgress,
-        &mut emit,
-    )
-    .unwrap();
+                .collect()
+        })
+        .collect();
     let all: Vec<&String> = batches.iter().flatten().collect();
     assert_eq!(
         all,
@@ -228,4 +239,54 @@ fn a_big_changed_file_ends_its_chunk_so_it_is_hashed_while_the_walk_goes_on() {
         "{batches:?}"
     );
     assert!(batches.len() >= 2, "{batches:?}");
+}
+
+/// Big files the index lists are hashed ahead of the walk when they
+/// changed: the listing (digests and block digests) is the one the fold
+/// alone makes, and the thread's digests are used.
+#[test]
+fn big_changed_files_hashed_ahead_give_the_folds_own_listing() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let index = t.path().join("state").join("mirror-index.bin");
+    let r = root.display().to_string();
+    sh(&format!(
+        "mkdir -p {r}/a {r}/m {r}/z && head -c 1200000 /dev/urandom > {r}/a/early && \
+         head -c 1300000 /dev/urandom > {r}/m/same && head -c 3000000 /dev/urandom > {r}/z/late && \
+         truncate -s 4M {r}/z/sparse && echo small > {r}/z/small"
+    ));
+    full_scan(&root, &index);
+    let listed = crate::mirror::index::big::read(&index, "t", &base()).unwrap();
+    let names: Vec<&[u8]> = listed.iter().map(|f| f.0.as_slice()).collect();
+    assert_eq!(
+        names,
+        [&b"a/early"[..], b"m/same", b"z/late", b"z/sparse"],
+        "big single-link files in tree order (a sparse one is left out when hashing)"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    sh(&format!(
+        "printf 'new' | dd of={r}/a/early bs=1 seek=5000 conv=notrunc 2>/dev/null && \
+         echo more >> {r}/z/late && echo more >> {r}/z/small && \
+         printf x | dd of={r}/z/sparse bs=1 seek=100 conv=notrunc 2>/dev/null"
+    ));
+    PREHASH_FIRST.store(true, std::sync::atomic::Ordering::Relaxed);
+    let run = || {
+        let (batches, sum) = scan_with(&root, &index, 65536);
+        let out: Vec<(String, Option<String>, FileBlocks)> = batches
+            .into_iter()
+            .flat_map(|b| b.0.into_iter().zip(b.1))
+            .map(|(e, bl)| (String::from_utf8_lossy(&e.path).into(), e.sha256, bl))
+            .collect();
+        (out, sum.prehashed, sum.root_digest)
+    };
+    let (ahead, prehashed, digest) = run();
+    assert_eq!(prehashed, 2, "a/early and z/late hashed ahead: {ahead:?}");
+    let late = ahead.iter().find(|x| x.0 == "z/late").unwrap();
+    assert_eq!(late.2.as_ref().map(|b| (b.0, b.1.len())), Some((65536, 46)));
+    // Without the list the fold hashes everything itself: the same.
+    std::fs::remove_file(index.with_file_name(crate::mirror::index::big::FILE)).unwrap();
+    let (alone, prehashed, digest_alone) = run();
+    assert_eq!(prehashed, 0);
+    assert_eq!(ahead, alone);
+    assert_eq!(digest, digest_alone);
 }

@@ -19,6 +19,9 @@ use standin_agent::link::Sender;
 
 const SETS: u64 = 24;
 
+/// Runs killed by the hold inside an apply (the rest kill at random).
+const HELD: usize = 2;
+
 /// Names the history's change sets use at the top of the tree (`tmp` only
 /// exists half way through a set).
 const NAMES: &[&str] = &["d", "f0", "f1", "f2", "f3", "f4", "h", "l", "tmp"];
@@ -58,8 +61,10 @@ fn failover_after_kill_dash_nine_mid_apply_swaps_a_consistent_prefix() {
     eprintln!("STANDIN_TEST_SEED={rng}");
     let (mut torn_seen, mut runs) = (0, 0);
     let mut seqs = Vec::new();
-    // Bounded: stop once the kill landed inside a set's apply twice.
-    while runs < 16 && (torn_seen < 2 || runs < 4) {
+    // Bounded: the first HELD runs kill the daemon while the hook holds it
+    // half way through a set's apply (a torn replica every time); the rest
+    // kill at random moments (between sets as well as inside one).
+    while runs < 8 {
         runs += 1;
         let base = d.path().join(format!("run{runs}"));
         let troot = base.join("root");
@@ -67,19 +72,34 @@ fn failover_after_kill_dash_nine_mid_apply_swaps_a_consistent_prefix() {
         failover_support::make_target_system(&troot);
         let state = troot.join("var/lib/standin");
         let log = base.join("daemon.log");
-        let mut daemon = Daemon::start(&state, &tid, &[af], "127.0.0.1:0", &log);
+        let hold = base.join("hold");
+        let held = runs <= HELD;
+        let mut daemon = if held {
+            let seq = 2 + xorshift(&mut rng) % (SETS - 2);
+            start_held_mid_apply(&state, &tid, &[af], &log, &hold, seq)
+        } else {
+            Daemon::start(&state, &tid, &[af], "127.0.0.1:0", &log)
+        };
         let sender = rt
             .block_on(Sender::start(agent_config(&daemon.addr, &aid, tf)))
             .unwrap();
         for r in &sets {
             sender.send(r.clone()).unwrap();
         }
-        kill_at_random_moment(&mut daemon, &sender, &mut rng, SETS);
+        if held {
+            kill_mid_apply(&mut daemon, &hold);
+        } else {
+            kill_at_random_moment(&mut daemon, &sender, &mut rng, SETS);
+        }
         rt.block_on(sender.close());
 
         // What the dead daemon left: a journaled set, maybe half applied.
         let before = read_tree(&replica(&state));
         let torn = !states.contains(&before);
+        assert!(
+            torn || !held,
+            "run {runs}: killed half way through a set's apply, yet the replica is whole"
+        );
         if torn {
             torn_seen += 1;
             assert!(
@@ -118,8 +138,8 @@ fn failover_after_kill_dash_nine_mid_apply_swaps_a_consistent_prefix() {
     }
     eprintln!("failover sequence numbers (seq, torn before): {seqs:?}");
     assert!(
-        torn_seen >= 1,
-        "no kill landed inside a change set's apply in {runs} runs; nothing was proven"
+        torn_seen >= HELD,
+        "{torn_seen} torn replicas in {runs} runs"
     );
 }
 
@@ -133,22 +153,37 @@ fn snapshot_take_after_kill_dash_nine_mid_apply_holds_whole_sets() {
     let rt = runtime();
     let mut rng = seed() ^ 0x9e37_79b9;
     let (mut torn_seen, mut runs) = (0, 0);
-    while runs < 16 && (torn_seen < 1 || runs < 3) {
+    // Bounded; the first HELD runs kill inside a set's apply (as above).
+    while runs < 5 {
         runs += 1;
         let state = d.path().join(format!("state{runs}"));
         let log = d.path().join(format!("daemon{runs}.log"));
-        let mut daemon = Daemon::start(&state, &tid, &[af], "127.0.0.1:0", &log);
+        let hold = d.path().join(format!("hold{runs}"));
+        let held = runs <= HELD;
+        let mut daemon = if held {
+            let seq = 2 + xorshift(&mut rng) % (SETS - 2);
+            start_held_mid_apply(&state, &tid, &[af], &log, &hold, seq)
+        } else {
+            Daemon::start(&state, &tid, &[af], "127.0.0.1:0", &log)
+        };
         let sender = rt
             .block_on(Sender::start(agent_config(&daemon.addr, &aid, tf)))
             .unwrap();
         for r in &sets {
             sender.send(r.clone()).unwrap();
         }
-        kill_at_random_moment(&mut daemon, &sender, &mut rng, SETS);
-        rt.block_on(sender.close());
-        if !states.contains(&read_tree(&replica(&state))) {
-            torn_seen += 1;
+        if held {
+            kill_mid_apply(&mut daemon, &hold);
+        } else {
+            kill_at_random_moment(&mut daemon, &sender, &mut rng, SETS);
         }
+        rt.block_on(sender.close());
+        let torn = !states.contains(&read_tree(&replica(&state)));
+        assert!(
+            torn || !held,
+            "run {runs}: killed half way through a set's apply, yet the replica is whole"
+        );
+        torn_seen += torn as usize;
         let out = run_ok(
             standin()
                 .args(["snapshot", "take", "--json", "--state-dir"])
@@ -166,7 +201,7 @@ fn snapshot_take_after_kill_dash_nine_mid_apply_holds_whole_sets() {
         );
     }
     assert!(
-        torn_seen >= 1,
-        "no kill landed inside a change set's apply in {runs} runs; nothing was proven"
+        torn_seen >= HELD,
+        "{torn_seen} torn replicas in {runs} runs"
     );
 }

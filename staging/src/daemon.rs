@@ -489,17 +489,8 @@ async fn monitor_loop(shared: Arc<Shared>) {
 /// The [`ServeConfig::hold_apply_while`] test hook: wait (holding the
 /// store) while the file exists.
 fn hold_apply(hold: Option<&std::path::Path>, seq: u64) {
-    let Some(p) = hold else { return };
-    if p.exists() {
-        warn!(seq, file = %p.display(), "test hook: holding the apply while this file exists");
-        // Tells the test the apply is held now.
-        let mut held = p.as_os_str().to_owned();
-        held.push(".held");
-        let _ = std::fs::write(&held, seq.to_string());
-        while p.exists() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = std::fs::remove_file(&held);
+    if let Some(p) = hold {
+        crate::test_hook::hold_while(p, seq, "the apply");
     }
 }
 

@@ -32,6 +32,7 @@ pub mod snapshot;
 pub mod state;
 pub mod status;
 pub mod store;
+pub mod test_hook;
 
 pub use daemon::{serve, serve_until, ServeConfig};
 pub use store::Store;

@@ -578,6 +578,7 @@ impl Store {
                     }
                     Err(e) => return Err(e),
                 }
+                crate::test_hook::hold_mid_apply(seq, i + 1, cs.records.len());
                 if matches!(r, Record::Rename { .. } | Record::Link { .. }) {
                     target.sync()?;
                     durable::write_atomic(&progress_path, (i + 1).to_string().as_bytes()).map_err(

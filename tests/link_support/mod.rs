@@ -48,6 +48,19 @@ impl Daemon {
             None => common::standin(),
             Some(ns) => common::netns::Netns::exec(ns),
         };
+        Daemon::start_cmd(cmd, state, identity, trust, listen, log)
+    }
+
+    /// Start the daemon through `cmd` (the binary, or a wrapper that execs
+    /// the arguments that follow).
+    pub fn start_cmd(
+        cmd: std::process::Command,
+        state: &Path,
+        identity: &Path,
+        trust: &[Fingerprint],
+        listen: &str,
+        log: &Path,
+    ) -> Daemon {
         let trust: Vec<String> = trust.iter().map(|t| t.to_string()).collect();
         let trust: Vec<&str> = trust.iter().map(String::as_str).collect();
         Daemon::serve(cmd, listen, state, identity, &trust, &[], log)
@@ -378,15 +391,48 @@ pub fn kill_at_random_moment(
     rng: &mut u64,
     sets: u64,
 ) {
-    *rng ^= *rng << 13;
-    *rng ^= *rng >> 7;
-    *rng ^= *rng << 17;
-    let after = *rng % (sets - 2);
+    let after = xorshift(rng) % (sets - 2);
     wait_until("acknowledgements before the kill", || {
         sender.stats().last_acked >= after
     });
     std::thread::sleep(Duration::from_millis((*rng >> 20) % 25));
     daemon.kill9();
+}
+
+/// Start a daemon on loopback that holds change set `seq` half way through
+/// its apply (the `STANDIN_TEST_HOLD_MID_APPLY` hook, file `hold`) until
+/// [`kill_mid_apply`] kills it there.
+pub fn start_held_mid_apply(
+    state: &Path,
+    identity: &Path,
+    trust: &[Fingerprint],
+    log: &Path,
+    hold: &Path,
+    seq: u64,
+) -> Daemon {
+    std::fs::write(hold, seq.to_string()).unwrap();
+    let mut cmd = common::standin();
+    cmd.env(standin_staging::test_hook::HOLD_MID_APPLY_ENV, hold);
+    Daemon::start_cmd(cmd, state, identity, trust, "127.0.0.1:0", log)
+}
+
+/// Kill -9 a daemon of [`start_held_mid_apply`] once it holds inside the
+/// apply, so the kill lands inside a change set every time.
+pub fn kill_mid_apply(daemon: &mut Daemon, hold: &Path) {
+    let held = standin_staging::test_hook::held_path(hold);
+    wait_until("the daemon to hold inside a change set's apply", || {
+        held.exists()
+    });
+    daemon.kill9();
+    std::fs::remove_file(hold).unwrap();
+}
+
+/// The next number of the tests' xorshift generator (state `rng`, odd).
+pub fn xorshift(rng: &mut u64) -> u64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    *rng
 }
 
 pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {

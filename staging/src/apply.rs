@@ -244,7 +244,7 @@ pub struct DirTarget {
     /// Create a file record's file under its name when nothing is there
     /// ([`ApplyTarget::new_files_named`]).
     new_files_named: bool,
-    /// True when [`NAMED_CREATE_ENV`] is set ([`DirTarget::allow_named_create`]).
+    /// False when [`NAMED_CREATE_ENV`] is `0` ([`DirTarget::allow_named_create`]).
     named_allowed: bool,
     /// Recording what is applied ([`ApplyTarget::record_applied`]), the
     /// records so far, and whether they describe everything applied.
@@ -270,12 +270,17 @@ pub struct DirTarget {
 /// while the mirror runs (page-cache drops, and on a loop device a copy per page).
 pub const WRITEBACK_ENV: &str = "STANDIN_WRITEBACK";
 
-/// Set (to anything but empty) to let an open mirror's sets that skipped
-/// the journal create new files under their names
-/// ([`ApplyTarget::new_files_named`]). Off by default: then every file of a
-/// file record is written unnamed and linked when complete, so a kill -9
-/// never leaves a torn file, not even in the middle of a mirror; the named
-/// create saves about 4.5% of the daemon's CPU in a full mirror.
+/// Set to `0` to stop an open mirror's sets that skipped the journal from
+/// creating new files under their names ([`ApplyTarget::new_files_named`]);
+/// then every file of a file record is written unnamed and linked when
+/// complete, so a kill -9 never leaves a torn file, not even in the middle
+/// of a mirror. On by default: an unnamed file costs ext4 an orphan-list
+/// insert and removal under a filesystem-wide lock and a second lookup of
+/// its name, 28% of the daemon's system time in the big tree's full mirror
+/// on a 6.18 kernel (4.5% of its CPU on the machine it was first
+/// measured on); a torn file it can leave is never counted (see
+/// docs/protect.md, "New files of an open mirror created under their
+/// names").
 pub const NAMED_CREATE_ENV: &str = "STANDIN_NAMED_CREATE";
 
 /// Size of [`DirTarget`]'s read buffer.
@@ -336,7 +341,7 @@ impl DirTarget {
             writeback_on: false,
             writeback: writeback::Writeback::default(),
             new_files_named: false,
-            named_allowed: std::env::var_os(NAMED_CREATE_ENV).is_some_and(|v| !v.is_empty()),
+            named_allowed: std::env::var_os(NAMED_CREATE_ENV).is_none_or(|v| v != "0"),
             recording: false,
             applied: Vec::new(),
             applied_whole: true,

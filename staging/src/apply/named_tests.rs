@@ -317,14 +317,34 @@ fn the_kept_parent_directory_never_outlives_its_place_in_the_tree() {
     }
 }
 
-/// Without `STANDIN_NAMED_CREATE` (the default) even an open mirror's set
-/// that skipped the journal makes every file unnamed: a kill -9 leaves no
-/// torn file.
+/// By default (no `STANDIN_NAMED_CREATE` in the environment) an open
+/// mirror's set that skipped the journal creates its new files under their
+/// names.
 #[test]
-fn by_default_files_are_made_unnamed_even_when_asked_for_named() {
+fn by_default_new_files_of_a_set_that_asks_are_named() {
+    assert!(
+        std::env::var_os(NAMED_CREATE_ENV).is_none(),
+        "the test runs without {NAMED_CREATE_ENV}"
+    );
     let d = tempfile::tempdir().unwrap();
     std::fs::create_dir(d.path().join("root")).unwrap();
     let mut t = DirTarget::open(&d.path().join("root")).unwrap();
+    t.new_files_named(true);
+    let e = own(&t, file_entry("a", 0o644, b"x"));
+    t.apply(&rec(&e, b"x")).unwrap();
+    assert_eq!(std::fs::read(d.path().join("root/a")).unwrap(), b"x");
+    assert_eq!(t.files_created(), (1, 0));
+}
+
+/// With the named create turned off (`STANDIN_NAMED_CREATE=0`) even an
+/// open mirror's set that skipped the journal makes every file unnamed: a
+/// kill -9 leaves no torn file.
+#[test]
+fn turned_off_files_are_made_unnamed_even_when_asked_for_named() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("root")).unwrap();
+    let mut t = DirTarget::open(&d.path().join("root")).unwrap();
+    t.allow_named_create(false);
     t.new_files_named(true);
     let e = own(&t, file_entry("a", 0o644, b"x"));
     t.apply(&rec(&e, b"x")).unwrap();

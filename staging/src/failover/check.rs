@@ -35,7 +35,7 @@ pub fn data_state(opts: &FailoverOptions) -> Result<DataState> {
                     })
                     .unwrap_or_default();
                 missing.push(format!(
-                    "the mirror has not completed{pct}: files not mirrored yet are missing or older than on the source"
+                    "the mirror has not completed{pct}: files not mirrored yet are missing or older than on the source, and the one being written when the target daemon last stopped may be cut short"
                 ));
             }
             if let Some(ss) = source_seq.filter(|&s| s > st.last_applied_seq) {

@@ -49,14 +49,84 @@ fn pending(state: &Path) -> u64 {
     standin_staging::store::journal_backlog(&state.join("journal"), applied(state)).0
 }
 
+/// What both tests share: identities, the history and its states, a runtime.
+struct Setup {
+    tid: std::path::PathBuf,
+    tf: standin_link::Fingerprint,
+    aid: std::path::PathBuf,
+    af: standin_link::Fingerprint,
+    sets: Vec<Vec<standin_builder::changeset::Record>>,
+    states: Vec<Tree>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Setup {
+    fn new(base: &Path) -> Setup {
+        let (tid, tf) = keys(base, "target");
+        let (aid, af) = keys(base, "agent");
+        let (sets, states) = history(SETS);
+        Setup {
+            tid,
+            tf,
+            aid,
+            af,
+            sets,
+            states,
+            rt: runtime(),
+        }
+    }
+
+    /// One run: a daemon with its state in `state` is sent every set and
+    /// killed -9, half way through the apply of a random set when `held`
+    /// (the hook's file `hold`), else at a random moment. Returns whether
+    /// the replica it left is torn (it must be when `held`).
+    fn send_and_kill(
+        &self,
+        state: &Path,
+        log: &Path,
+        hold: &Path,
+        held: bool,
+        rng: &mut u64,
+    ) -> bool {
+        let mut daemon = if held {
+            let seq = 2 + xorshift(rng) % (SETS - 2);
+            start_held_mid_apply(state, &self.tid, &[self.af], log, hold, seq)
+        } else {
+            Daemon::start(state, &self.tid, &[self.af], "127.0.0.1:0", log)
+        };
+        let sender = self
+            .rt
+            .block_on(Sender::start(agent_config(
+                &daemon.addr,
+                &self.aid,
+                self.tf,
+            )))
+            .unwrap();
+        for r in &self.sets {
+            sender.send(r.clone()).unwrap();
+        }
+        if held {
+            kill_mid_apply(&mut daemon, hold);
+        } else {
+            kill_at_random_moment(&mut daemon, &sender, rng, SETS);
+        }
+        self.rt.block_on(sender.close());
+        let torn = !self.states.contains(&read_tree(&replica(state)));
+        assert!(
+            torn || !held,
+            "{}: killed half way through a set's apply, yet the replica is whole",
+            state.display()
+        );
+        torn
+    }
+}
+
 #[test]
 fn failover_after_kill_dash_nine_mid_apply_swaps_a_consistent_prefix() {
     require_root();
     let d = tempdir();
-    let (tid, tf) = keys(d.path(), "target");
-    let (aid, af) = keys(d.path(), "agent");
-    let (sets, states) = history(SETS);
-    let rt = runtime();
+    let setup = Setup::new(d.path());
+    let states = &setup.states;
     let mut rng = seed();
     eprintln!("STANDIN_TEST_SEED={rng}");
     let (mut torn_seen, mut runs) = (0, 0);
@@ -73,33 +143,8 @@ fn failover_after_kill_dash_nine_mid_apply_swaps_a_consistent_prefix() {
         let state = troot.join("var/lib/standin");
         let log = base.join("daemon.log");
         let hold = base.join("hold");
-        let held = runs <= HELD;
-        let mut daemon = if held {
-            let seq = 2 + xorshift(&mut rng) % (SETS - 2);
-            start_held_mid_apply(&state, &tid, &[af], &log, &hold, seq)
-        } else {
-            Daemon::start(&state, &tid, &[af], "127.0.0.1:0", &log)
-        };
-        let sender = rt
-            .block_on(Sender::start(agent_config(&daemon.addr, &aid, tf)))
-            .unwrap();
-        for r in &sets {
-            sender.send(r.clone()).unwrap();
-        }
-        if held {
-            kill_mid_apply(&mut daemon, &hold);
-        } else {
-            kill_at_random_moment(&mut daemon, &sender, &mut rng, SETS);
-        }
-        rt.block_on(sender.close());
-
         // What the dead daemon left: a journaled set, maybe half applied.
-        let before = read_tree(&replica(&state));
-        let torn = !states.contains(&before);
-        assert!(
-            torn || !held,
-            "run {runs}: killed half way through a set's apply, yet the replica is whole"
-        );
+        let torn = setup.send_and_kill(&state, &log, &hold, runs <= HELD, &mut rng);
         if torn {
             torn_seen += 1;
             assert!(
@@ -147,10 +192,8 @@ fn failover_after_kill_dash_nine_mid_apply_swaps_a_consistent_prefix() {
 fn snapshot_take_after_kill_dash_nine_mid_apply_holds_whole_sets() {
     require_root();
     let d = tempdir();
-    let (tid, tf) = keys(d.path(), "target");
-    let (aid, af) = keys(d.path(), "agent");
-    let (sets, states) = history(SETS);
-    let rt = runtime();
+    let setup = Setup::new(d.path());
+    let states = &setup.states;
     let mut rng = seed() ^ 0x9e37_79b9;
     let (mut torn_seen, mut runs) = (0, 0);
     // Bounded; the first HELD runs kill inside a set's apply (as above).
@@ -159,30 +202,7 @@ fn snapshot_take_after_kill_dash_nine_mid_apply_holds_whole_sets() {
         let state = d.path().join(format!("state{runs}"));
         let log = d.path().join(format!("daemon{runs}.log"));
         let hold = d.path().join(format!("hold{runs}"));
-        let held = runs <= HELD;
-        let mut daemon = if held {
-            let seq = 2 + xorshift(&mut rng) % (SETS - 2);
-            start_held_mid_apply(&state, &tid, &[af], &log, &hold, seq)
-        } else {
-            Daemon::start(&state, &tid, &[af], "127.0.0.1:0", &log)
-        };
-        let sender = rt
-            .block_on(Sender::start(agent_config(&daemon.addr, &aid, tf)))
-            .unwrap();
-        for r in &sets {
-            sender.send(r.clone()).unwrap();
-        }
-        if held {
-            kill_mid_apply(&mut daemon, &hold);
-        } else {
-            kill_at_random_moment(&mut daemon, &sender, &mut rng, SETS);
-        }
-        rt.block_on(sender.close());
-        let torn = !states.contains(&read_tree(&replica(&state)));
-        assert!(
-            torn || !held,
-            "run {runs}: killed half way through a set's apply, yet the replica is whole"
-        );
+        let torn = setup.send_and_kill(&state, &log, &hold, runs <= HELD, &mut rng);
         torn_seen += torn as usize;
         let out = run_ok(
             standin()

@@ -317,6 +317,22 @@ fn the_kept_parent_directory_never_outlives_its_place_in_the_tree() {
     }
 }
 
+/// How a target that [`DirTarget::open`] made, given `allow` when set, and
+/// asked for named files, creates one new file: (named, unnamed).
+fn created_when_asked(allow: Option<bool>) -> (u64, u64) {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("root")).unwrap();
+    let mut t = DirTarget::open(&d.path().join("root")).unwrap();
+    if let Some(on) = allow {
+        t.allow_named_create(on);
+    }
+    t.new_files_named(true);
+    let e = own(&t, file_entry("a", 0o644, b"x"));
+    t.apply(&rec(&e, b"x")).unwrap();
+    assert_eq!(std::fs::read(d.path().join("root/a")).unwrap(), b"x");
+    t.files_created()
+}
+
 /// By default (no `STANDIN_NAMED_CREATE` in the environment) an open
 /// mirror's set that skipped the journal creates its new files under their
 /// names.
@@ -326,14 +342,7 @@ fn by_default_new_files_of_a_set_that_asks_are_named() {
         std::env::var_os(NAMED_CREATE_ENV).is_none(),
         "the test runs without {NAMED_CREATE_ENV}"
     );
-    let d = tempfile::tempdir().unwrap();
-    std::fs::create_dir(d.path().join("root")).unwrap();
-    let mut t = DirTarget::open(&d.path().join("root")).unwrap();
-    t.new_files_named(true);
-    let e = own(&t, file_entry("a", 0o644, b"x"));
-    t.apply(&rec(&e, b"x")).unwrap();
-    assert_eq!(std::fs::read(d.path().join("root/a")).unwrap(), b"x");
-    assert_eq!(t.files_created(), (1, 0));
+    assert_eq!(created_when_asked(None), (1, 0));
 }
 
 /// With the named create turned off (`STANDIN_NAMED_CREATE=0`) even an
@@ -341,13 +350,5 @@ fn by_default_new_files_of_a_set_that_asks_are_named() {
 /// kill -9 leaves no torn file.
 #[test]
 fn turned_off_files_are_made_unnamed_even_when_asked_for_named() {
-    let d = tempfile::tempdir().unwrap();
-    std::fs::create_dir(d.path().join("root")).unwrap();
-    let mut t = DirTarget::open(&d.path().join("root")).unwrap();
-    t.allow_named_create(false);
-    t.new_files_named(true);
-    let e = own(&t, file_entry("a", 0o644, b"x"));
-    t.apply(&rec(&e, b"x")).unwrap();
-    assert_eq!(std::fs::read(d.path().join("root/a")).unwrap(), b"x");
-    assert_eq!(t.files_created(), (0, 1));
+    assert_eq!(created_when_asked(Some(false)), (0, 1));
 }

@@ -395,7 +395,8 @@ impl Store {
     /// Whether `cs` is applied without being journaled first: a set of a
     /// mirror that has not completed yet, made only of records that the
     /// agent's resend re-applies from the start ([`Record::File`],
-    /// `Create` of anything but a hard link, `SetMetadata`, `Delete`, and a
+    /// `Create` (a hard link too: it is made again when the name holds
+    /// another inode, left when it already is one), `SetMetadata`, `Delete`, and a
     /// large file's pieces, `WriteExtent` and `Truncate`: each writes the
     /// same bytes at the same offsets, or sets the same length, however
     /// often it is applied). Such a set costs its data once on disk instead
@@ -420,14 +421,16 @@ impl Store {
     /// journaled ext4 during a mirror).
     pub fn unjournaled(&self, cs: &ChangeSet) -> bool {
         self.in_open_mirror(cs)
-            && cs.records.iter().all(|r| match r {
-                Record::File { .. }
-                | Record::SetMetadata(_)
-                | Record::Delete { .. }
-                | Record::WriteExtent { .. }
-                | Record::Truncate { .. } => true,
-                Record::Create(e) => e.link.is_none(),
-                _ => false,
+            && cs.records.iter().all(|r| {
+                matches!(
+                    r,
+                    Record::File { .. }
+                        | Record::Create(_)
+                        | Record::SetMetadata(_)
+                        | Record::Delete { .. }
+                        | Record::WriteExtent { .. }
+                        | Record::Truncate { .. }
+                )
             })
     }
 

@@ -77,7 +77,8 @@ fn only_sets_that_skipped_the_journal_create_new_files_under_their_names() {
     assert!(s.unjournaled(&c));
     s.receive(&raw, &c).unwrap();
     assert_eq!(count(), (2, 0));
-    // The same mirror's set with a hard link is journaled: unnamed.
+    // The same mirror's set with a `Link` record (replication's) is
+    // journaled: unnamed.
     let (c, raw) = cs(
         2,
         vec![

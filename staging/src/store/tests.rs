@@ -328,6 +328,69 @@ fn only_blind_sets_inside_an_open_mirror_skip_the_journal() {
     assert_eq!(std::fs::read(root.join("a")).unwrap(), b"1");
 }
 
+/// A mirror's hard link is a `Create` with `link` set.
+fn hard_link(path: &str, first: &str) -> Record {
+    let mut e = file(path);
+    e.link = Some(first.as_bytes().to_vec());
+    Record::Create(e)
+}
+
+#[test]
+fn an_open_mirrors_set_with_a_hard_link_skips_the_journal_and_applies_again_whole() {
+    use std::os::unix::fs::MetadataExt;
+    let d = tempfile::tempdir().unwrap();
+    let mut s = open(d.path());
+    s.mirror_start(&MirrorStart {
+        mirror_id: "m".into(),
+        mode: standin_link::message::MirrorMode::Full,
+        total_entries: 3,
+        total_bytes: 2,
+        first_seq: 1,
+    })
+    .unwrap();
+    // A group whose first member is in the same set, and one in an earlier set.
+    let (c1, r1) = cs(1, vec![whole("x", b"9")]);
+    s.receive(&r1, &c1).unwrap();
+    let set = || {
+        cs(
+            2,
+            vec![whole("a", b"1"), hard_link("b", "a"), hard_link("y", "x")],
+        )
+    };
+    let (c2, r2) = set();
+    assert!(s.unjournaled(&c2));
+    s.receive(&r2, &c2).unwrap();
+    assert_eq!(
+        std::fs::read_dir(d.path().join("journal")).unwrap().count(),
+        0,
+        "nothing journaled"
+    );
+    let root = s.staging_root("src");
+    let first_a = std::fs::metadata(root.join("a")).unwrap().ino();
+    // A crash before state.json recorded set 2 (it is saved lazily during
+    // a mirror): the agent sends the set again, and it applies on top of
+    // what it already did. `a` is written again (a new inode): `b` must
+    // follow it; `y` already is `x`.
+    drop(s);
+    let mut st = TargetState::load(d.path()).unwrap();
+    st.last_applied_seq = 1;
+    st.save(d.path()).unwrap();
+    let mut s = open(d.path());
+    let (c2, r2) = set();
+    assert!(matches!(
+        s.receive(&r2, &c2).unwrap(),
+        Received::Applied { seq: 2, .. }
+    ));
+    let md = |p: &str| std::fs::symlink_metadata(root.join(p)).unwrap();
+    assert_ne!(md("a").ino(), first_a, "a was written again");
+    assert_eq!(md("a").ino(), md("b").ino());
+    assert_eq!(md("x").ino(), md("y").ino());
+    assert_eq!(md("a").nlink(), 2);
+    assert_eq!(md("x").nlink(), 2);
+    assert_eq!(std::fs::read(root.join("b")).unwrap(), b"1");
+    assert_eq!(std::fs::read(root.join("y")).unwrap(), b"9");
+}
+
 #[test]
 fn the_same_mirror_started_again_only_updates_its_totals() {
     let d = tempfile::tempdir().unwrap();

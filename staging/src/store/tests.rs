@@ -351,13 +351,10 @@ fn an_open_mirrors_set_with_a_hard_link_skips_the_journal_and_applies_again_whol
     // A group whose first member is in the same set, and one in an earlier set.
     let (c1, r1) = cs(1, vec![whole("x", b"9")]);
     s.receive(&r1, &c1).unwrap();
-    let set = || {
-        cs(
-            2,
-            vec![whole("a", b"1"), hard_link("b", "a"), hard_link("y", "x")],
-        )
-    };
-    let (c2, r2) = set();
+    let (c2, r2) = cs(
+        2,
+        vec![whole("a", b"1"), hard_link("b", "a"), hard_link("y", "x")],
+    );
     assert!(s.unjournaled(&c2));
     s.receive(&r2, &c2).unwrap();
     assert_eq!(
@@ -376,7 +373,6 @@ fn an_open_mirrors_set_with_a_hard_link_skips_the_journal_and_applies_again_whol
     st.last_applied_seq = 1;
     st.save(d.path()).unwrap();
     let mut s = open(d.path());
-    let (c2, r2) = set();
     assert!(matches!(
         s.receive(&r2, &c2).unwrap(),
         Received::Applied { seq: 2, .. }
